@@ -1,0 +1,203 @@
+"""The Python API: analyze -> solve -> verify, and search, which does all three.
+
+    import mpq
+    sens = mpq.analyze(model, data)                       # Hessian traces and quantization errors
+    plan = mpq.solve(sens, budget="4MB", bits=(4, 6, 8))  # the least-Omega widths within budget
+    report = mpq.verify(model, plan, data)                # measured against FP32 and uniform widths
+    result = mpq.search(model, data, budget="4MB")       # all three
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from mpq.budget import Budget, parse_budget
+from mpq.cache import Cache, default_cache_dir
+from mpq.cost import Choice, layer_costs
+from mpq.data import Dataset
+from mpq.errors import MpqError
+from mpq.graph import PreparedModel, prepare_model
+from mpq.plan import LayerPlan, Plan
+from mpq.quant import check_bits
+from mpq.sensitivity import Sensitivity, analyze_prepared
+from mpq.sensitivity.hessian import ProbeSettings
+from mpq.solver import Problem, solve_problem
+from mpq.verify import Report, verify_prepared
+
+DEFAULT_BITS = (4, 5, 6, 7, 8)
+DEFAULT_ACT_BITS = 8
+EXAMPLE_BATCH = 2
+
+
+def _as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, torch.Tensor):
+        return Dataset(x=data)
+    if isinstance(data, tuple) and len(data) == 2:
+        return Dataset(x=data[0], y=data[1])
+    raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, or an (x, y) tuple, not {type(data).__name__}")
+
+
+def _as_prepared(model, data: Dataset) -> PreparedModel:
+    if isinstance(model, PreparedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    try:
+        return prepare_model(model, data.x[:EXAMPLE_BATCH])
+    except RuntimeError as exc:
+        raise MpqError(f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}): {exc}") from None
+
+
+def _as_budgets(budget) -> list[Budget]:
+    items = [budget] if isinstance(budget, (str, Budget)) else list(budget)
+    if not items:
+        raise MpqError("give at least one budget, e.g. budget=\"4MB\"")
+    return [parse_budget(b) for b in items]
+
+
+def _cache(cache_dir) -> Cache:
+    if cache_dir is False:
+        return Cache(None)
+    return Cache(default_cache_dir() if cache_dir is None else Path(cache_dir))
+
+
+def analyze(
+    model,
+    data,
+    *,
+    tol: float = 0.05,
+    max_probes: int = 64,
+    min_probes: int = 8,
+    max_seconds: float = 600.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    cache_dir=None,
+    progress: bool = True,
+) -> Sensitivity:
+    """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
+
+    Probes until every layer's standard error is below `tol` x its trace, or `max_probes`, or
+    `max_seconds`. Results are cached under `cache_dir` (None: the default folder; False: no cache).
+    """
+    if not 0 < tol < 1:
+        raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
+    if max_probes < 2 or min_probes < 2:
+        raise MpqError("max_probes and min_probes must be at least 2 (a standard error needs two probes)")
+    data = _as_dataset(data)
+    prepared = _as_prepared(model, data)
+    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
+    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress)
+
+
+def build_problem(
+    sensitivity: Sensitivity, budgets: list[Budget], bits: Iterable[int], act_bits: int | None
+) -> Problem:
+    choices = [Choice(check_bits(b), act_bits) for b in sorted(set(bits))]
+    names = list(sensitivity.layers)
+    return Problem(
+        layers=names,
+        choices={n: choices for n in names},
+        omega={n: {c: s.omega(c.weight_bits) for c in choices} for n, s in sensitivity.layers.items()},
+        costs={n: {c: layer_costs(s.layer, c) for c in choices} for n, s in sensitivity.layers.items()},
+        fixed_costs={"size_bytes": float(sensitivity.float_bytes), "bops": 0.0},
+        budgets=budgets,
+    )
+
+
+def solve(
+    sensitivity: Sensitivity,
+    budget="4MB",
+    *,
+    bits: Iterable[int] = DEFAULT_BITS,
+    act_bits: int | None = DEFAULT_ACT_BITS,
+) -> Plan:
+    """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget)."""
+    if act_bits is not None:
+        check_bits(act_bits)
+    budgets = _as_budgets(budget)
+    bits = tuple(sorted(set(bits)))
+    if not bits:
+        raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
+    solution = solve_problem(build_problem(sensitivity, budgets, bits, act_bits))
+    layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
+    return Plan(
+        layers=layers,
+        model={
+            "fingerprint": sensitivity.model_fingerprint,
+            "layers": len(layers),
+            "params": sum(s.layer.params for s in sensitivity.layers.values()),
+        },
+        budgets=budgets,
+        predicted={
+            "size_bytes": int(solution.costs["size_bytes"]),
+            "bops": solution.costs["bops"],
+            "omega": solution.objective,
+        },
+        settings={
+            "bits": list(bits),
+            "act_bits": act_bits,
+            "loss": sensitivity.loss,
+            "probes": sensitivity.settings.max_probes,
+            "tol": sensitivity.settings.tol,
+            "seed": sensitivity.settings.seed,
+            "solver_seconds": round(solution.seconds, 3),
+        },
+    )
+
+
+def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None) -> Report:
+    """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths."""
+    data = _as_dataset(data)
+    prepared = _as_prepared(model, data)
+    act_bits = next((lp.act_bits for lp in plan.layers.values()), DEFAULT_ACT_BITS)
+    return verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
+
+
+@dataclass
+class SearchResult:
+    sensitivity: Sensitivity
+    plan: Plan
+    report: Report
+
+
+def search(
+    model,
+    data,
+    budget="4MB",
+    *,
+    bits: Iterable[int] = DEFAULT_BITS,
+    act_bits: int | None = DEFAULT_ACT_BITS,
+    cache_dir=None,
+    progress: bool = True,
+    eval_batch_size: int = 25,
+    **analyze_options,
+) -> SearchResult:
+    """analyze, solve and verify in one call."""
+    start = time.perf_counter()
+    data = _as_dataset(data)
+    budgets = _as_budgets(budget)
+    bits = tuple(bits)
+    prepared = _as_prepared(model, data)
+    t0 = time.perf_counter()
+    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
+    t1 = time.perf_counter()
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits)
+    t2 = time.perf_counter()
+    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
+    report.timings_s = {
+        "prepare": t0 - start,
+        "sensitivity": t1 - t0,
+        "solve": t2 - t1,
+        "verify": time.perf_counter() - t2,
+        "total": time.perf_counter() - start,
+    }
+    report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
+    return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

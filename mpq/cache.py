@@ -1,0 +1,48 @@
+"""On-disk cache of expensive results, keyed by everything they depend on.
+
+Entries are JSON files named by the sha256 of their key; a key holds the model and data
+fingerprints and every setting, so a stale entry is never read. Default folder:
+$MPQ_CACHE_DIR, else $XDG_CACHE_HOME/mpq, else ~/.cache/mpq.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mpq.files import write_json_atomic
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("MPQ_CACHE_DIR"):
+        return Path(os.environ["MPQ_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mpq"
+
+
+class Cache:
+    """JSON entries under one folder; `Cache(None)` is a cache that never hits and stores nothing."""
+
+    def __init__(self, folder: "str | Path | None") -> None:
+        self.folder = Path(folder) if folder is not None else None
+
+    def _path(self, kind: str, key: dict) -> Path:
+        blob = json.dumps({"version": CACHE_VERSION, "kind": kind, **key}, sort_keys=True).encode()
+        return self.folder / f"{kind}-{hashlib.sha256(blob).hexdigest()[:32]}.json"
+
+    def load(self, kind: str, key: dict):
+        if self.folder is None:
+            return None
+        path = self._path(kind, key)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save(self, kind: str, key: dict, value) -> None:
+        if self.folder is not None:
+            write_json_atomic(self._path(kind, key), value)

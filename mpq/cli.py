@@ -1,0 +1,159 @@
+"""The `mpq` command: a thin layer over the Python API.
+
+Exit status: 0 done; 2 bad input (one line `mpq: error: ...`); 3 no plan meets the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mpq.errors import MpqError
+
+DEFAULT_OUT = "mpq-out"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise MpqError(f"{message} (see `{self.prog} --help`)")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
+    return values
+
+
+def _act_bits(text: str) -> int | None:
+    if text.lower() in ("none", "float", "off", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a width (e.g. 8) or 'none'") from None
+
+
+def _add_model_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one); default: built-in EfficientNet-Lite0")
+    p.add_argument("--data", help=".npz with x (and integer labels y), a folder of images, or module:function; default: the built-in 200 ImageNet views")
+
+
+def _add_probe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tol", type=float, default=0.05, help="stop probing when every layer's stderr is below this fraction of its trace (default 0.05)")
+    p.add_argument("--max-probes", type=int, default=64, help="most Hutchinson probes (default 64)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
+    p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpq", description="Mixed-precision quantization search and sensitivity analysis for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
+    _add_model_data(search)
+    search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs ...; repeat for several (all must hold)")
+    search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
+    search.add_argument("--act-bits", type=_act_bits, default=8, help="activation width, or 'none' to keep activations in float (default 8)")
+    search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_probe_options(search)
+
+    sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
+    _add_model_data(sens)
+    sens.add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
+    _add_probe_options(sens)
+    return parser
+
+
+def _load_inputs(args):
+    from mpq.models import DEFAULT_DATA_SPEC, DEFAULT_MODEL_SPEC
+    from mpq.specs import load_data_spec, load_model_spec
+
+    if args.model and not args.data:
+        raise MpqError("--model needs --data too (the built-in data suits only the built-in model)")
+    model = load_model_spec(args.model or DEFAULT_MODEL_SPEC)
+    data = load_data_spec(args.data or DEFAULT_DATA_SPEC)
+    return model, data
+
+
+def _analyze_options(args) -> dict:
+    return {
+        "tol": args.tol,
+        "max_probes": args.max_probes,
+        "max_seconds": args.max_seconds,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "cache_dir": False if args.no_cache else args.cache_dir,
+        "progress": not args.quiet,
+    }
+
+
+def _writable_folder(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MpqError(f"cannot create output folder {out}: {exc.strerror}; choose another with --out") from None
+    if not os.access(out, os.W_OK):
+        raise MpqError(f"output folder {out} is not writable; choose another with --out")
+    return out
+
+
+def run_search(args) -> int:
+    import mpq
+    from mpq.budget import parse_budget
+    from mpq.report import comparison_table, layer_table, write_outputs
+
+    budgets = [parse_budget(b) for b in args.budget]
+    out = _writable_folder(args.out)
+    model, data = _load_inputs(args)
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, eval_batch_size=args.eval_batch_size, **_analyze_options(args))
+    paths = write_outputs(out, result.sensitivity, result.plan, result.report)
+    print(layer_table(result.sensitivity, result.plan))
+    print()
+    print(comparison_table(result.report))
+    print()
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_sensitivity(args) -> int:
+    import mpq
+    from mpq.report import layer_table
+
+    model, data = _load_inputs(args)
+    sensitivity = mpq.analyze(model, data, **_analyze_options(args))
+    if args.json:
+        print(json.dumps(sensitivity.to_json(), indent=1))
+    else:
+        print(f"loss: {sensitivity.loss}")
+        print(layer_table(sensitivity))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"search": run_search, "sensitivity": run_sensitivity}[args.command]
+        return handler(args)
+    except MpqError as exc:
+        print(f"mpq: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("mpq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

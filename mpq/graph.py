@@ -1,0 +1,263 @@
+"""The quantizable layers of a model: BatchNorm folding, shapes, parameter counts, MACs, data flow.
+
+Layers are found on the real module tree (every Conv1d/Conv2d, depthwise included, and Linear,
+subclasses too) and measured with one real forward pass; nothing is rebuilt from attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+from torch import nn
+
+QUANTIZABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer; shapes are per sample (batch dimension dropped)."""
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    bias_params: int
+    macs: int
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight_shape[0]
+
+
+@dataclass
+class ModelGraph:
+    """Quantizable layers in execution order, the float remainder, and the data-flow graph."""
+
+    layers: list[LayerInfo]
+    float_params: dict[str, tuple[int, ...]]
+    float_bytes: int
+    flow: nx.DiGraph
+    folded_batchnorms: list[str] = field(default_factory=list)
+
+    def layer(self, name: str) -> LayerInfo:
+        return self.by_name[name]
+
+    @property
+    def by_name(self) -> dict[str, LayerInfo]:
+        return {layer.name: layer for layer in self.layers}
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+
+def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)}
+
+
+def _layer_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    base = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
+    if module.groups > 1 and module.groups == module.in_channels:
+        return "depthwise_" + base
+    return base
+
+
+def _macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates per sample."""
+    weight = module.weight
+    per_output = math.prod(weight.shape[1:])  # (in/groups) * kernel for convs, in_features for Linear
+    return int(math.prod(output_shape) * per_output)
+
+
+def _record_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, list[int], int, tuple, tuple]]:
+    """Run one forward pass; return (name, module, input ids, output id, input shape, output shape) per call."""
+    calls = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name == "" or (list(module.children()) and not isinstance(module, QUANTIZABLE_TYPES)):
+            continue
+
+        def hook(mod, inputs, output, name=name):
+            tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+            if not isinstance(output, torch.Tensor) or not tensors:
+                return
+            calls.append(
+                (name, mod, [id(t) for t in tensors], id(output), tuple(tensors[0].shape[1:]), tuple(output.shape[1:]))
+            )
+            output_keepalive.append(output)
+
+        hooks.append(module.register_forward_hook(hook))
+    output_keepalive: list[torch.Tensor] = []  # keeps ids unique while the pass runs
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _fold_one(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gain = (bn.weight / std) if bn.affine else 1.0 / std
+    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * gain
+    with torch.no_grad():
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        layer.weight.mul_(gain.reshape(shape))
+        old_bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(shift)
+        layer.bias = nn.Parameter(old_bias * gain + shift)
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` in eval mode with each BatchNorm that directly follows a conv/linear folded in.
+
+    A BatchNorm is folded when its input is exactly the output of a quantizable layer and nothing
+    else consumes that output; it is then replaced by nn.Identity. The user's model is untouched.
+    """
+    folded = copy.deepcopy(model).eval()
+    calls = _record_calls(folded, example)
+    producers = {out_id: (name, mod) for name, mod, _, out_id, _, _ in calls if isinstance(mod, QUANTIZABLE_TYPES)}
+    consumers: dict[int, int] = {}
+    for _, _, in_ids, _, _, _ in calls:
+        for i in in_ids:
+            consumers[i] = consumers.get(i, 0) + 1
+    call_counts: dict[str, int] = {}
+    for name, *_ in calls:
+        call_counts[name] = call_counts.get(name, 0) + 1
+    folded_names = []
+    for name, mod, in_ids, _, _, _ in calls:
+        if not isinstance(mod, nn.modules.batchnorm._BatchNorm) or len(in_ids) != 1:
+            continue
+        producer = producers.get(in_ids[0])
+        if producer is None or consumers[in_ids[0]] != 1 or call_counts[name] != 1 or call_counts[producer[0]] != 1:
+            continue
+        _fold_one(producer[1], mod)
+        _set_submodule(folded, name, nn.Identity())
+        folded_names.append(name)
+    return folded, folded_names
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, QUANTIZABLE_TYPES) or super().is_leaf_module(m, qualname)
+
+
+def _is_shape_query(node: torch.fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in ("size", "dim")) or (
+        node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    )
+
+
+def data_flow_graph(model: nn.Module, layer_names: list[str]) -> nx.DiGraph:
+    """Edges between quantizable layers (and "input"/"output") along the data flow.
+
+    Traced with torch.fx; a model fx cannot trace gets a chain in execution order and
+    graph attribute "traced" = False.
+    """
+    flow = nx.DiGraph(traced=True)
+    flow.add_nodes_from(["input", *layer_names, "output"])
+    try:
+        fx_graph = _LeafTracer().trace(model)
+    except Exception:  # fx cannot trace arbitrary Python control flow; fall back to execution order
+        flow.graph["traced"] = False
+        nx.add_path(flow, ["input", *layer_names, "output"])
+        return flow
+    wanted = set(layer_names)
+    nearest: dict[torch.fx.Node, set[str]] = {}
+    for node in fx_graph.nodes:
+        sources: set[str] = set()
+        for parent in node.all_input_nodes:
+            sources |= nearest[parent]
+        if _is_shape_query(node):
+            nearest[node] = set()  # x.size(0) feeds reshapes, not data
+        elif node.op == "placeholder":
+            nearest[node] = {"input"}
+        elif node.op == "call_module" and node.target in wanted:
+            flow.add_edges_from((s, node.target) for s in sources)
+            nearest[node] = {node.target}
+        elif node.op == "output":
+            flow.add_edges_from((s, "output") for s in sources)
+            nearest[node] = set()
+        else:
+            nearest[node] = sources
+    return flow
+
+
+def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None) -> ModelGraph:
+    """Measure the quantizable layers of an (already folded) model with one forward pass."""
+    modules = quantizable_modules(model)
+    calls = _record_calls(model, example)
+    seen: dict[str, LayerInfo] = {}
+    for name, mod, _, _, in_shape, out_shape in calls:
+        if name in modules and name not in seen:
+            seen[name] = LayerInfo(
+                name=name,
+                kind=_layer_kind(mod),
+                weight_shape=tuple(mod.weight.shape),
+                input_shape=in_shape,
+                output_shape=out_shape,
+                params=mod.weight.numel(),
+                bias_params=mod.bias.numel() if mod.bias is not None else 0,
+                macs=_macs(mod, out_shape),
+            )
+    layers = list(seen.values())
+    quantized_tensors = {f"{l.name}.weight" for l in layers} | {f"{l.name}.bias" for l in layers if l.bias_params}
+    float_params = {
+        name: tuple(t.shape)
+        for name, t in list(model.named_parameters()) + list(model.named_buffers())
+        if name not in quantized_tensors and t.is_floating_point()
+    }
+    float_bytes = sum(
+        t.numel() * t.element_size()
+        for name, t in list(model.named_parameters()) + list(model.named_buffers())
+        if name not in quantized_tensors and t.is_floating_point()
+    )
+    return ModelGraph(
+        layers=layers,
+        float_params=float_params,
+        float_bytes=float_bytes,
+        flow=data_flow_graph(model, [l.name for l in layers]),
+        folded_batchnorms=folded_batchnorms or [],
+    )
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, shapes, dtypes, values)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in sorted(list(model.state_dict().items())):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class PreparedModel:
+    """The user's model, its BatchNorm-folded copy (what is measured and quantized), and its layers."""
+
+    original: nn.Module
+    folded: nn.Module
+    graph: ModelGraph
+    fingerprint: str
+
+
+def prepare_model(model: nn.Module, example: torch.Tensor) -> PreparedModel:
+    """Fold BatchNorm into a copy and measure its layers; `example` is a small batch of real inputs."""
+    folded, folded_names = fold_batchnorm(model, example)
+    graph = analyze_graph(folded, example, folded_names)
+    return PreparedModel(original=model, folded=folded, graph=graph, fingerprint=model_fingerprint(model))

@@ -1,0 +1,95 @@
+"""Quantizers: symmetric per-output-channel weights, affine per-tensor activations.
+
+Weights, b bits, output channel c:
+    s_c = max|W_c| / (2^(b-1) - 1)
+    q   = clamp(round(W / s_c), -2^(b-1), 2^(b-1) - 1)      (the integer codes)
+    Q_b(W) = s_c * q
+Activations, b bits, range [lo, hi] observed on calibration data (lo <= 0 <= hi):
+    s = (hi - lo) / (2^b - 1),  z = round(-lo / s)
+    Q_b(x) = s * (clamp(round(x / s) + z, 0, 2^b - 1) - z)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_bits(bits: int) -> int:
+    from mpq.errors import MpqError
+
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise MpqError(f"weight width {bits!r} is not supported: choose whole numbers from {MIN_BITS} to {MAX_BITS}")
+    return bits
+
+
+def _per_channel_absmax(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)
+
+
+@dataclass
+class QuantizedWeight:
+    """Integer codes (int8 tensor shaped like the weight) and one float32 scale per output channel."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    bits: int
+
+    def dequantize(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (self.codes.dim() - 1)
+        return self.codes.to(torch.float32) * self.scale.reshape(shape)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int) -> QuantizedWeight:
+    """Symmetric per-output-channel min-max quantization of a weight (dim 0 = output channels)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (_per_channel_absmax(weight) / qmax).to(torch.float32)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    codes = torch.clamp(torch.round(weight.detach() / safe.reshape(shape)), -qmax - 1, qmax)
+    return QuantizedWeight(codes=codes.to(torch.int8), scale=scale, bits=bits)
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Q_b(W) as a float tensor."""
+    return quantize_weight(weight, bits).dequantize().to(weight.dtype)
+
+
+def channel_quant_error(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """||Q_b(W_c) - W_c||^2 for every output channel c."""
+    diff = fake_quantize_weight(weight, bits) - weight.detach()
+    return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
+
+
+@dataclass
+class ActQuantParams:
+    """Affine per-tensor activation quantization: scale, zero point, bits."""
+
+    scale: float
+    zero_point: int
+    bits: int
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        qmax = 2**self.bits - 1
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, qmax)
+        return (q - self.zero_point) * self.scale
+
+
+class MinMaxObserver:
+    """Running min and max of every tensor seen; the range always contains 0."""
+
+    def __init__(self) -> None:
+        self.lo = 0.0
+        self.hi = 0.0
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+
+    def params(self, bits: int) -> ActQuantParams:
+        span = max(self.hi - self.lo, 1e-8)
+        scale = span / (2**bits - 1)
+        return ActQuantParams(scale=scale, zero_point=int(round(-self.lo / scale)), bits=bits)

@@ -1,0 +1,163 @@
+"""HAWQ-V2 sensitivity: Omega_l(b) = Tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2, per layer and per channel."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mpq.cache import Cache
+from mpq.data import Dataset
+from mpq.graph import LayerInfo, PreparedModel
+from mpq.sensitivity.error import channel_error_table
+from mpq.sensitivity.hessian import HessianTraces, ProbeSettings, hutchinson_traces
+
+LOSS_LABELS = "cross_entropy_labels"
+LOSS_FP32 = "cross_entropy_fp32_predictions"
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's Hessian trace (with standard error) and quantization errors per width."""
+
+    layer: LayerInfo
+    hessian_trace: float
+    hessian_trace_stderr: float
+    probes: int
+    quant_error: dict[int, float]
+    channel_trace: np.ndarray
+    channel_trace_stderr: np.ndarray
+    channel_quant_error: dict[int, np.ndarray] = field(repr=False)
+
+    def omega(self, bits: int) -> float:
+        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2; a trace estimated below zero counts as zero."""
+        return max(self.hessian_trace, 0.0) / self.layer.params * self.quant_error[bits]
+
+    def warning(self, tol: float) -> str | None:
+        if self.hessian_trace <= 2 * self.hessian_trace_stderr:
+            return "trace not clearly positive"
+        if self.hessian_trace_stderr > tol * self.hessian_trace:
+            return f"relative stderr {self.hessian_trace_stderr / self.hessian_trace:.0%} above tolerance"
+        return None
+
+
+@dataclass
+class Sensitivity:
+    """Everything the solver needs: per-layer sensitivities, layer costs and the float remainder."""
+
+    model_fingerprint: str
+    data_fingerprint: str
+    loss: str
+    layers: dict[str, LayerSensitivity]
+    float_bytes: int
+    settings: ProbeSettings
+    seconds: float
+    stop_reason: str
+    from_cache: bool = False
+
+    def warnings(self) -> dict[str, str]:
+        found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
+        return {name: w for name, w in found.items() if w}
+
+    def to_json(self) -> dict:
+        """The `mpq sensitivity --json` contract (traces of the Hessian block, not divided by params)."""
+        return {
+            "schema": "mpq.sensitivity/1",
+            "loss": self.loss,
+            "probes": max((s.probes for s in self.layers.values()), default=0),
+            "stop_reason": self.stop_reason,
+            "tolerance": self.settings.tol,
+            "layers": {
+                name: {
+                    "params": s.layer.params,
+                    "hessian_trace": s.hessian_trace,
+                    "hessian_trace_stderr": s.hessian_trace_stderr,
+                    "probes": s.probes,
+                    "warning": s.warning(self.settings.tol),
+                }
+                for name, s in self.layers.items()
+            },
+        }
+
+
+def fp32_targets(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def _traces_to_json(traces: HessianTraces) -> dict:
+    return {
+        "trace": traces.trace.tolist(),
+        "stderr": traces.stderr.tolist(),
+        "probes": traces.probes,
+        "channel_trace": [c.tolist() for c in traces.channel_trace],
+        "channel_stderr": [c.tolist() for c in traces.channel_stderr],
+        "seconds": traces.seconds,
+        "stop_reason": traces.stop_reason,
+        "layer_names": traces.layer_names,
+    }
+
+
+def _traces_from_json(data: dict) -> HessianTraces:
+    return HessianTraces(
+        layer_names=data["layer_names"],
+        trace=np.array(data["trace"]),
+        stderr=np.array(data["stderr"]),
+        probes=data["probes"],
+        channel_trace=[np.array(c) for c in data["channel_trace"]],
+        channel_stderr=[np.array(c) for c in data["channel_stderr"]],
+        seconds=data["seconds"],
+        stop_reason=data["stop_reason"],
+    )
+
+
+def analyze_prepared(
+    prepared: PreparedModel,
+    data: Dataset,
+    settings: ProbeSettings = ProbeSettings(),
+    cache: Cache = Cache(None),
+    progress: bool = True,
+) -> Sensitivity:
+    """Hessian traces (cached on disk) and quantization errors of every quantizable layer."""
+    loss = LOSS_LABELS if data.y is not None else LOSS_FP32
+    names = [layer.name for layer in prepared.graph.layers]
+    key = {
+        "model": prepared.fingerprint,
+        "data": data.fingerprint(),
+        "loss": loss,
+        "settings": settings.to_json(),
+        "layers": names,
+    }
+    cached = cache.load("sensitivity", key)
+    if cached is not None:
+        traces, from_cache = _traces_from_json(cached), True
+    else:
+        targets = data.y if data.y is not None else fp32_targets(prepared.folded, data.x)
+        traces, from_cache = hutchinson_traces(prepared.folded, names, data.x, targets, settings, progress), False
+        cache.save("sensitivity", key, _traces_to_json(traces))
+    errors = channel_error_table(prepared.folded, names)
+    layers = {}
+    for i, layer in enumerate(prepared.graph.layers):
+        layers[layer.name] = LayerSensitivity(
+            layer=layer,
+            hessian_trace=float(traces.trace[i]),
+            hessian_trace_stderr=float(traces.stderr[i]),
+            probes=traces.probes,
+            quant_error={b: float(e.sum()) for b, e in errors[layer.name].items()},
+            channel_trace=traces.channel_trace[i],
+            channel_trace_stderr=traces.channel_stderr[i],
+            channel_quant_error=errors[layer.name],
+        )
+    return Sensitivity(
+        model_fingerprint=prepared.fingerprint,
+        data_fingerprint=key["data"],
+        loss=loss,
+        layers=layers,
+        float_bytes=prepared.graph.float_bytes,
+        settings=settings,
+        seconds=traces.seconds,
+        stop_reason=traces.stop_reason,
+        from_cache=from_cache,
+    )

@@ -1,0 +1,222 @@
+"""Verification: apply a plan with fake quantization and measure it against FP32 and uniform baselines.
+
+The plan is first exported to packed tensors (mpq.export.packed); the evaluated model is rebuilt from
+those tensors, and the measured size is the byte count of those same tensors. Activation ranges are
+calibrated (min-max) on the FP32 model over the data, as PyTorch's post-training flow observes them.
+Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
+KL(FP32 || quantized) of the softmax outputs, averaged over views.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mpq.budget import Budget
+from mpq.cache import Cache
+from mpq.cost import Choice, layer_bops, model_costs
+from mpq.data import Dataset
+from mpq.errors import MpqError
+from mpq.export.packed import pack_model, unpack_model
+from mpq.graph import PreparedModel, quantizable_modules
+from mpq.plan import LayerPlan, Plan
+from mpq.quant import ActQuantParams, MinMaxObserver
+
+
+@dataclass
+class Measurement:
+    """One model measured on the evaluation views."""
+
+    name: str
+    size_bytes: int
+    bops: float
+    top1: float | None
+    fp32_agreement: float
+    kl_to_fp32: float
+    n_eval: int
+    fits_budget: bool = True
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Fp32Reference:
+    logits: torch.Tensor
+    input_ranges: dict[str, tuple[float, float]]
+    size_bytes: int
+    top1: float | None
+
+
+@dataclass
+class Report:
+    """What verification measured: the plan, FP32, and the uniform baselines."""
+
+    plan: Measurement
+    fp32: Fp32Reference
+    baselines: list[Measurement]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "schema": "mpq.report/1",
+            "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops},
+            "metrics": {
+                "top1": self.plan.top1,
+                "fp32_agreement": self.plan.fp32_agreement,
+                "kl_to_fp32": self.plan.kl_to_fp32,
+                "n_eval": self.plan.n_eval,
+            },
+            "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1},
+            "baselines": [b.to_json() for b in self.baselines],
+            "timings_s": self.timings_s,
+            "notes": self.notes,
+        }
+
+
+def _top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+    return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
+
+
+@contextmanager
+def _input_hooks(model: nn.Module, per_layer: dict[str, object]):
+    """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
+    modules = quantizable_modules(model)
+    handles = []
+    for name, fn in per_layer.items():
+        handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run(model: nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(x) for x, _ in data.batches(batch_size)]).float()
+
+
+def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cache: Cache) -> Fp32Reference:
+    """FP32 logits and each quantizable layer's input range (min-max), in one pass; cached."""
+    names = [layer.name for layer in prepared.graph.layers]
+    size = sum(t.numel() * t.element_size() for t in prepared.folded.state_dict().values() if t.is_floating_point())
+    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names}
+    cached = cache.load("fp32", key)
+    if cached is not None:
+        logits = torch.tensor(cached["logits"])
+        ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
+        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=_top1(logits, data.y))
+    observers = {name: MinMaxObserver() for name in names}
+
+    def observing(obs):
+        def hook(x):
+            obs.observe(x)
+            return x
+
+        return hook
+
+    with _input_hooks(prepared.folded, {n: observing(o) for n, o in observers.items()}):
+        logits = _run(prepared.folded, data, batch_size)
+    ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
+    cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
+    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=_top1(logits, data.y))
+
+
+def _act_params(reference: Fp32Reference, plan: Plan) -> dict[str, ActQuantParams]:
+    params = {}
+    for name, lp in plan.layers.items():
+        if lp.act_bits:
+            obs = MinMaxObserver()
+            obs.lo, obs.hi = reference.input_ranges[name]
+            params[name] = obs.params(lp.act_bits)
+    return params
+
+
+def measure_plan(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    reference: Fp32Reference,
+    name: str,
+    batch_size: int,
+    cache: Cache,
+    budgets: list[Budget] = (),
+) -> Measurement:
+    """Export the plan, rebuild the model from the exported tensors, and measure it (cached)."""
+    packed = pack_model(prepared.folded, plan, _act_params(reference, plan))
+    layers = prepared.graph.by_name
+    bops = sum(layer_bops(layers[n], Choice(m["weight_bits"], m["act_bits"])) for n, m in packed.layers.items())
+    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
+    fits = all(measured_costs[b.kind] <= b.limit for b in budgets if b.kind in measured_costs)
+    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"]}
+    cached = cache.load("measurement", key)
+    if cached is not None:
+        return Measurement(**{**cached, "name": name, "fits_budget": fits})
+    model, act_params = unpack_model(prepared.folded, packed)
+    with _input_hooks(model, {n: p.fake_quantize for n, p in act_params.items()}):
+        logits = _run(model, data, batch_size)
+    log_q = F.log_softmax(logits, dim=1)
+    log_p = F.log_softmax(reference.logits, dim=1)
+    result = Measurement(
+        name=name,
+        size_bytes=packed.size_bytes,
+        bops=bops,
+        top1=_top1(logits, data.y),
+        fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
+        kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
+        n_eval=len(data),
+        fits_budget=fits,
+    )
+    cache.save("measurement", key, result.to_json())
+    return result
+
+
+def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None) -> Plan:
+    layers = {layer.name: LayerPlan(weight_bits=weight_bits, act_bits=act_bits) for layer in prepared.graph.layers}
+    return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
+
+
+def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget]) -> bool:
+    costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+    return all(costs[b.kind] <= b.limit for b in budgets if b.kind in costs)
+
+
+def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
+    fingerprint = plan.model.get("fingerprint")
+    if fingerprint and fingerprint != prepared.fingerprint:
+        raise MpqError("this plan was made for another model (its fingerprint differs): run `mpq search` on this model")
+    unknown = sorted(set(plan.layers) - set(prepared.graph.by_name))
+    if unknown:
+        raise MpqError(f"the plan names layers this model lacks ({', '.join(unknown[:3])}): it was made for another model")
+
+
+def verify_prepared(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    baseline_bits: tuple[int, ...] = (8,),
+    act_bits: int | None = 8,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+) -> Report:
+    """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets."""
+    check_plan_matches(prepared, plan)
+    start = time.perf_counter()
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets)
+    baselines = []
+    for bits in sorted(set(baseline_bits) | {8}, reverse=True):
+        uniform = uniform_plan(prepared, bits, act_bits)
+        if bits != 8 and not _fits(prepared, uniform, plan.budgets):
+            continue
+        label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
+        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets))
+    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start})
