@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,16 +22,17 @@ from mpq.cache import Cache, default_cache_dir
 from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
-from mpq.graph import PreparedModel, prepare_model
+from mpq.graph import LayerInfo, PreparedModel, prepare_model
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
-from mpq.solver import Problem, solve_problem
+from mpq.solver import Problem, check_feasible, solve_problem
 from mpq.verify import Report, verify_prepared
 
 DEFAULT_BITS = (4, 5, 6, 7, 8)
 DEFAULT_ACT_BITS = 8
+DEFAULT_TRACE_MARGIN = 2.0
 EXAMPLE_BATCH = 2
 
 
@@ -98,16 +99,22 @@ def analyze(
 
 
 def build_problem(
-    sensitivity: Sensitivity, budgets: list[Budget], bits: Iterable[int], act_bits: int | None
+    layers: list[LayerInfo],
+    float_bytes: int,
+    budgets: list[Budget],
+    bits: Iterable[int],
+    act_bits: int | None,
+    omega: Callable[[str, Choice], float],
 ) -> Problem:
+    """One choice per candidate weight width (all with the same activation width) for every layer."""
     choices = [Choice(check_bits(b), act_bits) for b in sorted(set(bits))]
-    names = list(sensitivity.layers)
+    names = [layer.name for layer in layers]
     return Problem(
         layers=names,
         choices={n: choices for n in names},
-        omega={n: {c: s.omega(c.weight_bits) for c in choices} for n, s in sensitivity.layers.items()},
-        costs={n: {c: layer_costs(s.layer, c) for c in choices} for n, s in sensitivity.layers.items()},
-        fixed_costs={"size_bytes": float(sensitivity.float_bytes), "bops": 0.0},
+        omega={layer.name: {c: omega(layer.name, c) for c in choices} for layer in layers},
+        costs={layer.name: {c: layer_costs(layer, c) for c in choices} for layer in layers},
+        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
         budgets=budgets,
     )
 
@@ -118,15 +125,21 @@ def solve(
     *,
     bits: Iterable[int] = DEFAULT_BITS,
     act_bits: int | None = DEFAULT_ACT_BITS,
+    trace_margin: float = DEFAULT_TRACE_MARGIN,
 ) -> Plan:
-    """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget)."""
+    """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
+
+    Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
+    """
     if act_bits is not None:
         check_bits(act_bits)
     budgets = _as_budgets(budget)
     bits = tuple(sorted(set(bits)))
     if not bits:
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
-    solution = solve_problem(build_problem(sensitivity, budgets, bits, act_bits))
+    layers = [s.layer for s in sensitivity.layers.values()]
+    omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
+    solution = solve_problem(build_problem(layers, sensitivity.float_bytes, budgets, bits, act_bits, omega))
     layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
@@ -144,6 +157,7 @@ def solve(
         settings={
             "bits": list(bits),
             "act_bits": act_bits,
+            "trace_margin": trace_margin,
             "loss": sensitivity.loss,
             "probes": sensitivity.settings.max_probes,
             "tol": sensitivity.settings.tol,
@@ -175,6 +189,7 @@ def search(
     *,
     bits: Iterable[int] = DEFAULT_BITS,
     act_bits: int | None = DEFAULT_ACT_BITS,
+    trace_margin: float = DEFAULT_TRACE_MARGIN,
     cache_dir=None,
     progress: bool = True,
     eval_batch_size: int = 25,
@@ -186,10 +201,12 @@ def search(
     budgets = _as_budgets(budget)
     bits = tuple(bits)
     prepared = _as_prepared(model, data)
+    # fail before the Hessian work when no plan can meet a budget
+    check_feasible(build_problem(prepared.graph.layers, prepared.graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0))
     t0 = time.perf_counter()
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs ...; repeat for several (all must hold)")
     search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
     search.add_argument("--act-bits", type=_act_bits, default=8, help="activation width, or 'none' to keep activations in float (default 8)")
+    search.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
     search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     _add_probe_options(search)
@@ -118,7 +119,7 @@ def run_search(args) -> int:
     budgets = [parse_budget(b) for b in args.budget]
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, eval_batch_size=args.eval_batch_size, **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()

@@ -27,7 +27,8 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
         row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {s.hessian_trace:.4g} ± {s.hessian_trace_stderr:.2g} | {s.probes} |"
         if plan is not None:
             lp = plan.layers[name]
-            row += f" {lp.weight_bits} | {lp.act_bits or 'float'} | {s.omega(lp.weight_bits):.3g} |"
+            margin = plan.settings.get("trace_margin", 0.0)
+            row += f" {lp.weight_bits} | {lp.act_bits or 'float'} | {s.omega(lp.weight_bits, margin):.3g} |"
         lines.append(row + f" {s.warning(sensitivity.settings.tol) or ''} |")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import pulp
@@ -65,7 +66,8 @@ def smallest_cost(problem: Problem, kind: str) -> float:
     return total
 
 
-def _check(problem: Problem) -> None:
+def check_feasible(problem: Problem) -> None:
+    """Raise MpqError for an ill-formed problem, BudgetInfeasible when a budget alone cannot be met."""
     for budget in problem.budgets:
         for name in problem.layers:
             if any(budget.kind not in problem.costs[name][c] for c in problem.choices[name]):
@@ -87,10 +89,16 @@ def _objective_scale(problem: Problem) -> float:
     return 1.0 / largest if largest > 0 else 1.0
 
 
+def _binary(program: pulp.LpProblem, name: str) -> pulp.LpVariable:
+    if hasattr(program, "add_variable"):  # PuLP >= 3.3
+        return program.add_variable(name, cat="Binary")
+    return pulp.LpVariable(name, cat="Binary")
+
+
 def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Choice], pulp.LpVariable]]:
     program = pulp.LpProblem("mpq_bit_allocation", pulp.LpMinimize)
     x = {
-        (name, c): pulp.LpVariable(f"x_{i}_{c.label()}", cat="Binary")
+        (name, c): _binary(program, f"x_{i}_{c.label()}")
         for i, name in enumerate(problem.layers)
         for c in problem.choices[name]
     }
@@ -113,10 +121,12 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
 
 def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
     """The choice per layer of least total Omega that meets every budget (proven optimal)."""
-    _check(problem)
+    check_feasible(problem)
     start = time.perf_counter()
     program, x = build_program(problem)
-    program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s))
+    with warnings.catch_warnings():  # PuLP 3 warns that its bundled CBC goes away in PuLP 4 (pinned below 4)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s))
     status = pulp.LpStatus[program.status]
     if status == "Infeasible":
         least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind))}" for b in problem.budgets)

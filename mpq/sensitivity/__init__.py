@@ -31,9 +31,14 @@ class LayerSensitivity:
     channel_trace_stderr: np.ndarray
     channel_quant_error: dict[int, np.ndarray] = field(repr=False)
 
-    def omega(self, bits: int) -> float:
-        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2; a trace estimated below zero counts as zero."""
-        return max(self.hessian_trace, 0.0) / self.layer.params * self.quant_error[bits]
+    def bounded_trace(self, margin: float = 0.0) -> float:
+        """max(Tr + margin * stderr, 0): with margin > 0, the upper edge of the estimate's confidence
+        interval, so a layer whose trace is uncertain is not taken for an insensitive one."""
+        return max(self.hessian_trace + margin * self.hessian_trace_stderr, 0.0)
+
+    def omega(self, bits: int, margin: float = 0.0) -> float:
+        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace`."""
+        return self.bounded_trace(margin) / self.layer.params * self.quant_error[bits]
 
     def warning(self, tol: float) -> str | None:
         if self.hessian_trace <= 2 * self.hessian_trace_stderr:

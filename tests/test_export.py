@@ -1,0 +1,63 @@
+"""Byte accounting: the cost model's size equals the bytes of the real exported tensors."""
+
+import math
+
+import pytest
+import torch
+
+from mpq.cost import Choice, model_costs
+from mpq.export.packed import pack_bits, pack_model, unpack_bits, unpack_model
+from mpq.graph import prepare_model
+from mpq.plan import LayerPlan, Plan
+from mpq.quant import ActQuantParams, fake_quantize_weight
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_bit_packing_round_trips_and_takes_ceil_n_b_over_8_bytes(bits):
+    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (1001,), generator=torch.Generator().manual_seed(bits)).to(torch.int8)
+    packed = pack_bits(codes, bits)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == math.ceil(1001 * bits / 8)
+    assert torch.equal(unpack_bits(packed, bits, 1001), codes)
+
+
+def mixed_plan(prepared) -> Plan:
+    widths = {"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 6)}
+    assert set(widths) == {layer.name for layer in prepared.graph.layers}
+    return Plan(layers=widths)
+
+
+def test_predicted_size_equals_exported_bytes(tiny_model, tiny_data):
+    x, _ = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = mixed_plan(prepared)
+    act = {"conv1": ActQuantParams(0.05, 10, 8), "fc": ActQuantParams(0.02, 0, 6)}
+    packed = pack_model(prepared.folded, plan, act)
+    predicted = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+    # conv1: 54 weights at 3 bits -> 21 B + 3 scales + 3 folded biases + act params (8 B)
+    # conv2: 54 at 5 bits -> 34 B + 2 scales + 2 biases; fc: 32 at 8 bits -> 32 B + 4 + 4 + 8
+    expected = (21 + 12 + 12 + 8) + (34 + 8 + 8) + (32 + 16 + 16 + 8)
+    assert packed.size_bytes == predicted["size_bytes"] == expected
+
+
+def test_unpacked_model_holds_exactly_the_quantized_weights(tiny_model, tiny_data):
+    x, _ = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = mixed_plan(prepared)
+    act = {"conv1": ActQuantParams(0.05, 10, 8), "fc": ActQuantParams(0.02, 0, 6)}
+    rebuilt, act_back = unpack_model(prepared.folded, pack_model(prepared.folded, plan, act))
+    for name, lp in plan.layers.items():
+        original = prepared.folded.get_submodule(name).weight
+        assert torch.equal(rebuilt.get_submodule(name).weight, fake_quantize_weight(original, lp.weight_bits))
+    assert act_back["fc"].zero_point == 0 and act_back["fc"].bits == 6
+    assert act_back["conv1"].scale == pytest.approx(0.05)
+    assert prepared.folded.get_submodule("fc").weight is not rebuilt.get_submodule("fc").weight
+
+
+def test_choice_bops_use_32_bits_for_float_inputs(tiny_model, tiny_data):
+    x, _ = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    layers = prepared.graph.layers
+    costs = model_costs(layers, {"conv1": Choice(4, 8), "conv2": Choice(4, None), "fc": Choice(8, 8)}, 0)
+    by_name = prepared.graph.by_name
+    assert costs["bops"] == by_name["conv1"].macs * 32 + by_name["conv2"].macs * 128 + by_name["fc"].macs * 64
