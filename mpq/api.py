@@ -75,7 +75,7 @@ def analyze(
     data,
     *,
     tol: float = 0.05,
-    max_probes: int = 64,
+    max_probes: int = 32,
     min_probes: int = 8,
     max_seconds: float = 600.0,
     batch_size: int = 8,

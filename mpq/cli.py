@@ -47,7 +47,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
 
 def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=0.05, help="stop probing when every layer's stderr is below this fraction of its trace (default 0.05)")
-    p.add_argument("--max-probes", type=int, default=64, help="most Hutchinson probes (default 64)")
+    p.add_argument("--max-probes", type=int, default=32, help="most Hutchinson probes (default 32)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")

@@ -37,7 +37,7 @@ class HessianTraces:
 class ProbeSettings:
     tol: float = 0.05
     min_probes: int = 8
-    max_probes: int = 64
+    max_probes: int = 32
     max_seconds: float = 600.0
     batch_size: int = 8
     seed: int = 0
