@@ -5,6 +5,11 @@
     plan = mpq.solve(sens, budget="4MB", bits=(4, 6, 8))  # the least-Omega widths within budget
     report = mpq.verify(model, plan, data)                # measured against FP32 and uniform widths
     result = mpq.search(model, data, budget="4MB")       # all three
+
+`model` is any torch.nn.Module (never changed in place); `data` an mpq.Dataset, a tensor of inputs,
+or an (x, y) tuple. Integer inputs (token ids) are passed to the model unchanged. Budgets are strings
+("4MB", "20GBOPs") or mpq.Budget objects, one or a list (all must hold). Bad input raises
+mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.BudgetInfeasible.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from mpq.cache import Cache, default_cache_dir
 from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
-from mpq.graph import LayerInfo, PreparedModel, prepare_model
+from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
+from mpq.losses import resolve_loss
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
@@ -46,15 +52,41 @@ def _as_dataset(data) -> Dataset:
     raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, or an (x, y) tuple, not {type(data).__name__}")
 
 
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MpqError(f"model tensor {name} contains NaN or Inf: load trained weights (or fix training) before quantizing")
+
+
+def _check_output(model: nn.Module, example: torch.Tensor) -> None:
+    with torch.no_grad(), module_calls_visible():
+        output = model(example)
+    if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        what = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
+        raise MpqError(f"the model returns {what}: wrap it so that it returns one tensor shaped [batch, outputs...] (logits or embeddings)")
+    if output.is_floating_point() and not torch.isfinite(output).all():
+        raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
+
+
 def _as_prepared(model, data: Dataset) -> PreparedModel:
     if isinstance(model, PreparedModel):
         return model
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    _check_finite_weights(model)
+    example = data.x[:EXAMPLE_BATCH]
     try:
-        return prepare_model(model, data.x[:EXAMPLE_BATCH])
-    except RuntimeError as exc:
-        raise MpqError(f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}): {exc}") from None
+        _check_output(model.eval(), example)
+        prepared = prepare_model(model, example)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MpqError(
+            f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
+            "give data shaped and typed as the model expects"
+        ) from None
+    if not prepared.graph.layers:
+        raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")
+    return prepared
 
 
 def _as_budgets(budget) -> list[Budget]:
@@ -82,20 +114,30 @@ def analyze(
     seed: int = 0,
     cache_dir=None,
     progress: bool = True,
+    loss=None,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
     Probes until every layer's standard error is below `tol` x its trace, or `max_probes`, or
-    `max_seconds`. Results are cached under `cache_dir` (None: the default folder; False: no cache).
+    `max_seconds`. Results are cached under `cache_dir` (None: the default folder; False: no cache);
+    an interrupted run resumes from the probes it finished.
+
+    `loss`: "labels" (cross-entropy with y; the default when the data has labels), "fp32"
+    (cross-entropy against the FP32 predictions; the default without), "mse" or "kl" to the FP32
+    outputs (for models that are not classifiers), "module:callable", or a function
+    loss(output, target) where target is y when given, else the FP32 outputs.
     """
     if not 0 < tol < 1:
         raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
     if max_probes < 2 or min_probes < 2:
         raise MpqError("max_probes and min_probes must be at least 2 (a standard error needs two probes)")
+    if batch_size < 1:
+        raise MpqError(f"batch_size={batch_size} must be at least 1")
     data = _as_dataset(data)
+    resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
-    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress)
+    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
 
 
 def build_problem(
@@ -130,6 +172,8 @@ def solve(
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
     Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
+    `bits` are the candidate weight widths (2-8). Raises BudgetInfeasible, naming the smallest budget
+    that can be met, when none fits.
     """
     if act_bits is not None:
         check_bits(act_bits)
@@ -162,13 +206,17 @@ def solve(
             "probes": sensitivity.settings.max_probes,
             "tol": sensitivity.settings.tol,
             "seed": sensitivity.settings.seed,
-            "solver_seconds": round(solution.seconds, 3),
         },
     )
 
 
 def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None) -> Report:
-    """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths."""
+    """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
+
+    Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
+    The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
+    of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
+    """
     data = _as_dataset(data)
     prepared = _as_prepared(model, data)
     act_bits = next((lp.act_bits for lp in plan.layers.values()), DEFAULT_ACT_BITS)
@@ -195,7 +243,10 @@ def search(
     eval_batch_size: int = 25,
     **analyze_options,
 ) -> SearchResult:
-    """analyze, solve and verify in one call."""
+    """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed ...).
+
+    Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
+    """
     start = time.perf_counter()
     data = _as_dataset(data)
     budgets = _as_budgets(budget)

@@ -46,3 +46,27 @@ class Cache:
     def save(self, kind: str, key: dict, value) -> None:
         if self.folder is not None:
             write_json_atomic(self._path(kind, key), value)
+
+    def delete(self, kind: str, key: dict) -> None:
+        if self.folder is not None:
+            self._path(kind, key).unlink(missing_ok=True)
+
+    def entry(self, kind: str, key: dict) -> "CacheEntry | None":
+        """One entry as an object with load/save/clear (None for a cache that stores nothing)."""
+        return None if self.folder is None else CacheEntry(self, kind, key)
+
+
+class CacheEntry:
+    """One keyed entry: used for checkpoints that are rewritten (atomically) as work goes on."""
+
+    def __init__(self, cache: Cache, kind: str, key: dict) -> None:
+        self.cache, self.kind, self.key = cache, kind, key
+
+    def load(self):
+        return self.cache.load(self.kind, self.key)
+
+    def save(self, value) -> None:
+        self.cache.save(self.kind, self.key, value)
+
+    def clear(self) -> None:
+        self.cache.delete(self.kind, self.key)

@@ -59,11 +59,58 @@ def load_npz(path: Path) -> Dataset:
         raise MpqError(f"cannot read {path} as a .npz file ({exc}): save it with numpy.savez(path, x=..., y=...)") from None
     if "x" not in arrays:
         raise MpqError(f"{path} has no array named 'x': save inputs as x (and optional integer labels as y)")
-    x = torch.from_numpy(np.ascontiguousarray(arrays["x"]))
-    if not x.is_floating_point():
-        x = x.float()
+    x = _as_input(torch.from_numpy(np.ascontiguousarray(arrays["x"])), path)
     y = torch.from_numpy(np.ascontiguousarray(arrays["y"])) if "y" in arrays else None
-    return Dataset(x=x.float(), y=y, description=f"{path} ({len(x)} samples)")
+    return Dataset(x=x, y=y, description=f"{path} ({len(x)} samples)")
+
+
+def _as_input(x: torch.Tensor, source) -> torch.Tensor:
+    """Floats become float32; integers (token ids) stay int64, so embeddings receive them unchanged."""
+    if x.is_floating_point():
+        return x.float()
+    if x.dtype == torch.bool or x.is_complex():
+        raise MpqError(f"inputs x in {source} are {x.dtype}: give floats, or integers for token ids")
+    return x.long()
+
+
+def load_pt(path: Path) -> Dataset:
+    """A torch.save'd dict {"x": tensor, "y": tensor (optional)}, read with weights_only=True."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MpqError(f"cannot read {path} as tensors ({type(exc).__name__}): save it with torch.save({{'x': x, 'y': y}}, path)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("x"), torch.Tensor):
+        raise MpqError(f"{path} holds no tensor 'x': save it with torch.save({{'x': inputs, 'y': labels}}, path)")
+    y = data.get("y")
+    if y is not None and not isinstance(y, torch.Tensor):
+        raise MpqError(f"'y' in {path} is a {type(y).__name__}: save integer labels as a tensor")
+    return Dataset(x=_as_input(data["x"], path), y=y, description=f"{path} ({len(data['x'])} samples)")
+
+
+def from_batches(batches, source: str) -> Dataset:
+    """Concatenate an iterable (a DataLoader, a list, a generator) of `x` or `(x, y)` batches."""
+    xs, ys = [], []
+    for batch in batches:
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = batch
+        elif isinstance(batch, (tuple, list)) and len(batch) == 1:
+            x, y = batch[0], None
+        else:
+            x, y = batch, None
+        if not isinstance(x, torch.Tensor) or (y is not None and not isinstance(y, torch.Tensor)):
+            raise MpqError(f"{source} yields {type(batch).__name__} batches: yield tensors x or tuples (x, y) of tensors")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise MpqError(f"{source} yields no batches: give at least one batch of inputs")
+    if any(y is None for y in ys) and any(y is not None for y in ys):
+        raise MpqError(f"{source} yields labels for some batches only: give (x, y) for every batch, or x alone")
+    try:
+        x = torch.cat(xs)
+    except RuntimeError:
+        raise MpqError(f"{source} yields batches of different sample shapes ({tuple(xs[0].shape[1:])}, ...): give one shape") from None
+    y = None if ys[0] is None else torch.cat(ys)
+    return Dataset(x=_as_input(x, source), y=y, description=f"{source} ({len(x)} samples)")
 
 
 def preprocess_imagenet(image, size: int = 224, resize: int = 256) -> torch.Tensor:
@@ -90,8 +137,20 @@ def five_crops(image, size: int = 224, resize: int = 256, crops: str = "five") -
     return views
 
 
-def load_image_folder(path: Path) -> Dataset:
-    """Images directly in `path` (unlabelled) or in class subfolders (labels = sorted folder index)."""
+TRANSFORMS = ("imagenet", "none")
+
+
+def to_tensor(image) -> torch.Tensor:
+    """The `none` transform: RGB values / 255 as float CHW, the image's own size."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
+    """Images directly in `path` (unlabelled) or in class subfolders (labels = sorted folder index).
+
+    transform "imagenet": resize 256 (bicubic), centre crop 224, (x - 127) / 128; "none": x / 255 as is.
+    """
     from PIL import Image
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
@@ -101,6 +160,12 @@ def load_image_folder(path: Path) -> Dataset:
         files = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise MpqError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {path}")
-    x = torch.stack([preprocess_imagenet(Image.open(f)) for f, _ in files])
+    if transform not in TRANSFORMS:
+        raise MpqError(f"unknown transform {transform!r}: use {' or '.join(TRANSFORMS)}")
+    prepare = preprocess_imagenet if transform == "imagenet" else to_tensor
+    views = [prepare(Image.open(f)) for f, _ in files]
+    if len({tuple(v.shape) for v in views}) > 1:
+        raise MpqError(f"images in {path} differ in size: use --transform imagenet, or resize them to one size")
+    x = torch.stack(views)
     y = torch.tensor([label for _, label in files]) if classes else None
     return Dataset(x=x, y=y, description=f"{path} ({len(x)} images)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -15,6 +16,19 @@ import torch
 from torch import nn
 
 QUANTIZABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@contextmanager
+def module_calls_visible():
+    """Turn off PyTorch's fused transformer fast path (nn.TransformerEncoderLayer and
+    nn.MultiheadAttention at inference), which computes linear1/linear2 without calling them as
+    modules, so their hooks (and hence mpq's measurement and quantization) would be skipped."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,9 @@ class ModelGraph:
     float_bytes: int
     flow: nx.DiGraph
     folded_batchnorms: list[str] = field(default_factory=list)
+    # Linear/Conv modules never called as modules (e.g. nn.MultiheadAttention.out_proj, which it
+    # applies functionally): they stay in float and count in float_bytes
+    uncalled: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerInfo:
         return self.by_name[name]
@@ -97,7 +114,7 @@ def _record_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn
         hooks.append(module.register_forward_hook(hook))
     output_keepalive: list[torch.Tensor] = []  # keeps ids unique while the pass runs
     try:
-        with torch.no_grad():
+        with torch.no_grad(), module_calls_visible():
             model(example)
     finally:
         for h in hooks:
@@ -232,6 +249,7 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
         float_bytes=float_bytes,
         flow=data_flow_graph(model, [l.name for l in layers]),
         folded_batchnorms=folded_batchnorms or [],
+        uncalled=[name for name in modules if name not in seen],
     )
 
 

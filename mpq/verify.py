@@ -24,7 +24,7 @@ from mpq.cost import Choice, layer_bops, model_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.export.packed import pack_model, unpack_model
-from mpq.graph import PreparedModel, quantizable_modules
+from mpq.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import ActQuantParams, MinMaxObserver
 
@@ -41,6 +41,8 @@ class Measurement:
     kl_to_fp32: float
     n_eval: int
     fits_budget: bool = True
+    cosine_to_fp32: float | None = None  # mean cosine similarity of each output to the FP32 one
+
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -72,6 +74,7 @@ class Report:
                 "top1": self.plan.top1,
                 "fp32_agreement": self.plan.fp32_agreement,
                 "kl_to_fp32": self.plan.kl_to_fp32,
+                "cosine_to_fp32": self.plan.cosine_to_fp32,
                 "n_eval": self.plan.n_eval,
             },
             "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1},
@@ -100,7 +103,7 @@ def _input_hooks(model: nn.Module, per_layer: dict[str, object]):
 
 
 def _run(model: nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
-    with torch.inference_mode():
+    with torch.inference_mode(), module_calls_visible():
         return torch.cat([model(x) for x, _ in data.batches(batch_size)]).float()
 
 
@@ -174,6 +177,7 @@ def measure_plan(
         kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
         n_eval=len(data),
         fits_budget=fits,
+        cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
     )
     cache.save("measurement", key, result.to_json())
     return result

@@ -12,10 +12,8 @@ from mpq.cache import Cache
 from mpq.data import Dataset
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.error import channel_error_table
+from mpq.losses import Loss, resolve_loss
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings, hutchinson_traces
-
-LOSS_LABELS = "cross_entropy_labels"
-LOSS_FP32 = "cross_entropy_fp32_predictions"
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Sensitivity:
     seconds: float
     stop_reason: str
     from_cache: bool = False
+    resumed_probes: int = 0  # probes read from the checkpoint of an interrupted run
 
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
@@ -73,6 +72,7 @@ class Sensitivity:
             "loss": self.loss,
             "probes": max((s.probes for s in self.layers.values()), default=0),
             "stop_reason": self.stop_reason,
+            "resumed_probes": self.resumed_probes,
             "tolerance": self.settings.tol,
             "layers": {
                 name: {
@@ -87,11 +87,6 @@ class Sensitivity:
         }
 
 
-def fp32_targets(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
-
-
 def _traces_to_json(traces: HessianTraces) -> dict:
     return {
         "trace": traces.trace.tolist(),
@@ -101,6 +96,7 @@ def _traces_to_json(traces: HessianTraces) -> dict:
         "channel_stderr": [c.tolist() for c in traces.channel_stderr],
         "seconds": traces.seconds,
         "stop_reason": traces.stop_reason,
+        "resumed_from": traces.resumed_from,
         "layer_names": traces.layer_names,
     }
 
@@ -115,6 +111,7 @@ def _traces_from_json(data: dict) -> HessianTraces:
         channel_stderr=[np.array(c) for c in data["channel_stderr"]],
         seconds=data["seconds"],
         stop_reason=data["stop_reason"],
+        resumed_from=data.get("resumed_from", 0),
     )
 
 
@@ -124,14 +121,18 @@ def analyze_prepared(
     settings: ProbeSettings = ProbeSettings(),
     cache: Cache = Cache(None),
     progress: bool = True,
+    loss: Loss | None = None,
 ) -> Sensitivity:
-    """Hessian traces (cached on disk) and quantization errors of every quantizable layer."""
-    loss = LOSS_LABELS if data.y is not None else LOSS_FP32
+    """Hessian traces (cached on disk) and quantization errors of every quantizable layer.
+
+    An unfinished estimate is checkpointed in the cache after every probe and resumed by the next run.
+    """
+    loss = loss or resolve_loss(None, data.y is not None)
     names = [layer.name for layer in prepared.graph.layers]
     key = {
         "model": prepared.fingerprint,
         "data": data.fingerprint(),
-        "loss": loss,
+        "loss": loss.name,
         "settings": settings.to_json(),
         "layers": names,
     }
@@ -139,9 +140,13 @@ def analyze_prepared(
     if cached is not None:
         traces, from_cache = _traces_from_json(cached), True
     else:
-        targets = data.y if data.y is not None else fp32_targets(prepared.folded, data.x)
-        traces, from_cache = hutchinson_traces(prepared.folded, names, data.x, targets, settings, progress), False
+        checkpoint = cache.entry("hessian-checkpoint", {**key, "settings": {**key["settings"], "max_seconds": None}})
+        targets = loss.targets_for(prepared.folded, data)
+        traces = hutchinson_traces(prepared.folded, names, data.x, targets, settings, progress, loss_fn=loss.fn, checkpoint=checkpoint)
+        from_cache = False
         cache.save("sensitivity", key, _traces_to_json(traces))
+        if checkpoint is not None:
+            checkpoint.clear()
     errors = channel_error_table(prepared.folded, names)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
@@ -158,11 +163,12 @@ def analyze_prepared(
     return Sensitivity(
         model_fingerprint=prepared.fingerprint,
         data_fingerprint=key["data"],
-        loss=loss,
+        loss=loss.name,
         layers=layers,
         float_bytes=prepared.graph.float_bytes,
         settings=settings,
         seconds=traces.seconds,
         stop_reason=traces.stop_reason,
         from_cache=from_cache,
+        resumed_probes=traces.resumed_from,
     )
