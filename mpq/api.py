@@ -217,10 +217,21 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
     of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
     """
+    if not isinstance(plan, Plan):
+        raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
+    for lp in plan.layers.values():
+        check_bits(lp.weight_bits)
+        if lp.act_bits is not None:
+            check_bits(lp.act_bits)
     data = _as_dataset(data)
     prepared = _as_prepared(model, data)
     act_bits = next((lp.act_bits for lp in plan.layers.values()), DEFAULT_ACT_BITS)
-    return verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
+    if prepared.graph.uncalled:
+        report.notes.append(
+            f"left in float (never called as modules, e.g. nn.MultiheadAttention projections): {', '.join(prepared.graph.uncalled)}"
+        )
+    return report
 
 
 @dataclass

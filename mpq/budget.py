@@ -24,7 +24,7 @@ KIND_OF_UNIT = (
 )
 SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS
 
-_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
+_BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 
 
 @dataclass(frozen=True)

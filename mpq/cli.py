@@ -28,6 +28,13 @@ def _widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
     if not values:
         raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
+    from mpq.quant import check_bits
+
+    for v in values:
+        try:
+            check_bits(v)
+        except MpqError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return values
 
 
@@ -41,8 +48,11 @@ def _act_bits(text: str) -> int | None:
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one); default: built-in EfficientNet-Lite0")
-    p.add_argument("--data", help=".npz with x (and integer labels y), a folder of images, or module:function; default: the built-in 200 ImageNet views")
+    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); repeatable")
+    p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
+    p.add_argument("--data", help=".npz/.pt with x (and integer labels y), a folder of images, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views")
+    p.add_argument("--transform", choices=("imagenet", "none"), default="imagenet", help="for image folders: imagenet = resize 256 bicubic, centre crop 224, (x-127)/128; none = x/255 as is (default imagenet)")
 
 
 def _add_probe_options(p: argparse.ArgumentParser) -> None:
@@ -51,6 +61,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
+    p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -74,17 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(sens)
     sens.add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
     _add_probe_options(sens)
+
+    check = sub.add_parser("verify", help="measure a saved plan on a model and data; writes report.json")
+    check.add_argument("plan", help="plan.json written by `mpq search`")
+    _add_model_data(check)
+    check.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
+    check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     return parser
 
 
 def _load_inputs(args):
     from mpq.models import DEFAULT_DATA_SPEC, DEFAULT_MODEL_SPEC
-    from mpq.specs import load_data_spec, load_model_spec
+    from mpq.specs import load_data_spec, load_model_spec, parse_model_args
 
     if args.model and not args.data:
         raise MpqError("--model needs --data too (the built-in data suits only the built-in model)")
-    model = load_model_spec(args.model or DEFAULT_MODEL_SPEC)
-    data = load_data_spec(args.data or DEFAULT_DATA_SPEC)
+    if not args.model and (args.model_arg or args.weights):
+        raise MpqError("--model-arg and --weights apply to your own --model; add --model")
+    model = load_model_spec(args.model or DEFAULT_MODEL_SPEC, parse_model_args(args.model_arg), args.weights)
+    data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform)
     return model, data
 
 
@@ -97,6 +118,7 @@ def _analyze_options(args) -> dict:
         "seed": args.seed,
         "cache_dir": False if args.no_cache else args.cache_dir,
         "progress": not args.quiet,
+        "loss": args.loss,
     }
 
 
@@ -143,16 +165,31 @@ def run_sensitivity(args) -> int:
     return 0
 
 
+def run_verify(args) -> int:
+    import mpq
+    from mpq.files import write_json_atomic
+    from mpq.report import comparison_table
+
+    plan = mpq.Plan.load(args.plan)
+    out = _writable_folder(args.out)
+    model, data = _load_inputs(args)
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir)
+    write_json_atomic(out / "report.json", report.to_json())
+    print(comparison_table(report))
+    print(f"\nwrote {out / 'report.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "sensitivity": run_sensitivity}[args.command]
+        handler = {"search": run_search, "sensitivity": run_sensitivity, "verify": run_verify}[args.command]
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("mpq: interrupted", file=sys.stderr)
+        print("mpq: interrupted; finished Hessian probes are kept in the cache and the same command resumes from them", file=sys.stderr)
         return 130
 
 

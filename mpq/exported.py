@@ -64,7 +64,7 @@ def modules_from_calls(gm: fx.GraphModule) -> fx.GraphModule:
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return gm
+    return fx.GraphModule(gm, gm.graph)  # a plain GraphModule: the exported one refuses .eval()/.train()
 
 
 def load_exported(path: Path) -> nn.Module:

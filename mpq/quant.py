@@ -18,11 +18,17 @@ import torch
 MIN_BITS, MAX_BITS = 2, 8
 
 
+PLAN_MIN_BITS, PLAN_MAX_BITS = 1, 16  # what a plan file may hold
+
+
 def check_bits(bits: int) -> int:
+    """`bits` if mpq's quantizer supports it (2-8); otherwise an MpqError that says which widths to use."""
     from mpq.errors import MpqError
 
-    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise MpqError(f"weight width {bits!r} is not supported: choose whole numbers from {MIN_BITS} to {MAX_BITS}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not PLAN_MIN_BITS <= bits <= PLAN_MAX_BITS:
+        raise MpqError(f"width {bits!r} is outside 1-16 bits; mpq's quantizer supports {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise MpqError(f"width {bits} is a valid plan width (1-16) but mpq's quantizer supports only {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
     return bits
 
 

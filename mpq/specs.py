@@ -144,7 +144,11 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise MpqError(f"{path} holds a {type(state).__name__}, not a state dict; save model.state_dict() with torch.save")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise MpqError(f"{path} does not fit the model ({detail}); check --model-arg or the factory") from None
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys[:3], result.unexpected_keys[:3]
         raise MpqError(f"{path} does not fit the model (missing {missing}, unexpected {unexpected}); check --model-arg or the factory")

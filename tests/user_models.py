@@ -1,0 +1,106 @@
+"""Small user models, data and losses named by CLI specs in the tests (tests/user_models.py:attr)."""
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attention(nn.Module):
+    """Single-head self-attention with four nn.Linear projections (all quantizable)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / math.sqrt(x.shape[-1])
+        return self.out(scores.softmax(dim=-1) @ self.v(x))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim)
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
+class TinyEncoder(nn.Module):
+    """BERT-like: token + position embeddings, `depth` blocks, mean-pooled embedding output [batch, dim]."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, depth: int = 2, seq: int = 8) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(torch.randn(seq, dim) * 0.1)
+        self.blocks = nn.Sequential(*(Block(dim, 2 * dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids):
+        x = self.tokens(ids) + self.positions[: ids.shape[1]]
+        return self.norm(self.blocks(x)).mean(dim=1)
+
+
+def tiny_encoder(depth: int = 2, dim: int = 16) -> TinyEncoder:
+    torch.manual_seed(0)
+    return TinyEncoder(depth=depth, dim=dim).eval()
+
+
+class TorchEncoder(nn.Module):
+    """nn.TransformerEncoderLayer (nn.MultiheadAttention inside) with a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(50, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.tokens(ids)).mean(dim=1))
+
+
+def torch_encoder() -> TorchEncoder:
+    torch.manual_seed(0)
+    return TorchEncoder().eval()
+
+
+def token_batches():
+    """A DataLoader-like iterable of (ids, labels) batches of integer token ids."""
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, 50, (8, 8), generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(3)]
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int = 8, depth: int = 2, bias: bool = True) -> None:
+        super().__init__()
+        sizes = [6] + [width] * depth
+        self.layers = nn.Sequential(*(nn.Sequential(nn.Linear(a, b, bias=bias), nn.Tanh()) for a, b in zip(sizes, sizes[1:])))
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.layers(x))
+
+
+def mlp(width: int = 8, depth: int = 2, bias: bool = True) -> MLP:
+    torch.manual_seed(0)
+    return MLP(width, depth, bias).eval()
+
+
+def slow_cross_entropy(output, target):
+    """Cross-entropy that takes 40 ms, so that a run can be interrupted in the middle."""
+    time.sleep(0.04)
+    return F.cross_entropy(output, target)
+
+
+def output_norm_loss(output, target):
+    """A custom loss of outputs only: half the mean squared distance to the FP32 outputs."""
+    return 0.5 * (output - target).pow(2).sum(dim=1).mean()
+
+
+NOT_A_MODULE = 3
