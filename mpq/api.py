@@ -78,11 +78,12 @@ def _as_prepared(model, data: Dataset) -> PreparedModel:
     try:
         _check_output(model.eval(), example)
         prepared = prepare_model(model, example)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
         raise MpqError(
             f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
-            "give data shaped and typed as the model expects"
+            f"{hint}give data shaped and typed as the model expects"
         ) from None
     if not prepared.graph.layers:
         raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")

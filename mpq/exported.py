@@ -8,6 +8,7 @@ real nn.Linear / nn.Conv2d holding those same tensors, under the submodule's ori
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,6 +69,8 @@ def modules_from_calls(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def load_exported(path: Path) -> nn.Module:
+    # copying an exported graph (mpq works on copies) trips a deprecation inside torch's pytree
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:

@@ -105,6 +105,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
     ]
     if warnings:
         parts += ["## Warnings", ""] + [f"- {n}: {w}" for n, w in warnings.items()] + [""]
+    if report.notes:
+        parts += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings_s.items())
     parts += ["## Timings", "", timings, ""]
     return "\n".join(parts)

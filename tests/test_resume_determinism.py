@@ -16,7 +16,7 @@ from mpq.specs import load_data_spec, load_model_spec
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 
 MPQ = str(Path(sys.executable).parent / "mpq")
-PROBES = 30
+PROBES = 40
 
 
 def sensitivity_command(data: Path, cache: Path) -> list[str]:

@@ -64,6 +64,9 @@ def test_torch_export_program_becomes_quantizable_modules(tmp_path):
     exported, original = mpq.analyze(loaded, data, **options), mpq.analyze(model, data, **options)
     assert list(exported.layers) == list(original.layers)
     assert [s.hessian_trace for s in exported.layers.values()] == [s.hessian_trace for s in original.layers.values()]
+    torch.export.save(torch.export.export(model, (torch.randn(4, 6),)), tmp_path / "static.pt2")
+    with pytest.raises(MpqError, match="export it with a dynamic batch dimension"):
+        mpq.analyze(load_model_spec(str(tmp_path / "static.pt2")), data, **options)
 
 
 def test_torchscript_is_refused_with_what_to_use_instead(tmp_path):
