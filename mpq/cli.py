@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mpq: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("mpq: interrupted; finished Hessian probes are kept in the cache and the same command resumes from them", file=sys.stderr)
+        print("mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them", file=sys.stderr)
         return 130
 
 
