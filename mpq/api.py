@@ -68,7 +68,7 @@ def _check_output(model: nn.Module, example: torch.Tensor) -> None:
         raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
 
 
-def _as_prepared(model, data: Dataset) -> PreparedModel:
+def _as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel:
     if isinstance(model, PreparedModel):
         return model
     if not isinstance(model, nn.Module):
@@ -77,7 +77,7 @@ def _as_prepared(model, data: Dataset) -> PreparedModel:
     example = data.x[:EXAMPLE_BATCH]
     try:
         _check_output(model.eval(), example)
-        prepared = prepare_model(model, example)
+        prepared = prepare_model(model, example, embeddings)
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
@@ -116,6 +116,7 @@ def analyze(
     cache_dir=None,
     progress: bool = True,
     loss=None,
+    quantize_embeddings: bool = False,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -127,6 +128,8 @@ def analyze(
     (cross-entropy against the FP32 predictions; the default without), "mse" or "kl" to the FP32
     outputs (for models that are not classifiers), "module:callable", or a function
     loss(output, target) where target is y when given, else the FP32 outputs.
+
+    `quantize_embeddings`: nn.Embedding tables become layers too (weights per row, no input quantizer).
     """
     if not 0 < tol < 1:
         raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
@@ -136,7 +139,7 @@ def analyze(
         raise MpqError(f"batch_size={batch_size} must be at least 1")
     data = _as_dataset(data)
     resolved = resolve_loss(loss, data.y is not None)
-    prepared = _as_prepared(model, data)
+    prepared = _as_prepared(model, data, quantize_embeddings)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
 
@@ -150,13 +153,16 @@ def build_problem(
     omega: Callable[[str, Choice], float],
 ) -> Problem:
     """One choice per candidate weight width (all with the same activation width) for every layer."""
-    choices = [Choice(check_bits(b), act_bits) for b in sorted(set(bits))]
+    widths = [check_bits(b) for b in sorted(set(bits))]
+    choices = {  # an embedding's input is integer ids: never an input quantizer
+        layer.name: [Choice(b, None if layer.kind == "embedding" else act_bits) for b in widths] for layer in layers
+    }
     names = [layer.name for layer in layers]
     return Problem(
         layers=names,
-        choices={n: choices for n in names},
-        omega={layer.name: {c: omega(layer.name, c) for c in choices} for layer in layers},
-        costs={layer.name: {c: layer_costs(layer, c) for c in choices} for layer in layers},
+        choices=choices,
+        omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
+        costs={layer.name: {c: layer_costs(layer, c) for c in choices[layer.name]} for layer in layers},
         fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
         budgets=budgets,
     )
@@ -211,6 +217,12 @@ def solve(
     )
 
 
+def _plans_embeddings(model, plan: Plan) -> bool:
+    """Whether `plan` quantizes an nn.Embedding of `model` (then embeddings are layers when verifying)."""
+    modules = dict(model.named_modules()) if isinstance(model, nn.Module) else {}
+    return any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers)
+
+
 def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
 
@@ -225,8 +237,9 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
         if lp.act_bits is not None:
             check_bits(lp.act_bits)
     data = _as_dataset(data)
-    prepared = _as_prepared(model, data)
-    act_bits = next((lp.act_bits for lp in plan.layers.values()), DEFAULT_ACT_BITS)
+    prepared = _as_prepared(model, data, _plans_embeddings(model, plan))
+    kinds = {layer.name: layer.kind for layer in prepared.graph.layers}
+    act_bits = next((lp.act_bits for n, lp in plan.layers.items() if kinds.get(n) != "embedding"), DEFAULT_ACT_BITS)
     report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
     if prepared.graph.uncalled:
         report.notes.append(
@@ -253,6 +266,7 @@ def search(
     cache_dir=None,
     progress: bool = True,
     eval_batch_size: int = 25,
+    quantize_embeddings: bool = False,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed ...).
@@ -263,7 +277,7 @@ def search(
     data = _as_dataset(data)
     budgets = _as_budgets(budget)
     bits = tuple(bits)
-    prepared = _as_prepared(model, data)
+    prepared = _as_prepared(model, data, quantize_embeddings)
     # fail before the Hessian work when no plan can meet a budget
     check_feasible(build_problem(prepared.graph.layers, prepared.graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0))
     t0 = time.perf_counter()

@@ -62,6 +62,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
+    p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -119,6 +120,7 @@ def _analyze_options(args) -> dict:
         "cache_dir": False if args.no_cache else args.cache_dir,
         "progress": not args.quiet,
         "loss": args.loss,
+        "quantize_embeddings": args.quantize_embeddings,
     }
 
 

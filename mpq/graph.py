@@ -74,13 +74,19 @@ class ModelGraph:
         return sum(layer.params for layer in self.layers)
 
 
-def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)}
+EMBEDDING_TYPES = (nn.Embedding,)  # quantized only on request (--quantize-embeddings), per row
+
+
+def quantizable_modules(model: nn.Module, embeddings: bool = False) -> dict[str, nn.Module]:
+    types = QUANTIZABLE_TYPES + EMBEDDING_TYPES if embeddings else QUANTIZABLE_TYPES
+    return {name: m for name, m in model.named_modules() if isinstance(m, types)}
 
 
 def _layer_kind(module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
     base = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
     if module.groups > 1 and module.groups == module.in_channels:
         return "depthwise_" + base
@@ -88,7 +94,9 @@ def _layer_kind(module: nn.Module) -> str:
 
 
 def _macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates per sample."""
+    """Multiply-accumulates per sample (none for an embedding: a lookup)."""
+    if isinstance(module, nn.Embedding):
+        return 0
     weight = module.weight
     per_output = math.prod(weight.shape[1:])  # (in/groups) * kernel for convs, in_features for Linear
     return int(math.prod(output_shape) * per_output)
@@ -214,9 +222,9 @@ def data_flow_graph(model: nn.Module, layer_names: list[str]) -> nx.DiGraph:
     return flow
 
 
-def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None) -> ModelGraph:
+def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None, embeddings: bool = False) -> ModelGraph:
     """Measure the quantizable layers of an (already folded) model with one forward pass."""
-    modules = quantizable_modules(model)
+    modules = quantizable_modules(model, embeddings)
     calls = _record_calls(model, example)
     seen: dict[str, LayerInfo] = {}
     for name, mod, _, _, in_shape, out_shape in calls:
@@ -228,7 +236,7 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
                 input_shape=in_shape,
                 output_shape=out_shape,
                 params=mod.weight.numel(),
-                bias_params=mod.bias.numel() if mod.bias is not None else 0,
+                bias_params=mod.bias.numel() if getattr(mod, "bias", None) is not None else 0,
                 macs=_macs(mod, out_shape),
             )
     layers = list(seen.values())
@@ -274,8 +282,11 @@ class PreparedModel:
     fingerprint: str
 
 
-def prepare_model(model: nn.Module, example: torch.Tensor) -> PreparedModel:
-    """Fold BatchNorm into a copy and measure its layers; `example` is a small batch of real inputs."""
+def prepare_model(model: nn.Module, example: torch.Tensor, embeddings: bool = False) -> PreparedModel:
+    """Fold BatchNorm into a copy and measure its layers; `example` is a small batch of real inputs.
+
+    With `embeddings`, nn.Embedding tables are quantizable layers too (per row, no input quantizer).
+    """
     folded, folded_names = fold_batchnorm(model, example)
-    graph = analyze_graph(folded, example, folded_names)
+    graph = analyze_graph(folded, example, folded_names, embeddings)
     return PreparedModel(original=model, folded=folded, graph=graph, fingerprint=model_fingerprint(model))

@@ -35,15 +35,15 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
 
 def comparison_table(report: Report) -> str:
     lines = [
-        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) |",
-        "|---|---:|---|---:|---:|---:|",
-        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 |",
+        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |",
+        "|---|---:|---|---:|---:|---:|---:|",
+        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 | 1 |",
     ]
     rows: list[Measurement] = [report.plan, *report.baselines]
     for m in rows:
         lines.append(
             f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {_pct(m.top1)} | "
-            f"{_pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} |"
+            f"{_pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
         )
     return "\n".join(lines)
 

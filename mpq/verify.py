@@ -91,7 +91,7 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
 @contextmanager
 def _input_hooks(model: nn.Module, per_layer: dict[str, object]):
     """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
-    modules = quantizable_modules(model)
+    modules = quantizable_modules(model, embeddings=True)
     handles = []
     for name, fn in per_layer.items():
         handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
@@ -184,7 +184,10 @@ def measure_plan(
 
 
 def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None) -> Plan:
-    layers = {layer.name: LayerPlan(weight_bits=weight_bits, act_bits=act_bits) for layer in prepared.graph.layers}
+    layers = {
+        layer.name: LayerPlan(weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits)
+        for layer in prepared.graph.layers
+    }
     return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
 
 

@@ -1,8 +1,12 @@
 """A small BERT-like encoder end to end: Linear layers found, label-free traces, mixed widths, fidelity."""
 
+import numpy as np
 import torch
+from torch.func import functional_call
+from torch.nn import functional as F
 
 import mpq
+from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
 from mpq.graph import prepare_model
 from mpq.cost import Choice, model_costs
 from tests.user_models import tiny_encoder, torch_encoder
@@ -38,3 +42,33 @@ def test_multihead_attention_out_proj_is_reported_as_float():
     report = mpq.verify(model, plan, (TOKENS, labels))
     assert any("encoder.self_attn.out_proj" in note for note in report.notes)
     assert report.plan.fp32_agreement >= 0.9
+
+
+def test_embedding_trace_matches_the_exact_hessian():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    ids = torch.randint(0, 10, (16, 3), generator=torch.Generator().manual_seed(1))
+    target = torch.randn(16, 3, generator=torch.Generator().manual_seed(2))
+    weight = model[0].weight.detach()
+
+    def loss(w):
+        return F.mse_loss(functional_call(model, {"0.weight": w}, (ids,)), target)
+
+    exact = torch.autograd.functional.hessian(loss, weight).reshape(40, 40)
+    settings = ProbeSettings(tol=0.01, max_probes=300, batch_size=16, seed=0)
+    traces = hutchinson_traces(model, ["0"], ids, target, settings, progress=False, loss_fn=F.mse_loss)
+    assert abs(traces.trace[0] - float(torch.trace(exact))) <= 3 * traces.stderr[0]
+    rows = torch.diagonal(exact).reshape(10, 4).sum(dim=1).numpy()
+    assert np.all(np.abs(traces.channel_trace[0] - rows) <= 3 * traces.channel_stderr[0] + 1e-9)
+
+
+def test_quantized_embeddings_are_packed_per_row_and_measured_as_predicted():
+    model = tiny_encoder()
+    result = mpq.search(model, TOKENS, budget="7KB", bits=(2, 4, 8), loss="mse", quantize_embeddings=True, max_probes=8, cache_dir=False, progress=False)
+    tokens = result.plan.layers["tokens"]
+    assert tokens.act_bits is None and tokens.weight_bits in (2, 4, 8)
+    assert result.sensitivity.layers["tokens"].layer.kind == "embedding"
+    assert result.report.plan.size_bytes == result.plan.predicted["size_bytes"] <= 7000
+    assert result.report.plan.cosine_to_fp32 > 0.99
+    report = mpq.verify(model, result.plan, TOKENS, cache_dir=False)  # a saved plan knows its embeddings
+    assert report.plan.size_bytes == result.report.plan.size_bytes

@@ -49,7 +49,7 @@ class PackedModel:
 
 def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParams] | None = None) -> PackedModel:
     """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers."""
-    modules = quantizable_modules(model)
+    modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
     if missing:
         raise ValueError(f"plan names layers the model lacks: {missing[:3]}")
@@ -60,7 +60,7 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
         q = quantize_weight(module.weight, lp.weight_bits)
         tensors[f"{name}.weight_codes"] = pack_bits(q.codes, lp.weight_bits)
         tensors[f"{name}.weight_scale"] = q.scale.clone()
-        if module.bias is not None:
+        if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = module.bias.detach().to(torch.float32).clone()
         if lp.act_bits:
             params = act_params[name]
@@ -77,7 +77,7 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
 def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict[str, ActQuantParams]]:
     """A copy of `model` whose quantized layers hold the dequantized packed weights, and the input quantizers."""
     rebuilt = copy.deepcopy(model)
-    modules = quantizable_modules(rebuilt)
+    modules = quantizable_modules(rebuilt, embeddings=True)
     act_params = {}
     with torch.no_grad():
         for name, meta in packed.layers.items():
