@@ -3,7 +3,8 @@
 Every nn.Linear (attention q/k/v/out projections and the feed-forward layers) is a quantizable layer;
 the token embedding and LayerNorms stay in float. Without labels or logits the sensitivity loss is
 the mean squared error to the FP32 embeddings (`loss="mse"`), and the plan is judged by the cosine
-similarity of its embeddings to the FP32 ones. The encoder is trained for a few seconds to tell
+similarity of its embeddings to the FP32 ones. A second search also quantizes the token table
+(`quantize_embeddings=True`, the CLI's `--quantize-embeddings`). The encoder is trained for a few seconds to tell
 token sequences that contain token 0 from those that do not, so that its embeddings carry meaning.
 
 Run:  python examples/transformer.py
@@ -95,6 +96,12 @@ def main() -> None:
         print(f"  {baseline.name}: {baseline.size_bytes:,} B, cosine {baseline.cosine_to_fp32:.5f}, fits: {baseline.fits_budget}")
     print(f"FP32 (float embeddings included): {report.fp32.size_bytes:,} B")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items()))
+
+    # The token table too (per-row widths; ids stay integers): more of the model shrinks for the same budget.
+    with_table = mpq.search(encoder, ids, budget=["32KB", "16MBOPs"], bits=(3, 4, 6, 8), loss="mse", quantize_embeddings=True,
+                            max_probes=16, progress=False, cache_dir=False)
+    print(f"with --quantize-embeddings: tokens W{with_table.plan.layers['tokens'].weight_bits}, "
+          f"{with_table.report.plan.size_bytes:,} B, cosine {with_table.report.plan.cosine_to_fp32:.5f}")
 
 
 if __name__ == "__main__":

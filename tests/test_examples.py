@@ -38,6 +38,8 @@ def test_transformer_quantizes_every_linear_with_close_embeddings():
     assert len(widths) > 1
     cosine = float(re.search(r"cosine similarity to FP32 embeddings ([\d.]+)", out).group(1))
     assert cosine > 0.999
+    size, cosine = re.search(r"with --quantize-embeddings: tokens W\d, ([\d,]+) B, cosine ([\d.]+)", out).groups()
+    assert int(size.replace(",", "")) <= 32_000 and float(cosine) > 0.999
 
 
 def test_own_model_from_a_file_with_weights(tmp_path):
