@@ -2,6 +2,7 @@
 The same seed gives a byte-identical plan.json."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -64,14 +65,16 @@ def test_interrupted_run_resumes_from_saved_probes_and_matches_an_uninterrupted_
 
 
 def test_same_seed_gives_byte_identical_plan(tmp_path, capsys):
+    """One run in this process, one in a fresh process (another hash seed), each with its own cache."""
     data = mlp_data(tmp_path / "d.npz", n=48)
-    plans = []
-    for run in ("a", "b"):
-        status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--model-arg", "width=12", "--data", data,
-                                 "--budget", "350B", "--bits", "2,4,8", "--max-probes", "6", "--seed", "7",
-                                 "--cache-dir", tmp_path / f"cache-{run}", "--out", tmp_path / run, "--quiet")
-        assert status == 0, err
-        plans.append((tmp_path / run / "plan.json").read_bytes())
+    args = ["search", "--model", f"{USER_MODELS}:mlp", "--model-arg", "width=12", "--data", str(data), "--budget", "350B",
+            "--bits", "2,4,8", "--max-probes", "6", "--seed", "7", "--quiet"]
+    status, _, err = run_cli(capsys, *args, "--cache-dir", tmp_path / "cache-a", "--out", tmp_path / "a")
+    assert status == 0, err
+    other = subprocess.run([MPQ, *args, "--cache-dir", str(tmp_path / "cache-b"), "--out", str(tmp_path / "b")],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.returncode == 0, other.stderr
+    plans = [(tmp_path / run / "plan.json").read_bytes() for run in ("a", "b")]
     assert plans[0] == plans[1]
     widths = {layer["weight_bits"] for layer in json.loads(plans[0])["layers"].values()}
     assert len(widths) > 1  # a real mixed plan, not a trivial one
