@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch.nn import functional as F
 
 import mpq

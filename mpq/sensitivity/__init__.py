@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mpq.cache import Cache
 from mpq.data import Dataset

@@ -12,7 +12,6 @@ probe and ends with exactly the numbers an uninterrupted run gives.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import base64
