@@ -76,8 +76,8 @@ def _as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedMode
     _check_finite_weights(model)
     example = data.x[:EXAMPLE_BATCH]
     try:
-        _check_output(model.eval(), example)
-        prepared = prepare_model(model, example, embeddings)
+        prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
+        _check_output(prepared.folded, example)
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""

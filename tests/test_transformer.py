@@ -72,3 +72,11 @@ def test_quantized_embeddings_are_packed_per_row_and_measured_as_predicted():
     assert result.report.plan.cosine_to_fp32 > 0.99
     report = mpq.verify(model, result.plan, TOKENS, cache_dir=False)  # a saved plan knows its embeddings
     assert report.plan.size_bytes == result.report.plan.size_bytes
+
+
+def test_user_model_is_left_as_it_was():
+    model = tiny_encoder().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mpq.search(model, TOKENS, budget="7KB", bits=(2, 4, 8), loss="mse", quantize_embeddings=True, max_probes=3, cache_dir=False, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
