@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, prepare_model
+from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
@@ -34,6 +35,7 @@ DEFAULT_BITS = (4, 5, 6, 7, 8)
 DEFAULT_ACT_BITS = 8
 DEFAULT_TRACE_MARGIN = 2.0
 EXAMPLE_BATCH = 2
+ACT_CHOICE_NOTE = "activation widths are chosen by cost only (Omega is the weight sensitivity)"
 
 
 def _as_dataset(data) -> Dataset:
@@ -98,24 +100,38 @@ def analyze(
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress)
 
 
+def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
+    """Candidate activation widths from an int, None (float inputs) or a sequence of them."""
+    items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
+    if not items:
+        raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
+    return tuple(sorted({None if a is None else check_bits(a) for a in items}, key=lambda a: a or 0))
+
+
 def build_problem(
     layers: list[LayerInfo],
     float_bytes: int,
     budgets: list[Budget],
     bits: Iterable[int],
-    act_bits: int | None,
+    act_bits: "int | None | Sequence[int | None]",
     omega: Callable[[str, Choice], float],
+    keep: "dict[str, int] | None" = None,
+    act_tie_groups: "list[list[str]] | None" = None,
 ) -> Problem:
-    """One choice per candidate weight width (all with the same activation width) for every layer."""
-    choices = [Choice(check_bits(b), act_bits) for b in sorted(set(bits))]
-    names = [layer.name for layer in layers]
+    """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width."""
+    keep = keep or {}
+    acts = act_widths(act_bits)
+    pairs = lambda widths: [Choice(check_bits(w), a) for w in sorted(set(widths)) for a in acts]  # noqa: E731
+    choices = {layer.name: pairs([keep[layer.name]] if layer.name in keep else bits) for layer in layers}
     return Problem(
-        layers=names,
-        choices={n: choices for n in names},
-        omega={layer.name: {c: omega(layer.name, c) for c in choices} for layer in layers},
-        costs={layer.name: {c: layer_costs(layer, c) for c in choices} for layer in layers},
+        layers=[layer.name for layer in layers],
+        choices=choices,
+        omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
+        costs={layer.name: {c: layer_costs(layer, c) for c in choices[layer.name]} for layer in layers},
         fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
         budgets=budgets,
+        act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
+        keep=dict(keep),
     )
 
 
@@ -124,22 +140,29 @@ def solve(
     budget="4MB",
     *,
     bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: int | None = DEFAULT_ACT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
     trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
     Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
+    `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
+    one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
+    `keep_last` pin the first / last quantizable layer in execution order.
     """
-    if act_bits is not None:
-        check_bits(act_bits)
+    acts = act_widths(act_bits)
     budgets = _as_budgets(budget)
     bits = tuple(sorted(set(bits)))
     if not bits:
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     layers = [s.layer for s in sensitivity.layers.values()]
+    pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
     omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
-    solution = solve_problem(build_problem(layers, sensitivity.float_bytes, budgets, bits, act_bits, omega))
+    problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
+    solution = solve_problem(problem)
     layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
@@ -156,7 +179,9 @@ def solve(
         },
         settings={
             "bits": list(bits),
-            "act_bits": act_bits,
+            "act_bits": acts[0] if len(acts) == 1 else list(acts),
+            **({"act_bits_choice": ACT_CHOICE_NOTE, "act_tie_groups": problem.act_tie_groups} if len(acts) > 1 else {}),
+            "keep": pins,
             "trace_margin": trace_margin,
             "loss": sensitivity.loss,
             "probes": sensitivity.settings.max_probes,
@@ -171,7 +196,7 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths."""
     data = _as_dataset(data)
     prepared = _as_prepared(model, data)
-    act_bits = next((lp.act_bits for lp in plan.layers.values()), DEFAULT_ACT_BITS)
+    act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
     return verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
 
 
@@ -188,8 +213,11 @@ def search(
     budget="4MB",
     *,
     bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: int | None = DEFAULT_ACT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
     trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
     cache_dir=None,
     progress: bool = True,
     eval_batch_size: int = 25,
@@ -202,11 +230,13 @@ def search(
     bits = tuple(bits)
     prepared = _as_prepared(model, data)
     # fail before the Hessian work when no plan can meet a budget
-    check_feasible(build_problem(prepared.graph.layers, prepared.graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0))
+    graph = prepared.graph
+    pins = resolve_keep([layer.name for layer in graph.layers], keep, keep_first, keep_last)
+    check_feasible(build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups))
     t0 = time.perf_counter()
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {

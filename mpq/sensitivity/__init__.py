@@ -61,6 +61,7 @@ class Sensitivity:
     seconds: float
     stop_reason: str
     from_cache: bool = False
+    act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
 
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
@@ -165,4 +166,5 @@ def analyze_prepared(
         seconds=traces.seconds,
         stop_reason=traces.stop_reason,
         from_cache=from_cache,
+        act_tie_groups=prepared.graph.act_tie_groups,
     )
