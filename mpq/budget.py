@@ -89,6 +89,8 @@ def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: boo
             text = f"{float(text) + step:.{digits}f}"
     else:
         text = f"{number:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return f"{text} {unit}"
 
 
