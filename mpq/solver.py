@@ -194,20 +194,43 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
     return program, x
 
 
-def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
-    """The choice per layer of least total Omega that meets every budget (proven optimal)."""
-    check_feasible(problem)
-    start = time.perf_counter()
-    program, x = build_program(problem)
+def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> str:
     with warnings.catch_warnings():  # PuLP 3 warns that its bundled CBC goes away in PuLP 4 (pinned below 4)
         warnings.simplefilter("ignore", DeprecationWarning)
         program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s))
-    status = pulp.LpStatus[program.status]
+    return pulp.LpStatus[program.status]
+
+
+def act_width_is_free(problem: Problem) -> bool:
+    """Whether some layer can take one weight width with several activation widths."""
+    return any(len({c.weight_bits for c in cs}) < len(cs) for cs in problem.choices.values())
+
+
+def _prefer_wide_acts(problem: Problem, program: pulp.LpProblem, x: dict, time_limit_s: float | None) -> None:
+    """Second stage: among plans of least total Omega, the one with the most activation bits (a float
+    input counts 32). Omega may ignore activation widths; then this picks the widest the budgets allow."""
+    least = pulp.value(program.objective)
+    program += program.objective <= least + 1e-9 * max(1.0, abs(least)), "least_total_omega"
+    program.setObjective(pulp.lpSum(-(c.act_bits or 32) * var for (_, c), var in x.items()))
+    status = _run_cbc(program, time_limit_s)
+    if status != "Optimal":
+        raise RuntimeError(f"the second stage (widest activations) ended with status {status}")
+
+
+def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
+    """The choice per layer of least total Omega that meets every budget (proven optimal); among
+    several of least Omega, the one with the widest activations."""
+    check_feasible(problem)
+    start = time.perf_counter()
+    program, x = build_program(problem)
+    status = _run_cbc(program, time_limit_s)
     if status == "Infeasible":
         least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind), round_up=True)}" for b in problem.budgets)
         raise BudgetInfeasible(f"no plan meets all budgets at once ({least}); loosen one of them")
     if status != "Optimal":
         raise RuntimeError(f"the integer program ended with status {status}")
+    if act_width_is_free(problem):
+        _prefer_wide_acts(problem, program, x, time_limit_s)
     choices = {name: next(c for c in problem.choices[name] if x[name, c].value() > 0.5) for name in problem.layers}
     costs = total_costs(problem, choices)
     for budget in problem.budgets:

@@ -181,3 +181,18 @@ def test_act_tied_layers_with_no_common_act_width_are_a_user_error():
     problem.choices = dict(problem.choices, layer2=[c for c in PAIRS if c.act_bits == 4], layer0=[c for c in PAIRS if c.act_bits == 8])
     with pytest.raises(MpqError, match="no activation width in common"):
         solve_problem(problem)
+
+
+def test_omega_ties_go_to_the_widest_activations_the_budgets_allow():
+    rng = random.Random(5)
+    problem = pair_problem(rng, ["size_bytes", "bops"], ties=False, act_ties=True, keep={})
+    problem.omega = {n: {c: rng.uniform(0.1, 1.0) * 4.0 ** -c.weight_bits for c in PAIRS} for n in problem.layers}
+    problem.omega = {n: {c: problem.omega[n][Choice(c.weight_bits, 4)] for c in PAIRS} for n in problem.layers}  # Omega ignores act bits
+    feasible = [c for c in admissible(problem) if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)]
+    value = lambda c: sum(problem.omega[n][c[n]] for n in problem.layers)  # noqa: E731
+    best = min(value(c) for c in feasible)
+    widest = max(sum(c[n].act_bits for n in problem.layers) for c in feasible if value(c) <= best * (1 + 1e-12))
+    solution = solve_problem(problem)
+    assert solution.objective == pytest.approx(best, rel=1e-12)
+    assert sum(c.act_bits for c in solution.choices.values()) == widest
+    assert widest < 8 * len(problem.layers)  # the BOPs budget does push some act widths down
