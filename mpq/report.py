@@ -83,7 +83,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         "# mpq report",
         "",
         f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}; activations: "
-        f"{plan.settings.get('act_bits') or 'float'}. Sensitivity loss: {sensitivity.loss}; "
+        f"{plan.settings.get('act_bits') or 'float'}"
+        + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
+        + f". Sensitivity loss: {sensitivity.loss}; "
         f"{max(s.probes for s in sensitivity.layers.values())} Hutchinson probes (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",

@@ -1,6 +1,6 @@
 """External check: HAWQ-V3's own integer-program inputs and its 18 published mixed configurations.
 
-The tables are built from /work/shared/data/hawq_v3 exactly as its README states: per layer two
+The tables are built from tests/data/hawq_v3 (HAWQ repository, MIT license; see its README) exactly as its README states: per layer two
 choices, 4 or 8 bits for the weights and the activation feeding them; Omega = trace * delta(bits);
 size = params * bits / 8 bytes; BOPs = MACs * bits * bits; latency = the measured arrays (ms, written
 in seconds); the equal-bits pairs as groups; limit = cost(4) + r * (cost(8) - cost(4)) over the ILP
@@ -23,8 +23,8 @@ from mpq.budget import parse_budget
 from mpq.solver import solve_problem
 from mpq.table import read_table
 
-DATA = Path(os.environ.get("MPQ_HAWQ_V3_DATA", "/work/shared/data/hawq_v3"))
 REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MPQ_HAWQ_V3_DATA", REPO / "tests" / "data" / "hawq_v3"))  # a copy of shared/data/hawq_v3
 KIND = {"modelsize": "size_bytes", "bops": "bops", "latency": "latency_s"}
 # the notebook's units per cost kind, as multiples of ours (bytes, BOPs, seconds)
 NOTEBOOK_UNIT = {
