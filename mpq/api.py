@@ -25,7 +25,7 @@ from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, prepare_model
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
-from mpq.quant import check_bits
+from mpq.quant import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.solver import Problem, check_feasible, solve_problem
@@ -105,7 +105,9 @@ def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | Non
     items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
     if not items:
         raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
-    return tuple(sorted({None if a is None else check_bits(a) for a in items}, key=lambda a: a or 0))
+    if any(a is not None and (not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS) for a in items):
+        raise MpqError(f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs")
+    return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
 def build_problem(

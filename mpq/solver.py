@@ -8,6 +8,9 @@
                                                                activation tie group, every act width w
                 sum_{k: weight_k = b_l} x_{l,k} = 1            for every layer l the user keeps at b_l bits
                 x_{l,k} in {0, 1}
+Then, when some layer can take one weight width with several activation widths, a second stage keeps
+total Omega at its least and maximises sum_{l,k} a_k x_{l,k} (a float input counts 32 bits): Omega may
+ignore activation widths, and then the widest that the budgets allow are taken.
 """
 
 from __future__ import annotations

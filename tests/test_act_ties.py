@@ -108,6 +108,8 @@ def test_api_act_bits_forms_and_unknown_pin(block, block_data):
     assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=None).layers.values()} == {None}
     assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=6).layers.values()} == {6}
     assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=[None, 8]).layers.values()} == {None}  # float is widest
+    with pytest.raises(MpqError, match="activation widths \\[4, 99\\] must be whole numbers"):
+        mpq.solve(sensitivity, "1GB", act_bits=(4, 99))
     with pytest.raises(MpqError, match="did you mean conv1"):
         mpq.solve(sensitivity, "1GB", keep={"conv_1": 8})
     with pytest.raises(MpqError, match="kept at both"):
