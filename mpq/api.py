@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -29,8 +29,9 @@ from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
 from mpq.losses import resolve_loss
+from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
-from mpq.quant import check_bits
+from mpq.quant import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.solver import Problem, check_feasible, solve_problem
@@ -40,6 +41,7 @@ DEFAULT_BITS = (4, 5, 6, 7, 8)
 DEFAULT_ACT_BITS = 8
 DEFAULT_TRACE_MARGIN = 2.0
 EXAMPLE_BATCH = 2
+ACT_CHOICE_NOTE = "activation widths are chosen by cost only (Omega is the weight sensitivity)"
 
 
 def _as_dataset(data) -> Dataset:
@@ -144,27 +146,44 @@ def analyze(
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
 
 
+def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
+    """Candidate activation widths from an int, None (float inputs) or a sequence of them."""
+    items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
+    if not items:
+        raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
+    if any(a is not None and (not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS) for a in items):
+        raise MpqError(f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs")
+    return tuple(sorted(set(items), key=lambda a: a or 0))
+
+
 def build_problem(
     layers: list[LayerInfo],
     float_bytes: int,
     budgets: list[Budget],
     bits: Iterable[int],
-    act_bits: int | None,
+    act_bits: "int | None | Sequence[int | None]",
     omega: Callable[[str, Choice], float],
+    keep: "dict[str, int] | None" = None,
+    act_tie_groups: "list[list[str]] | None" = None,
 ) -> Problem:
-    """One choice per candidate weight width (all with the same activation width) for every layer."""
-    widths = [check_bits(b) for b in sorted(set(bits))]
+    """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
+    an embedding (quantized on request) has no activation quantizer."""
+    keep = keep or {}
+    acts = act_widths(act_bits)
+    pairs = lambda widths, acts: [Choice(check_bits(w), a) for w in sorted(set(widths)) for a in acts]  # noqa: E731
     choices = {  # an embedding's input is integer ids: never an input quantizer
-        layer.name: [Choice(b, None if layer.kind == "embedding" else act_bits) for b in widths] for layer in layers
+        layer.name: pairs([keep[layer.name]] if layer.name in keep else bits, (None,) if layer.kind == "embedding" else acts)
+        for layer in layers
     }
-    names = [layer.name for layer in layers]
     return Problem(
-        layers=names,
+        layers=[layer.name for layer in layers],
         choices=choices,
         omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
         costs={layer.name: {c: layer_costs(layer, c) for c in choices[layer.name]} for layer in layers},
         fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
         budgets=budgets,
+        act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
+        keep=dict(keep),
     )
 
 
@@ -173,24 +192,30 @@ def solve(
     budget="4MB",
     *,
     bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: int | None = DEFAULT_ACT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
     trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
     Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
-    `bits` are the candidate weight widths (2-8). Raises BudgetInfeasible, naming the smallest budget
-    that can be met, when none fits.
+    `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
+    one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
+    `keep_last` pin the first / last quantizable layer in execution order.
+    Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
-    if act_bits is not None:
-        check_bits(act_bits)
+    acts = act_widths(act_bits)
     budgets = _as_budgets(budget)
     bits = tuple(sorted(set(bits)))
     if not bits:
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     layers = [s.layer for s in sensitivity.layers.values()]
+    pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
     omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
-    solution = solve_problem(build_problem(layers, sensitivity.float_bytes, budgets, bits, act_bits, omega))
+    problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
+    solution = solve_problem(problem)
     layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
@@ -207,7 +232,9 @@ def solve(
         },
         settings={
             "bits": list(bits),
-            "act_bits": act_bits,
+            "act_bits": acts[0] if len(acts) == 1 else list(acts),
+            **({"act_bits_choice": ACT_CHOICE_NOTE, "act_tie_groups": problem.act_tie_groups} if len(acts) > 1 else {}),
+            "keep": pins,
             "trace_margin": trace_margin,
             "loss": sensitivity.loss,
             "probes": sensitivity.settings.max_probes,
@@ -238,8 +265,7 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
             check_bits(lp.act_bits)
     data = _as_dataset(data)
     prepared = _as_prepared(model, data, _plans_embeddings(model, plan))
-    kinds = {layer.name: layer.kind for layer in prepared.graph.layers}
-    act_bits = next((lp.act_bits for n, lp in plan.layers.items() if kinds.get(n) != "embedding"), DEFAULT_ACT_BITS)
+    act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
     report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
     if prepared.graph.uncalled:
         report.notes.append(
@@ -261,8 +287,11 @@ def search(
     budget="4MB",
     *,
     bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: int | None = DEFAULT_ACT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
     trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
     cache_dir=None,
     progress: bool = True,
     eval_batch_size: int = 25,
@@ -279,11 +308,13 @@ def search(
     bits = tuple(bits)
     prepared = _as_prepared(model, data, quantize_embeddings)
     # fail before the Hessian work when no plan can meet a budget
-    check_feasible(build_problem(prepared.graph.layers, prepared.graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0))
+    graph = prepared.graph
+    pins = resolve_keep([layer.name for layer in graph.layers], keep, keep_first, keep_last)
+    check_feasible(build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups))
     t0 = time.perf_counter()
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {

@@ -66,14 +66,38 @@ def parse_budget(text: "str | Budget") -> Budget:
     return Budget(kind=KIND_OF_UNIT[unit], limit=limit, text=str(text).strip())
 
 
-def format_bytes(size_bytes: float) -> str:
-    """4012345 -> '4,012,345 B (4.01 MB)'."""
-    return f"{int(size_bytes):,} B ({size_bytes / 1e6:.2f} MB)"
+def format_bytes(size_bytes: float, round_up: bool = False) -> str:
+    """4012345 -> '4,012,345 B (4.01 MB)'; `round_up` rounds a fractional byte count up, never down."""
+    whole = math.ceil(size_bytes) if round_up else int(size_bytes)
+    return f"{whole:,} B ({size_bytes / 1e6:.2f} MB)"
 
 
-def format_cost(kind: str, value: float) -> str:
+BOPS_PREFIXES = (("TBOPs", 1e12), ("GBOPs", 1e9), ("MBOPs", 1e6), ("KBOPs", 1e3), ("BOPs", 1.0))
+LATENCY_PREFIXES = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6))
+
+
+def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: bool) -> str:
+    """`value` in the largest unit that keeps it >= 1, to 6 significant digits; `round_up` never rounds it down,
+    so that the printed text, given back as a budget, is still at least `value`."""
+    unit, scale = next(((u, f) for u, f in prefixes if abs(value) >= f), prefixes[-1])
+    number = value / scale
+    digits = max(0, 5 - math.floor(math.log10(abs(number)))) if number else 0
+    if round_up:
+        step = 10.0**-digits
+        text = f"{math.ceil(number / step - 1e-9) * step:.{digits}f}"
+        while float(text) * scale < value:  # float division can land a hair low
+            text = f"{float(text) + step:.{digits}f}"
+    else:
+        text = f"{number:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
+def format_cost(kind: str, value: float, round_up: bool = False) -> str:
+    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us). `round_up`: never below `value`."""
     if kind == "size_bytes":
-        return format_bytes(value)
+        return format_bytes(value, round_up)
     if kind == "bops":
-        return f"{value / 1e9:.3f} GBOPs"
-    return f"{value * 1e3:.3f} ms"
+        return _scaled(value, BOPS_PREFIXES, round_up)
+    return _scaled(value, LATENCY_PREFIXES, round_up)

@@ -38,13 +38,37 @@ def _widths(text: str) -> tuple[int, ...]:
     return values
 
 
-def _act_bits(text: str) -> int | None:
-    if text.lower() in ("none", "float", "off", "0"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a width (e.g. 8) or 'none'") from None
+def _act_bits(text: str) -> tuple[int | None, ...]:
+    widths = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.lower() in ("none", "float", "off", "0"):
+            widths.append(None)
+            continue
+        try:
+            widths.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'") from None
+    if not widths:
+        raise argparse.ArgumentTypeError("give at least one activation width, e.g. 8 or 4,8, or 'none'")
+    return tuple(widths)
+
+
+def _add_pin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", action="append", default=[], metavar="NAME=BITS", help="keep layer NAME at BITS weight bits, e.g. fc=8; repeatable")
+    p.add_argument("--keep-first", type=int, metavar="BITS", help="keep the first quantizable layer (execution order) at BITS weight bits")
+    p.add_argument("--keep-last", type=int, metavar="BITS", help="keep the last quantizable layer (execution order) at BITS weight bits")
+
+
+def _pins(args) -> dict:
+    from mpq.pins import parse_keep
+
+    keep: dict[str, int] = {}
+    for text in args.keep:
+        name, bits = parse_keep(text)
+        if keep.get(name, bits) != bits:
+            raise MpqError(f"layer {name} is kept at both {keep[name]} and {bits} bits; keep it at one width")
+        keep[name] = bits
+    return {"keep": keep, "keep_first": args.keep_first, "keep_last": args.keep_last}
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
@@ -76,11 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(search)
     search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs ...; repeat for several (all must hold)")
     search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
-    search.add_argument("--act-bits", type=_act_bits, default=8, help="activation width, or 'none' to keep activations in float (default 8)")
+    search.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); chosen by cost only")
     search.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
     search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_pin_options(search)
     _add_probe_options(search)
+
+    solve = sub.add_parser("solve", help="solve a bit-allocation problem given as a CSV table and write plan.json")
+    solve.add_argument("--table", required=True, help="CSV: layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]; one row per layer and choice")
+    solve.add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
+    solve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    _add_pin_options(solve)
 
     sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
     _add_model_data(sens)
@@ -143,13 +174,34 @@ def run_search(args) -> int:
     budgets = [parse_budget(b) for b in args.budget]
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, **_analyze_options(args))
+    pins = _pins(args)
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, **pins, **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
     print(comparison_table(result.report))
     print()
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_solve(args) -> int:
+    from mpq.budget import parse_budget
+    from mpq.pins import resolve_keep
+    from mpq.report import solution_table
+    from mpq.solver import solve_problem
+    from mpq.table import plan_from_solution, read_table
+
+    budgets = [parse_budget(b) for b in args.budget]
+    pins = _pins(args)
+    out = _writable_folder(args.out)
+    problem = read_table(args.table, budgets)
+    problem.keep = resolve_keep(problem.layers, **pins)
+    solution = solve_problem(problem)
+    plan_from_solution(args.table, problem, solution).save(out / "plan.json")
+    print(solution_table(problem, solution))
+    print()
+    print(f"wrote {out / 'plan.json'}")
     return 0
 
 
@@ -185,7 +237,7 @@ def run_verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "sensitivity": run_sensitivity, "verify": run_verify}[args.command]
+        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify}[args.command]
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)

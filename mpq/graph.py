@@ -61,6 +61,7 @@ class ModelGraph:
     # Linear/Conv modules never called as modules (e.g. nn.MultiheadAttention.out_proj, which it
     # applies functionally): they stay in float and count in float_bytes
     uncalled: list[str] = field(default_factory=list)
+    act_tie_groups: list[list[str]] = field(default_factory=list)  # layers reading one input tensor
 
     def layer(self, name: str) -> LayerInfo:
         return self.by_name[name]
@@ -222,6 +223,26 @@ def data_flow_graph(model: nn.Module, layer_names: list[str]) -> nx.DiGraph:
     return flow
 
 
+def shared_input_groups(model: nn.Module, layer_names: list[str]) -> list[list[str]]:
+    """Layers whose input is the same fx node, in execution order: one activation quantizer feeds them
+    all, so they share activation bits (e.g. a ResNet downsample conv and its block's first conv).
+
+    A model fx cannot trace gets no groups (each layer then has its own activation quantizer).
+    """
+    try:
+        fx_graph = _LeafTracer().trace(model)
+    except Exception:  # fx cannot trace arbitrary Python control flow
+        return []
+    wanted = set(layer_names)
+    readers: dict[torch.fx.Node, list[str]] = {}
+    for node in fx_graph.nodes:
+        if node.op == "call_module" and node.target in wanted and node.args and isinstance(node.args[0], torch.fx.Node):
+            readers.setdefault(node.args[0], []).append(node.target)
+    order = {name: i for i, name in enumerate(layer_names)}
+    groups = [sorted(set(names), key=order.__getitem__) for names in readers.values()]
+    return sorted((g for g in groups if len(g) > 1), key=lambda g: order[g[0]])
+
+
 def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None, embeddings: bool = False) -> ModelGraph:
     """Measure the quantizable layers of an (already folded) model with one forward pass."""
     modules = quantizable_modules(model, embeddings)
@@ -258,6 +279,7 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
         flow=data_flow_graph(model, [l.name for l in layers]),
         folded_batchnorms=folded_batchnorms or [],
         uncalled=[name for name in modules if name not in seen],
+        act_tie_groups=shared_input_groups(model, [l.name for l in layers]),
     )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpq.budget import format_bytes
+from mpq.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.plan import Plan
 from mpq.sensitivity import Sensitivity
+from mpq.solver import Problem, Solution
 from mpq.verify import Measurement, Report
 
 
@@ -82,7 +83,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         "# mpq report",
         "",
         f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}; activations: "
-        f"{plan.settings.get('act_bits') or 'float'}. Sensitivity loss: {sensitivity.loss}; "
+        f"{plan.settings.get('act_bits') or 'float'}"
+        + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
+        + f". Sensitivity loss: {sensitivity.loss}; "
         f"{max(s.probes for s in sensitivity.layers.values())} Hutchinson probes (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
@@ -121,3 +124,15 @@ def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: R
     write_json_atomic(paths[1], report.to_json())
     plan.save(paths[0])
     return paths
+
+
+def solution_table(problem: Problem, solution: Solution) -> str:
+    """Markdown table of a solved problem: widths and Omega per layer, then each budget against its total."""
+    lines = ["| layer | W | A | Ω |", "|---|---:|---:|---:|"]
+    for name in problem.layers:
+        c = solution.choices[name]
+        lines.append(f"| {name} | {c.weight_bits} | {c.act_bits or 'float'} | {problem.omega[name][c]:.4g} |")
+    lines += [f"| total | | | {solution.objective:.6g} |", ""]
+    for budget in problem.budgets:
+        lines.append(f"{budget.kind}: {format_cost(budget.kind, solution.costs[budget.kind])} within {budget.text}")
+    return "\n".join(lines)

@@ -4,7 +4,13 @@
     subject to  sum_k x_{l,k} = 1                              for every layer l
                 fixed_j + sum_{l,k} cost_j(l,k) x_{l,k} <= B_j  for every budget j
                 x_{a,k} = x_{b,k}                              for layers a, b of one tie group
+                sum_{k: act_k = w} x_{a,k} = sum_{k: act_k = w} x_{b,k}   for layers a, b of one
+                                                               activation tie group, every act width w
+                sum_{k: weight_k = b_l} x_{l,k} = 1            for every layer l the user keeps at b_l bits
                 x_{l,k} in {0, 1}
+Then, when some layer can take one weight width with several activation widths, a second stage keeps
+total Omega at its least and maximises sum_{l,k} a_k x_{l,k} (a float input counts 32 bits): Omega may
+ignore activation widths, and then the widest that the budgets allow are taken.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Problem:
     fixed_costs: dict[str, float]
     budgets: list[Budget]
     tie_groups: list[list[str]] = field(default_factory=list)
+    act_tie_groups: list[list[str]] = field(default_factory=list)  # layers fed by one activation quantizer
+    keep: dict[str, int] = field(default_factory=dict)  # layer -> weight width the user pinned
 
 
 @dataclass
@@ -58,16 +66,61 @@ def _groups(problem: Problem) -> list[list[str]]:
     return [list(g) for g in problem.tie_groups] + [[name] for name in problem.layers if name not in tied]
 
 
+def allowed_choices(problem: Problem, group: list[str]) -> list[Choice]:
+    """The choices a tie group (or one layer) can take, given the widths the user keeps."""
+    kept = {problem.keep[n] for n in group if n in problem.keep}
+    return [c for c in problem.choices[group[0]] if all(c.weight_bits == b for b in kept)]
+
+
+def _act_components(problem: Problem) -> list[list[list[str]]]:
+    """Tie groups joined into components by the activation tie groups (all of a component share act bits)."""
+    groups = _groups(problem)
+    owner = {name: i for i, group in enumerate(groups) for name in group}
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for act_group in problem.act_tie_groups:
+        for other in act_group[1:]:
+            parent[root(owner[other])] = root(owner[act_group[0]])
+    components: dict[int, list[list[str]]] = {}
+    for i, group in enumerate(groups):
+        components.setdefault(root(i), []).append(group)
+    return list(components.values())
+
+
+def _act_widths(problem: Problem, group: list[str]) -> set:
+    return {c.act_bits for c in allowed_choices(problem, group)}
+
+
 def smallest_cost(problem: Problem, kind: str) -> float:
-    """The least value of one cost that any assignment reaches (respecting tie groups)."""
+    """The least value of one cost that any assignment reaches (respecting ties and kept widths).
+
+    Within a component of activation-tied groups: for each common act width, each group takes its
+    cheapest choice at that width; the component takes the cheapest act width.
+    """
     total = problem.fixed_costs.get(kind, 0.0)
-    for group in _groups(problem):
-        total += min(sum(problem.costs[name][c][kind] for name in group) for c in problem.choices[group[0]])
+    for component in _act_components(problem):
+        common = set.intersection(*(_act_widths(problem, g) for g in component))
+        total += min(
+            sum(
+                min(sum(problem.costs[n][c][kind] for n in g) for c in allowed_choices(problem, g) if c.act_bits == a)
+                for g in component
+            )
+            for a in common
+        )
     return total
 
 
-def check_feasible(problem: Problem) -> None:
-    """Raise MpqError for an ill-formed problem, BudgetInfeasible when a budget alone cannot be met."""
+def _check_well_formed(problem: Problem) -> None:
+    for group in problem.tie_groups + problem.act_tie_groups:
+        unknown = [n for n in group if n not in problem.choices]
+        if unknown:
+            raise MpqError(f"a tie group names {unknown[0]}, which is not a layer of the problem")
     for budget in problem.budgets:
         for name in problem.layers:
             if any(budget.kind not in problem.costs[name][c] for c in problem.choices[name]):
@@ -75,12 +128,29 @@ def check_feasible(problem: Problem) -> None:
     for group in problem.tie_groups:
         if any(set(problem.choices[n]) != set(problem.choices[group[0]]) for n in group):
             raise MpqError(f"layers {', '.join(group)} must take equal bits but have different candidate widths")
+    for name, bits in problem.keep.items():
+        if name not in problem.choices:
+            raise MpqError(f"cannot keep layer {name} at {bits} bits: there is no such layer")
+    for group in _groups(problem):
+        if not allowed_choices(problem, group):
+            widths = sorted({c.weight_bits for c in problem.choices[group[0]]})
+            kept = ", ".join(f"{n}={problem.keep[n]}" for n in group if n in problem.keep)
+            raise MpqError(f"cannot keep {kept}: the candidate weight widths there are {widths}")
+    for component in _act_components(problem):
+        if not set.intersection(*(_act_widths(problem, g) for g in component)):
+            names = ", ".join(n for g in component for n in g)
+            raise MpqError(f"layers {names} read one activation quantizer but have no activation width in common")
+
+
+def check_feasible(problem: Problem) -> None:
+    """Raise MpqError for an ill-formed problem, BudgetInfeasible when a budget alone cannot be met."""
+    _check_well_formed(problem)
     for budget in problem.budgets:
         least = smallest_cost(problem, budget.kind)
         if least > budget.limit:
             raise BudgetInfeasible(
                 f"no plan meets the budget {budget.text} ({format_cost(budget.kind, budget.limit)}): the smallest "
-                f"that can be met is {format_cost(budget.kind, least)}; raise the budget or allow narrower widths"
+                f"that can be met is {format_cost(budget.kind, least, round_up=True)}; raise the budget or allow narrower widths"
             )
 
 
@@ -116,23 +186,54 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
         for other in group[1:]:
             for c in problem.choices[first]:
                 program += x[first, c] == x[other, c], f"tie_{index[first]}_{index[other]}_{c.label()}"
+    for group in problem.act_tie_groups:
+        first = group[0]
+        for other in group[1:]:
+            for a in sorted({c.act_bits for n in (first, other) for c in problem.choices[n]}, key=lambda w: w or 0):
+                at_a = lambda name: pulp.lpSum(x[name, c] for c in problem.choices[name] if c.act_bits == a)  # noqa: E731
+                program += at_a(first) == at_a(other), f"act_tie_{index[first]}_{index[other]}_A{a or 'f'}"
+    for name, bits in problem.keep.items():
+        program += pulp.lpSum(x[name, c] for c in problem.choices[name] if c.weight_bits == bits) == 1, f"keep_{index[name]}_W{bits}"
     return program, x
 
 
-def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
-    """The choice per layer of least total Omega that meets every budget (proven optimal)."""
-    check_feasible(problem)
-    start = time.perf_counter()
-    program, x = build_program(problem)
+def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> str:
     with warnings.catch_warnings():  # PuLP 3 warns that its bundled CBC goes away in PuLP 4 (pinned below 4)
         warnings.simplefilter("ignore", DeprecationWarning)
         program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s))
-    status = pulp.LpStatus[program.status]
+    return pulp.LpStatus[program.status]
+
+
+def act_width_is_free(problem: Problem) -> bool:
+    """Whether some layer can take one weight width with several activation widths."""
+    return any(len({c.weight_bits for c in cs}) < len(cs) for cs in problem.choices.values())
+
+
+def _prefer_wide_acts(problem: Problem, program: pulp.LpProblem, x: dict, time_limit_s: float | None) -> None:
+    """Second stage: among plans of least total Omega, the one with the most activation bits (a float
+    input counts 32). Omega may ignore activation widths; then this picks the widest the budgets allow."""
+    least = pulp.value(program.objective)
+    program += program.objective <= least + 1e-9 * max(1.0, abs(least)), "least_total_omega"
+    program.setObjective(pulp.lpSum(-(c.act_bits or 32) * var for (_, c), var in x.items()))
+    status = _run_cbc(program, time_limit_s)
+    if status != "Optimal":
+        raise RuntimeError(f"the second stage (widest activations) ended with status {status}")
+
+
+def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
+    """The choice per layer of least total Omega that meets every budget (proven optimal); among
+    several of least Omega, the one with the widest activations."""
+    check_feasible(problem)
+    start = time.perf_counter()
+    program, x = build_program(problem)
+    status = _run_cbc(program, time_limit_s)
     if status == "Infeasible":
-        least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind))}" for b in problem.budgets)
+        least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind), round_up=True)}" for b in problem.budgets)
         raise BudgetInfeasible(f"no plan meets all budgets at once ({least}); loosen one of them")
     if status != "Optimal":
         raise RuntimeError(f"the integer program ended with status {status}")
+    if act_width_is_free(problem):
+        _prefer_wide_acts(problem, program, x, time_limit_s)
     choices = {name: next(c for c in problem.choices[name] if x[name, c].value() > 0.5) for name in problem.layers}
     costs = total_costs(problem, choices)
     for budget in problem.budgets:

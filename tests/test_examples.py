@@ -28,7 +28,7 @@ def test_custom_budget_meets_size_and_bops_together():
     size, gbops = re.search(r"plan: ([\d,]+) B \(.*?\), ([\d.]+) GBOPs", out).groups()
     assert int(size.replace(",", "")) <= 20_000 and float(gbops) <= 0.012
     assert "uniform W8A8" in out and "fits both budgets: False" in out
-    assert "the smallest that can be met is 0.005 GBOPs" in out
+    assert re.search(r"no plan meets the budget 0.004GBOPs .*: the smallest that can be met is 4.6\d* MBOPs", out)
 
 
 def test_transformer_quantizes_every_linear_with_close_embeddings():

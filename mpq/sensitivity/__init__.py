@@ -59,6 +59,7 @@ class Sensitivity:
     stop_reason: str
     from_cache: bool = False
     resumed_probes: int = 0  # probes read from the checkpoint of an interrupted run
+    act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
 
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
@@ -170,4 +171,5 @@ def analyze_prepared(
         stop_reason=traces.stop_reason,
         from_cache=from_cache,
         resumed_probes=traces.resumed_from,
+        act_tie_groups=prepared.graph.act_tie_groups,
     )
