@@ -23,7 +23,7 @@ from mpq.cache import Cache
 from mpq.cost import Choice, layer_bops, model_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
-from mpq.export.packed import pack_model, unpack_model
+from mpq.export.packed import PackedModel, fake_quant_model, pack_model
 from mpq.graph import PreparedModel, quantizable_modules
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import ActQuantParams, MinMaxObserver
@@ -140,6 +140,16 @@ def _act_params(reference: Fp32Reference, plan: Plan) -> dict[str, ActQuantParam
     return params
 
 
+def pack_plan(prepared: PreparedModel, plan: Plan, reference: Fp32Reference) -> PackedModel:
+    """The plan's exported tensors, activation ranges calibrated on the FP32 model (what is measured and exported)."""
+    return pack_model(prepared.folded, plan, _act_params(reference, plan))
+
+
+def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
+    """The evaluator's logits: the model rebuilt from the packed tensors, fake-quantized inputs."""
+    return _run(fake_quant_model(prepared.folded, packed), data, batch_size)
+
+
 def measure_plan(
     prepared: PreparedModel,
     plan: Plan,
@@ -151,7 +161,7 @@ def measure_plan(
     budgets: list[Budget] = (),
 ) -> Measurement:
     """Export the plan, rebuild the model from the exported tensors, and measure it (cached)."""
-    packed = pack_model(prepared.folded, plan, _act_params(reference, plan))
+    packed = pack_plan(prepared, plan, reference)
     layers = prepared.graph.by_name
     bops = sum(layer_bops(layers[n], Choice(m["weight_bits"], m["act_bits"])) for n, m in packed.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
@@ -160,9 +170,7 @@ def measure_plan(
     cached = cache.load("measurement", key)
     if cached is not None:
         return Measurement(**{**cached, "name": name, "fits_budget": fits})
-    model, act_params = unpack_model(prepared.folded, packed)
-    with _input_hooks(model, {n: p.fake_quantize for n, p in act_params.items()}):
-        logits = _run(model, data, batch_size)
+    logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
     log_p = F.log_softmax(reference.logits, dim=1)
     result = Measurement(

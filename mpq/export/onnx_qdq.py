@@ -1,0 +1,172 @@
+"""ONNX export in QDQ form: each quantized layer reads integer weights through DequantizeLinear and its
+input through QuantizeLinear -> DequantizeLinear, with the plan's widths.
+
+How it is built. The BatchNorm-folded model (weights already dequantized from the packed codes) is
+exported with torch's TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, opset 20), which
+names every Conv/Gemm weight initializer after its parameter (`<module name>.weight`); nothing is
+rebuilt from module attributes, so convs that pad inside `forward` (EfficientNet's
+Conv2dStaticSamePadding) export as Pad -> Conv. The graph is then patched with the `onnx` helper API
+and its default-domain opset raised to 21 (the first with INT4 in QuantizeLinear/DequantizeLinear;
+the other ops of these models are unchanged from 20 to 21):
+
+  weights, per output channel (axis 0), symmetric (zero point 0), exactly the packed codes:
+      b <= 4: an INT4 initializer (onnxruntime's CPU DequantizeLinear takes INT4 per axis);
+      5 <= b <= 8: an INT8 initializer; codes of b < 8 bits already lie in [-2^(b-1), 2^(b-1)-1].
+      W = DequantizeLinear(codes, scale[c], 0)                      -> Conv/Gemm weight input
+  activations, per tensor, affine, the calibrated scale s and zero point z (mpq.quant):
+      q = QuantizeLinear(x, s, z) as UINT8 (saturates to [0, 255]);
+      b < 8: q = Clip(q, 0, 2^b - 1) on the UINT8 codes (the narrow range, UINT8 storage);
+      x' = DequantizeLinear(q, s, z)                                -> Conv/Gemm data input
+The Q/DQ pair sits on the Conv/Gemm node's data input. Where a conv pads inside `forward` that input
+is the padded tensor; zero padding commutes with the quantizer because Q(0) = 0 exactly.
+The per-layer widths are also stored as model metadata "mpq.layers" (JSON).
+
+onnxruntime's QuantizeLinear divides and rounds half to even like torch.round(x / s); logits differ
+from mpq's evaluator only by float rounding (and where an activation sits on a rounding tie).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpq.errors import MpqError
+from mpq.export.packed import PackedModel, unpack_bits, unpack_model
+from mpq.files import write_bytes_atomic
+
+EXPORT_OPSET = 20
+QDQ_OPSET = 21
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    file_bytes: int
+    int4_layers: int
+    int8_layers: int
+
+
+def _export_float(model: nn.Module, example: torch.Tensor):
+    import onnx
+
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    torch.onnx.export(model, example, buffer, dynamo=False, opset_version=EXPORT_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _int_tensor(name: str, values: np.ndarray, bits: int):
+    """An INT4 (two codes a byte, low nibble first) or INT8 initializer stored as raw bytes."""
+    from onnx import TensorProto, helper
+
+    flat = values.reshape(-1).astype(np.int8)
+    if bits > 4:
+        return helper.make_tensor(name, TensorProto.INT8, list(values.shape), flat.tobytes(), raw=True)
+    nibbles = (flat.astype(np.uint8) & 0x0F).tolist() + ([0] if flat.size % 2 else [])
+    raw = bytes(lo | (hi << 4) for lo, hi in zip(nibbles[0::2], nibbles[1::2]))
+    return helper.make_tensor(name, TensorProto.INT4, list(values.shape), raw, raw=True)
+
+
+def _weight_nodes(layer: str, codes: np.ndarray, scale: np.ndarray, bits: int) -> tuple[list, list, str]:
+    """Initializers and the DequantizeLinear node giving the layer's weight; returns its output name."""
+    from onnx import helper, numpy_helper
+
+    inits = [
+        _int_tensor(f"{layer}.weight_codes", codes, bits),
+        numpy_helper.from_array(scale.astype(np.float32), f"{layer}.weight_scale"),
+        _int_tensor(f"{layer}.weight_zero_point", np.zeros(codes.shape[0], dtype=np.int8), bits),
+    ]
+    node = helper.make_node("DequantizeLinear", [i.name for i in inits], [f"{layer}.weight_dq"], name=f"{layer}/weight/DequantizeLinear", axis=0)
+    return inits, [node], node.output[0]
+
+
+def _input_nodes(layer: str, source: str, scale: float, zero_point: int, bits: int) -> tuple[list, list, str]:
+    """QuantizeLinear (UINT8) [-> Clip to 2^b - 1] -> DequantizeLinear on `source`; returns the output name."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{layer}.input_scale"),
+        helper.make_tensor(f"{layer}.input_zero_point", TensorProto.UINT8, [], [zero_point]),
+    ]
+    nodes = [helper.make_node("QuantizeLinear", [source, inits[0].name, inits[1].name], [f"{layer}.input_q"], name=f"{layer}/input/QuantizeLinear")]
+    codes = nodes[0].output[0]
+    if bits < 8:
+        inits += [
+            helper.make_tensor(f"{layer}.input_qmin", TensorProto.UINT8, [], [0]),
+            helper.make_tensor(f"{layer}.input_qmax", TensorProto.UINT8, [], [2**bits - 1]),
+        ]
+        nodes.append(helper.make_node("Clip", [codes, f"{layer}.input_qmin", f"{layer}.input_qmax"], [f"{layer}.input_q_narrow"], name=f"{layer}/input/Clip"))
+        codes = nodes[-1].output[0]
+    nodes.append(helper.make_node("DequantizeLinear", [codes, inits[0].name, inits[1].name], [f"{layer}.input_dq"], name=f"{layer}/input/DequantizeLinear"))
+    return inits, nodes, nodes[-1].output[0]
+
+
+def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
+    """The onnx.ModelProto: the folded model exported in float, patched into QDQ form as the plan says."""
+    import onnx
+    from onnx import helper
+
+    for name, meta in packed.layers.items():
+        if meta["weight_bits"] > 8 or (meta["act_bits"] or 0) > 8:
+            raise MpqError(f"layer {name} is wider than 8 bits, which ONNX QDQ cannot carry; make the plan with widths up to 8")
+    rebuilt, act_params = unpack_model(folded, packed)
+    model = _export_float(rebuilt.eval(), example)
+    by_weight = {f"{name}.weight": name for name in packed.layers}
+    graph = model.graph
+    float_weights = {init.name for init in graph.initializer if init.name in by_weight}
+    missing = sorted(set(by_weight) - float_weights)
+    if missing:
+        raise RuntimeError(f"the ONNX export has no initializer for {missing[:3]}; cannot attach their quantizers")
+    new_inits, new_nodes = [], []
+    for node in graph.node:
+        layer = by_weight.get(node.input[1]) if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 else None
+        if layer is not None:
+            meta = packed.layers[layer]
+            shape = meta["weight_shape"]
+            codes = unpack_bits(packed.tensors[f"{layer}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).numpy().reshape(shape)
+            inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
+            new_inits += inits
+            new_nodes += nodes
+            if layer in act_params:
+                p = act_params[layer]
+                inits, nodes, node.input[0] = _input_nodes(layer, node.input[0], p.scale, p.zero_point, p.bits)
+                new_inits += inits
+                new_nodes += nodes
+        new_nodes.append(node)
+    kept = [init for init in graph.initializer if init.name not in float_weights]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = QDQ_OPSET
+    model.ir_version = max(model.ir_version, 10)
+    helper.set_model_props(model, {"mpq.layers": json.dumps(packed.layers, separators=(",", ":"))})
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(folded: nn.Module, packed: PackedModel, example: torch.Tensor, path: "str | Path") -> OnnxExport:
+    """Write the QDQ model atomically to `path`."""
+    model = qdq_model(folded, packed, example[:1])
+    data = model.SerializeToString()
+    write_bytes_atomic(path, data)
+    int4 = sum(1 for m in packed.layers.values() if m["weight_bits"] <= 4)
+    return OnnxExport(path=Path(path), file_bytes=len(data), int4_layers=int4, int8_layers=len(packed.layers) - int4)
+
+
+def run_onnx(path: "str | Path", x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
+    """Logits of the ONNX model in onnxruntime (CPU) over `x`, in batches."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+    return torch.from_numpy(np.concatenate(outputs))
