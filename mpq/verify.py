@@ -27,6 +27,9 @@ from mpq.export.packed import PackedModel, fake_quant_model, pack_model
 from mpq.graph import PreparedModel, quantizable_modules
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import ActQuantParams, MinMaxObserver
+from mpq.sqnr import LayerSqnr, layer_sqnr
+
+SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Report:
     baselines: list[Measurement]
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    layer_sqnr: list[LayerSqnr] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -78,6 +82,7 @@ class Report:
             "baselines": [b.to_json() for b in self.baselines],
             "timings_s": self.timings_s,
             "notes": self.notes,
+            "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
         }
 
 
@@ -227,4 +232,5 @@ def verify_prepared(
             continue
         label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
         baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets))
-    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start})
+    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, reference), data.x[:SQNR_SAMPLES], batch_size)
+    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr)

@@ -155,3 +155,11 @@ def test_torchao_config_names_every_layer_with_its_width(tiny, tmp_path):
     positive_rows = fc.gather(1, fc.abs().argmax(1, keepdim=True)).squeeze(1) > 0
     assert positive_rows.any()
     assert torch.allclose(dequantized[positive_rows], fake_quantize_weight(fc, 8)[positive_rows], atol=1e-6)
+
+
+def test_torchao_leaves_depthwise_convs_out():
+    from mpq.export.torchao_config import layer_config
+
+    assert layer_config(torch.nn.Conv2d(8, 8, 3, groups=8), 4, 8) is None
+    assert type(layer_config(torch.nn.Conv2d(8, 8, 3, groups=2), 4, 8)).__name__ == "IntxWeightOnlyConfig"
+    assert type(layer_config(torch.nn.Linear(8, 8), 4, 8)).__name__ == "Int8DynamicActivationIntxWeightConfig"

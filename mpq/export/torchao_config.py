@@ -10,6 +10,8 @@ One config per planned layer, keyed by its module name, weight dtype torch.int<b
     Linear, 8-bit input   -> Int8DynamicActivationIntxWeightConfig(int<b>, PerAxis(0))
     Linear, other input   -> IntxWeightOnlyConfig(int<b>, PerAxis(0))
     Conv2d                -> IntxWeightOnlyConfig(int<b>, PerAxis(0))
+    depthwise Conv2d      -> left out, in float: torchao 0.18 raises on them (PerAxis(0) on a conv
+                             makes blocks of (1, in/groups, 1, 1) = one weight; choose_qparams fails)
     Conv1d                -> left out (torchao's intx configs take 2-d and 4-d weights only)
 weights symmetric (MappingType.SYMMETRIC_NO_CLIPPING_ERR: no weight is clipped, as in mpq).
 
@@ -60,6 +62,8 @@ def layer_config(module: nn.Module, weight_bits: int, act_bits: int | None):
     symmetric = MappingType.SYMMETRIC_NO_CLIPPING_ERR
     if isinstance(module, nn.Linear) and act_bits == 8:
         return tq.Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=PerAxis(0), weight_mapping_type=symmetric)
+    if isinstance(module, nn.Conv2d) and module.weight.shape[1] == 1:
+        return None  # depthwise: torchao's conv blocks would hold one weight each, and 0.18 fails on them
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         return tq.IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0), mapping_type=symmetric)
     return None
@@ -88,7 +92,7 @@ def save_torchao_config(prepared: PreparedModel, plan: Plan, path: "str | Path")
     write_text_atomic(path, text)
     notes = [f"{len(plan.layers) - len(left_out)} layers configured; apply to the BatchNorm-folded model with torchao.quantization.quantize_(model, config, filter_fn=None)"]
     if left_out:
-        notes.append(f"left in float (torchao's intx configs take 2-d and 4-d weights only): {', '.join(left_out[:5])}")
+        notes.append(f"{len(left_out)} layers left in float (depthwise or Conv1d: torchao's intx configs cannot take them): {', '.join(left_out[:3])}, ...")
     return TorchaoExport(Path(path), len(text.encode("utf-8")), tuple(notes))
 
 
