@@ -1,6 +1,7 @@
 """`mpq export` on the tiny model: the packed file's exact bytes, load_packed, ONNX QDQ in onnxruntime, torchao."""
 
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -163,3 +164,26 @@ def test_torchao_leaves_depthwise_convs_out():
     assert layer_config(torch.nn.Conv2d(8, 8, 3, groups=8), 4, 8) is None
     assert type(layer_config(torch.nn.Conv2d(8, 8, 3, groups=2), 4, 8)).__name__ == "IntxWeightOnlyConfig"
     assert type(layer_config(torch.nn.Linear(8, 8), 4, 8)).__name__ == "Int8DynamicActivationIntxWeightConfig"
+
+
+def test_onnx_stores_2_bit_weights_as_int2_and_4_bit_inputs_clipped(tiny_model, tiny_data, tmp_path):
+    import onnx
+
+    from mpq.export.onnx_qdq import run_onnx
+
+    x, y = tiny_data
+    data = Dataset(x=x, y=y)
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = Plan(layers={"conv1": LayerPlan(2, 8), "conv2": LayerPlan(4, 4), "fc": LayerPlan(7, 8)}, model={"fingerprint": prepared.fingerprint})
+    packed = pack_plan(prepared, plan, fp32_reference(prepared, data, 8, Cache(None)))
+    result = mpq.export_plan(tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False)
+    assert "1 layers as INT2, 1 layers as INT4, 1 layers as INT8" in result.summary()
+    model = onnx.load(str(tmp_path / "narrow.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 25
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits["conv1.weight_codes"].data_type == onnx.TensorProto.INT2
+    assert len(inits["conv1.weight_codes"].raw_data) == math.ceil(54 * 2 / 8)
+    assert len(inits["conv2.weight_codes"].raw_data) == 54 // 2
+    assert onnx.numpy_helper.to_array(inits["conv2.input_qmax"]) == 15
+    logits = run_onnx(tmp_path / "narrow.onnx", x, batch_size=8)
+    assert torch.allclose(logits, packed_logits(prepared, packed, data, 8), atol=1e-5)

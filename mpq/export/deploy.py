@@ -57,7 +57,8 @@ def export_plan(model, plan: Plan, data, path: "str | Path", *, format: str = "p
         from mpq.export.onnx_qdq import export_onnx
 
         written = export_onnx(prepared.folded, packed, data.x[:1], path)
-        note = f"weights: {written.int4_layers} layers as INT4, {written.int8_layers} as INT8; activations UINT8 (narrower widths clipped)"
+        storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
+        note = f"weights: {storage}; activations UINT8 (narrower widths clipped)"
         return ExportResult(format, path, written.file_bytes, packed.size_bytes, (note,))
     from mpq.export.torchao_config import save_torchao_config
 

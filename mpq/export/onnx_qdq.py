@@ -6,12 +6,15 @@ exported with torch's TorchScript exporter (`torch.onnx.export(..., dynamo=False
 names every Conv/Gemm weight initializer after its parameter (`<module name>.weight`); nothing is
 rebuilt from module attributes, so convs that pad inside `forward` (EfficientNet's
 Conv2dStaticSamePadding) export as Pad -> Conv. The graph is then patched with the `onnx` helper API
-and its default-domain opset raised to 21 (the first with INT4 in QuantizeLinear/DequantizeLinear;
-the other ops of these models are unchanged from 20 to 21):
+and its default-domain opset raised to 21, the first with INT4 in QuantizeLinear/DequantizeLinear
+(from 20 to 21 the other ops of these models only gain element types), or to 25 (INT2) when a layer
+has 2-bit weights. Checked on onnxruntime 1.32 (CPU): DequantizeLinear runs INT4 per axis at opset 21
+and INT2 per axis at opset 25 (not below); QuantizeLinear to UINT8 and Clip on UINT8 run. ONNX has no
+3-, 5-, 6- or 7-bit types, so those widths are stored in the next wider type, their range clamped:
 
   weights, per output channel (axis 0), symmetric (zero point 0), exactly the packed codes:
-      b <= 4: an INT4 initializer (onnxruntime's CPU DequantizeLinear takes INT4 per axis);
-      5 <= b <= 8: an INT8 initializer; codes of b < 8 bits already lie in [-2^(b-1), 2^(b-1)-1].
+      b = 2: INT2;  b = 3, 4: INT4;  5 <= b <= 8: INT8 (codes of b bits lie in [-2^(b-1), 2^(b-1)-1]);
+      packed low bits first in raw_data.
       W = DequantizeLinear(codes, scale[c], 0)                      -> Conv/Gemm weight input
   activations, per tensor, affine, the calibrated scale s and zero point z (mpq.quant):
       q = QuantizeLinear(x, s, z) as UINT8 (saturates to [0, 255]);
@@ -41,7 +44,8 @@ from mpq.export.packed import PackedModel, unpack_bits, unpack_model
 from mpq.files import write_bytes_atomic
 
 EXPORT_OPSET = 20
-QDQ_OPSET = 21
+QDQ_OPSET = 21  # INT4 in QuantizeLinear/DequantizeLinear
+INT2_OPSET = 25  # INT2 too; used only when a layer has 2-bit weights
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -49,8 +53,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 class OnnxExport:
     path: Path
     file_bytes: int
-    int4_layers: int
-    int8_layers: int
+    layers_by_storage: dict[str, int]  # "INT2"/"INT4"/"INT8" -> number of layers whose weights it holds
 
 
 def _export_float(model: nn.Module, example: torch.Tensor):
@@ -62,16 +65,25 @@ def _export_float(model: nn.Module, example: torch.Tensor):
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _storage_bits(bits: int) -> int:
+    """The narrowest ONNX integer type holding b-bit codes: INT2, INT4 or INT8."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
+
+
 def _int_tensor(name: str, values: np.ndarray, bits: int):
-    """An INT4 (two codes a byte, low nibble first) or INT8 initializer stored as raw bytes."""
+    """An INT2/INT4 (codes packed low bits first, 4 or 2 a byte) or INT8 initializer stored as raw bytes."""
     from onnx import TensorProto, helper
 
+    storage = _storage_bits(bits)
+    elem = {2: TensorProto.INT2, 4: TensorProto.INT4, 8: TensorProto.INT8}[storage]
     flat = values.reshape(-1).astype(np.int8)
-    if bits > 4:
-        return helper.make_tensor(name, TensorProto.INT8, list(values.shape), flat.tobytes(), raw=True)
-    nibbles = (flat.astype(np.uint8) & 0x0F).tolist() + ([0] if flat.size % 2 else [])
-    raw = bytes(lo | (hi << 4) for lo, hi in zip(nibbles[0::2], nibbles[1::2]))
-    return helper.make_tensor(name, TensorProto.INT4, list(values.shape), raw, raw=True)
+    if storage == 8:
+        return helper.make_tensor(name, elem, list(values.shape), flat.tobytes(), raw=True)
+    per_byte = 8 // storage
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
+    padded[: flat.size] = flat.astype(np.uint8) & ((1 << storage) - 1)
+    raw = (padded.reshape(-1, per_byte).astype(np.uint16) << (storage * np.arange(per_byte, dtype=np.uint16))).sum(axis=1)
+    return helper.make_tensor(name, elem, list(values.shape), raw.astype(np.uint8).tobytes(), raw=True)
 
 
 def _weight_nodes(layer: str, codes: np.ndarray, scale: np.ndarray, bits: int) -> tuple[list, list, str]:
@@ -145,10 +157,11 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(new_nodes)
+    int2 = any(meta["weight_bits"] <= 2 for meta in packed.layers.values())
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
-            opset.version = QDQ_OPSET
-    model.ir_version = max(model.ir_version, 10)
+            opset.version = INT2_OPSET if int2 else QDQ_OPSET
+    model.ir_version = max(model.ir_version, 11 if int2 else 10)
     helper.set_model_props(model, {"mpq.layers": json.dumps(packed.layers, separators=(",", ":"))})
     onnx.checker.check_model(model)
     return model
@@ -159,8 +172,11 @@ def export_onnx(folded: nn.Module, packed: PackedModel, example: torch.Tensor, p
     model = qdq_model(folded, packed, example[:1])
     data = model.SerializeToString()
     write_bytes_atomic(path, data)
-    int4 = sum(1 for m in packed.layers.values() if m["weight_bits"] <= 4)
-    return OnnxExport(path=Path(path), file_bytes=len(data), int4_layers=int4, int8_layers=len(packed.layers) - int4)
+    storage: dict[str, int] = {}
+    for meta in packed.layers.values():
+        key = f"INT{_storage_bits(meta['weight_bits'])}"
+        storage[key] = storage.get(key, 0) + 1
+    return OnnxExport(path=Path(path), file_bytes=len(data), layers_by_storage=dict(sorted(storage.items())))
 
 
 def run_onnx(path: "str | Path", x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
