@@ -4,7 +4,8 @@ The plan is first exported to packed tensors (mpq.export.packed); the evaluated 
 those tensors, and the measured size is the byte count of those same tensors. Activation ranges are
 calibrated (min-max) on the FP32 model over the data, as PyTorch's post-training flow observes them.
 Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
-KL(FP32 || quantized) of the softmax outputs, averaged over views.
+KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan's per-layer SQNR
+(mpq.sqnr) on the first SQNR_SAMPLES inputs.
 """
 
 from __future__ import annotations

@@ -24,8 +24,11 @@ The Q/DQ pair sits on the Conv/Gemm node's data input. Where a conv pads inside 
 is the padded tensor; zero padding commutes with the quantizer because Q(0) = 0 exactly.
 The per-layer widths are also stored as model metadata "mpq.layers" (JSON).
 
-onnxruntime's QuantizeLinear divides and rounds half to even like torch.round(x / s); logits differ
-from mpq's evaluator only by float rounding (and where an activation sits on a rounding tie).
+onnxruntime's QuantizeLinear divides and rounds half to even like torch.round(x / s). Its logits still
+differ from mpq's evaluator (default model, 4 MB plan: median |diff| 0.02, max 0.29; 199 of 200 views
+agree): float rounding in the convolutions moves a few activations across a quantization step, and
+the quantized network amplifies that. The evaluator itself moves as much from a one-ulp change:
+computing x * (1/s) instead of x / s gives a median |diff| of 0.007, max 0.16, on 50 views.
 """
 
 from __future__ import annotations
