@@ -125,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+    export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
+    export.add_argument("plan", help="plan.json written by `mpq search`")
+    export.add_argument("--format", choices=("packed", "onnx", "torchao"), default="packed", help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed")
+    export.add_argument("--out", required=True, help="the file to write")
+    _add_model_data(export)
+    export.add_argument("--batch-size", type=int, default=25, help="samples per calibration batch (default 25)")
+    export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     return parser
 
 
@@ -234,10 +243,21 @@ def run_verify(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    import mpq
+
+    plan = mpq.Plan.load(args.plan)
+    model, data = _load_inputs(args)
+    cache_dir = False if args.no_cache else args.cache_dir
+    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir)
+    print(result.summary())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify}[args.command]
+        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export}[args.command]
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)

@@ -49,6 +49,18 @@ def comparison_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def sqnr_table(report: Report) -> str:
+    """Markdown table: per layer the SQNR (dB) of its weights, its input quantizer and its output vs FP32."""
+    lines = ["| layer | W | A | weight SQNR (dB) | input SQNR (dB) | output SQNR vs FP32 (dB) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in report.layer_sqnr:
+        lines.append(f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | {_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |")
+    return "\n".join(lines)
+
+
 def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     """Bars: per-layer weight width, and per-layer trace per parameter with error bars (log scale)."""
     import matplotlib
@@ -110,6 +122,16 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         parts += ["## Warnings", ""] + [f"- {n}: {w}" for n, w in warnings.items()] + [""]
     if report.notes:
         parts += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
+    if report.layer_sqnr:
+        parts += [
+            "## Per-layer SQNR",
+            "",
+            "10·log10(Σs² / Σ(s − s′)²) over the first inputs (mpq.verify.SQNR_SAMPLES): weights against the exported "
+            "weights; each input before and after its quantizer; each output against the FP32 model's (error accumulated so far).",
+            "",
+            sqnr_table(report),
+            "",
+        ]
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings_s.items())
     parts += ["## Timings", "", timings, ""]
     return "\n".join(parts)

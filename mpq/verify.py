@@ -4,7 +4,8 @@ The plan is first exported to packed tensors (mpq.export.packed); the evaluated 
 those tensors, and the measured size is the byte count of those same tensors. Activation ranges are
 calibrated (min-max) on the FP32 model over the data, as PyTorch's post-training flow observes them.
 Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
-KL(FP32 || quantized) of the softmax outputs, averaged over views.
+KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan's per-layer SQNR
+(mpq.sqnr) on the first SQNR_SAMPLES inputs.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from mpq.cache import Cache
 from mpq.cost import Choice, layer_bops, model_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
-from mpq.export.packed import pack_model, unpack_model
+from mpq.export.packed import PackedModel, fake_quant_model, pack_model
 from mpq.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import ActQuantParams, MinMaxObserver
+from mpq.sqnr import LayerSqnr, layer_sqnr
+
+SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Report:
     baselines: list[Measurement]
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    layer_sqnr: list[LayerSqnr] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -81,6 +86,7 @@ class Report:
             "baselines": [b.to_json() for b in self.baselines],
             "timings_s": self.timings_s,
             "notes": self.notes,
+            "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
         }
 
 
@@ -143,6 +149,16 @@ def _act_params(reference: Fp32Reference, plan: Plan) -> dict[str, ActQuantParam
     return params
 
 
+def pack_plan(prepared: PreparedModel, plan: Plan, reference: Fp32Reference) -> PackedModel:
+    """The plan's exported tensors, activation ranges calibrated on the FP32 model (what is measured and exported)."""
+    return pack_model(prepared.folded, plan, _act_params(reference, plan))
+
+
+def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
+    """The evaluator's logits: the model rebuilt from the packed tensors, fake-quantized inputs."""
+    return _run(fake_quant_model(prepared.folded, packed), data, batch_size)
+
+
 def measure_plan(
     prepared: PreparedModel,
     plan: Plan,
@@ -154,7 +170,7 @@ def measure_plan(
     budgets: list[Budget] = (),
 ) -> Measurement:
     """Export the plan, rebuild the model from the exported tensors, and measure it (cached)."""
-    packed = pack_model(prepared.folded, plan, _act_params(reference, plan))
+    packed = pack_plan(prepared, plan, reference)
     layers = prepared.graph.by_name
     bops = sum(layer_bops(layers[n], Choice(m["weight_bits"], m["act_bits"])) for n, m in packed.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
@@ -163,9 +179,7 @@ def measure_plan(
     cached = cache.load("measurement", key)
     if cached is not None:
         return Measurement(**{**cached, "name": name, "fits_budget": fits})
-    model, act_params = unpack_model(prepared.folded, packed)
-    with _input_hooks(model, {n: p.fake_quantize for n, p in act_params.items()}):
-        logits = _run(model, data, batch_size)
+    logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
     log_p = F.log_softmax(reference.logits, dim=1)
     result = Measurement(
@@ -226,4 +240,5 @@ def verify_prepared(
             continue
         label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
         baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets))
-    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start})
+    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, reference), data.x[:SQNR_SAMPLES], batch_size)
+    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr)

@@ -93,4 +93,27 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
                     zero_point=int(packed.tensors[f"{name}.input_zero_point"][0]),
                     bits=meta["act_bits"],
                 )
+        state = rebuilt.state_dict()
+        for name, tensor in packed.tensors.items():
+            if name in state:  # the float remainder
+                state[name].copy_(tensor)
     return rebuilt, act_params
+
+
+@dataclass(frozen=True)
+class InputFakeQuant:
+    """Forward pre-hook: the layer's first input becomes Q_b(x) (affine per tensor, see mpq.quant)."""
+
+    params: ActQuantParams
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.params.fake_quantize(args[0]), *args[1:])
+
+
+def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
+    """The model the evaluator measures: unpack_model's copy with an InputFakeQuant hook on each quantized input."""
+    rebuilt, act_params = unpack_model(model, packed)
+    modules = quantizable_modules(rebuilt, embeddings=True)
+    for name, params in act_params.items():
+        modules[name].register_forward_pre_hook(InputFakeQuant(params))
+    return rebuilt

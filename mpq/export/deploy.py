@@ -1,0 +1,71 @@
+"""`mpq export`: a plan applied to its model and written in a deployable format.
+
+Every format starts from the same tensors the evaluator measures (mpq.verify.pack_plan): weights
+quantized as the plan says, activation ranges calibrated min-max on the FP32 model over the data.
+
+    packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder
+    onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights
+    torchao  mpq.export.torchao_config  JSON of a torchao FqnToConfig, one config per layer
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpq.api import _as_dataset, _as_prepared, _cache
+from mpq.errors import MpqError
+from mpq.plan import Plan
+from mpq.verify import check_plan_matches, fp32_reference, pack_plan
+
+FORMATS = ("packed", "onnx", "torchao")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was written: the file, its size, and the plan's counted size (the packed tensors' bytes)."""
+
+    format: str
+    path: Path
+    file_bytes: int
+    counted_bytes: int
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} ({self.format}): {self.file_bytes:,} bytes on disk; the plan counts {self.counted_bytes:,} bytes"]
+        return "\n".join(lines + list(self.notes))
+
+
+def export_plan(model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None) -> ExportResult:
+    """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates activations."""
+    if format not in FORMATS:
+        raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    data = _as_dataset(data)
+    prepared = _as_prepared(model, data)
+    check_plan_matches(prepared, plan)
+    reference = fp32_reference(prepared, data, batch_size, _cache(cache_dir))
+    packed = pack_plan(prepared, plan, reference)
+    path = Path(path)
+    if format == "packed":
+        from mpq.export.packed_file import save_packed
+
+        stored = save_packed(packed, path, prepared.fingerprint, tuple(data.x.shape[1:]))
+        note = f"container overhead {stored.header_bytes:,} bytes (header); tensors {stored.tensor_bytes:,} bytes"
+        return ExportResult(format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes)))
+    if format == "onnx":
+        from mpq.export.onnx_qdq import export_onnx
+
+        written = export_onnx(prepared.folded, packed, data.x[:1], path)
+        storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
+        note = f"weights: {storage}; activations UINT8 (narrower widths clipped)"
+        return ExportResult(format, path, written.file_bytes, packed.size_bytes, (note,))
+    from mpq.export.torchao_config import save_torchao_config
+
+    written = save_torchao_config(prepared, plan, path)
+    return ExportResult(format, path, written.file_bytes, packed.size_bytes, written.notes)
+
+
+def _over_budget(plan: Plan, file_bytes: int) -> tuple[str, ...]:
+    limits = [b for b in plan.budgets if b.kind == "size_bytes" and file_bytes > b.limit]
+    return tuple(f"note: the file exceeds the {b.text} budget by {math.ceil(file_bytes - b.limit):,} bytes of header; search with a budget that much smaller" for b in limits)

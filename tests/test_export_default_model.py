@@ -1,0 +1,59 @@
+"""`mpq export` of the default model's 4 MB plan: the packed file fits 4,000,000 bytes and reproduces the
+evaluator bit for bit; the ONNX QDQ model agrees with it in onnxruntime on >= 99.5% of the 200 views."""
+
+import pytest
+import torch
+
+import mpq
+from mpq.cache import Cache
+from mpq.graph import prepare_model
+from mpq.models.efficientnet_lite0 import build_model, load_views
+from mpq.verify import fp32_reference, pack_plan, packed_logits
+
+pytestmark = pytest.mark.slow
+BATCH = 25
+
+
+@pytest.fixture(scope="module")
+def plan4(pytestconfig):
+    """The 4 MB plan (8 probes; sensitivity cached in pytest's cache folder) and the evaluator's logits."""
+    cache_dir = pytestconfig.cache.mkdir("mpq-export-default-model")
+    model, data = build_model(), load_views()
+    result = mpq.search(model, data, "4MB", max_probes=8, cache_dir=cache_dir, progress=False)
+    prepared = prepare_model(model, data.x[:2])
+    reference = fp32_reference(prepared, data, BATCH, Cache(cache_dir))
+    packed = pack_plan(prepared, result.plan, reference)
+    return model, data, result, cache_dir, packed_logits(prepared, packed, data, BATCH), reference
+
+
+def test_packed_export_fits_4mb_and_reproduces_the_evaluator_exactly(plan4, tmp_path):
+    model, data, result, cache_dir, evaluator_logits, reference = plan4
+    written = mpq.export_plan(model, result.plan, data, tmp_path / "plan4.mpqpack", cache_dir=cache_dir)
+    size = (tmp_path / "plan4.mpqpack").stat().st_size
+    assert size == written.file_bytes <= 4_000_000
+    assert written.counted_bytes == result.report.plan.size_bytes == result.plan.predicted["size_bytes"]
+    assert size - written.counted_bytes == written.file_bytes - result.report.plan.size_bytes < 2_000  # the header
+    rebuilt = mpq.load_packed(tmp_path / "plan4.mpqpack", model)
+    with torch.inference_mode():
+        logits = torch.cat([rebuilt(x) for x, _ in data.batches(BATCH)])
+    assert torch.equal(logits, evaluator_logits)
+    assert torch.equal(logits.argmax(1), evaluator_logits.argmax(1))
+    agreement = float((logits.argmax(1) == reference.logits.argmax(1)).float().mean())
+    assert agreement == pytest.approx(result.report.plan.fp32_agreement, abs=1e-9)
+
+
+def test_onnx_qdq_export_agrees_with_the_evaluator_in_onnxruntime(plan4, tmp_path):
+    import onnx
+
+    from mpq.export.onnx_qdq import run_onnx
+
+    model, data, result, cache_dir, evaluator_logits, _ = plan4
+    mpq.export_plan(model, result.plan, data, tmp_path / "plan4.onnx", format="onnx", cache_dir=cache_dir)
+    graph = onnx.load(str(tmp_path / "plan4.onnx")).graph
+    codes = {i.name[: -len(".weight_codes")]: i.data_type for i in graph.initializer if i.name.endswith(".weight_codes")}
+    expected = {n: onnx.TensorProto.INT4 if lp.weight_bits <= 4 else onnx.TensorProto.INT8 for n, lp in result.plan.layers.items()}
+    assert codes == expected and len(codes) == 50
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 50  # every layer's input, 8 bits
+    logits = run_onnx(tmp_path / "plan4.onnx", data.x, batch_size=BATCH)
+    disagreements = int((logits.argmax(1) != evaluator_logits.argmax(1)).sum())
+    assert disagreements <= 1  # >= 99.5% of 200 views

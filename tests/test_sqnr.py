@@ -1,0 +1,56 @@
+"""Per-layer SQNR on the tiny model, against sums computed here from the tensors themselves."""
+
+import math
+
+import pytest
+import torch
+
+from mpq.cache import Cache
+from mpq.data import Dataset
+from mpq.export.packed import fake_quant_model
+from mpq.graph import prepare_model
+from mpq.plan import LayerPlan, Plan
+from mpq.quant import fake_quantize_weight
+from mpq.report import sqnr_table
+from mpq.sqnr import layer_sqnr, sqnr_db
+from mpq.verify import fp32_reference, pack_plan, verify_prepared
+
+
+def test_sqnr_db_is_ten_log10_of_the_energy_ratio():
+    assert sqnr_db(100.0, 1.0) == pytest.approx(20.0)
+    assert sqnr_db(5.0, 0.0) == math.inf
+
+
+def test_layer_sqnr_matches_direct_sums(tiny_model, tiny_data):
+    x, y = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = Plan(layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 4)})
+    reference = fp32_reference(prepared, Dataset(x=x, y=y), 8, Cache(None))
+    packed = pack_plan(prepared, plan, reference)
+    rows = {r.name: r for r in layer_sqnr(prepared, packed, x, batch_size=10)}
+    w = prepared.folded.conv1.weight.detach().double()
+    noise = (w - fake_quantize_weight(prepared.folded.conv1.weight, 3).double()).pow(2).sum()
+    assert rows["conv1"].weight_sqnr_db == pytest.approx(10 * math.log10(float(w.pow(2).sum() / noise)))
+    assert rows["fc"].weight_sqnr_db > rows["conv2"].weight_sqnr_db > rows["conv1"].weight_sqnr_db
+    assert rows["conv2"].input_sqnr_db is None
+    # conv1's input is the model input itself: its SQNR is that of the 8-bit quantizer on x
+    act = pack_plan(prepared, plan, reference).tensors
+    scale, zp = float(act["conv1.input_scale"][0]), int(act["conv1.input_zero_point"][0])
+    xq = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+    assert rows["conv1"].input_sqnr_db == pytest.approx(sqnr_db(float(x.double().pow(2).sum()), float((x - xq).double().pow(2).sum())), rel=1e-6)
+    assert rows["fc"].input_sqnr_db < rows["conv1"].input_sqnr_db  # 4 bits against 8
+    # fc is the last layer: its output SQNR is that of the quantized model's logits against FP32's
+    with torch.no_grad():
+        fp32, quantized = prepared.folded(x).double(), fake_quant_model(prepared.folded, packed)(x).double()
+    assert rows["fc"].output_sqnr_db == pytest.approx(sqnr_db(float(fp32.pow(2).sum()), float((fp32 - quantized).pow(2).sum())), rel=1e-6)
+
+
+def test_report_md_carries_the_sqnr_table(tiny_model, tiny_data):
+    x, y = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = Plan(layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(4, 8), "fc": LayerPlan(8, 8)})
+    report = verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,))
+    assert [r.name for r in report.layer_sqnr] == ["conv1", "conv2", "fc"]
+    table = sqnr_table(report)
+    assert table.count("\n") == 4 and f"| fc | 8 | 8 | {report.layer_sqnr[2].weight_sqnr_db:.1f} |" in table
+    assert report.to_json()["layer_sqnr"][0]["name"] == "conv1"
