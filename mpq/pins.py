@@ -9,18 +9,8 @@ from __future__ import annotations
 import difflib
 
 from mpq.errors import MpqError
+from mpq.widths import parse_width
 
-MAX_BITS = 16
-
-
-def _bits(text: str, source: str) -> int:
-    try:
-        bits = int(text)
-    except ValueError:
-        raise MpqError(f"{source}: {text!r} is not a whole number of bits, e.g. 8") from None
-    if not 1 <= bits <= MAX_BITS:
-        raise MpqError(f"{source}: {bits} bits is not a width from 1 to {MAX_BITS}")
-    return bits
 
 
 def parse_keep(text: str) -> tuple[str, int]:
@@ -28,7 +18,7 @@ def parse_keep(text: str) -> tuple[str, int]:
     name, sep, bits = text.rpartition("=")
     if not sep or not name.strip():
         raise MpqError(f"--keep {text!r} must read NAME=BITS, e.g. --keep fc=8")
-    return name.strip(), _bits(bits.strip(), f"--keep {text}")
+    return name.strip(), parse_width(bits.strip(), f"--keep {text}:")
 
 
 def _known(name: str, layers: list[str]) -> str:
@@ -54,7 +44,7 @@ def resolve_keep(
         wanted.append((layers[-1], keep_last))
     for name, bits in wanted:
         name = _known(name, layers)
-        bits = _bits(str(bits), f"keep {name}")
+        bits = parse_width(str(bits), f"keep {name}:")
         if pins.get(name, bits) != bits:
             raise MpqError(f"layer {name} is kept at both {pins[name]} and {bits} bits; keep it at one width")
         pins[name] = bits

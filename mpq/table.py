@@ -20,12 +20,12 @@ from pathlib import Path
 from mpq.budget import Budget
 from mpq.cost import Choice
 from mpq.errors import MpqError
+from mpq.widths import parse_width
 from mpq.plan import LayerPlan, Plan
 from mpq.solver import Problem, Solution
 
 COLUMNS = ("layer", "weight_bits", "act_bits", "omega", "size_bytes", "bops", "latency_s")
 COST_COLUMNS = ("size_bytes", "bops", "latency_s")
-MAX_BITS = 16
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,7 @@ def _number(where: str, column: str, text: str) -> float:
 
 
 def _width(where: str, column: str, text: str) -> int:
-    try:
-        bits = int(text)
-    except ValueError:
-        raise MpqError(f"{where}: {column} {text!r} is not a whole number of bits") from None
-    if not 1 <= bits <= MAX_BITS:
-        raise MpqError(f"{where}: {column} {bits} is not a width from 1 to {MAX_BITS}")
-    return bits
+    return parse_width(text, f"{where}: {column}")
 
 
 def parse_row(where: str, line: int, record: dict[str, str]) -> TableRow:
