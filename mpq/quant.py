@@ -78,10 +78,13 @@ class ActQuantParams:
     zero_point: int
     bits: int
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """clamp(round(x / s) + z, 0, 2^b - 1) as floats; the division in float32, as onnxruntime's QuantizeLinear does it."""
+        scale = torch.tensor(self.scale, dtype=torch.float32)
+        return torch.clamp(torch.round(x.to(torch.float32) / scale) + self.zero_point, 0, 2**self.bits - 1)
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        qmax = 2**self.bits - 1
-        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, qmax)
-        return (q - self.zero_point) * self.scale
+        return (self.codes(x) - self.zero_point) * self.scale
 
 
 class MinMaxObserver:

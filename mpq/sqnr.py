@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpq.export.packed import PackedModel, fake_quant_model
+from mpq.export.packed import PackedModel, fake_quant_model, unpack_model
 from mpq.graph import PreparedModel, module_calls_visible, quantizable_modules
 
 
@@ -72,13 +72,19 @@ def _capture_outputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, torc
 def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, batch_size: int = 25) -> list[LayerSqnr]:
     """SQNR of every quantized layer's weights, input quantizer and output, over the inputs `x`."""
     quantized = fake_quant_model(prepared.folded, packed)
+    dequantized, act_params = unpack_model(prepared.folded, packed)
     names = list(packed.layers)
     modules = quantizable_modules(quantized, embeddings=True)
     inputs, outputs = _Energies(), _Energies()
-    raw: dict[str, torch.Tensor] = {}
-    # prepended, so it sees the input before the InputFakeQuant hook; the forward hook sees it after
-    handles = [modules[n].register_forward_pre_hook(lambda m, a, n=n: raw.__setitem__(n, a[0]), prepend=True) for n in names]
-    handles += [modules[n].register_forward_hook(lambda m, a, out, n=n: inputs.add(n, raw[n], a[0])) for n in names]
+
+    def input_noise(name: str):
+        def hook(module, args):
+            inputs.add(name, args[0], act_params[name].fake_quantize(args[0]))
+
+        return hook
+
+    # prepended, so it sees the layer's input before the layer's own quantizer
+    handles = [modules[n].register_forward_pre_hook(input_noise(n), prepend=True) for n in names if n in act_params]
     try:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
@@ -91,7 +97,7 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
     rows = []
     for n, meta in packed.layers.items():
         w = prepared.folded.get_submodule(n).weight.detach()
-        w_q = modules[n].weight.detach()
+        w_q = dequantized.get_submodule(n).weight.detach()
         rows.append(
             LayerSqnr(
                 name=n,

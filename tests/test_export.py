@@ -61,3 +61,24 @@ def test_choice_bops_use_32_bits_for_float_inputs(tiny_model, tiny_data):
     costs = model_costs(layers, {"conv1": Choice(4, 8), "conv2": Choice(4, None), "fc": Choice(8, 8)}, 0)
     by_name = prepared.graph.by_name
     assert costs["bops"] == by_name["conv1"].macs * 32 + by_name["conv2"].macs * 128 + by_name["fc"].macs * 64
+
+
+def test_integer_layers_give_the_same_bits_at_any_batch_size_and_accumulator(tiny_model, tiny_data, monkeypatch):
+    """Integer accumulation is exact: batch 1 and batch 20, float32 and float64 accumulators, all equal."""
+    from mpq.export import packed as packed_module
+
+    x, _ = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    plan = mixed_plan(prepared)
+    act = {"conv1": ActQuantParams(0.05, 10, 8), "fc": ActQuantParams(0.02, 0, 6)}
+    packed = pack_model(prepared.folded, plan, act)
+    model = packed_module.fake_quant_model(prepared.folded, packed)
+    assert model.conv1.weight.dtype == torch.float32  # 8-bit inputs, 3-bit weights: sums stay below 2^24
+    with torch.inference_mode():
+        whole = model(x)
+        one_by_one = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+    monkeypatch.setattr(packed_module, "FLOAT32_EXACT_INTEGERS", 0)
+    wide = packed_module.fake_quant_model(prepared.folded, packed)
+    assert wide.conv1.weight.dtype == torch.float64
+    with torch.inference_mode():
+        assert torch.equal(whole, one_by_one) and torch.equal(whole, wide(x))

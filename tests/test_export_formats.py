@@ -118,7 +118,7 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
 
     from mpq.export.onnx_qdq import run_onnx
 
-    prepared, data, plan, _, evaluator_logits = tiny
+    prepared, data, plan, packed, evaluator_logits = tiny
     result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False)
     model = onnx.load(str(tmp_path / "tiny.onnx"))
     assert result.file_bytes == (tmp_path / "tiny.onnx").stat().st_size
@@ -128,12 +128,39 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     assert inits["fc.weight_codes"].data_type == onnx.TensorProto.INT8
     assert not any(name.endswith(".weight") for name in inits)  # no float copies of quantized weights
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("DequantizeLinear") == 3 + 2 and ops.count("QuantizeLinear") == 2  # conv2's input stays float
+    # conv1 and fc (quantized inputs) in integers; conv2 (float input) through DequantizeLinear weights
+    assert ops.count("ConvInteger") == 1 and ops.count("MatMulInteger") == 1 and ops.count("Conv") == 1
+    assert ops.count("DequantizeLinear") == 1 and ops.count("QuantizeLinear") == 2
     clip = next(n for n in model.graph.node if n.name == "fc/input/Clip")
     assert onnx.numpy_helper.to_array(inits[clip.input[2]]) == 2**6 - 1
     assert json.loads({p.key: p.value for p in model.metadata_props}["mpq.layers"])["conv1"]["weight_bits"] == 3
     logits = run_onnx(tmp_path / "tiny.onnx", data.x, batch_size=8)
     assert torch.allclose(logits, evaluator_logits, atol=1e-5)
+    # conv1's output is computed in integers and rescaled, bit for bit as the evaluator does it
+    assert torch.equal(_onnx_node_output(tmp_path / "tiny.onnx", "conv1/Add", data.x[:8]), _torch_output(prepared, packed, "conv1", data.x[:8]))
+
+
+def _onnx_node_output(path, node_name: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of one node of the ONNX model in onnxruntime (made a graph output)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    name = next(n.output[0] for n in model.graph.node if n.name == node_name)
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run([name], {"input": x.numpy()})[0])
+
+
+def _torch_output(prepared, packed, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The evaluator's output of one layer."""
+    from mpq.export.packed import fake_quant_model
+
+    model, seen = fake_quant_model(prepared.folded, packed), {}
+    model.get_submodule(layer).register_forward_hook(lambda m, a, out: seen.__setitem__(layer, out))
+    with torch.inference_mode():
+        model(x)
+    return seen[layer]
 
 
 def test_torchao_config_names_every_layer_with_its_width(tiny, tmp_path):

@@ -1,34 +1,36 @@
-"""ONNX export in QDQ form: each quantized layer reads integer weights through DequantizeLinear and its
-input through QuantizeLinear -> DequantizeLinear, with the plan's widths.
+"""ONNX export of a plan: integer weights of each layer's width, and each quantized input computed
+in integer arithmetic exactly as mpq's evaluator computes it (mpq.export.packed.IntegerLayer).
 
 How it is built. The BatchNorm-folded model (weights already dequantized from the packed codes) is
 exported with torch's TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, opset 20), which
 names every Conv/Gemm weight initializer after its parameter (`<module name>.weight`); nothing is
 rebuilt from module attributes, so convs that pad inside `forward` (EfficientNet's
 Conv2dStaticSamePadding) export as Pad -> Conv. The graph is then patched with the `onnx` helper API
-and its default-domain opset raised to 21, the first with INT4 in QuantizeLinear/DequantizeLinear
-(from 20 to 21 the other ops of these models only gain element types), or to 25 (INT2) when a layer
-has 2-bit weights. Checked on onnxruntime 1.32 (CPU): DequantizeLinear runs INT4 per axis at opset 21
-and INT2 per axis at opset 25 (not below); QuantizeLinear to UINT8 and Clip on UINT8 run. ONNX has no
-3-, 5-, 6- or 7-bit types, so those widths are stored in the next wider type, their range clamped:
+and its default-domain opset raised to 21, the first with INT4 in DequantizeLinear and Cast (from 20
+to 21 the other ops of these models only gain element types), or to 25 (INT2) when a layer has
+2-bit weights. Checked on onnxruntime 1.32 (CPU). ONNX has no 3-, 5-, 6- or 7-bit types, so those
+widths are stored in the next wider type, their range clamped:
 
-  weights, per output channel (axis 0), symmetric (zero point 0), exactly the packed codes:
+  weights, per output channel, symmetric (zero point 0), exactly the packed codes:
       b = 2: INT2;  b = 3, 4: INT4;  5 <= b <= 8: INT8 (codes of b bits lie in [-2^(b-1), 2^(b-1)-1]);
       packed low bits first in raw_data.
-      W = DequantizeLinear(codes, scale[c], 0)                      -> Conv/Gemm weight input
-  activations, per tensor, affine, the calibrated scale s and zero point z (mpq.quant):
-      q = QuantizeLinear(x, s, z) as UINT8 (saturates to [0, 255]);
-      b < 8: q = Clip(q, 0, 2^b - 1) on the UINT8 codes (the narrow range, UINT8 storage);
-      x' = DequantizeLinear(q, s, z)                                -> Conv/Gemm data input
-The Q/DQ pair sits on the Conv/Gemm node's data input. Where a conv pads inside `forward` that input
-is the padded tensor; zero padding commutes with the quantizer because Q(0) = 0 exactly.
-The per-layer widths are also stored as model metadata "mpq.layers" (JSON).
+  a layer whose input is quantized (affine per tensor, calibrated scale s_x and zero point z):
+      q   = QuantizeLinear(x, s_x, z) as UINT8 (saturates to [0, 255]);
+            b < 8: q = Clip(q, 0, 2^b - 1) on the UINT8 codes (the narrow range, UINT8 storage)
+      w   = Cast(codes, INT8)                                  (INT2/INT4 storage only)
+      acc = ConvInteger(q, w, z)  or  MatMulInteger(q, Transpose(w), z)     -> INT32, exact
+      y   = Cast(acc, FLOAT) * (s_x * s_w[c]) + bias[c]         (s_x * s_w[c] stored in float32)
+  a layer whose input stays float:
+      W = DequantizeLinear(codes, s_w[c], 0) -> the float Conv/Gemm weight input
+Where a conv pads inside `forward`, its input is the padded tensor; zero padding commutes with the
+quantizer because Q(0) = z exactly. The per-layer widths are also stored as model metadata
+"mpq.layers" (JSON).
 
-onnxruntime's QuantizeLinear divides and rounds half to even like torch.round(x / s). Its logits still
-differ from mpq's evaluator (default model, 4 MB plan: median |diff| 0.02, max 0.29; 199 of 200 views
-agree): float rounding in the convolutions moves a few activations across a quantization step, and
-the quantized network amplifies that. The evaluator itself moves as much from a one-ulp change:
-computing x * (1/s) instead of x / s gives a median |diff| of 0.007, max 0.16, on 50 views.
+Why integer nodes rather than QuantizeLinear -> DequantizeLinear -> float Conv: a float convolution's
+rounding depends on the library (and, in torch, on the batch size); in a quantized network that moves
+some activations across a quantization step and changes a few top-1 predictions (default model, 4 MB
+plan: 3 of 200 views differed between onnxruntime and torch, and as many between torch at batch 1 and
+batch 25). Integer accumulation is exact, so onnxruntime and the evaluator compute the same integers.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.export.packed import PackedModel, unpack_bits, unpack_model
+from mpq.export.packed import PackedModel, combined_scale, unpack_bits, unpack_model
 from mpq.files import write_bytes_atomic
 
 EXPORT_OPSET = 20
@@ -102,8 +104,8 @@ def _weight_nodes(layer: str, codes: np.ndarray, scale: np.ndarray, bits: int) -
     return inits, [node], node.output[0]
 
 
-def _input_nodes(layer: str, source: str, scale: float, zero_point: int, bits: int) -> tuple[list, list, str]:
-    """QuantizeLinear (UINT8) [-> Clip to 2^b - 1] -> DequantizeLinear on `source`; returns the output name."""
+def _input_codes(layer: str, source: str, scale: float, zero_point: int, bits: int) -> tuple[list, list, str]:
+    """QuantizeLinear (UINT8) [-> Clip to 2^b - 1] on `source`; returns the name of the UINT8 codes."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [
@@ -119,8 +121,44 @@ def _input_nodes(layer: str, source: str, scale: float, zero_point: int, bits: i
         ]
         nodes.append(helper.make_node("Clip", [codes, f"{layer}.input_qmin", f"{layer}.input_qmax"], [f"{layer}.input_q_narrow"], name=f"{layer}/input/Clip"))
         codes = nodes[-1].output[0]
-    nodes.append(helper.make_node("DequantizeLinear", [codes, inits[0].name, inits[1].name], [f"{layer}.input_dq"], name=f"{layer}/input/DequantizeLinear"))
-    return inits, nodes, nodes[-1].output[0]
+    return inits, nodes, codes
+
+
+def _integer_layer_nodes(node, layer: str, codes: np.ndarray, packed: PackedModel, params) -> tuple[list, list]:
+    """The nodes replacing a Conv/Gemm whose input is quantized: integer accumulation, then rescale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    meta = packed.layers[layer]
+    inits, nodes, q = _input_codes(layer, node.input[0], params.scale, params.zero_point, params.bits)
+    inits.append(_int_tensor(f"{layer}.weight_codes", codes, meta["weight_bits"]))
+    weight = inits[-1].name
+    if _storage_bits(meta["weight_bits"]) < 8:
+        nodes.append(helper.make_node("Cast", [weight], [f"{layer}.weight_int8"], name=f"{layer}/weight/Cast", to=TensorProto.INT8))
+        weight = nodes[-1].output[0]
+    acc = f"{layer}.accumulator"
+    if node.op_type == "Conv":
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node("ConvInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/ConvInteger", **attributes))
+        channel_shape = [1, codes.shape[0]] + [1] * (codes.ndim - 2)
+    else:
+        gemm = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if gemm.get("transA", 0) or gemm.get("alpha", 1.0) != 1.0 or gemm.get("beta", 1.0) != 1.0:
+            raise RuntimeError(f"layer {layer}: the exported Gemm has transA/alpha/beta set; cannot rewrite it in integers")
+        if gemm.get("transB", 0):
+            nodes.append(helper.make_node("Transpose", [weight], [f"{layer}.weight_t"], name=f"{layer}/weight/Transpose", perm=[1, 0]))
+            weight = nodes[-1].output[0]
+        nodes.append(helper.make_node("MatMulInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/MatMulInteger"))
+        channel_shape = [codes.shape[0]]
+    scale = combined_scale(params, packed.tensors[f"{layer}.weight_scale"]).numpy().reshape(channel_shape)
+    inits.append(numpy_helper.from_array(scale, f"{layer}.output_scale"))
+    nodes.append(helper.make_node("Cast", [acc], [f"{layer}.accumulator_float"], name=f"{layer}/Cast", to=TensorProto.FLOAT))
+    bias = packed.tensors.get(f"{layer}.bias")
+    scaled = node.output[0] if bias is None else f"{layer}.scaled"
+    nodes.append(helper.make_node("Mul", [f"{layer}.accumulator_float", inits[-1].name], [scaled], name=f"{layer}/Mul"))
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.numpy().astype(np.float32).reshape(channel_shape), f"{layer}.output_bias"))
+        nodes.append(helper.make_node("Add", [scaled, inits[-1].name], [node.output[0]], name=f"{layer}/Add"))
+    return inits, nodes
 
 
 def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
@@ -145,20 +183,21 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
     new_inits, new_nodes = [], []
     for node in graph.node:
         layer = by_weight.get(node.input[1]) if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 else None
-        if layer is not None:
-            meta = packed.layers[layer]
-            shape = meta["weight_shape"]
-            codes = unpack_bits(packed.tensors[f"{layer}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).numpy().reshape(shape)
+        if layer is None:
+            new_nodes.append(node)
+            continue
+        meta = packed.layers[layer]
+        shape = meta["weight_shape"]
+        codes = unpack_bits(packed.tensors[f"{layer}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).numpy().reshape(shape)
+        if layer in act_params:
+            inits, nodes = _integer_layer_nodes(node, layer, codes, packed, act_params[layer])
+        else:
             inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
-            new_inits += inits
-            new_nodes += nodes
-            if layer in act_params:
-                p = act_params[layer]
-                inits, nodes, node.input[0] = _input_nodes(layer, node.input[0], p.scale, p.zero_point, p.bits)
-                new_inits += inits
-                new_nodes += nodes
-        new_nodes.append(node)
-    kept = [init for init in graph.initializer if init.name not in float_weights]
+            nodes.append(node)
+        new_inits += inits
+        new_nodes += nodes
+    used = {name for node in new_nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name not in float_weights and init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]

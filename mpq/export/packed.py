@@ -101,19 +101,66 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
 
 
 @dataclass(frozen=True)
-class InputFakeQuant:
-    """Forward pre-hook: the layer's first input becomes Q_b(x) (affine per tensor, see mpq.quant)."""
+class IntegerLayer:
+    """A layer with quantized weights and input, computed as an integer engine computes it:
+
+        acc = layer(q_x - z, q_w)                  exact: integer codes, accumulated in floats
+        y   = float32(acc) * (s_x * s_w[c]) + bias[c]   (s_x * s_w[c] rounded to float32 once)
+
+    with q_x = clamp(round(x / s_x) + z, 0, 2^b - 1). Every partial sum of codes is an integer of
+    magnitude at most max|q_x - z| * max_c sum_k |q_w[c, k]|; below 2^24 float32 holds it exactly
+    (true of every layer of the default model even at 8 bits), otherwise float64 is used (exact below
+    2^53). So `acc` is exact whatever the summation order: the result does not depend on batch size,
+    threads or library, and onnxruntime's ConvInteger/MatMulInteger (mpq.export.onnx_qdq) give the
+    same bits. (A float32 fake-quant convolution does not: its rounding moves activations across
+    quantization steps, which changes a few top-1 predictions of a deep network.)
+    The module holds the weight codes (in the accumulator type) and no bias; a forward pre-hook turns its input into
+    centred codes and a forward hook rescales its output.
+    """
 
     params: ActQuantParams
+    combined_scale: torch.Tensor  # float32 [out_channels]: float32(s_x) * s_w
+    bias: torch.Tensor | None
+    accumulator: torch.dtype  # float32 where exact (see exact_accumulator), else float64
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.params.fake_quantize(args[0]), *args[1:])
+    def centred_codes(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.params.codes(args[0]).sub_(self.params.zero_point).to(self.accumulator), *args[1:])
+
+    def rescale(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) if isinstance(module, nn.Linear) else (1, -1) + (1,) * (output.dim() - 2)
+        y = output.to(torch.float32) * self.combined_scale.reshape(shape)
+        return y + self.bias.reshape(shape) if self.bias is not None else y
+
+
+FLOAT32_EXACT_INTEGERS = 2**24
+
+
+def exact_accumulator(params: ActQuantParams, codes: torch.Tensor) -> torch.dtype:
+    """float32 when no partial sum of (q_x - z) * q_w can reach 2^24 in magnitude, else float64."""
+    largest_input = max(params.zero_point, 2**params.bits - 1 - params.zero_point)
+    largest_row = int(codes.reshape(codes.shape[0], -1).to(torch.int64).abs().sum(dim=1).max())
+    return torch.float32 if largest_input * largest_row < FLOAT32_EXACT_INTEGERS else torch.float64
+
+
+def combined_scale(params: ActQuantParams, weight_scale: torch.Tensor) -> torch.Tensor:
+    """float32(s_x) * s_w per output channel, in float32 (what the ONNX export stores)."""
+    return torch.tensor(params.scale, dtype=torch.float32) * weight_scale.to(torch.float32)
 
 
 def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
-    """The model the evaluator measures: unpack_model's copy with an InputFakeQuant hook on each quantized input."""
+    """The model the evaluator measures: unpack_model's copy in which every layer with a quantized
+    input computes in integer arithmetic (IntegerLayer); layers with float inputs use the dequantized
+    weights in float."""
     rebuilt, act_params = unpack_model(model, packed)
     modules = quantizable_modules(rebuilt, embeddings=True)
     for name, params in act_params.items():
-        modules[name].register_forward_pre_hook(InputFakeQuant(params))
+        meta, module = packed.layers[name], modules[name]
+        shape = meta["weight_shape"]
+        codes = unpack_bits(packed.tensors[f"{name}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).reshape(shape)
+        scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"])
+        layer = IntegerLayer(params, scale, packed.tensors.get(f"{name}.bias"), exact_accumulator(params, codes))
+        module.weight = nn.Parameter(codes.to(layer.accumulator), requires_grad=False)
+        module.bias = None
+        module.register_forward_pre_hook(layer.centred_codes)
+        module.register_forward_hook(layer.rescale)
     return rebuilt
