@@ -14,6 +14,7 @@ and INT2 per axis at opset 25 (not below); QuantizeLinear to UINT8 and Clip on U
 
   weights, per output channel (axis 0), symmetric (zero point 0), exactly the packed codes:
       b = 2: INT2;  b = 3, 4: INT4;  5 <= b <= 8: INT8 (codes of b bits lie in [-2^(b-1), 2^(b-1)-1]);
+      a layer with per-channel widths takes the type of its widest channel (narrower codes fit);
       packed low bits first in raw_data.
       W = DequantizeLinear(codes, scale[c], 0)                      -> Conv/Gemm weight input
   activations, per tensor, affine, the calibrated scale s and zero point z (mpq.quant):
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.export.packed import PackedModel, unpack_bits, unpack_model
+from mpq.export.packed import PackedModel, unpack_codes, unpack_model
 from mpq.files import write_bytes_atomic
 
 EXPORT_OPSET = 20
@@ -147,8 +148,7 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
         layer = by_weight.get(node.input[1]) if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 else None
         if layer is not None:
             meta = packed.layers[layer]
-            shape = meta["weight_shape"]
-            codes = unpack_bits(packed.tensors[f"{layer}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).numpy().reshape(shape)
+            codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()  # per-channel widths: all fit the widest
             inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
             new_inits += inits
             new_nodes += nodes
