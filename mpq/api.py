@@ -36,6 +36,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
+from mpq.presolve import binary_variables, solve_presolved
 from mpq.solver import Problem, check_feasible, solve_problem
 from mpq.verify import Report, verify_prepared
 
@@ -237,14 +238,14 @@ def solve(
     if granularity == "channel":
         omega = channel_omega(sensitivity, trace_margin)
         channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, channel_group, pins, sensitivity.act_tie_groups)
-        problem = channel_problem.problem
-        solution = solve_problem(problem)
+        solution, reduction = solve_presolved(channel_problem.problem)
         layers = layer_plans(channel_problem, solution)
         channel_settings = {
             "width_granularity": "channel",
             "channel_group": channel_group,
             "binary_variables": channel_problem.binary_variables,
             "dominated_choices_dropped": channel_problem.dropped_choices,
+            "binary_variables_after_presolve": binary_variables(reduction.problem) if reduction else channel_problem.binary_variables,
         }
     else:
         omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731

@@ -16,8 +16,8 @@ The packed export stores exactly this (mpq.export.packed: each run of a plan's `
 multiples of G is packed on its own), so the measured size equals the predicted size. The sizes sum to
 the layer-wise cost model's bytes except for the rounding of ceil per group.
 
-Exact reduction before solving: a choice of a group that another choice with the same activation
-width beats or equals in Omega and in every cost is dropped (multiple-choice knapsack dominance).
+Solved with mpq.presolve's exact reductions (dominated choices; Lagrangian reduced-cost fixing with
+one budget), then CBC on what is left.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from mpq.budget import Budget
 from mpq.cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes
 from mpq.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
+from mpq.presolve import binary_variables, drop_dominated
 from mpq.quant import check_bits
 from mpq.solver import Problem, Solution
+from mpq.errors import MpqError
 
 GRANULARITIES = ("layer", "channel")
 
@@ -56,24 +58,20 @@ class ChannelProblem:
     problem: Problem
     groups: dict[str, ChannelGroup]  # unit name -> channel group
     group_size: int
-    dropped_choices: int  # dominated choices removed before solving
+    dropped_choices: int  # dominated choices removed while building
 
     @property
     def binary_variables(self) -> int:
-        return sum(len(cs) for cs in self.problem.choices.values())
+        return binary_variables(self.problem)
 
 
 def check_group_size(channel_group) -> int:
-    from mpq.errors import MpqError
-
     if isinstance(channel_group, bool) or not isinstance(channel_group, int) or channel_group < 1:
         raise MpqError(f"channel group {channel_group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)")
     return channel_group
 
 
 def check_granularity(granularity: str, channel_group: int) -> None:
-    from mpq.errors import MpqError
-
     if granularity not in GRANULARITIES:
         raise MpqError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}: use layer (one width per layer) or channel")
     check_group_size(channel_group)
@@ -115,21 +113,6 @@ def plan_layer_costs(layer: LayerInfo, lp: LayerPlan) -> dict[str, float]:
     size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits) for c in lp.chunks(layer.out_channels))
     bops = sum(chunk_bops(layer, r.start, r.stop, r.weight_bits, lp.act_bits) for r in lp.runs(layer.out_channels))
     return {"size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)), "bops": bops}
-
-
-def drop_dominated(choices: list[Choice], omega: dict[Choice, float], costs: dict[Choice, dict[str, float]]) -> list[Choice]:
-    """The choices no other choice of the same activation width beats or equals in Omega and every cost
-    (of equal ones, the first is kept). Exact: swapping a dominated choice for its dominator keeps any
-    plan feasible and does not raise its Omega."""
-
-    def dominates(j: Choice, k: Choice) -> bool:
-        return j.act_bits == k.act_bits and omega[j] <= omega[k] and all(costs[j][kind] <= costs[k][kind] for kind in costs[k])
-
-    kept = []
-    for k in choices:
-        if not any(dominates(j, k) and (j < k or not dominates(k, j)) for j in choices if j != k):
-            kept.append(k)
-    return kept
 
 
 def build_channel_problem(
@@ -207,3 +190,4 @@ def layer_plans(channel_problem: ChannelProblem, solution: Solution) -> dict[str
             channel_group=channel_problem.group_size,
         )
     return plans
+
