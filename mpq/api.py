@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from mpq.budget import Budget, parse_budget
 from mpq.cache import Cache, default_cache_dir
-from mpq.channels import ChannelGroup, build_channel_problem, check_granularity, layer_plans
+from mpq.channels import build_channel_problem, channel_omega, check_granularity, layer_plans
 from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
@@ -188,19 +187,6 @@ def build_problem(
         act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
         keep=dict(keep),
     )
-
-
-def channel_omega(sensitivity: Sensitivity, trace_margin: float) -> Callable[[ChannelGroup, int], float]:
-    """Omega of a channel group at b bits: the sum of its channels' Omega (LayerSensitivity.channel_omega)."""
-    tables: dict[tuple[str, int], np.ndarray] = {}
-
-    def omega(group: ChannelGroup, bits: int) -> float:
-        key = (group.layer, bits)
-        if key not in tables:
-            tables[key] = sensitivity.layers[group.layer].channel_omega(bits, trace_margin)
-        return float(tables[key][group.start : group.stop].sum())
-
-    return omega
 
 
 def solve(

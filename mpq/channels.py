@@ -26,10 +26,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numpy as np
+
 from mpq.budget import Budget
 from mpq.cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes
 from mpq.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
+from mpq.sensitivity import Sensitivity
 from mpq.presolve import binary_variables, drop_dominated
 from mpq.quant import check_bits
 from mpq.solver import Problem, Solution
@@ -191,3 +194,15 @@ def layer_plans(channel_problem: ChannelProblem, solution: Solution) -> dict[str
         )
     return plans
 
+
+def channel_omega(sensitivity: Sensitivity, trace_margin: float) -> Callable[[ChannelGroup, int], float]:
+    """Omega of a channel group at b bits: the sum of its channels' Omega (LayerSensitivity.channel_omega)."""
+    tables: dict[tuple[str, int], np.ndarray] = {}
+
+    def omega(group: ChannelGroup, bits: int) -> float:
+        key = (group.layer, bits)
+        if key not in tables:
+            tables[key] = sensitivity.layers[group.layer].channel_omega(bits, trace_margin)
+        return float(tables[key][group.start : group.stop].sum())
+
+    return omega

@@ -12,7 +12,7 @@ import torch
 import mpq
 from mpq.budget import parse_budget
 from mpq.cache import Cache
-from mpq.channels import build_channel_problem, channel_groups
+from mpq.channels import build_channel_problem, channel_omega, channel_groups
 from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.export.packed_file import read_packed
@@ -105,7 +105,7 @@ def test_per_channel_optimum_is_at_most_the_layer_tied_optimum(tiny_setup):
     _, _, sensitivity = tiny_setup
     layers = [s.layer for s in sensitivity.layers.values()]
     low, high = size_range(sensitivity, 1)
-    omega = mpq.api.channel_omega(sensitivity, 2.0)
+    omega = channel_omega(sensitivity, 2.0)
     for fraction in (0.2, 0.5, 0.9):
         budget = parse_budget(f"{math.floor(low + fraction * (high - low))}B")
         free = build_channel_problem(layers, sensitivity.float_bytes, [budget], BITS, (8,), omega, 1).problem
