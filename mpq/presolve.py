@@ -17,6 +17,8 @@ Two reductions, both exact (every optimal plan survives them):
    convex hulls in (cost, Omega) are taken in order of Omega saved per unit of cost while the budget
    lasts; mu is the rate of the first edge that does not fit, and the edges taken (plus later ones that
    still fit) give z_inc. The bound holds for any mu, so rounding in mu costs speed, never exactness.
+   In the program left for CBC each unit's Omega is shifted by its least (a constant per unit: the
+   same plans are optimal), so that CBC's absolute tolerances act on the differences that decide.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def drop_dominated(choices: list[Choice], omega: dict[Choice, float], costs: dic
 
 @dataclass
 class Reduction:
-    """A smaller program, the units fixed outside it, and the bound that justified it."""
+    """A smaller program (Omega shifted per unit), the units fixed outside it, and the bound that justified it."""
 
     problem: Problem
     fixed: dict[str, Choice]
@@ -120,7 +122,7 @@ def lagrangian_reduction(problem: Problem) -> Reduction | None:
         problem,
         layers=free,
         choices={u: kept[u] for u in free},
-        omega={u: {c: problem.omega[u][c] for c in kept[u]} for u in free},
+        omega={u: {c: problem.omega[u][c] - min(problem.omega[u][k] for k in kept[u]) for c in kept[u]} for u in free},
         costs={u: {c: problem.costs[u][c] for c in kept[u]} for u in free},
         fixed_costs=fixed_costs,
         keep={u: b for u, b in problem.keep.items() if u in free_set},

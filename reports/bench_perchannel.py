@@ -107,14 +107,16 @@ def synthetic_resnet50(cbc_limit: float) -> tuple[str, dict]:
 
 def table(rows: list[tuple[str, dict]], cbc_limit: float) -> list[str]:
     lines = [
-        "| problem | binaries | after presolve | presolve + CBC: wall s (CPU s) | CBC alone: wall s (CPU s) | Ω presolve + CBC | Ω CBC alone | Lagrangian lower bound |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| problem | binaries | after presolve | presolve + CBC: wall s (CPU s) | CBC alone: wall s (CPU s) | Ω presolve + CBC | Lagrangian lower bound | (Ω − bound) / Ω | Ω CBC alone (its excess) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows:
-        cbc = f"{r['cbc']:.10g}" if r["cbc"] is not None else f"no optimum in {cbc_limit:.0f} s"
+        excess = None if r["cbc"] is None else (r["cbc"] - r["presolved"]) / r["presolved"]
+        cbc = f"{r['cbc']:.10g} ({excess:+.2g})" if r["cbc"] is not None else f"no optimum in {cbc_limit:.0f} s"
         lines.append(
             f"| {name} | {r['binaries']:,} | {r['after_presolve']:,} | {r['presolve_wall']:.1f} ({r['presolve_cpu']:.1f}) | "
-            f"{r['cbc_wall']:.1f} ({r['cbc_cpu']:.1f}) | {r['presolved']:.10g} | {cbc} | {r['lower_bound']:.10g} |"
+            f"{r['cbc_wall']:.1f} ({r['cbc_cpu']:.1f}) | {r['presolved']:.10g} | {r['lower_bound']:.10g} | "
+            f"{(r['presolved'] - r['lower_bound']) / r['presolved']:.1e} | {cbc} |"
         )
     return lines
 
@@ -175,6 +177,10 @@ def main() -> None:
         "runs; 'CBC alone' the same program handed whole to CBC (gap 0) with a time limit. Synthetic: " + synthetic_text + ".",
         "",
         *table(rows, args.cbc_limit),
+        "",
+        "No plan has less Ω than the Lagrangian lower bound, so the presolved plan is within (Ω − bound)/Ω of the optimum "
+        "whatever CBC's tolerances. 'CBC alone' reports 'Optimal' for the whole program; its excess over the presolved "
+        "plan is what CBC's default tolerances lose on objectives spanning many orders of magnitude.",
         "",
         "## (c) Verified at " + args.budget + ": layer-wise against per-channel widths",
         "",
