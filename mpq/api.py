@@ -24,6 +24,7 @@ from torch import nn
 
 from mpq.budget import Budget, parse_budget
 from mpq.cache import Cache, default_cache_dir
+from mpq.channels import build_channel_problem, channel_omega, check_granularity, layer_plans
 from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
@@ -34,6 +35,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
+from mpq.presolve import binary_variables, solve_presolved
 from mpq.solver import Problem, check_feasible, solve_problem
 from mpq.verify import Report, verify_prepared
 
@@ -197,6 +199,8 @@ def solve(
     keep: "dict[str, int] | None" = None,
     keep_first: int | None = None,
     keep_last: int | None = None,
+    granularity: str = "layer",
+    channel_group: int = 1,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
@@ -204,8 +208,11 @@ def solve(
     `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
     one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
     `keep_last` pin the first / last quantizable layer in execution order.
+    `granularity="channel"`: one weight width per group of `channel_group` consecutive output channels
+    (mpq.channels; Omega from per-channel traces); the activation width stays one per layer.
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
+    check_granularity(granularity, channel_group)
     acts = act_widths(act_bits)
     budgets = _as_budgets(budget)
     bits = tuple(sorted(set(bits)))
@@ -213,10 +220,24 @@ def solve(
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     layers = [s.layer for s in sensitivity.layers.values()]
     pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
-    omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
-    problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
-    solution = solve_problem(problem)
-    layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
+    channel_settings = {}
+    if granularity == "channel":
+        omega = channel_omega(sensitivity, trace_margin)
+        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, channel_group, pins, sensitivity.act_tie_groups)
+        solution, reduction = solve_presolved(channel_problem.problem)
+        layers = layer_plans(channel_problem, solution)
+        channel_settings = {
+            "width_granularity": "channel",
+            "channel_group": channel_group,
+            "binary_variables": channel_problem.binary_variables,
+            "dominated_choices_dropped": channel_problem.dropped_choices,
+            "binary_variables_after_presolve": binary_variables(reduction.problem) if reduction else channel_problem.binary_variables,
+        }
+    else:
+        omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
+        problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
+        solution = solve_problem(problem)
+        layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
         model={
@@ -233,7 +254,8 @@ def solve(
         settings={
             "bits": list(bits),
             "act_bits": acts[0] if len(acts) == 1 else list(acts),
-            **({"act_bits_choice": ACT_CHOICE_NOTE, "act_tie_groups": problem.act_tie_groups} if len(acts) > 1 else {}),
+            **({"act_bits_choice": ACT_CHOICE_NOTE, "act_tie_groups": [list(g) for g in sensitivity.act_tie_groups]} if len(acts) > 1 else {}),
+            **channel_settings,
             "keep": pins,
             "trace_margin": trace_margin,
             "loss": sensitivity.loss,
@@ -261,6 +283,8 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
         raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
     for lp in plan.layers.values():
         check_bits(lp.weight_bits)
+        for run in lp.channel_bits or ():
+            check_bits(run.weight_bits)
         if lp.act_bits is not None:
             check_bits(lp.act_bits)
     data = _as_dataset(data)
@@ -296,13 +320,17 @@ def search(
     progress: bool = True,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
+    granularity: str = "layer",
+    channel_group: int = 1,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed ...).
+    `granularity` and `channel_group` as in `solve`.
 
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
     start = time.perf_counter()
+    check_granularity(granularity, channel_group)
     data = _as_dataset(data)
     budgets = _as_budgets(budget)
     bits = tuple(bits)
@@ -310,11 +338,16 @@ def search(
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
     pins = resolve_keep([layer.name for layer in graph.layers], keep, keep_first, keep_last)
-    check_feasible(build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups))
+    if granularity == "channel":
+        zero = lambda group, b: 0.0  # noqa: E731
+        problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, bits, act_widths(act_bits), zero, channel_group, pins, graph.act_tie_groups).problem
+    else:
+        problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups)
+    check_feasible(problem)
     t0 = time.perf_counter()
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {

@@ -5,6 +5,15 @@
      "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
      "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
      "predicted": {"size_bytes": int, "bops": float, "omega": float}}
+
+"granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
+widths (`--granularity channel`) adds to every layer entry
+     "channel_bits": [{"channels": [start, stop], "weight_bits": b}, ...]   (runs of equal width)
+     "channel_group": G
+where the runs cover channels 0 .. out_channels - 1 in order, each exactly once, and "weight_bits"
+is the widest of them. The codes are stored (bit-packed, byte-aligned) per chunk: each run cut at
+multiples of G (no "channel_group": each run whole). Without "channel_bits" every channel takes
+"weight_bits" and the layer is stored as one chunk.
 """
 
 from __future__ import annotations
@@ -23,16 +32,56 @@ GRANULARITIES = ("channel", "tensor")
 
 
 @dataclass(frozen=True)
+class ChannelRun:
+    """Output channels start .. stop - 1 of a layer, all at one weight width."""
+
+    start: int
+    stop: int
+    weight_bits: int
+
+
+def storage_chunks(runs: "list[ChannelRun]", group: int | None) -> list[ChannelRun]:
+    """The runs cut at multiples of `group` (None: not cut): each chunk's codes are bit-packed on their own."""
+    chunks = []
+    for run in runs:
+        start = run.start
+        while start < run.stop:
+            stop = run.stop if group is None else min(run.stop, (start // group + 1) * group)
+            chunks.append(ChannelRun(start, stop, run.weight_bits))
+            start = stop
+    return chunks
+
+
+@dataclass(frozen=True)
 class LayerPlan:
-    """Widths of one layer: weights (quantized per output channel) and its input activation."""
+    """Widths of one layer: weights (quantized per output channel) and its input activation.
+
+    `channel_bits` (per-channel widths, in runs; None: every channel at `weight_bits`, the widest)
+    and `channel_group` (channels stored together) come from a per-channel search."""
 
     weight_bits: int
     act_bits: int | None
     granularity: str = "channel"
+    channel_bits: tuple[ChannelRun, ...] | None = None
+    channel_group: int | None = None
 
     @property
     def choice(self) -> Choice:
         return Choice(self.weight_bits, self.act_bits)
+
+    def runs(self, out_channels: int) -> list[ChannelRun]:
+        """The layer's widths as runs of channels (one run for a layer-wise plan)."""
+        return list(self.channel_bits) if self.channel_bits else [ChannelRun(0, out_channels, self.weight_bits)]
+
+    def chunks(self, out_channels: int) -> list[ChannelRun]:
+        """The chunks the packed export stores separately (one for a layer-wise plan)."""
+        return storage_chunks(self.runs(out_channels), self.channel_group)
+
+    def mean_weight_bits(self) -> float:
+        """Bits per weight averaged over the layer's channels (channels hold equal numbers of weights)."""
+        if not self.channel_bits:
+            return float(self.weight_bits)
+        return sum((r.stop - r.start) * r.weight_bits for r in self.channel_bits) / self.channel_bits[-1].stop
 
 
 @dataclass
@@ -50,10 +99,7 @@ class Plan:
             "schema": SCHEMA,
             "model": self.model,
             "budgets": [b.to_json() for b in self.budgets],
-            "layers": {
-                name: {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": lp.granularity}
-                for name, lp in self.layers.items()
-            },
+            "layers": {name: _layer_to_json(lp) for name, lp in self.layers.items()},
             "predicted": self.predicted,
             "settings": self.settings,
         }
@@ -83,6 +129,39 @@ class Plan:
         return cls.from_json(data, source=str(path))
 
 
+def _layer_to_json(lp: LayerPlan) -> dict:
+    entry = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": lp.granularity}
+    if lp.channel_bits:
+        entry["channel_bits"] = [{"channels": [r.start, r.stop], "weight_bits": r.weight_bits} for r in lp.channel_bits]
+        entry["channel_group"] = lp.channel_group
+    return entry
+
+
+def _is_width(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16
+
+
+def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
+    """Runs that start at channel 0 and follow one another without gap or overlap, widths 1-16."""
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"layer {name}: channel_bits must be a non-empty list of {{\"channels\": [start, stop], \"weight_bits\": b}}")
+    runs, expected = [], 0
+    for item in items:
+        channels = item.get("channels") if isinstance(item, dict) else None
+        if not (isinstance(channels, list) and len(channels) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in channels)):
+            raise ValueError(f"layer {name}: channel_bits entry {item!r} needs \"channels\": [start, stop] with whole numbers")
+        start, stop = channels
+        if start != expected:
+            raise ValueError(f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] starts at {start} instead of {expected}")
+        if stop <= start:
+            raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] holds no channel")
+        if not _is_width(item.get("weight_bits")):
+            raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from 1 to 16")
+        runs.append(ChannelRun(start, stop, item["weight_bits"]))
+        expected = stop
+    return tuple(runs)
+
+
 def _layer_from_json(name: str, entry: dict) -> LayerPlan:
     weight_bits, act_bits = entry["weight_bits"], entry.get("act_bits")
     granularity = entry.get("granularity", "channel")
@@ -92,4 +171,12 @@ def _layer_from_json(name: str, entry: dict) -> LayerPlan:
         raise ValueError(f"layer {name}: act_bits {act_bits!r} is not null or a width from 1 to 16")
     if granularity not in GRANULARITIES:
         raise ValueError(f"layer {name}: granularity {granularity!r} is not one of {GRANULARITIES}")
-    return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity)
+    if "channel_bits" not in entry:
+        return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity)
+    runs = _runs_from_json(name, entry["channel_bits"])
+    if max(r.weight_bits for r in runs) != weight_bits:
+        raise ValueError(f"layer {name}: weight_bits {weight_bits} is not the widest of its channel_bits ({max(r.weight_bits for r in runs)})")
+    group = entry.get("channel_group")
+    if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):
+        raise ValueError(f"layer {name}: channel_group {group!r} is not a positive whole number")
+    return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity, channel_bits=runs, channel_group=group)

@@ -51,12 +51,18 @@ class QuantizedWeight:
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> QuantizedWeight:
     """Symmetric per-output-channel min-max quantization of a weight (dim 0 = output channels)."""
-    qmax = 2 ** (bits - 1) - 1
+    return quantize_weight_channels(weight, [bits] * weight.shape[0])
+
+
+def quantize_weight_channels(weight: torch.Tensor, bits: "list[int]") -> QuantizedWeight:
+    """As quantize_weight, but output channel c takes its own width bits[c] (its codes fit in bits[c] bits);
+    `bits` of the result is the widest."""
+    qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32)
     scale = (_per_channel_absmax(weight) / qmax).to(torch.float32)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    codes = torch.clamp(torch.round(weight.detach() / safe.reshape(shape)), -qmax - 1, qmax)
-    return QuantizedWeight(codes=codes.to(torch.int8), scale=scale, bits=bits)
+    codes = torch.clamp(torch.round(weight.detach() / safe.reshape(shape)), -qmax.reshape(shape) - 1, qmax.reshape(shape))
+    return QuantizedWeight(codes=codes.to(torch.int8), scale=scale, bits=max(bits))
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:

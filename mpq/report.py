@@ -6,8 +6,8 @@ from pathlib import Path
 
 from mpq.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
-from mpq.plan import Plan
-from mpq.sensitivity import Sensitivity
+from mpq.plan import LayerPlan, Plan
+from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.solver import Problem, Solution
 from mpq.verify import Measurement, Report
 
@@ -29,9 +29,24 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
         if plan is not None:
             lp = plan.layers[name]
             margin = plan.settings.get("trace_margin", 0.0)
-            row += f" {lp.weight_bits} | {lp.act_bits or 'float'} | {s.omega(lp.weight_bits, margin):.3g} |"
+            row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {plan_layer_omega(s, lp, margin):.3g} |"
         lines.append(row + f" {s.warning(sensitivity.settings.tol) or ''} |")
     return "\n".join(lines)
+
+
+def weight_bits_text(lp: LayerPlan) -> str:
+    """'6', or for per-channel widths the range and the mean bits per weight, e.g. '4-8 (5.62)'."""
+    if not lp.channel_bits:
+        return str(lp.weight_bits)
+    low = min(r.weight_bits for r in lp.channel_bits)
+    return str(lp.weight_bits) if low == lp.weight_bits else f"{low}-{lp.weight_bits} ({lp.mean_weight_bits():.2f})"
+
+
+def plan_layer_omega(s: LayerSensitivity, lp: LayerPlan, margin: float) -> float:
+    """The layer's Omega as the plan's search counted it: layer-wise, or summed over its channels."""
+    if not lp.channel_bits:
+        return s.omega(lp.weight_bits, margin)
+    return sum(float(s.channel_omega(r.weight_bits, margin)[r.start : r.stop].sum()) for r in lp.channel_bits)
 
 
 def comparison_table(report: Report) -> str:
@@ -71,8 +86,8 @@ def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     names = list(sensitivity.layers)
     x = range(len(names))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.22), 7), sharex=True)
-    top.bar(x, [plan.layers[n].weight_bits for n in names], color="tab:blue")
-    top.set_ylabel("weight bits")
+    top.bar(x, [plan.layers[n].mean_weight_bits() for n in names], color="tab:blue")
+    top.set_ylabel("weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else ""))
     top.set_title("mpq plan: widths and Hessian traces per layer")
     traces = [max(sensitivity.layers[n].hessian_trace, 1e-12) / sensitivity.layers[n].layer.params for n in names]
     errors = [sensitivity.layers[n].hessian_trace_stderr / sensitivity.layers[n].layer.params for n in names]
@@ -94,7 +109,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
     parts = [
         "# mpq report",
         "",
-        f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}; activations: "
+        f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}"
+        + (f" per group of {plan.settings['channel_group']} output channel(s)" if plan.settings.get("width_granularity") == "channel" else "")
+        + "; activations: "
         f"{plan.settings.get('act_bits') or 'float'}"
         + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
         + f". Sensitivity loss: {sensitivity.loss}; "

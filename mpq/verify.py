@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from mpq.budget import Budget
 from mpq.cache import Cache
-from mpq.cost import Choice, layer_bops, model_costs
+from mpq.channels import plan_layer_costs
+from mpq.cost import model_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.export.packed import PackedModel, fake_quant_model, pack_model
@@ -172,7 +173,7 @@ def measure_plan(
     """Export the plan, rebuild the model from the exported tensors, and measure it (cached)."""
     packed = pack_plan(prepared, plan, reference)
     layers = prepared.graph.by_name
-    bops = sum(layer_bops(layers[n], Choice(m["weight_bits"], m["act_bits"])) for n, m in packed.layers.items())
+    bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
     fits = all(measured_costs[b.kind] <= b.limit for b in budgets if b.kind in measured_costs)
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"]}
@@ -217,6 +218,10 @@ def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
     unknown = sorted(set(plan.layers) - set(prepared.graph.by_name))
     if unknown:
         raise MpqError(f"the plan names layers this model lacks ({', '.join(unknown[:3])}): it was made for another model")
+    for name, lp in plan.layers.items():
+        channels = prepared.graph.by_name[name].out_channels
+        if lp.channel_bits and lp.channel_bits[-1].stop != channels:
+            raise MpqError(f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the layer has {channels}: it was made for another model")
 
 
 def verify_prepared(

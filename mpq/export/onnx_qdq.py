@@ -13,6 +13,7 @@ widths are stored in the next wider type, their range clamped:
 
   weights, per output channel, symmetric (zero point 0), exactly the packed codes:
       b = 2: INT2;  b = 3, 4: INT4;  5 <= b <= 8: INT8 (codes of b bits lie in [-2^(b-1), 2^(b-1)-1]);
+      a layer with per-channel widths takes the type of its widest channel (narrower codes fit);
       packed low bits first in raw_data.
   a layer whose input is quantized (affine per tensor, calibrated scale s_x and zero point z):
       q   = QuantizeLinear(x, s_x, z) as UINT8 (saturates to [0, 255]);
@@ -45,7 +46,7 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.export.packed import PackedModel, combined_scale, unpack_bits, unpack_model
+from mpq.export.packed import PackedModel, combined_scale, unpack_codes, unpack_model
 from mpq.files import write_bytes_atomic
 
 EXPORT_OPSET = 20
@@ -187,8 +188,7 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
             new_nodes.append(node)
             continue
         meta = packed.layers[layer]
-        shape = meta["weight_shape"]
-        codes = unpack_bits(packed.tensors[f"{layer}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).numpy().reshape(shape)
+        codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()  # per-channel widths: all fit the widest
         if layer in act_params:
             inits, nodes = _integer_layer_nodes(node, layer, codes, packed, act_params[layer])
         else:

@@ -1,7 +1,9 @@
 """Packed weights: the plan applied to a model, as the tensors a deployer stores.
 
 Per quantized layer: `<name>.weight_codes` (uint8, the codes in offset binary, b bits each,
-least significant bit first, ceil(n*b/8) bytes), `<name>.weight_scale` (float32 per output channel),
+least significant bit first, ceil(n*b/8) bytes; for per-channel widths, the chunks of the plan
+(mpq.plan.storage_chunks) one after another, each chunk's n_k codes of b_k bits in ceil(n_k*b_k/8)
+bytes), `<name>.weight_scale` (float32 per output channel),
 `<name>.bias` (float32), and for a quantized input `<name>.input_scale` (float32) and
 `<name>.input_zero_point` (int32). Every other floating-point parameter and buffer is kept as is.
 The bytes of these tensors are the measured size of the plan.
@@ -17,8 +19,8 @@ import torch
 from torch import nn
 
 from mpq.graph import quantizable_modules
-from mpq.plan import Plan
-from mpq.quant import ActQuantParams, QuantizedWeight, quantize_weight
+from mpq.plan import ChannelRun, Plan, storage_chunks
+from mpq.quant import ActQuantParams, QuantizedWeight, quantize_weight, quantize_weight_channels
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -33,6 +35,30 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     bit_planes = np.unpackbits(packed.numpy(), count=count * bits, bitorder="little").reshape(count, bits)
     unsigned = bit_planes.astype(np.int16) @ (1 << np.arange(bits, dtype=np.int16))
     return torch.from_numpy((unsigned - 2 ** (bits - 1)).astype(np.int8))
+
+
+def layer_chunks(meta: dict) -> list[ChannelRun]:
+    """The chunks a packed layer's codes are stored in, from its metadata (one for a layer-wise plan)."""
+    runs = [ChannelRun(*run) for run in meta.get("channel_bits") or [[0, meta["weight_shape"][0], meta["weight_bits"]]]]
+    return storage_chunks(runs, meta.get("channel_group"))
+
+
+def pack_chunks(codes: torch.Tensor, chunks: list[ChannelRun]) -> torch.Tensor:
+    """Each chunk's codes (output channels start..stop-1) packed at its width, the chunks back to back."""
+    return torch.cat([pack_bits(codes[c.start : c.stop], c.weight_bits) for c in chunks])
+
+
+def unpack_codes(packed_codes: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Inverse of pack_chunks: the int8 codes shaped like the weight."""
+    shape = meta["weight_shape"]
+    per_channel = int(np.prod(shape[1:]))
+    codes, offset = [], 0
+    for c in layer_chunks(meta):
+        count = (c.stop - c.start) * per_channel
+        size = -(-count * c.weight_bits // 8)
+        codes.append(unpack_bits(packed_codes[offset : offset + size], c.weight_bits, count))
+        offset += size
+    return torch.cat(codes).reshape(shape)
 
 
 @dataclass
@@ -57,8 +83,12 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
     layers: dict[str, dict] = {}
     for name, lp in plan.layers.items():
         module = modules[name]
-        q = quantize_weight(module.weight, lp.weight_bits)
-        tensors[f"{name}.weight_codes"] = pack_bits(q.codes, lp.weight_bits)
+        out_channels = module.weight.shape[0]
+        if lp.channel_bits:
+            q = quantize_weight_channels(module.weight, [r.weight_bits for r in lp.runs(out_channels) for _ in range(r.start, r.stop)])
+        else:
+            q = quantize_weight(module.weight, lp.weight_bits)
+        tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
         tensors[f"{name}.weight_scale"] = q.scale.clone()
         if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = module.bias.detach().to(torch.float32).clone()
@@ -67,6 +97,9 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)
             tensors[f"{name}.input_zero_point"] = torch.tensor([params.zero_point], dtype=torch.int32)
         layers[name] = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "weight_shape": list(module.weight.shape)}
+        if lp.channel_bits:
+            layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
+            layers[name]["channel_group"] = lp.channel_group
     quantized = {f"{n}.{p}" for n in plan.layers for p in ("weight", "bias")}
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if name not in quantized and t.is_floating_point():
@@ -81,9 +114,8 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
     act_params = {}
     with torch.no_grad():
         for name, meta in packed.layers.items():
-            shape, bits = meta["weight_shape"], meta["weight_bits"]
-            codes = unpack_bits(packed.tensors[f"{name}.weight_codes"], bits, int(np.prod(shape))).reshape(shape)
-            weight = QuantizedWeight(codes=codes, scale=packed.tensors[f"{name}.weight_scale"], bits=bits).dequantize()
+            codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
+            weight = QuantizedWeight(codes=codes, scale=packed.tensors[f"{name}.weight_scale"], bits=meta["weight_bits"]).dequantize()
             modules[name].weight.copy_(weight)
             if f"{name}.bias" in packed.tensors:
                 modules[name].bias.copy_(packed.tensors[f"{name}.bias"])
@@ -155,8 +187,7 @@ def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
     modules = quantizable_modules(rebuilt, embeddings=True)
     for name, params in act_params.items():
         meta, module = packed.layers[name], modules[name]
-        shape = meta["weight_shape"]
-        codes = unpack_bits(packed.tensors[f"{name}.weight_codes"], meta["weight_bits"], int(np.prod(shape))).reshape(shape)
+        codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
         scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"])
         layer = IntegerLayer(params, scale, packed.tensors.get(f"{name}.bias"), exact_accumulator(params, codes))
         module.weight = nn.Parameter(codes.to(layer.accumulator), requires_grad=False)

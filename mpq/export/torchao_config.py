@@ -71,6 +71,9 @@ def layer_config(module: nn.Module, weight_bits: int, act_bits: int | None):
 
 def torchao_config(prepared: PreparedModel, plan: Plan):
     """(FqnToConfig, names of the planned layers torchao cannot take)."""
+    mixed = [name for name, lp in plan.layers.items() if lp.channel_bits]
+    if mixed:
+        raise MpqError(f"torchao has no per-channel weight widths, and this plan gives layer {mixed[0]} per-channel widths: export it with --format packed or onnx, or search with --granularity layer")
     tq, _, _ = _import_torchao()
     modules = quantizable_modules(prepared.folded, embeddings=True)
     configs, left_out = {}, []

@@ -37,6 +37,11 @@ class LayerSensitivity:
         """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace`."""
         return self.bounded_trace(margin) / self.layer.params * self.quant_error[bits]
 
+    def channel_omega(self, bits: int, margin: float = 0.0) -> np.ndarray:
+        """Per output channel c: max(Tr(H_c) + margin * stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2, n_c = params / channels."""
+        trace = np.maximum(self.channel_trace + margin * self.channel_trace_stderr, 0.0)
+        return trace / (self.layer.params / self.layer.out_channels) * self.channel_quant_error[bits]
+
     def warning(self, tol: float) -> str | None:
         if self.hessian_trace <= 2 * self.hessian_trace_stderr:
             return "trace not clearly positive"
