@@ -22,7 +22,7 @@ from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, 
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.losses import Loss, resolve_loss
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
-from mpq.sensitivity.metrics import EIGEN_TOL, check_metric, curvature_traces
+from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
 
 
@@ -70,24 +70,6 @@ class LayerSensitivity:
         return estimate_warning(self.metric, self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
 
 
-def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
-    """Why an estimate is not to be trusted, or None."""
-    if metric == "output_mse":
-        return None
-    if metric == "eigenvalue":
-        eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
-        if eigenvalue <= 0:
-            return "top eigenvalue not positive"
-        if change > EIGEN_TOL * eigenvalue:
-            return f"power iteration not converged (last change {change / eigenvalue:.1%})"
-        return None
-    if trace <= 2 * stderr:
-        return "trace not clearly positive"
-    if stderr > tol * trace:
-        return f"relative stderr {stderr / trace:.0%} above tolerance"
-    return None
-
-
 @dataclass
 class Sensitivity:
     """Everything the solver needs: per-layer sensitivities, layer costs and the float remainder."""
@@ -113,8 +95,7 @@ class Sensitivity:
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
         for name, s in self.layers.items():
-            act = s.activation
-            note = act and estimate_warning(self.metric, act.trace, act.trace_stderr, self.settings.tol, act.details)
+            note = s.activation and s.activation.warning(self.metric, self.settings.tol)
             if note:
                 found[name] = "; ".join(filter(None, [found[name], f"input: {note}"]))
         return {name: w for name, w in found.items() if w}

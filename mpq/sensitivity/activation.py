@@ -31,6 +31,7 @@ from torch import nn
 
 from mpq.graph import LayerInfo, module_calls_visible
 from mpq.quant import ActQuantParams, MinMaxObserver
+from mpq.sensitivity.metrics import estimate_warning
 
 
 @dataclass
@@ -54,6 +55,9 @@ class ActivationSensitivity:
             return self.measured_omega[bits] / len(self.group)
         bounded = max(self.trace + margin * self.trace_stderr, 0.0)
         return bounded / self.elements * self.quant_error[bits] / len(self.group)
+
+    def warning(self, metric: str, tol: float) -> str | None:
+        return estimate_warning(metric, self.trace, self.trace_stderr, tol, self.details)
 
     def to_json(self) -> dict:
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731

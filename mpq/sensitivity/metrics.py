@@ -203,6 +203,24 @@ def top_eigenvalues(
     return traces, {"top_eigenvalue": eigenvalues.tolist(), "eigenvalue_change": changes.tolist(), "iterations": [f[2] for f in found]}
 
 
+def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
+    """Why an estimate is not to be trusted, or None."""
+    if metric == "output_mse":
+        return None
+    if metric == "eigenvalue":
+        eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
+        if eigenvalue <= 0:
+            return "top eigenvalue not positive"
+        if change > EIGEN_TOL * eigenvalue:
+            return f"power iteration not converged (last change {change / eigenvalue:.1%})"
+        return None
+    if trace <= 2 * stderr:
+        return "trace not clearly positive"
+    if stderr > tol * trace:
+        return f"relative stderr {stderr / trace:.0%} above tolerance"
+    return None
+
+
 def curvature_traces(
     metric: str,
     model: nn.Module,
