@@ -184,8 +184,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}; activations: "
         f"{plan.settings.get('act_bits') or 'float'}"
         + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
-        + f". Sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
-        + f"; loss: {sensitivity.loss}; "
+        + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
+        + "; "
         f"{max(s.probes for s in sensitivity.layers.values())} {'Hutchinson probes' if sensitivity.metric == 'hessian' else 'probes/samples/iterations'} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
