@@ -36,6 +36,7 @@ from mpq.quant import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.presolve import binary_variables, solve_presolved
+from mpq.sensitivity.metrics import check_metric
 from mpq.solver import Problem, check_feasible, solve_problem
 from mpq.verify import Report, verify_prepared
 
@@ -44,6 +45,7 @@ DEFAULT_ACT_BITS = 8
 DEFAULT_TRACE_MARGIN = 2.0
 EXAMPLE_BATCH = 2
 ACT_CHOICE_NOTE = "activation widths are chosen by cost only (Omega is the weight sensitivity)"
+ACT_SENSITIVITY_NOTE = "activation widths are chosen by sensitivity (Omega adds each input's T/m * E||Q_a(x) - x||^2)"
 
 
 def _as_dataset(data) -> Dataset:
@@ -121,6 +123,8 @@ def analyze(
     progress: bool = True,
     loss=None,
     quantize_embeddings: bool = False,
+    metric: str = "hessian",
+    activations: bool = False,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -134,7 +138,15 @@ def analyze(
     loss(output, target) where target is y when given, else the FP32 outputs.
 
     `quantize_embeddings`: nn.Embedding tables become layers too (weights per row, no input quantizer).
+
+    `metric`: "hessian" (Hutchinson traces), "fisher" (empirical Fisher trace, exact over the data),
+    "eigenvalue" (top eigenvalue of each layer's Hessian block; Omega = lambda_max * ||Q_b(W) - W||^2) or
+    "output_mse" (measured: the model output's MSE to FP32 with only that layer quantized); see
+    mpq.sensitivity.metrics. `activations`: also each layer's input (the curvature with respect to
+    it under the same metric, and the quantization error of the verifier's activation quantizer),
+    so that `solve` chooses activation widths by sensitivity.
     """
+    check_metric(metric)
     if not 0 < tol < 1:
         raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
     if max_probes < 2 or min_probes < 2:
@@ -145,7 +157,7 @@ def analyze(
     resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data, quantize_embeddings)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
-    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
+    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, metric, activations)
 
 
 def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
@@ -189,6 +201,13 @@ def build_problem(
     )
 
 
+def _act_widths_by_sensitivity(sensitivity: Sensitivity, acts: tuple, act_sensitivity: bool | None) -> bool:
+    """Whether Omega includes the inputs' sensitivity: only with several activation widths to choose from."""
+    if act_sensitivity and not sensitivity.has_activations:
+        raise MpqError("act_sensitivity=True needs the inputs' sensitivity: analyze with activations=True")
+    return len(acts) > 1 and sensitivity.has_activations and act_sensitivity is not False
+
+
 def solve(
     sensitivity: Sensitivity,
     budget="4MB",
@@ -201,6 +220,7 @@ def solve(
     keep_last: int | None = None,
     granularity: str = "layer",
     channel_group: int = 1,
+    act_sensitivity: bool | None = None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
@@ -209,11 +229,16 @@ def solve(
     one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
     `keep_last` pin the first / last quantizable layer in execution order.
     `granularity="channel"`: one weight width per group of `channel_group` consecutive output channels
-    (mpq.channels; Omega from per-channel traces); the activation width stays one per layer.
+    (mpq.channels; Omega from per-channel traces); the activation width stays one per layer and is
+    chosen by cost only.
+    With several activation widths, Omega of a (w, a) choice is Omega_w + Omega_act(a) when the
+    sensitivity holds the inputs' (analyze(..., activations=True); `act_sensitivity=None` uses them
+    when present, False ignores them, True requires them); else activation widths go by cost only.
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
     check_granularity(granularity, channel_group)
     acts = act_widths(act_bits)
+    by_sensitivity = granularity == "layer" and _act_widths_by_sensitivity(sensitivity, acts, act_sensitivity)
     budgets = _as_budgets(budget)
     bits = tuple(sorted(set(bits)))
     if not bits:
@@ -234,7 +259,11 @@ def solve(
             "binary_variables_after_presolve": binary_variables(reduction.problem) if reduction else channel_problem.binary_variables,
         }
     else:
-        omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
+
+        def omega(name: str, c: Choice) -> float:
+            s = sensitivity.layers[name]
+            return s.omega(c.weight_bits, trace_margin) + (s.act_omega(c.act_bits, trace_margin) if by_sensitivity else 0.0)
+
         problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
         solution = solve_problem(problem)
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
@@ -254,7 +283,12 @@ def solve(
         settings={
             "bits": list(bits),
             "act_bits": acts[0] if len(acts) == 1 else list(acts),
-            **({"act_bits_choice": ACT_CHOICE_NOTE, "act_tie_groups": [list(g) for g in sensitivity.act_tie_groups]} if len(acts) > 1 else {}),
+            **(
+                {"act_bits_choice": ACT_SENSITIVITY_NOTE if by_sensitivity else ACT_CHOICE_NOTE, "act_sensitivity": by_sensitivity, "act_tie_groups": [list(g) for g in sensitivity.act_tie_groups]}
+                if len(acts) > 1
+                else {}
+            ),
+            "metric": sensitivity.metric,
             **channel_settings,
             "keep": pins,
             "trace_margin": trace_margin,
@@ -322,10 +356,14 @@ def search(
     quantize_embeddings: bool = False,
     granularity: str = "layer",
     channel_group: int = 1,
+    act_sensitivity: bool | None = None,
     **analyze_options,
 ) -> SearchResult:
-    """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed ...).
+    """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
     `granularity` and `channel_group` as in `solve`.
+
+    With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
+    `act_sensitivity=False` (then they go by cost only, the widest the budgets allow).
 
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
@@ -345,9 +383,10 @@ def search(
         problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups)
     check_feasible(problem)
     t0 = time.perf_counter()
-    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
+    activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
+    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {
@@ -358,4 +397,5 @@ def search(
         "total": time.perf_counter() - start,
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
+    report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

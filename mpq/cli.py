@@ -14,6 +14,7 @@ from pathlib import Path
 from mpq.errors import MpqError
 
 DEFAULT_OUT = "mpq-out"
+DEFAULT_SENSITIVITY_PLOT = f"{DEFAULT_OUT}/sensitivity.png"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +87,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
+    p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(search)
     search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs ...; repeat for several (all must hold)")
     search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
-    search.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); chosen by cost only")
+    search.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); several are chosen by the inputs' sensitivity (see --no-act-sensitivity)")
+    search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
     search.add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
     search.add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
     search.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
@@ -118,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
     _add_model_data(sens)
     sens.add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
+    sens.add_argument("--activations", action="store_true", help="also the sensitivity of every layer's input (what chooses --act-bits in mpq search)")
+    sens.add_argument("--plot", default=DEFAULT_SENSITIVITY_PLOT, metavar="FILE.png", help=f"bar chart of the per-layer sensitivities with error bars (default {DEFAULT_SENSITIVITY_PLOT})")
+    sens.add_argument("--no-plot", action="store_true", help="write no chart")
     _add_probe_options(sens)
 
     check = sub.add_parser("verify", help="measure a saved plan on a model and data; writes report.json")
@@ -163,6 +169,7 @@ def _analyze_options(args) -> dict:
         "progress": not args.quiet,
         "loss": args.loss,
         "quantize_embeddings": args.quantize_embeddings,
+        "metric": args.metric,
     }
 
 
@@ -186,7 +193,7 @@ def run_search(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     pins = _pins(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, **pins, **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, **pins, **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
@@ -218,15 +225,22 @@ def run_solve(args) -> int:
 
 def run_sensitivity(args) -> int:
     import mpq
-    from mpq.report import layer_table
+    from mpq.report import layer_table, plot_sensitivity
 
+    plot = None if args.no_plot else Path(args.plot)
+    if plot is not None:
+        _writable_folder(str(plot.parent))
     model, data = _load_inputs(args)
-    sensitivity = mpq.analyze(model, data, **_analyze_options(args))
+    sensitivity = mpq.analyze(model, data, activations=args.activations, **_analyze_options(args))
+    if plot is not None:
+        plot_sensitivity(sensitivity, plot)
     if args.json:
         print(json.dumps(sensitivity.to_json(), indent=1))
     else:
-        print(f"loss: {sensitivity.loss}")
+        print(f"metric: {sensitivity.metric}; loss: {sensitivity.loss}")
         print(layer_table(sensitivity))
+    if plot is not None:
+        print(f"wrote {plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -16,21 +16,59 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+METRIC_LABELS = {"hessian": "Tr(H)", "fisher": "Tr(F)", "eigenvalue": "λ_max", "output_mse": "output MSE at W4"}
+CHART_BITS = 4  # the width whose measured output MSE the output_mse chart and table show
+
+
+def metric_value(metric: str, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
+    """The number a table or chart shows for one layer (or input) under `metric`, and its error bar:
+    the trace ± stderr (hessian, fisher), λ_max ± its last change (eigenvalue), or the measured output
+    MSE at CHART_BITS (output_mse, no error bar)."""
+    if metric == "eigenvalue":
+        return details["top_eigenvalue"], details["eigenvalue_change"]
+    if metric == "output_mse":
+        return measured[CHART_BITS], None
+    return trace, stderr
+
+
+def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None]:
+    s = sensitivity.layers[name]
+    return metric_value(sensitivity.metric, s.hessian_trace, s.hessian_trace_stderr, s.details, s.measured_omega)
+
+
+def _input_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None] | None:
+    act = sensitivity.layers[name].activation
+    return None if act is None else metric_value(sensitivity.metric, act.trace, act.trace_stderr, act.details, act.measured_omega)
+
+
+def _pm(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value[0]:.4g}" + ("" if value[1] is None else f" ± {value[1]:.2g}")
+
+
 def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
-    """Markdown table: per layer its size, trace +- stderr, and (with a plan) widths and Omega."""
-    head = "| layer | kind | params | Tr(H) ± stderr | probes |"
-    rule = "|---|---|---:|---:|---:|"
+    """Markdown table: per layer its size, trace ± stderr (or the metric's number), the input's with
+    activation sensitivity, (with a plan) widths and Ω, and a warning where the estimate is not trustworthy."""
+    label = METRIC_LABELS[sensitivity.metric]
+    inputs = sensitivity.has_activations
+    head = f"| layer | kind | params | {label} ± error | probes |" + (f" input {label} ± error |" if inputs else "")
+    rule = "|---|---|---:|---:|---:|" + ("---:|" if inputs else "")
     if plan is not None:
         head += " W | A | Ω |"
         rule += "---:|---:|---:|"
     lines = [head + " note |", rule + "---|"]
+    warnings = sensitivity.warnings()
     for name, s in sensitivity.layers.items():
-        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {s.hessian_trace:.4g} ± {s.hessian_trace_stderr:.2g} | {s.probes} |"
+        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(_layer_value(sensitivity, name))} | {s.probes} |"
+        if inputs:
+            row += f" {_pm(_input_value(sensitivity, name))} |"
         if plan is not None:
             lp = plan.layers[name]
             margin = plan.settings.get("trace_margin", 0.0)
-            row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {plan_layer_omega(s, lp, margin):.3g} |"
-        lines.append(row + f" {s.warning(sensitivity.settings.tol) or ''} |")
+            omega = plan_layer_omega(s, lp, margin) + (s.act_omega(lp.act_bits, margin) if plan.settings.get("act_sensitivity") else 0.0)
+            row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {omega:.3g} |"
+        lines.append(row + f" {warnings.get(name, '')} |")
     return "\n".join(lines)
 
 
@@ -76,8 +114,20 @@ def sqnr_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _save_figure(fig, path: Path) -> None:
+    """Written atomically (a temporary file, then a rename)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
-    """Bars: per-layer weight width, and per-layer trace per parameter with error bars (log scale)."""
+    """Bars: per-layer weight width, and per-layer trace with error bars (log scale; see plot_sensitivity)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,19 +138,56 @@ def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.22), 7), sharex=True)
     top.bar(x, [plan.layers[n].mean_weight_bits() for n in names], color="tab:blue")
     top.set_ylabel("weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else ""))
-    top.set_title("mpq plan: widths and Hessian traces per layer")
-    traces = [max(sensitivity.layers[n].hessian_trace, 1e-12) / sensitivity.layers[n].layer.params for n in names]
-    errors = [sensitivity.layers[n].hessian_trace_stderr / sensitivity.layers[n].layer.params for n in names]
-    bottom.bar(x, traces, yerr=errors, color="tab:orange", capsize=1.5)
-    bottom.set_yscale("log")
-    bottom.set_ylabel("Tr(H) / params")
+    top.set_title(f"mpq plan: widths and sensitivities ({sensitivity.metric}) per layer")
+    warned = {n for n, s in sensitivity.layers.items() if s.warning(sensitivity.settings.tol)}
+    _bars(bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, METRIC_LABELS[sensitivity.metric])
     bottom.set_xticks(list(x))
     bottom.set_xticklabels(names, rotation=90, fontsize=6)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
+
+
+def _bars(ax, sensitivity: Sensitivity, values: list[tuple[float, float | None] | None], warned: set[str], ylabel: str) -> None:
+    """Log-scale bars with error bars; a value that is not positive is drawn at the floor, hatched."""
+    names = list(sensitivity.layers)
+    shown = [v for v in values if v is not None and v[0] > 0]
+    floor = min((v[0] for v in shown), default=1.0) / 10
+    heights = [max(v[0], floor) if v is not None else floor for v in values]
+    errors = [0.0 if v is None or v[1] is None else min(v[1], 1e300) for v in values]
+    colors = ["tab:red" if n in warned else "tab:orange" for n in names]
+    bars = ax.bar(range(len(names)), heights, yerr=errors, color=colors, capsize=1.5, error_kw={"elinewidth": 0.8})
+    for bar, v in zip(bars, values):
+        if v is None or v[0] <= 0:
+            bar.set_hatch("//")
+            bar.set_alpha(0.4)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 2)
+    ax.set_ylabel(ylabel)
+
+
+def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
+    """Bar chart of every layer's sensitivity (trace ± stderr, or the metric's number) on a log scale,
+    and of its input's with activation sensitivity; red: the table warns about the estimate; hatched:
+    not positive (drawn at the floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sensitivity.layers)
+    label = METRIC_LABELS[sensitivity.metric]
+    panels = 2 if sensitivity.has_activations else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8, len(names) * 0.22), 3.2 * panels + 1.5), sharex=True, squeeze=False)
+    tol = sensitivity.settings.tol
+    warned = {n for n, s in sensitivity.layers.items() if s.warning(tol)}
+    _bars(axes[0][0], sensitivity, [_layer_value(sensitivity, n) for n in names], warned, f"weights: {label}")
+    axes[0][0].set_title(f"mpq sensitivity ({sensitivity.metric}, loss {sensitivity.loss}); red: estimate not trustworthy")
+    if panels == 2:
+        warned = {n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(sensitivity.metric, tol)}
+        _bars(axes[1][0], sensitivity, [_input_value(sensitivity, n) for n in names], warned, f"inputs: {label}")
+    bottom = axes[-1][0]
+    bottom.set_xticks(range(len(names)))
+    bottom.set_xticklabels(names, rotation=90, fontsize=6)
+    _save_figure(fig, path)
 
 
 def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str:
@@ -114,8 +201,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         + "; activations: "
         f"{plan.settings.get('act_bits') or 'float'}"
         + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
-        + f". Sensitivity loss: {sensitivity.loss}; "
-        f"{max(s.probes for s in sensitivity.layers.values())} Hutchinson probes (stopped by {sensitivity.stop_reason})"
+        + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
+        + "; "
+        f"{max(s.probes for s in sensitivity.layers.values())} {'Hutchinson probes' if sensitivity.metric == 'hessian' else 'probes/samples/iterations'} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "

@@ -31,6 +31,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.quant import ActQuantParams, MinMaxObserver
 from mpq.sqnr import LayerSqnr, layer_sqnr
 
+EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
@@ -176,7 +177,7 @@ def measure_plan(
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
     fits = all(measured_costs[b.kind] <= b.limit for b in budgets if b.kind in measured_costs)
-    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"]}
+    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR}
     cached = cache.load("measurement", key)
     if cached is not None:
         return Measurement(**{**cached, "name": name, "fits_budget": fits})

@@ -1,7 +1,15 @@
-"""HAWQ-V2 sensitivity: Omega_l(b) = Tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2, per layer and per channel."""
+"""HAWQ-V2 sensitivity: Omega_l(b) = Tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2, per layer and per channel.
+
+Other metrics (`metric=`, mpq.sensitivity.metrics) put another trace-like number T_l in place of
+Tr(H_l) (the empirical Fisher's trace, or n_l times the block's top eigenvalue), or measure Omega
+directly (output_mse, mpq.sensitivity.output_error). With `activations=True`, each layer's input gets
+the same treatment (mpq.sensitivity.activation): Omega of a (weight, act) choice adds Omega_act(a).
+"""
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -10,14 +18,25 @@ import numpy as np
 from mpq.cache import Cache
 from mpq.data import Dataset
 from mpq.graph import LayerInfo, PreparedModel
-from mpq.sensitivity.error import channel_error_table
+from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
+from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.losses import Loss, resolve_loss
-from mpq.sensitivity.hessian import HessianTraces, ProbeSettings, hutchinson_traces
+from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
+from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
+from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: those are written as null."""
+    return value if math.isfinite(value) else None
 
 
 @dataclass
 class LayerSensitivity:
-    """One layer's Hessian trace (with standard error) and quantization errors per width."""
+    """One layer's Hessian trace (with standard error) and quantization errors per width.
+
+    Under another metric, `hessian_trace` holds the trace-like number Omega uses in its place (see
+    mpq.sensitivity.metrics; NaN for output_mse, whose Omega is `measured_omega`)."""
 
     layer: LayerInfo
     hessian_trace: float
@@ -27,6 +46,10 @@ class LayerSensitivity:
     channel_trace: np.ndarray
     channel_trace_stderr: np.ndarray
     channel_quant_error: dict[int, np.ndarray] = field(repr=False)
+    metric: str = "hessian"
+    measured_omega: dict[int, float] | None = None  # output_mse: Omega(b) measured
+    details: dict = field(default_factory=dict)  # the metric's own fields, as written to JSON
+    activation: ActivationSensitivity | None = None  # the input's sensitivity, when analyzed
 
     def bounded_trace(self, margin: float = 0.0) -> float:
         """max(Tr + margin * stderr, 0): with margin > 0, the upper edge of the estimate's confidence
@@ -34,20 +57,21 @@ class LayerSensitivity:
         return max(self.hessian_trace + margin * self.hessian_trace_stderr, 0.0)
 
     def omega(self, bits: int, margin: float = 0.0) -> float:
-        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace`."""
+        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace` (output_mse: measured)."""
+        if self.measured_omega is not None:
+            return self.measured_omega[bits]
         return self.bounded_trace(margin) / self.layer.params * self.quant_error[bits]
 
     def channel_omega(self, bits: int, margin: float = 0.0) -> np.ndarray:
         """Per output channel c: max(Tr(H_c) + margin * stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2, n_c = params / channels."""
         trace = np.maximum(self.channel_trace + margin * self.channel_trace_stderr, 0.0)
         return trace / (self.layer.params / self.layer.out_channels) * self.channel_quant_error[bits]
+    def act_omega(self, act_bits: int | None, margin: float = 0.0) -> float:
+        """This layer's share of its input's Omega_act(a); 0 without activation sensitivity or for a float input."""
+        return 0.0 if self.activation is None else self.activation.omega(act_bits, margin)
 
     def warning(self, tol: float) -> str | None:
-        if self.hessian_trace <= 2 * self.hessian_trace_stderr:
-            return "trace not clearly positive"
-        if self.hessian_trace_stderr > tol * self.hessian_trace:
-            return f"relative stderr {self.hessian_trace_stderr / self.hessian_trace:.0%} above tolerance"
-        return None
+        return estimate_warning(self.metric, self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
 
 
 @dataclass
@@ -65,15 +89,26 @@ class Sensitivity:
     from_cache: bool = False
     resumed_probes: int = 0  # probes read from the checkpoint of an interrupted run
     act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
+    metric: str = "hessian"
+
+    @property
+    def has_activations(self) -> bool:
+        """Whether the inputs' sensitivity was analyzed (analyze(..., activations=True))."""
+        return any(s.activation is not None for s in self.layers.values())
 
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
+        for name, s in self.layers.items():
+            note = s.activation and s.activation.warning(self.metric, self.settings.tol)
+            if note:
+                found[name] = "; ".join(filter(None, [found[name], f"input: {note}"]))
         return {name: w for name, w in found.items() if w}
 
     def to_json(self) -> dict:
         """The `mpq sensitivity --json` contract (traces of the Hessian block, not divided by params)."""
         return {
             "schema": "mpq.sensitivity/1",
+            "metric": self.metric,
             "loss": self.loss,
             "probes": max((s.probes for s in self.layers.values()), default=0),
             "stop_reason": self.stop_reason,
@@ -82,10 +117,12 @@ class Sensitivity:
             "layers": {
                 name: {
                     "params": s.layer.params,
-                    "hessian_trace": s.hessian_trace,
-                    "hessian_trace_stderr": s.hessian_trace_stderr,
+                    "hessian_trace": _finite(s.hessian_trace),
+                    "hessian_trace_stderr": _finite(s.hessian_trace_stderr),
                     "probes": s.probes,
                     "warning": s.warning(self.settings.tol),
+                    **s.details,
+                    **({"activation": s.activation.to_json()} if s.activation is not None else {}),
                 }
                 for name, s in self.layers.items()
             },
@@ -120,6 +157,87 @@ def _traces_from_json(data: dict) -> HessianTraces:
     )
 
 
+REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors
+
+
+CACHE_KINDS = {"weights": ("sensitivity", "hessian-checkpoint"), "inputs": ("activation-sensitivity", "activation-checkpoint")}
+
+
+def _cached_curvature(
+    what: str, key: dict, metric: str, model, names: list[str], data: Dataset, targets, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss
+) -> tuple[HessianTraces, dict[str, list], bool]:
+    """(traces, the metric's per-layer fields, whether from the cache); a Hutchinson estimate is
+    checkpointed after every probe and resumed by the next run."""
+    kind, checkpoint_kind = CACHE_KINDS[what]
+    cached = cache.load(kind, key)
+    if cached is not None:
+        return _traces_from_json(cached), cached.get("details", {}), True
+    checkpoint = None
+    if metric == "hessian":
+        checkpoint = cache.entry(checkpoint_kind, {**key, "settings": {**key["settings"], "max_seconds": None}})
+    traces, details = curvature_traces(metric, model, names, data.x, targets(), settings, progress, loss.fn, checkpoint)
+    cache.save(kind, key, {**_traces_to_json(traces), **({"details": details} if details else {})})
+    if checkpoint is not None:
+        checkpoint.clear()
+    return traces, details, False
+
+
+def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, OutputError]]:
+    """Measured output errors, one {bits: OutputError} per layer or input group, cached under `key`."""
+    cached = cache.load("output-mse", key)
+    if cached is None:
+        cached = [{str(b): [e.mse, e.sqnr_db] for b, e in errors.items()} for errors in measure()]
+        cache.save("output-mse", key, cached)
+    return [{int(b): OutputError(*pair) for b, pair in errors.items()} for errors in cached]
+
+
+def _measured_fields(errors: dict[int, OutputError]) -> tuple[dict[int, float], dict]:
+    mse = {b: e.mse for b, e in errors.items()}
+    return mse, {"output_mse": {str(b): v for b, v in mse.items()}, "output_sqnr_db": {str(b): _finite(e.sqnr_db) for b, e in errors.items()}}
+
+
+def _per_layer(details: dict[str, list], i: int) -> dict:
+    return {k: values[i] for k, values in details.items()}
+
+
+def _activation_sensitivities(
+    prepared: PreparedModel, data: Dataset, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss, metric: str, key: dict, targets
+) -> dict[str, ActivationSensitivity]:
+    """Every quantizable input's sensitivity under `metric` (see mpq.sensitivity.activation)."""
+    from mpq.verify import fp32_reference
+
+    groups = input_groups(prepared.graph.layers, prepared.graph.act_tie_groups)
+    if not groups:
+        return {}
+    members = [n for g in groups for n in g]
+    ranges = fp32_reference(prepared, data, REFERENCE_BATCH, cache).input_ranges
+    error_key = {"model": prepared.fingerprint, "data": key["data"], "layers": members, "bits": list(ALL_BITS)}
+    errors = cache.load("act-quant-error", error_key)
+    if errors is None:
+        errors = input_quant_errors(prepared.folded, members, ranges, data.x, ALL_BITS, REFERENCE_BATCH)
+        cache.save("act-quant-error", error_key, errors)
+    errors = {n: {int(b): e for b, e in per_width.items()} for n, per_width in errors.items()}
+    shapes = [prepared.graph.by_name[g[0]].input_shape for g in groups]
+    act_key = {**key, "metric": metric, "inputs": groups}
+    if metric == "output_mse":
+        params = lambda name, bits: act_quant_params(ranges, name, bits)  # noqa: E731
+        measured = _cached_output_errors(cache, {**act_key, "bits": list(ALL_BITS)}, lambda: input_output_errors(prepared.folded, groups, params, data.x, ALL_BITS, REFERENCE_BATCH))
+        nan = float("nan")
+        estimates = [(nan, nan, 0, *_measured_fields(m)) for m in measured]
+    else:
+        with perturbed_inputs(prepared.folded, groups, shapes) as wrapper:
+            traces, details, _ = _cached_curvature("inputs", act_key, metric, wrapper, wrapper.names, data, targets, settings, cache, progress, loss)
+        estimates = [(float(traces.trace[g]), float(traces.stderr[g]), traces.probes, None, _per_layer(details, g)) for g in range(len(groups))]
+    result = {}
+    for group, shape, (trace, stderr, probes, measured_omega, fields) in zip(groups, shapes, estimates):
+        for name in group:
+            result[name] = ActivationSensitivity(
+                group=group, trace=trace, trace_stderr=stderr, probes=probes, elements=math.prod(shape),
+                quant_error=errors[name], measured_omega=measured_omega, details=fields,
+            )
+    return result
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
@@ -127,11 +245,15 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool = True,
     loss: Loss | None = None,
+    metric: str = "hessian",
+    activations: bool = False,
 ) -> Sensitivity:
-    """Hessian traces (cached on disk) and quantization errors of every quantizable layer.
+    """Per-layer sensitivities under `metric` (cached on disk) and quantization errors of every
+    quantizable layer; with `activations`, every layer's input too.
 
-    An unfinished estimate is checkpointed in the cache after every probe and resumed by the next run.
+    An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
+    check_metric(metric)
     loss = loss or resolve_loss(None, data.y is not None)
     names = [layer.name for layer in prepared.graph.layers]
     key = {
@@ -140,21 +262,28 @@ def analyze_prepared(
         "loss": loss.name,
         "settings": settings.to_json(),
         "layers": names,
+        **({"metric": metric} if metric != "hessian" else {}),  # the default keeps its earlier key
     }
-    cached = cache.load("sensitivity", key)
-    if cached is not None:
-        traces, from_cache = _traces_from_json(cached), True
+    targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
+    nan = float("nan")
+    if metric == "output_mse":
+        started = time.perf_counter()
+        measure = lambda: [weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress)[n] for n in names]  # noqa: E731
+        measured = _cached_output_errors(cache, {**key, "bits": list(ALL_BITS)}, measure)
+        traces = HessianTraces(
+            layer_names=names, trace=np.full(len(names), nan), stderr=np.full(len(names), nan), probes=0,
+            channel_trace=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
+            channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
+            seconds=time.perf_counter() - started, stop_reason="measured",
+        )
+        details, from_cache = {}, False
     else:
-        checkpoint = cache.entry("hessian-checkpoint", {**key, "settings": {**key["settings"], "max_seconds": None}})
-        targets = loss.targets_for(prepared.folded, data)
-        traces = hutchinson_traces(prepared.folded, names, data.x, targets, settings, progress, loss_fn=loss.fn, checkpoint=checkpoint)
-        from_cache = False
-        cache.save("sensitivity", key, _traces_to_json(traces))
-        if checkpoint is not None:
-            checkpoint.clear()
+        traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
+    inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
     errors = channel_error_table(prepared.folded, names)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
+        measured_omega, fields = _measured_fields(measured[i]) if metric == "output_mse" else (None, _per_layer(details, i))
         layers[layer.name] = LayerSensitivity(
             layer=layer,
             hessian_trace=float(traces.trace[i]),
@@ -164,6 +293,10 @@ def analyze_prepared(
             channel_trace=traces.channel_trace[i],
             channel_trace_stderr=traces.channel_stderr[i],
             channel_quant_error=errors[layer.name],
+            metric=metric,
+            measured_omega=measured_omega,
+            details=fields,
+            activation=inputs.get(layer.name),
         )
     return Sensitivity(
         model_fingerprint=prepared.fingerprint,
@@ -177,4 +310,5 @@ def analyze_prepared(
         from_cache=from_cache,
         resumed_probes=traces.resumed_from,
         act_tie_groups=prepared.graph.act_tie_groups,
+        metric=metric,
     )

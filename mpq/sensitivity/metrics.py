@@ -1,0 +1,242 @@
+"""The curvature metrics behind `--metric`, each giving, per named weight, a "trace" that Ω divides by n:
+
+    Ω_l(b) = T_l / n_l · ||Q_b(W_l) − W_l||²
+
+    hessian     T_l = Tr(H_l), Hutchinson (mpq.sensitivity.hessian; probes until `tol`)
+    fisher      T_l = Tr(F_l), F_l = (1/N) Σ_i g_i g_iᵀ, g_i = ∇_{W_l} loss(model(x_i), t_i): the
+                empirical Fisher of the per-sample losses over all N samples (the loss's own targets:
+                labels, or the FP32 model's predictions). Exact on the data (no probes): per-sample
+                gradients by torch.func.vmap. Its standard error is the one of a mean over samples,
+                std_i(||g_i||²)/√N: how much the value would move with other calibration data.
+    eigenvalue  T_l = n_l · λ_max(H_l), so that Ω_l(b) = λ_max(H_l) · ||Q_b(W_l) − W_l||² (HAWQ-V1):
+                power iteration on the layer's own block (one Hessian-vector product restricted to
+                W_l per iteration) for the Hessian of the mean loss over one batch (the first batch
+                of the seeded order, `batch_size` samples), until two iterates differ by under
+                EIGEN_TOL relatively, or `max_probes` iterations. A negative dominant eigenvalue is
+                shifted away (power iteration on H − λI) so that the top (largest) one is returned.
+                Its "standard error" is n_l · |λ_k − λ_{k−1}|, the last change (a convergence measure).
+
+Per output channel c the same with the channel's n_{l,c} weights (for eigenvalue: n_{l,c} · λ_max).
+The fourth metric, output_mse, is measured, not a curvature: mpq.sensitivity.output_error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from mpq.errors import MpqError
+from mpq.graph import module_calls_visible
+from mpq.sensitivity.hessian import Checkpoint, HessianTraces, ProbeSettings, RunningSums, _stderr, hutchinson_traces
+
+METRICS = ("hessian", "fisher", "eigenvalue", "output_mse")
+EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise MpqError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    return metric
+
+
+def _per_sample_squared_grads(model: nn.Module, names: list[str], x: torch.Tensor, t: torch.Tensor, loss_fn: LossFn) -> list[torch.Tensor]:
+    """Per named weight: [samples, out_channels] of Σ_{j in channel} (∂loss(model(x_i), t_i)/∂W_j)²."""
+    params = {f"{n}.weight": model.get_submodule(n).weight.detach() for n in names}
+
+    def sample_loss(p, xi, ti):
+        return loss_fn(functional_call(model, p, (xi.unsqueeze(0),)), ti.unsqueeze(0))
+
+    try:
+        with torch.no_grad():
+            grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, t)
+    except (RuntimeError, NotImplementedError):  # an op vmap cannot batch: one sample at a time
+        grads = {k: [] for k in params}
+        for xi, ti in zip(x, t):
+            weights = [model.get_submodule(n).weight for n in names]
+            for k, g in zip(params, torch.autograd.grad(loss_fn(model(xi.unsqueeze(0)), ti.unsqueeze(0)), weights)):
+                grads[k].append(g)
+        grads = {k: torch.stack(v) for k, v in grads.items()}
+    return [grads[f"{n}.weight"].pow(2).reshape(len(x), params[f"{n}.weight"].shape[0], -1).sum(dim=2) for n in names]
+
+
+def fisher_traces(
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    progress: bool = True,
+    *,
+    loss_fn: LossFn,
+) -> HessianTraces:
+    """Tr(F_l) = (1/N) Σ_i ||∇_{W_l} loss_i||² per layer and per output channel, over every sample."""
+    weights = [model.get_submodule(n).weight for n in layer_names]
+    requires = {p: p.requires_grad for p in model.parameters()}
+    sums = RunningSums.zeros([w.shape[0] for w in weights])
+    started = time.perf_counter()
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        with module_calls_visible():
+            for start in range(0, len(x), settings.batch_size):
+                stop = start + settings.batch_size
+                per_layer = _per_sample_squared_grads(model, layer_names, x[start:stop], targets[start:stop], loss_fn)
+                for i, squares in enumerate(per_layer):
+                    for per_channel in squares.double().numpy():
+                        sums.add(i, per_channel)
+                if progress:
+                    print(f"\rfisher: {min(stop, len(x))}/{len(x)} samples", end="", file=sys.stderr, flush=True)
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        if progress:
+            print(file=sys.stderr)
+    n = len(x)
+    return HessianTraces(
+        layer_names=list(layer_names),
+        trace=sums.layer_sum / n,
+        stderr=_stderr(sums.layer_sum, sums.layer_sq, n),
+        probes=n,
+        channel_trace=[s / n for s in sums.channel_sum],
+        channel_stderr=[_stderr(s, q, n) for s, q in zip(sums.channel_sum, sums.channel_sq)],
+        seconds=time.perf_counter() - started,
+        stop_reason="exact",
+    )
+
+
+def power_iteration(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_iter: int, tol: float = EIGEN_TOL) -> tuple[float, float, int]:
+    """(λ, |λ_k − λ_{k−1}|, iterations): the dominant eigenvalue of the symmetric map `apply`, by
+    Rayleigh quotients λ_k = v_kᵀ A v_k with v_{k+1} = A v_k / ||A v_k||."""
+    v = v / v.norm()
+    eigenvalue, change = 0.0, float("inf")
+    for k in range(1, max_iter + 1):
+        av = apply(v)
+        new = float(torch.dot(v.flatten().double(), av.flatten().double()))
+        change = abs(new - eigenvalue) if k > 1 else float("inf")
+        eigenvalue = new
+        norm = av.norm()
+        if norm == 0:
+            return 0.0, 0.0, k
+        v = av / norm
+        if change <= tol * abs(eigenvalue):
+            return eigenvalue, change, k
+    return eigenvalue, change, max_iter
+
+
+def top_block_eigenvalue(
+    model: nn.Module, weight: torch.Tensor, x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, generator: torch.Generator, max_iter: int
+) -> tuple[float, float, int]:
+    """(λ_max, last change, iterations) of the Hessian block of loss_fn(model(x), target) for `weight`
+    (which alone requires grad)."""
+    gradient = torch.autograd.grad(loss_fn(model(x), target), weight, create_graph=True)[0]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(gradient, weight, grad_outputs=v, retain_graph=True)[0].detach()
+
+    start = torch.randn(weight.shape, generator=generator)
+    eigenvalue, change, iterations = power_iteration(hvp, start, max_iter)
+    if eigenvalue < 0:  # the dominant one is negative: the top one is λ + the dominant one of H − λI
+        shift = eigenvalue
+        top, change, more = power_iteration(lambda v: hvp(v) - shift * v, start, max_iter)
+        eigenvalue, iterations = top + shift, iterations + more
+    return eigenvalue, change, iterations
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    progress: bool = True,
+    *,
+    loss_fn: LossFn,
+) -> tuple[HessianTraces, dict[str, list]]:
+    """Per layer n_l · λ_max(H_l) as the trace Ω uses, and {"top_eigenvalue", "eigenvalue_change", "iterations"}."""
+    weights = [model.get_submodule(n).weight for n in layer_names]
+    requires = {p: p.requires_grad for p in model.parameters()}
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch = torch.randperm(len(x), generator=generator)[: settings.batch_size]
+    found: list[tuple[float, float, int]] = []
+    started = time.perf_counter()
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with module_calls_visible():
+            for i, w in enumerate(weights):
+                w.requires_grad_(True)
+                found.append(top_block_eigenvalue(model, w, x[batch], targets[batch], loss_fn, generator, settings.max_probes))
+                w.requires_grad_(False)
+                if progress:
+                    print(f"\reigenvalue: layer {i + 1}/{len(weights)}, {time.perf_counter() - started:.0f} s", end="", file=sys.stderr, flush=True)
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        if progress:
+            print(file=sys.stderr)
+    eigenvalues = np.array([f[0] for f in found])
+    changes = np.array([f[1] for f in found])
+    sizes = np.array([w.numel() for w in weights], dtype=np.float64)
+    per_channel = [np.full(w.shape[0], float(w[0].numel())) for w in weights]
+    converged = all(f[1] <= EIGEN_TOL * abs(f[0]) for f in found)
+    traces = HessianTraces(
+        layer_names=list(layer_names),
+        trace=sizes * eigenvalues,
+        stderr=sizes * changes,
+        probes=int(max((f[2] for f in found), default=0)),
+        channel_trace=[c * lam for c, lam in zip(per_channel, eigenvalues)],
+        channel_stderr=[c * d for c, d in zip(per_channel, changes)],
+        seconds=time.perf_counter() - started,
+        stop_reason="tolerance" if converged else "max_probes",
+    )
+    return traces, {"top_eigenvalue": eigenvalues.tolist(), "eigenvalue_change": changes.tolist(), "iterations": [f[2] for f in found]}
+
+
+def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
+    """Why an estimate is not to be trusted, or None."""
+    if metric == "output_mse":
+        return None
+    if metric == "eigenvalue":
+        eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
+        if eigenvalue <= 0:
+            return "top eigenvalue not positive"
+        if change > EIGEN_TOL * eigenvalue:
+            return f"power iteration not converged (last change {change / eigenvalue:.1%})"
+        return None
+    if trace <= 2 * stderr:
+        return "trace not clearly positive"
+    if stderr > tol * trace:
+        return f"relative stderr {stderr / trace:.0%} above tolerance"
+    return None
+
+
+def curvature_traces(
+    metric: str,
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ProbeSettings,
+    progress: bool,
+    loss_fn: LossFn,
+    checkpoint: Checkpoint | None = None,
+) -> tuple[HessianTraces, dict[str, list]]:
+    """The trace Ω uses for each named weight under `metric`, and the metric's own per-layer fields."""
+    if metric == "hessian":
+        return hutchinson_traces(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint), {}
+    if metric == "fisher":
+        return fisher_traces(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn), {}
+    if metric == "eigenvalue":
+        return top_eigenvalues(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn)
+    raise ValueError(f"{metric} is not a curvature metric")

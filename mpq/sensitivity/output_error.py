@@ -1,0 +1,86 @@
+"""The `output_mse` metric: measured, not estimated. For each layer l and width b, only that layer is
+quantized (everything else FP32) and the model's outputs f_q are compared with the FP32 outputs f over
+the calibration inputs:
+
+    Ω_l(b) = MSE = mean over samples and output elements of (f_q − f)²
+    SQNR_l(b) = 10 log10(Σ f² / Σ (f_q − f)²) dB    (reported beside it)
+
+Weights: Q_b(W_l) by mpq.quant's symmetric per-channel quantizer. Inputs (activation sensitivity): the
+layer's input through the verifier's min-max affine quantizer at b bits (ranges observed on the same
+data); layers that read one tensor are quantized together, as they share one quantizer.
+Cost: (layers + inputs) × widths forward passes over the data.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from mpq.graph import module_calls_visible
+from mpq.losses import fp32_outputs
+from mpq.quant import ActQuantParams, fake_quantize_weight
+from mpq.sqnr import sqnr_db
+
+
+@dataclass(frozen=True)
+class OutputError:
+    mse: float
+    sqnr_db: float
+
+
+def _output_error(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int) -> OutputError:
+    signal = noise = 0.0
+    with torch.inference_mode(), module_calls_visible():
+        for start in range(0, len(x), batch_size):
+            f = reference[start : start + batch_size].double()
+            f_q = run(x[start : start + batch_size]).double()
+            signal += float(f.pow(2).sum())
+            noise += float((f_q - f).pow(2).sum())
+    return OutputError(mse=noise / reference.numel(), sqnr_db=sqnr_db(signal, noise))
+
+
+def weight_output_errors(model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool = False) -> dict[str, dict[int, OutputError]]:
+    """{layer: {bits: output error with only that layer's weights quantized}}."""
+    model.eval()
+    reference = fp32_outputs(model, x, batch_size)
+    errors: dict[str, dict[int, OutputError]] = {}
+    for i, name in enumerate(layer_names):
+        weight = model.get_submodule(name).weight.detach()
+        errors[name] = {}
+        for b in bits:
+            replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
+            errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
+        if progress:
+            print(f"\routput_mse: weights of layer {i + 1}/{len(layer_names)}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return errors
+
+
+def input_output_errors(
+    model: nn.Module, groups: list[list[str]], params: Callable[[str, int], ActQuantParams], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25
+) -> list[dict[int, OutputError]]:
+    """Per group of layers reading one input: {bits: output error with only that input quantized};
+    params(layer, bits) is the layer's activation quantizer."""
+    model.eval()
+    reference = fp32_outputs(model, x, batch_size)
+    errors = []
+    for group in groups:
+        errors.append({})
+        for b in bits:
+            quantizers = {name: params(name, b) for name in group}
+            handles = [
+                model.get_submodule(name).register_forward_pre_hook(lambda m, args, q=q: (q.fake_quantize(args[0]), *args[1:]))
+                for name, q in quantizers.items()
+            ]
+            try:
+                errors[-1][b] = _output_error(model, x, reference, batch_size)
+            finally:
+                for h in handles:
+                    h.remove()
+    return errors
