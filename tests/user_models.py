@@ -104,3 +104,24 @@ def output_norm_loss(output, target):
 
 
 NOT_A_MODULE = 3
+
+
+class SmallConvNet(nn.Module):
+    """One layer of each kind latency is looked up by: strided conv (+BN), depthwise conv, pointwise conv, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 32, 1)
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = torch.relu(self.dw(torch.relu(self.bn(self.stem(x)))))
+        return self.fc(torch.relu(self.pw(x)).mean(dim=(2, 3)))
+
+
+def small_convnet() -> SmallConvNet:
+    torch.manual_seed(0)
+    return SmallConvNet().eval()
