@@ -1,8 +1,8 @@
 """Measured latencies as a CSV table: one row per layer shape, batch and (weight bits, activation bits).
 
-    # device: AMD EPYC (2 threads), torch 2.13.0+cpu, quantized engine x86
+    # device: AMD EPYC (1 threads), torch 2.13.0+cpu
     kind,in_channels,out_channels,kernel,stride,groups,input_hw,output_hw,batch,weight_bits,act_bits,latency_s,backend
-    conv2d,3,32,3x3,2x2,1,224x224,112x112,1,8,8,0.000412,torch.ao x86 int8
+    conv2d,3,32,3x3,2x2,1,224x224,112x112,1,8,8,0.000412,torch.ao quantized int8 (onednn)
     linear,1280,1000,,,1,,,1,8,float,0.000151,aten._weight_int8pack_mm
 
 A layer of a model matches a row when every key column equals the layer's (LayerKey below, measured on

@@ -106,12 +106,21 @@ def output_norm_loss(output, target):
 NOT_A_MODULE = 3
 
 
+class SamePadConv2d(nn.Conv2d):
+    """A conv that pads its input itself, TensorFlow "same" style (the odd pixel right/bottom), as
+    EfficientNet-Lite's Conv2dStaticSamePadding does: its `padding` attribute stays 0."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
 class SmallConvNet(nn.Module):
-    """One layer of each kind latency is looked up by: strided conv (+BN), depthwise conv, pointwise conv, linear."""
+    """One layer of each kind latency is looked up by: strided "same"-padded conv (+BN), depthwise conv,
+    pointwise conv, linear."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.stem = SamePadConv2d(3, 8, 3, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(8)
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.pw = nn.Conv2d(8, 32, 1)
