@@ -232,7 +232,8 @@ def run_search(args) -> int:
     print()
     if latency is not None:
         print(latency_line(result.plan))
-        print(*([f"note: {result.plan.settings['latency']['note']}"] if "note" in result.plan.settings["latency"] else []))
+        if "note" in result.plan.settings["latency"]:
+            print(f"note: {result.plan.settings['latency']['note']}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
