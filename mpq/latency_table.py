@@ -2,8 +2,8 @@
 
     # device: AMD EPYC (1 threads), torch 2.13.0+cpu
     kind,in_channels,out_channels,kernel,stride,groups,input_hw,output_hw,batch,weight_bits,act_bits,latency_s,backend
-    conv2d,3,32,3x3,2x2,1,224x224,112x112,1,8,8,0.000412,torch.ao quantized int8 (onednn)
-    linear,1280,1000,,,1,,,1,8,float,0.000151,aten._weight_int8pack_mm
+    conv2d,3,32,3x3,2x2,1,224x224,112x112,1,8,8,9.02949996e-05,torch.ao quantized int8 (x86)
+    linear,1280,1000,,,1,,,1,8,float,0.000893092,aten._weight_int8pack_mm
 
 A layer of a model matches a row when every key column equals the layer's (LayerKey below, measured on
 the real module: channels, kernel, stride, groups, per-sample input and output spatial sizes) and the
