@@ -159,13 +159,14 @@ def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | Non
     return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
-def _check_latency_budgets(budgets: list[Budget], latency) -> None:
+LATENCY_HOW = "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"
+
+
+def check_latency_budgets(budgets: list[Budget], latency, how: str = LATENCY_HOW) -> None:
+    """MpqError when a latency budget comes without a latency model; `how` says how to give one."""
     latency_budget = next((b for b in budgets if b.kind == "latency_s"), None)
     if latency_budget is not None and latency is None:
-        raise MpqError(
-            f"budget {latency_budget.text} is a latency: give latency= a device name (e.g. 'nvidia-t4'), a device .toml "
-            "or a latency table .csv from `mpq profile`"
-        )
+        raise MpqError(f"budget {latency_budget.text} is a latency: {how}")
 
 
 def candidate_choices(layers: list[LayerInfo], bits: Iterable[int], acts: tuple[int | None, ...], keep: dict[str, int]) -> dict[str, list[Choice]]:
@@ -193,7 +194,7 @@ def build_problem(
     an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.latency),
     only the pairs it has a latency for, and latency_s costs."""
     keep = keep or {}
-    _check_latency_budgets(budgets, latency)
+    check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
     choices = candidate_choices(layers, bits, acts, keep)
     if latency is not None:
@@ -361,7 +362,7 @@ def search(
     budgets = _as_budgets(budget)
     bits = tuple(bits)
     latency = latency_model(latency)
-    _check_latency_budgets(budgets, latency)
+    check_latency_budgets(budgets, latency)
     prepared = _as_prepared(model, data, quantize_embeddings)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph

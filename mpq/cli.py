@@ -89,14 +89,11 @@ def _latency(args):
 
 
 def _need_latency_model(budgets, latency) -> None:
-    latency_budget = next((b for b in budgets if b.kind == "latency_s"), None)
-    if latency_budget is not None and latency is None:
-        from mpq.roofline import shipped_devices
+    from mpq.api import check_latency_budgets
+    from mpq.roofline import shipped_devices
 
-        raise MpqError(
-            f"budget {latency_budget.text} is a latency: pass --device NAME ({', '.join(shipped_devices())}, or a .toml) "
-            "or --latency-table FILE.csv (written by `mpq profile`)"
-        )
+    how = f"pass --device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
+    check_latency_budgets(budgets, latency, how)
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:

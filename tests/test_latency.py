@@ -158,6 +158,10 @@ def test_search_cli_keeps_a_latency_budget_and_reports_it(small_data, device, tm
     assert f"predicted latency {format_cost('latency_s', plan['predicted']['latency_s'])} within 40us" in stdout
     w8 = next(b for b in report["baselines"] if b["name"] == "uniform W8A8")
     assert w8["fits_budget"] == (w8["latency_s"] <= 40e-6)
+    # `mpq verify` predicts with the latency model the plan was solved with
+    status, _, _ = run_cli(capsys, "verify", out / "plan.json", "--model", SMALL, "--data", data, "--no-cache", "--out", tmp_path / "v")
+    assert status == 0
+    assert json.loads((tmp_path / "v" / "report.json").read_text())["predicted"] == report["predicted"]
     graph = prepare_model(small_convnet(), torch.zeros(2, 3, 8, 8)).graph
     least = sum(min(latency_model(str(device)).latency_s(layer, Choice(b, a)) for b in (2, 4, 8) for a in (4, 8)) for layer in graph.layers)
     status, _, err = run_cli(capsys, *args, "--budget", "1us")
