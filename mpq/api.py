@@ -8,7 +8,9 @@
 
 `model` is any torch.nn.Module (never changed in place); `data` an mpq.Dataset, a tensor of inputs,
 or an (x, y) tuple. Integer inputs (token ids) are passed to the model unchanged. Budgets are strings
-("4MB", "20GBOPs") or mpq.Budget objects, one or a list (all must hold). Bad input raises
+("4MB", "20GBOPs", "2.5ms") or mpq.Budget objects, one or a list (all must hold); a latency budget needs
+`latency=`: a shipped device name ("nvidia-t4"), a device .toml, or a latency table .csv (`mpq profile`),
+or mpq.latency_model(spec, batch=...). Bad input raises
 mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.BudgetInfeasible.
 """
 
@@ -29,6 +31,7 @@ from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
+from mpq.latency import coverage_note, covered_choices, latency_from_settings, latency_model
 from mpq.losses import resolve_loss
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
@@ -170,6 +173,26 @@ def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | Non
     return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
+LATENCY_HOW = "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"
+
+
+def check_latency_budgets(budgets: list[Budget], latency, how: str = LATENCY_HOW) -> None:
+    """MpqError when a latency budget comes without a latency model; `how` says how to give one."""
+    latency_budget = next((b for b in budgets if b.kind == "latency_s"), None)
+    if latency_budget is not None and latency is None:
+        raise MpqError(f"budget {latency_budget.text} is a latency: {how}")
+
+
+def candidate_choices(layers: list[LayerInfo], bits: Iterable[int], acts: tuple[int | None, ...], keep: dict[str, int]) -> dict[str, list[Choice]]:
+    """Every (weight width, activation width) pair per layer; a kept layer gets its kept width;
+    an embedding's input is integer ids: never an input quantizer."""
+    pairs = lambda widths, acts: [Choice(check_bits(w), a) for w in sorted(set(widths)) for a in acts]  # noqa: E731
+    return {
+        layer.name: pairs([keep[layer.name]] if layer.name in keep else bits, (None,) if layer.kind == "embedding" else acts)
+        for layer in layers
+    }
+
+
 def build_problem(
     layers: list[LayerInfo],
     float_bytes: int,
@@ -179,22 +202,23 @@ def build_problem(
     omega: Callable[[str, Choice], float],
     keep: "dict[str, int] | None" = None,
     act_tie_groups: "list[list[str]] | None" = None,
+    latency=None,
 ) -> Problem:
     """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
-    an embedding (quantized on request) has no activation quantizer."""
+    an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.latency),
+    only the pairs it has a latency for, and latency_s costs."""
     keep = keep or {}
+    check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
-    pairs = lambda widths, acts: [Choice(check_bits(w), a) for w in sorted(set(widths)) for a in acts]  # noqa: E731
-    choices = {  # an embedding's input is integer ids: never an input quantizer
-        layer.name: pairs([keep[layer.name]] if layer.name in keep else bits, (None,) if layer.kind == "embedding" else acts)
-        for layer in layers
-    }
+    choices = candidate_choices(layers, bits, acts, keep)
+    if latency is not None:
+        choices = covered_choices(layers, choices, latency)
     return Problem(
         layers=[layer.name for layer in layers],
         choices=choices,
         omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
-        costs={layer.name: {c: layer_costs(layer, c) for c in choices[layer.name]} for layer in layers},
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
+        costs={layer.name: {c: layer_costs(layer, c, latency) for c in choices[layer.name]} for layer in layers},
+        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0} | ({"latency_s": 0.0} if latency is not None else {}),
         budgets=budgets,
         act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
         keep=dict(keep),
@@ -221,13 +245,16 @@ def solve(
     granularity: str = "layer",
     channel_group: int = 1,
     act_sensitivity: bool | None = None,
+    latency=None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
     Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
     `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
     one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
-    `keep_last` pin the first / last quantizable layer in execution order.
+    `keep_last` pin the first / last quantizable layer in execution order. `latency`: a device name, a
+    device .toml, a latency table .csv or mpq.latency_model(...): gives latency_s costs (needed by a
+    latency budget) and limits the choices to the widths it has latencies for.
     `granularity="channel"`: one weight width per group of `channel_group` consecutive output channels
     (mpq.channels; Omega from per-channel traces); the activation width stays one per layer and is
     chosen by cost only.
@@ -245,8 +272,11 @@ def solve(
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     layers = [s.layer for s in sensitivity.layers.values()]
     pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
-    channel_settings = {}
+    latency = latency_model(latency)
+    channel_settings, latency_settings = {}, {}
     if granularity == "channel":
+        if latency is not None:
+            raise MpqError("latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model")
         omega = channel_omega(sensitivity, trace_margin)
         channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, channel_group, pins, sensitivity.act_tie_groups)
         solution, reduction = solve_presolved(channel_problem.problem)
@@ -264,8 +294,10 @@ def solve(
             s = sensitivity.layers[name]
             return s.omega(c.weight_bits, trace_margin) + (s.act_omega(c.act_bits, trace_margin) if by_sensitivity else 0.0)
 
-        problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
+        problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups, latency)
         solution = solve_problem(problem)
+        if latency is not None:
+            latency_settings = {"latency": _latency_settings(layers, candidate_choices(layers, bits, acts, pins), latency)}
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
@@ -279,6 +311,7 @@ def solve(
             "size_bytes": int(solution.costs["size_bytes"]),
             "bops": solution.costs["bops"],
             "omega": solution.objective,
+            **({"latency_s": solution.costs["latency_s"]} if latency is not None else {}),
         },
         settings={
             "bits": list(bits),
@@ -296,8 +329,15 @@ def solve(
             "probes": sensitivity.settings.max_probes,
             "tol": sensitivity.settings.tol,
             "seed": sensitivity.settings.seed,
+            **latency_settings,
         },
     )
+
+
+def _latency_settings(layers: list[LayerInfo], choices: dict[str, list[Choice]], latency) -> dict:
+    """What a plan records of its latency model: where it came from, the batch, and the choices it lacked."""
+    note = coverage_note(layers, choices, latency)
+    return latency.to_json() | ({"note": note} if note else {})
 
 
 def _plans_embeddings(model, plan: Plan) -> bool:
@@ -306,8 +346,11 @@ def _plans_embeddings(model, plan: Plan) -> bool:
     return any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers)
 
 
-def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None) -> Report:
+def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, latency=None) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
+
+    Latencies are predicted (never measured here) by `latency` (as in `solve`), or by the latency model the
+    plan was solved with when it can still be loaded; latency budgets are checked against them.
 
     Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
@@ -324,12 +367,24 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
     data = _as_dataset(data)
     prepared = _as_prepared(model, data, _plans_embeddings(model, plan))
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
+    latency, latency_note = _verify_latency(plan, latency)
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir), latency)
+    report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(
             f"left in float (never called as modules, e.g. nn.MultiheadAttention projections): {', '.join(prepared.graph.uncalled)}"
         )
     return report
+
+
+def _verify_latency(plan: Plan, latency) -> tuple:
+    """The latency model to predict with, and a note when the plan's own can no longer be loaded."""
+    if latency is not None:
+        return latency_model(latency), None
+    try:
+        return latency_from_settings(plan.settings), None
+    except MpqError as exc:
+        return None, f"latency not predicted: the plan's latency model cannot be loaded ({exc})"
 
 
 @dataclass
@@ -357,10 +412,11 @@ def search(
     granularity: str = "layer",
     channel_group: int = 1,
     act_sensitivity: bool | None = None,
+    latency=None,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
-    `granularity` and `channel_group` as in `solve`.
+    `granularity`, `channel_group` and `latency` as in `solve`.
 
     With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
     `act_sensitivity=False` (then they go by cost only, the widest the budgets allow).
@@ -372,6 +428,8 @@ def search(
     data = _as_dataset(data)
     budgets = _as_budgets(budget)
     bits = tuple(bits)
+    latency = latency_model(latency)
+    check_latency_budgets(budgets, latency)
     prepared = _as_prepared(model, data, quantize_embeddings)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
@@ -380,15 +438,15 @@ def search(
         zero = lambda group, b: 0.0  # noqa: E731
         problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, bits, act_widths(act_bits), zero, channel_group, pins, graph.act_tie_groups).problem
     else:
-        problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups)
+        problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
     check_feasible(problem)
     t0 = time.perf_counter()
     activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
+    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
     report.timings_s = {
         "prepare": t0 - start,
         "sensitivity": t1 - t0,
@@ -398,4 +456,6 @@ def search(
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
     report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
+    if plan.settings.get("latency", {}).get("note"):
+        report.notes.append(plan.settings["latency"]["note"])
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

@@ -72,6 +72,31 @@ def _pins(args) -> dict:
     return {"keep": keep, "keep_first": args.keep_first, "keep_last": args.keep_last}
 
 
+def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml")
+    p.add_argument("--latency-table", metavar="FILE.csv", help="latency by a measured table (written by `mpq profile`); its rows limit the widths offered")
+    p.add_argument("--latency-batch", type=int, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
+
+
+def _latency(args):
+    """The latency model the options name, or None; MpqError for both at once."""
+    from mpq.latency import latency_model
+
+    if args.device and args.latency_table:
+        raise MpqError("give either --device or --latency-table, not both")
+    if args.latency_batch is not None and not (args.device or args.latency_table):
+        raise MpqError("--latency-batch needs --device or --latency-table")
+    return latency_model(args.device or args.latency_table, args.latency_batch)
+
+
+def _need_latency_model(budgets, latency) -> None:
+    from mpq.api import check_latency_budgets
+    from mpq.roofline import shipped_devices
+
+    how = f"pass --device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
+    check_latency_budgets(budgets, latency, how)
+
+
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); repeatable")
@@ -100,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
     _add_model_data(search)
-    search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs ...; repeat for several (all must hold)")
+    search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
     search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
     search.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); several are chosen by the inputs' sensitivity (see --no-act-sensitivity)")
     search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
@@ -109,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
     search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_latency_options(search)
     _add_pin_options(search)
     _add_probe_options(search)
 
@@ -133,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_latency_options(check)
+
+    profile = sub.add_parser("profile", help="measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
+    _add_model_data(profile)
+    profile.add_argument("--out", required=True, help="the CSV latency table to write (for --latency-table)")
+    profile.add_argument("--batch", type=int, default=1, help="samples per timed call (default 1)")
+    profile.add_argument("--repeats", type=int, default=25, help="timed calls per layer and width; the median is kept (default 25)")
+    profile.add_argument("--warmup", type=int, default=5, help="untimed calls before them (default 5)")
+    profile.add_argument("--threads", type=int, help="torch threads while timing (default: torch's own choice)")
 
     export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
     export.add_argument("plan", help="plan.json written by `mpq search`")
@@ -187,18 +222,24 @@ def _writable_folder(path: str) -> Path:
 def run_search(args) -> int:
     import mpq
     from mpq.budget import parse_budget
-    from mpq.report import comparison_table, layer_table, write_outputs
+    from mpq.report import comparison_table, latency_line, layer_table, write_outputs
 
     budgets = [parse_budget(b) for b in args.budget]
+    latency = _latency(args)
+    _need_latency_model(budgets, latency)
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     pins = _pins(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, **pins, **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, **pins, **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
     print(comparison_table(result.report))
     print()
+    if latency is not None:
+        print(latency_line(result.plan))
+        if "note" in result.plan.settings["latency"]:
+            print(f"note: {result.plan.settings['latency']['note']}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -252,10 +293,37 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir)
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=_latency(args))
     write_json_atomic(out / "report.json", report.to_json())
     print(comparison_table(report))
     print(f"\nwrote {out / 'report.json'}")
+    return 0
+
+
+def run_profile(args) -> int:
+    import torch
+
+    from mpq.api import _as_prepared
+    from mpq.profile import profile_prepared, write_profile
+
+    for name in ("batch", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MpqError(f"--{name} must be 1 or more")
+    if args.warmup < 0:
+        raise MpqError("--warmup must be 0 or more")
+    model, data = _load_inputs(args)
+    prepared = _as_prepared(model, data)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = profile_prepared(prepared, args.batch, args.repeats, args.warmup, example=data.x[:1])
+    finally:
+        torch.set_num_threads(threads)
+    command = f"mpq profile --batch {args.batch} --repeats {args.repeats} --warmup {args.warmup}" + (f" --threads {args.threads}" if args.threads else "")
+    write_profile(result, args.out, command)
+    print(result.summary())
+    print(f"\nwrote {args.out}")
     return 0
 
 
@@ -273,7 +341,7 @@ def run_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export}[args.command]
+        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)

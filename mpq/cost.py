@@ -7,6 +7,7 @@ Size of a quantized layer (weights symmetric per output channel, BatchNorm folde
   + 8 if its input is quantized (float32 scale + int32 zero point of the activation quantizer)
 Everything that stays in floating point (other parameters and buffers) adds its own bytes.
 BOPs of a layer: MACs * b_w * b_a, with b_a = 32 when the input stays in float (HAWQ-V3).
+Latency of a layer: from a latency model (mpq.latency: a measured table or a device roofline), when given.
 """
 
 from __future__ import annotations
@@ -44,15 +45,18 @@ def layer_bops(layer: LayerInfo, choice: Choice) -> float:
     return float(layer.macs * choice.weight_bits * (choice.act_bits or FLOAT_BITS))
 
 
-def layer_costs(layer: LayerInfo, choice: Choice) -> dict[str, float]:
-    """All modelled costs of a choice, by budget kind. Latency needs a hardware table (not built yet)."""
-    return {"size_bytes": layer_size_bytes(layer, choice), "bops": layer_bops(layer, choice)}
+def layer_costs(layer: LayerInfo, choice: Choice, latency=None) -> dict[str, float]:
+    """All modelled costs of a choice, by budget kind; latency_s too when a latency model (mpq.latency) is given."""
+    costs = {"size_bytes": layer_size_bytes(layer, choice), "bops": layer_bops(layer, choice)}
+    if latency is not None:
+        costs["latency_s"] = latency.latency_s(layer, choice)
+    return costs
 
 
-def model_costs(layers: list[LayerInfo], choices: dict[str, Choice], float_bytes: int) -> dict[str, float]:
-    """Costs of the whole model under one choice per layer."""
-    totals = {"size_bytes": float(float_bytes), "bops": 0.0}
+def model_costs(layers: list[LayerInfo], choices: dict[str, Choice], float_bytes: int, latency=None) -> dict[str, float]:
+    """Costs of the whole model under one choice per layer (latency: the sum over its quantizable layers)."""
+    totals = {"size_bytes": float(float_bytes), "bops": 0.0} | ({"latency_s": 0.0} if latency is not None else {})
     for layer in layers:
-        for kind, value in layer_costs(layer, choices[layer.name]).items():
+        for kind, value in layer_costs(layer, choices[layer.name], latency).items():
             totals[kind] += value
     return totals

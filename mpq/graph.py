@@ -43,6 +43,8 @@ class LayerInfo:
     params: int
     bias_params: int
     macs: int
+    stride: tuple[int, ...] = ()  # a conv's stride, as set on the module; () for Linear/Embedding
+    groups: int = 1  # a conv's groups (= in_channels for depthwise)
 
     @property
     def out_channels(self) -> int:
@@ -259,6 +261,8 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
                 params=mod.weight.numel(),
                 bias_params=mod.bias.numel() if getattr(mod, "bias", None) is not None else 0,
                 macs=_macs(mod, out_shape),
+                stride=tuple(getattr(mod, "stride", ())),
+                groups=getattr(mod, "groups", 1),
             )
     layers = list(seen.values())
     quantized_tensors = {f"{l.name}.weight" for l in layers} | {f"{l.name}.bias" for l in layers if l.bias_params}

@@ -88,18 +88,33 @@ def plan_layer_omega(s: LayerSensitivity, lp: LayerPlan, margin: float) -> float
 
 
 def comparison_table(report: Report) -> str:
+    """Markdown table of the plan, FP32 and the baselines; with a latency model, their predicted latencies too."""
+    latency = bool(report.latency_model)
     lines = [
-        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |",
-        "|---|---:|---|---:|---:|---:|---:|",
-        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 | 1 |",
+        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |" + (" predicted latency |" if latency else ""),
+        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if latency else ""),
+        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
     ]
     rows: list[Measurement] = [report.plan, *report.baselines]
     for m in rows:
+        cell = "-" if m.latency_s is None else format_cost("latency_s", m.latency_s)
         lines.append(
             f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {_pct(m.top1)} | "
             f"{_pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
+            + (f" {cell} |" if latency else "")
         )
     return "\n".join(lines)
+
+
+def latency_line(plan: Plan) -> str:
+    """The plan's predicted latency against its latency budgets, and where the latencies came from."""
+    predicted = plan.predicted.get("latency_s")
+    if predicted is None:
+        return ""
+    limits = [b.text for b in plan.budgets if b.kind == "latency_s"]
+    source = plan.settings.get("latency", {})
+    where = f"{'table ' + source['spec'] if source.get('source') == 'table' else 'roofline of ' + source.get('device', '?')}, batch {source.get('batch')}"
+    return f"predicted latency {format_cost('latency_s', predicted)}" + (f" within {', '.join(limits)}" if limits else "") + f" ({where})"
 
 
 def _db(value: float | None) -> str:
@@ -209,6 +224,7 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
         f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}.",
         "",
+        *([latency_line(plan) + ".", ""] if "latency_s" in plan.predicted else []),
         "## Plan against FP32 and uniform widths",
         "",
         comparison_table(report),

@@ -14,7 +14,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -48,6 +47,7 @@ class Measurement:
     n_eval: int
     fits_budget: bool = True
     cosine_to_fp32: float | None = None  # mean cosine similarity of each output to the FP32 one
+    latency_s: float | None = None  # predicted by the plan's latency model (mpq.latency), not measured
 
 
     def to_json(self) -> dict:
@@ -72,8 +72,10 @@ class Report:
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     layer_sqnr: list[LayerSqnr] = field(default_factory=list)
+    latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
 
     def to_json(self) -> dict:
+        predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
         return {
             "schema": "mpq.report/1",
             "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops},
@@ -89,7 +91,7 @@ class Report:
             "timings_s": self.timings_s,
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
-        }
+        } | predicted
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
@@ -170,17 +172,19 @@ def measure_plan(
     batch_size: int,
     cache: Cache,
     budgets: list[Budget] = (),
+    latency=None,
 ) -> Measurement:
-    """Export the plan, rebuild the model from the exported tensors, and measure it (cached)."""
+    """Export the plan, rebuild the model from the exported tensors, and measure it (cached). Its latency
+    is predicted by `latency` (a model from mpq.latency), when given and when it covers every layer's widths."""
     packed = pack_plan(prepared, plan, reference)
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
-    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
-    fits = all(measured_costs[b.kind] <= b.limit for b in budgets if b.kind in measured_costs)
+    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops} | _predicted_latency(prepared, plan, latency)
+    fits = _within(measured_costs, budgets, latency)
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR}
     cached = cache.load("measurement", key)
     if cached is not None:
-        return Measurement(**{**cached, "name": name, "fits_budget": fits})
+        return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s")})
     logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
     log_p = F.log_softmax(reference.logits, dim=1)
@@ -194,6 +198,7 @@ def measure_plan(
         n_eval=len(data),
         fits_budget=fits,
         cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
+        latency_s=measured_costs.get("latency_s"),
     )
     cache.save("measurement", key, result.to_json())
     return result
@@ -207,9 +212,23 @@ def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None
     return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
 
 
-def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget]) -> bool:
+def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str, float]:
+    """{"latency_s": the plan's latency} when `latency` covers every layer's widths, else {}."""
+    layers = prepared.graph.layers
+    if latency is None or not all(latency.covers(layer, plan.layers[layer.name].choice) for layer in layers):
+        return {}
+    return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
+
+
+def _within(costs: dict[str, float], budgets: list[Budget], latency) -> bool:
+    """Every budget holds; a latency budget is skipped without a latency model, and fails when the model
+    has no latency for some layer's widths (it cannot be shown to hold)."""
+    return all(costs.get(b.kind, float("inf")) <= b.limit for b in budgets if b.kind != "latency_s" or latency is not None)
+
+
+def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None) -> bool:
     costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
-    return all(costs[b.kind] <= b.limit for b in budgets if b.kind in costs)
+    return _within(costs | _predicted_latency(prepared, plan, latency), budgets, latency)
 
 
 def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
@@ -233,18 +252,23 @@ def verify_prepared(
     act_bits: int | None = 8,
     batch_size: int = 25,
     cache: Cache = Cache(None),
+    latency=None,
 ) -> Report:
-    """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets."""
+    """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
+    (latency budgets by `latency`, a model from mpq.latency; without one they are not checked)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     reference = fp32_reference(prepared, data, batch_size, cache)
-    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets)
+    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency)
     baselines = []
     for bits in sorted(set(baseline_bits) | {8}, reverse=True):
         uniform = uniform_plan(prepared, bits, act_bits)
-        if bits != 8 and not _fits(prepared, uniform, plan.budgets):
+        if bits != 8 and not _fits(prepared, uniform, plan.budgets, latency):
             continue
         label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
-        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets))
+        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency))
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, reference), data.x[:SQNR_SAMPLES], batch_size)
-    return Report(plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr)
+    return Report(
+        plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
+        latency_model=latency.to_json() if latency is not None else {},
+    )

@@ -104,3 +104,33 @@ def output_norm_loss(output, target):
 
 
 NOT_A_MODULE = 3
+
+
+class SamePadConv2d(nn.Conv2d):
+    """A conv that pads its input itself, TensorFlow "same" style (the odd pixel right/bottom), as
+    EfficientNet-Lite's Conv2dStaticSamePadding does: its `padding` attribute stays 0."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+class SmallConvNet(nn.Module):
+    """One layer of each kind latency is looked up by: strided "same"-padded conv (+BN), depthwise conv,
+    pointwise conv, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SamePadConv2d(3, 8, 3, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 32, 1)
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = torch.relu(self.dw(torch.relu(self.bn(self.stem(x)))))
+        return self.fc(torch.relu(self.pw(x)).mean(dim=(2, 3)))
+
+
+def small_convnet() -> SmallConvNet:
+    torch.manual_seed(0)
+    return SmallConvNet().eval()
