@@ -29,6 +29,7 @@ from mpq.data import Dataset
 from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
 from mpq.losses import resolve_loss
+from mpq.milp import DEFAULT_SOLVER, solver_note
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
@@ -197,6 +198,8 @@ def solve(
     keep: "dict[str, int] | None" = None,
     keep_first: int | None = None,
     keep_last: int | None = None,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
@@ -204,6 +207,8 @@ def solve(
     `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
     one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
     `keep_last` pin the first / last quantizable layer in execution order.
+    `solver`: "cbc" or "highs"; `time_limit_s` stops it early with the best plan found (plan.solver
+    records whether optimality was proven and the relative gap).
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
     acts = act_widths(act_bits)
@@ -215,7 +220,7 @@ def solve(
     pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
     omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, trace_margin)  # noqa: E731
     problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups)
-    solution = solve_problem(problem)
+    solution = solve_problem(problem, time_limit_s, solver)
     layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     return Plan(
         layers=layers,
@@ -241,6 +246,7 @@ def solve(
             "tol": sensitivity.settings.tol,
             "seed": sensitivity.settings.seed,
         },
+        solver=solution.solver_json(),
     )
 
 
@@ -296,6 +302,8 @@ def search(
     progress: bool = True,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed ...).
@@ -314,7 +322,7 @@ def search(
     t0 = time.perf_counter()
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, solver=solver, time_limit_s=time_limit_s)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir)
     report.timings_s = {
@@ -325,4 +333,5 @@ def search(
         "total": time.perf_counter() - start,
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
+    report.notes.append(solver_note(plan.solver, t2 - t1))
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

@@ -59,6 +59,15 @@ def _add_pin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-last", type=int, metavar="BITS", help="keep the last quantizable layer (execution order) at BITS weight bits")
 
 
+def _add_solver_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", choices=("cbc", "highs"), default="cbc", help="the integer-program solver: cbc (bundled with PuLP) or highs (the highspy package); default cbc")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
+
+
+def _solver_options(args) -> dict:
+    return {"solver": args.solver, "time_limit_s": args.time_limit}
+
+
 def _pins(args) -> dict:
     from mpq.pins import parse_keep
 
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     _add_pin_options(search)
+    _add_solver_options(search)
     _add_probe_options(search)
 
     solve = sub.add_parser("solve", help="solve a bit-allocation problem given as a CSV table and write plan.json")
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
     solve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     _add_pin_options(solve)
+    _add_solver_options(solve)
 
     sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
     _add_model_data(sens)
@@ -184,7 +195,7 @@ def run_search(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     pins = _pins(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, **pins, **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, **pins, **_solver_options(args), **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
@@ -206,7 +217,7 @@ def run_solve(args) -> int:
     out = _writable_folder(args.out)
     problem = read_table(args.table, budgets)
     problem.keep = resolve_keep(problem.layers, **pins)
-    solution = solve_problem(problem)
+    solution = solve_problem(problem, args.time_limit, args.solver)
     plan_from_solution(args.table, problem, solution).save(out / "plan.json")
     print(solution_table(problem, solution))
     print()

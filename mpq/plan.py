@@ -4,7 +4,8 @@
      "model": {"fingerprint": sha256, "layers": count, "params": count},
      "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
      "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
-     "predicted": {"size_bytes": int, "bops": float, "omega": float}}
+     "predicted": {"size_bytes": int, "bops": float, "omega": float},
+     "solver": {"name": "cbc", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Plan:
     budgets: list[Budget] = field(default_factory=list)
     predicted: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
 
     def to_json(self) -> dict:
         return {
@@ -56,6 +58,7 @@ class Plan:
             },
             "predicted": self.predicted,
             "settings": self.settings,
+            **({"solver": self.solver} if self.solver else {}),
         }
 
     def save(self, path: "str | Path") -> None:
@@ -70,7 +73,8 @@ class Plan:
             budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
-        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}), settings=data.get("settings", {}))
+        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}), settings=data.get("settings", {}),
+                   solver=data.get("solver", {}))
 
     @classmethod
     def load(cls, path: "str | Path") -> "Plan":
