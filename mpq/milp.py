@@ -8,6 +8,7 @@ the best plan found so far is kept, and its relative gap to the best proven lowe
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -55,7 +56,10 @@ def check_time_limit(time_limit_s: float | None) -> float | None:
     return time_limit_s
 
 
-def _relative_gap(objective: float, bound: float) -> float:
+def _relative_gap(objective: float, bound: float | None) -> float | None:
+    """(objective - bound) / |objective|; None when the solver has no finite bound yet."""
+    if bound is None or not math.isfinite(bound):
+        return None
     return max(0.0, objective - bound) / max(abs(objective), 1e-12)
 
 
@@ -86,8 +90,7 @@ def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun:
     if status == OPTIMAL:
         gap = 0.0
     elif status == FEASIBLE:
-        bound = _cbc_bound(log)
-        gap = None if bound is None else _relative_gap(pulp.value(program.objective), bound)
+        gap = _relative_gap(pulp.value(program.objective), _cbc_bound(log))
     return SolverRun("cbc", status, gap, seconds)
 
 
@@ -100,8 +103,7 @@ def _run_highs(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun
     if status == OPTIMAL:
         gap = 0.0
     elif status == FEASIBLE:
-        info = program.solverModel.getInfo()
-        gap = _relative_gap(pulp.value(program.objective), info.mip_dual_bound)
+        gap = _relative_gap(pulp.value(program.objective), program.solverModel.getInfo().mip_dual_bound)
     return SolverRun("highs", status, gap, seconds)
 
 
