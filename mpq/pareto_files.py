@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from mpq.budget import format_bytes, format_cost
+from mpq.budget import BOPS_PREFIXES, format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.pareto import ParetoResult
 from mpq.verify import Measurement
@@ -17,7 +17,7 @@ CSV_COLUMNS = (
     "measured_size_bytes", "measured_bops", "fp32_agreement", "kl_to_fp32", "top1", "cosine_to_fp32",
     "proven_optimal", "gap", "solve_seconds",
 )
-AXIS = {"size_bytes": ("size (MB)", 1e6), "bops": ("GBOPs", 1e9)}
+AXIS_UNITS = {"size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)), "bops": BOPS_PREFIXES}
 
 
 def _measured_cells(m: Measurement | None) -> dict:
@@ -71,6 +71,13 @@ def pareto_table(result: ParetoResult) -> str:
     return "\n".join(lines)
 
 
+def _axis(result: ParetoResult) -> tuple[str, float]:
+    """The x-axis label and scale: the largest unit that keeps the largest point >= 1."""
+    largest = max([p.plan.predicted[result.kind] for p in result.feasible_points] + [u.predicted[result.kind] for u in result.uniform])
+    unit, scale = next(((u, f) for u, f in AXIS_UNITS[result.kind] if largest >= f), AXIS_UNITS[result.kind][-1])
+    return ("size" if result.kind == "size_bytes" else "bit operations") + f" ({unit})", scale
+
+
 def plot_pareto(result: ParetoResult, path: Path) -> None:
     """Predicted Omega (log), measured agreement with FP32 and KL (log) against size or BOPs; uniform widths as squares."""
     import matplotlib
@@ -78,7 +85,7 @@ def plot_pareto(result: ParetoResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label, scale = AXIS[result.kind]
+    label, scale = _axis(result)
     feasible = result.feasible_points
     verified = [p for p in feasible if p.measured is not None]
     measured_uniform = [u for u in result.uniform if u.measured is not None]
