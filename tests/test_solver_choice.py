@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from mpq.budget import Budget
@@ -92,3 +93,42 @@ def test_plan_json_records_the_solver(tmp_path, capsys, solver):
     assert {n: e["weight_bits"] for n, e in plan["layers"].items()} == {"a": 4, "b": 8}
     assert plan["solver"] == {"name": solver, "status": "optimal", "proven_optimal": True, "gap": 0.0, "time_limit_s": 30.0}
     assert f"solver: {solver}, proven optimal, relative gap 0" in capsys.readouterr().out
+
+
+def wide_problem(seed: int, n_layers: int = 50) -> Problem:
+    """Shaped like a real network: traces spread over six decades, 10^2..10^4.5 parameters, W4..8;
+    size in whole bytes, so that a dynamic program over bytes solves it exactly."""
+    rng = random.Random(seed)
+    names = [f"l{i}" for i in range(n_layers)]
+    widths = [Choice(w, 8) for w in range(4, 9)]
+    omega, costs = {}, {}
+    for name in names:
+        trace, params = 10 ** rng.uniform(-6, 0), int(10 ** rng.uniform(2, 4.5))
+        omega[name] = {c: trace * params * rng.uniform(0.9, 1.1) * 4.0**-c.weight_bits for c in widths}
+        costs[name] = {c: {"size_bytes": float(-(-params * c.weight_bits // 8) + 8)} for c in widths}
+    return Problem(layers=names, choices={n: widths for n in names}, omega=omega, costs=costs, fixed_costs={}, budgets=[])
+
+
+def least_omega_by_bytes(problem: Problem, capacity: int) -> np.ndarray:
+    """Exact: f[c] = the least total Omega of any plan of at most c bytes (multiple-choice knapsack DP)."""
+    best = np.zeros(capacity + 1)
+    for name in problem.layers:
+        step = np.full(capacity + 1, np.inf)
+        for c in problem.choices[name]:
+            size = int(problem.costs[name][c]["size_bytes"])
+            step[size:] = np.minimum(step[size:], best[: capacity + 1 - size] + problem.omega[name][c])
+        best = step
+    return best
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_both_solvers_reach_the_exact_optimum_when_omega_spans_six_decades(seed):
+    problem = wide_problem(seed)
+    low = smallest_cost(problem, "size_bytes")
+    high = total_costs(problem, {n: Choice(8, 8) for n in problem.layers})["size_bytes"]
+    exact = least_omega_by_bytes(problem, int(high))
+    for fraction in np.linspace(0.05, 0.95, 6):
+        limit = int(low + fraction * (high - low))
+        problem.budgets = [Budget("size_bytes", float(limit), f"{limit}B")]
+        for solver in SOLVERS:
+            assert solve_problem(problem, solver=solver).objective == pytest.approx(exact[limit], rel=1e-9), (solver, limit)
