@@ -84,7 +84,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", choices=("cbc", "highs"), default="cbc", help="the integer-program solver: cbc (bundled with PuLP) or highs (the highspy package); default cbc")
+    from mpq.milp import DEFAULT_SOLVER, SOLVERS
+
+    p.add_argument("--solver", choices=SOLVERS, default=DEFAULT_SOLVER, help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
 
 

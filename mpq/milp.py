@@ -1,4 +1,4 @@
-"""The MILP solvers mpq runs through PuLP: CBC (bundled with PuLP) or HiGHS (the highspy package).
+"""The MILP solvers mpq runs through PuLP: HiGHS (the highspy package; the default) or CBC (bundled with PuLP).
 
 Both are asked for a relative gap of 0, i.e. a proven optimum. A time limit may stop them first; then
 the best plan found so far is kept, and its relative gap to the best proven lower bound is reported:
@@ -21,7 +21,7 @@ import pulp
 from mpq.errors import MpqError
 
 SOLVERS = ("cbc", "highs")
-DEFAULT_SOLVER = "cbc"
+DEFAULT_SOLVER = "highs"  # as exact as CBC and faster on the larger problems (reports/solver.md)
 OPTIMAL, FEASIBLE, INFEASIBLE, NOT_SOLVED = "optimal", "feasible", "infeasible", "not solved"
 
 

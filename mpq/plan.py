@@ -5,7 +5,7 @@
      "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
      "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
      "predicted": {"size_bytes": int, "bops": float, "omega": float},
-     "solver": {"name": "cbc", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
+     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ BOPs budgets. The sensitivity is a cheap cached one (8 Hutchinson probes, not th
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import platform
 import shutil
@@ -57,6 +58,15 @@ def compare(name: str, problem: Problem, index: int) -> dict:
     return row
 
 
+def exact_by_bytes(problem: Problem, sizes: list[Budget]) -> list[float]:
+    """The exact least Omega at each size budget: tests/test_solver_choice.least_omega_by_bytes (a DP over bytes)."""
+    from test_solver_choice import least_omega_by_bytes
+
+    fixed = int(problem.fixed_costs["size_bytes"])
+    best = least_omega_by_bytes(problem, int(max(b.limit for b in sizes)) - fixed)
+    return [float(best[int(b.limit) - fixed]) for b in sizes]
+
+
 def model_problems(sensitivity, prepared, budgets: list[list[Budget]], act_bits, bits=(4, 5, 6, 7, 8)) -> list[Problem]:
     layers = [s.layer for s in sensitivity.layers.values()]
     omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, 2.0)  # noqa: E731
@@ -91,10 +101,14 @@ def random_problems() -> list[tuple[str, Problem]]:
 
 
 def rows_table(rows: list[dict]) -> list[str]:
-    lines = ["| problem | CBC s | HiGHS s | HiGHS / CBC | same Ω | same plan |", "|---|---:|---:|---:|---|---|"]
+    dp = "exact" in rows[0]
+    lines = ["| problem | CBC s | HiGHS s | HiGHS / CBC | same Ω | same plan |" + (" CBC = DP | HiGHS = DP |" if dp else ""),
+             "|---|---:|---:|---:|---|---|" + ("---|---|" if dp else "")]
+    yes = lambda v: "yes" if v else "NO"  # noqa: E731
     for r in rows:
         c, h = r["cbc"][0], r["highs"][0]
-        lines.append(f"| {r['problem']} | {c:.3f} | {h:.3f} | {h / c:.2f} | {'yes' if r['same'] else 'NO'} | {'yes' if r['same_plan'] else 'no'} |")
+        line = f"| {r['problem']} | {c:.3f} | {h:.3f} | {h / c:.2f} | {yes(r['same'])} | {'yes' if r['same_plan'] else 'no'} |"
+        lines.append(line + (f" {yes(r['exact']['cbc'])} | {yes(r['exact']['highs'])} |" if dp else ""))
     return lines
 
 
@@ -118,6 +132,11 @@ def main() -> None:
     low = sweep_start(base)
     sizes = [Budget("size_bytes", float(math.floor(v)), f"{math.floor(v)}B") for v in torch.linspace(low, 6e6, POINTS).tolist()]
     sweep_rows = [compare(f"W4-8 A8, {b.limit / 1e6:.3f} MB", p, i) for i, (b, p) in enumerate(zip(sizes, model_problems(sensitivity, prepared, [[b] for b in sizes], 8)))]
+    start = time.perf_counter()
+    exact = exact_by_bytes(base, sizes)
+    dp_seconds = time.perf_counter() - start
+    for row, value in zip(sweep_rows, exact):
+        row["exact"] = {s: abs(row[s][1] - value) <= SAME * value for s in SOLVERS}
 
     both = model_problems(sensitivity, prepared, [[parse_budget("6MB")]], (4, 8), bits=(2, 3, 4, 5, 6, 7, 8))[0]
     bops_mid = (smallest_cost(both, "bops") + 8 * 8 * sum(s.layer.macs for s in sensitivity.layers.values())) / 2
@@ -134,7 +153,7 @@ def main() -> None:
         "# Integer-program solvers: CBC against HiGHS, and the Pareto front of the default model",
         "",
         f"Measured by `python reports/bench_solver.py` on {platform.machine()} ({platform.python_version()}, "
-        f"PuLP {__import__('pulp').__version__}, highspy {__import__('highspy').__version__ if hasattr(__import__('highspy'), '__version__') else '?'}), "
+        f"PuLP {__import__('pulp').__version__}, highspy {importlib.metadata.version('highspy')}), "
         "a machine shared with other jobs: read the ratios, measured side by side (the two solvers interleaved problem by problem), not the absolute seconds.",
         f"Seconds are those of `mpq.solver.solve_problem` (building the PuLP model and solving it to a proven optimum; CBC runs as a subprocess, "
         f"HiGHS in process, one thread each). The default model's sensitivity is a cheap cached one: {PROBES} Hutchinson probes "
@@ -154,7 +173,10 @@ def main() -> None:
         "",
         f"## {POINTS}-point per-layer sweep of the default model",
         "",
-        f"Total seconds of the {POINTS} solves: CBC {sum(r['cbc'][0] for r in sweep_rows):.2f} s, HiGHS {sum(r['highs'][0] for r in sweep_rows):.2f} s.",
+        f"Total seconds of the {POINTS} solves: CBC {sum(r['cbc'][0] for r in sweep_rows):.2f} s, HiGHS {sum(r['highs'][0] for r in sweep_rows):.2f} s. "
+        f"Every optimum is checked against the exact least Ω of a dynamic program over bytes (multiple-choice knapsack, "
+        f"`least_omega_by_bytes` in tests/test_solver_choice.py; {dp_seconds:.1f} s for all {POINTS} sizes): "
+        f"CBC equals it at {sum(r['exact']['cbc'] for r in sweep_rows)} of {POINTS}, HiGHS at {sum(r['exact']['highs'] for r in sweep_rows)} of {POINTS}.",
         "",
         *rows_table(sweep_rows),
         "",
