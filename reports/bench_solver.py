@@ -240,6 +240,11 @@ def verified_sweep(model, data, low: float) -> list[str]:
         lines.append(
             f"| {p.budget.text} | {p.measured.size_bytes / 1e6:.3f} MB | {100 * p.measured.fp32_agreement:.1f}% | {p.measured.kl_to_fp32:.4f} | {ucells} |"
         )
+    zero = [n for n, s in result.sensitivity.layers.items() if s.bounded_trace(2.0) == 0]
+    if zero:
+        lines += ["", f"Layers whose bounded trace max(Tr + 2·stderr, 0) is 0 at {PROBES} probes, so that Ω is the same at every width "
+                  f"and the solver may give them the narrowest: {', '.join(zero)}. Above the size of uniform W8 the plan keeps them narrow "
+                  "(least Ω ties with W8A8, and nothing prefers the wider tie), which is why it measures below W8A8 there."]
     lines += ["", "All points (pareto.csv of this run: [pareto-efficientnet-lite0.csv](pareto-efficientnet-lite0.csv)):", "", pareto_table(result), ""]
     return lines
 
