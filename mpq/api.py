@@ -33,6 +33,7 @@ from mpq.errors import MpqError
 from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
 from mpq.latency import coverage_note, covered_choices, latency_from_settings, latency_model
 from mpq.losses import resolve_loss
+from mpq.milp import DEFAULT_SOLVER, solver_note
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
@@ -246,6 +247,8 @@ def solve(
     channel_group: int = 1,
     act_sensitivity: bool | None = None,
     latency=None,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
@@ -261,6 +264,8 @@ def solve(
     With several activation widths, Omega of a (w, a) choice is Omega_w + Omega_act(a) when the
     sensitivity holds the inputs' (analyze(..., activations=True); `act_sensitivity=None` uses them
     when present, False ignores them, True requires them); else activation widths go by cost only.
+    `solver`: "cbc" or "highs"; `time_limit_s` stops it early with the best plan found (plan.solver
+    records whether optimality was proven and the relative gap).
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
     check_granularity(granularity, channel_group)
@@ -295,7 +300,7 @@ def solve(
             return s.omega(c.weight_bits, trace_margin) + (s.act_omega(c.act_bits, trace_margin) if by_sensitivity else 0.0)
 
         problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups, latency)
-        solution = solve_problem(problem)
+        solution = solve_problem(problem, time_limit_s, solver)
         if latency is not None:
             latency_settings = {"latency": _latency_settings(layers, candidate_choices(layers, bits, acts, pins), latency)}
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
@@ -331,6 +336,7 @@ def solve(
             "seed": sensitivity.settings.seed,
             **latency_settings,
         },
+        solver=solution.solver_json(),
     )
 
 
@@ -413,6 +419,8 @@ def search(
     channel_group: int = 1,
     act_sensitivity: bool | None = None,
     latency=None,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
@@ -444,7 +452,7 @@ def search(
     activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency)
+    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
     report.timings_s = {
@@ -458,4 +466,5 @@ def search(
     report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
     if plan.settings.get("latency", {}).get("note"):
         report.notes.append(plan.settings["latency"]["note"])
+    report.notes.append(solver_note(plan.solver, t2 - t1))
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

@@ -60,6 +60,41 @@ def _add_pin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-last", type=int, metavar="BITS", help="keep the last quantizable layer (execution order) at BITS weight bits")
 
 
+def _verify_points(text: str) -> "int | str":
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    """Widths, Omega margin, output folder, evaluation batch, pins, solver and probe options (search and pareto)."""
+    p.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
+    p.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
+    p.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    p.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_pin_options(p)
+    _add_solver_options(p)
+    _add_probe_options(p)
+
+
+def _add_solver_options(p: argparse.ArgumentParser) -> None:
+    from mpq.milp import DEFAULT_SOLVER, SOLVERS
+
+    p.add_argument("--solver", choices=SOLVERS, default=DEFAULT_SOLVER, help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
+
+
+def _solver_options(args) -> dict:
+    return {"solver": args.solver, "time_limit_s": args.time_limit}
+
+
 def _pins(args) -> dict:
     from mpq.pins import parse_keep
 
@@ -126,23 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
     _add_model_data(search)
     search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
-    search.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
-    search.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); several are chosen by the inputs' sensitivity (see --no-act-sensitivity)")
+    _add_search_options(search)
     search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
     search.add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
     search.add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
-    search.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
-    search.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
-    search.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     _add_latency_options(search)
-    _add_pin_options(search)
-    _add_probe_options(search)
+
+    sweep = sub.add_parser("pareto", help="the least-Omega plan at each budget of a range, some measured, against uniform widths")
+    _add_model_data(sweep)
+    sweep.add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
+    sweep.add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
+    sweep.add_argument("--verify-points", type=_verify_points, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")
+    _add_search_options(sweep)
 
     solve = sub.add_parser("solve", help="solve a bit-allocation problem given as a CSV table and write plan.json")
     solve.add_argument("--table", required=True, help="CSV: layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]; one row per layer and choice")
     solve.add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
     solve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     _add_pin_options(solve)
+    _add_solver_options(solve)
 
     sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
     _add_model_data(sens)
@@ -230,7 +267,7 @@ def run_search(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     pins = _pins(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, **pins, **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, **pins, **_solver_options(args), **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
@@ -241,6 +278,25 @@ def run_search(args) -> int:
         if "note" in result.plan.settings["latency"]:
             print(f"note: {result.plan.settings['latency']['note']}")
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_pareto(args) -> int:
+    import mpq
+    from mpq.budget import parse_budget
+    from mpq.pareto import parse_sweep
+    from mpq.pareto_files import pareto_table, write_pareto
+
+    budgets = parse_sweep(args.budget)
+    fixed = [parse_budget(b) for b in args.also_budget]
+    out = _writable_folder(args.out)
+    model, data = _load_inputs(args)
+    result = mpq.pareto(model, data, budgets, also_budgets=fixed, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin,
+                        verify_points=args.verify_points, eval_batch_size=args.eval_batch_size, **_pins(args), **_solver_options(args), **_analyze_options(args))
+    paths = write_pareto(out, result)
+    print(pareto_table(result))
+    print()
+    print(f"solved {len(result.points)} points in {result.timings_s['solve']:.1f} s; wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -256,7 +312,7 @@ def run_solve(args) -> int:
     out = _writable_folder(args.out)
     problem = read_table(args.table, budgets)
     problem.keep = resolve_keep(problem.layers, **pins)
-    solution = solve_problem(problem)
+    solution = solve_problem(problem, args.time_limit, args.solver)
     plan_from_solution(args.table, problem, solution).save(out / "plan.json")
     print(solution_table(problem, solution))
     print()
@@ -341,7 +397,7 @@ def run_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
+        handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@
      "model": {"fingerprint": sha256, "layers": count, "params": count},
      "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
      "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
-     "predicted": {"size_bytes": int, "bops": float, "omega": float}}
+     "predicted": {"size_bytes": int, "bops": float, "omega": float},
+     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
 
 "granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
 widths (`--granularity channel`) adds to every layer entry
@@ -93,6 +94,7 @@ class Plan:
     budgets: list[Budget] = field(default_factory=list)
     predicted: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
 
     def to_json(self) -> dict:
         return {
@@ -102,6 +104,7 @@ class Plan:
             "layers": {name: _layer_to_json(lp) for name, lp in self.layers.items()},
             "predicted": self.predicted,
             "settings": self.settings,
+            **({"solver": self.solver} if self.solver else {}),
         }
 
     def save(self, path: "str | Path") -> None:
@@ -116,7 +119,8 @@ class Plan:
             budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
-        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}), settings=data.get("settings", {}))
+        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}), settings=data.get("settings", {}),
+                   solver=data.get("solver", {}))
 
     @classmethod
     def load(cls, path: "str | Path") -> "Plan":

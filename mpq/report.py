@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mpq.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
+from mpq.milp import solver_note
 from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.solver import Problem, Solution
@@ -278,4 +279,5 @@ def solution_table(problem: Problem, solution: Solution) -> str:
     lines += [f"| total | | | {solution.objective:.6g} |", ""]
     for budget in problem.budgets:
         lines.append(f"{budget.kind}: {format_cost(budget.kind, solution.costs[budget.kind])} within {budget.text}")
+    lines.append(solver_note(solution.solver_json(), solution.seconds))
     return "\n".join(lines)

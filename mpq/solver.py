@@ -1,4 +1,4 @@
-"""The bit-allocation integer program, solved exactly with PuLP (CBC).
+"""The bit-allocation integer program, solved exactly with PuLP (CBC or HiGHS, mpq.milp).
 
     minimise    sum_{l,k} Omega_{l,k} x_{l,k}
     subject to  sum_k x_{l,k} = 1                              for every layer l
@@ -11,12 +11,13 @@
 Then, when some layer can take one weight width with several activation widths, a second stage keeps
 total Omega at its least and maximises sum_{l,k} a_k x_{l,k} (a float input counts 32 bits): Omega may
 ignore activation widths, and then the widest that the budgets allow are taken.
+A time limit may stop the solver before it proves optimality: the best plan found is then returned
+with its relative gap (mpq.milp); the second stage gets what is left of the time limit.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import pulp
@@ -24,8 +25,13 @@ import pulp
 from mpq.budget import Budget, format_cost
 from mpq.cost import Choice
 from mpq.errors import BudgetInfeasible, MpqError
+from mpq.milp import DEFAULT_SOLVER, INFEASIBLE, OPTIMAL, SolverRun, check_solver, check_time_limit, run_solver
 
 ROW_SCALE = 1e6  # every budget row is rescaled so that its limit reads 1e6: keeps CBC's tolerances meaningful
+# Omega is rescaled so that its largest value reads 1e6. The solvers' tolerances on the objective are absolute
+# (CBC's cutoff increment, HiGHS's): with the largest at 1, real problems, whose Omega spans six decades and more,
+# came out up to 1e-3 (relative) above the exact optimum of a dynamic program (tests/test_solver_choice.py).
+OBJECTIVE_SCALE = 1e6
 
 
 @dataclass
@@ -50,6 +56,14 @@ class Solution:
     costs: dict[str, float]
     status: str
     seconds: float
+    solver: str = DEFAULT_SOLVER
+    proven_optimal: bool = True  # total Omega is proven least (False: a time limit stopped the solver)
+    gap: float | None = 0.0  # relative gap of total Omega to the solver's lower bound (None: unknown)
+    time_limit_s: float | None = None
+
+    def solver_json(self) -> dict:
+        """What plan.json records about the solve (no wall time: a plan stays byte-identical for a seed)."""
+        return {"name": self.solver, "status": self.status, "proven_optimal": self.proven_optimal, "gap": self.gap, "time_limit_s": self.time_limit_s}
 
 
 def total_costs(problem: Problem, choices: dict[str, Choice]) -> dict[str, float]:
@@ -156,7 +170,7 @@ def check_feasible(problem: Problem) -> None:
 
 def _objective_scale(problem: Problem) -> float:
     largest = max((abs(v) for per_layer in problem.omega.values() for v in per_layer.values()), default=0.0)
-    return 1.0 / largest if largest > 0 else 1.0
+    return OBJECTIVE_SCALE / largest if largest > 0 else 1.0
 
 
 def _binary(program: pulp.LpProblem, name: str) -> pulp.LpVariable:
@@ -197,47 +211,58 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
     return program, x
 
 
-def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> str:
-    with warnings.catch_warnings():  # PuLP 3 warns that its bundled CBC goes away in PuLP 4 (pinned below 4)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s))
-    return pulp.LpStatus[program.status]
-
-
 def act_width_is_free(problem: Problem) -> bool:
     """Whether some layer can take one weight width with several activation widths."""
     return any(len({c.weight_bits for c in cs}) < len(cs) for cs in problem.choices.values())
 
 
-def _prefer_wide_acts(problem: Problem, program: pulp.LpProblem, x: dict, time_limit_s: float | None) -> None:
+def _prefer_wide_acts(program: pulp.LpProblem, x: dict, solver: str, time_limit_s: float | None) -> SolverRun:
     """Second stage: among plans of least total Omega, the one with the most activation bits (a float
     input counts 32). Omega may ignore activation widths; then this picks the widest the budgets allow."""
     least = pulp.value(program.objective)
     program += program.objective <= least + 1e-9 * max(1.0, abs(least)), "least_total_omega"
     program.setObjective(pulp.lpSum(-(c.act_bits or 32) * var for (_, c), var in x.items()))
-    status = _run_cbc(program, time_limit_s)
-    if status != "Optimal":
-        raise RuntimeError(f"the second stage (widest activations) ended with status {status}")
+    return run_solver(program, solver, time_limit_s)
 
 
-def solve_problem(problem: Problem, time_limit_s: float | None = None) -> Solution:
-    """The choice per layer of least total Omega that meets every budget (proven optimal); among
-    several of least Omega, the one with the widest activations."""
+def _chosen(problem: Problem, x: dict) -> dict[str, Choice]:
+    return {name: next(c for c in problem.choices[name] if x[name, c].value() > 0.5) for name in problem.layers}
+
+
+def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER) -> Solution:
+    """The choice per layer of least total Omega that meets every budget (proven optimal unless
+    `time_limit_s` stops the solver first); among several of least Omega, the one with the widest activations."""
+    solver = check_solver(solver)
+    check_time_limit(time_limit_s)
     check_feasible(problem)
     start = time.perf_counter()
     program, x = build_program(problem)
-    status = _run_cbc(program, time_limit_s)
-    if status == "Infeasible":
+    run = run_solver(program, solver, time_limit_s)
+    if run.status == INFEASIBLE:
         least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind), round_up=True)}" for b in problem.budgets)
         raise BudgetInfeasible(f"no plan meets all budgets at once ({least}); loosen one of them")
-    if status != "Optimal":
-        raise RuntimeError(f"the integer program ended with status {status}")
-    if act_width_is_free(problem):
-        _prefer_wide_acts(problem, program, x, time_limit_s)
-    choices = {name: next(c for c in problem.choices[name] if x[name, c].value() > 0.5) for name in problem.layers}
+    if not run.has_solution:
+        if time_limit_s is not None:
+            raise MpqError(f"the solver ({solver}) found no plan within the time limit of {time_limit_s:g} s; raise the time limit")
+        raise RuntimeError(f"the integer program ended with status {run.status}")
+    choices = _chosen(problem, x)
+    left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - start)
+    if act_width_is_free(problem) and (left is None or left > 0):
+        if _prefer_wide_acts(program, x, solver, left).has_solution:
+            choices = _chosen(problem, x)
     costs = total_costs(problem, choices)
     for budget in problem.budgets:
         if costs[budget.kind] > budget.limit:
             raise RuntimeError(f"solver returned a plan over budget {budget.text}: {costs[budget.kind]}")
     objective = sum(problem.omega[name][choices[name]] for name in problem.layers)
-    return Solution(choices=choices, objective=objective, costs=costs, status=status, seconds=time.perf_counter() - start)
+    return Solution(
+        choices=choices,
+        objective=objective,
+        costs=costs,
+        status=run.status,
+        seconds=time.perf_counter() - start,
+        solver=solver,
+        proven_optimal=run.status == OPTIMAL,
+        gap=run.gap,
+        time_limit_s=time_limit_s,
+    )

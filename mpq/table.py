@@ -154,4 +154,5 @@ def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution)
             "tie_groups": problem.tie_groups,
             "solver_seconds": round(solution.seconds, 3),
         },
+        solver=solution.solver_json(),
     )
