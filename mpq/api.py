@@ -119,6 +119,8 @@ def analyze(
     progress: bool = True,
     loss=None,
     quantize_embeddings: bool = False,
+    hvp: str = "fwd-rev",
+    chunk_size: int = 0,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -132,6 +134,11 @@ def analyze(
     loss(output, target) where target is y when given, else the FP32 outputs.
 
     `quantize_embeddings`: nn.Embedding tables become layers too (weights per row, no input quantizer).
+
+    `hvp`: "fwd-rev" (forward over reverse, the faster) or "rev-rev" (reverse over reverse, for
+    losses torch.func cannot trace). `chunk_size`: samples per chunk of a probe's batch (0: all at
+    once); smaller chunks bound the memory, the result is the same to float rounding.
+    Under torch.distributed (torchrun), the probes are split across the ranks.
     """
     if not 0 < tol < 1:
         raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
@@ -142,7 +149,8 @@ def analyze(
     data = _as_dataset(data)
     resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data, quantize_embeddings)
-    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
+    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
+                             hvp=hvp, chunk_size=chunk_size)
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
 
 

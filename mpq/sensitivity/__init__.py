@@ -9,6 +9,7 @@ import numpy as np
 
 from mpq.cache import Cache
 from mpq.data import Dataset
+from mpq.distributed import Ranks
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.error import channel_error_table
 from mpq.losses import Loss, resolve_loss
@@ -136,7 +137,8 @@ def analyze_prepared(
         "settings": settings.to_json(),
         "layers": names,
     }
-    cached = cache.load("sensitivity", key)
+    ranks = Ranks.current()  # under torchrun: rank 0 reads and writes the cache, all ranks probe
+    cached = ranks.broadcast(cache.load("sensitivity", key) if ranks.is_main else None)
     if cached is not None:
         traces, from_cache = _traces_from_json(cached), True
     else:
@@ -144,9 +146,10 @@ def analyze_prepared(
         targets = loss.targets_for(prepared.folded, data)
         traces = hutchinson_traces(prepared.folded, names, data.x, targets, settings, progress, loss_fn=loss.fn, checkpoint=checkpoint)
         from_cache = False
-        cache.save("sensitivity", key, _traces_to_json(traces))
-        if checkpoint is not None:
-            checkpoint.clear()
+        if ranks.is_main:
+            cache.save("sensitivity", key, _traces_to_json(traces))
+            if checkpoint is not None:
+                checkpoint.clear()
     errors = channel_error_table(prepared.folded, names)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
