@@ -233,6 +233,29 @@ def timed_sensitivity(ranks: int, probes: int) -> tuple[float, dict]:
 
 # ---------------------------------------------------------------- report
 
+NOTES = """## Notes: what was tried, what was kept
+
+- **fwd-rev is the default** (section 1: faster than rev-rev on both models in this run). It needs a
+  loss and model that torch.func can trace; where it fails (a loss that reads tensor data with
+  `.numpy()`, `F.mse_loss` in torch 2.13, which mpq's `mse` loss therefore writes out), the engine
+  falls back to rev-rev for the rest of the run and says so. Both give the same numbers to float
+  rounding (tests/test_hessian_engine.py).
+- **Chunks** (`--chunk-size`) give the same numbers to float rounding (tested) and bound the
+  activation memory of a probe by the chunk's, at the price of a forward+backward per chunk (section 5).
+- **Hutch++ not built**: it needs, per layer, a sketch of the range of the diagonal block H_ll
+  (k HVPs with v nonzero on that layer only) and then H_ll Q_l (k more per layer): 2k per-layer HVPs
+  for each of the 50 layers before the Hutchinson part, which is the per-layer cost that all-layer
+  probing exists to avoid (section 3). A sketch of the whole H does not help a block trace:
+  Tr(Q_l^T H_ll Q_l) still needs block-restricted products.
+- **Antithetic probes do nothing** for Hutchinson: v^T H v = (-v)^T H (-v), the same value.
+- **Larger batches per probe** (section 4): kept only if they reach 5% sooner; the measurements
+  decide (the default stays batch 8 unless the tables show a gain).
+- **Per-layer vs all-layer probing** (section 3): all-layer probing pays one HVP for every layer,
+  but its value for layer l carries the cross terms sum_{k != l} v_l^T H_lk v_k, mean zero with
+  variance 2 sum_{k != l} ||H_lk||_F^2; per-layer probing has none. Which wins is the measured
+  trade between the per-probe cost and that added variance.
+"""
+
 
 def table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
@@ -408,6 +431,7 @@ def main() -> None:
                                                 [f"`torchrun --nproc-per-node 2`, 1 thread each", f"{two_s:.1f}", f"{two_s / one_s:.2f}"]]),
              "", f"Largest difference of a layer's trace between the two, in units of its standard error: {diff:.1e} "
              "(the same probes; float32 rounding only: 1 and 2 threads sum in different orders).", ""]
+    text += [NOTES]
     text += [f"Total benchmark time: {time.perf_counter() - started:.0f} s; command line: `python reports/bench_hessian.py {' '.join(sys.argv[1:])}`.", ""]
     print("\n".join(text))
     if not quick:
