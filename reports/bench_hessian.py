@@ -359,6 +359,12 @@ def batch_section(results: dict[str, dict[int, tuple]], default_rows: list[list]
     ]
 
 
+def save(text: list[str], quick: bool) -> None:
+    """Writes reports/hessian.md after every section, so a long run interrupted keeps what it measured."""
+    if not quick:
+        (HERE / "hessian.md").write_text("\n".join(text))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -388,16 +394,19 @@ def main() -> None:
         "",
     ]
     text += hvp_section([small, default], repeats)
+    save(text, quick)
 
     settings = ProbeSettings(batch_size=8)
     run = all_layer_probes(default, settings, cap)
     print("all-layers done", time.perf_counter() - started, flush=True)
     text += tolerance_section(default, run, cap)
+    save(text, quick)
 
     sample = [0, 16, 33, 49] if not quick else [0, 49]
     per_layer = {layer: per_layer_probes(default, settings, layer, sample_probes) for layer in sample}
     print("per-layer done", time.perf_counter() - started, flush=True)
     text += per_layer_section(default, run, sample, per_layer)
+    save(text, quick)
 
     small_results = {}
     for batch in (8, 32, 128) if not quick else (8, 32):
@@ -411,6 +420,7 @@ def main() -> None:
         other = big.seconds.mean() * big.values.var(axis=0, ddof=1)
         default_rows.append([32, f"{big.seconds.mean():.2f}", f"{np.median(other / base):.2f}", f"{int((other < base).sum())} of {len(base)}"])
     text += batch_section({"small CNN": small_results}, default_rows)
+    save(text, quick)
     print("batches done", time.perf_counter() - started, flush=True)
 
     memory_rows = []
@@ -434,8 +444,7 @@ def main() -> None:
     text += [NOTES]
     text += [f"Total benchmark time: {time.perf_counter() - started:.0f} s; command line: `python reports/bench_hessian.py {' '.join(sys.argv[1:])}`.", ""]
     print("\n".join(text))
-    if not quick:
-        (HERE / "hessian.md").write_text("\n".join(text))
+    save(text, quick)
 
 
 if __name__ == "__main__":
