@@ -129,6 +129,8 @@ def analyze(
     quantize_embeddings: bool = False,
     metric: str = "hessian",
     activations: bool = False,
+    hvp: str = "fwd-rev",
+    chunk_size: int = 0,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -149,6 +151,10 @@ def analyze(
     mpq.sensitivity.metrics. `activations`: also each layer's input (the curvature with respect to
     it under the same metric, and the quantization error of the verifier's activation quantizer),
     so that `solve` chooses activation widths by sensitivity.
+    `hvp`: "fwd-rev" (forward over reverse, the faster) or "rev-rev" (reverse over reverse, for
+    losses torch.func cannot trace). `chunk_size`: samples per chunk of a probe's batch (0: all at
+    once); smaller chunks bound the memory, the result is the same to float rounding.
+    Under torch.distributed (torchrun), the probes are split across the ranks.
     """
     check_metric(metric)
     if not 0 < tol < 1:
@@ -160,7 +166,8 @@ def analyze(
     data = _as_dataset(data)
     resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data, quantize_embeddings)
-    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
+    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
+                             hvp=hvp, chunk_size=chunk_size)
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, metric, activations)
 
 

@@ -146,6 +146,8 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
+    p.add_argument("--hvp", choices=("fwd-rev", "rev-rev"), default="fwd-rev", help="Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default fwd-rev")
+    p.add_argument("--chunk-size", type=int, default=0, help="samples per chunk of a probe's batch, to bound memory (default 0: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
     p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
@@ -237,6 +239,8 @@ def _analyze_options(args) -> dict:
         "max_seconds": args.max_seconds,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "hvp": args.hvp,
+        "chunk_size": args.chunk_size,
         "cache_dir": False if args.no_cache else args.cache_dir,
         "progress": not args.quiet,
         "loss": args.loss,
@@ -322,6 +326,7 @@ def run_solve(args) -> int:
 
 def run_sensitivity(args) -> int:
     import mpq
+    from mpq.distributed import Ranks
     from mpq.report import layer_table, plot_sensitivity
 
     plot = None if args.no_plot else Path(args.plot)
@@ -329,6 +334,8 @@ def run_sensitivity(args) -> int:
         _writable_folder(str(plot.parent))
     model, data = _load_inputs(args)
     sensitivity = mpq.analyze(model, data, activations=args.activations, **_analyze_options(args))
+    if not Ranks.current().is_main:
+        return 0  # under torchrun, rank 0 prints and plots
     if plot is not None:
         plot_sensitivity(sensitivity, plot)
     if args.json:
@@ -394,10 +401,21 @@ def run_export(args) -> int:
     return 0
 
 
+def _join_ranks(command: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1), `mpq sensitivity` joins the process group; other commands refuse."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if command != "sensitivity":
+            raise MpqError(f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {command}` in one process with the same --cache-dir reuses its traces")
+        from mpq.distributed import join_from_environment
+
+        join_from_environment()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
+        _join_ranks(args.command)
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)
@@ -405,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them", file=sys.stderr)
         return 130
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from mpq.distributed import leave
+
+            leave()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ def _kl_to_fp32(output: torch.Tensor, fp32_output: torch.Tensor) -> torch.Tensor
     return F.kl_div(F.log_softmax(output, dim=1), F.log_softmax(fp32_output, dim=1), log_target=True, reduction="batchmean")
 
 
+def _mean_squared_error(output: torch.Tensor, fp32_output: torch.Tensor) -> torch.Tensor:
+    """F.mse_loss written out: torch.func's forward-over-reverse fails on F.mse_loss (torch 2.13)."""
+    return (output - fp32_output).pow(2).mean()
+
+
 @dataclass(frozen=True)
 class Loss:
     """A named loss and what its target is: "labels", "fp32_classes" or "fp32_outputs"."""
@@ -68,7 +73,7 @@ def resolve_loss(loss: "str | LossFn | None", has_labels: bool) -> Loss:
     if loss == "fp32":
         return Loss("fp32", F.cross_entropy, "fp32_classes")
     if loss == "mse":
-        return Loss("mse", F.mse_loss, "fp32_outputs")
+        return Loss("mse", _mean_squared_error, "fp32_outputs")
     if loss == "kl":
         return Loss("kl", _kl_to_fp32, "fp32_outputs")
     if ":" in loss:

@@ -17,6 +17,7 @@ import numpy as np
 
 from mpq.cache import Cache
 from mpq.data import Dataset
+from mpq.distributed import Ranks
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
@@ -169,16 +170,18 @@ def _cached_curvature(
     """(traces, the metric's per-layer fields, whether from the cache); a Hutchinson estimate is
     checkpointed after every probe and resumed by the next run."""
     kind, checkpoint_kind = CACHE_KINDS[what]
-    cached = cache.load(kind, key)
+    ranks = Ranks.current()  # under torchrun: rank 0 reads and writes the cache, all ranks probe
+    cached = ranks.broadcast(cache.load(kind, key) if ranks.is_main else None)
     if cached is not None:
         return _traces_from_json(cached), cached.get("details", {}), True
     checkpoint = None
     if metric == "hessian":
         checkpoint = cache.entry(checkpoint_kind, {**key, "settings": {**key["settings"], "max_seconds": None}})
     traces, details = curvature_traces(metric, model, names, data.x, targets(), settings, progress, loss.fn, checkpoint)
-    cache.save(kind, key, {**_traces_to_json(traces), **({"details": details} if details else {})})
-    if checkpoint is not None:
-        checkpoint.clear()
+    if ranks.is_main:
+        cache.save(kind, key, {**_traces_to_json(traces), **({"details": details} if details else {})})
+        if checkpoint is not None:
+            checkpoint.clear()
     return traces, details, False
 
 

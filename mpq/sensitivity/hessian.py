@@ -1,27 +1,37 @@
 """Hutchinson estimates of the Hessian trace of every layer's weight block, and of every output channel.
 
 For Rademacher v over all quantized weights at once, E[v_l^T (H v)_l] = Tr(H_l): one Hessian-vector
-product (reverse over reverse) serves every layer and channel. Probes cycle through data batches, so
-the estimate is of the Hessian of the mean loss over the data. Probing stops when every layer's
+product (`mpq.sensitivity.hvp`, forward over reverse by default) serves every layer and channel.
+Probe i uses the batch i mod (number of batches) of a seeded permutation of the data and a vector v
+drawn from a generator seeded by (seed, i) alone, so the estimate is of the Hessian of the mean loss
+over the data and probe i is the same whoever computes it. Probing stops when every layer's
 standard error is under `tol` times its trace, or at `max_probes`, or after `max_seconds`.
 
-The running sums (per layer and per channel, and of squares), the probe count and the generator's
-state are checkpointed after every probe; a run interrupted (Ctrl-C) resumes from the last complete
-probe and ends with exactly the numbers an uninterrupted run gives.
+Under torch.distributed (torchrun) the ranks compute probes first + r, r = 0..N-1, in rounds; the
+per-channel values of each round are all-gathered and added in probe order, so every rank holds the
+same running sums and stops together, and N ranks give the numbers of one process (the same probes,
+added in the same order).
+
+The running sums (per layer and per channel, and of squares) and the probe count are checkpointed
+after every round; a run interrupted (Ctrl-C) resumes from the last complete round and ends with
+exactly the numbers an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from mpq.distributed import Ranks
+from mpq.errors import MpqError
+from mpq.sensitivity.hvp import HVP_METHODS, hessian_vector_product
 
 
 @dataclass
@@ -47,6 +57,8 @@ class ProbeSettings:
     max_seconds: float = 600.0
     batch_size: int = 8
     seed: int = 0
+    hvp: str = "fwd-rev"  # "fwd-rev" (forward over reverse) or "rev-rev" (reverse over reverse)
+    chunk_size: int = 0  # samples per chunk of a probe's batch (0: the whole batch at once)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -54,6 +66,18 @@ class ProbeSettings:
 
 def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator).to(torch.float32).mul_(2).sub_(1)
+
+
+def probe_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of probe `index`'s vectors: a function of (seed, index) only."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def probe_batches(n: int, settings: ProbeSettings) -> list[torch.Tensor]:
+    """The sample indices of each batch; probe i uses batch i mod len(batches)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))
+    return list(torch.split(order, settings.batch_size))
 
 
 def _stderr(sum_: np.ndarray, sum_sq: np.ndarray, n: int) -> np.ndarray:
@@ -81,7 +105,7 @@ class Checkpoint(Protocol):
 
 @dataclass
 class RunningSums:
-    """Everything needed to continue an estimate: sums and sums of squares, probes, generator state."""
+    """Everything needed to continue an estimate: sums and sums of squares, probes, seconds."""
 
     layer_sum: np.ndarray
     layer_sq: np.ndarray
@@ -90,7 +114,6 @@ class RunningSums:
     probes: int = 0
     seconds: float = 0.0
     resumed_from: int = 0
-    generator_state: bytes = field(default=b"", repr=False)
 
     @classmethod
     def zeros(cls, channels: list[int]) -> "RunningSums":
@@ -103,8 +126,16 @@ class RunningSums:
         self.layer_sum[i] += per_channel.sum()
         self.layer_sq[i] += per_channel.sum() ** 2
 
+    def add_probe(self, flat: np.ndarray) -> None:
+        """One probe's per-channel values of every layer, concatenated in layer order."""
+        start = 0
+        for i, channels in enumerate(self.channel_sum):
+            self.add(i, flat[start : start + len(channels)])
+            start += len(channels)
+        self.probes += 1
+
     def to_json(self) -> dict:
-        """Floats as JSON numbers (repr round-trips float64 exactly); the generator state in base64."""
+        """Floats as JSON numbers (repr round-trips float64 exactly)."""
         return {
             "layer_sum": self.layer_sum.tolist(),
             "layer_sq": self.layer_sq.tolist(),
@@ -112,7 +143,6 @@ class RunningSums:
             "channel_sq": [c.tolist() for c in self.channel_sq],
             "probes": self.probes,
             "seconds": self.seconds,
-            "generator_state": base64.b64encode(self.generator_state).decode("ascii"),
         }
 
     @classmethod
@@ -126,7 +156,6 @@ class RunningSums:
                 channel_sq=[np.array(c, dtype=np.float64) for c in data["channel_sq"]],
                 probes=int(data["probes"]),
                 seconds=float(data["seconds"]),
-                generator_state=base64.b64decode(data["generator_state"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -136,28 +165,55 @@ class RunningSums:
         return sums
 
 
-def _start(channels: list[int], generator: torch.Generator, checkpoint: Checkpoint | None) -> RunningSums:
-    saved = checkpoint.load() if checkpoint is not None else None
+def _start(channels: list[int], checkpoint: Checkpoint | None, ranks: Ranks) -> RunningSums:
+    """The saved sums (read by rank 0 and sent to all), or zeros."""
+    saved = checkpoint.load() if checkpoint is not None and ranks.is_main else None
+    saved = ranks.broadcast(saved)
     sums = RunningSums.from_json(saved, channels) if saved else None
-    if sums is None or sums.probes == 0:
-        return RunningSums.zeros(channels)
-    generator.set_state(torch.frombuffer(bytearray(sums.generator_state), dtype=torch.uint8))
-    return sums
+    return sums if sums is not None and sums.probes > 0 else RunningSums.zeros(channels)
 
 
-def _save(sums: RunningSums, generator: torch.Generator, checkpoint: Checkpoint | None) -> None:
-    if checkpoint is not None:
-        sums.generator_state = generator.get_state().numpy().tobytes()
+def _save(sums: RunningSums, checkpoint: Checkpoint | None, ranks: Ranks) -> None:
+    if checkpoint is not None and ranks.is_main:
         checkpoint.save(sums.to_json())
 
 
-def _probe(model: nn.Module, weights: list[torch.Tensor], x, target, loss_fn, generator) -> list[np.ndarray]:
-    """One Hutchinson probe: v_c^T (H v)_c for every output channel c of every layer."""
-    loss = loss_fn(model(x), target)
-    grads = torch.autograd.grad(loss, weights, create_graph=True)
-    vs = [_rademacher(w.shape, generator) for w in weights]
-    hvs = torch.autograd.grad(grads, weights, grad_outputs=vs)
-    return [(v * hv).reshape(v.shape[0], -1).sum(dim=1).double().numpy() for v, hv in zip(vs, hvs)]
+@dataclass
+class ProbeProblem:
+    """What every probe needs: the model, its quantized weights, the data and the loss."""
+
+    model: nn.Module
+    keys: list[str]  # the weights' names in the model's state dict
+    weights: list[torch.Tensor]
+    x: torch.Tensor
+    targets: torch.Tensor
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches: list[torch.Tensor]
+    settings: ProbeSettings
+    method: str = ""  # the Hessian-vector product in use: settings.hvp, or rev-rev where fwd-rev fails
+    fallback: str = ""  # why it is not settings.hvp
+
+    def __post_init__(self) -> None:
+        self.method = self.method or self.settings.hvp
+
+    def probe(self, index: int) -> np.ndarray:
+        """Probe `index`: v_c^T (H v)_c for every output channel c of every layer, concatenated."""
+        generator = probe_generator(self.settings.seed, index)
+        vs = [_rademacher(w.shape, generator) for w in self.weights]
+        idx = self.batches[index % len(self.batches)]
+        hvs = self._hvp(self.x[idx], self.targets[idx], vs)
+        return np.concatenate([(v * hv).reshape(v.shape[0], -1).sum(dim=1).double().numpy() for v, hv in zip(vs, hvs)])
+
+    def _hvp(self, x, target, vs) -> list[torch.Tensor]:
+        try:
+            return hessian_vector_product(self.model, self.keys, self.weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size)
+        except (RuntimeError, NotImplementedError) as exc:
+            if self.method != "fwd-rev":
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.fallback = f"forward over reverse fails on this model or loss ({first}); using reverse over reverse"
+            self.method = "rev-rev"
+            return self._hvp(x, target, vs)
 
 
 def _show(sums: RunningSums, worst: float, settings: ProbeSettings) -> None:
@@ -177,17 +233,43 @@ def _estimate(sums: RunningSums) -> tuple[np.ndarray, np.ndarray]:
     return sums.layer_sum / sums.probes, _stderr(sums.layer_sum, sums.layer_sq, sums.probes)
 
 
+def _enough_probes(sums: RunningSums, settings: ProbeSettings) -> str | None:
+    if sums.probes >= settings.min_probes and _worst_relative_error(*_estimate(sums)) <= settings.tol:
+        return "tolerance"
+    if sums.probes >= settings.max_probes:
+        return "max_probes"
+    return None
+
+
 def _stop_reason(sums: RunningSums, settings: ProbeSettings) -> str | None:
     """Why probing stops now (checked before each probe, so a resumed run stops where the first would)."""
     if sums.probes == 0:
         return None
-    if sums.probes >= settings.min_probes and _worst_relative_error(*_estimate(sums)) <= settings.tol:
-        return "tolerance"
+    reason = _enough_probes(sums, settings)
+    if reason == "tolerance":
+        return reason
     if sums.seconds >= settings.max_seconds:
         return "max_seconds"
-    if sums.probes >= settings.max_probes:
-        return "max_probes"
-    return None
+    return reason
+
+
+def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks) -> None:
+    """Probes sums.probes + r on rank r, gathered; added in probe order while more are needed."""
+    started = time.perf_counter()
+    mine = problem.probe(sums.probes + ranks.rank)
+    gathered = ranks.gather(np.append(mine, time.perf_counter() - started))
+    for i, values in enumerate(gathered):
+        if i > 0 and _enough_probes(sums, problem.settings):
+            break  # the probes one process would not have made
+        sums.add_probe(values[:-1])
+    sums.seconds += max(float(values[-1]) for values in gathered)  # the same on every rank
+
+
+def _check_settings(settings: ProbeSettings) -> None:
+    if settings.hvp not in HVP_METHODS:
+        raise MpqError(f"unknown Hessian-vector product {settings.hvp!r}: use {' or '.join(HVP_METHODS)}")
+    if settings.chunk_size < 0:
+        raise MpqError(f"chunk_size={settings.chunk_size} must be 0 (whole batch) or a positive number of samples")
 
 
 def hutchinson_traces(
@@ -203,30 +285,31 @@ def hutchinson_traces(
 ) -> HessianTraces:
     """Tr(H_l) for each named layer's weight, H the Hessian of loss_fn(model(x), targets).
 
-    With a `checkpoint`, the running state is saved after every probe and a saved state is resumed.
+    With a `checkpoint`, the running state is saved after every round of probes and a saved state is
+    resumed. Under torch.distributed, the probes are split across ranks (see the module docstring).
     """
+    _check_settings(settings)
+    ranks = Ranks.current()
+    progress = progress and ranks.is_main
     weights = [model.get_submodule(name).weight for name in layer_names]
     requires = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for w in weights:
         w.requires_grad_(True)
-    generator = torch.Generator().manual_seed(settings.seed)
-    order = torch.randperm(len(x), generator=generator)
-    batches = list(torch.split(order, settings.batch_size))
-    sums = _start([w.shape[0] for w in weights], generator, checkpoint)
+    keys = [f"{name}.weight" for name in layer_names]
+    problem = ProbeProblem(model, keys, weights, x, targets, loss_fn, probe_batches(len(x), settings), settings)
+    sums = _start([w.shape[0] for w in weights], checkpoint, ranks)
     if progress and sums.resumed_from:
         print(f"hessian: resuming from {sums.resumed_from} probes saved in the cache", file=sys.stderr)
     try:
         model.eval()
         while (stop_reason := _stop_reason(sums, settings)) is None:
-            started = time.perf_counter()
-            idx = batches[sums.probes % len(batches)]
-            for i, per_channel in enumerate(_probe(model, weights, x[idx], targets[idx], loss_fn, generator)):
-                sums.add(i, per_channel)
-            sums.probes += 1
-            sums.seconds += time.perf_counter() - started
-            _save(sums, generator, checkpoint)
+            _run_round(problem, sums, ranks)
+            _save(sums, checkpoint, ranks)
+            if progress and problem.fallback:
+                print(f"\rhessian: {problem.fallback}", file=sys.stderr)
+                problem.fallback = ""
             if progress:
                 _show(sums, _worst_relative_error(*_estimate(sums)), settings)
     finally:
