@@ -32,6 +32,7 @@ from mpq.losses import resolve_loss
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
+from mpq.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.solver import Problem, check_feasible, solve_problem
@@ -119,6 +120,7 @@ def analyze(
     progress: bool = True,
     loss=None,
     quantize_embeddings: bool = False,
+    quantizer: "str | Quantizer | None" = None,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -132,6 +134,10 @@ def analyze(
     loss(output, target) where target is y when given, else the FP32 outputs.
 
     `quantize_embeddings`: nn.Embedding tables become layers too (weights per row, no input quantizer).
+
+    `quantizer`: a preset name ("default", "minmax", "percentile", "mse", "aciq") or an mpq.Quantizer;
+    the quantization errors are those of its weights, and plans solved from this sensitivity record it,
+    so that they are verified and exported with it (None: the default).
     """
     if not 0 < tol < 1:
         raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
@@ -143,7 +149,7 @@ def analyze(
     resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data, quantize_embeddings)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed)
-    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved)
+    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, resolve_quantizer(quantizer))
 
 
 def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
@@ -240,6 +246,7 @@ def solve(
             "probes": sensitivity.settings.max_probes,
             "tol": sensitivity.settings.tol,
             "seed": sensitivity.settings.seed,
+            "quantizer": sensitivity.quantizer.to_json(),
         },
     )
 
@@ -250,8 +257,13 @@ def _plans_embeddings(model, plan: Plan) -> bool:
     return any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers)
 
 
-def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None) -> Report:
+def verify(
+    model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None
+) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
+
+    All are quantized with the plan's quantizer (plan.settings["quantizer"]; the default for plans
+    without one), or with `quantizer` (a preset name or mpq.Quantizer) when given.
 
     Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
@@ -266,7 +278,8 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
     data = _as_dataset(data)
     prepared = _as_prepared(model, data, _plans_embeddings(model, plan))
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir))
+    chosen = None if quantizer is None else resolve_quantizer(quantizer)
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir), chosen)
     if prepared.graph.uncalled:
         report.notes.append(
             f"left in float (never called as modules, e.g. nn.MultiheadAttention projections): {', '.join(prepared.graph.uncalled)}"

@@ -47,8 +47,17 @@ class PackedModel:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParams] | None = None) -> PackedModel:
-    """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers."""
+def pack_model(
+    model: nn.Module,
+    plan: Plan,
+    act_params: dict[str, ActQuantParams] | None = None,
+    clip_ratios: dict[str, torch.Tensor] | None = None,
+    biases: dict[str, torch.Tensor] | None = None,
+) -> PackedModel:
+    """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
+    `clip_ratios` each layer's per-channel weight clip ratio at its width (absent: min-max), and
+    `biases` the biases to export in place of the model's (bias correction)."""
+    clip_ratios, biases = clip_ratios or {}, biases or {}
     modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
     if missing:
@@ -57,11 +66,11 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
     layers: dict[str, dict] = {}
     for name, lp in plan.layers.items():
         module = modules[name]
-        q = quantize_weight(module.weight, lp.weight_bits)
+        q = quantize_weight(module.weight, lp.weight_bits, clip_ratios.get(name))
         tensors[f"{name}.weight_codes"] = pack_bits(q.codes, lp.weight_bits)
         tensors[f"{name}.weight_scale"] = q.scale.clone()
         if getattr(module, "bias", None) is not None:
-            tensors[f"{name}.bias"] = module.bias.detach().to(torch.float32).clone()
+            tensors[f"{name}.bias"] = biases[name] if name in biases else module.bias.detach().to(torch.float32).clone()
         if lp.act_bits:
             params = act_params[name]
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpq.cache import Cache
+from mpq.calibration import weight_clip_ratios
 from mpq.data import Dataset
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.error import channel_error_table
 from mpq.losses import Loss, resolve_loss
+from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings, hutchinson_traces
 
 
@@ -60,6 +62,7 @@ class Sensitivity:
     from_cache: bool = False
     resumed_probes: int = 0  # probes read from the checkpoint of an interrupted run
     act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
+    quantizer: Quantizer = DEFAULT_QUANTIZER  # the quantization errors are those of its weight quantizer
 
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
@@ -122,8 +125,10 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool = True,
     loss: Loss | None = None,
+    quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
-    """Hessian traces (cached on disk) and quantization errors of every quantizable layer.
+    """Hessian traces (cached on disk) and quantization errors of every quantizable layer, the
+    errors those of `quantizer`'s weight quantizer (the one the plan is verified with).
 
     An unfinished estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
@@ -147,7 +152,7 @@ def analyze_prepared(
         cache.save("sensitivity", key, _traces_to_json(traces))
         if checkpoint is not None:
             checkpoint.clear()
-    errors = channel_error_table(prepared.folded, names)
+    errors = channel_error_table(prepared.folded, names, clip_ratios=weight_clip_ratios(prepared, quantizer.weight_clip, cache))
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         layers[layer.name] = LayerSensitivity(
@@ -172,4 +177,5 @@ def analyze_prepared(
         from_cache=from_cache,
         resumed_probes=traces.resumed_from,
         act_tie_groups=prepared.graph.act_tie_groups,
+        quantizer=quantizer,
     )
