@@ -18,7 +18,7 @@ range [lo, hi] (always containing 0) that the affine quantizer of mpq.quant span
 Weight clipping chooses, per output channel c, the ratio r_c of max|W_c| the symmetric scale spans:
     s_c = r_c * max|W_c| / (2^(b-1) - 1)
     minmax  r_c = 1
-    mse     r_c = argmin_r ||Q_b(W_c; r) - W_c||^2 over a grid of ratios (coarse, then refined)
+    mse     r_c = argmin_r ||Q_b(W_c; r) - W_c||^2 over the grid r in {0.2, 0.205, ..., 1} (see MseWeightClip)
 """
 
 from __future__ import annotations
@@ -216,19 +216,22 @@ class MinMaxWeightClip:
 
 @dataclass(frozen=True)
 class MseWeightClip:
-    """r_c = argmin_r ||Q_b(W_c; r) - W_c||^2: a grid of `coarse` ratios over [low, 1], then a grid of
-    step `fine` within one coarse step of the best (1 stays a candidate: never worse than min-max)."""
+    """r_c = argmin_r ||Q_b(W_c; r) - W_c||^2 over the ratios r in {low, low + fine, ..., 1}: every one of
+    them for channels of at most `exhaustive_up_to` weights (their error is jagged in r), else `coarse`
+    evenly spaced ones, then those within one coarse step of the best (larger channels are smooth in r).
+    1 is always a candidate, so the error is never above min-max's."""
 
     low: float = 0.2
-    coarse: int = 17
     fine: float = 0.005
+    coarse: int = 17
+    exhaustive_up_to: int = 64
     name = "mse"
 
     def _best(self, weight: torch.Tensor, bits: int, grid: torch.Tensor) -> torch.Tensor:
-        """Per channel, the grid ratio (rows of `grid`: one candidate set per channel) of least error."""
+        """Per channel, the ratio of least error among that channel's row of `grid` [channels, candidates]."""
         w = _channels(weight)
         qmax = 2 ** (bits - 1) - 1
-        scale = (grid * w.abs().amax(dim=1)[:, None] / qmax).clamp_min(1e-30)  # [channels, candidates]
+        scale = (grid * w.abs().amax(dim=1)[:, None] / qmax).clamp_min(1e-30)
         errors = []
         for k in range(grid.shape[1]):  # one candidate at a time keeps memory at the weight's size
             s = scale[:, k : k + 1]
@@ -236,8 +239,13 @@ class MseWeightClip:
         best = torch.stack(errors, dim=1).argmin(dim=1)
         return grid.gather(1, best[:, None]).squeeze(1)
 
+    def grid(self) -> torch.Tensor:
+        return torch.linspace(self.low, 1.0, round((1.0 - self.low) / self.fine) + 1)
+
     def ratios(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         channels = weight.shape[0]
+        if weight[0].numel() <= self.exhaustive_up_to:
+            return self._best(weight, bits, self.grid().expand(channels, -1))
         coarse = torch.linspace(self.low, 1.0, self.coarse)
         first = self._best(weight, bits, coarse.expand(channels, -1))
         step = (1.0 - self.low) / (self.coarse - 1)
