@@ -16,6 +16,7 @@ from mpq.observers import ACT_OBSERVERS, AciqActObserver, InputHistogram, MseAct
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import affine_params, channel_quant_error
 from mpq.quantizer import Quantizer, resolve_quantizer
+from mpq.report import write_outputs
 from mpq.verify import fp32_reference, pack_plan
 
 
@@ -130,7 +131,7 @@ def test_bias_correction_zeroes_the_mean_output_shift_over_the_calibration_data(
         assert torch.allclose(plain.tensors[f"{name}.bias"].double() - corrected.tensors[f"{name}.bias"].double(), uncorrected, atol=1e-6)
 
 
-def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared):
+def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared, tmp_path):
     prepared, data = tiny_prepared
     sens = mpq.analyze(prepared, data, max_probes=4, min_probes=4, cache_dir=False, progress=False, quantizer="default")
     ratios = weight_clip_ratios(prepared, sens.quantizer.weight_clip)
@@ -144,6 +145,13 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
     assert plan.settings["quantizer"] == sens.quantizer.to_json()
     report = mpq.verify(prepared, plan, data, baseline_bits=(8,), cache_dir=False)
     assert report.quantizer == sens.quantizer and report.to_json()["quantizer"]["weight_clip"] == "mse"
+    # report.md names the quantizer, embeds layers.png, and shows a Pareto plot found beside it
+    write_outputs(tmp_path, sens, plan, report)
+    assert "Quantizer: activation ranges mse, weight clipping mse, bias correction on" in (tmp_path / "report.md").read_text()
+    assert "![layers](layers.png)" in (tmp_path / "report.md").read_text() and "pareto" not in (tmp_path / "report.md").read_text()
+    (tmp_path / "pareto.png").write_bytes((tmp_path / "layers.png").read_bytes())
+    write_outputs(tmp_path, sens, plan, report)
+    assert "![pareto.png](pareto.png)" in (tmp_path / "report.md").read_text()
 
 
 def test_quantizer_names_are_checked():
