@@ -31,6 +31,7 @@ import torch
 from scipy import optimize, stats
 
 HISTOGRAM_BINS = 2048
+CHUNK_ELEMENTS = 2**22  # weight-clip search: at most this many weight copies in memory at once
 
 
 @dataclass(frozen=True)
@@ -233,10 +234,11 @@ class MseWeightClip:
         qmax = 2 ** (bits - 1) - 1
         scale = (grid * w.abs().amax(dim=1)[:, None] / qmax).clamp_min(1e-30)
         errors = []
-        for k in range(grid.shape[1]):  # one candidate at a time keeps memory at the weight's size
-            s = scale[:, k : k + 1]
-            errors.append((torch.clamp(torch.round(w / s), -qmax - 1, qmax) * s - w).pow(2).sum(dim=1))
-        best = torch.stack(errors, dim=1).argmin(dim=1)
+        chunk = max(1, CHUNK_ELEMENTS // w.numel())  # candidates evaluated at once, memory bounded
+        for k in range(0, grid.shape[1], chunk):
+            s = scale[:, k : k + chunk, None]  # [channels, candidates, 1]
+            errors.append((torch.clamp(torch.round(w[:, None, :] / s), -qmax - 1, qmax) * s - w[:, None, :]).pow(2).sum(dim=2))
+        best = torch.cat(errors, dim=1).argmin(dim=1)
         return grid.gather(1, best[:, None]).squeeze(1)
 
     def grid(self) -> torch.Tensor:
