@@ -127,6 +127,7 @@ class Calibration:
     input_ranges: dict[str, tuple[float, float]]
     histograms: dict[str, InputHistogram] = field(default_factory=dict)
     shifts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    data_fingerprint: str = ""  # of the calibration data
     _ranges: dict = field(default_factory=dict, repr=False)  # (layer, bits) -> clip range, computed once
 
     def act_range(self, name: str, bits: int) -> tuple[float, float]:
@@ -161,4 +162,6 @@ def calibrate(
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
     histograms = {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
     shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache) if quantizer.bias_correction else {}
-    return Calibration(quantizer=quantizer, clip_ratios=ratios, input_ranges=dict(input_ranges), histograms=histograms, shifts=shifts)
+    return Calibration(
+        quantizer=quantizer, clip_ratios=ratios, input_ranges=dict(input_ranges), histograms=histograms, shifts=shifts, data_fingerprint=data.fingerprint()
+    )

@@ -177,6 +177,8 @@ def measure_plan(
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops}
     fits = all(measured_costs[b.kind] <= b.limit for b in budgets if b.kind in measured_costs)
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "quantizer": calibration.quantizer.to_json()}
+    if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
+        key["calibration_data"] = calibration.data_fingerprint
     cached = cache.load("measurement", key)
     if cached is not None:
         return Measurement(**{**cached, "name": name, "fits_budget": fits})
