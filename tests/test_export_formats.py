@@ -64,6 +64,7 @@ def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
     conv2 = prepared.folded.conv2.weight  # the default quantizer: MSE-clipped weights, corrected biases
     assert torch.equal(rebuilt.conv2.weight, fake_quantize_weight(conv2, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(conv2, 5)))
     assert torch.equal(rebuilt.conv2.bias, packed.tensors["conv2.bias"])
+    assert not torch.allclose(packed.tensors["conv2.bias"], prepared.folded.conv2.bias, atol=1e-6)  # bias-corrected
     # the fake-quantized inputs matter: without the hooks the logits differ
     plain = prepared.folded(data.x[:8])
     assert not torch.allclose(plain, evaluator_logits[:8], atol=1e-4)
@@ -122,7 +123,7 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
 
     from mpq.export.onnx_qdq import run_onnx
 
-    prepared, data, plan, _, evaluator_logits = tiny
+    prepared, data, plan, packed, evaluator_logits = tiny
     result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False)
     model = onnx.load(str(tmp_path / "tiny.onnx"))
     assert result.file_bytes == (tmp_path / "tiny.onnx").stat().st_size
@@ -131,6 +132,9 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     assert inits["conv2.weight_codes"].data_type == onnx.TensorProto.INT8  # 5 bits, INT8 storage
     assert inits["fc.weight_codes"].data_type == onnx.TensorProto.INT8
     assert not any(name.endswith(".weight") for name in inits)  # no float copies of quantized weights
+    for name in ("conv1", "conv2", "fc"):  # the evaluator's (bias-corrected) biases and weight scales
+        assert np.array_equal(onnx.numpy_helper.to_array(inits[f"{name}.bias"]), packed.tensors[f"{name}.bias"].numpy())
+        assert np.array_equal(onnx.numpy_helper.to_array(inits[f"{name}.weight_scale"]), packed.tensors[f"{name}.weight_scale"].numpy())
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("DequantizeLinear") == 3 + 2 and ops.count("QuantizeLinear") == 2  # conv2's input stays float
     clip = next(n for n in model.graph.node if n.name == "fc/input/Clip")
