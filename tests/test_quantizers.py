@@ -147,7 +147,7 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
     assert report.quantizer == sens.quantizer and report.to_json()["quantizer"]["weight_clip"] == "mse"
     # report.md names the quantizer, embeds layers.png, and shows a Pareto plot found beside it
     write_outputs(tmp_path, sens, plan, report)
-    assert "Quantizer: activation ranges mse, weight clipping mse, bias correction on" in (tmp_path / "report.md").read_text()
+    assert "Quantizer: activation ranges percentile, weight clipping mse, bias correction on" in (tmp_path / "report.md").read_text()
     assert "![layers](layers.png)" in (tmp_path / "report.md").read_text() and "pareto" not in (tmp_path / "report.md").read_text()
     (tmp_path / "pareto.png").write_bytes((tmp_path / "layers.png").read_bytes())
     write_outputs(tmp_path, sens, plan, report)
