@@ -37,6 +37,7 @@ from mpq.milp import DEFAULT_SOLVER, solver_note
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
+from mpq.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.presolve import binary_variables, solve_presolved
@@ -131,6 +132,7 @@ def analyze(
     activations: bool = False,
     hvp: str = "fwd-rev",
     chunk_size: int = 0,
+    quantizer: "str | Quantizer | None" = None,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
 
@@ -155,6 +157,9 @@ def analyze(
     losses torch.func cannot trace). `chunk_size`: samples per chunk of a probe's batch (0: all at
     once); smaller chunks bound the memory, the result is the same to float rounding.
     Under torch.distributed (torchrun), the probes are split across the ranks.
+    `quantizer`: a preset name ("default", "minmax", "percentile", "mse", "aciq") or an mpq.Quantizer;
+    the quantization errors are those of its weights, and plans solved from this sensitivity record it,
+    so that they are verified and exported with it (None: the default).
     """
     check_metric(metric)
     if not 0 < tol < 1:
@@ -168,7 +173,7 @@ def analyze(
     prepared = _as_prepared(model, data, quantize_embeddings)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
                              hvp=hvp, chunk_size=chunk_size)
-    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, metric, activations)
+    return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
 
 def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
@@ -342,6 +347,7 @@ def solve(
             "tol": sensitivity.settings.tol,
             "seed": sensitivity.settings.seed,
             **latency_settings,
+            "quantizer": sensitivity.quantizer.to_json(),
         },
         solver=solution.solver_json(),
     )
@@ -359,9 +365,14 @@ def _plans_embeddings(model, plan: Plan) -> bool:
     return any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers)
 
 
-def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, latency=None) -> Report:
+def verify(
+    model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, latency=None,
+    quantizer: "str | Quantizer | None" = None,
+) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
 
+    All are quantized with the plan's quantizer (plan.settings["quantizer"]; the default for plans
+    without one), or with `quantizer` (a preset name or mpq.Quantizer) when given.
     Latencies are predicted (never measured here) by `latency` (as in `solve`), or by the latency model the
     plan was solved with when it can still be loaded; latency budgets are checked against them.
 
@@ -381,7 +392,8 @@ def verify(model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BI
     prepared = _as_prepared(model, data, _plans_embeddings(model, plan))
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
     latency, latency_note = _verify_latency(plan, latency)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir), latency)
+    chosen = None if quantizer is None else resolve_quantizer(quantizer)
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, _cache(cache_dir), latency, chosen)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(

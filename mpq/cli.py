@@ -79,6 +79,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_quantizer_options(p, default_is_plan=False)
     _add_pin_options(p)
     _add_solver_options(p)
     _add_probe_options(p)
@@ -130,6 +131,34 @@ def _need_latency_model(budgets, latency) -> None:
 
     how = f"pass --device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
     check_latency_budgets(budgets, latency, how)
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+
+
+def _add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> None:
+    from mpq.observers import ACT_OBSERVERS, WEIGHT_CLIPS
+    from mpq.quantizer import PRESETS
+
+    base = "the plan's quantizer" if default_is_plan else "the default preset"
+    p.add_argument("--quantizer", choices=tuple(PRESETS), help=f"quantizer preset (default: {base}); the three options below override its parts")
+    p.add_argument("--act-observer", choices=tuple(ACT_OBSERVERS), help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
+    p.add_argument("--weight-clip", choices=tuple(WEIGHT_CLIPS), help="weight scales per channel: min-max, or the clip ratio of least squared error")
+    p.add_argument("--bias-correction", type=_on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
+
+
+def _quantizer(args, default_is_plan: bool):
+    from mpq.quantizer import resolve_quantizer
+
+    parts = {"act_observer": args.act_observer, "weight_clip": args.weight_clip, "bias_correction": args.bias_correction}
+    if default_is_plan and args.quantizer is None and all(v is None for v in parts.values()):
+        return None  # the plan's own
+    return resolve_quantizer(args.quantizer, **parts)
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
@@ -207,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--repeats", type=int, default=25, help="timed calls per layer and width; the median is kept (default 25)")
     profile.add_argument("--warmup", type=int, default=5, help="untimed calls before them (default 5)")
     profile.add_argument("--threads", type=int, help="torch threads while timing (default: torch's own choice)")
+    _add_quantizer_options(check, default_is_plan=True)
 
     export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
     export.add_argument("plan", help="plan.json written by `mpq search`")
@@ -216,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch-size", type=int, default=25, help="samples per calibration batch (default 25)")
     export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_quantizer_options(export, default_is_plan=True)
     return parser
 
 
@@ -271,7 +302,7 @@ def run_search(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     pins = _pins(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, **pins, **_solver_options(args), **_analyze_options(args))
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, quantizer=_quantizer(args, False), **pins, **_solver_options(args), **_analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
@@ -296,7 +327,7 @@ def run_pareto(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     result = mpq.pareto(model, data, budgets, also_budgets=fixed, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin,
-                        verify_points=args.verify_points, eval_batch_size=args.eval_batch_size, **_pins(args), **_solver_options(args), **_analyze_options(args))
+                        verify_points=args.verify_points, eval_batch_size=args.eval_batch_size, quantizer=_quantizer(args, False), **_pins(args), **_solver_options(args), **_analyze_options(args))
     paths = write_pareto(out, result)
     print(pareto_table(result))
     print()
@@ -356,7 +387,7 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=_latency(args))
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=_latency(args), quantizer=_quantizer(args, True))
     write_json_atomic(out / "report.json", report.to_json())
     print(comparison_table(report))
     print(f"\nwrote {out / 'report.json'}")
@@ -396,7 +427,7 @@ def run_export(args) -> int:
     plan = mpq.Plan.load(args.plan)
     model, data = _load_inputs(args)
     cache_dir = False if args.no_cache else args.cache_dir
-    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir)
+    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=_quantizer(args, True))
     print(result.summary())
     return 0
 

@@ -37,12 +37,14 @@ from mpq.api import (
     solve,
 )
 from mpq.budget import SCALE_OF_UNIT, Budget, parse_budget
+from mpq.calibration import calibrate
 from mpq.cost import model_costs
 from mpq.errors import BudgetInfeasible, MpqError
 from mpq.graph import PreparedModel
 from mpq.milp import DEFAULT_SOLVER
 from mpq.pins import resolve_keep
 from mpq.plan import Plan
+from mpq.quantizer import Quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.solver import check_feasible
 from mpq.verify import Measurement, fp32_reference, measure_plan, uniform_plan
@@ -271,7 +273,7 @@ def pareto(
     uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
     feasible = [p for p in points if p.feasible]
     chosen = [feasible[i] for i in verified_indices(len(feasible), verify_points)]
-    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress) if chosen else {}
+    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer) if chosen else {}
     return ParetoResult(
         kind=sweep[0].kind,
         points=points,
@@ -311,17 +313,18 @@ def _solve_point(sensitivity, budget, fixed, reason, bits, acts, trace_margin, p
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
 
 
-def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool) -> dict:
-    """Measure the chosen points and the uniform widths (each distinct plan once); the FP32 summary."""
+def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool, quantizer: Quantizer) -> dict:
+    """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer`); the FP32 summary."""
     cache = _cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
+    calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
     seen: dict[str, Measurement] = {}
 
     def measured(plan: Plan, name: str) -> Measurement:
         key = repr(sorted((n, lp.weight_bits, lp.act_bits) for n, lp in plan.layers.items()))
         if key not in seen:
             _log(progress, f"measuring {name} ({len(seen) + 1} of at most {len(chosen) + len(uniform)})")
-            seen[key] = measure_plan(prepared, plan, data, reference, name, batch_size, cache)
+            seen[key] = measure_plan(prepared, plan, data, reference, name, batch_size, cache, calibration=calibration)
         return replace(seen[key], name=name)
 
     for point in chosen:

@@ -74,6 +74,10 @@ class LayerPlan:
         """The layer's widths as runs of channels (one run for a layer-wise plan)."""
         return list(self.channel_bits) if self.channel_bits else [ChannelRun(0, out_channels, self.weight_bits)]
 
+    def channel_widths(self, out_channels: int) -> list[int]:
+        """The weight width of every output channel, in order."""
+        return [r.weight_bits for r in self.runs(out_channels) for _ in range(r.start, r.stop)]
+
     def chunks(self, out_channels: int) -> list[ChannelRun]:
         """The chunks the packed export stores separately (one for a layer-wise plan)."""
         return storage_chunks(self.runs(out_channels), self.channel_group)

@@ -1,10 +1,10 @@
 """Quantizers: symmetric per-output-channel weights, affine per-tensor activations.
 
-Weights, b bits, output channel c:
-    s_c = max|W_c| / (2^(b-1) - 1)
+Weights, b bits, output channel c, clip ratio r_c (1 = min-max; mpq.observers chooses it):
+    s_c = r_c * max|W_c| / (2^(b-1) - 1)
     q   = clamp(round(W / s_c), -2^(b-1), 2^(b-1) - 1)      (the integer codes)
     Q_b(W) = s_c * q
-Activations, b bits, range [lo, hi] observed on calibration data (lo <= 0 <= hi):
+Activations, b bits, range [lo, hi] chosen on calibration data (lo <= 0 <= hi; mpq.observers):
     s = (hi - lo) / (2^b - 1),  z = round(-lo / s)
     Q_b(x) = s * (clamp(round(x / s) + z, 0, 2^b - 1) - z)
 """
@@ -49,30 +49,34 @@ class QuantizedWeight:
         return self.codes.to(torch.float32) * self.scale.reshape(shape)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int) -> QuantizedWeight:
-    """Symmetric per-output-channel min-max quantization of a weight (dim 0 = output channels)."""
-    return quantize_weight_channels(weight, [bits] * weight.shape[0])
+def quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> QuantizedWeight:
+    """Symmetric per-output-channel quantization of a weight (dim 0 = output channels); the scale spans
+    `clip_ratio` (one per channel; None = 1, min-max) of each channel's largest magnitude."""
+    return quantize_weight_channels(weight, [bits] * weight.shape[0], clip_ratio)
 
 
-def quantize_weight_channels(weight: torch.Tensor, bits: "list[int]") -> QuantizedWeight:
+def quantize_weight_channels(weight: torch.Tensor, bits: "list[int]", clip_ratio: torch.Tensor | None = None) -> QuantizedWeight:
     """As quantize_weight, but output channel c takes its own width bits[c] (its codes fit in bits[c] bits);
     `bits` of the result is the widest."""
     qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32)
-    scale = (_per_channel_absmax(weight) / qmax).to(torch.float32)
+    absmax = _per_channel_absmax(weight)
+    if clip_ratio is not None:
+        absmax = clip_ratio.to(absmax.dtype) * absmax
+    scale = (absmax / qmax).to(torch.float32)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     shape = (-1,) + (1,) * (weight.dim() - 1)
     codes = torch.clamp(torch.round(weight.detach() / safe.reshape(shape)), -qmax.reshape(shape) - 1, qmax.reshape(shape))
     return QuantizedWeight(codes=codes.to(torch.int8), scale=scale, bits=max(bits))
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """Q_b(W) as a float tensor."""
-    return quantize_weight(weight, bits).dequantize().to(weight.dtype)
+    return quantize_weight(weight, bits, clip_ratio).dequantize().to(weight.dtype)
 
 
-def channel_quant_error(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def channel_quant_error(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """||Q_b(W_c) - W_c||^2 for every output channel c."""
-    diff = fake_quantize_weight(weight, bits) - weight.detach()
+    diff = fake_quantize_weight(weight, bits, clip_ratio) - weight.detach()
     return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
 
 
@@ -105,6 +109,10 @@ class MinMaxObserver:
         self.hi = max(self.hi, float(x.max()))
 
     def params(self, bits: int) -> ActQuantParams:
-        span = max(self.hi - self.lo, 1e-8)
-        scale = span / (2**bits - 1)
-        return ActQuantParams(scale=scale, zero_point=int(round(-self.lo / scale)), bits=bits)
+        return affine_params(self.lo, self.hi, bits)
+
+
+def affine_params(lo: float, hi: float, bits: int) -> ActQuantParams:
+    """The affine quantizer spanning [lo, hi] (lo <= 0 <= hi) with 2^b levels."""
+    scale = max(hi - lo, 1e-8) / (2**bits - 1)
+    return ActQuantParams(scale=scale, zero_point=int(round(-lo / scale)), bits=bits)

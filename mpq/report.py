@@ -206,7 +206,14 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     _save_figure(fig, path)
 
 
-def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str:
+OPTIONAL_PLOTS = {  # written by other commands into the same folder; report.md shows them when present
+    "pareto.png": "Pareto front (`mpq pareto`): measured quality against size",
+    "proxy-fidelity.png": "Proxy fidelity: predicted Ω against measured KL (reports/bench_proxy.py)",
+}
+
+
+def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = ()) -> str:
+    """report.md; `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
     budgets = ", ".join(b.text for b in plan.budgets)
     warnings = sensitivity.warnings()
     parts = [
@@ -222,6 +229,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         f"{max(s.probes for s in sensitivity.layers.values())} {'Hutchinson probes' if sensitivity.metric == 'hessian' else 'probes/samples/iterations'} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
+        f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
+        "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
         f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}.",
         "",
@@ -233,8 +242,14 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report) -> str
         f"Evaluated on {report.plan.n_eval} inputs. Baselines: uniform W8 and every candidate uniform width that fits the budget, "
         "with the same activation settings.",
         "",
+        "Per layer: the weight width chosen (top) beside the Hessian trace per parameter with its standard error (bottom).",
+        "",
         "![layers](layers.png)",
         "",
+    ]
+    for name in plots:
+        parts += [f"{OPTIONAL_PLOTS[name]}:", "", f"![{name}]({name})", ""]
+    parts += [
         "## Layers",
         "",
         layer_table(sensitivity, plan),
@@ -264,7 +279,8 @@ def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: R
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "plan.json", out_dir / "report.json", out_dir / "report.md", out_dir / "layers.png"]
     plot_layers(sensitivity, plan, paths[3])
-    write_text_atomic(paths[2], markdown_report(sensitivity, plan, report))
+    plots = tuple(name for name in OPTIONAL_PLOTS if (out_dir / name).exists())
+    write_text_atomic(paths[2], markdown_report(sensitivity, plan, report, plots))
     write_json_atomic(paths[1], report.to_json())
     plan.save(paths[0])
     return paths

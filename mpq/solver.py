@@ -216,12 +216,29 @@ def act_width_is_free(problem: Problem) -> bool:
     return any(len({c.weight_bits for c in cs}) < len(cs) for cs in problem.choices.values())
 
 
-def _prefer_wide_acts(program: pulp.LpProblem, x: dict, solver: str, time_limit_s: float | None) -> SolverRun:
-    """Second stage: among plans of least total Omega, the one with the most activation bits (a float
-    input counts 32). Omega may ignore activation widths; then this picks the widest the budgets allow."""
-    least = pulp.value(program.objective)
-    program += program.objective <= least + 1e-9 * max(1.0, abs(least)), "least_total_omega"
-    program.setObjective(pulp.lpSum(-(c.act_bits or 32) * var for (_, c), var in x.items()))
+def weight_width_ties(problem: Problem) -> bool:
+    """Whether some layer has two weight widths of equal Omega at one activation width (e.g. a bounded trace
+    of 0), so that least total Omega alone does not say which to take."""
+    return any(len({(problem.omega[name][c], c.act_bits) for c in cs}) < len(cs) for name, cs in problem.choices.items())
+
+
+def _tie_breaks(problem: Problem, x: dict) -> list[tuple[str, pulp.LpAffineExpression]]:
+    """The later stages, each minimized among the plans optimal for all stages before it: the most activation
+    bits (a float input counts 32; Omega may ignore activation widths, then this picks the widest the budgets
+    allow), then the most weight bits (among widths of equal Omega, the wider)."""
+    stages = []
+    if act_width_is_free(problem):
+        stages.append(("most_activation_bits", pulp.lpSum(-(c.act_bits or 32) * var for (_, c), var in x.items())))
+    if weight_width_ties(problem):
+        stages.append(("most_weight_bits", pulp.lpSum(-c.weight_bits * var for (_, c), var in x.items())))
+    return stages
+
+
+def _next_stage(program: pulp.LpProblem, kept: str, objective, solver: str, time_limit_s: float | None) -> SolverRun:
+    """Hold the current objective at its optimum (constraint `kept`), then minimize `objective`."""
+    best = pulp.value(program.objective)
+    program += program.objective <= best + 1e-9 * max(1.0, abs(best)), kept
+    program.setObjective(objective)
     return run_solver(program, solver, time_limit_s)
 
 
@@ -231,7 +248,8 @@ def _chosen(problem: Problem, x: dict) -> dict[str, Choice]:
 
 def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER) -> Solution:
     """The choice per layer of least total Omega that meets every budget (proven optimal unless
-    `time_limit_s` stops the solver first); among several of least Omega, the one with the widest activations."""
+    `time_limit_s` stops the solver first); among several of least Omega, the one with the widest activations,
+    then the widest weights (_tie_breaks)."""
     solver = check_solver(solver)
     check_time_limit(time_limit_s)
     check_feasible(problem)
@@ -246,10 +264,12 @@ def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: s
             raise MpqError(f"the solver ({solver}) found no plan within the time limit of {time_limit_s:g} s; raise the time limit")
         raise RuntimeError(f"the integer program ended with status {run.status}")
     choices = _chosen(problem, x)
-    left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - start)
-    if act_width_is_free(problem) and (left is None or left > 0):
-        if _prefer_wide_acts(program, x, solver, left).has_solution:
-            choices = _chosen(problem, x)
+    kept = "least_total_omega"
+    for stage, objective in _tie_breaks(problem, x):
+        left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - start)
+        if (left is not None and left <= 0) or not _next_stage(program, kept, objective, solver, left).has_solution:
+            break
+        choices, kept = _chosen(problem, x), stage
     costs = total_costs(problem, choices)
     for budget in problem.budgets:
         if costs[budget.kind] > budget.limit:

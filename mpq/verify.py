@@ -1,8 +1,9 @@
 """Verification: apply a plan with fake quantization and measure it against FP32 and uniform baselines.
 
 The plan is first exported to packed tensors (mpq.export.packed); the evaluated model is rebuilt from
-those tensors, and the measured size is the byte count of those same tensors. Activation ranges are
-calibrated (min-max) on the FP32 model over the data, as PyTorch's post-training flow observes them.
+those tensors, and the measured size is the byte count of those same tensors. The quantizer (the
+plan's, mpq.quantizer) is fitted on the FP32 model over the data (mpq.calibration): activation ranges
+from each layer's observed inputs, weight clip ratios, and bias correction when it is on.
 Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
 KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan's per-layer SQNR
 (mpq.sqnr) on the first SQNR_SAMPLES inputs.
@@ -11,7 +12,6 @@ KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan'
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from mpq.budget import Budget
 from mpq.cache import Cache
+from mpq.calibration import Calibration, calibrate, input_hooks
 from mpq.channels import plan_layer_costs
 from mpq.cost import model_costs
 from mpq.data import Dataset
@@ -27,7 +28,8 @@ from mpq.errors import MpqError
 from mpq.export.packed import PackedModel, fake_quant_model, pack_model
 from mpq.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.plan import LayerPlan, Plan
-from mpq.quant import ActQuantParams, MinMaxObserver
+from mpq.quant import MinMaxObserver
+from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer, plan_quantizer
 from mpq.sqnr import LayerSqnr, layer_sqnr
 
 EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
@@ -73,6 +75,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     layer_sqnr: list[LayerSqnr] = field(default_factory=list)
     latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
+    quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
 
     def to_json(self) -> dict:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
@@ -91,25 +94,12 @@ class Report:
             "timings_s": self.timings_s,
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
+            "quantizer": self.quantizer.to_json(),
         } | predicted
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
-
-
-@contextmanager
-def _input_hooks(model: nn.Module, per_layer: dict[str, object]):
-    """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
-    modules = quantizable_modules(model, embeddings=True)
-    handles = []
-    for name, fn in per_layer.items():
-        handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _run(model: nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
@@ -136,26 +126,35 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
 
         return hook
 
-    with _input_hooks(prepared.folded, {n: observing(o) for n, o in observers.items()}):
+    with input_hooks(prepared.folded, {n: observing(o) for n, o in observers.items()}):
         logits = _run(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
     cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
     return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=_top1(logits, data.y))
 
 
-def _act_params(reference: Fp32Reference, plan: Plan) -> dict[str, ActQuantParams]:
-    params = {}
-    for name, lp in plan.layers.items():
-        if lp.act_bits:
-            obs = MinMaxObserver()
-            obs.lo, obs.hi = reference.input_ranges[name]
-            params[name] = obs.params(lp.act_bits)
-    return params
+def plan_calibration(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    reference: Fp32Reference,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+    quantizer: Quantizer | None = None,
+) -> Calibration:
+    """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.calibration)."""
+    return calibrate(prepared, data, reference.input_ranges, quantizer or plan_quantizer(plan.settings), batch_size, cache)
 
 
-def pack_plan(prepared: PreparedModel, plan: Plan, reference: Fp32Reference) -> PackedModel:
-    """The plan's exported tensors, activation ranges calibrated on the FP32 model (what is measured and exported)."""
-    return pack_model(prepared.folded, plan, _act_params(reference, plan))
+def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:
+    """The plan's exported tensors, quantized by the calibrated quantizer (what is measured and exported)."""
+    modules = quantizable_modules(prepared.folded, embeddings=True)
+    layers = plan.layers.items()
+    act = {n: calibration.act_params(n, lp.act_bits) for n, lp in layers if lp.act_bits}
+    widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
+    ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
+    biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
+    return pack_model(prepared.folded, plan, act, ratios, biases)
 
 
 def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
@@ -173,15 +172,23 @@ def measure_plan(
     cache: Cache,
     budgets: list[Budget] = (),
     latency=None,
+    calibration: Calibration | None = None,
 ) -> Measurement:
     """Export the plan, rebuild the model from the exported tensors, and measure it (cached). Its latency
-    is predicted by `latency` (a model from mpq.latency), when given and when it covers every layer's widths."""
-    packed = pack_plan(prepared, plan, reference)
+    is predicted by `latency` (a model from mpq.latency), when given and when it covers every layer's widths.
+    `calibration`: the quantizer fitted to the data (None: the plan's, fitted here)."""
+    calibration = calibration or plan_calibration(prepared, plan, data, reference, batch_size, cache)
+    packed = pack_plan(prepared, plan, calibration)
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops} | _predicted_latency(prepared, plan, latency)
     fits = _within(measured_costs, budgets, latency)
-    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR}
+    key = {
+        "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
+        "quantizer": calibration.quantizer.to_json(),
+    }
+    if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
+        key["calibration_data"] = calibration.data_fingerprint
     cached = cache.load("measurement", key)
     if cached is not None:
         return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s")})
@@ -253,22 +260,25 @@ def verify_prepared(
     batch_size: int = 25,
     cache: Cache = Cache(None),
     latency=None,
+    quantizer: Quantizer | None = None,
 ) -> Report:
     """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
-    (latency budgets by `latency`, a model from mpq.latency; without one they are not checked)."""
+    (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
+    with `quantizer` (None: the plan's)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     reference = fp32_reference(prepared, data, batch_size, cache)
-    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency)
+    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache, quantizer)
+    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency, calibration)
     baselines = []
     for bits in sorted(set(baseline_bits) | {8}, reverse=True):
         uniform = uniform_plan(prepared, bits, act_bits)
         if bits != 8 and not _fits(prepared, uniform, plan.budgets, latency):
             continue
         label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
-        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency))
-    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, reference), data.x[:SQNR_SAMPLES], batch_size)
+        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency, calibration))
+    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {},
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer,
     )

@@ -20,7 +20,7 @@ import mpq
 from mpq.cache import Cache
 from mpq.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify import fp32_reference, pack_plan, packed_logits
+from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
 
 BATCH = 25
 
@@ -49,7 +49,8 @@ def main() -> None:
     result = mpq.search(model, data, args.budget, max_probes=args.max_probes, cache_dir=args.cache_dir, progress=False)
     prepared = prepare_model(model, data.x[:2])
     reference = fp32_reference(prepared, data, BATCH, Cache(Path(args.cache_dir)))
-    evaluator = packed_logits(prepared, pack_plan(prepared, result.plan, reference), data, BATCH)
+    calibration = plan_calibration(prepared, result.plan, data, reference, BATCH, Cache(Path(args.cache_dir)))
+    evaluator = packed_logits(prepared, pack_plan(prepared, result.plan, calibration), data, BATCH)
     work = Path(tempfile.mkdtemp(prefix="mpq-export-"))
     lines = [f"# `mpq export` of the default model's {args.budget} plan ({args.max_probes} probes)", ""]
 

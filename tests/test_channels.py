@@ -23,7 +23,7 @@ from mpq.presolve import lagrangian_reduction, solve_presolved
 from mpq.quant import fake_quantize_weight
 from mpq.solver import Problem, solve_problem
 from mpq.cost import Choice
-from mpq.verify import fp32_reference, pack_plan, packed_logits
+from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
 
 from helpers import run_cli
 
@@ -170,17 +170,18 @@ def test_measured_size_and_bops_equal_the_prediction(tiny_setup, channel_plan, t
 def test_load_packed_reproduces_the_evaluator_for_per_channel_widths(tiny_setup, channel_plan, tmp_path):
     model, data, _ = tiny_setup
     prepared = prepare_model(model, data.x[:2])
-    packed = pack_plan(prepared, channel_plan, fp32_reference(prepared, data, 8, Cache(None)))
-    evaluator = packed_logits(prepared, packed, data, 8)
+    calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8)
+    evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
     mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.mpqpack", cache_dir=False)
     rebuilt = mpq.load_packed(tmp_path / "tiny.mpqpack", model)
     with torch.inference_mode():
         assert torch.equal(torch.cat([rebuilt(x) for x, _ in data.batches(8)]), evaluator)
     dequantized, _ = unpack_model(prepared.folded, read_packed(tmp_path / "tiny.mpqpack").packed)
-    for name, lp in channel_plan.layers.items():  # every channel at its own width, bit for bit
+    for name, lp in channel_plan.layers.items():  # every channel at its own width and its clip ratio there, bit for bit
         weight = prepared.folded.get_submodule(name).weight
         for run in lp.channel_bits:
-            expected = fake_quantize_weight(weight[run.start : run.stop], run.weight_bits)
+            ratio = calibration.clip_ratios[name][run.weight_bits][run.start : run.stop]
+            expected = fake_quantize_weight(weight[run.start : run.stop], run.weight_bits, ratio)
             assert torch.equal(dequantized.get_submodule(name).weight[run.start : run.stop], expected)
 
 
@@ -191,7 +192,8 @@ def test_onnx_stores_per_channel_codes_in_the_widest_type(tiny_setup, channel_pl
 
     model, data, _ = tiny_setup
     prepared = prepare_model(model, data.x[:2])
-    evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, fp32_reference(prepared, data, 8, Cache(None))), data, 8)
+    calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8)
+    evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
     mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False)
     inits = {i.name: i for i in onnx.load(str(tmp_path / "tiny.onnx")).graph.initializer}
     storage = {3: onnx.TensorProto.INT4, 5: onnx.TensorProto.INT8, 8: onnx.TensorProto.INT8}

@@ -8,7 +8,7 @@ import mpq
 from mpq.cache import Cache
 from mpq.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify import fp32_reference, pack_plan, packed_logits
+from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
 
 pytestmark = pytest.mark.slow
 BATCH = 25
@@ -22,7 +22,7 @@ def plan4(pytestconfig):
     result = mpq.search(model, data, "4MB", max_probes=8, cache_dir=cache_dir, progress=False)
     prepared = prepare_model(model, data.x[:2])
     reference = fp32_reference(prepared, data, BATCH, Cache(cache_dir))
-    packed = pack_plan(prepared, result.plan, reference)
+    packed = pack_plan(prepared, result.plan, plan_calibration(prepared, result.plan, data, reference, BATCH, Cache(cache_dir)))
     return model, data, result, cache_dir, packed_logits(prepared, packed, data, BATCH), reference
 
 

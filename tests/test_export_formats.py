@@ -18,8 +18,10 @@ from mpq.errors import MpqError
 from mpq.export.packed_file import read_packed
 from mpq.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
+from mpq.observers import WEIGHT_CLIPS
 from mpq.quant import fake_quantize_weight
-from mpq.verify import fp32_reference, pack_plan, packed_logits
+from mpq.quantizer import DEFAULT_QUANTIZER
+from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
 
 MPQ = str(Path(sys.executable).parent / "mpq")
 
@@ -32,7 +34,7 @@ def tiny(tiny_model, tiny_data):
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 6)}, model={"fingerprint": prepared.fingerprint})
     reference = fp32_reference(prepared, data, 8, Cache(None))
-    packed = pack_plan(prepared, plan, reference)
+    packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, 8))
     return prepared, data, plan, packed, packed_logits(prepared, packed, data, 8)
 
 
@@ -59,7 +61,10 @@ def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
     with torch.inference_mode():
         logits = torch.cat([rebuilt(x) for x, _ in data.batches(8)])
     assert torch.equal(logits, evaluator_logits)
-    assert torch.equal(rebuilt.conv2.weight, fake_quantize_weight(prepared.folded.conv2.weight, 5))
+    conv2 = prepared.folded.conv2.weight  # the default quantizer: MSE-clipped weights, corrected biases
+    assert torch.equal(rebuilt.conv2.weight, fake_quantize_weight(conv2, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(conv2, 5)))
+    assert torch.equal(rebuilt.conv2.bias, packed.tensors["conv2.bias"])
+    assert not torch.allclose(packed.tensors["conv2.bias"], prepared.folded.conv2.bias, atol=1e-6)  # bias-corrected
     # the fake-quantized inputs matter: without the hooks the logits differ
     plain = prepared.folded(data.x[:8])
     assert not torch.allclose(plain, evaluator_logits[:8], atol=1e-4)
@@ -127,6 +132,15 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     assert inits["conv2.weight_codes"].data_type == onnx.TensorProto.INT8  # 5 bits, INT8 storage
     assert inits["fc.weight_codes"].data_type == onnx.TensorProto.INT8
     assert not any(name.endswith(".weight") for name in inits)  # no float copies of quantized weights
+    array = lambda name: onnx.numpy_helper.to_array(inits[name]).reshape(-1)  # noqa: E731
+    # the evaluator's (bias-corrected) biases and (clipped) weight scales: conv2 (float input) as Conv's own,
+    # conv1 and fc (integer layers) added after the rescaling by s_x * s_w
+    assert np.array_equal(array("conv2.bias"), packed.tensors["conv2.bias"].numpy())
+    assert np.array_equal(array("conv2.weight_scale"), packed.tensors["conv2.weight_scale"].numpy())
+    for name in ("conv1", "fc"):
+        assert np.array_equal(array(f"{name}.output_bias"), packed.tensors[f"{name}.bias"].numpy())
+        input_scale = float(packed.tensors[f"{name}.input_scale"][0])
+        assert np.allclose(array(f"{name}.output_scale"), input_scale * packed.tensors[f"{name}.weight_scale"].numpy(), rtol=1e-6)
     ops = [n.op_type for n in model.graph.node]
     # conv1 and fc (quantized inputs) in integers; conv2 (float input) through DequantizeLinear weights
     assert ops.count("ConvInteger") == 1 and ops.count("MatMulInteger") == 1 and ops.count("Conv") == 1
@@ -202,7 +216,7 @@ def test_onnx_stores_2_bit_weights_as_int2_and_4_bit_inputs_clipped(tiny_model, 
     data = Dataset(x=x, y=y)
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(2, 8), "conv2": LayerPlan(4, 4), "fc": LayerPlan(7, 8)}, model={"fingerprint": prepared.fingerprint})
-    packed = pack_plan(prepared, plan, fp32_reference(prepared, data, 8, Cache(None)))
+    packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8))
     result = mpq.export_plan(tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False)
     assert "1 layers as INT2, 1 layers as INT4, 1 layers as INT8" in result.summary()
     model = onnx.load(str(tmp_path / "narrow.onnx"))

@@ -196,3 +196,22 @@ def test_omega_ties_go_to_the_widest_activations_the_budgets_allow():
     assert solution.objective == pytest.approx(best, rel=1e-12)
     assert sum(c.act_bits for c in solution.choices.values()) == widest
     assert widest < 8 * len(problem.layers)  # the BOPs budget does push some act widths down
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_omega_ties_in_weight_width_go_to_the_widest_weights_the_budget_allows(seed):
+    rng = random.Random(100 + seed)
+    problem = random_problem(rng, n_layers=7, kinds=["size_bytes"], ties=False)
+    flat = problem.layers[: 2 + seed % 3]  # layers whose Omega is 0 at every width (e.g. a bounded trace of 0)
+    problem.omega = {n: ({c: 0.0 for c in CHOICES} if n in flat else problem.omega[n]) for n in problem.layers}
+    expected, _ = brute_force(problem)
+    feasible = []
+    for combo in itertools.product(CHOICES, repeat=len(problem.layers)):
+        choices = dict(zip(problem.layers, combo))
+        if all(total_costs(problem, choices)[b.kind] <= b.limit for b in problem.budgets):
+            feasible.append(choices)
+    least = [c for c in feasible if sum(problem.omega[n][c[n]] for n in problem.layers) <= expected * (1 + 1e-12)]
+    widest = max(sum(c[n].weight_bits for n in problem.layers) for c in least)
+    solution = solve_problem(problem)
+    assert solution.objective == pytest.approx(expected, rel=1e-9)
+    assert sum(c.weight_bits for c in solution.choices.values()) == widest

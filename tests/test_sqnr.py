@@ -10,10 +10,9 @@ from mpq.data import Dataset
 from mpq.export.packed import fake_quant_model
 from mpq.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.quant import fake_quantize_weight
 from mpq.report import sqnr_table
 from mpq.sqnr import layer_sqnr, sqnr_db
-from mpq.verify import fp32_reference, pack_plan, verify_prepared
+from mpq.verify import fp32_reference, pack_plan, plan_calibration, verify_prepared
 
 
 def test_sqnr_db_is_ten_log10_of_the_energy_ratio():
@@ -26,15 +25,16 @@ def test_layer_sqnr_matches_direct_sums(tiny_model, tiny_data):
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 4)})
     reference = fp32_reference(prepared, Dataset(x=x, y=y), 8, Cache(None))
-    packed = pack_plan(prepared, plan, reference)
+    calibration = plan_calibration(prepared, plan, Dataset(x=x, y=y), reference, 8)
+    packed = pack_plan(prepared, plan, calibration)
     rows = {r.name: r for r in layer_sqnr(prepared, packed, x, batch_size=10)}
     w = prepared.folded.conv1.weight.detach().double()
-    noise = (w - fake_quantize_weight(prepared.folded.conv1.weight, 3).double()).pow(2).sum()
+    noise = (w - calibration.weight("conv1", prepared.folded.conv1.weight, [3] * prepared.folded.conv1.weight.shape[0]).dequantize().double()).pow(2).sum()
     assert rows["conv1"].weight_sqnr_db == pytest.approx(10 * math.log10(float(w.pow(2).sum() / noise)))
     assert rows["fc"].weight_sqnr_db > rows["conv2"].weight_sqnr_db > rows["conv1"].weight_sqnr_db
     assert rows["conv2"].input_sqnr_db is None
     # conv1's input is the model input itself: its SQNR is that of the 8-bit quantizer on x
-    act = pack_plan(prepared, plan, reference).tensors
+    act = packed.tensors
     scale, zp = float(act["conv1.input_scale"][0]), int(act["conv1.input_zero_point"][0])
     xq = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
     assert rows["conv1"].input_sqnr_db == pytest.approx(sqnr_db(float(x.double().pow(2).sum()), float((x - xq).double().pow(2).sum())), rel=1e-6)

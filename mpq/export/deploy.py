@@ -1,7 +1,8 @@
 """`mpq export`: a plan applied to its model and written in a deployable format.
 
 Every format starts from the same tensors the evaluator measures (mpq.verify.pack_plan): weights
-quantized as the plan says, activation ranges calibrated min-max on the FP32 model over the data.
+quantized as the plan says, with the plan's quantizer (plan.settings["quantizer"]: weight clip
+ratios, activation ranges observed on the FP32 model over the data, bias-corrected biases).
 
     packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder
     onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights
@@ -17,7 +18,8 @@ from pathlib import Path
 from mpq.api import _as_dataset, _as_prepared, _cache
 from mpq.errors import MpqError
 from mpq.plan import Plan
-from mpq.verify import check_plan_matches, fp32_reference, pack_plan
+from mpq.quantizer import Quantizer, resolve_quantizer
+from mpq.verify import check_plan_matches, fp32_reference, pack_plan, plan_calibration
 
 FORMATS = ("packed", "onnx", "torchao")
 
@@ -37,15 +39,20 @@ class ExportResult:
         return "\n".join(lines + list(self.notes))
 
 
-def export_plan(model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None) -> ExportResult:
-    """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates activations."""
+def export_plan(
+    model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None
+) -> ExportResult:
+    """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
+    quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     data = _as_dataset(data)
     prepared = _as_prepared(model, data)
     check_plan_matches(prepared, plan)
-    reference = fp32_reference(prepared, data, batch_size, _cache(cache_dir))
-    packed = pack_plan(prepared, plan, reference)
+    cache = _cache(cache_dir)
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    chosen = None if quantizer is None else resolve_quantizer(quantizer)
+    packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))
     path = Path(path)
     if format == "packed":
         from mpq.export.packed_file import save_packed

@@ -20,7 +20,7 @@ from torch import nn
 
 from mpq.graph import quantizable_modules
 from mpq.plan import ChannelRun, Plan, storage_chunks
-from mpq.quant import ActQuantParams, QuantizedWeight, quantize_weight, quantize_weight_channels
+from mpq.quant import ActQuantParams, QuantizedWeight, quantize_weight_channels
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -73,8 +73,17 @@ class PackedModel:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParams] | None = None) -> PackedModel:
-    """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers."""
+def pack_model(
+    model: nn.Module,
+    plan: Plan,
+    act_params: dict[str, ActQuantParams] | None = None,
+    clip_ratios: dict[str, torch.Tensor] | None = None,
+    biases: dict[str, torch.Tensor] | None = None,
+) -> PackedModel:
+    """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
+    `clip_ratios` each layer's per-channel weight clip ratio at its channels' widths (absent: min-max), and
+    `biases` the biases to export in place of the model's (bias correction)."""
+    clip_ratios, biases = clip_ratios or {}, biases or {}
     modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
     if missing:
@@ -84,14 +93,11 @@ def pack_model(model: nn.Module, plan: Plan, act_params: dict[str, ActQuantParam
     for name, lp in plan.layers.items():
         module = modules[name]
         out_channels = module.weight.shape[0]
-        if lp.channel_bits:
-            q = quantize_weight_channels(module.weight, [r.weight_bits for r in lp.runs(out_channels) for _ in range(r.start, r.stop)])
-        else:
-            q = quantize_weight(module.weight, lp.weight_bits)
+        q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name))
         tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
         tensors[f"{name}.weight_scale"] = q.scale.clone()
         if getattr(module, "bias", None) is not None:
-            tensors[f"{name}.bias"] = module.bias.detach().to(torch.float32).clone()
+            tensors[f"{name}.bias"] = biases[name] if name in biases else module.bias.detach().to(torch.float32).clone()
         if lp.act_bits:
             params = act_params[name]
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpq.cache import Cache
+from mpq.calibration import weight_clip_ratios
 from mpq.data import Dataset
 from mpq.distributed import Ranks
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.losses import Loss, resolve_loss
+from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
 from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
@@ -91,6 +93,7 @@ class Sensitivity:
     resumed_probes: int = 0  # probes read from the checkpoint of an interrupted run
     act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
     metric: str = "hessian"
+    quantizer: Quantizer = DEFAULT_QUANTIZER  # the quantization errors are those of its weight quantizer
 
     @property
     def has_activations(self) -> bool:
@@ -250,9 +253,11 @@ def analyze_prepared(
     loss: Loss | None = None,
     metric: str = "hessian",
     activations: bool = False,
+    quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
     """Per-layer sensitivities under `metric` (cached on disk) and quantization errors of every
-    quantizable layer; with `activations`, every layer's input too.
+    quantizable layer, the errors those of `quantizer`'s weight quantizer (the one the plan is verified
+    with); with `activations`, every layer's input too.
 
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
@@ -283,7 +288,7 @@ def analyze_prepared(
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
-    errors = channel_error_table(prepared.folded, names)
+    errors = channel_error_table(prepared.folded, names, clip_ratios=weight_clip_ratios(prepared, quantizer.weight_clip, cache))
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, fields = _measured_fields(measured[i]) if metric == "output_mse" else (None, _per_layer(details, i))
@@ -314,4 +319,5 @@ def analyze_prepared(
         resumed_probes=traces.resumed_from,
         act_tie_groups=prepared.graph.act_tie_groups,
         metric=metric,
+        quantizer=quantizer,
     )

@@ -1,8 +1,13 @@
-"""Quantization error tables: ||Q_b(W) - W||^2 per layer and per output channel, for every width."""
+"""Quantization error tables: ||Q_b(W) - W||^2 per layer and per output channel, for every width.
+
+Q_b is the weight quantizer the plan is verified with: `clip_ratios` (mpq.calibration.weight_clip_ratios)
+gives its per-channel clip ratio per layer and width; None is min-max.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from mpq.quant import MAX_BITS, MIN_BITS, channel_quant_error
@@ -10,9 +15,15 @@ from mpq.quant import MAX_BITS, MIN_BITS, channel_quant_error
 ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
 
 
-def channel_error_table(model: nn.Module, layer_names: list[str], bits: tuple[int, ...] = ALL_BITS) -> dict[str, dict[int, np.ndarray]]:
+def channel_error_table(
+    model: nn.Module,
+    layer_names: list[str],
+    bits: tuple[int, ...] = ALL_BITS,
+    clip_ratios: "dict[str, dict[int, torch.Tensor]] | None" = None,
+) -> dict[str, dict[int, np.ndarray]]:
     """{layer: {bits: per-channel squared error}}."""
+    ratio = lambda name, b: None if clip_ratios is None else clip_ratios[name][b]  # noqa: E731
     return {
-        name: {b: channel_quant_error(model.get_submodule(name).weight, b).double().numpy() for b in bits}
+        name: {b: channel_quant_error(model.get_submodule(name).weight, b, ratio(name, b)).double().numpy() for b in bits}
         for name in layer_names
     }
