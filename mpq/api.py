@@ -132,6 +132,7 @@ def analyze(
     activations: bool = False,
     hvp: str = "fwd-rev",
     chunk_size: int = 0,
+    probing: str = "per-layer",
     quantizer: "str | Quantizer | None" = None,
 ) -> Sensitivity:
     """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
@@ -156,6 +157,9 @@ def analyze(
     `hvp`: "fwd-rev" (forward over reverse, the faster) or "rev-rev" (reverse over reverse, for
     losses torch.func cannot trace). `chunk_size`: samples per chunk of a probe's batch (0: all at
     once); smaller chunks bound the memory, the result is the same to float rounding.
+    `probing`: "per-layer" (one product per layer and probe, no cross-layer terms; each layer stops
+    at the tolerance on its own) or "all-layers" (one product per probe for every layer, with the
+    cross terms' variance); see mpq.sensitivity.hessian and reports/hessian.md.
     Under torch.distributed (torchrun), the probes are split across the ranks.
     `quantizer`: a preset name ("default", "minmax", "percentile", "mse", "aciq") or an mpq.Quantizer;
     the quantization errors are those of its weights, and plans solved from this sensitivity record it,
@@ -172,7 +176,7 @@ def analyze(
     resolved = resolve_loss(loss, data.y is not None)
     prepared = _as_prepared(model, data, quantize_embeddings)
     settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
-                             hvp=hvp, chunk_size=chunk_size)
+                             hvp=hvp, chunk_size=chunk_size, probing=probing)
     return analyze_prepared(prepared, data, settings, _cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
 

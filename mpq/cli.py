@@ -176,6 +176,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
     p.add_argument("--hvp", choices=("fwd-rev", "rev-rev"), default="fwd-rev", help="Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default fwd-rev")
+    p.add_argument("--probing", choices=("per-layer", "all-layers"), default="per-layer", help="per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (default; far less variance, reports/hessian.md); all-layers: one product per probe for every layer")
     p.add_argument("--chunk-size", type=int, default=0, help="samples per chunk of a probe's batch, to bound memory (default 0: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
     p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized)")
@@ -272,6 +273,7 @@ def _analyze_options(args) -> dict:
         "seed": args.seed,
         "hvp": args.hvp,
         "chunk_size": args.chunk_size,
+        "probing": args.probing,
         "cache_dir": False if args.no_cache else args.cache_dir,
         "progress": not args.quiet,
         "loss": args.loss,

@@ -6,10 +6,12 @@ Writes reports/hessian.md. Every number is measured in this one run, on this mac
 torch.set_num_threads(THREADS) in this process and in the subprocesses it starts (torchrun ranks: 1 each).
 
 1. one HVP (rev-rev, fwd-rev) against one forward+backward, default model and a small CNN
-2. probes and seconds to 5% relative standard error on every layer (all layers probed at once)
-3. per-layer probing as HAWQ-V2 did (v nonzero on one layer): per-probe variance on a sample of
-   layers, HVP time per layer, and the seconds it would need for the same standard errors
-4. variance reduction tried: larger batches per probe against more probes
+2. probes and seconds to 5% relative standard error: the engine run to the tolerance with per-layer
+   probing (HAWQ-V2's estimator, each layer stopping on its own), and all-layer probing (one HVP per
+   probe for every layer) up to a cap
+3. the two side by side at equal standard error, layer by layer, from the per-probe variances and
+   HVP times measured in section 2
+4. variance reduction tried: larger batches per probe against more probes (all-layer probing)
 5. peak memory (ru_maxrss of a fresh process per configuration), with and without chunks
 6. 2 ranks (torchrun, gloo) against 1 process on the same probes
 """
@@ -22,7 +24,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq.graph import prepare_model
-from mpq.sensitivity.hessian import ProbeProblem, ProbeSettings, _rademacher, probe_batches, probe_generator
+from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, ProbeSettings, _rademacher, hutchinson_traces, probe_batches, probe_generator
 from mpq.sensitivity.hvp import hessian_vector_product
 
 HERE = Path(__file__).parent
@@ -152,7 +153,7 @@ def all_layer_probes(case: Case, settings: ProbeSettings, probes: int) -> ProbeR
     rows, seconds = [], []
     for i in range(probes):
         start = time.perf_counter()
-        flat = problem.probe(i)
+        flat = problem.probe(i, np.ones(len(case.names), dtype=bool))
         seconds.append(time.perf_counter() - start)
         rows.append([flat[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
     return ProbeRun(np.array(rows), np.array(seconds))
@@ -173,23 +174,30 @@ def probes_to_tolerance(values: np.ndarray, min_probes: int = 8) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------- 3. per-layer probing (HAWQ-V2)
+# ---------------------------------------------------------------- 2-3. per-layer probing (HAWQ-V2)
 
 
-def per_layer_probes(case: Case, settings: ProbeSettings, layer: int, probes: int) -> ProbeRun:
-    """v nonzero on one layer only: probe i uses the layer's part of the all-layer probe i's v and batch."""
-    problem = case.problem(settings, [case.names[layer]])
-    all_weights = [case.model.get_submodule(n).weight for n in case.names]
-    rows, seconds = [], []
-    for i in range(probes):
-        generator = probe_generator(settings.seed, i)
-        v = [_rademacher(w.shape, generator) for w in all_weights][layer]
-        idx = problem.batches[i % len(problem.batches)]
-        start = time.perf_counter()
-        hv = problem._hvp(case.x[idx], case.y[idx], [v])[0]
-        seconds.append(time.perf_counter() - start)
-        rows.append([float((v * hv).sum())])
-    return ProbeRun(np.array(rows), np.array(seconds))
+def layer_hvp_seconds(case: Case, settings: ProbeSettings, repeats: int) -> np.ndarray:
+    """Seconds of one per-layer HVP (v on that layer only) for every layer: median of `repeats` after a warm-up."""
+    problem = case.problem(settings)
+    x, y = case.x[: settings.batch_size], case.y[: settings.batch_size]
+    vs = [_rademacher(w.shape, probe_generator(0, 0)) for w in problem.weights]
+    problem._layer_hvp(x, y, 0, vs[0])
+    seconds = []
+    for i, v in enumerate(vs):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            problem._layer_hvp(x, y, i, v)
+            times.append(time.perf_counter() - start)
+        seconds.append(float(np.median(times)))
+    return np.array(seconds)
+
+
+def per_layer_engine(case: Case, cap: int) -> HessianTraces:
+    """The engine itself, per-layer probing, to 5% on every layer or `cap` probes."""
+    settings = ProbeSettings(tol=TOL, min_probes=8, max_probes=cap, max_seconds=1e9, batch_size=8, probing="per-layer")
+    return hutchinson_traces(case.model, case.names, case.x, case.y, settings, progress=True)
 
 
 # ---------------------------------------------------------------- 5. memory
@@ -201,18 +209,18 @@ def peak_rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory_probe(method: str, chunk: int, batch: int) -> dict:
+def memory_probe(method: str, chunk: int, batch: int, probing: str) -> dict:
     """In a fresh process: peak RSS before and after one probe on the default model."""
     torch.set_num_threads(THREADS)
     case = Case.of("default", *default_case())
-    problem = case.problem(ProbeSettings(batch_size=batch, hvp=method, chunk_size=chunk))
+    problem = case.problem(ProbeSettings(batch_size=batch, hvp=method, chunk_size=chunk, probing=probing))
     before = peak_rss_mib()
-    problem.probe(0)
+    problem.probe(0, np.ones(len(case.names), dtype=bool))
     return {"before_mib": before, "peak_mib": peak_rss_mib()}
 
 
-def measured_memory(method: str, chunk: int, batch: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(chunk), str(batch)],
+def measured_memory(method: str, chunk: int, batch: int, probing: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(chunk), str(batch), probing],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -221,7 +229,7 @@ def measured_memory(method: str, chunk: int, batch: int) -> dict:
 
 
 def timed_sensitivity(ranks: int, probes: int) -> tuple[float, dict]:
-    args = ["sensitivity", "--max-probes", str(probes), "--tol", "1e-6", "--json", "--no-cache", "--quiet"]
+    args = ["sensitivity", "--max-probes", str(probes), "--tol", "1e-6", "--json", "--no-cache", "--quiet", "--no-plot"]
     if ranks == 1:
         command, env = [str(BIN / "mpq"), *args], {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     else:
@@ -235,7 +243,8 @@ def timed_sensitivity(ranks: int, probes: int) -> tuple[float, dict]:
 
 NOTES = """## Notes: what was tried, what was kept
 
-- **fwd-rev is the default** (section 1: faster than rev-rev on both models in this run). It needs a
+- **fwd-rev is the default**; section 1 measures both, and they differ by less than the noise between
+  runs on this machine on the default model (an earlier run under load measured fwd-rev 1.9x faster). It needs a
   loss and model that torch.func can trace; where it fails (a loss that reads tensor data with
   `.numpy()`, `F.mse_loss` in torch 2.13, which mpq's `mse` loss therefore writes out), the engine
   falls back to rev-rev for the rest of the run and says so. Both give the same numbers to float
@@ -244,16 +253,19 @@ NOTES = """## Notes: what was tried, what was kept
   activation memory of a probe by the chunk's, at the price of a forward+backward per chunk (section 5).
 - **Hutch++ not built**: it needs, per layer, a sketch of the range of the diagonal block H_ll
   (k HVPs with v nonzero on that layer only) and then H_ll Q_l (k more per layer): 2k per-layer HVPs
-  for each of the 50 layers before the Hutchinson part, which is the per-layer cost that all-layer
-  probing exists to avoid (section 3). A sketch of the whole H does not help a block trace:
-  Tr(Q_l^T H_ll Q_l) still needs block-restricted products.
+  for each of the 50 layers before the Hutchinson part. With per-layer probing the remaining variance
+  is within one block (sum over its off-diagonal entries), already small (section 3); the sketch would
+  cost 2k probes per layer up front. A sketch of the whole H does not help a block trace.
 - **Antithetic probes do nothing** for Hutchinson: v^T H v = (-v)^T H (-v), the same value.
 - **Larger batches per probe** (section 4): kept only if they reach 5% sooner; the measurements
   decide (the default stays batch 8 unless the tables show a gain).
-- **Per-layer vs all-layer probing** (section 3): all-layer probing pays one HVP for every layer,
+- **Per-layer vs all-layer probing** (sections 2-3): all-layer probing pays one HVP for every layer,
   but its value for layer l carries the cross terms sum_{k != l} v_l^T H_lk v_k, mean zero with
-  variance 2 sum_{k != l} ||H_lk||_F^2; per-layer probing has none. Which wins is the measured
-  trade between the per-probe cost and that added variance.
+  variance 2 sum_{k != l} ||H_lk||_F^2; per-layer probing has none, and lets each layer stop at the
+  tolerance on its own. Measured here the cross terms dominate by orders of magnitude, so per-layer
+  probing is the default; all-layer probing stays available (`--probing all-layers`).
+- **Channels** get the probes of their layer: the tolerance is on layer traces. A channel's value
+  v_c^T (H_ll v_l)_c keeps the cross terms between the channels of its layer.
 """
 
 
@@ -281,60 +293,68 @@ def hvp_section(cases: list[Case], repeats: int) -> list[str]:
     ]
 
 
-def tolerance_section(case: Case, run: ProbeRun, cap: int) -> list[str]:
-    reached = probes_to_tolerance(run.values)
-    rel = relative_errors(run.values)
-    under = int((rel <= TOL).sum())
-    seconds = run.seconds[:reached].sum() if reached else run.seconds.sum()
-    per_probe = run.seconds.mean()
-    if reached:
-        outcome = f"every layer under {TOL:.0%} after **{reached} probes, {seconds:.0f} s**"
-    else:
-        outcome = (f"**not reached within {cap} probes ({seconds:.0f} s)**: worst relative stderr {rel.max():.0%}, "
-                   f"**{under} of {len(rel)} layers** under {TOL:.0%}")
-    worst = np.argsort(-np.where(np.isfinite(rel), rel, 1e9))[:6]
-    listing = ", ".join(f"{case.names[i]} ({'trace<=0' if not np.isfinite(rel[i]) else f'{rel[i]:.0%}'})" for i in worst)
-    quantiles = np.quantile(np.where(np.isfinite(rel), rel, 1e9), [0.5, 0.9])
+def _reached(rel: np.ndarray) -> np.ndarray:
+    return np.isfinite(rel) & (rel <= TOL)
+
+
+def tolerance_section(case: Case, run: ProbeRun, cap: int, engine: HessianTraces, engine_cap: int) -> list[str]:
+    rel_all = relative_errors(run.values)
+    reached_all = probes_to_tolerance(run.values)
+    rel_pl = np.where(engine.trace > 0, engine.stderr / np.maximum(np.abs(engine.trace), 1e-300), np.inf)
+    hvps = int(engine.layer_probes.sum())
+    negative = [case.names[i] for i in np.flatnonzero(engine.trace + 2 * engine.stderr <= 0)]
+    q = lambda rel: np.quantile(np.where(np.isfinite(rel), rel, 1e9), [0.5, 0.9])  # noqa: E731
+    rows = [
+        ["per-layer (the default)", f"{engine.stop_reason}", f"{engine.probes}", f"{hvps} per-layer", f"{engine.seconds:.0f}",
+         f"{int(_reached(rel_pl).sum())} of {len(rel_pl)}", f"{q(rel_pl)[0]:.1%}"],
+        ["all-layers", "every layer under 5%" if reached_all else "cap", f"{reached_all or len(run.values)}", f"{reached_all or len(run.values)} whole",
+         f"{(run.seconds[:reached_all] if reached_all else run.seconds).sum():.0f}", f"{int(_reached(rel_all).sum())} of {len(rel_all)}", f"{q(rel_all)[0]:.1%}"],
+    ]
+    probes = engine.layer_probes
     return [
-        f"## 2. All layers probed at once: probes and seconds to {TOL:.0%}",
+        f"## 2. Probes and seconds to {TOL:.0%} relative standard error",
         "",
-        f"{case.name}, batch 8, fwd-rev, probes up to {cap} (the engine's probe sequence and stopping rule replayed).",
-        f"Mean {per_probe:.2f} s per probe. Result: {outcome}.",
-        f"After {len(run.values)} probes: median layer relative stderr {quantiles[0]:.1%}, 90th percentile {quantiles[1]:.1%}.",
-        f"Worst layers: {listing}.",
+        f"{case.name}, batch 8, fwd-rev. Per-layer: the engine (`hutchinson_traces`, `probing=\"per-layer\"`, min 8 probes, cap {engine_cap}),",
+        f"each layer probed until its own standard error is under {TOL:.0%} of its trace. All-layers: one HVP per probe for every",
+        f"layer, the engine's probe sequence and stopping rule replayed up to {cap} probes.",
+        "",
+        *table(["probing", "stopped by", "probes (most of a layer)", "HVPs", "seconds", "layers under 5%", "median relative stderr"], rows),
+        "",
+        f"Per-layer probes used per layer: min {probes.min()}, median {int(np.median(probes))}, max {probes.max()}.",
+        "Layers whose trace is clearly not positive (trace + 2 stderr <= 0 after per-layer probing; no probe count brings them",
+        f"under a relative tolerance): {len(negative)}" + (f" ({', '.join(negative)})." if negative else "."),
         "",
     ]
 
 
-def per_layer_section(case: Case, run: ProbeRun, sample: list[int], per_layer: dict[int, ProbeRun]) -> list[str]:
+def equal_error_section(case: Case, run: ProbeRun, engine: HessianTraces, t_layer: np.ndarray) -> list[str]:
+    """Per layer: probes each method needs for a standard error of TOL x trace, n = var / (TOL trace)^2, and the
+    seconds: all-layer probing pays the whole HVP for the slowest layer's count, per-layer probing t_l per probe of l."""
     var_all = run.values.var(axis=0, ddof=1)
+    var_pl = engine.stderr**2 * engine.layer_probes
+    trace = engine.trace
+    ok = (trace - 2 * engine.stderr) > 0  # traces clearly positive: a relative tolerance means something
+    need_all, need_pl = var_all / (TOL * trace) ** 2, var_pl / (TOL * trace) ** 2
     t_all = run.seconds.mean()
-    rows, work = [], []
-    for layer in sample:
-        pl = per_layer[layer]
-        var_pl, t_pl = float(pl.values[:, 0].var(ddof=1)), float(pl.seconds.mean())
-        ratio = var_pl / var_all[layer]
-        work.append(t_pl * ratio)
-        rows.append([case.names[layer], f"{t_pl:.2f}", f"{var_pl:.3g}", f"{var_all[layer]:.3g}", f"{ratio:.2f}", f"{t_pl * ratio:.2f}"])
-    layers = len(case.names)
-    per_layer_total = float(np.mean(work)) * layers  # extrapolated from the sample to every layer
-    hvp_total = float(np.mean([per_layer[layer].seconds.mean() for layer in sample])) * layers
+    all_seconds = float(np.ceil(need_all[ok].max()) * t_all)
+    pl_seconds = float((np.ceil(np.maximum(need_pl[ok], 8)) * t_layer[ok]).sum())
+    rows = [[case.names[i], f"{trace[i]:.3g}", f"{var_pl[i]:.3g}", f"{var_all[i]:.3g}", f"{var_all[i] / max(var_pl[i], 1e-300):.0f}",
+             f"{t_layer[i]:.2f}", f"{np.ceil(need_pl[i]):.0f}", f"{np.ceil(need_all[i]):.0f}"] for i in np.flatnonzero(ok)]
     return [
-        "## 3. Per-layer probing as HAWQ-V2 did, at equal standard error",
+        "## 3. Per-layer (HAWQ-V2) against all-layer probing, at equal standard error",
         "",
-        f"Per-layer probe i of layer l: v_l = layer l's part of all-layer probe i's vector, v zero elsewhere, the same batch;",
-        "one HVP per layer per probe (w.r.t. that layer's weight only, fwd-rev). Sample of "
-        f"{len(sample)} layers spread over the depth, {len(next(iter(per_layer.values())).values)} probes each.",
-        "To reach the same standard error on layer l, per-layer probing needs var_pl/var_all times the probes of",
-        "all-layer probing, each costing t_l instead of t_all; per probe of all-layer probing it spends",
-        "t_l * var_pl/var_all on layer l. Summed over all layers (the sample's mean times the layer count):",
+        f"The {int(ok.sum())} layers whose trace is clearly positive (trace - 2 stderr > 0). Per-probe variances: per-layer from",
+        "section 2's engine run, all-layers from its replayed probes (the same vectors and batches: v_l of the all-layer probe",
+        "is the per-layer probe's). Probes needed for 5%: n = var / (0.05 trace)^2 (per-layer at least 8, the engine's minimum).",
+        f"t_l: one per-layer HVP of layer l; one all-layer HVP: {t_all:.2f} s (sum of t_l: {t_layer.sum():.2f} s).",
         "",
-        *table(["layer", "t_l s per HVP", "var per-layer", "var all-layers", "var ratio", "t_l x ratio s"], rows),
+        *table(["layer", "trace", "var per-layer", "var all-layers", "var ratio", "t_l s", "probes per-layer", "probes all-layers"], rows),
         "",
-        f"- all-layers probing: {t_all:.2f} s per probe (every layer); per-layer probing: {hvp_total:.1f} s per probe of every layer "
-        f"(50 HVPs extrapolated), {hvp_total / t_all:.1f}x",
-        f"- at equal standard error on every layer: per-layer {per_layer_total:.1f} s against all-layers {t_all:.2f} s per unit of "
-        f"all-layer probes: **all-layers probing is {per_layer_total / t_all:.1f}x faster** (goal >= 5x)",
+        f"- all-layer probing, every one of these layers to 5%: max_l n_all,l = {np.ceil(need_all[ok].max()):.0f} probes x {t_all:.2f} s = **{all_seconds:.0f} s**",
+        f"- per-layer probing, each layer to 5% on its own: sum_l n_pl,l t_l = **{pl_seconds:.0f} s**",
+        f"- **per-layer probing is {all_seconds / pl_seconds:.0f}x faster** at equal error on this model. The issue's goal was the",
+        "  reverse (all-layer probing >= 5x faster than per-layer); the cross terms of all-layer probing make it unreachable here,",
+        "  so per-layer probing is the engine's default (`--probing per-layer`; `--probing all-layers` remains).",
         "",
     ]
 
@@ -369,19 +389,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--probes", type=int, default=64, help="cap of all-layer probes on the default model")
-    parser.add_argument("--sample-probes", type=int, default=8, help="per-layer probes of each sampled layer")
+    parser.add_argument("--per-layer-probes", type=int, default=32, help="cap of per-layer probes of each layer on the default model")
     parser.add_argument("--big-batch-probes", type=int, default=16, help="batch-32 probes on the default model (0: skip)")
     parser.add_argument("--rank-probes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-probe", nargs=3)
+    parser.add_argument("--memory-probe", nargs=4)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     if args.memory_probe:
-        method, chunk, batch = args.memory_probe
-        print(json.dumps(memory_probe(method, int(chunk), int(batch))))
+        method, chunk, batch, probing = args.memory_probe
+        print(json.dumps(memory_probe(method, int(chunk), int(batch), probing)))
         return
     quick = args.quick
-    cap, repeats, sample_probes = (10, 1, 3) if quick else (args.probes, args.repeats, args.sample_probes)
+    cap, repeats, engine_cap = (10, 1, 9) if quick else (args.probes, args.repeats, args.per_layer_probes)
     started = time.perf_counter()
     small = Case.of("small CNN (4 layers, 28x28)", *small_cnn_case())
     default = Case.of("EfficientNet-Lite0 (50 layers)", *default_case())
@@ -399,13 +419,12 @@ def main() -> None:
     settings = ProbeSettings(batch_size=8)
     run = all_layer_probes(default, settings, cap)
     print("all-layers done", time.perf_counter() - started, flush=True)
-    text += tolerance_section(default, run, cap)
+    engine = per_layer_engine(default, engine_cap)
+    print("per-layer engine done", time.perf_counter() - started, flush=True)
+    text += tolerance_section(default, run, cap, engine, engine_cap)
     save(text, quick)
-
-    sample = [0, 16, 33, 49] if not quick else [0, 49]
-    per_layer = {layer: per_layer_probes(default, settings, layer, sample_probes) for layer in sample}
-    print("per-layer done", time.perf_counter() - started, flush=True)
-    text += per_layer_section(default, run, sample, per_layer)
+    t_layer = layer_hvp_seconds(default, settings, repeats)
+    text += equal_error_section(default, run, engine, t_layer)
     save(text, quick)
 
     small_results = {}
@@ -424,21 +443,25 @@ def main() -> None:
     print("batches done", time.perf_counter() - started, flush=True)
 
     memory_rows = []
-    for method, chunk, batch in [("rev-rev", 0, 8), ("fwd-rev", 0, 8), ("fwd-rev", 4, 8), ("fwd-rev", 2, 8), ("fwd-rev", 0, 32), ("fwd-rev", 4, 32)]:
-        m = measured_memory(method, chunk, batch)
-        memory_rows.append([method, batch, chunk or "-", f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['peak_mib'] - m['before_mib']:.0f}"])
+    for probing, method, chunk, batch in [("all-layers", "rev-rev", 0, 8), ("all-layers", "fwd-rev", 0, 8), ("all-layers", "fwd-rev", 4, 8),
+                                          ("all-layers", "fwd-rev", 2, 8), ("all-layers", "fwd-rev", 0, 32), ("all-layers", "fwd-rev", 4, 32),
+                                          ("per-layer", "fwd-rev", 0, 8), ("per-layer", "rev-rev", 0, 8)]:
+        m = measured_memory(method, chunk, batch, probing)
+        memory_rows.append([probing, method, batch, chunk or "-", f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['peak_mib'] - m['before_mib']:.0f}"])
         print(memory_rows[-1], flush=True)
-    text += ["## 5. Peak memory", "", "A fresh process per row (`--memory-probe`): ru_maxrss after loading the model and data, and after one probe.", "",
-             *table(["hvp", "batch", "chunk", "RSS before MiB", "peak RSS MiB", "probe's increase MiB"], memory_rows), ""]
+    text += ["## 5. Peak memory", "", "A fresh process per row (`--memory-probe`): peak RSS (VmHWM) after loading the model and data, and after one probe",
+             "(per-layer probing: one HVP for every layer, one after another).", "",
+             *table(["probing", "hvp", "batch", "chunk", "RSS before MiB", "peak RSS MiB", "probe's increase MiB"], memory_rows), ""]
+    save(text, quick)
 
     probes = args.rank_probes if not quick else 2
     one_s, one = timed_sensitivity(1, probes)
     two_s, two = timed_sensitivity(2, probes)
     diff = max(abs(one["layers"][k]["hessian_trace"] - two["layers"][k]["hessian_trace"]) / max(one["layers"][k]["hessian_trace_stderr"], 1e-30) for k in one["layers"])
     text += ["## 6. Two ranks (torchrun, gloo) against one process, the same probes", "",
-             f"`mpq sensitivity --max-probes {probes} --tol 1e-6 --no-cache` (whole command: load, FP32 targets, probes):", "",
+             f"`mpq sensitivity --max-probes {probes} --tol 1e-6 --no-cache` (per-layer probing; whole command: load, FP32 targets, probes):", "",
              *table(["run", "wall s", "ratio"], [[f"1 process, {THREADS} threads", f"{one_s:.1f}", "1.00"],
-                                                [f"`torchrun --nproc-per-node 2`, 1 thread each", f"{two_s:.1f}", f"{two_s / one_s:.2f}"]]),
+                                                ["`torchrun --nproc-per-node 2`, 1 thread each", f"{two_s:.1f}", f"{two_s / one_s:.2f}"]]),
              "", f"Largest difference of a layer's trace between the two, in units of its standard error: {diff:.1e} "
              "(the same probes; float32 rounding only: 1 and 2 threads sum in different orders).", ""]
     text += [NOTES]

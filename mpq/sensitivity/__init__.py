@@ -144,6 +144,7 @@ def _traces_to_json(traces: HessianTraces) -> dict:
         "stop_reason": traces.stop_reason,
         "resumed_from": traces.resumed_from,
         "layer_names": traces.layer_names,
+        **({"layer_probes": traces.layer_probes.tolist()} if traces.layer_probes is not None else {}),
     }
 
 
@@ -158,6 +159,7 @@ def _traces_from_json(data: dict) -> HessianTraces:
         seconds=data["seconds"],
         stop_reason=data["stop_reason"],
         resumed_from=data.get("resumed_from", 0),
+        layer_probes=np.array(data["layer_probes"]) if "layer_probes" in data else None,
     )
 
 
@@ -233,7 +235,7 @@ def _activation_sensitivities(
     else:
         with perturbed_inputs(prepared.folded, groups, shapes) as wrapper:
             traces, details, _ = _cached_curvature("inputs", act_key, metric, wrapper, wrapper.names, data, targets, settings, cache, progress, loss)
-        estimates = [(float(traces.trace[g]), float(traces.stderr[g]), traces.probes, None, _per_layer(details, g)) for g in range(len(groups))]
+        estimates = [(float(traces.trace[g]), float(traces.stderr[g]), traces.probes_of(g), None, _per_layer(details, g)) for g in range(len(groups))]
     result = {}
     for group, shape, (trace, stderr, probes, measured_omega, fields) in zip(groups, shapes, estimates):
         for name in group:
@@ -296,7 +298,7 @@ def analyze_prepared(
             layer=layer,
             hessian_trace=float(traces.trace[i]),
             hessian_trace_stderr=float(traces.stderr[i]),
-            probes=traces.probes,
+            probes=traces.probes_of(i),
             quant_error={b: float(e.sum()) for b, e in errors[layer.name].items()},
             channel_trace=traces.channel_trace[i],
             channel_trace_stderr=traces.channel_stderr[i],

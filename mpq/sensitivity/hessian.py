@@ -1,11 +1,22 @@
 """Hutchinson estimates of the Hessian trace of every layer's weight block, and of every output channel.
 
-For Rademacher v over all quantized weights at once, E[v_l^T (H v)_l] = Tr(H_l): one Hessian-vector
-product (`mpq.sensitivity.hvp`, forward over reverse by default) serves every layer and channel.
-Probe i uses the batch i mod (number of batches) of a seeded permutation of the data and a vector v
-drawn from a generator seeded by (seed, i) alone, so the estimate is of the Hessian of the mean loss
-over the data and probe i is the same whoever computes it. Probing stops when every layer's
-standard error is under `tol` times its trace, or at `max_probes`, or after `max_seconds`.
+Probe i draws a Rademacher vector v over all quantized weights from a generator seeded by (seed, i)
+alone and uses the batch i mod (number of batches) of a seeded permutation of the data, so the
+estimate is of the Hessian of the mean loss over the data and probe i is the same whoever computes it.
+Two ways to use it (ProbeSettings.probing):
+
+    per-layer   for each layer l, one Hessian-vector product with v_l on that layer only:
+                v_l^T H_ll v_l, E = Tr(H_ll) (HAWQ-V2's estimator). A layer stops being probed once
+                its own standard error is under `tol` times its trace, so the cost goes to the
+                layers that need it.
+    all-layers  one Hessian-vector product with v on every layer at once: v_l^T (H v)_l, also
+                E = Tr(H_ll), but with the cross terms sum_{k != l} v_l^T H_lk v_k (mean 0, variance
+                2 sum_{k != l} ||H_lk||_F^2) in every layer's value.
+
+Which reaches a tolerance sooner is the trade between the cost of L partial products and the
+variance of the cross terms; on EfficientNet-Lite0 per-layer probing wins by a wide margin
+(reports/hessian.md), so it is the default. Probing stops when every layer's standard error is under
+`tol` times its trace (after `min_probes`), or at `max_probes`, or after `max_seconds`.
 
 Under torch.distributed (torchrun) the ranks compute probes first + r, r = 0..N-1, in rounds; the
 per-channel values of each round are all-gathered and added in probe order, so every rank holds the
@@ -47,6 +58,13 @@ class HessianTraces:
     seconds: float
     stop_reason: str
     resumed_from: int = 0  # probes read from a checkpoint of an interrupted run
+    layer_probes: np.ndarray | None = None  # [layers] probes each layer's estimate used (None: `probes` each)
+
+    def probes_of(self, i: int) -> int:
+        return int(self.layer_probes[i]) if self.layer_probes is not None else self.probes
+
+
+PROBINGS = ("per-layer", "all-layers")
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class ProbeSettings:
     seed: int = 0
     hvp: str = "fwd-rev"  # "fwd-rev" (forward over reverse) or "rev-rev" (reverse over reverse)
     chunk_size: int = 0  # samples per chunk of a probe's batch (0: the whole batch at once)
+    probing: str = "per-layer"  # "per-layer" (one product per layer and probe) or "all-layers" (one per probe)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -80,12 +99,14 @@ def probe_batches(n: int, settings: ProbeSettings) -> list[torch.Tensor]:
     return list(torch.split(order, settings.batch_size))
 
 
-def _stderr(sum_: np.ndarray, sum_sq: np.ndarray, n: int) -> np.ndarray:
-    if n < 2:
-        return np.full_like(sum_, np.inf)
-    mean = sum_ / n
-    var = np.maximum(sum_sq / n - mean**2, 0.0) * n / (n - 1)
-    return np.sqrt(var / n)
+def _stderr(sum_: np.ndarray, sum_sq: np.ndarray, n: "int | np.ndarray") -> np.ndarray:
+    """Standard error of the mean from sums of n values and of their squares (n per entry or one for all);
+    infinite where n < 2."""
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), np.shape(sum_))
+    safe = np.maximum(n, 2)
+    mean = sum_ / safe
+    var = np.maximum(sum_sq / safe - mean**2, 0.0) * safe / (safe - 1)
+    return np.where(n >= 2, np.sqrt(var / safe), np.inf)
 
 
 def _worst_relative_error(trace: np.ndarray, stderr: np.ndarray) -> float:
@@ -111,9 +132,14 @@ class RunningSums:
     layer_sq: np.ndarray
     channel_sum: list[np.ndarray]
     channel_sq: list[np.ndarray]
-    probes: int = 0
+    probes: int = 0  # probe indices gone through
     seconds: float = 0.0
     resumed_from: int = 0
+    counts: np.ndarray | None = None  # [layers] values added per layer (a layer may skip probes)
+
+    def __post_init__(self) -> None:
+        if self.counts is None:
+            self.counts = np.full(len(self.layer_sum), self.probes, dtype=np.int64)
 
     @classmethod
     def zeros(cls, channels: list[int]) -> "RunningSums":
@@ -125,14 +151,17 @@ class RunningSums:
         self.channel_sq[i] += per_channel**2
         self.layer_sum[i] += per_channel.sum()
         self.layer_sq[i] += per_channel.sum() ** 2
+        self.counts[i] += 1
 
-    def add_probe(self, flat: np.ndarray) -> None:
-        """One probe's per-channel values of every layer, concatenated in layer order."""
-        start = 0
-        for i, channels in enumerate(self.channel_sum):
-            self.add(i, flat[start : start + len(channels)])
-            start += len(channels)
-        self.probes += 1
+    def split(self, flat: np.ndarray) -> list[np.ndarray]:
+        """One probe's per-channel values of every layer, concatenated in layer order, split by layer."""
+        ends = np.cumsum([len(c) for c in self.channel_sum])
+        return np.split(flat, ends[:-1])
+
+    def estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        """(trace, stderr) per layer, each over its own probes."""
+        n = np.maximum(self.counts, 1)
+        return self.layer_sum / n, _stderr(self.layer_sum, self.layer_sq, self.counts)
 
     def to_json(self) -> dict:
         """Floats as JSON numbers (repr round-trips float64 exactly)."""
@@ -142,6 +171,7 @@ class RunningSums:
             "channel_sum": [c.tolist() for c in self.channel_sum],
             "channel_sq": [c.tolist() for c in self.channel_sq],
             "probes": self.probes,
+            "counts": self.counts.tolist(),
             "seconds": self.seconds,
         }
 
@@ -156,10 +186,11 @@ class RunningSums:
                 channel_sq=[np.array(c, dtype=np.float64) for c in data["channel_sq"]],
                 probes=int(data["probes"]),
                 seconds=float(data["seconds"]),
+                counts=np.array(data["counts"], dtype=np.int64) if "counts" in data else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
-        if [len(c) for c in sums.channel_sum] != channels or [len(c) for c in sums.channel_sq] != channels:
+        if [len(c) for c in sums.channel_sum] != channels or [len(c) for c in sums.channel_sq] != channels or len(sums.counts) != len(channels):
             return None
         sums.resumed_from = sums.probes
         return sums
@@ -196,76 +227,107 @@ class ProbeProblem:
     def __post_init__(self) -> None:
         self.method = self.method or self.settings.hvp
 
-    def probe(self, index: int) -> np.ndarray:
-        """Probe `index`: v_c^T (H v)_c for every output channel c of every layer, concatenated."""
+    def probe(self, index: int, active: np.ndarray) -> np.ndarray:
+        """Probe `index`: v_c^T (H v)_c for every output channel c of every active layer (NaN for the others),
+        concatenated in layer order; per-layer probing makes one product per active layer."""
         generator = probe_generator(self.settings.seed, index)
         vs = [_rademacher(w.shape, generator) for w in self.weights]
         idx = self.batches[index % len(self.batches)]
-        hvs = self._hvp(self.x[idx], self.targets[idx], vs)
-        return np.concatenate([(v * hv).reshape(v.shape[0], -1).sum(dim=1).double().numpy() for v, hv in zip(vs, hvs)])
+        x, target = self.x[idx], self.targets[idx]
+        if self.settings.probing == "all-layers":
+            hvs = self._hvp(x, target, self.keys, self.weights, vs)
+        else:
+            hvs = [self._layer_hvp(x, target, i, v) if on else None for i, (v, on) in enumerate(zip(vs, active))]
+        return np.concatenate([
+            (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().numpy() if hv is not None else np.full(v.shape[0], np.nan)
+            for v, hv in zip(vs, hvs)
+        ])
 
-    def _hvp(self, x, target, vs) -> list[torch.Tensor]:
+    def _layer_hvp(self, x, target, i: int, v: torch.Tensor) -> torch.Tensor:
+        """H_ii v_i: the product with layer i's weight block, the other weights held constant."""
+        others = [w for j, w in enumerate(self.weights) if j != i]
+        for w in others:
+            w.requires_grad_(False)
         try:
-            return hessian_vector_product(self.model, self.keys, self.weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size)
+            return self._hvp(x, target, [self.keys[i]], [self.weights[i]], [v])[0]
+        finally:
+            for w in others:
+                w.requires_grad_(True)
+
+    def _hvp(self, x, target, keys, weights, vs) -> list[torch.Tensor]:
+        try:
+            return hessian_vector_product(self.model, keys, weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size)
         except (RuntimeError, NotImplementedError) as exc:
             if self.method != "fwd-rev":
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             self.fallback = f"forward over reverse fails on this model or loss ({first}); using reverse over reverse"
             self.method = "rev-rev"
-            return self._hvp(x, target, vs)
+            return self._hvp(x, target, keys, weights, vs)
 
 
-def _show(sums: RunningSums, worst: float, settings: ProbeSettings) -> None:
-    done = sums.probes - sums.resumed_from
-    left = sums.seconds / max(done, 1) * (settings.max_probes - sums.probes)
+def _show(sums: RunningSums, settings: ProbeSettings) -> None:
+    active = int(_active(sums, settings).sum())
     resumed = f" (resumed from {sums.resumed_from})" if sums.resumed_from else ""
     print(
         f"\rhessian: probe {sums.probes}/{settings.max_probes}{resumed}, worst relative stderr "
-        f"{worst:.1%} (target {settings.tol:.0%}), {sums.seconds:.0f} s, at most {left:.0f} s left ",
+        f"{_worst_relative_error(*sums.estimate()):.1%} (target {settings.tol:.0%}), {active} layers still probed, {sums.seconds:.0f} s ",
         end="",
         file=sys.stderr,
         flush=True,
     )
 
 
-def _estimate(sums: RunningSums) -> tuple[np.ndarray, np.ndarray]:
-    return sums.layer_sum / sums.probes, _stderr(sums.layer_sum, sums.layer_sq, sums.probes)
+def _layer_needs_probes(sums: RunningSums, settings: ProbeSettings) -> np.ndarray:
+    """Per layer: fewer than min_probes, or a standard error over tol times its trace (or a trace <= 0)."""
+    trace, stderr = sums.estimate()
+    unsure = ~(np.where(trace > 0, stderr / np.maximum(np.abs(trace), 1e-300), np.inf) <= settings.tol)
+    return (sums.counts < settings.min_probes) | unsure
 
 
-def _enough_probes(sums: RunningSums, settings: ProbeSettings) -> str | None:
-    if sums.probes >= settings.min_probes and _worst_relative_error(*_estimate(sums)) <= settings.tol:
-        return "tolerance"
-    if sums.probes >= settings.max_probes:
-        return "max_probes"
-    return None
+def _active(sums: RunningSums, settings: ProbeSettings) -> np.ndarray:
+    """The layers the next probe computes: per-layer probing, those that still need probes; all-layers
+    probing, every layer while any needs probes. None at max_probes."""
+    needs = _layer_needs_probes(sums, settings) & (sums.counts < settings.max_probes)
+    if settings.probing == "all-layers":
+        return np.full(len(needs), bool(needs.any()))
+    return needs
 
 
 def _stop_reason(sums: RunningSums, settings: ProbeSettings) -> str | None:
-    """Why probing stops now (checked before each probe, so a resumed run stops where the first would)."""
+    """Why probing stops now (checked before each round, so a resumed run stops where the first would)."""
     if sums.probes == 0:
         return None
-    reason = _enough_probes(sums, settings)
-    if reason == "tolerance":
-        return reason
+    if not _layer_needs_probes(sums, settings).any():
+        return "tolerance"
+    if not _active(sums, settings).any():
+        return "max_probes"
     if sums.seconds >= settings.max_seconds:
         return "max_seconds"
-    return reason
+    return None
 
 
 def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks) -> None:
-    """Probes sums.probes + r on rank r, gathered; added in probe order while more are needed."""
+    """Probes sums.probes + r on rank r, gathered, and added in probe order, each layer's value only while
+    that layer still needs probes: the values one process would have added."""
     started = time.perf_counter()
-    mine = problem.probe(sums.probes + ranks.rank)
+    active = _active(sums, problem.settings)
+    mine = problem.probe(sums.probes + ranks.rank, active)
     gathered = ranks.gather(np.append(mine, time.perf_counter() - started))
-    for i, values in enumerate(gathered):
-        if i > 0 and _enough_probes(sums, problem.settings):
-            break  # the probes one process would not have made
-        sums.add_probe(values[:-1])
+    for values in gathered:
+        still = _active(sums, problem.settings)
+        if not still.any():
+            break
+        for i, per_channel in enumerate(sums.split(values[:-1])):
+            if still[i]:
+                sums.add(i, per_channel)
+        sums.probes += 1
     sums.seconds += max(float(values[-1]) for values in gathered)  # the same on every rank
 
 
 def _check_settings(settings: ProbeSettings) -> None:
+    if settings.probing not in PROBINGS:
+        raise MpqError(f"unknown probing {settings.probing!r}: use {' or '.join(PROBINGS)}")
     if settings.hvp not in HVP_METHODS:
         raise MpqError(f"unknown Hessian-vector product {settings.hvp!r}: use {' or '.join(HVP_METHODS)}")
     if settings.chunk_size < 0:
@@ -311,21 +373,23 @@ def hutchinson_traces(
                 print(f"\rhessian: {problem.fallback}", file=sys.stderr)
                 problem.fallback = ""
             if progress:
-                _show(sums, _worst_relative_error(*_estimate(sums)), settings)
+                _show(sums, settings)
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
         if progress:
             print(file=sys.stderr)
-    probes = sums.probes
+    trace, stderr = sums.estimate()
+    counts = sums.counts
     return HessianTraces(
         layer_names=list(layer_names),
-        trace=sums.layer_sum / probes,
-        stderr=_stderr(sums.layer_sum, sums.layer_sq, probes),
-        probes=probes,
-        channel_trace=[s / probes for s in sums.channel_sum],
-        channel_stderr=[_stderr(s, q, probes) for s, q in zip(sums.channel_sum, sums.channel_sq)],
+        trace=trace,
+        stderr=stderr,
+        probes=int(counts.max(initial=0)),
+        channel_trace=[s / max(n, 1) for s, n in zip(sums.channel_sum, counts)],
+        channel_stderr=[_stderr(s, q, n) for s, q, n in zip(sums.channel_sum, sums.channel_sq, counts)],
         seconds=sums.seconds,
         stop_reason=stop_reason,
         resumed_from=sums.resumed_from,
+        layer_probes=counts.copy(),
     )
