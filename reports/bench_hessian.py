@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,7 @@ class ProbeRun:
 
 
 def all_layer_probes(case: Case, settings: ProbeSettings, probes: int) -> ProbeRun:
-    problem = case.problem(settings)
+    problem = case.problem(replace(settings, probing="all-layers"))
     bounds = np.cumsum([0, *case.channels()])
     rows, seconds = [], []
     for i in range(probes):

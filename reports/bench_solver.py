@@ -9,7 +9,7 @@ Problems: (1) the default model's layer-wise problem (EfficientNet-Lite0, 50 lay
 sizes from the smallest reachable (or 2MB) to 6MB; (2) the same with activations 4 or 8 (act tie groups,
 the second stage preferring wide activations) under a size sweep and a fixed BOPs budget; (3) HAWQ-V3's
 18 published problems (tests/data/hawq_v3); (4) random problems of 100 to 1000 layers, 7 widths, size and
-BOPs budgets. The sensitivity is a cheap cached one (8 Hutchinson probes, not the default 32).
+BOPs budgets. The sensitivity is a cheap cached one (at most 8 Hutchinson probes per layer, not the default 32).
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def verified_sweep(model, data, low: float) -> list[str]:
     zero = [n for n, s in result.sensitivity.layers.items() if s.bounded_trace(2.0) == 0]
     if zero:
         lines += ["", f"Layers whose bounded trace max(Tr + 2·stderr, 0) is 0 at {PROBES} probes, so that Ω is the same at every width "
-                  f"and the solver may give them the narrowest: {', '.join(zero)}. Above the size of uniform W8 the plan keeps them narrow "
-                  "(least Ω ties with W8A8, and nothing prefers the wider tie), which is why it measures below W8A8 there."]
+                  f": {', '.join(zero)}. Among plans of least Ω the solver's last stage takes the most weight bits, so they get "
+                  "the widest width the budget leaves over."]
     lines += ["", "All points (pareto.csv of this run: [pareto-efficientnet-lite0.csv](pareto-efficientnet-lite0.csv)):", "", pareto_table(result), ""]
     return lines
 
