@@ -266,6 +266,11 @@ NOTES = """## Notes: what was tried, what was kept
   probing is the default; all-layer probing stays available (`--probing all-layers`).
 - **Channels** get the probes of their layer: the tolerance is on layer traces. A channel's value
   v_c^T (H_ll v_l)_c keeps the cross terms between the channels of its layer.
+- **What still limits per-layer probing** (`reports/hessian-per-layer.md`, `python reports/bench_hessian_per_layer.py`):
+  on most sampled layers the probe vectors' own variance (the block's off-diagonal entries), on some the spread
+  of the trace from batch to batch; fwd-rev is also the faster per-layer HVP there. Sections 2-3 give the
+  probes each layer needs for 5% and the median relative standard error at the default cap of 32 probes,
+  which `--trace-margin` takes into account.
 """
 
 

@@ -151,7 +151,8 @@ def main() -> None:
         "",
         f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer}`: EfficientNet-Lite0, 200 views, "
         f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations, Hessian traces from "
-        f"{max(s.probes for s in sens.layers.values())} Hutchinson probes. {len(randoms)} random plans "
+        f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
+        f"at most {args.probes}). {len(randoms)} random plans "
         f"(widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
         f"{min(r['size'] for r in randoms):,}-{max(r['size'] for r in randoms):,} B), mpq's 4 MB plan and uniform W6A8: "
         f"{len(rows)} plans in all. {sum(s.hessian_trace <= 2 * s.hessian_trace_stderr for s in sens.layers.values())} of the "
