@@ -37,6 +37,7 @@ from mpq.milp import DEFAULT_SOLVER, solver_note
 from mpq.pins import resolve_keep
 from mpq.plan import LayerPlan, Plan
 from mpq.quant import MAX_BITS, MIN_BITS, check_bits
+from mpq.proxy import check_proxy_request, proxy_check
 from mpq.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
@@ -444,10 +445,12 @@ def search(
     latency=None,
     solver: str = DEFAULT_SOLVER,
     time_limit_s: float | None = None,
+    proxy_plans: int = 0,
     **analyze_options,
 ) -> SearchResult:
     """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
-    `granularity`, `channel_group` and `latency` as in `solve`.
+    `granularity`, `channel_group` and `latency` as in `solve`. `proxy_plans` > 0 also measures that many random
+    plans at the same size budget and rank-correlates their Omega with their KL (mpq.proxy; report.proxy).
 
     With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
     `act_sensitivity=False` (then they go by cost only, the widest the budgets allow).
@@ -471,6 +474,8 @@ def search(
     else:
         problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
     check_feasible(problem)
+    if proxy_plans:
+        check_proxy_request(proxy_plans, budgets, granularity)
     t0 = time.perf_counter()
     activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
@@ -478,11 +483,15 @@ def search(
     plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
+    t3 = time.perf_counter()
+    if proxy_plans:
+        report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=_cache(cache_dir), progress=progress)
     report.timings_s = {
         "prepare": t0 - start,
         "sensitivity": t1 - t0,
         "solve": t2 - t1,
-        "verify": time.perf_counter() - t2,
+        "verify": t3 - t2,
+        **({"proxy_check": time.perf_counter() - t3} if proxy_plans else {}),
         "total": time.perf_counter() - start,
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpq.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
@@ -11,6 +12,9 @@ from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.solver import Problem, Solution
 from mpq.verify import Measurement, Report
+
+if TYPE_CHECKING:
+    from mpq.proxy import ProxyCheck
 
 
 def _pct(value: float | None) -> str:
@@ -71,6 +75,17 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
             row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {omega:.3g} |"
         lines.append(row + f" {warnings.get(name, '')} |")
     return "\n".join(lines)
+
+
+def _probes_text(sensitivity: Sensitivity) -> str:
+    """How many probes the estimates used: per layer (their range) for per-layer Hutchinson probing."""
+    counts = [s.probes for s in sensitivity.layers.values()]
+    if sensitivity.metric != "hessian":
+        return f"{max(counts)} probes/samples/iterations"
+    if sensitivity.settings.probing == "per-layer":
+        spread = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else f"{max(counts)}"
+        return f"{spread} Hutchinson probes per layer (per-layer probing)"
+    return f"{max(counts)} Hutchinson probes (all layers per probe)"
 
 
 def weight_bits_text(lp: LayerPlan) -> str:
@@ -142,6 +157,26 @@ def _save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def plot_proxy(check: "ProxyCheck", path: Path) -> None:
+    """Predicted total Omega against measured KL, log-log: the random plans and the searched plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    randoms, plan = check.points[1:], check.points[0]
+    ax.scatter([p.omega for p in randoms], [p.kl_to_fp32 for p in randoms], color="tab:blue", label="random plans, same size budget")
+    ax.scatter([plan.omega], [plan.kl_to_fp32], color="tab:red", marker="*", s=180, label="mpq plan")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted total Ω")
+    ax.set_ylabel("measured KL(FP32 ‖ q)")
+    ax.set_title(f"Spearman ρ = {check.spearman:.2f}")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
 def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     """Bars: per-layer weight width, and per-layer trace with error bars (log scale; see plot_sensitivity)."""
     import matplotlib
@@ -206,9 +241,10 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     _save_figure(fig, path)
 
 
+PROXY_PLOT = "proxy-fidelity.png"
 OPTIONAL_PLOTS = {  # written by other commands into the same folder; report.md shows them when present
     "pareto.png": "Pareto front (`mpq pareto`): measured quality against size",
-    "proxy-fidelity.png": "Proxy fidelity: predicted Ω against measured KL (reports/bench_proxy.py)",
+    PROXY_PLOT: "Proxy fidelity: predicted Ω against measured KL (`mpq search --proxy-check N`)",
 }
 
 
@@ -226,7 +262,7 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
         + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
         + "; "
-        f"{max(s.probes for s in sensitivity.layers.values())} {'Hutchinson probes' if sensitivity.metric == 'hessian' else 'probes/samples/iterations'} (stopped by {sensitivity.stop_reason})"
+        f"{_probes_text(sensitivity)} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
         f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
@@ -247,8 +283,11 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         "![layers](layers.png)",
         "",
     ]
+    if report.proxy is not None:
+        parts += ["## Does Ω predict?", "", report.proxy.summary() + " (`--proxy-check`).", "", f"![{PROXY_PLOT}]({PROXY_PLOT})", ""]
     for name in plots:
-        parts += [f"{OPTIONAL_PLOTS[name]}:", "", f"![{name}]({name})", ""]
+        if not (name == PROXY_PLOT and report.proxy is not None):
+            parts += [f"{OPTIONAL_PLOTS[name]}:", "", f"![{name}]({name})", ""]
     parts += [
         "## Layers",
         "",
@@ -275,10 +314,13 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
 
 
 def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report) -> list[Path]:
-    """plan.json, report.json, report.md and layers.png, each written atomically."""
+    """plan.json, report.json, report.md and layers.png (and the proxy check's plot), each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "plan.json", out_dir / "report.json", out_dir / "report.md", out_dir / "layers.png"]
     plot_layers(sensitivity, plan, paths[3])
+    if report.proxy is not None:
+        paths.append(out_dir / PROXY_PLOT)
+        plot_proxy(report.proxy, paths[-1])
     plots = tuple(name for name in OPTIONAL_PLOTS if (out_dir / name).exists())
     write_text_atomic(paths[2], markdown_report(sensitivity, plan, report, plots))
     write_json_atomic(paths[1], report.to_json())

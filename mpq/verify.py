@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ from mpq.plan import LayerPlan, Plan
 from mpq.quant import MinMaxObserver
 from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer, plan_quantizer
 from mpq.sqnr import LayerSqnr, layer_sqnr
+
+if TYPE_CHECKING:
+    from mpq.proxy import ProxyCheck
 
 EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
@@ -76,6 +80,7 @@ class Report:
     layer_sqnr: list[LayerSqnr] = field(default_factory=list)
     latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
     quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
+    proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.proxy)
 
     def to_json(self) -> dict:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
@@ -95,7 +100,7 @@ class Report:
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
             "quantizer": self.quantizer.to_json(),
-        } | predicted
+        } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {})
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:

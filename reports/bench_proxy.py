@@ -3,9 +3,8 @@
 Run:  python reports/bench_proxy.py [--plans 20] [--probes 16] [--quantizer PRESET] [--cache-dir DIR]
 Writes reports/proxy_fidelity.md and reports/proxy-fidelity.png.
 
-Random plans: widths drawn uniformly from 4-8 per layer (seeded), then repaired one layer at a time
-(a random wider layer one bit narrower while over 4 MB; a random narrower layer one bit wider, if it
-still fits, while under 3.5 MB), so every plan lies in [3.5 MB, 4 MB] like the optimal one. For each
+Random plans: mpq.proxy.random_plan (as `mpq search --proxy-check`): widths drawn uniformly from 4-8 per
+layer (seeded), repaired into [3.5 MB, 4 MB] like the optimal one. For each
 plan and the optimal plan: the predicted total Omega (trace margin 0 and 2), the plain weight error
 sum_l ||Q_b(W_l) - W_l||^2 / n_l (no trace: a control), and the measured KL(FP32 || q) and agreement
 with FP32 (200 views, the quantizer preset given; default: mpq's default). Spearman rank correlations
@@ -23,39 +22,17 @@ from scipy.stats import pearsonr, spearmanr
 
 import mpq
 from mpq.cache import Cache, default_cache_dir
-from mpq.cost import model_costs
 from mpq.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
+from mpq.proxy import random_plan
 from mpq.quantizer import resolve_quantizer
 from mpq.verify import fp32_reference, measure_plan, plan_calibration
 
 HERE = Path(__file__).parent
 BATCH = 25
 MAX_SECONDS = 5000  # as in bench_quantizers.py: the cached sensitivity's setting (it stopped at max_probes)
-BUDGET, FLOOR = 4_000_000, 3_500_000
 WIDTHS = (4, 5, 6, 7, 8)
-
-
-def size_bytes(prepared, widths: dict[str, int]) -> float:
-    choices = {n: LayerPlan(b, 8).choice for n, b in widths.items()}
-    return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes)["size_bytes"]
-
-
-def random_plan(prepared, rng: np.random.Generator) -> dict[str, int]:
-    names = [layer.name for layer in prepared.graph.layers]
-    widths = {n: int(rng.choice(WIDTHS)) for n in names}
-    while size_bytes(prepared, widths) > BUDGET:
-        n = rng.choice([n for n in names if widths[n] > WIDTHS[0]])
-        widths[n] -= 1
-    for _ in range(10 * len(names)):
-        if size_bytes(prepared, widths) >= FLOOR:
-            break
-        n = rng.choice([n for n in names if widths[n] < WIDTHS[-1]])
-        widths[n] += 1
-        if size_bytes(prepared, widths) > BUDGET:
-            widths[n] -= 1
-    return widths
 
 
 def omega(sens, widths: dict[str, int], margin: float) -> float:
@@ -116,7 +93,7 @@ def main() -> None:
     calibration = plan_calibration(prepared, optimal, data, reference, BATCH, cache, quantizer)
     rng = np.random.default_rng(args.seed)
     plans = [("optimal", {n: lp.weight_bits for n, lp in optimal.layers.items()}), ("uniform", {n: 6 for n in optimal.layers})]
-    plans += [("random", random_plan(prepared, rng)) for _ in range(args.plans)]
+    plans += [("random", {n: lp.weight_bits for n, lp in random_plan(prepared, optimal, WIDTHS, rng).layers.items()}) for _ in range(args.plans)]
     rows = []
     for i, (kind, widths) in enumerate(plans):
         plan = Plan(layers={n: LayerPlan(b, 8) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
@@ -153,7 +130,7 @@ def main() -> None:
         f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations, Hessian traces from "
         f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
         f"at most {args.probes}). {len(randoms)} random plans "
-        f"(widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
+        f"(mpq.proxy.random_plan: widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
         f"{min(r['size'] for r in randoms):,}-{max(r['size'] for r in randoms):,} B), mpq's 4 MB plan and uniform W6A8: "
         f"{len(rows)} plans in all. {sum(s.hessian_trace <= 2 * s.hessian_trace_stderr for s in sens.layers.values())} of the "
         f"{len(sens.layers)} layer traces lie within two standard errors of 0.",
