@@ -17,7 +17,7 @@ mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -29,7 +29,7 @@ from mpq.cache import Cache, default_cache_dir
 from mpq.channels import build_channel_problem, channel_omega, check_granularity, layer_plans
 from mpq.cost import Choice, layer_costs
 from mpq.data import Dataset
-from mpq.errors import MpqError
+from mpq.errors import BudgetInfeasible, MpqError
 from mpq.graph import LayerInfo, PreparedModel, module_calls_visible, prepare_model
 from mpq.latency import coverage_note, covered_choices, latency_from_settings, latency_model
 from mpq.losses import resolve_loss
@@ -301,7 +301,7 @@ def solve(
             raise MpqError("latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model")
         omega = channel_omega(sensitivity, trace_margin)
         channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, channel_group, pins, sensitivity.act_tie_groups)
-        solution, reduction = solve_presolved(channel_problem.problem)
+        solution, reduction = solve_presolved(channel_problem.problem, time_limit_s, solver)
         layers = layer_plans(channel_problem, solution)
         channel_settings = {
             "width_granularity": "channel",
@@ -424,6 +424,37 @@ class SearchResult:
     report: Report
 
 
+def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets: list[Budget], solve_within) -> Plan:
+    """The plan `solve_within(budgets)` gives, solved again with the size budget lowered by the packed file's
+    header (mpq.export.packed_file) until tensors and header together fit it: the file `mpq export` writes
+    then fits the budget. plan.budgets stay the user's; settings["container_reserve_bytes"] says what was kept."""
+    plan = solve_within(budgets)
+    sizes = [b for b in budgets if b.kind == "size_bytes"]
+    if not sizes:
+        return plan
+    limit, reserve = min(b.limit for b in sizes), 0
+    for _ in range(4):
+        over = plan.predicted["size_bytes"] + _container_bytes(prepared, data, plan) - limit
+        if over <= 0:
+            break
+        try:
+            tighter = solve_within([replace(b, limit=b.limit - reserve - int(over)) if b.kind == "size_bytes" else b for b in budgets])
+        except BudgetInfeasible:  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
+            break
+        plan, reserve = tighter, reserve + int(over)
+    return replace(plan, budgets=list(budgets), settings={**plan.settings, "container_reserve_bytes": reserve})
+
+
+def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
+    """The packed file's header for this plan: its tensors' names and shapes do not depend on the data's values."""
+    from mpq.export.packed import pack_model
+    from mpq.export.packed_file import container_bytes
+    from mpq.quant import ActQuantParams
+
+    acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
+    return container_bytes(pack_model(prepared.folded, plan, acts), prepared.fingerprint, tuple(data.x.shape[1:]))
+
+
 def search(
     model,
     data,
@@ -480,7 +511,8 @@ def search(
     activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
     sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
     t1 = time.perf_counter()
-    plan = solve(sensitivity, budgets, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)
+    solve_within = lambda b: solve(sensitivity, b, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)  # noqa: E731
+    plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
     report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
     t3 = time.perf_counter()

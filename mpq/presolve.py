@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, replace
 
 from mpq.cost import Choice
+from mpq.milp import DEFAULT_SOLVER
 from mpq.solver import Problem, Solution, check_feasible, solve_problem, total_costs
 
 RELATIVE_TOLERANCE = 1e-9  # a choice is dropped only when its reduced cost exceeds the gap by this much (relative)
@@ -131,21 +132,26 @@ def lagrangian_reduction(problem: Problem) -> Reduction | None:
     return Reduction(reduced, fixed, lower_bound, incumbent, mu, dropped)
 
 
-def solve_presolved(problem: Problem, time_limit_s: float | None = None) -> tuple[Solution, Reduction | None]:
-    """solve_problem's answer (proven optimal), with the Lagrangian reduction applied first where it applies;
-    also the reduction (None where it did not apply)."""
+def solve_presolved(problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER) -> tuple[Solution, Reduction | None]:
+    """solve_problem's answer (proven optimal unless `time_limit_s` stops `solver` first), with the Lagrangian
+    reduction applied first where it applies; also the reduction (None where it did not apply)."""
     check_feasible(problem)
     start = time.perf_counter()
     reduction = lagrangian_reduction(problem)
     if reduction is None:
-        return solve_problem(problem, time_limit_s), None
+        return solve_problem(problem, time_limit_s, solver), None
     choices = dict(reduction.fixed)
+    rest = None
     if reduction.problem.layers:
-        choices.update(solve_problem(reduction.problem, time_limit_s).choices)
+        rest = solve_problem(reduction.problem, time_limit_s, solver)
+        choices.update(rest.choices)
     choices = {u: choices[u] for u in problem.layers}
     costs = total_costs(problem, choices)
     for budget in problem.budgets:
         if costs[budget.kind] > budget.limit:
             raise RuntimeError(f"the reduced program returned a plan over budget {budget.text}: {costs[budget.kind]}")
     objective = sum(problem.omega[u][c] for u, c in choices.items())
-    return Solution(choices=choices, objective=objective, costs=costs, status="Optimal", seconds=time.perf_counter() - start), reduction
+    solved = Solution(choices=choices, objective=objective, costs=costs, status="Optimal", seconds=time.perf_counter() - start, solver=solver, time_limit_s=time_limit_s)
+    if rest is not None:  # the reduced program's solver status stands for the whole (the fixed units are exact)
+        solved = replace(solved, status=rest.status, proven_optimal=rest.proven_optimal, gap=rest.gap)
+    return solved, reduction

@@ -91,7 +91,8 @@ def resnet50_layers() -> list[LayerInfo]:
     return layers
 
 
-def synthetic_resnet50(cbc_limit: float) -> tuple[str, dict]:
+def synthetic_resnet50_problem():
+    """(description, problem): ResNet50's layers, per-channel traces drawn lognormal (seeded), 4 widths, 5 bits average."""
     layers = resnet50_layers()
     channels, params = sum(l.out_channels for l in layers), sum(l.params for l in layers)
     rng = np.random.default_rng(0)
@@ -100,9 +101,13 @@ def synthetic_resnet50(cbc_limit: float) -> tuple[str, dict]:
     budget = parse_budget(f"{int(params * 5 / 8 + 8 * channels + 8 * len(layers))}B")
     with Clock() as build:
         problem = build_channel_problem(layers, 0, [budget], (2, 4, 6, 8), (8,), omega, 1).problem
-    row = solve_both(problem, cbc_limit)
     text = f"{len(layers)} layers, {channels:,} output channels, {params:,} weights; budget {budget.text}; building the program {build.wall:.1f} s"
-    return text, row
+    return text, problem
+
+
+def synthetic_resnet50(cbc_limit: float) -> tuple[str, dict]:
+    text, problem = synthetic_resnet50_problem()
+    return text, solve_both(problem, cbc_limit)
 
 
 def table(rows: list[tuple[str, dict]], cbc_limit: float) -> list[str]:

@@ -81,13 +81,14 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantizer", default="default", help="quantizer preset (mpq.quantizer.PRESETS)")
+    parser.add_argument("--loss", default=None, help="the sensitivity loss (mpq.losses: labels, fp32, kl ...; default: labels)")
     parser.add_argument("--cache-dir", default=str(default_cache_dir()))
     args = parser.parse_args()
     cache = Cache(Path(args.cache_dir))
     model, data = build_model(), load_views()
     prepared = prepare_model(model, data.x[:2])
     quantizer = resolve_quantizer(args.quantizer)
-    sens = mpq.analyze(prepared, data, max_probes=args.probes, max_seconds=MAX_SECONDS, cache_dir=args.cache_dir, progress=False, quantizer=quantizer)
+    sens = mpq.analyze(prepared, data, max_probes=args.probes, max_seconds=MAX_SECONDS, cache_dir=args.cache_dir, progress=False, quantizer=quantizer, loss=args.loss)
     optimal = mpq.solve(sens, "4MB")
     reference = fp32_reference(prepared, data, BATCH, cache)
     calibration = plan_calibration(prepared, optimal, data, reference, BATCH, cache, quantizer)
@@ -112,7 +113,8 @@ def main() -> None:
     randoms = [r for r in rows if r["kind"] == "random"]
     rho_random = spearmanr([r["omega2"] for r in randoms], [r["kl"] for r in randoms])[0]
     opt = rows[0]
-    plot(rows, HERE / "proxy-fidelity.png")
+    suffix = f"-{args.loss}" if args.loss else ""
+    plot(rows, HERE / f"proxy-fidelity{suffix}.png")
     names = {
         "omega2": "Ω, trace margin 2 (the default)",
         "omega0": "Ω, trace margin 0 (plain HAWQ-V2)",
@@ -126,7 +128,8 @@ def main() -> None:
     lines = [
         "# Proxy fidelity: does Ω predict the measured damage?",
         "",
-        f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer}`: EfficientNet-Lite0, 200 views, "
+        f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer}"
+        + (f" --loss {args.loss}" if args.loss else "") + f"`: EfficientNet-Lite0, 200 views, sensitivity loss {sens.loss}, "
         f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations, Hessian traces from "
         f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
         f"at most {args.probes}). {len(randoms)} random plans "
@@ -147,7 +150,7 @@ def main() -> None:
         f"{max(r['kl'] for r in randoms):.4f}, agreement {100 * min(r['agreement'] for r in randoms):.1f}-{100 * max(r['agreement'] for r in randoms):.1f}%. "
         f"Over the random plans alone (without mpq's plan and W6A8), Spearman ρ(Ω margin 2, KL) = {rho_random:.3f}.",
         "",
-        "![Ω against KL](proxy-fidelity.png)",
+        f"![Ω against KL](proxy-fidelity{suffix}.png)",
         "",
         "| plan | size (B) | mean bits | Ω margin 2 | Ω margin 0 | Σ‖Q(W)−W‖²/n | KL | agreement | top-1 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -157,7 +160,7 @@ def main() -> None:
             f"| {r['kind']} | {r['size']:,} | {r['mean_bits']:.2f} | {r['omega2']:.4g} | {r['omega0']:.4g} | {r['werr']:.4g} | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% |"
         )
     lines.append("")
-    (HERE / "proxy_fidelity.md").write_text("\n".join(lines))
+    (HERE / f"proxy_fidelity{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

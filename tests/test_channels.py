@@ -291,3 +291,11 @@ def test_cli_search_with_channel_granularity_writes_channel_bits(tmp_path, capsy
     assert report["measured"]["size_bytes"] == plan["predicted"]["size_bytes"] <= 290
     status, _, err = run_cli(capsys, *args[:-1], "0")
     assert status == 2 and err.startswith("mpq: error: channel group 0 must be a whole number")
+
+
+def test_per_channel_plans_use_the_chosen_solver(tiny_setup, channel_plan):
+    _, _, sensitivity = tiny_setup
+    budget = channel_plan.budgets[0].text
+    cbc = mpq.solve(sensitivity, budget, bits=BITS, granularity="channel", channel_group=2, solver="cbc")
+    assert channel_plan.solver["name"] == "highs" and cbc.solver["name"] == "cbc" and cbc.solver["proven_optimal"]
+    assert cbc.predicted["omega"] == pytest.approx(channel_plan.predicted["omega"], rel=1e-9)

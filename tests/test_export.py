@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+import mpq
+
 from mpq.cost import Choice, model_costs
 from mpq.export.packed import pack_bits, pack_model, unpack_bits, unpack_model
 from mpq.graph import prepare_model
@@ -82,3 +84,21 @@ def test_integer_layers_give_the_same_bits_at_any_batch_size_and_accumulator(tin
     assert wide.conv1.weight.dtype == torch.float64
     with torch.inference_mode():
         assert torch.equal(whole, one_by_one) and torch.equal(whole, wide(x))
+
+
+def test_search_leaves_room_for_the_packed_files_header(tmp_path):
+    from mpq.export.packed_file import read_packed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    data = (torch.randn(32, 64, generator=torch.Generator().manual_seed(1)), torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2)))
+    options = dict(bits=(2, 4, 8), max_probes=4, cache_dir=False, progress=False)
+    loose = mpq.search(model, data, "1MB", **options)
+    assert loose.plan.settings["container_reserve_bytes"] == 0  # W8 everywhere and its header fit anyway
+    full = loose.plan.predicted["size_bytes"]
+    budget = f"{full + 40}B"  # the tensors of W8 fit, the header (hundreds of bytes) does not
+    result = mpq.search(model, data, budget, **options)
+    assert result.plan.settings["container_reserve_bytes"] > 0 and result.plan.budgets[0].text == budget
+    written = mpq.export_plan(model, result.plan, data, tmp_path / "t.mpqpack", cache_dir=False)
+    assert written.file_bytes == (tmp_path / "t.mpqpack").stat().st_size <= full + 40
+    assert read_packed(tmp_path / "t.mpqpack").tensor_bytes == result.plan.predicted["size_bytes"]

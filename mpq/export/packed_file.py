@@ -64,6 +64,16 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 def encode_packed(packed: PackedModel, model_fingerprint: str, input_shape: tuple[int, ...]) -> tuple[bytes, int]:
     """The file's bytes and its header length (12 + H)."""
+    prefix = _prefix(packed, model_fingerprint, input_shape)
+    return prefix + b"".join(_tensor_bytes(t) for t in packed.tensors.values()), len(prefix)
+
+
+def container_bytes(packed: PackedModel, model_fingerprint: str, input_shape: tuple[int, ...]) -> int:
+    """12 + H: the bytes of the file that are not tensor data."""
+    return len(_prefix(packed, model_fingerprint, input_shape))
+
+
+def _prefix(packed: PackedModel, model_fingerprint: str, input_shape: tuple[int, ...]) -> bytes:
     header = {
         "format": FORMAT,
         "model_fingerprint": model_fingerprint,
@@ -72,8 +82,7 @@ def encode_packed(packed: PackedModel, model_fingerprint: str, input_shape: tupl
         "tensors": [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in packed.tensors.items()],
     }
     compressed = zlib.compress(json.dumps(header, separators=(",", ":")).encode("utf-8"), 9)
-    prefix = MAGIC + struct.pack("<I", len(compressed)) + compressed
-    return prefix + b"".join(_tensor_bytes(t) for t in packed.tensors.values()), len(prefix)
+    return MAGIC + struct.pack("<I", len(compressed)) + compressed
 
 
 def save_packed(packed: PackedModel, path: "str | Path", model_fingerprint: str, input_shape: tuple[int, ...]) -> PackedFile:
