@@ -37,3 +37,10 @@ def tiny_data():
     x = torch.randn(24, 2, 6, 6, generator=generator)
     y = torch.randint(0, 4, (24,), generator=generator)
     return x, y
+
+
+@pytest.fixture(scope="session")
+def default_model_cache(tmp_path_factory):
+    """One mpq cache for the slow tests of the default model: the first to run (test_end_to_end, cold)
+    computes the 8-probe sensitivity and measurements, the export tests read them back."""
+    return tmp_path_factory.mktemp("default-model-cache")

@@ -15,9 +15,9 @@ BATCH = 25
 
 
 @pytest.fixture(scope="module")
-def plan4(pytestconfig):
-    """The 4 MB plan (8 probes; sensitivity cached in pytest's cache folder) and the evaluator's logits."""
-    cache_dir = pytestconfig.cache.mkdir("mpq-export-default-model")
+def plan4(default_model_cache):
+    """The 4 MB plan (8 probes; sensitivity cached with test_end_to_end's when both run) and the evaluator's logits."""
+    cache_dir = default_model_cache
     model, data = build_model(), load_views()
     result = mpq.search(model, data, "4MB", max_probes=8, cache_dir=cache_dir, progress=False)
     prepared = prepare_model(model, data.x[:2])
