@@ -41,9 +41,10 @@ def test_interrupted_run_resumes_from_saved_probes_and_matches_an_uninterrupted_
     deadline = time.monotonic() + 60
     while saved_probes(cache) < 5 and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.02)
+    seen = saved_probes(cache)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    assert run.returncode == 130, (seen, err)
     assert "interrupted" in err
     kept = saved_probes(cache)
     assert 5 <= kept < PROBES

@@ -93,8 +93,8 @@ def mlp(width: int = 8, depth: int = 2, bias: bool = True) -> MLP:
 
 
 def slow_cross_entropy(output, target):
-    """Cross-entropy that takes 40 ms, so that a run can be interrupted in the middle."""
-    time.sleep(0.04)
+    """Cross-entropy that takes 100 ms, so that a run can be interrupted in the middle."""
+    time.sleep(0.1)
     return F.cross_entropy(output, target)
 
 
