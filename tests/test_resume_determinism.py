@@ -37,7 +37,10 @@ def saved_probes(cache: Path) -> int:
 
 def test_interrupted_run_resumes_from_saved_probes_and_matches_an_uninterrupted_run(tmp_path):
     data, cache = mlp_data(tmp_path / "d.npz", n=40), tmp_path / "cache"
-    run = subprocess.Popen(sensitivity_command(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a test run started in the background (`cmd &` in a script) inherits
+    # it ignored, and Python then never raises KeyboardInterrupt
+    run = subprocess.Popen(sensitivity_command(data, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while saved_probes(cache) < 5 and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.02)
