@@ -179,7 +179,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probing", choices=("per-layer", "all-layers"), default="per-layer", help="per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (default; far less variance, reports/hessian.md); all-layers: one product per probe for every layer")
     p.add_argument("--chunk-size", type=int, default=0, help="samples per chunk of a probe's batch, to bound memory (default 0: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
-    p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized)")
+    p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse", "kl_quadratic"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -284,13 +284,19 @@ def _analyze_options(args) -> dict:
 
 
 def _writable_folder(path: str) -> Path:
+    """The output folder, checked before any work but created only when something is written into it
+    (a run that fails leaves no folder behind)."""
     out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MpqError(f"cannot create output folder {out}: {exc.strerror}; choose another with --out") from None
-    if not os.access(out, os.W_OK):
-        raise MpqError(f"output folder {out} is not writable; choose another with --out")
+    if out.exists() and not out.is_dir():
+        raise MpqError(f"output folder {out} is a file; choose another with --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MpqError(f"cannot create output folder {out}: {existing} is not a writable folder; choose another with --out")
+    return out
+
+
+def _created(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -351,7 +357,7 @@ def run_solve(args) -> int:
     problem = read_table(args.table, budgets)
     problem.keep = resolve_keep(problem.layers, **pins)
     solution = solve_problem(problem, args.time_limit, args.solver)
-    plan_from_solution(args.table, problem, solution).save(out / "plan.json")
+    plan_from_solution(args.table, problem, solution).save(_created(out) / "plan.json")
     print(solution_table(problem, solution))
     print()
     print(f"wrote {out / 'plan.json'}")
@@ -371,6 +377,7 @@ def run_sensitivity(args) -> int:
     if not Ranks.current().is_main:
         return 0  # under torchrun, rank 0 prints and plots
     if plot is not None:
+        _created(plot.parent)
         plot_sensitivity(sensitivity, plot)
     if args.json:
         print(json.dumps(sensitivity.to_json(), indent=1))
@@ -391,7 +398,7 @@ def run_verify(args) -> int:
     out = _writable_folder(args.out)
     model, data = _load_inputs(args)
     report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=_latency(args), quantizer=_quantizer(args, True))
-    write_json_atomic(out / "report.json", report.to_json())
+    write_json_atomic(_created(out) / "report.json", report.to_json())
     print(comparison_table(report))
     print(f"\nwrote {out / 'report.json'}")
     return 0

@@ -2,7 +2,8 @@
 
 Other metrics (`metric=`, mpq.sensitivity.metrics) put another trace-like number T_l in place of
 Tr(H_l) (the empirical Fisher's trace, or n_l times the block's top eigenvalue), or measure Omega
-directly (output_mse, mpq.sensitivity.output_error). With `activations=True`, each layer's input gets
+directly (output_mse, mpq.sensitivity.output_error), or take the second-order term of the KL divergence
+in the layer's actual quantization error (kl_quadratic, mpq.sensitivity.kl_quadratic). With `activations=True`, each layer's input gets
 the same treatment (mpq.sensitivity.activation): Omega of a (weight, act) choice adds Omega_act(a).
 """
 
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpq.cache import Cache
-from mpq.calibration import weight_clip_ratios
+from mpq.calibration import bias_shifts, weight_clip_ratios
 from mpq.data import Dataset
+from mpq.errors import MpqError
 from mpq.distributed import Ranks
 from mpq.graph import LayerInfo, PreparedModel
 from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
@@ -26,6 +28,7 @@ from mpq.losses import Loss, resolve_loss
 from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
 from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
 
 
@@ -50,7 +53,9 @@ class LayerSensitivity:
     channel_trace_stderr: np.ndarray
     channel_quant_error: dict[int, np.ndarray] = field(repr=False)
     metric: str = "hessian"
-    measured_omega: dict[int, float] | None = None  # output_mse: Omega(b) measured
+    measured_omega: dict[int, float] | None = None  # output_mse, kl_quadratic: Omega(b) itself
+    measured_stderr: dict[int, float] | None = None  # kl_quadratic: the standard error of Omega(b)
+    channel_measured_omega: dict[int, np.ndarray] | None = field(default=None, repr=False)  # kl_quadratic: per channel
     details: dict = field(default_factory=dict)  # the metric's own fields, as written to JSON
     activation: ActivationSensitivity | None = None  # the input's sensitivity, when analyzed
 
@@ -60,13 +65,18 @@ class LayerSensitivity:
         return max(self.hessian_trace + margin * self.hessian_trace_stderr, 0.0)
 
     def omega(self, bits: int, margin: float = 0.0) -> float:
-        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace` (output_mse: measured)."""
+        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace` (output_mse: measured;
+        kl_quadratic: the estimate bounded the same way, max(Omega + margin * stderr, 0))."""
         if self.measured_omega is not None:
-            return self.measured_omega[bits]
+            stderr = self.measured_stderr[bits] if self.measured_stderr is not None else 0.0
+            return max(self.measured_omega[bits] + margin * stderr, 0.0)
         return self.bounded_trace(margin) / self.layer.params * self.quant_error[bits]
 
     def channel_omega(self, bits: int, margin: float = 0.0) -> np.ndarray:
-        """Per output channel c: max(Tr(H_c) + margin * stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2, n_c = params / channels."""
+        """Per output channel c: max(Tr(H_c) + margin * stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2, n_c = params / channels
+        (kl_quadratic: the channel's own second-order term, no margin)."""
+        if self.channel_measured_omega is not None:
+            return self.channel_measured_omega[bits]
         trace = np.maximum(self.channel_trace + margin * self.channel_trace_stderr, 0.0)
         return trace / (self.layer.params / self.layer.out_channels) * self.channel_quant_error[bits]
     def act_omega(self, act_bits: int | None, margin: float = 0.0) -> float:
@@ -199,6 +209,27 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
     return [{int(b): OutputError(*pair) for b, pair in errors.items()} for errors in cached]
 
 
+def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
+    """The kl_quadratic estimate for the quantizer's weights (clipping, bias correction), cached."""
+    names = key["layers"]
+    full_key = {**key, "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
+    cached = cache.load("kl-quadratic", full_key)
+    if cached is None:
+        ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
+        shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
+        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress)
+        cached = {
+            "omega": result.omega, "stderr": result.stderr, "samples": result.samples, "draws": result.draws, "seconds": result.seconds,
+            "channel_omega": {n: {b: c.tolist() for b, c in per_width.items()} for n, per_width in result.channel_omega.items()},
+        }
+        cache.save("kl-quadratic", full_key, cached)
+    per_width = lambda table, cast: {n: {int(b): cast(v) for b, v in t.items()} for n, t in table.items()}  # noqa: E731
+    return KlQuadratic(
+        omega=per_width(cached["omega"], float), stderr=per_width(cached["stderr"], float),
+        channel_omega=per_width(cached["channel_omega"], np.asarray), samples=cached["samples"], draws=cached["draws"], seconds=cached["seconds"],
+    )
+
+
 def _measured_fields(errors: dict[int, OutputError]) -> tuple[dict[int, float], dict]:
     mse = {b: e.mse for b, e in errors.items()}
     return mse, {"output_mse": {str(b): v for b, v in mse.items()}, "output_sqnr_db": {str(b): _finite(e.sqnr_db) for b, e in errors.items()}}
@@ -264,7 +295,9 @@ def analyze_prepared(
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
     check_metric(metric)
-    loss = loss or resolve_loss(None, data.y is not None)
+    if metric == "kl_quadratic" and activations:
+        raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
+    loss = resolve_loss("kl", data.y is not None) if metric == "kl_quadratic" else (loss or resolve_loss(None, data.y is not None))
     names = [layer.name for layer in prepared.graph.layers]
     key = {
         "model": prepared.fingerprint,
@@ -276,24 +309,37 @@ def analyze_prepared(
     }
     targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
     nan = float("nan")
-    if metric == "output_mse":
+    no_traces = lambda seconds, reason: HessianTraces(  # noqa: E731
+        layer_names=names, trace=np.full(len(names), nan), stderr=np.full(len(names), nan), probes=0,
+        channel_trace=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
+        channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
+        seconds=seconds, stop_reason=reason,
+    )
+    quadratic = None
+    if metric == "kl_quadratic":
+        quadratic = _cached_kl_quadratic(prepared, data, quantizer, key, settings, cache, progress)
+        traces, details, from_cache = no_traces(quadratic.seconds, "measured"), {}, False
+    elif metric == "output_mse":
         started = time.perf_counter()
         measure = lambda: [weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress)[n] for n in names]  # noqa: E731
         measured = _cached_output_errors(cache, {**key, "bits": list(ALL_BITS)}, measure)
-        traces = HessianTraces(
-            layer_names=names, trace=np.full(len(names), nan), stderr=np.full(len(names), nan), probes=0,
-            channel_trace=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
-            channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
-            seconds=time.perf_counter() - started, stop_reason="measured",
-        )
-        details, from_cache = {}, False
+        traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
     errors = channel_error_table(prepared.folded, names, clip_ratios=weight_clip_ratios(prepared, quantizer.weight_clip, cache))
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
-        measured_omega, fields = _measured_fields(measured[i]) if metric == "output_mse" else (None, _per_layer(details, i))
+        measured_omega, measured_stderr, channel_measured = None, None, None
+        if metric == "output_mse":
+            measured_omega, fields = _measured_fields(measured[i])
+        elif quadratic is not None:
+            measured_omega, measured_stderr = quadratic.omega[layer.name], quadratic.stderr[layer.name]
+            channel_measured = quadratic.channel_omega[layer.name]
+            fields = {"kl_quadratic": {str(b): v for b, v in measured_omega.items()}, "kl_quadratic_stderr": {str(b): v for b, v in measured_stderr.items()},
+                      "samples": quadratic.samples, "draws": quadratic.draws}
+        else:
+            fields = _per_layer(details, i)
         layers[layer.name] = LayerSensitivity(
             layer=layer,
             hessian_trace=float(traces.trace[i]),
@@ -305,6 +351,8 @@ def analyze_prepared(
             channel_quant_error=errors[layer.name],
             metric=metric,
             measured_omega=measured_omega,
+            measured_stderr=measured_stderr,
+            channel_measured_omega=channel_measured,
             details=fields,
             activation=inputs.get(layer.name),
         )

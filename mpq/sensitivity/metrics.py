@@ -17,7 +17,8 @@
                 Its "standard error" is n_l · |λ_k − λ_{k−1}|, the last change (a convergence measure).
 
 Per output channel c the same with the channel's n_{l,c} weights (for eigenvalue: n_{l,c} · λ_max).
-The fourth metric, output_mse, is measured, not a curvature: mpq.sensitivity.output_error.
+The fourth metric, output_mse, is measured, not a curvature: mpq.sensitivity.output_error. The fifth,
+kl_quadratic, takes the curvature in the layer's actual quantization error: mpq.sensitivity.kl_quadratic.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from mpq.errors import MpqError
 from mpq.graph import module_calls_visible
 from mpq.sensitivity.hessian import Checkpoint, HessianTraces, ProbeSettings, RunningSums, _stderr, hutchinson_traces
 
-METRICS = ("hessian", "fisher", "eigenvalue", "output_mse")
+METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "kl_quadratic")
+CHECKED_BITS = 4  # kl_quadratic: the width whose estimate the tolerance warning looks at
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -207,6 +209,9 @@ def estimate_warning(metric: str, trace: float, stderr: float, tol: float, detai
     """Why an estimate is not to be trusted, or None."""
     if metric == "output_mse":
         return None
+    if metric == "kl_quadratic":
+        omega, stderr = details["kl_quadratic"][str(CHECKED_BITS)], details["kl_quadratic_stderr"][str(CHECKED_BITS)]
+        return f"relative stderr {stderr / omega:.0%} at W{CHECKED_BITS} above tolerance" if omega > 0 and stderr > tol * omega else None
     if metric == "eigenvalue":
         eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
         if eigenvalue <= 0:
