@@ -151,7 +151,8 @@ def analyze(
 
     `metric`: "hessian" (Hutchinson traces), "fisher" (empirical Fisher trace, exact over the data),
     "eigenvalue" (top eigenvalue of each layer's Hessian block; Omega = lambda_max * ||Q_b(W) - W||^2) or
-    "output_mse" (measured: the model output's MSE to FP32 with only that layer quantized) or
+    "output_mse" (measured: the model output's MSE to FP32 with only that layer quantized), "output_kl"
+    (measured: KL(FP32 || q) with only that layer quantized, by the quantizer's weights and bias) or
     "kl_quadratic" (Omega_l(b) = 1/2 E[delta^T M delta], the second-order KL to FP32 in the layer's actual
     quantization error, clipping and bias correction included; weights only); see mpq.sensitivity.metrics. `activations`: also each layer's input (the curvature with respect to
     it under the same metric, and the quantization error of the verifier's activation quantizer),

@@ -21,7 +21,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-METRIC_LABELS = {"hessian": "Tr(H)", "fisher": "Tr(F)", "eigenvalue": "λ_max", "output_mse": "output MSE at W4", "kl_quadratic": "½δᵀMδ at W4"}
+METRIC_LABELS = {"hessian": "Tr(H)", "fisher": "Tr(F)", "eigenvalue": "λ_max", "output_mse": "output MSE at W4", "output_kl": "output KL at W4", "kl_quadratic": "½δᵀMδ at W4"}
 CHART_BITS = 4  # the width whose measured output MSE the output_mse chart and table show
 
 
@@ -31,7 +31,7 @@ def metric_value(metric: str, trace: float, stderr: float, details: dict, measur
     MSE at CHART_BITS (output_mse, no error bar)."""
     if metric == "eigenvalue":
         return details["top_eigenvalue"], details["eigenvalue_change"]
-    if metric == "output_mse":
+    if metric in ("output_mse", "output_kl"):
         return measured[CHART_BITS], None
     if metric == "kl_quadratic":
         return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]

@@ -15,6 +15,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import mpq
+from mpq.cache import Cache
+from mpq.quantizer import Quantizer
+from mpq.calibration import calibrate
+from mpq.verify import fp32_reference
 from mpq.graph import LayerInfo, prepare_model
 from mpq.quant import MinMaxObserver, fake_quantize_weight
 from mpq.sensitivity import LayerSensitivity, Sensitivity
@@ -186,6 +190,26 @@ def test_output_mse_is_the_measured_output_error_of_quantizing_one_layer(tiny_mo
     assert layer.act_omega(None) == 0.0
     assert sens.layers["fc"].act_omega(4) == pytest.approx(float(F.mse_loss(output, reference)), rel=1e-6)
     assert sens.to_json()["layers"]["fc"]["hessian_trace"] is None
+
+
+def test_output_kl_is_the_measured_kl_of_quantizing_one_layer_with_the_plans_quantizer(tiny_model, tiny_data):
+    """output_kl: KL(FP32 ‖ q) with only conv2 quantized by the quantizer's clipped weights and corrected bias."""
+    x, y = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    quantizer = Quantizer(act_observer="minmax", weight_clip="mse", bias_correction=True)
+    sens = mpq.analyze(prepared, (x, y), metric="output_kl", cache_dir=False, progress=False, quantizer=quantizer)
+    calibration = calibrate(prepared, mpq.Dataset(x, y), fp32_reference(prepared, mpq.Dataset(x, y), 25, Cache(None)).input_ranges, quantizer)
+    folded = prepared.folded
+    widths = [3] * folded.conv2.weight.shape[0]
+    with torch.no_grad():
+        quantized = copy.deepcopy(folded)
+        quantized.conv2.weight.copy_(calibration.weight("conv2", folded.conv2.weight, widths).dequantize().reshape(folded.conv2.weight.shape))
+        quantized.conv2.bias.copy_(calibration.bias("conv2", folded.conv2.bias, widths))
+        assert not torch.equal(quantized.conv2.bias, folded.conv2.bias)  # bias correction moved it
+        kl = float(F.kl_div(F.log_softmax(quantized(x), 1), F.log_softmax(folded(x), 1), log_target=True, reduction="batchmean"))
+    layer = sens.layers["conv2"]
+    assert layer.omega(3) == pytest.approx(kl, rel=1e-3) and layer.details["output_kl"]["3"] == layer.omega(3)
+    assert layer.omega(3) > layer.omega(8) > 0
 
 
 def _layer(name: str) -> LayerInfo:

@@ -28,7 +28,7 @@ from mpq.losses import Loss, resolve_loss
 from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
 from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
-from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
 
 
@@ -204,9 +204,19 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
     """Measured output errors, one {bits: OutputError} per layer or input group, cached under `key`."""
     cached = cache.load("output-mse", key)
     if cached is None:
-        cached = [{str(b): [e.mse, e.sqnr_db] for b, e in errors.items()} for errors in measure()]
+        cached = [{str(b): [e.mse, e.sqnr_db, e.kl] for b, e in errors.items()} for errors in measure()]
         cache.save("output-mse", key, cached)
     return [{int(b): OutputError(*pair) for b, pair in errors.items()} for errors in cached]
+
+
+MEASURED = ("output_mse", "output_kl")  # the metrics that measure Omega with one layer quantized at a time
+
+
+def _quantizer_deltas(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, cache: Cache):
+    """layer -> {bits: {param: change}}: the quantizer's weights (clipping) and corrected bias (bias correction)."""
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
+    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
+    return lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name))
 
 
 def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
@@ -230,9 +240,10 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
     )
 
 
-def _measured_fields(errors: dict[int, OutputError]) -> tuple[dict[int, float], dict]:
-    mse = {b: e.mse for b, e in errors.items()}
-    return mse, {"output_mse": {str(b): v for b, v in mse.items()}, "output_sqnr_db": {str(b): _finite(e.sqnr_db) for b, e in errors.items()}}
+def _measured_fields(errors: dict[int, OutputError], metric: str) -> tuple[dict[int, float], dict]:
+    """(Omega per width: the output MSE or KL the metric names, the JSON fields)."""
+    omega = {b: (e.kl if metric == "output_kl" else e.mse) for b, e in errors.items()}
+    return omega, {metric: {str(b): v for b, v in omega.items()}, "output_sqnr_db": {str(b): _finite(e.sqnr_db) for b, e in errors.items()}}
 
 
 def _per_layer(details: dict[str, list], i: int) -> dict:
@@ -258,11 +269,11 @@ def _activation_sensitivities(
     errors = {n: {int(b): e for b, e in per_width.items()} for n, per_width in errors.items()}
     shapes = [prepared.graph.by_name[g[0]].input_shape for g in groups]
     act_key = {**key, "metric": metric, "inputs": groups}
-    if metric == "output_mse":
+    if metric in MEASURED:
         params = lambda name, bits: act_quant_params(ranges, name, bits)  # noqa: E731
         measured = _cached_output_errors(cache, {**act_key, "bits": list(ALL_BITS)}, lambda: input_output_errors(prepared.folded, groups, params, data.x, ALL_BITS, REFERENCE_BATCH))
         nan = float("nan")
-        estimates = [(nan, nan, 0, *_measured_fields(m)) for m in measured]
+        estimates = [(nan, nan, 0, *_measured_fields(m, metric)) for m in measured]
     else:
         with perturbed_inputs(prepared.folded, groups, shapes) as wrapper:
             traces, details, _ = _cached_curvature("inputs", act_key, metric, wrapper, wrapper.names, data, targets, settings, cache, progress, loss)
@@ -319,10 +330,12 @@ def analyze_prepared(
     if metric == "kl_quadratic":
         quadratic = _cached_kl_quadratic(prepared, data, quantizer, key, settings, cache, progress)
         traces, details, from_cache = no_traces(quadratic.seconds, "measured"), {}, False
-    elif metric == "output_mse":
+    elif metric in MEASURED:
         started = time.perf_counter()
-        measure = lambda: [weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress)[n] for n in names]  # noqa: E731
-        measured = _cached_output_errors(cache, {**key, "bits": list(ALL_BITS)}, measure)
+        deltas = None if metric == "output_mse" else _quantizer_deltas(prepared, data, quantizer, cache)
+        measure = lambda: [weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)[n] for n in names]  # noqa: E731
+        quantizer_key = {} if metric == "output_mse" else {"quantizer": quantizer.to_json()}
+        measured = _cached_output_errors(cache, {**key, **quantizer_key, "bits": list(ALL_BITS)}, measure)
         traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
@@ -331,8 +344,8 @@ def analyze_prepared(
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, measured_stderr, channel_measured = None, None, None
-        if metric == "output_mse":
-            measured_omega, fields = _measured_fields(measured[i])
+        if metric in MEASURED:
+            measured_omega, fields = _measured_fields(measured[i], metric)
         elif quadratic is not None:
             measured_omega, measured_stderr = quadratic.omega[layer.name], quadratic.stderr[layer.name]
             channel_measured = quadratic.channel_omega[layer.name]

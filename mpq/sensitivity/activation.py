@@ -16,7 +16,7 @@ Then, with m_g the elements of one sample's input and the verifier's min-max aff
     Ω_act,g(a) = T_g / m_g · E_i ||Q_a(x_i) − x_i||²,
 
 split equally over the group's layers (they take one activation width, so the group's sum is Ω_act,g).
-For output_mse, Ω_act,g(a) is the measured output MSE with only that input quantized.
+For output_mse (output_kl), Ω_act,g(a) is the measured output MSE (KL to FP32) with only that input quantized.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ActivationSensitivity:
     probes: int
     elements: int  # m: elements of one sample's input
     quant_error: dict[int, float]  # E_i ||Q_a(x_i) - x_i||^2 per width a
-    measured_omega: dict[int, float] | None = None  # output_mse: the group's measured Ω per width
+    measured_omega: dict[int, float] | None = None  # output_mse, output_kl: the group's measured Ω per width
     details: dict = field(default_factory=dict)  # the metric's own fields (e.g. top_eigenvalue, output_sqnr_db)
 
     def omega(self, bits: int | None, margin: float = 0.0) -> float:
@@ -68,8 +68,7 @@ class ActivationSensitivity:
             "hessian_trace_stderr": finite(self.trace_stderr),
             "probes": self.probes,
             "quant_error": {str(b): e for b, e in self.quant_error.items()},
-            **({"output_mse": {str(b): e for b, e in self.measured_omega.items()}} if self.measured_omega is not None else {}),
-            **self.details,
+            **self.details,  # under output_mse / output_kl, the measured Omega per width
         }
 
 

@@ -17,7 +17,8 @@
                 Its "standard error" is n_l · |λ_k − λ_{k−1}|, the last change (a convergence measure).
 
 Per output channel c the same with the channel's n_{l,c} weights (for eigenvalue: n_{l,c} · λ_max).
-The fourth metric, output_mse, is measured, not a curvature: mpq.sensitivity.output_error. The fifth,
+The fourth and fifth metrics, output_mse and output_kl, are measured, not curvatures: mpq.sensitivity.output_error.
+The sixth,
 kl_quadratic, takes the curvature in the layer's actual quantization error: mpq.sensitivity.kl_quadratic.
 """
 
@@ -36,7 +37,7 @@ from mpq.errors import MpqError
 from mpq.graph import module_calls_visible
 from mpq.sensitivity.hessian import Checkpoint, HessianTraces, ProbeSettings, RunningSums, _stderr, hutchinson_traces
 
-METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "kl_quadratic")
+METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic")
 CHECKED_BITS = 4  # kl_quadratic: the width whose estimate the tolerance warning looks at
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -207,7 +208,7 @@ def top_eigenvalues(
 
 def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
     """Why an estimate is not to be trusted, or None."""
-    if metric == "output_mse":
+    if metric in ("output_mse", "output_kl"):
         return None
     if metric == "kl_quadratic":
         omega, stderr = details["kl_quadratic"][str(CHECKED_BITS)], details["kl_quadratic_stderr"][str(CHECKED_BITS)]

@@ -1,11 +1,13 @@
-"""The `output_mse` metric: measured, not estimated. For each layer l and width b, only that layer is
+"""The `output_mse` and `output_kl` metrics: measured, not estimated. For each layer l and width b, only that layer is
 quantized (everything else FP32) and the model's outputs f_q are compared with the FP32 outputs f over
 the calibration inputs:
 
     Ω_l(b) = MSE = mean over samples and output elements of (f_q − f)²
     SQNR_l(b) = 10 log10(Σ f² / Σ (f_q − f)²) dB    (reported beside it)
+    output_kl:  Ω_l(b) = KL(softmax f ‖ softmax f_q) along dimension 1, averaged over samples (as mpq.verify's)
 
-Weights: Q_b(W_l) by mpq.quant's symmetric per-channel quantizer. Inputs (activation sensitivity): the
+Weights: output_mse takes Q_b(W_l) by mpq.quant's min-max symmetric per-channel quantizer; output_kl the
+plan's quantizer (clipping, and the corrected bias with bias correction: `deltas`). Inputs (activation sensitivity): the
 layer's input through the verifier's min-max affine quantizer at b bits (ranges observed on the same
 data); layers that read one tensor are quantized together, as they share one quantizer.
 Cost: (layers + inputs) × widths forward passes over the data.
@@ -31,29 +33,40 @@ from mpq.sqnr import sqnr_db
 class OutputError:
     mse: float
     sqnr_db: float
+    kl: float = float("nan")  # KL(FP32 ‖ quantized) of the softmax outputs, per sample
 
 
 def _output_error(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int) -> OutputError:
-    signal = noise = 0.0
+    signal = noise = kl = 0.0
     with torch.inference_mode(), module_calls_visible():
         for start in range(0, len(x), batch_size):
             f = reference[start : start + batch_size].double()
             f_q = run(x[start : start + batch_size]).double()
             signal += float(f.pow(2).sum())
             noise += float((f_q - f).pow(2).sum())
-    return OutputError(mse=noise / reference.numel(), sqnr_db=sqnr_db(signal, noise))
+            log_p, log_q = torch.log_softmax(f, 1), torch.log_softmax(f_q, 1)
+            kl += float((log_p.exp() * (log_p - log_q)).sum())
+    return OutputError(mse=noise / reference.numel(), sqnr_db=sqnr_db(signal, noise), kl=kl / len(x))
 
 
-def weight_output_errors(model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool = False) -> dict[str, dict[int, OutputError]]:
-    """{layer: {bits: output error with only that layer's weights quantized}}."""
+def weight_output_errors(
+    model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool = False, deltas=None
+) -> dict[str, dict[int, OutputError]]:
+    """{layer: {bits: output error with only that layer's weights quantized}}; `deltas(layer)` gives
+    {bits: {param: change}} (mpq.sensitivity.kl_quadratic.parameter_deltas), else min-max weights."""
     model.eval()
     reference = fp32_outputs(model, x, batch_size)
     errors: dict[str, dict[int, OutputError]] = {}
     for i, name in enumerate(layer_names):
-        weight = model.get_submodule(name).weight.detach()
+        module = model.get_submodule(name)
+        weight = module.weight.detach()
+        changes = deltas(name) if deltas is not None else None
         errors[name] = {}
         for b in bits:
-            replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
+            if changes is None:
+                replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
+            else:
+                replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
             errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
         if progress:
             print(f"\routput_mse: weights of layer {i + 1}/{len(layer_names)}", end="", file=sys.stderr, flush=True)
