@@ -1,6 +1,6 @@
 """Proxy fidelity: does Omega predict the measured damage? Default model, 4 MB budget.
 
-Run:  python reports/bench_proxy.py [--plans 20] [--probes 16] [--quantizer PRESET] [--cache-dir DIR]
+Run:  python reports/bench_proxy.py [--plans 20] [--probes 16] [--quantizer PRESET] [--metrics hessian,kl_quadratic,output_kl] [--cache-dir DIR]
 Writes reports/proxy_fidelity.md and reports/proxy-fidelity.png.
 
 Random plans: mpq.proxy.random_plan (as `mpq search --proxy-check`): widths drawn uniformly from 4-8 per
@@ -10,11 +10,15 @@ sum_l ||Q_b(W_l) - W_l||^2 / n_l (no trace: a control), and the measured KL(FP32
 with FP32 (200 views, the quantizer preset given; default: mpq's default). Spearman rank correlations
 between them, and, to look into what limits them: the per-channel Omega (sum over channels of
 Tr(H_c)/n_c ||Q(W_c) - W_c||^2), Omega at other trace margins, and Pearson's r of log Omega with log KL.
+Every metric in --metrics predicts the same plans (the random ones are drawn from the hessian plan's
+budget); each metric's own 4 MB plan is measured too, and the "single" predictor sums the
+output_kl metric's measured one-layer KLs (when output_kl is among the metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +39,6 @@ MAX_SECONDS = 5000  # as in bench_quantizers.py: the cached sensitivity's settin
 WIDTHS = (4, 5, 6, 7, 8)
 
 
-def omega(sens, widths: dict[str, int], margin: float) -> float:
-    return sum(sens.layers[n].omega(b, margin) for n, b in widths.items())
-
-
 def channel_omega(sens, widths: dict[str, int], margin: float) -> float:
     """sum_l sum_c max(Tr(H_c) + margin stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2."""
     total = 0.0
@@ -53,26 +53,58 @@ def weight_error(sens, widths: dict[str, int]) -> float:
     return sum(sens.layers[n].quant_error[b] / sens.layers[n].layer.params for n, b in widths.items())
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, panels: list[tuple[str, str, float]]) -> None:
+    """One panel per predictor: its value against the measured KL, random plans, the metrics' plans and uniform W6A8."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, margin in zip(axes, (2, 0)):
-        for kind, style in (("random", dict(color="tab:blue", marker="o", label="random plans in [3.5, 4] MB")), ("optimal", dict(color="tab:red", marker="*", s=160, label="mpq's plan")), ("uniform", dict(color="tab:green", marker="s", label="uniform W6A8"))):
-            pts = [r for r in rows if r["kind"] == kind]
-            ax.scatter([r[f"omega{margin}"] for r in pts], [r["kl"] for r in pts], **style)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, label, rho) in zip(axes[0], panels):
+        for kind, style in (("random", dict(color="tab:blue", marker="o", label="random plans in [3.5, 4] MB")), ("plan", dict(color="tab:red", marker="*", s=160, label="the metrics' 4 MB plans")), ("uniform", dict(color="tab:green", marker="s", label="uniform W6A8"))):
+            pts = [r for r in rows if r["kind"] == kind or (kind == "plan" and r["kind"].endswith(" plan"))]
+            ax.scatter([r[key] for r in pts], [r["kl"] for r in pts], **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"predicted total Ω (trace margin {margin})")
+        ax.set_xlabel(label.split(":")[0].split(",")[0], fontsize=8)
         ax.set_ylabel("measured KL(FP32 ‖ q)")
-        ax.set_title(f"margin {margin}: Spearman ρ = {spearmanr([r[f'omega{margin}'] for r in rows], [r['kl'] for r in rows])[0]:.2f}")
+        ax.set_title(f"Spearman ρ = {rho:.2f}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def layer_section(prepared, sensitivities: dict) -> list[str]:
+    """One layer at a time: each predictor's Ω_l(b) against the measured one-layer KL (output_kl), by layer kind."""
+    measured = sensitivities["output_kl"]
+    kinds = {layer.name: layer.kind for layer in prepared.graph.layers}
+    lines = ["", "One layer quantized at a time (the rest FP32, no activation quantization): each predictor's Ω_l(b) against the measured "
+             "KL (output_kl's Ω), over the 50 layers × widths 4-8. The ratio predictor / measured is only meaningful up to one "
+             "scale per predictor (Tr(H)/n·‖ΔW‖² has no ½ and uses the labels' loss), so the table gives its median per layer kind "
+             "and the spread; Spearman ρ over all 250 (layer, width) pairs.", "",
+             "| predictor | ρ with one-layer KL | median ratio, depthwise convs | median ratio, other layers | ratio 10th-90th percentile |", "|---|---:|---:|---:|---:|"]
+    for metric in (m for m in ("hessian", "kl_quadratic", "fisher", "output_mse") if m in sensitivities):
+        pairs = [(sensitivities[metric].layers[n].omega(b), measured.layers[n].omega(b), kinds[n]) for n in kinds for b in WIDTHS]
+        ratios = np.array([p / m for p, m, _ in pairs])
+        by_kind = lambda depthwise: float(np.median([p / m for p, m, k in pairs if ("depthwise" in k) == depthwise]))  # noqa: E731
+        lines.append(f"| {metric} | {spearmanr([p for p, _, _ in pairs], [m for _, m, _ in pairs])[0]:.3f} | {by_kind(True):.3g} | {by_kind(False):.3g} | "
+                     f"{np.percentile(ratios, 10):.3g}-{np.percentile(ratios, 90):.3g} |")
+    return lines
+
+
+def metric_omega(sens, widths: dict[str, int], margin: float) -> float:
+    return sum(sens.layers[n].omega(b, margin) for n, b in widths.items())
+
+
+PREDICTORS = {
+    "hessian": [("omega2", 2.0, "Ω = Tr(H)/n·‖ΔW‖², trace margin 2 (the default)"), ("omega0", 0.0, "Ω = Tr(H)/n·‖ΔW‖², margin 0 (plain HAWQ-V2)")],
+    "kl_quadratic": [("klq0", 0.0, "kl_quadratic Ω = ½E[δᵀMδ], margin 0"), ("klq2", 2.0, "kl_quadratic Ω, margin 2")],
+    "output_kl": [("okl", 0.0, "output_kl Ω: sum of measured one-layer KLs")],
+    "fisher": [("fisher2", 2.0, "fisher Ω = Tr(F)/n·‖ΔW‖², margin 2")],
+    "output_mse": [("omse", 0.0, "output_mse Ω: sum of measured one-layer output MSEs")],
+}
 
 
 def main() -> None:
@@ -82,83 +114,78 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantizer", default="default", help="quantizer preset (mpq.quantizer.PRESETS)")
     parser.add_argument("--loss", default=None, help="the sensitivity loss (mpq.losses: labels, fp32, kl ...; default: labels)")
+    parser.add_argument("--metrics", default="hessian,kl_quadratic,output_kl", help="comma-separated sensitivity metrics to compare (hessian first)")
     parser.add_argument("--cache-dir", default=str(default_cache_dir()))
     args = parser.parse_args()
+    metrics = args.metrics.split(",")
+    if metrics[0] != "hessian":
+        parser.error("--metrics must start with hessian (the random plans are drawn from its plan)")
     cache = Cache(Path(args.cache_dir))
     model, data = build_model(), load_views()
     prepared = prepare_model(model, data.x[:2])
     quantizer = resolve_quantizer(args.quantizer)
-    sens = mpq.analyze(prepared, data, max_probes=args.probes, max_seconds=MAX_SECONDS, cache_dir=args.cache_dir, progress=False, quantizer=quantizer, loss=args.loss)
+    sensitivities, seconds = {}, {}
+    for metric in metrics:
+        started = time.perf_counter()
+        probing = {"max_probes": args.probes, "max_seconds": MAX_SECONDS} if metric in ("hessian", "fisher") else {}  # the others probe nothing
+        sensitivities[metric] = mpq.analyze(prepared, data, cache_dir=args.cache_dir, progress=False, quantizer=quantizer, loss=args.loss, metric=metric, **probing)
+        seconds[metric] = sensitivities[metric].seconds
+        print(f"{metric}: {seconds[metric]:.0f} s when computed ({time.perf_counter() - started:.0f} s now)", flush=True)
+    sens = sensitivities["hessian"]
     optimal = mpq.solve(sens, "4MB")
     reference = fp32_reference(prepared, data, BATCH, cache)
     calibration = plan_calibration(prepared, optimal, data, reference, BATCH, cache, quantizer)
     rng = np.random.default_rng(args.seed)
-    plans = [("optimal", {n: lp.weight_bits for n, lp in optimal.layers.items()}), ("uniform", {n: 6 for n in optimal.layers})]
+    plans = [(f"{m} plan", {n: lp.weight_bits for n, lp in mpq.solve(sensitivities[m], "4MB").layers.items()}) for m in metrics]
+    plans += [("uniform", {n: 6 for n in optimal.layers})]
     plans += [("random", {n: lp.weight_bits for n, lp in random_plan(prepared, optimal, WIDTHS, rng).layers.items()}) for _ in range(args.plans)]
+    predictors = [(key, m, margin, label) for m in metrics for key, margin, label in PREDICTORS[m]]
     rows = []
     for i, (kind, widths) in enumerate(plans):
         plan = Plan(layers={n: LayerPlan(b, 8) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
         m = measure_plan(prepared, plan, data, reference, kind, BATCH, cache, calibration=calibration)
-        rows.append(
-            dict(kind=kind, size=m.size_bytes, omega0=omega(sens, widths, 0.0), omega1=omega(sens, widths, 1.0), omega2=omega(sens, widths, 2.0), omega3=omega(sens, widths, 3.0), omega4=omega(sens, widths, 4.0), chan0=channel_omega(sens, widths, 0.0), chan2=channel_omega(sens, widths, 2.0), werr=weight_error(sens, widths), kl=m.kl_to_fp32, agreement=m.fp32_agreement, top1=m.top1, mean_bits=float(np.mean(list(widths.values()))))
-        )
-        print(i, kind, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+        row = dict(kind=kind, size=m.size_bytes, werr=weight_error(sens, widths), chan2=channel_omega(sens, widths, 2.0), kl=m.kl_to_fp32, agreement=m.fp32_agreement, top1=m.top1, mean_bits=float(np.mean(list(widths.values()))))
+        row.update({key: metric_omega(sensitivities[metric], widths, margin) for key, metric, margin, _ in predictors})
+        rows.append(row)
+        print(i, kind, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    names = {key: label for key, _, _, label in predictors}
+    names.update({"werr": "Σ ‖Q(W)−W‖²/n, no trace (control)", "chan2": "per-channel Ω = Σ_c Tr(H_c)/n_c·‖ΔW_c‖², margin 2"})
     kl = [r["kl"] for r in rows]
-    disagreement = [1 - r["agreement"] for r in rows]
-    rho = {
-        key: (spearmanr([r[key] for r in rows], kl)[0], spearmanr([r[key] for r in rows], disagreement)[0])
-        for key in ("omega2", "omega0", "werr", "omega1", "omega3", "omega4", "chan2", "chan0")
-    }
-    log_r = {key: pearsonr(np.log([r[key] for r in rows]), np.log(kl))[0] for key in rho}
     randoms = [r for r in rows if r["kind"] == "random"]
-    rho_random = spearmanr([r["omega2"] for r in randoms], [r["kl"] for r in randoms])[0]
-    opt = rows[0]
+    rho = {key: (spearmanr([r[key] for r in rows], kl)[0], spearmanr([r[key] for r in randoms], [r["kl"] for r in randoms])[0],
+                 spearmanr([r[key] for r in rows], [1 - r["agreement"] for r in rows])[0], pearsonr(np.log([r[key] for r in rows]), np.log(kl))[0]) for key in names}
     suffix = f"-{args.loss}" if args.loss else ""
-    plot(rows, HERE / f"proxy-fidelity{suffix}.png")
-    names = {
-        "omega2": "Ω, trace margin 2 (the default)",
-        "omega0": "Ω, trace margin 0 (plain HAWQ-V2)",
-        "werr": "Σ ‖Q(W)−W‖²/n, no trace (control)",
-        "omega1": "Ω, trace margin 1",
-        "omega3": "Ω, trace margin 3",
-        "omega4": "Ω, trace margin 4",
-        "chan2": "per-channel Ω, margin 2",
-        "chan0": "per-channel Ω, margin 0",
-    }
+    plot(rows, HERE / f"proxy-fidelity{suffix}.png", [(k, names[k], rho[k][0]) for k in ("omega2", "klq0", "okl") if k in names])
     lines = [
         "# Proxy fidelity: does Ω predict the measured damage?",
         "",
-        f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer}"
-        + (f" --loss {args.loss}" if args.loss else "") + f"`: EfficientNet-Lite0, 200 views, sensitivity loss {sens.loss}, "
-        f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations, Hessian traces from "
+        f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer} --metrics {args.metrics}"
+        + (f" --loss {args.loss}" if args.loss else "") + f"`: EfficientNet-Lite0, 200 views, "
+        f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations. Hessian traces from "
         f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
-        f"at most {args.probes}). {len(randoms)} random plans "
+        f"at most {args.probes}, sensitivity loss {sens.loss}). {len(randoms)} random plans "
         f"(mpq.proxy.random_plan: widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
-        f"{min(r['size'] for r in randoms):,}-{max(r['size'] for r in randoms):,} B), mpq's 4 MB plan and uniform W6A8: "
-        f"{len(rows)} plans in all. {sum(s.hessian_trace <= 2 * s.hessian_trace_stderr for s in sens.layers.values())} of the "
-        f"{len(sens.layers)} layer traces lie within two standard errors of 0.",
+        f"{min(r['size'] for r in randoms):,}-{max(r['size'] for r in randoms):,} B), each metric's own 4 MB plan and uniform W6A8: "
+        f"{len(rows)} plans in all.",
         "",
-        "| predictor | Spearman ρ with KL(FP32‖q) | Spearman ρ with disagreement (1 − agreement) | Pearson r, log predictor vs log KL |",
-        "|---|---:|---:|---:|",
+        "Seconds to compute each metric on the 200 views (2 CPU cores): "
+        + ", ".join(f"{m} {seconds[m]:.0f} s" for m in metrics) + ".",
+        "",
+        "| predictor | Spearman ρ with KL(FP32‖q), all plans | ρ, random plans only | ρ with disagreement (1 − agreement) | Pearson r, log predictor vs log KL |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {names[k]} | {v[0]:.3f} | {v[1]:.3f} | {log_r[k]:.3f} |" for k, v in rho.items()]
-    better = sum(r["kl"] > opt["kl"] for r in randoms)
-    lines += [
-        "",
-        f"mpq's plan: Ω (margin 2) {opt['omega2']:.4g}, KL {opt['kl']:.4f}, agreement {100 * opt['agreement']:.1f}%; "
-        f"{better} of {len(randoms)} random plans have a larger KL. Random plans: KL {min(r['kl'] for r in randoms):.4f}-"
-        f"{max(r['kl'] for r in randoms):.4f}, agreement {100 * min(r['agreement'] for r in randoms):.1f}-{100 * max(r['agreement'] for r in randoms):.1f}%. "
-        f"Over the random plans alone (without mpq's plan and W6A8), Spearman ρ(Ω margin 2, KL) = {rho_random:.3f}.",
-        "",
-        f"![Ω against KL](proxy-fidelity{suffix}.png)",
-        "",
-        "| plan | size (B) | mean bits | Ω margin 2 | Ω margin 0 | Σ‖Q(W)−W‖²/n | KL | agreement | top-1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted(rows, key=lambda r: r["omega2"]):
-        lines.append(
-            f"| {r['kind']} | {r['size']:,} | {r['mean_bits']:.2f} | {r['omega2']:.4g} | {r['omega0']:.4g} | {r['werr']:.4g} | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% |"
-        )
+    lines += [f"| {names[k]} | {v[0]:.3f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.3f} |" for k, v in rho.items()]
+    lines += ["", "Each metric's own 4 MB plan, measured:", "", "| metric | size (B) | KL | agreement | top-1 | random plans with a larger KL |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows[: len(metrics)]:
+        lines.append(f"| {r['kind'][:-5]} | {r['size']:,} | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% | {sum(x['kl'] > r['kl'] for x in randoms)} of {len(randoms)} |")
+    if "output_kl" in sensitivities:
+        lines += layer_section(prepared, sensitivities)
+    lines += ["", f"![Ω against KL](proxy-fidelity{suffix}.png)", ""]
+    keys = [k for k in ("omega2", "klq0", "okl", "werr") if k in names]
+    lines += ["| plan | size (B) | mean bits | " + " | ".join(names[k].split(":")[0].split(",")[0] for k in keys) + " | KL | agreement | top-1 |",
+              "|---|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["kl"]):
+        lines.append(f"| {r['kind']} | {r['size']:,} | {r['mean_bits']:.2f} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + f" | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% |")
     lines.append("")
     (HERE / f"proxy_fidelity{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -147,12 +147,13 @@ def test_analyze_and_solve_with_kl_quadratic(tiny_model, tiny_data):
 
 def test_cli_sensitivity_json_with_kl_quadratic(tmp_path, capsys):
     data = mlp_data(tmp_path / "d.npz")
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--json", "--cache-dir", tmp_path / "c")
+    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--json", "--cache-dir", tmp_path / "c", "--plot", tmp_path / "s.png")
     assert status == 0, err
     doc = json.loads(out)
     assert doc["metric"] == "kl_quadratic" and doc["loss"] == "kl"
     layer = next(iter(doc["layers"].values()))
     assert layer["kl_quadratic"]["4"] > layer["kl_quadratic"]["8"] > 0 and layer["samples"] == 32
+    assert (tmp_path / "s.png").stat().st_size > 10_000  # the chart of Omega at W4 with error bars
     status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--act-bits", "4,8", "--budget", "1KB", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
     assert status == 2 and err.strip().startswith("mpq: error: the kl_quadratic metric covers weights only") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

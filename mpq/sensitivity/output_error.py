@@ -69,7 +69,7 @@ def weight_output_errors(
                 replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
             errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
         if progress:
-            print(f"\routput_mse: weights of layer {i + 1}/{len(layer_names)}", end="", file=sys.stderr, flush=True)
+            print(f"\rone-layer output errors: weights of layer {i + 1}/{len(layer_names)}", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     return errors
