@@ -287,7 +287,7 @@ def solve(
     records whether optimality was proven and the relative gap).
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
-    check_granularity(granularity, channel_group)
+    check_granularity(granularity, channel_group, sensitivity.metric)
     acts = act_widths(act_bits)
     by_sensitivity = granularity == "layer" and _act_widths_by_sensitivity(sensitivity, acts, act_sensitivity)
     budgets = _as_budgets(budget)
@@ -491,7 +491,7 @@ def search(
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
     start = time.perf_counter()
-    check_granularity(granularity, channel_group)
+    check_granularity(granularity, channel_group, analyze_options.get("metric", "hessian"))
     data = _as_dataset(data)
     budgets = _as_budgets(budget)
     bits = tuple(bits)

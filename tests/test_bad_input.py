@@ -82,6 +82,13 @@ def test_nan_or_inf_in_data_or_weights(tmp_path, capsys):
     assert "model tensor head.weight contains NaN or Inf" in line
 
 
+@pytest.mark.parametrize("metric", ["output_mse", "output_kl"])
+def test_whole_layer_metrics_refuse_per_channel_widths_before_any_work(tmp_path, data, capsys, metric):
+    line = one_line_error(capsys, *search(tmp_path, data, "--budget", "1KB", "--metric", metric, "--granularity", "channel"))
+    assert f"the {metric} metric measures whole layers" in line and "--metric kl_quadratic" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_out(tmp_path, data, capsys):
     (tmp_path / "a_file").write_text("")
     line = one_line_error(capsys, "search", "--model", MLP, "--data", data, "--budget", "4MB", "--out", tmp_path / "a_file" / "out", *FAST)
