@@ -192,6 +192,21 @@ def test_output_mse_is_the_measured_output_error_of_quantizing_one_layer(tiny_mo
     assert sens.to_json()["layers"]["fc"]["hessian_trace"] is None
 
 
+@pytest.mark.parametrize("metric", ["output_mse", "output_kl"])
+def test_measured_metrics_run_one_pass_per_layer_and_width(tiny_model, tiny_data, metric):
+    """layers × 7 widths passes over the data, plus the reference (and, for output_kl, the bias-correction pass)."""
+    x, y = tiny_data
+    prepared = prepare_model(tiny_model, x[:2])
+    calls = []
+    handle = prepared.folded.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
+    try:
+        mpq.analyze(prepared, (x, y), metric=metric, cache_dir=False, progress=False)
+    finally:
+        handle.remove()
+    passes = sum(calls) / len(x)
+    assert passes == len(prepared.graph.layers) * 7 + (1 if metric == "output_mse" else 2)
+
+
 def test_output_kl_is_the_measured_kl_of_quantizing_one_layer_with_the_plans_quantizer(tiny_model, tiny_data):
     """output_kl: KL(FP32 ‖ q) with only conv2 quantized by the quantizer's clipped weights and corrected bias."""
     x, y = tiny_data

@@ -333,7 +333,10 @@ def analyze_prepared(
     elif metric in MEASURED:
         started = time.perf_counter()
         deltas = None if metric == "output_mse" else _quantizer_deltas(prepared, data, quantizer, cache)
-        measure = lambda: [weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)[n] for n in names]  # noqa: E731
+        def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)
+            errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
+            return [errors[n] for n in names]
+
         quantizer_key = {} if metric == "output_mse" else {"quantizer": quantizer.to_json()}
         measured = _cached_output_errors(cache, {**key, **quantizer_key, "bits": list(ALL_BITS)}, measure)
         traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
