@@ -33,6 +33,7 @@ from mpq.cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, lay
 from mpq.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
 from mpq.sensitivity import Sensitivity
+from mpq.sensitivity.metrics import MEASURED
 from mpq.presolve import binary_variables, drop_dominated
 from mpq.quant import check_bits
 from mpq.solver import Problem, Solution
@@ -74,16 +75,13 @@ def check_group_size(channel_group) -> int:
     return channel_group
 
 
-WHOLE_LAYER_METRICS = ("output_mse", "output_kl")  # measured with whole layers quantized: no per-channel Omega
-
-
 def check_granularity(granularity: str, channel_group: int, metric: str = "hessian") -> None:
     if granularity not in GRANULARITIES:
         raise MpqError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}: use layer (one width per layer) or channel")
     check_group_size(channel_group)
     if granularity == "layer" and channel_group != 1:
         raise MpqError("a channel group applies to per-channel widths only: add --granularity channel (granularity=\"channel\")")
-    if granularity == "channel" and metric in WHOLE_LAYER_METRICS:
+    if granularity == "channel" and metric in MEASURED:
         raise MpqError(f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel")
 
 

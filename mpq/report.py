@@ -10,6 +10,7 @@ from mpq.files import write_json_atomic, write_text_atomic
 from mpq.milp import solver_note
 from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import LayerSensitivity, Sensitivity
+from mpq.sensitivity.metrics import MEASURED
 from mpq.solver import Problem, Solution
 from mpq.verify import Measurement, Report
 
@@ -31,7 +32,7 @@ def metric_value(metric: str, trace: float, stderr: float, details: dict, measur
     MSE at CHART_BITS (output_mse, no error bar)."""
     if metric == "eigenvalue":
         return details["top_eigenvalue"], details["eigenvalue_change"]
-    if metric in ("output_mse", "output_kl"):
+    if metric in MEASURED:
         return measured[CHART_BITS], None
     if metric == "kl_quadratic":
         return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]

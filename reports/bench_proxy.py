@@ -29,7 +29,7 @@ from mpq.cache import Cache, default_cache_dir
 from mpq.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
-from mpq.proxy import random_plan
+from mpq.proxy import plan_omega, random_plan
 from mpq.quantizer import resolve_quantizer
 from mpq.verify import fp32_reference, measure_plan, plan_calibration
 
@@ -94,10 +94,6 @@ def layer_section(prepared, sensitivities: dict) -> list[str]:
     return lines
 
 
-def metric_omega(sens, widths: dict[str, int], margin: float) -> float:
-    return sum(sens.layers[n].omega(b, margin) for n, b in widths.items())
-
-
 PREDICTORS = {
     "hessian": [("omega2", 2.0, "Ω = Tr(H)/n·‖ΔW‖², trace margin 2 (the default)"), ("omega0", 0.0, "Ω = Tr(H)/n·‖ΔW‖², margin 0 (plain HAWQ-V2)")],
     "kl_quadratic": [("klq0", 0.0, "kl_quadratic Ω = ½E[δᵀMδ], margin 0"), ("klq2", 2.0, "kl_quadratic Ω, margin 2")],
@@ -146,7 +142,7 @@ def main() -> None:
         plan = Plan(layers={n: LayerPlan(b, 8) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
         m = measure_plan(prepared, plan, data, reference, kind, BATCH, cache, calibration=calibration)
         row = dict(kind=kind, size=m.size_bytes, werr=weight_error(sens, widths), chan2=channel_omega(sens, widths, 2.0), kl=m.kl_to_fp32, agreement=m.fp32_agreement, top1=m.top1, mean_bits=float(np.mean(list(widths.values()))))
-        row.update({key: metric_omega(sensitivities[metric], widths, margin) for key, metric, margin, _ in predictors})
+        row.update({key: plan_omega(sensitivities[metric], plan, margin) for key, metric, margin, _ in predictors})
         rows.append(row)
         print(i, kind, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     names = {key: label for key, _, _, label in predictors}
@@ -170,7 +166,7 @@ def main() -> None:
         f"{len(rows)} plans in all.",
         "",
         "Seconds to compute each metric on the 200 views in this run (2 CPU cores): "
-        + ", ".join(f"{m} {seconds[m]}" for m in metrics) + ".",
+        + ", ".join(f"{m} {seconds[m]}" for m in metrics) + ". Each metric's time measured alone, with its command: README, \"Proxy fidelity\".",
         "",
         "| predictor | Spearman ρ with KL(FP32‖q), all plans | ρ, random plans only | ρ with disagreement (1 − agreement) | Pearson r, log predictor vs log KL |",
         "|---|---:|---:|---:|---:|",

@@ -27,7 +27,7 @@ from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.losses import Loss, resolve_loss
 from mpq.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
-from mpq.sensitivity.metrics import check_metric, curvature_traces, estimate_warning
+from mpq.sensitivity.metrics import MEASURED, check_metric, curvature_traces, estimate_warning
 from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
 
@@ -209,24 +209,18 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
     return [{int(b): OutputError(*pair) for b, pair in errors.items()} for errors in cached]
 
 
-MEASURED = ("output_mse", "output_kl")  # the metrics that measure Omega with one layer quantized at a time
+def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, cache: Cache) -> dict:
+    """The quantizer's bias shifts per layer and width (mpq.calibration.bias_shifts), {} without bias correction."""
+    return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
 
 
-def _quantizer_deltas(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, cache: Cache):
-    """layer -> {bits: {param: change}}: the quantizer's weights (clipping) and corrected bias (bias correction)."""
-    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
-    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
-    return lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name))
-
-
-def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
-    """The kl_quadratic estimate for the quantizer's weights (clipping, bias correction), cached."""
+def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
+    """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction), cached."""
     names = key["layers"]
     full_key = {**key, "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
     cached = cache.load("kl-quadratic", full_key)
     if cached is None:
-        ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
-        shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
+        shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
         result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress)
         cached = {
             "omega": result.omega, "stderr": result.stderr, "samples": result.samples, "draws": result.draws, "seconds": result.seconds,
@@ -326,14 +320,18 @@ def analyze_prepared(
         channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
         seconds=seconds, stop_reason=reason,
     )
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
     quadratic = None
     if metric == "kl_quadratic":
-        quadratic = _cached_kl_quadratic(prepared, data, quantizer, key, settings, cache, progress)
+        quadratic = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
         traces, details, from_cache = no_traces(quadratic.seconds, "measured"), {}, False
     elif metric in MEASURED:
         started = time.perf_counter()
-        deltas = None if metric == "output_mse" else _quantizer_deltas(prepared, data, quantizer, cache)
         def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)
+            deltas = None
+            if metric == "output_kl":  # the quantizer's weights and corrected bias
+                shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
+                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name))  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
 
@@ -343,7 +341,7 @@ def analyze_prepared(
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
-    errors = channel_error_table(prepared.folded, names, clip_ratios=weight_clip_ratios(prepared, quantizer.weight_clip, cache))
+    errors = channel_error_table(prepared.folded, names, clip_ratios=ratios)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, measured_stderr, channel_measured = None, None, None

@@ -14,7 +14,7 @@ removes exactly its mean output shift, which is where a depthwise layer's curvat
 Estimator, unbiased: per sample and draw, z ~ Rademacher over the classes, u = Aᵀz with
 A = diag(√p) − √p pᵀ (so AᵀA = M); g_l = ∂(uᵀf)/∂Y_l, the gradient at the layer's output Y_l;
 ΔY_l = layer(X_l; Δ_l(b)) (the layer is linear in its parameters); s = ⟨g_l, ΔY_l⟩ = uᵀδ, E_z[s²] = δᵀMδ.
-One forward pass, one backward pass per draw and one layer call per width give every layer, width and
+One forward pass, one backward pass per draw and one layer call per layer and width give every layer, width and
 output channel (s_c: the same sum over channel c's outputs only; Ω_{l,c}(b) = ½ E[s_c²]). The
 standard error is that of the mean of ½ s² over samples and draws.
 """
@@ -136,22 +136,25 @@ def kl_quadratic_omegas(
     for start in range(0, len(x), batch_size):
         logits, inputs, outputs = _capture(model, modules, x[start : start + batch_size])
         p = torch.softmax(logits.detach().double(), 1)
+        # every draw's gradients at the layer outputs first (the weights' are not asked for), then each layer's
+        # output change once per width: only one ΔY is alive at a time, not every layer's at every width
+        grads_per_draw = [
+            torch.autograd.grad(logits, [outputs[n] for n in layer_names], rademacher_cotangent(p, generator).to(logits.dtype), retain_graph=True, allow_unused=True)
+            for _ in range(draws)
+        ]
         with torch.no_grad():
-            changes = {n: {b: output_change(modules[n], inputs[n], deltas[n][b]) for b in bits} for n in layer_names}
-        for _ in range(draws):
-            u = rademacher_cotangent(p, generator).to(logits.dtype)
-            # only the gradients at the layer outputs are computed (the weights' are not asked for)
-            grads = torch.autograd.grad(logits, [outputs[n] for n in layer_names], u, retain_graph=True, allow_unused=True)
-            for n, g in zip(layer_names, grads):
-                if g is None:  # the layer does not reach the output: its Ω is 0
-                    continue
+            for i, n in enumerate(layer_names):
                 for b in bits:
-                    per_channel = channel_products(modules[n], inputs[n], g.detach(), changes[n][b]).double()
-                    half_sq = 0.5 * per_channel.sum(1) ** 2
-                    sum_sq[n][b] += float(half_sq.sum())
-                    sum_fourth[n][b] += float((half_sq**2).sum())
-                    channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).numpy()
-        del logits, outputs
+                    change = output_change(modules[n], inputs[n], deltas[n][b])
+                    for grads in grads_per_draw:
+                        if grads[i] is None:  # the layer does not reach the output: its Ω is 0
+                            continue
+                        per_channel = channel_products(modules[n], inputs[n], grads[i], change).double()
+                        half_sq = 0.5 * per_channel.sum(1) ** 2
+                        sum_sq[n][b] += float(half_sq.sum())
+                        sum_fourth[n][b] += float((half_sq**2).sum())
+                        channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).numpy()
+        del logits, outputs, grads_per_draw
         if progress:
             print(f"\rkl_quadratic: {min(start + batch_size, len(x))}/{len(x)} samples", end="", file=sys.stderr, flush=True)
     if progress:

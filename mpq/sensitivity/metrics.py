@@ -38,6 +38,7 @@ from mpq.graph import module_calls_visible
 from mpq.sensitivity.hessian import Checkpoint, HessianTraces, ProbeSettings, RunningSums, _stderr, hutchinson_traces
 
 METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic")
+MEASURED = ("output_mse", "output_kl")  # Omega measured with one whole layer quantized at a time: no per-channel Omega
 CHECKED_BITS = 4  # kl_quadratic: the width whose estimate the tolerance warning looks at
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -208,7 +209,7 @@ def top_eigenvalues(
 
 def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
     """Why an estimate is not to be trusted, or None."""
-    if metric in ("output_mse", "output_kl"):
+    if metric in MEASURED:
         return None
     if metric == "kl_quadratic":
         omega, stderr = details["kl_quadratic"][str(CHECKED_BITS)], details["kl_quadratic_stderr"][str(CHECKED_BITS)]
