@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mpq
-from mpq.budget import format_bytes
+from mpq.cost.budget import format_bytes
 
 
 def bars(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

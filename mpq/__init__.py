@@ -1,16 +1,18 @@
 """mpq: mixed-precision quantization search and sensitivity analysis for PyTorch."""
 
-from mpq.api import SearchResult, analyze, search, solve, verify
-from mpq.budget import Budget, parse_budget
-from mpq.data import Dataset
+from mpq.api.pareto import pareto
+from mpq.api.search import SearchResult, search
+from mpq.api.verbs import analyze, solve, verify
+from mpq.cost.budget import Budget, parse_budget
+from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible, MpqError
 from mpq.export.deploy import ExportResult, export_plan
 from mpq.export.packed_file import load_packed
-from mpq.latency import latency_model
-from mpq.pareto import ParetoResult, pareto
+from mpq.inputs.data import Dataset
 from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import Sensitivity
-from mpq.verify import Report
+from mpq.verify.pareto import ParetoResult
+from mpq.verify.report import Report
 
 __all__ = [
     "analyze", "solve", "verify", "search", "SearchResult",

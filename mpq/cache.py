@@ -70,3 +70,9 @@ class CacheEntry:
 
     def clear(self) -> None:
         self.cache.delete(self.kind, self.key)
+
+
+def open_cache(cache_dir) -> Cache:
+    if cache_dir is False:
+        return Cache(None)
+    return Cache(default_cache_dir() if cache_dir is None else Path(cache_dir))

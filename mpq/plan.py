@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpq.budget import Budget
-from mpq.cost import Choice
+from mpq.cost.budget import Budget
+from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.files import write_json_atomic
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, ProbeSettings, _rademacher, hutchinson_traces, probe_batches, probe_generator
 from mpq.sensitivity.hvp import hessian_vector_product
 
@@ -233,7 +233,7 @@ def timed_sensitivity(ranks: int, probes: int) -> tuple[float, dict]:
     if ranks == 1:
         command, env = [str(BIN / "mpq"), *args], {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     else:
-        command, env = [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "-m", "mpq.cli", *args], {**os.environ, "OMP_NUM_THREADS": "1"}
+        command, env = [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "-m", "mpq.cli.main", *args], {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return time.perf_counter() - start, json.loads(out.stdout)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.sensitivity.hessian import ProbeProblem, ProbeSettings, _rademacher, probe_batches, probe_generator
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import mpq
 from mpq.cache import Cache, default_cache_dir
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify import fp32_reference, measure_plan, plan_calibration
+from mpq.verify.measure import measure_plan, plan_calibration
+from mpq.quant.reference import fp32_reference
 
 HERE = Path(__file__).parent
 BUDGETS = ("4MB", "3.5MB", "3MB", "2.7MB")

@@ -1,5 +1,5 @@
 """Benchmark: per-channel widths (`--granularity channel`): size of the integer program, seconds to its
-proven optimum with and without mpq.presolve, and the verified plan against the layer-wise one.
+proven optimum with and without mpq.solver.presolve, and the verified plan against the layer-wise one.
 
     python reports/bench_perchannel.py [--max-probes 8] [--cbc-limit 300]
 
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 import mpq
-from mpq.budget import parse_budget
-from mpq.channels import build_channel_problem, channel_omega
-from mpq.graph import LayerInfo
+from mpq.cost.budget import parse_budget
+from mpq.solver.channels import build_channel_problem, channel_omega
+from mpq.inputs.graph import LayerInfo
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.presolve import binary_variables, solve_presolved
-from mpq.solver import solve_problem
+from mpq.solver.presolve import binary_variables, solve_presolved
+from mpq.solver.problem import solve_problem
 
 HERE = Path(__file__).parent
 BITS = (4, 5, 6, 7, 8)
@@ -180,7 +180,7 @@ def main() -> None:
         "## (a), (b) The integer program: binaries and seconds to the proven optimum",
         "",
         "Binaries: one per channel group and width, after dropping dominated choices; after presolve: what CBC still sees "
-        "after Lagrangian reduced-cost fixing (mpq.presolve). 'presolve + CBC' is what `mpq.solve(..., granularity=\"channel\")` "
+        "after Lagrangian reduced-cost fixing (mpq.solver.presolve). 'presolve + CBC' is what `mpq.solve(..., granularity=\"channel\")` "
         "runs; 'CBC alone' the same program handed whole to CBC (gap 0) with a time limit. Synthetic: " + synthetic_text + ".",
         "",
         *table(rows, args.cbc_limit),

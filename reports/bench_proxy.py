@@ -3,7 +3,7 @@
 Run:  python reports/bench_proxy.py [--plans 20] [--probes 16] [--quantizer PRESET] [--metrics hessian,kl_quadratic,output_kl] [--cache-dir DIR]
 Writes reports/proxy_fidelity.md and reports/proxy-fidelity.png.
 
-Random plans: mpq.proxy.random_plan (as `mpq search --proxy-check`): widths drawn uniformly from 4-8 per
+Random plans: mpq.verify.proxy.random_plan (as `mpq search --proxy-check`): widths drawn uniformly from 4-8 per
 layer (seeded), repaired into [3.5 MB, 4 MB] like the optimal one. For each
 plan and the optimal plan: the predicted total Omega (trace margin 0 and 2), the plain weight error
 sum_l ||Q_b(W_l) - W_l||^2 / n_l (no trace: a control), and the measured KL(FP32 || q) and agreement
@@ -26,12 +26,13 @@ from scipy.stats import pearsonr, spearmanr
 
 import mpq
 from mpq.cache import Cache, default_cache_dir
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
-from mpq.proxy import plan_omega, random_plan
-from mpq.quantizer import resolve_quantizer
-from mpq.verify import fp32_reference, measure_plan, plan_calibration
+from mpq.verify.proxy import plan_omega, random_plan
+from mpq.quant.quantizer import resolve_quantizer
+from mpq.verify.measure import measure_plan, plan_calibration
+from mpq.quant.reference import fp32_reference
 
 HERE = Path(__file__).parent
 BATCH = 25
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantizer", default="default", help="quantizer preset (mpq.quantizer.PRESETS)")
-    parser.add_argument("--loss", default=None, help="the sensitivity loss (mpq.losses: labels, fp32, kl ...; default: labels)")
+    parser.add_argument("--loss", default=None, help="the sensitivity loss (mpq.sensitivity.losses: labels, fp32, kl ...; default: labels)")
     parser.add_argument("--metrics", default="hessian,kl_quadratic,output_kl", help="comma-separated sensitivity metrics to compare (hessian first)")
     parser.add_argument("--cache-dir", default=str(default_cache_dir()))
     args = parser.parse_args()
@@ -161,7 +162,7 @@ def main() -> None:
         f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations. Hessian traces from "
         f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
         f"at most {args.probes}, sensitivity loss {sens.loss}). {len(randoms)} random plans "
-        f"(mpq.proxy.random_plan: widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
+        f"(mpq.verify.proxy.random_plan: widths 4-8 drawn uniformly per layer, seed {args.seed}, repaired into [3.5 MB, 4 MB]: sizes "
         f"{min(r['size'] for r in randoms):,}-{max(r['size'] for r in randoms):,} B), each metric's own 4 MB plan and uniform W6A8: "
         f"{len(rows)} plans in all.",
         "",

@@ -28,7 +28,7 @@ def timed_search(budget: str, cache: Path, out: Path) -> float:
 
 
 def hvp_over_forward_backward(repeats: int = 5, batch_size: int = 8) -> tuple[float, float]:
-    from mpq.graph import prepare_model
+    from mpq.inputs.graph import prepare_model
     from mpq.models.efficientnet_lite0 import build_model, load_views
 
     data = load_views()

@@ -31,12 +31,12 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import mpq  # noqa: E402
-from mpq.api import build_problem  # noqa: E402
-from mpq.budget import Budget, parse_budget  # noqa: E402
-from mpq.milp import DEFAULT_SOLVER, SOLVERS  # noqa: E402
+from mpq.solver.build import build_problem
+from mpq.cost.budget import Budget, parse_budget  # noqa: E402
+from mpq.solver.milp import DEFAULT_SOLVER, SOLVERS  # noqa: E402
 from mpq.models.efficientnet_lite0 import build_model, load_views  # noqa: E402
-from mpq.pareto_files import pareto_table, write_pareto  # noqa: E402
-from mpq.solver import Problem, smallest_cost, solve_problem  # noqa: E402
+from mpq.report.pareto_files import pareto_table, write_pareto  # noqa: E402
+from mpq.solver.problem import Problem, smallest_cost, solve_problem  # noqa: E402
 
 PROBES = 8
 POINTS = 30
@@ -81,7 +81,7 @@ def sweep_start(problem: Problem) -> float:
 def hawq_problems() -> list[tuple[str, Problem]]:
     from test_hawq_v3 import CONFIGS, KIND, budget_text, limit, write_table
 
-    from mpq.table import read_table
+    from mpq.solver.table import read_table
 
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the measured Pareto sweep")
     args = parser.parse_args()
     model, data = build_model(), load_views()
-    prepared = mpq.api._as_prepared(model, data)
+    prepared = mpq.api.as_prepared(model, data)
     start = time.perf_counter()
     sensitivity = mpq.analyze(prepared, data, max_probes=PROBES, progress=False)
     sens_seconds = time.perf_counter() - start
@@ -155,7 +155,7 @@ def main() -> None:
         f"Measured by `python reports/bench_solver.py` on {platform.machine()} ({platform.python_version()}, "
         f"PuLP {__import__('pulp').__version__}, highspy {importlib.metadata.version('highspy')}), "
         "a machine shared with other jobs: read the ratios, measured side by side (the two solvers interleaved problem by problem), not the absolute seconds.",
-        f"Seconds are those of `mpq.solver.solve_problem` (building the PuLP model and solving it to a proven optimum; CBC runs as a subprocess, "
+        f"Seconds are those of `mpq.solver.problem.solve_problem` (building the PuLP model and solving it to a proven optimum; CBC runs as a subprocess, "
         f"HiGHS in process, one thread each). The default model's sensitivity is a cheap cached one: {PROBES} Hutchinson probes "
         f"(`max_probes={PROBES}`, not the default 32); it took {sens_seconds:.1f} s here{' (read from cache)' if sensitivity.from_cache else ''}.",
         "",
@@ -206,8 +206,8 @@ def per_channel_section(sensitivity) -> list[str]:
     sys.path.insert(0, str(HERE))
     from bench_perchannel import BITS, synthetic_resnet50_problem
 
-    from mpq.channels import build_channel_problem, channel_omega
-    from mpq.presolve import binary_variables, solve_presolved
+    from mpq.solver.channels import build_channel_problem, channel_omega
+    from mpq.solver.presolve import binary_variables, solve_presolved
 
     layers = [s.layer for s in sensitivity.layers.values()]
     default = build_channel_problem(layers, sensitivity.float_bytes, [parse_budget("4MB")], BITS, (8,), channel_omega(sensitivity, 2.0), 1).problem
@@ -226,7 +226,7 @@ def per_channel_section(sensitivity) -> list[str]:
     return [
         "## Per-channel problems",
         "",
-        "Seconds to the proven optimum through `mpq.presolve.solve_presolved` (exact dominance and Lagrangian reduced-cost",
+        "Seconds to the proven optimum through `mpq.solver.presolve.solve_presolved` (exact dominance and Lagrangian reduced-cost",
         "fixing, then the solver on what is left), each solver on the same program, interleaved. The default model's problem",
         f"uses this run's per-channel traces (trace margin 2); the synthetic one: {synthetic_text}.",
         "CBC and HiGHS alone on the whole programs, without the presolve: `reports/perchannel.md` (`python reports/bench_perchannel.py`).",

@@ -18,9 +18,10 @@ import torch
 
 import mpq
 from mpq.cache import Cache
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
+from mpq.quant.reference import fp32_reference
 
 BATCH = 25
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpq.cli import main
+from mpq.cli.main import main
 
 TESTS = Path(__file__).parent
 USER_MODELS = str(TESTS / "user_models.py")

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 import mpq
-from mpq.api import build_problem
-from mpq.budget import parse_budget
-from mpq.cost import Choice
+from mpq.solver.build import build_problem
+from mpq.cost.budget import parse_budget
+from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
-from mpq.graph import prepare_model
-from mpq.solver import solve_problem, total_costs
+from mpq.inputs.graph import prepare_model
+from mpq.solver.problem import solve_problem, total_costs
 
 
 class ResBlockNet(nn.Module):
@@ -119,7 +119,8 @@ def test_api_act_bits_forms_and_unknown_pin(block, block_data):
 def test_cli_act_bits_list_and_unknown_keep_exits_2_before_any_hessian_work(tmp_path, block_data, capsys):
     import numpy as np
 
-    from mpq.cli import build_parser, main
+    from mpq.cli.main import main
+    from mpq.cli.parser import build_parser
 
     args = build_parser().parse_args(["search", "--budget", "4MB", "--act-bits", "4,8,none", "--keep", "fc=8", "--keep-first", "8"])
     assert (args.act_bits, args.keep, args.keep_first, args.keep_last) == ((4, 8, None), ["fc=8"], 8, None)

@@ -10,20 +10,21 @@ import pytest
 import torch
 
 import mpq
-from mpq.budget import parse_budget
+from mpq.cost.budget import parse_budget
 from mpq.cache import Cache
-from mpq.channels import build_channel_problem, channel_omega, channel_groups
-from mpq.data import Dataset
+from mpq.solver.channels import build_channel_problem, channel_omega, channel_groups
+from mpq.inputs.data import Dataset
 from mpq.errors import MpqError
-from mpq.export.packed import unpack_model
+from mpq.verify.apply import unpack_model
 from mpq.export.packed_file import read_packed
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.plan import ChannelRun, LayerPlan, Plan, storage_chunks
-from mpq.presolve import lagrangian_reduction, solve_presolved
-from mpq.quant import fake_quantize_weight
-from mpq.solver import Problem, solve_problem
-from mpq.cost import Choice
-from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
+from mpq.solver.presolve import lagrangian_reduction, solve_presolved
+from mpq.quant.affine import fake_quantize_weight
+from mpq.solver.problem import Problem, solve_problem
+from mpq.cost.layer_cost import Choice
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
+from mpq.quant.reference import fp32_reference
 
 from helpers import run_cli
 

@@ -7,11 +7,11 @@ import torch
 
 import mpq
 
-from mpq.cost import Choice, model_costs
-from mpq.export.packed import pack_bits, pack_model, unpack_bits, unpack_model
-from mpq.graph import prepare_model
+from mpq.cost.layer_cost import Choice, model_costs
+from mpq.verify.apply import pack_bits, pack_model, unpack_bits, unpack_model
+from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.quant import ActQuantParams, fake_quantize_weight
+from mpq.quant.affine import ActQuantParams, fake_quantize_weight
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -67,7 +67,7 @@ def test_choice_bops_use_32_bits_for_float_inputs(tiny_model, tiny_data):
 
 def test_integer_layers_give_the_same_bits_at_any_batch_size_and_accumulator(tiny_model, tiny_data, monkeypatch):
     """Integer accumulation is exact: batch 1 and batch 20, float32 and float64 accumulators, all equal."""
-    from mpq.export import packed as packed_module
+    from mpq.verify import apply as packed_module
 
     x, _ = tiny_data
     prepared = prepare_model(tiny_model, x[:2])

@@ -13,15 +13,16 @@ import torch
 
 import mpq
 from mpq.cache import Cache
-from mpq.data import Dataset
+from mpq.inputs.data import Dataset
 from mpq.errors import MpqError
 from mpq.export.packed_file import read_packed
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.observers import WEIGHT_CLIPS
-from mpq.quant import fake_quantize_weight
-from mpq.quantizer import DEFAULT_QUANTIZER
-from mpq.verify import fp32_reference, pack_plan, packed_logits, plan_calibration
+from mpq.quant.observers import WEIGHT_CLIPS
+from mpq.quant.affine import fake_quantize_weight
+from mpq.quant.quantizer import DEFAULT_QUANTIZER
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
+from mpq.quant.reference import fp32_reference
 
 MPQ = str(Path(sys.executable).parent / "mpq")
 
@@ -105,7 +106,7 @@ def test_cli_export_of_a_plan_for_another_model_exits_2_with_one_line(tiny, tmp_
 
 def test_cli_export_packed_prints_the_measured_bytes(tmp_path, tiny_data):
     model_spec, data_spec = _write_tiny_specs(tmp_path, tiny_data)
-    from mpq.specs import load_model_spec
+    from mpq.inputs.specs import load_model_spec
 
     prepared = prepare_model(load_model_spec(model_spec), tiny_data[0][:2])
     Plan(layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(4, 8), "fc": LayerPlan(4, 8)}, model={"fingerprint": prepared.fingerprint}).save(tmp_path / "plan.json")
@@ -168,7 +169,7 @@ def _onnx_node_output(path, node_name: str, x: torch.Tensor) -> torch.Tensor:
 
 def _torch_output(prepared, packed, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The evaluator's output of one layer."""
-    from mpq.export.packed import fake_quant_model
+    from mpq.verify.apply import fake_quant_model
 
     model, seen = fake_quant_model(prepared.folded, packed), {}
     model.get_submodule(layer).register_forward_hook(lambda m, a, out: seen.__setitem__(layer, out))

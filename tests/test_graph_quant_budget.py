@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from mpq.budget import parse_budget
+from mpq.cost.budget import parse_budget
 from mpq.errors import MpqError
-from mpq.graph import prepare_model
-from mpq.quant import channel_quant_error, quantize_weight
+from mpq.inputs.graph import prepare_model
+from mpq.quant.affine import channel_quant_error, quantize_weight
 
 
 def test_folding_keeps_outputs_and_leaves_the_user_model_alone(tiny_model, tiny_data):

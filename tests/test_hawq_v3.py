@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from mpq.budget import parse_budget
-from mpq.solver import solve_problem
-from mpq.table import read_table
+from mpq.cost.budget import parse_budget
+from mpq.solver.problem import solve_problem
+from mpq.solver.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MPQ_HAWQ_V3_DATA", REPO / "tests" / "data" / "hawq_v3"))  # a copy of shared/data/hawq_v3

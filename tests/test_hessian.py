@@ -5,7 +5,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
 
 

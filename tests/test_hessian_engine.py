@@ -11,9 +11,9 @@ import torch
 from torch.nn import functional as F
 
 import mpq
-from mpq.graph import prepare_model
+from mpq.inputs.graph import prepare_model
 from mpq.sensitivity.hessian import ProbeSettings, _rademacher, hutchinson_traces, probe_generator
-from mpq.specs import load_data_spec, load_model_spec
+from mpq.inputs.specs import load_data_spec, load_model_spec
 from tests.helpers import USER_MODELS, mlp_data
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -68,7 +68,7 @@ def test_a_loss_that_torch_func_cannot_trace_falls_back_to_reverse_over_reverse(
 
 def test_two_ranks_under_torchrun_give_the_numbers_of_one_process(tmp_path):
     data = mlp_data(tmp_path / "d.npz", n=40)
-    command = [TORCHRUN, "--nproc-per-node", "2", "-m", "mpq.cli", "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", str(data),
+    command = [TORCHRUN, "--nproc-per-node", "2", "-m", "mpq.cli.main", "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", str(data),
                "--max-probes", "30", "--tol", "0.1",
                "--json", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.errors import MpqError
-from mpq.losses import resolve_loss
+from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 from tests.user_models import mlp, output_norm_loss

@@ -16,11 +16,11 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.cache import Cache
-from mpq.quantizer import Quantizer
-from mpq.calibration import calibrate
-from mpq.verify import fp32_reference
-from mpq.graph import LayerInfo, prepare_model
-from mpq.quant import MinMaxObserver, fake_quantize_weight
+from mpq.quant.quantizer import Quantizer
+from mpq.quant.calibration import calibrate
+from mpq.quant.reference import fp32_reference
+from mpq.inputs.graph import LayerInfo, prepare_model
+from mpq.quant.affine import MinMaxObserver, fake_quantize_weight
 from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.sensitivity.activation import ActivationSensitivity, input_groups, perturbed_inputs
 from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces

@@ -10,11 +10,11 @@ import json
 import pytest
 
 import mpq
-from mpq.api import _as_dataset, _as_prepared
-from mpq.cost import Choice, model_costs
+from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.cost.layer_cost import Choice, model_costs
 from mpq.errors import BudgetInfeasible, MpqError
-from mpq.pareto import parse_sweep, verified_indices
-from mpq.pareto_files import write_pareto
+from mpq.solver.sweep import parse_sweep, verified_indices
+from mpq.report.pareto_files import write_pareto
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 
 BITS = (2, 4, 8)
@@ -42,7 +42,7 @@ def brute_force_omega(prepared, sensitivity, limit: float, margin: float) -> flo
 def test_every_point_is_the_optimum_at_its_budget_and_omega_never_rises(sweep, tiny_model, tiny_data):
     result, _ = sweep
     assert [p.budget.limit for p in result.points] == [120.0 + 10 * i for i in range(13)]
-    prepared = _as_prepared(tiny_model, _as_dataset(tiny_data))
+    prepared = as_prepared(tiny_model, as_dataset(tiny_data))
     feasible = result.feasible_points
     assert [p.feasible for p in result.points] == [False, False] + [True] * 11  # 132 B is the least size
     assert all("132 B" in p.infeasible_reason for p in result.points[:2])

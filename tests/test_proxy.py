@@ -7,11 +7,11 @@ import pytest
 from scipy.stats import spearmanr
 
 import mpq
-from mpq.cost import model_costs
+from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
-from mpq.graph import prepare_model
-from mpq.proxy import FLOOR, random_plan
-from mpq.report import write_outputs
+from mpq.inputs.graph import prepare_model
+from mpq.verify.proxy import FLOOR, random_plan
+from mpq.report.markdown import write_outputs
 
 
 def plan_size(prepared, plan) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch.nn import functional as F
 
 import mpq
-from mpq.specs import load_data_spec, load_model_spec
+from mpq.inputs.specs import load_data_spec, load_model_spec
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 
 MPQ = str(Path(sys.executable).parent / "mpq")

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from mpq.budget import Budget
-from mpq.cost import Choice
+from mpq.cost.budget import Budget
+from mpq.cost.layer_cost import Choice
 from mpq.errors import BudgetInfeasible, MpqError
-from mpq.solver import Problem, smallest_cost, solve_problem, total_costs
+from mpq.solver.problem import Problem, smallest_cost, solve_problem, total_costs
 
 CHOICES = [Choice(2, 8), Choice(4, 8), Choice(8, 8)]
 

@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from mpq.budget import Budget
-from mpq.cli import main
-from mpq.cost import Choice
+from mpq.cost.budget import Budget
+from mpq.cli.main import main
+from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
-from mpq.solver import Problem, smallest_cost, solve_problem, total_costs
+from mpq.solver.problem import Problem, smallest_cost, solve_problem, total_costs
 from tests.test_solver import KINDS, admissible, pair_problem
 
 SOLVERS = ("cbc", "highs")

@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.specs import load_data_spec, load_model_spec, parse_model_args
+from mpq.inputs.specs import load_data_spec, load_model_spec, parse_model_args
 from tests.helpers import USER_MODELS
 from tests.user_models import MLP, mlp
 
@@ -92,7 +92,7 @@ def test_data_from_a_function_returning_batches():
     data = load_data_spec(f"{USER_MODELS}:token_batches")
     assert data.x.shape == (24, 8) and data.x.dtype == torch.int64 and data.y.shape == (24,)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 3)), batch_size=4)
-    from mpq.data import from_batches
+    from mpq.inputs.data import from_batches
 
     assert from_batches(loader, "loader").x.shape == (10, 3)
 

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from mpq.cache import Cache
-from mpq.data import Dataset
-from mpq.export.packed import fake_quant_model
-from mpq.graph import prepare_model
+from mpq.inputs.data import Dataset
+from mpq.verify.apply import fake_quant_model
+from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.report import sqnr_table
-from mpq.sqnr import layer_sqnr, sqnr_db
-from mpq.verify import fp32_reference, pack_plan, plan_calibration, verify_prepared
+from mpq.report.markdown import sqnr_table
+from mpq.verify.sqnr import layer_sqnr
+from mpq.quant.affine import sqnr_db
+from mpq.verify.measure import pack_plan, plan_calibration, verify_prepared
+from mpq.quant.reference import fp32_reference
 
 
 def test_sqnr_db_is_ten_log10_of_the_energy_ratio():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mpq.budget import parse_budget
-from mpq.cli import main
-from mpq.cost import Choice
-from mpq.solver import solve_problem, total_costs
-from mpq.table import read_table
+from mpq.cost.budget import parse_budget
+from mpq.cli.main import main
+from mpq.cost.layer_cost import Choice
+from mpq.solver.problem import solve_problem, total_costs
+from mpq.solver.table import read_table
 
 HEADER = "layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s,group"
 # three layers, 4 or 8 bits; a and b tied by group g; c keeps float inputs

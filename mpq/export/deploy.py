@@ -1,6 +1,6 @@
 """`mpq export`: a plan applied to its model and written in a deployable format.
 
-Every format starts from the same tensors the evaluator measures (mpq.verify.pack_plan): weights
+Every format starts from the same tensors the evaluator measures (mpq.verify.measure.pack_plan): weights
 quantized as the plan says, with the plan's quantizer (plan.settings["quantizer"]: weight clip
 ratios, activation ranges observed on the FP32 model over the data, bias-corrected biases).
 
@@ -15,11 +15,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpq.api import _as_dataset, _as_prepared, _cache
+from mpq.cache import open_cache
 from mpq.errors import MpqError
+from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import Plan
-from mpq.quantizer import Quantizer, resolve_quantizer
-from mpq.verify import check_plan_matches, fp32_reference, pack_plan, plan_calibration
+from mpq.quant.quantizer import Quantizer, resolve_quantizer
+from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import check_plan_matches, pack_plan, plan_calibration
 
 FORMATS = ("packed", "onnx", "torchao")
 
@@ -46,10 +48,10 @@ def export_plan(
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
-    data = _as_dataset(data)
-    prepared = _as_prepared(model, data)
+    data = as_dataset(data)
+    prepared = as_prepared(model, data)
     check_plan_matches(prepared, plan)
-    cache = _cache(cache_dir)
+    cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
     packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))

@@ -1,5 +1,5 @@
 """ONNX export of a plan: integer weights of each layer's width, and each quantized input computed
-in integer arithmetic exactly as mpq's evaluator computes it (mpq.export.packed.IntegerLayer).
+in integer arithmetic exactly as mpq's evaluator computes it (mpq.verify.apply.IntegerLayer).
 
 How it is built. The BatchNorm-folded model (weights already dequantized from the packed codes) is
 exported with torch's TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, opset 20), which
@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.export.packed import PackedModel, combined_scale, unpack_codes, unpack_model
 from mpq.files import write_bytes_atomic
+from mpq.verify.apply import PackedModel, combined_scale, unpack_codes, unpack_model
 
 EXPORT_OPSET = 20
 QDQ_OPSET = 21  # INT4 in QuantizeLinear/DequantizeLinear

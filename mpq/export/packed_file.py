@@ -11,7 +11,7 @@ Format "mpq.packed/1" (all integers little-endian):
                  "layers": {"<module name>": {"weight_bits", "act_bits", "weight_shape"}},
                  "tensors": [["<name>", "<dtype>", [shape]], ...]}     (in file order)
     the tensor bytes, back to back in "tensors" order, no padding: the tensors of
-    mpq.export.packed (uint8 weight codes, float32 scales and biases, float32 input scale and
+    mpq.verify.apply (uint8 weight codes, float32 scales and biases, float32 input scale and
     int32 input zero point, the float remainder), each in its dtype's little-endian layout.
 
 So   file size = PackedModel.size_bytes (= report.json's measured.size_bytes) + 12 + H.
@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.export.packed import PackedModel, fake_quant_model
 from mpq.files import write_bytes_atomic
-from mpq.graph import fold_batchnorm, model_fingerprint
+from mpq.inputs.graph import fold_batchnorm, model_fingerprint
+from mpq.verify.apply import PackedModel, fake_quant_model
 
 FORMAT = "mpq.packed/1"
 MAGIC = b"MPQPACK1"

@@ -35,8 +35,9 @@ from torch import nn
 
 from mpq.errors import MpqError
 from mpq.files import write_text_atomic
-from mpq.graph import PreparedModel, quantizable_modules
+from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.plan import Plan
+
 
 @dataclass(frozen=True)
 class TorchaoExport:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mpq.data import Dataset, five_crops
+from mpq.inputs.data import Dataset, five_crops
 
 
 def build_model() -> torch.nn.Module:

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpq.graph import LayerInfo, module_calls_visible
-from mpq.quant import ActQuantParams, MinMaxObserver
+from mpq.inputs.graph import LayerInfo, module_calls_visible
+from mpq.quant.affine import ActQuantParams, MinMaxObserver
 from mpq.sensitivity.metrics import estimate_warning
 
 

@@ -1,6 +1,6 @@
 """Quantization error tables: ||Q_b(W) - W||^2 per layer and per output channel, for every width.
 
-Q_b is the weight quantizer the plan is verified with: `clip_ratios` (mpq.calibration.weight_clip_ratios)
+Q_b is the weight quantizer the plan is verified with: `clip_ratios` (mpq.quant.calibration.weight_clip_ratios)
 gives its per-channel clip ratio per layer and width; None is min-max.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpq.quant import MAX_BITS, MIN_BITS, channel_quant_error
+from mpq.quant.affine import MAX_BITS, MIN_BITS, channel_quant_error
 
 ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
 

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpq.distributed import Ranks
 from mpq.errors import MpqError
+from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.hvp import HVP_METHODS, hessian_vector_product
 
 

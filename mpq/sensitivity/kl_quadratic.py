@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mpq.bias_correction import corrected_bias
-from mpq.graph import module_calls_visible
-from mpq.quant import quantize_weight
+from mpq.inputs.graph import module_calls_visible
+from mpq.quant.affine import quantize_weight
+from mpq.quant.bias_correction import corrected_bias
 
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 

@@ -34,8 +34,15 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from mpq.errors import MpqError
-from mpq.graph import module_calls_visible
-from mpq.sensitivity.hessian import Checkpoint, HessianTraces, ProbeSettings, RunningSums, _stderr, hutchinson_traces
+from mpq.inputs.graph import module_calls_visible
+from mpq.sensitivity.hessian import (
+    Checkpoint,
+    HessianTraces,
+    ProbeSettings,
+    RunningSums,
+    _stderr,
+    hutchinson_traces,
+)
 
 METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic")
 MEASURED = ("output_mse", "output_kl")  # Omega measured with one whole layer quantized at a time: no per-channel Omega

@@ -6,7 +6,7 @@ the calibration inputs:
     SQNR_l(b) = 10 log10(Σ f² / Σ (f_q − f)²) dB    (reported beside it)
     output_kl:  Ω_l(b) = KL(softmax f ‖ softmax f_q) along dimension 1, averaged over samples (as mpq.verify's)
 
-Weights: output_mse takes Q_b(W_l) by mpq.quant's min-max symmetric per-channel quantizer; output_kl the
+Weights: output_mse takes Q_b(W_l) by mpq.quant.affine's min-max symmetric per-channel quantizer; output_kl the
 plan's quantizer (clipping, and the corrected bias with bias correction: `deltas`). Inputs (activation sensitivity): the
 layer's input through the verifier's min-max affine quantizer at b bits (ranges observed on the same
 data); layers that read one tensor are quantized together, as they share one quantizer.
@@ -23,10 +23,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mpq.graph import module_calls_visible
-from mpq.losses import fp32_outputs
-from mpq.quant import ActQuantParams, fake_quantize_weight
-from mpq.sqnr import sqnr_db
+from mpq.inputs.graph import module_calls_visible
+from mpq.quant.affine import ActQuantParams, fake_quantize_weight, sqnr_db
+from mpq.sensitivity.losses import fp32_outputs
 
 
 @dataclass(frozen=True)

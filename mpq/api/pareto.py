@@ -1,0 +1,193 @@
+"""Pareto fronts: the least-Omega plan at each of many budgets, and what the evaluator measures on some.
+
+For budgets B_1 < B_2 < ... < B_n of one kind (bytes or BOPs), point i is the plan of mpq.solve at B_i
+(together with any fixed budgets that hold at every point):
+
+    Omega*(B_i) = min { sum_l Omega_l(b_l) : cost(b) <= B_i, fixed budgets hold }
+
+The feasible set grows with B, so Omega*(B_i) is non-increasing in i. Points below the smallest
+reachable budget are infeasible (marked, not an error unless every point is). The sensitivity is
+computed once (cached); a chosen subset of points and every uniform width (at the widest candidate
+activation width) are measured with the evaluator (mpq.verify.measure.measure_plan).
+
+    result = mpq.pareto(model, data, budgets="2MB:6MB:30", verify_points=6)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from typing import Iterable, Sequence
+
+from mpq.api.verbs import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS,
+    DEFAULT_TRACE_MARGIN,
+    analyze,
+    solve,
+)
+from mpq.cache import open_cache
+from mpq.cost.budget import Budget, as_budgets
+from mpq.cost.layer_cost import model_costs
+from mpq.errors import BudgetInfeasible
+from mpq.inputs.graph import PreparedModel
+from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.plan import Plan
+from mpq.quant.calibration import calibrate
+from mpq.quant.quantizer import Quantizer
+from mpq.quant.reference import fp32_reference
+from mpq.sensitivity import Sensitivity
+from mpq.solver.build import act_widths, build_problem
+from mpq.solver.milp import DEFAULT_SOLVER
+from mpq.solver.pins import resolve_keep
+from mpq.solver.problem import check_feasible
+from mpq.solver.sweep import DEFAULT_VERIFY_POINTS, parse_sweep, verified_indices
+from mpq.verify.measure import measure_plan, uniform_plan
+from mpq.verify.pareto import ParetoPoint, ParetoResult, UniformPoint
+from mpq.verify.report import Measurement
+
+
+def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins) -> list[str | None]:
+    """Per budget, None when each budget alone can be met, else the BudgetInfeasible message (no Hessian work)."""
+    graph = prepared.graph
+    reasons = []
+    for budget in budgets:
+        try:
+            check_feasible(build_problem(graph.layers, graph.float_bytes, [budget, *fixed], bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups))
+            reasons.append(None)
+        except BudgetInfeasible as exc:
+            reasons.append(str(exc))
+    return reasons
+
+
+def uniform_points(prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequence[int], act_bits: int | None, trace_margin: float) -> list[UniformPoint]:
+    """Every candidate weight width for every layer: predicted size, BOPs and total Omega."""
+    points = []
+    for b in sorted(set(bits)):
+        plan = uniform_plan(prepared, b, act_bits)
+        costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+        omega = sum(s.omega(b, trace_margin) for s in sensitivity.layers.values())
+        points.append(UniformPoint(b, act_bits, {"size_bytes": int(costs["size_bytes"]), "bops": costs["bops"], "omega": omega}))
+    return points
+
+
+def _log(progress: bool, text: str) -> None:
+    if progress:
+        print(f"pareto: {text}", file=sys.stderr, flush=True)
+
+
+def pareto(
+    model,
+    data,
+    budgets="2MB:6MB",
+    *,
+    also_budgets=(),
+    bits: Iterable[int] = DEFAULT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
+    trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
+    verify_points: "int | str" = DEFAULT_VERIFY_POINTS,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
+    cache_dir=None,
+    progress: bool = True,
+    eval_batch_size: int = 25,
+    quantize_embeddings: bool = False,
+    **analyze_options,
+) -> ParetoResult:
+    """The least-Omega plan at every budget of a sweep, `verify_points` of them measured, and the uniform widths.
+
+    `budgets`: "2MB:6MB" (30 evenly spaced), "2MB:6MB:STEPS", "2MB,3MB,4MB" or a list (one kind: sizes or
+    BOPs); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping sizes). `verify_points`:
+    how many feasible points to measure, evenly spread (ends included), "all", or 0 to measure nothing
+    (then the uniform widths are not measured either). The rest as in `mpq.search`.
+    Raises BudgetInfeasible when no point of the sweep can be met.
+    """
+    start = time.perf_counter()
+    data = as_dataset(data)
+    sweep = parse_sweep(budgets)
+    fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
+    bits = tuple(sorted(set(bits)))
+    acts = act_widths(act_bits)
+    verified_indices(len(sweep), verify_points)  # check it before the Hessian work
+    prepared = as_prepared(model, data, quantize_embeddings)
+    pins = resolve_keep([layer.name for layer in prepared.graph.layers], keep, keep_first, keep_last)
+    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins)
+    if all(reasons):
+        raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
+    t0 = time.perf_counter()
+    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, quantize_embeddings=quantize_embeddings, **analyze_options)
+    t1 = time.perf_counter()
+    points = [_solve_point(sensitivity, b, fixed, reason, bits, acts, trace_margin, pins, solver, time_limit_s) for b, reason in zip(sweep, reasons)]
+    if not any(p.feasible for p in points):
+        raise BudgetInfeasible(f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}")
+    t2 = time.perf_counter()
+    _log(progress, f"solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)")
+    widest_act = acts[-1]
+    uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
+    feasible = [p for p in points if p.feasible]
+    chosen = [feasible[i] for i in verified_indices(len(feasible), verify_points)]
+    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer) if chosen else {}
+    return ParetoResult(
+        kind=sweep[0].kind,
+        points=points,
+        uniform=uniform,
+        sensitivity=sensitivity,
+        fixed_budgets=fixed,
+        fp32=fp32,
+        settings={
+            "bits": list(bits),
+            "act_bits": acts[0] if len(acts) == 1 else list(acts),
+            "keep": pins,
+            "trace_margin": trace_margin,
+            "loss": sensitivity.loss,
+            "probes": sensitivity.settings.max_probes,
+            "seed": sensitivity.settings.seed,
+            "solver": solver,
+            "time_limit_s": time_limit_s,
+            "verify_points": verify_points,
+        },
+        timings_s={
+            "sensitivity": t1 - t0,
+            "solve": t2 - t1,
+            "verify": time.perf_counter() - t2,
+            "total": time.perf_counter() - start,
+        },
+    )
+
+
+def _solve_point(sensitivity, budget, fixed, reason, bits, acts, trace_margin, pins, solver, time_limit_s) -> ParetoPoint:
+    if reason:
+        return ParetoPoint(budget, None, reason)
+    start = time.perf_counter()
+    try:
+        plan = solve(sensitivity, [budget, *fixed], bits=bits, act_bits=acts, trace_margin=trace_margin, keep=pins, solver=solver, time_limit_s=time_limit_s)
+    except BudgetInfeasible as exc:
+        return ParetoPoint(budget, None, str(exc), solve_seconds=time.perf_counter() - start)
+    return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
+
+
+def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool, quantizer: Quantizer) -> dict:
+    """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer`); the FP32 summary."""
+    cache = open_cache(cache_dir)
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
+    seen: dict[str, Measurement] = {}
+
+    def measured(plan: Plan, name: str) -> Measurement:
+        key = repr(sorted((n, lp.weight_bits, lp.act_bits) for n, lp in plan.layers.items()))
+        if key not in seen:
+            _log(progress, f"measuring {name} ({len(seen) + 1} of at most {len(chosen) + len(uniform)})")
+            seen[key] = measure_plan(prepared, plan, data, reference, name, batch_size, cache, calibration=calibration)
+        return replace(seen[key], name=name)
+
+    for point in chosen:
+        point.measured = measured(point.plan, f"mpq plan at {point.budget.text}")
+        fits = all(point.measured.__dict__.get(b.kind, 0) <= b.limit for b in point.plan.budgets)
+        point.measured = replace(point.measured, fits_budget=fits)
+    for u in uniform:
+        u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits), u.name)
+    return {"size_bytes": reference.size_bytes, "top1": reference.top1}

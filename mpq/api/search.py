@@ -1,0 +1,150 @@
+"""mpq.search: analyze, solve and verify in one call, failing before the Hessian work when no plan can
+meet a budget, and leaving room in a size budget for the packed file's header."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+from mpq.api.verbs import (
+    DEFAULT_ACT_BITS,
+    DEFAULT_BITS,
+    DEFAULT_TRACE_MARGIN,
+    analyze,
+    solve,
+    verify,
+)
+from mpq.cache import open_cache
+from mpq.cost.budget import Budget, as_budgets
+from mpq.cost.latency import latency_model
+from mpq.errors import BudgetInfeasible
+from mpq.inputs.data import Dataset
+from mpq.inputs.graph import PreparedModel
+from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.plan import Plan
+from mpq.sensitivity import Sensitivity
+from mpq.solver.build import act_widths, build_problem, check_latency_budgets
+from mpq.solver.channels import build_channel_problem, check_granularity
+from mpq.solver.milp import DEFAULT_SOLVER, solver_note
+from mpq.solver.pins import resolve_keep
+from mpq.solver.problem import check_feasible
+from mpq.verify.proxy import check_proxy_request, proxy_check
+from mpq.verify.report import Report
+
+
+@dataclass
+class SearchResult:
+    sensitivity: Sensitivity
+    plan: Plan
+    report: Report
+
+
+def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets: list[Budget], solve_within) -> Plan:
+    """The plan `solve_within(budgets)` gives, solved again with the size budget lowered by the packed file's
+    header (mpq.export.packed_file) until tensors and header together fit it: the file `mpq export` writes
+    then fits the budget. plan.budgets stay the user's; settings["container_reserve_bytes"] says what was kept."""
+    plan = solve_within(budgets)
+    sizes = [b for b in budgets if b.kind == "size_bytes"]
+    if not sizes:
+        return plan
+    limit, reserve = min(b.limit for b in sizes), 0
+    for _ in range(4):
+        over = plan.predicted["size_bytes"] + _container_bytes(prepared, data, plan) - limit
+        if over <= 0:
+            break
+        try:
+            tighter = solve_within([replace(b, limit=b.limit - reserve - int(over)) if b.kind == "size_bytes" else b for b in budgets])
+        except BudgetInfeasible:  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
+            break
+        plan, reserve = tighter, reserve + int(over)
+    return replace(plan, budgets=list(budgets), settings={**plan.settings, "container_reserve_bytes": reserve})
+
+
+def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
+    """The packed file's header for this plan: its tensors' names and shapes do not depend on the data's values."""
+    from mpq.export.packed_file import container_bytes
+    from mpq.quant.affine import ActQuantParams
+    from mpq.verify.apply import pack_model
+
+    acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
+    return container_bytes(pack_model(prepared.folded, plan, acts), prepared.fingerprint, tuple(data.x.shape[1:]))
+
+
+def search(
+    model,
+    data,
+    budget="4MB",
+    *,
+    bits: Iterable[int] = DEFAULT_BITS,
+    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
+    trace_margin: float = DEFAULT_TRACE_MARGIN,
+    keep: "dict[str, int] | None" = None,
+    keep_first: int | None = None,
+    keep_last: int | None = None,
+    cache_dir=None,
+    progress: bool = True,
+    eval_batch_size: int = 25,
+    quantize_embeddings: bool = False,
+    granularity: str = "layer",
+    channel_group: int = 1,
+    act_sensitivity: bool | None = None,
+    latency=None,
+    solver: str = DEFAULT_SOLVER,
+    time_limit_s: float | None = None,
+    proxy_plans: int = 0,
+    **analyze_options,
+) -> SearchResult:
+    """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
+    `granularity`, `channel_group` and `latency` as in `solve`. `proxy_plans` > 0 also measures that many random
+    plans at the same size budget and rank-correlates their Omega with their KL (mpq.proxy; report.proxy).
+
+    With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
+    `act_sensitivity=False` (then they go by cost only, the widest the budgets allow).
+
+    Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
+    """
+    start = time.perf_counter()
+    check_granularity(granularity, channel_group, analyze_options.get("metric", "hessian"))
+    data = as_dataset(data)
+    budgets = as_budgets(budget)
+    bits = tuple(bits)
+    latency = latency_model(latency)
+    check_latency_budgets(budgets, latency)
+    prepared = as_prepared(model, data, quantize_embeddings)
+    # fail before the Hessian work when no plan can meet a budget
+    graph = prepared.graph
+    pins = resolve_keep([layer.name for layer in graph.layers], keep, keep_first, keep_last)
+    if granularity == "channel":
+        zero = lambda group, b: 0.0  # noqa: E731
+        problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, bits, act_widths(act_bits), zero, channel_group, pins, graph.act_tie_groups).problem
+    else:
+        problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
+    check_feasible(problem)
+    if proxy_plans:
+        check_proxy_request(proxy_plans, budgets, granularity)
+    t0 = time.perf_counter()
+    activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
+    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
+    t1 = time.perf_counter()
+    solve_within = lambda b: solve(sensitivity, b, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)  # noqa: E731
+    plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
+    t2 = time.perf_counter()
+    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
+    t3 = time.perf_counter()
+    if proxy_plans:
+        report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)
+    report.timings_s = {
+        "prepare": t0 - start,
+        "sensitivity": t1 - t0,
+        "solve": t2 - t1,
+        "verify": t3 - t2,
+        **({"proxy_check": time.perf_counter() - t3} if proxy_plans else {}),
+        "total": time.perf_counter() - start,
+    }
+    report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
+    report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
+    if plan.settings.get("latency", {}).get("note"):
+        report.notes.append(plan.settings["latency"]["note"])
+    report.notes.append(solver_note(plan.solver, t2 - t1))
+    return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

@@ -1,0 +1,3 @@
+from mpq.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,167 @@
+"""The `mpq` subcommands: each reads its parsed options, calls the Python API and prints the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mpq.cli.parser import (
+    analyze_options,
+    created,
+    latency_arg,
+    load_inputs,
+    need_latency_model,
+    pins_arg,
+    quantizer_arg,
+    solver_options,
+    writable_folder,
+)
+from mpq.errors import MpqError
+
+
+def run_search(args) -> int:
+    import mpq
+    from mpq.cost.budget import parse_budget
+    from mpq.report.markdown import (
+        comparison_table,
+        latency_line,
+        layer_table,
+        write_outputs,
+    )
+
+    budgets = [parse_budget(b) for b in args.budget]
+    latency = latency_arg(args)
+    need_latency_model(budgets, latency)
+    out = writable_folder(args.out)
+    model, data = load_inputs(args)
+    pins = pins_arg(args)
+    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, **pins, **solver_options(args), **analyze_options(args))
+    paths = write_outputs(out, result.sensitivity, result.plan, result.report)
+    print(layer_table(result.sensitivity, result.plan))
+    print()
+    print(comparison_table(result.report))
+    print()
+    if latency is not None:
+        print(latency_line(result.plan))
+        if "note" in result.plan.settings["latency"]:
+            print(f"note: {result.plan.settings['latency']['note']}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_pareto(args) -> int:
+    import mpq
+    from mpq.cost.budget import parse_budget
+    from mpq.report.pareto_files import pareto_table, write_pareto
+    from mpq.solver.sweep import parse_sweep
+
+    budgets = parse_sweep(args.budget)
+    fixed = [parse_budget(b) for b in args.also_budget]
+    out = writable_folder(args.out)
+    model, data = load_inputs(args)
+    result = mpq.pareto(model, data, budgets, also_budgets=fixed, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin,
+                        verify_points=args.verify_points, eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), **pins_arg(args), **solver_options(args), **analyze_options(args))
+    paths = write_pareto(out, result)
+    print(pareto_table(result))
+    print()
+    print(f"solved {len(result.points)} points in {result.timings_s['solve']:.1f} s; wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_solve(args) -> int:
+    from mpq.cost.budget import parse_budget
+    from mpq.report.markdown import solution_table
+    from mpq.solver.pins import resolve_keep
+    from mpq.solver.problem import solve_problem
+    from mpq.solver.table import plan_from_solution, read_table
+
+    budgets = [parse_budget(b) for b in args.budget]
+    pins = pins_arg(args)
+    out = writable_folder(args.out)
+    problem = read_table(args.table, budgets)
+    problem.keep = resolve_keep(problem.layers, **pins)
+    solution = solve_problem(problem, args.time_limit, args.solver)
+    plan_from_solution(args.table, problem, solution).save(created(out) / "plan.json")
+    print(solution_table(problem, solution))
+    print()
+    print(f"wrote {out / 'plan.json'}")
+    return 0
+
+
+def run_sensitivity(args) -> int:
+    import mpq
+    from mpq.report.markdown import layer_table, plot_sensitivity
+    from mpq.sensitivity.distributed import Ranks
+
+    plot = None if args.no_plot else Path(args.plot)
+    if plot is not None:
+        writable_folder(str(plot.parent))
+    model, data = load_inputs(args)
+    sensitivity = mpq.analyze(model, data, activations=args.activations, **analyze_options(args))
+    if not Ranks.current().is_main:
+        return 0  # under torchrun, rank 0 prints and plots
+    if plot is not None:
+        created(plot.parent)
+        plot_sensitivity(sensitivity, plot)
+    if args.json:
+        print(json.dumps(sensitivity.to_json(), indent=1))
+    else:
+        print(f"metric: {sensitivity.metric}; loss: {sensitivity.loss}")
+        print(layer_table(sensitivity))
+    if plot is not None:
+        print(f"wrote {plot}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def run_verify(args) -> int:
+    import mpq
+    from mpq.files import write_json_atomic
+    from mpq.report.markdown import comparison_table
+
+    plan = mpq.Plan.load(args.plan)
+    out = writable_folder(args.out)
+    model, data = load_inputs(args)
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True))
+    write_json_atomic(created(out) / "report.json", report.to_json())
+    print(comparison_table(report))
+    print(f"\nwrote {out / 'report.json'}")
+    return 0
+
+
+def run_profile(args) -> int:
+    import torch
+
+    from mpq.cost.profile import profile_prepared, write_profile
+    from mpq.inputs.prepare import as_prepared
+
+    for name in ("batch", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MpqError(f"--{name} must be 1 or more")
+    if args.warmup < 0:
+        raise MpqError("--warmup must be 0 or more")
+    model, data = load_inputs(args)
+    prepared = as_prepared(model, data)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = profile_prepared(prepared, args.batch, args.repeats, args.warmup, example=data.x[:1])
+    finally:
+        torch.set_num_threads(threads)
+    command = f"mpq profile --batch {args.batch} --repeats {args.repeats} --warmup {args.warmup}" + (f" --threads {args.threads}" if args.threads else "")
+    write_profile(result, args.out, command)
+    print(result.summary())
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def run_export(args) -> int:
+    import mpq
+
+    plan = mpq.Plan.load(args.plan)
+    model, data = load_inputs(args)
+    cache_dir = False if args.no_cache else args.cache_dir
+    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=quantizer_arg(args, True))
+    print(result.summary())
+    return 0

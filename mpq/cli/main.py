@@ -1,0 +1,54 @@
+"""The `mpq` command: a thin layer over the Python API.
+
+Exit status: 0 done; 2 bad input (one line `mpq: error: ...`); 3 no plan meets the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mpq.cli.commands import (
+    run_export,
+    run_pareto,
+    run_profile,
+    run_search,
+    run_sensitivity,
+    run_solve,
+    run_verify,
+)
+from mpq.cli.parser import build_parser
+from mpq.errors import MpqError
+
+
+def _join_ranks(command: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1), `mpq sensitivity` joins the process group; other commands refuse."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if command != "sensitivity":
+            raise MpqError(f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {command}` in one process with the same --cache-dir reuses its traces")
+        from mpq.sensitivity.distributed import join_from_environment
+
+        join_from_environment()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
+        _join_ranks(args.command)
+        return handler(args)
+    except MpqError as exc:
+        print(f"mpq: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them", file=sys.stderr)
+        return 130
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from mpq.sensitivity.distributed import leave
+
+            leave()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

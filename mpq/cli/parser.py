@@ -1,0 +1,297 @@
+"""The `mpq` command line: options, their types and their groups (what `mpq COMMAND --help` shows)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from mpq.errors import MpqError
+
+DEFAULT_OUT = "mpq-out"
+
+
+DEFAULT_SENSITIVITY_PLOT = f"{DEFAULT_OUT}/sensitivity.png"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise MpqError(f"{message} (see `{self.prog} --help`)")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
+    from mpq.quant.affine import check_bits
+
+    for v in values:
+        try:
+            check_bits(v)
+        except MpqError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return values
+
+
+def _act_bits(text: str) -> tuple[int | None, ...]:
+    widths = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.lower() in ("none", "float", "off", "0"):
+            widths.append(None)
+            continue
+        try:
+            widths.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'") from None
+    if not widths:
+        raise argparse.ArgumentTypeError("give at least one activation width, e.g. 8 or 4,8, or 'none'")
+    return tuple(widths)
+
+
+def _add_pin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", action="append", default=[], metavar="NAME=BITS", help="keep layer NAME at BITS weight bits, e.g. fc=8; repeatable")
+    p.add_argument("--keep-first", type=int, metavar="BITS", help="keep the first quantizable layer (execution order) at BITS weight bits")
+    p.add_argument("--keep-last", type=int, metavar="BITS", help="keep the last quantizable layer (execution order) at BITS weight bits")
+
+
+def _verify_points(text: str) -> "int | str":
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    """Widths, Omega margin, output folder, evaluation batch, pins, solver and probe options (search and pareto)."""
+    p.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
+    p.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
+    p.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    p.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    _add_quantizer_options(p, default_is_plan=False)
+    _add_pin_options(p)
+    _add_solver_options(p)
+    _add_probe_options(p)
+
+
+def _add_solver_options(p: argparse.ArgumentParser) -> None:
+    from mpq.solver.milp import DEFAULT_SOLVER, SOLVERS
+
+    p.add_argument("--solver", choices=SOLVERS, default=DEFAULT_SOLVER, help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
+
+
+def solver_options(args) -> dict:
+    return {"solver": args.solver, "time_limit_s": args.time_limit}
+
+
+def pins_arg(args) -> dict:
+    from mpq.solver.pins import parse_keep
+
+    keep: dict[str, int] = {}
+    for text in args.keep:
+        name, bits = parse_keep(text)
+        if keep.get(name, bits) != bits:
+            raise MpqError(f"layer {name} is kept at both {keep[name]} and {bits} bits; keep it at one width")
+        keep[name] = bits
+    return {"keep": keep, "keep_first": args.keep_first, "keep_last": args.keep_last}
+
+
+def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml")
+    p.add_argument("--latency-table", metavar="FILE.csv", help="latency by a measured table (written by `mpq profile`); its rows limit the widths offered")
+    p.add_argument("--latency-batch", type=int, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
+
+
+def latency_arg(args):
+    """The latency model the options name, or None; MpqError for both at once."""
+    from mpq.cost.latency import latency_model
+
+    if args.device and args.latency_table:
+        raise MpqError("give either --device or --latency-table, not both")
+    if args.latency_batch is not None and not (args.device or args.latency_table):
+        raise MpqError("--latency-batch needs --device or --latency-table")
+    return latency_model(args.device or args.latency_table, args.latency_batch)
+
+
+def need_latency_model(budgets, latency) -> None:
+    from mpq.cost.roofline import shipped_devices
+    from mpq.solver.build import check_latency_budgets
+
+    how = f"pass --device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
+    check_latency_budgets(budgets, latency, how)
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+
+
+def _add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> None:
+    from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
+    from mpq.quant.quantizer import PRESETS
+
+    base = "the plan's quantizer" if default_is_plan else "the default preset"
+    p.add_argument("--quantizer", choices=tuple(PRESETS), help=f"quantizer preset (default: {base}); the three options below override its parts")
+    p.add_argument("--act-observer", choices=tuple(ACT_OBSERVERS), help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
+    p.add_argument("--weight-clip", choices=tuple(WEIGHT_CLIPS), help="weight scales per channel: min-max, or the clip ratio of least squared error")
+    p.add_argument("--bias-correction", type=_on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
+
+
+def quantizer_arg(args, default_is_plan: bool):
+    from mpq.quant.quantizer import resolve_quantizer
+
+    parts = {"act_observer": args.act_observer, "weight_clip": args.weight_clip, "bias_correction": args.bias_correction}
+    if default_is_plan and args.quantizer is None and all(v is None for v in parts.values()):
+        return None  # the plan's own
+    return resolve_quantizer(args.quantizer, **parts)
+
+
+def _add_model_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); repeatable")
+    p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
+    p.add_argument("--data", help=".npz/.pt with x (and integer labels y), a folder of images, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views")
+    p.add_argument("--transform", choices=("imagenet", "none"), default="imagenet", help="for image folders: imagenet = resize 256 bicubic, centre crop 224, (x-127)/128; none = x/255 as is (default imagenet)")
+
+
+def _add_probe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tol", type=float, default=0.05, help="stop probing when every layer's stderr is below this fraction of its trace (default 0.05)")
+    p.add_argument("--max-probes", type=int, default=32, help="most Hutchinson probes (default 32)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
+    p.add_argument("--hvp", choices=("fwd-rev", "rev-rev"), default="fwd-rev", help="Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default fwd-rev")
+    p.add_argument("--probing", choices=("per-layer", "all-layers"), default="per-layer", help="per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (default; far less variance, reports/hessian.md); all-layers: one product per probe for every layer")
+    p.add_argument("--chunk-size", type=int, default=0, help="samples per chunk of a probe's batch, to bound memory (default 0: the whole batch at once); same result")
+    p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
+    p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
+    p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
+    p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpq", description="Mixed-precision quantization search and sensitivity analysis for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
+    _add_model_data(search)
+    search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
+    _add_search_options(search)
+    search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
+    search.add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
+    search.add_argument("--proxy-check", type=int, default=0, metavar="N", help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)")
+    search.add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
+    _add_latency_options(search)
+
+    sweep = sub.add_parser("pareto", help="the least-Omega plan at each budget of a range, some measured, against uniform widths")
+    _add_model_data(sweep)
+    sweep.add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
+    sweep.add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
+    sweep.add_argument("--verify-points", type=_verify_points, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")
+    _add_search_options(sweep)
+
+    solve = sub.add_parser("solve", help="solve a bit-allocation problem given as a CSV table and write plan.json")
+    solve.add_argument("--table", required=True, help="CSV: layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]; one row per layer and choice")
+    solve.add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
+    solve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    _add_pin_options(solve)
+    _add_solver_options(solve)
+
+    sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
+    _add_model_data(sens)
+    sens.add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
+    sens.add_argument("--activations", action="store_true", help="also the sensitivity of every layer's input (what chooses --act-bits in mpq search)")
+    sens.add_argument("--plot", default=DEFAULT_SENSITIVITY_PLOT, metavar="FILE.png", help=f"bar chart of the per-layer sensitivities with error bars (default {DEFAULT_SENSITIVITY_PLOT})")
+    sens.add_argument("--no-plot", action="store_true", help="write no chart")
+    _add_probe_options(sens)
+
+    check = sub.add_parser("verify", help="measure a saved plan on a model and data; writes report.json")
+    check.add_argument("plan", help="plan.json written by `mpq search`")
+    _add_model_data(check)
+    check.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
+    check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_latency_options(check)
+
+    profile = sub.add_parser("profile", help="measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
+    _add_model_data(profile)
+    profile.add_argument("--out", required=True, help="the CSV latency table to write (for --latency-table)")
+    profile.add_argument("--batch", type=int, default=1, help="samples per timed call (default 1)")
+    profile.add_argument("--repeats", type=int, default=25, help="timed calls per layer and width; the median is kept (default 25)")
+    profile.add_argument("--warmup", type=int, default=5, help="untimed calls before them (default 5)")
+    profile.add_argument("--threads", type=int, help="torch threads while timing (default: torch's own choice)")
+    _add_quantizer_options(check, default_is_plan=True)
+
+    export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
+    export.add_argument("plan", help="plan.json written by `mpq search`")
+    export.add_argument("--format", choices=("packed", "onnx", "torchao"), default="packed", help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed")
+    export.add_argument("--out", required=True, help="the file to write")
+    _add_model_data(export)
+    export.add_argument("--batch-size", type=int, default=25, help="samples per calibration batch (default 25)")
+    export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_quantizer_options(export, default_is_plan=True)
+    return parser
+
+
+def load_inputs(args):
+    from mpq.inputs.specs import load_data_spec, load_model_spec, parse_model_args
+    from mpq.models import DEFAULT_DATA_SPEC, DEFAULT_MODEL_SPEC
+
+    if args.model and not args.data:
+        raise MpqError("--model needs --data too (the built-in data suits only the built-in model)")
+    if not args.model and (args.model_arg or args.weights):
+        raise MpqError("--model-arg and --weights apply to your own --model; add --model")
+    model = load_model_spec(args.model or DEFAULT_MODEL_SPEC, parse_model_args(args.model_arg), args.weights)
+    data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform)
+    return model, data
+
+
+def analyze_options(args) -> dict:
+    return {
+        "tol": args.tol,
+        "max_probes": args.max_probes,
+        "max_seconds": args.max_seconds,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "hvp": args.hvp,
+        "chunk_size": args.chunk_size,
+        "probing": args.probing,
+        "cache_dir": False if args.no_cache else args.cache_dir,
+        "progress": not args.quiet,
+        "loss": args.loss,
+        "quantize_embeddings": args.quantize_embeddings,
+        "metric": args.metric,
+    }
+
+
+def writable_folder(path: str) -> Path:
+    """The output folder, checked before any work but created only when something is written into it
+    (a run that fails leaves no folder behind)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise MpqError(f"output folder {out} is a file; choose another with --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MpqError(f"cannot create output folder {out}: {existing} is not a writable folder; choose another with --out")
+    return out
+
+
+def created(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,110 @@
+"""Budgets in physical units: bytes, bit operations, seconds.
+
+Grammar: a positive number followed by a unit.
+    size:    B, KB, MB, GB (powers of 10), KiB, MiB, GiB (powers of 2)   e.g. 4MB, 3.5MiB, 123456B
+    BOPs:    BOPs, KBOPs, MBOPs, GBOPs, TBOPs                            e.g. 20GBOPs
+    latency: s, ms, us                                                   e.g. 2.5ms, 800us
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from mpq.errors import MpqError
+
+SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+BOPS_UNITS = {"bops": 1, "kbops": 1e3, "mbops": 1e6, "gbops": 1e9, "tbops": 1e12}
+LATENCY_UNITS = {"s": 1, "ms": 1e-3, "us": 1e-6}
+KIND_OF_UNIT = (
+    {u: "size_bytes" for u in SIZE_UNITS}
+    | {u: "bops" for u in BOPS_UNITS}
+    | {u: "latency_s" for u in LATENCY_UNITS}
+)
+SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS
+
+_BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An upper limit on one cost: `kind` is "size_bytes", "bops" or "latency_s"."""
+
+    kind: str
+    limit: float
+    text: str
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "limit": self.limit, "text": self.text}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Budget":
+        return cls(kind=data["kind"], limit=float(data["limit"]), text=data["text"])
+
+
+def parse_budget(text: "str | Budget") -> Budget:
+    """Parse "4MB", "20GBOPs", "2.5ms" ... into a Budget."""
+    if isinstance(text, Budget):
+        return text
+    match = _BUDGET.match(str(text))
+    if not match:
+        raise MpqError(
+            f"cannot read budget {text!r}: write a number and a unit, e.g. 4MB, 3.5MiB, 20GBOPs or 2.5ms"
+        )
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if unit not in KIND_OF_UNIT:
+        raise MpqError(
+            f"unknown budget unit {match.group(2)!r} in {text!r}: use B, KB, MB, GB, KiB, MiB, GiB, "
+            "BOPs, KBOPs, MBOPs, GBOPs, TBOPs, s, ms or us"
+        )
+    limit = number * SCALE_OF_UNIT[unit]
+    if not math.isfinite(limit) or limit <= 0:
+        raise MpqError(f"budget {text!r} must be a positive number of {match.group(2)}")
+    if KIND_OF_UNIT[unit] == "size_bytes":
+        limit = float(math.floor(limit))
+    return Budget(kind=KIND_OF_UNIT[unit], limit=limit, text=str(text).strip())
+
+
+def format_bytes(size_bytes: float, round_up: bool = False) -> str:
+    """4012345 -> '4,012,345 B (4.01 MB)'; `round_up` rounds a fractional byte count up, never down."""
+    whole = math.ceil(size_bytes) if round_up else int(size_bytes)
+    return f"{whole:,} B ({size_bytes / 1e6:.2f} MB)"
+
+
+BOPS_PREFIXES = (("TBOPs", 1e12), ("GBOPs", 1e9), ("MBOPs", 1e6), ("KBOPs", 1e3), ("BOPs", 1.0))
+LATENCY_PREFIXES = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6))
+
+
+def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: bool) -> str:
+    """`value` in the largest unit that keeps it >= 1, to 6 significant digits; `round_up` never rounds it down,
+    so that the printed text, given back as a budget, is still at least `value`."""
+    unit, scale = next(((u, f) for u, f in prefixes if abs(value) >= f), prefixes[-1])
+    number = value / scale
+    digits = max(0, 5 - math.floor(math.log10(abs(number)))) if number else 0
+    if round_up:
+        step = 10.0**-digits
+        text = f"{math.ceil(number / step - 1e-9) * step:.{digits}f}"
+        while float(text) * scale < value:  # float division can land a hair low
+            text = f"{float(text) + step:.{digits}f}"
+    else:
+        text = f"{number:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
+def format_cost(kind: str, value: float, round_up: bool = False) -> str:
+    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us). `round_up`: never below `value`."""
+    if kind == "size_bytes":
+        return format_bytes(value, round_up)
+    if kind == "bops":
+        return _scaled(value, BOPS_PREFIXES, round_up)
+    return _scaled(value, LATENCY_PREFIXES, round_up)
+
+
+def as_budgets(budget) -> list[Budget]:
+    items = [budget] if isinstance(budget, (str, Budget)) else list(budget)
+    if not items:
+        raise MpqError("give at least one budget, e.g. budget=\"4MB\"")
+    return [parse_budget(b) for b in items]

@@ -1,0 +1,61 @@
+"""The boundary: what the user gives (a module, data in several forms) checked and prepared once,
+with one actionable sentence for anything that cannot be used."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpq.errors import MpqError
+from mpq.inputs.data import Dataset
+from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
+
+EXAMPLE_BATCH = 2
+
+
+def as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, torch.Tensor):
+        return Dataset(x=data)
+    if isinstance(data, tuple) and len(data) == 2:
+        return Dataset(x=data[0], y=data[1])
+    raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, or an (x, y) tuple, not {type(data).__name__}")
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MpqError(f"model tensor {name} contains NaN or Inf: load trained weights (or fix training) before quantizing")
+
+
+def _check_output(model: nn.Module, example: torch.Tensor) -> None:
+    with torch.no_grad(), module_calls_visible():
+        output = model(example)
+    if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        what = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
+        raise MpqError(f"the model returns {what}: wrap it so that it returns one tensor shaped [batch, outputs...] (logits or embeddings)")
+    if output.is_floating_point() and not torch.isfinite(output).all():
+        raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
+
+
+def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel:
+    if isinstance(model, PreparedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    _check_finite_weights(model)
+    example = data.x[:EXAMPLE_BATCH]
+    try:
+        prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
+        _check_output(prepared.folded, example)
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
+        raise MpqError(
+            f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
+            f"{hint}give data shaped and typed as the model expects"
+        ) from None
+    if not prepared.graph.layers:
+        raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")
+    return prepared

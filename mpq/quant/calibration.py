@@ -1,0 +1,195 @@
+"""A quantizer fitted to a model and its calibration data: everything needed to quantize any plan.
+
+    weight clip ratios   per layer, per width 2-8, per output channel (mpq.quant.observers weight clips);
+                         from the weights alone, cached by model
+    input histograms     per layer, over the FP32 model's inputs to it (mpq.observers.InputHistogram);
+                         one pass over the data, only for observers other than min-max; cached
+    bias shifts          per layer with a bias, per width: E[Q(W) x - W x] (mpq.quant.bias_correction);
+                         one pass over the data, only with bias correction; cached
+
+`Calibration.act_params` / `weight` / `bias` give a layer's quantizers at given widths; pack_plan
+(mpq.verify) builds the exported tensors from them, so the evaluator and every export use the same.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpq.cache import Cache
+from mpq.inputs.data import Dataset
+from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
+from mpq.quant.affine import (
+    MAX_BITS,
+    MIN_BITS,
+    ActQuantParams,
+    QuantizedWeight,
+    affine_params,
+    quantize_weight,
+    quantize_weight_channels,
+)
+from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
+from mpq.quant.observers import (
+    ACT_OBSERVERS,
+    HISTOGRAM_BINS,
+    WEIGHT_CLIPS,
+    InputHistogram,
+)
+from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+
+ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+
+@contextmanager
+def input_hooks(model: nn.Module, per_layer: dict[str, object]):
+    """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
+    modules = quantizable_modules(model, embeddings=True)
+    handles = []
+    for name, fn in per_layer.items():
+        handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _pass_inputs(model: nn.Module, per_layer: dict[str, object], data: Dataset, batch_size: int) -> None:
+    """One FP32 pass over the data, each named layer's input given to its callback (which returns nothing)."""
+
+    def passing(fn):
+        def hook(x):
+            fn(x)
+            return x
+
+        return hook
+
+    with torch.no_grad(), module_calls_visible(), input_hooks(model, {n: passing(fn) for n, fn in per_layer.items()}):
+        for x, _ in data.batches(batch_size):
+            model(x)
+
+
+def weight_clip_ratios(prepared: PreparedModel, clip: str, cache: Cache = Cache(None)) -> dict[str, dict[int, torch.Tensor]]:
+    """{layer: {bits: per-channel clip ratio}} for every width 2-8 (min-max: all ones, not cached)."""
+    names = [layer.name for layer in prepared.graph.layers]
+    modules = quantizable_modules(prepared.folded, embeddings=True)
+    clipper = WEIGHT_CLIPS[clip]
+    if clip == "minmax":
+        return {n: {b: clipper.ratios(modules[n].weight, b) for b in ALL_BITS} for n in names}
+    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)}
+    cached = cache.load("weight-clip", key)
+    if cached is None:
+        cached = {n: {str(b): clipper.ratios(modules[n].weight, b).tolist() for b in ALL_BITS} for n in names}
+        cache.save("weight-clip", key, cached)
+    return {n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()}
+
+
+def input_histograms(
+    prepared: PreparedModel, data: Dataset, input_ranges: dict[str, tuple[float, float]], batch_size: int, cache: Cache = Cache(None)
+) -> dict[str, InputHistogram]:
+    """Each layer's input histogram over the data, HISTOGRAM_BINS equal bins over its min-max range."""
+    names = list(input_ranges)
+    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names, "bins": HISTOGRAM_BINS}
+    cached = cache.load("input-histograms", key)
+    if cached is not None:
+        return {n: InputHistogram.from_json(h) for n, h in cached.items()}
+    hists = {n: InputHistogram(lo, hi, np.zeros(HISTOGRAM_BINS), 0.0) for n, (lo, hi) in input_ranges.items()}
+
+    def adding(name):
+        def add(x):
+            hists[name] = hists[name].add(x)
+
+        return add
+
+    _pass_inputs(prepared.folded, {n: adding(n) for n in names}, data, batch_size)
+    cache.save("input-histograms", key, {n: h.to_json() for n, h in hists.items()})
+    return hists
+
+
+def bias_shifts(
+    prepared: PreparedModel, data: Dataset, clip_ratios: dict[str, dict[int, torch.Tensor]], clip: str, batch_size: int, cache: Cache = Cache(None)
+) -> dict[str, dict[int, torch.Tensor]]:
+    """{layer: {bits: E[Q_b(W) x - W x] per output channel}} for every layer with a bias and every width 2-8."""
+    modules = quantizable_modules(prepared.folded, embeddings=True)
+    names = [n for n in clip_ratios if getattr(modules[n], "bias", None) is not None and not isinstance(modules[n], nn.Embedding)]
+    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names, "clip": clip, "clipper": repr(WEIGHT_CLIPS[clip])}
+    cached = cache.load("bias-shift", key)
+    if cached is None:
+        patches = {n: MeanInputPatch(modules[n]) for n in names}
+        _pass_inputs(prepared.folded, {n: p.add for n, p in patches.items()}, data, batch_size)
+        cached = {}
+        for n in names:
+            weight = modules[n].weight
+            cached[n] = {
+                str(b): output_shift(weight, quantize_weight(weight, b, clip_ratios[n][b]).dequantize(), patches[n].mean).tolist() for b in ALL_BITS
+            }
+        cache.save("bias-shift", key, cached)
+    return {n: {int(b): torch.tensor(s, dtype=torch.float64) for b, s in per_bits.items()} for n, per_bits in cached.items()}
+
+
+@dataclass
+class Calibration:
+    """A quantizer fitted to one model and its data (see the module docstring)."""
+
+    quantizer: Quantizer
+    clip_ratios: dict[str, dict[int, torch.Tensor]]
+    input_ranges: dict[str, tuple[float, float]]
+    histograms: dict[str, InputHistogram] = field(default_factory=dict)
+    shifts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    data_fingerprint: str = ""  # of the calibration data
+    _ranges: dict = field(default_factory=dict, repr=False)  # (layer, bits) -> clip range, computed once
+
+    def act_range(self, name: str, bits: int) -> tuple[float, float]:
+        if (name, bits) not in self._ranges:
+            lo, hi = self.input_ranges[name]
+            hist = self.histograms.get(name, InputHistogram(lo, hi, np.zeros(1), 0.0))
+            self._ranges[name, bits] = ACT_OBSERVERS[self.quantizer.act_observer].clip_range(hist, bits)
+        return self._ranges[name, bits]
+
+    def act_params(self, name: str, bits: int) -> ActQuantParams:
+        return affine_params(*self.act_range(name, bits), bits)
+
+    def clip_ratio(self, name: str, widths: list[int]) -> torch.Tensor:
+        """Per output channel c, the clip ratio of channel c at width widths[c]."""
+        return _per_channel_pick(self.clip_ratios[name], widths)
+
+    def weight(self, name: str, weight: torch.Tensor, widths: list[int]) -> QuantizedWeight:
+        """The layer's weight quantized with output channel c at width widths[c]."""
+        return quantize_weight_channels(weight, widths, self.clip_ratio(name, widths))
+
+    def bias(self, name: str, bias: torch.Tensor, widths: list[int]) -> torch.Tensor:
+        """The exported bias: corrected for the weight quantization's mean output shift when bias correction is on
+        (channel c's shift depends on its own weights only, so mixed widths take each channel's shift at its width)."""
+        if name in self.shifts:
+            return corrected_bias(bias, _per_channel_pick(self.shifts[name], widths))
+        return bias.detach().to(torch.float32).clone()
+
+
+def _per_channel_pick(per_width: dict[int, torch.Tensor], widths: list[int]) -> torch.Tensor:
+    """[per_width[widths[c]][c] for every channel c], as one tensor."""
+    at = torch.tensor(widths)
+    picked = per_width[widths[0]].clone()
+    for b in set(widths):
+        picked[at == b] = per_width[b][at == b]
+    return picked
+
+
+def calibrate(
+    prepared: PreparedModel,
+    data: Dataset,
+    input_ranges: dict[str, tuple[float, float]],
+    quantizer: Quantizer = DEFAULT_QUANTIZER,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+) -> Calibration:
+    """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges (mpq.verify.measure.fp32_reference)."""
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
+    histograms = {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
+    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache) if quantizer.bias_correction else {}
+    return Calibration(
+        quantizer=quantizer, clip_ratios=ratios, input_ranges=dict(input_ranges), histograms=histograms, shifts=shifts, data_fingerprint=data.fingerprint()
+    )

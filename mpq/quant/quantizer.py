@@ -1,0 +1,90 @@
+"""The quantizer setting: how activation ranges and weight scales are chosen, and bias correction.
+
+One `Quantizer` is used throughout a search: the quantization errors of Omega (mpq.sensitivity.error),
+the verification, the baselines and the exports all quantize with it. It is recorded in
+plan.json's settings ("quantizer") and read back by `mpq verify` and `mpq export`.
+
+    act_observer     minmax | percentile | mse | aciq     (mpq.observers.ACT_OBSERVERS)
+    weight_clip      minmax | mse                         (mpq.observers.WEIGHT_CLIPS)
+    bias_correction  True | False                         (mpq.quant.bias_correction)
+
+Presets (`--quantizer NAME`): "minmax" (the plain min-max quantizer), "default" (the measured best,
+see reports/quantizers.md: percentile activation ranges, MSE weight clipping, bias correction; the
+rule: least geometric-mean KL(FP32 || q) over uniform W8/W6/W5/W4 (A8) and the 4 MB plan on the
+default model), and one per activation observer (with MSE weight clipping and bias correction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mpq.errors import MpqError
+from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Activation observer, weight clipping and bias correction, by name."""
+
+    act_observer: str = "percentile"
+    weight_clip: str = "mse"
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        if self.act_observer not in ACT_OBSERVERS:
+            raise MpqError(f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVERS)}")
+        if self.weight_clip not in WEIGHT_CLIPS:
+            raise MpqError(f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIPS)}")
+        if not isinstance(self.bias_correction, bool):
+            raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
+
+    def to_json(self) -> dict:
+        return {"act_observer": self.act_observer, "weight_clip": self.weight_clip, "bias_correction": self.bias_correction}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Quantizer":
+        if not isinstance(data, dict):
+            raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
+        return cls(**{k: data[k] for k in ("act_observer", "weight_clip", "bias_correction") if k in data})
+
+    def describe(self) -> str:
+        return (
+            f"activation ranges {self.act_observer}, weight clipping {self.weight_clip}, "
+            f"bias correction {'on' if self.bias_correction else 'off'}"
+        )
+
+
+DEFAULT_QUANTIZER = Quantizer()
+PRESETS = {
+    "default": DEFAULT_QUANTIZER,
+    "minmax": Quantizer("minmax", "minmax", False),
+    "percentile": Quantizer("percentile", "mse", True),
+    "mse": Quantizer("mse", "mse", True),
+    "aciq": Quantizer("aciq", "mse", True),
+}
+
+
+def resolve_quantizer(
+    quantizer: "str | Quantizer | None" = None,
+    *,
+    act_observer: str | None = None,
+    weight_clip: str | None = None,
+    bias_correction: bool | None = None,
+) -> Quantizer:
+    """A preset name or Quantizer (None: the default), with any of its three fields overridden."""
+    if isinstance(quantizer, str):
+        if quantizer not in PRESETS:
+            raise MpqError(f"unknown quantizer preset {quantizer!r}: choose one of {', '.join(PRESETS)}")
+        quantizer = PRESETS[quantizer]
+    elif quantizer is None:
+        quantizer = DEFAULT_QUANTIZER
+    elif not isinstance(quantizer, Quantizer):
+        raise MpqError(f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}")
+    overrides = {"act_observer": act_observer, "weight_clip": weight_clip, "bias_correction": bias_correction}
+    return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def plan_quantizer(settings: dict) -> Quantizer:
+    """The quantizer a plan was made with (its settings' "quantizer"); the default for plans without one."""
+    data = settings.get("quantizer")
+    return DEFAULT_QUANTIZER if data is None else Quantizer.from_json(data)

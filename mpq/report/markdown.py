@@ -1,0 +1,344 @@
+"""Human-readable output of a search: the per-layer table, the comparison table, report.md and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mpq.cost.budget import format_bytes, format_cost
+from mpq.files import write_json_atomic, write_text_atomic
+from mpq.plan import LayerPlan, Plan
+from mpq.sensitivity import LayerSensitivity, Sensitivity
+from mpq.sensitivity.metrics import MEASURED
+from mpq.solver.milp import solver_note
+from mpq.solver.problem import Problem, Solution
+from mpq.verify.report import Measurement, Report
+
+if TYPE_CHECKING:
+    from mpq.verify.report import ProxyCheck
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+METRIC_LABELS = {"hessian": "Tr(H)", "fisher": "Tr(F)", "eigenvalue": "λ_max", "output_mse": "output MSE at W4", "output_kl": "output KL at W4", "kl_quadratic": "½δᵀMδ at W4"}
+CHART_BITS = 4  # the width whose measured output MSE the output_mse chart and table show
+
+
+def metric_value(metric: str, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
+    """The number a table or chart shows for one layer (or input) under `metric`, and its error bar:
+    the trace ± stderr (hessian, fisher), λ_max ± its last change (eigenvalue), or the measured output
+    MSE at CHART_BITS (output_mse, no error bar)."""
+    if metric == "eigenvalue":
+        return details["top_eigenvalue"], details["eigenvalue_change"]
+    if metric in MEASURED:
+        return measured[CHART_BITS], None
+    if metric == "kl_quadratic":
+        return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]
+    return trace, stderr
+
+
+def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None]:
+    s = sensitivity.layers[name]
+    return metric_value(sensitivity.metric, s.hessian_trace, s.hessian_trace_stderr, s.details, s.measured_omega)
+
+
+def _input_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None] | None:
+    act = sensitivity.layers[name].activation
+    return None if act is None else metric_value(sensitivity.metric, act.trace, act.trace_stderr, act.details, act.measured_omega)
+
+
+def _pm(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value[0]:.4g}" + ("" if value[1] is None else f" ± {value[1]:.2g}")
+
+
+def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
+    """Markdown table: per layer its size, trace ± stderr (or the metric's number), the input's with
+    activation sensitivity, (with a plan) widths and Ω, and a warning where the estimate is not trustworthy."""
+    label = METRIC_LABELS[sensitivity.metric]
+    inputs = sensitivity.has_activations
+    head = f"| layer | kind | params | {label} ± error | probes |" + (f" input {label} ± error |" if inputs else "")
+    rule = "|---|---|---:|---:|---:|" + ("---:|" if inputs else "")
+    if plan is not None:
+        head += " W | A | Ω |"
+        rule += "---:|---:|---:|"
+    lines = [head + " note |", rule + "---|"]
+    warnings = sensitivity.warnings()
+    for name, s in sensitivity.layers.items():
+        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(_layer_value(sensitivity, name))} | {s.probes} |"
+        if inputs:
+            row += f" {_pm(_input_value(sensitivity, name))} |"
+        if plan is not None:
+            lp = plan.layers[name]
+            margin = plan.settings.get("trace_margin", 0.0)
+            omega = plan_layer_omega(s, lp, margin) + (s.act_omega(lp.act_bits, margin) if plan.settings.get("act_sensitivity") else 0.0)
+            row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {omega:.3g} |"
+        lines.append(row + f" {warnings.get(name, '')} |")
+    return "\n".join(lines)
+
+
+def _probes_text(sensitivity: Sensitivity) -> str:
+    """How many probes the estimates used: per layer (their range) for per-layer Hutchinson probing."""
+    counts = [s.probes for s in sensitivity.layers.values()]
+    if sensitivity.metric != "hessian":
+        return f"{max(counts)} probes/samples/iterations"
+    if sensitivity.settings.probing == "per-layer":
+        spread = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else f"{max(counts)}"
+        return f"{spread} Hutchinson probes per layer (per-layer probing)"
+    return f"{max(counts)} Hutchinson probes (all layers per probe)"
+
+
+def weight_bits_text(lp: LayerPlan) -> str:
+    """'6', or for per-channel widths the range and the mean bits per weight, e.g. '4-8 (5.62)'."""
+    if not lp.channel_bits:
+        return str(lp.weight_bits)
+    low = min(r.weight_bits for r in lp.channel_bits)
+    return str(lp.weight_bits) if low == lp.weight_bits else f"{low}-{lp.weight_bits} ({lp.mean_weight_bits():.2f})"
+
+
+def plan_layer_omega(s: LayerSensitivity, lp: LayerPlan, margin: float) -> float:
+    """The layer's Omega as the plan's search counted it: layer-wise, or summed over its channels."""
+    if not lp.channel_bits:
+        return s.omega(lp.weight_bits, margin)
+    return sum(float(s.channel_omega(r.weight_bits, margin)[r.start : r.stop].sum()) for r in lp.channel_bits)
+
+
+def comparison_table(report: Report) -> str:
+    """Markdown table of the plan, FP32 and the baselines; with a latency model, their predicted latencies too."""
+    latency = bool(report.latency_model)
+    lines = [
+        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |" + (" predicted latency |" if latency else ""),
+        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if latency else ""),
+        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
+    ]
+    rows: list[Measurement] = [report.plan, *report.baselines]
+    for m in rows:
+        cell = "-" if m.latency_s is None else format_cost("latency_s", m.latency_s)
+        lines.append(
+            f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {_pct(m.top1)} | "
+            f"{_pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
+            + (f" {cell} |" if latency else "")
+        )
+    return "\n".join(lines)
+
+
+def latency_line(plan: Plan) -> str:
+    """The plan's predicted latency against its latency budgets, and where the latencies came from."""
+    predicted = plan.predicted.get("latency_s")
+    if predicted is None:
+        return ""
+    limits = [b.text for b in plan.budgets if b.kind == "latency_s"]
+    source = plan.settings.get("latency", {})
+    where = f"{'table ' + source['spec'] if source.get('source') == 'table' else 'roofline of ' + source.get('device', '?')}, batch {source.get('batch')}"
+    return f"predicted latency {format_cost('latency_s', predicted)}" + (f" within {', '.join(limits)}" if limits else "") + f" ({where})"
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def sqnr_table(report: Report) -> str:
+    """Markdown table: per layer the SQNR (dB) of its weights, its input quantizer and its output vs FP32."""
+    lines = ["| layer | W | A | weight SQNR (dB) | input SQNR (dB) | output SQNR vs FP32 (dB) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in report.layer_sqnr:
+        lines.append(f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | {_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |")
+    return "\n".join(lines)
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Written atomically (a temporary file, then a rename)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_proxy(check: "ProxyCheck", path: Path) -> None:
+    """Predicted total Omega against measured KL, log-log: the random plans and the searched plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    randoms, plan = check.points[1:], check.points[0]
+    ax.scatter([p.omega for p in randoms], [p.kl_to_fp32 for p in randoms], color="tab:blue", label="random plans, same size budget")
+    ax.scatter([plan.omega], [plan.kl_to_fp32], color="tab:red", marker="*", s=180, label="mpq plan")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted total Ω")
+    ax.set_ylabel("measured KL(FP32 ‖ q)")
+    ax.set_title(f"Spearman ρ = {check.spearman:.2f}")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
+    """Bars: per-layer weight width, and per-layer trace with error bars (log scale; see plot_sensitivity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sensitivity.layers)
+    x = range(len(names))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.22), 7), sharex=True)
+    top.bar(x, [plan.layers[n].mean_weight_bits() for n in names], color="tab:blue")
+    top.set_ylabel("weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else ""))
+    top.set_title(f"mpq plan: widths and sensitivities ({sensitivity.metric}) per layer")
+    warned = {n for n, s in sensitivity.layers.items() if s.warning(sensitivity.settings.tol)}
+    _bars(bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, METRIC_LABELS[sensitivity.metric])
+    bottom.set_xticks(list(x))
+    bottom.set_xticklabels(names, rotation=90, fontsize=6)
+    _save_figure(fig, path)
+
+
+def _bars(ax, sensitivity: Sensitivity, values: list[tuple[float, float | None] | None], warned: set[str], ylabel: str) -> None:
+    """Log-scale bars with error bars; a value that is not positive is drawn at the floor, hatched."""
+    names = list(sensitivity.layers)
+    shown = [v for v in values if v is not None and v[0] > 0]
+    floor = min((v[0] for v in shown), default=1.0) / 10
+    heights = [max(v[0], floor) if v is not None else floor for v in values]
+    errors = [0.0 if v is None or v[1] is None else min(v[1], 1e300) for v in values]
+    colors = ["tab:red" if n in warned else "tab:orange" for n in names]
+    bars = ax.bar(range(len(names)), heights, yerr=errors, color=colors, capsize=1.5, error_kw={"elinewidth": 0.8})
+    for bar, v in zip(bars, values):
+        if v is None or v[0] <= 0:
+            bar.set_hatch("//")
+            bar.set_alpha(0.4)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 2)
+    ax.set_ylabel(ylabel)
+
+
+def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
+    """Bar chart of every layer's sensitivity (trace ± stderr, or the metric's number) on a log scale,
+    and of its input's with activation sensitivity; red: the table warns about the estimate; hatched:
+    not positive (drawn at the floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sensitivity.layers)
+    label = METRIC_LABELS[sensitivity.metric]
+    panels = 2 if sensitivity.has_activations else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8, len(names) * 0.22), 3.2 * panels + 1.5), sharex=True, squeeze=False)
+    tol = sensitivity.settings.tol
+    warned = {n for n, s in sensitivity.layers.items() if s.warning(tol)}
+    _bars(axes[0][0], sensitivity, [_layer_value(sensitivity, n) for n in names], warned, f"weights: {label}")
+    axes[0][0].set_title(f"mpq sensitivity ({sensitivity.metric}, loss {sensitivity.loss}); red: estimate not trustworthy")
+    if panels == 2:
+        warned = {n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(sensitivity.metric, tol)}
+        _bars(axes[1][0], sensitivity, [_input_value(sensitivity, n) for n in names], warned, f"inputs: {label}")
+    bottom = axes[-1][0]
+    bottom.set_xticks(range(len(names)))
+    bottom.set_xticklabels(names, rotation=90, fontsize=6)
+    _save_figure(fig, path)
+
+
+PROXY_PLOT = "proxy-fidelity.png"
+OPTIONAL_PLOTS = {  # written by other commands into the same folder; report.md shows them when present
+    "pareto.png": "Pareto front (`mpq pareto`): measured quality against size",
+    PROXY_PLOT: "Proxy fidelity: predicted Ω against measured KL (`mpq search --proxy-check N`)",
+}
+
+
+def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = ()) -> str:
+    """report.md; `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
+    budgets = ", ".join(b.text for b in plan.budgets)
+    warnings = sensitivity.warnings()
+    parts = [
+        "# mpq report",
+        "",
+        f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}"
+        + (f" per group of {plan.settings['channel_group']} output channel(s)" if plan.settings.get("width_granularity") == "channel" else "")
+        + "; activations: "
+        f"{plan.settings.get('act_bits') or 'float'}"
+        + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
+        + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
+        + "; "
+        f"{_probes_text(sensitivity)} (stopped by {sensitivity.stop_reason})"
+        + (" — read from cache." if sensitivity.from_cache else "."),
+        "",
+        f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
+        "",
+        f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
+        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}.",
+        "",
+        *([latency_line(plan) + ".", ""] if "latency_s" in plan.predicted else []),
+        "## Plan against FP32 and uniform widths",
+        "",
+        comparison_table(report),
+        "",
+        f"Evaluated on {report.plan.n_eval} inputs. Baselines: uniform W8 and every candidate uniform width that fits the budget, "
+        "with the same activation settings.",
+        "",
+        "Per layer: the weight width chosen (top) beside the Hessian trace per parameter with its standard error (bottom).",
+        "",
+        "![layers](layers.png)",
+        "",
+    ]
+    if report.proxy is not None:
+        parts += ["## Does Ω predict?", "", report.proxy.summary() + " (`--proxy-check`).", "", f"![{PROXY_PLOT}]({PROXY_PLOT})", ""]
+    for name in plots:
+        if not (name == PROXY_PLOT and report.proxy is not None):
+            parts += [f"{OPTIONAL_PLOTS[name]}:", "", f"![{name}]({name})", ""]
+    parts += [
+        "## Layers",
+        "",
+        layer_table(sensitivity, plan),
+        "",
+    ]
+    if warnings:
+        parts += ["## Warnings", ""] + [f"- {n}: {w}" for n, w in warnings.items()] + [""]
+    if report.notes:
+        parts += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
+    if report.layer_sqnr:
+        parts += [
+            "## Per-layer SQNR",
+            "",
+            "10·log10(Σs² / Σ(s − s′)²) over the first inputs (mpq.verify.SQNR_SAMPLES): weights against the exported "
+            "weights; each input before and after its quantizer; each output against the FP32 model's (error accumulated so far).",
+            "",
+            sqnr_table(report),
+            "",
+        ]
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings_s.items())
+    parts += ["## Timings", "", timings, ""]
+    return "\n".join(parts)
+
+
+def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report) -> list[Path]:
+    """plan.json, report.json, report.md and layers.png (and the proxy check's plot), each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "plan.json", out_dir / "report.json", out_dir / "report.md", out_dir / "layers.png"]
+    plot_layers(sensitivity, plan, paths[3])
+    if report.proxy is not None:
+        paths.append(out_dir / PROXY_PLOT)
+        plot_proxy(report.proxy, paths[-1])
+    plots = tuple(name for name in OPTIONAL_PLOTS if (out_dir / name).exists())
+    write_text_atomic(paths[2], markdown_report(sensitivity, plan, report, plots))
+    write_json_atomic(paths[1], report.to_json())
+    plan.save(paths[0])
+    return paths
+
+
+def solution_table(problem: Problem, solution: Solution) -> str:
+    """Markdown table of a solved problem: widths and Omega per layer, then each budget against its total."""
+    lines = ["| layer | W | A | Ω |", "|---|---:|---:|---:|"]
+    for name in problem.layers:
+        c = solution.choices[name]
+        lines.append(f"| {name} | {c.weight_bits} | {c.act_bits or 'float'} | {problem.omega[name][c]:.4g} |")
+    lines += [f"| total | | | {solution.objective:.6g} |", ""]
+    for budget in problem.budgets:
+        lines.append(f"{budget.kind}: {format_cost(budget.kind, solution.costs[budget.kind])} within {budget.text}")
+    lines.append(solver_note(solution.solver_json(), solution.seconds))
+    return "\n".join(lines)

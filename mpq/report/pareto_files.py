@@ -1,0 +1,129 @@
+"""What `mpq pareto` writes: pareto.json (mpq.pareto/1), pareto.csv (one row per point and per uniform
+width) and pareto.png (predicted Omega, measured agreement and KL against size or BOPs), and its table."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from mpq.cost.budget import BOPS_PREFIXES, format_bytes, format_cost
+from mpq.files import write_json_atomic, write_text_atomic
+from mpq.verify.pareto import ParetoResult
+from mpq.verify.report import Measurement
+
+CSV_COLUMNS = (
+    "config", "budget", "budget_limit", "feasible", "size_bytes", "bops", "omega", "verified",
+    "measured_size_bytes", "measured_bops", "fp32_agreement", "kl_to_fp32", "top1", "cosine_to_fp32",
+    "proven_optimal", "gap", "solve_seconds",
+)
+AXIS_UNITS = {"size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)), "bops": BOPS_PREFIXES}
+
+
+def _measured_cells(m: Measurement | None) -> dict:
+    if m is None:
+        return {"verified": False}
+    return {
+        "verified": True, "measured_size_bytes": m.size_bytes, "measured_bops": m.bops, "fp32_agreement": m.fp32_agreement,
+        "kl_to_fp32": m.kl_to_fp32, "top1": m.top1, "cosine_to_fp32": m.cosine_to_fp32,
+    }
+
+
+def csv_rows(result: ParetoResult) -> list[dict]:
+    """One row per sweep point ("mpq"), then one per uniform width ("uniform W4A8" ...)."""
+    rows = []
+    for p in result.points:
+        row = {"config": "mpq", "budget": p.budget.text, "budget_limit": p.budget.limit, "feasible": p.feasible, "solve_seconds": round(p.solve_seconds, 4)}
+        if p.plan is not None:
+            row |= {k: p.plan.predicted[k] for k in ("size_bytes", "bops", "omega")}
+            row |= {"proven_optimal": p.plan.solver.get("proven_optimal"), "gap": p.plan.solver.get("gap")}
+        rows.append(row | _measured_cells(p.measured))
+    for u in result.uniform:
+        rows.append({"config": u.name, "feasible": True, **u.predicted} | _measured_cells(u.measured))
+    return rows
+
+
+def pareto_csv(result: ParetoResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(result):
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def pareto_table(result: ParetoResult) -> str:
+    """Markdown table: per point its budget, predicted size, BOPs and Omega, and what was measured."""
+    lines = ["| config | budget | size | BOPs | Ω | agreement with FP32 | KL(FP32‖q) | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in csv_rows(result):
+        if not row["feasible"]:
+            lines.append(f"| mpq | {row['budget']} | infeasible | | | | | |")
+            continue
+        kl = f"{row['kl_to_fp32']:.4f}" if row["verified"] else "-"
+        lines.append(
+            f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | {format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
+            f"{_pct(row.get('fp32_agreement'))} | {kl} | {_pct(row.get('top1'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _axis(result: ParetoResult) -> tuple[str, float]:
+    """The x-axis label and scale: the largest unit that keeps the largest point >= 1."""
+    largest = max([p.plan.predicted[result.kind] for p in result.feasible_points] + [u.predicted[result.kind] for u in result.uniform])
+    unit, scale = next(((u, f) for u, f in AXIS_UNITS[result.kind] if largest >= f), AXIS_UNITS[result.kind][-1])
+    return ("size" if result.kind == "size_bytes" else "bit operations") + f" ({unit})", scale
+
+
+def plot_pareto(result: ParetoResult, path: Path) -> None:
+    """Predicted Omega (log), measured agreement with FP32 and KL (log) against size or BOPs; uniform widths as squares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, scale = _axis(result)
+    feasible = result.feasible_points
+    verified = [p for p in feasible if p.measured is not None]
+    measured_uniform = [u for u in result.uniform if u.measured is not None]
+    panels = 3 if verified or measured_uniform else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(7, 3 + 2.4 * panels), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    omega_ax = axes[0]
+    omega_ax.plot([p.plan.predicted[result.kind] / scale for p in feasible], [p.plan.predicted["omega"] for p in feasible], "o-", ms=3, color="tab:blue", label="mpq (predicted)")
+    omega_ax.plot([u.predicted[result.kind] / scale for u in result.uniform], [u.predicted["omega"] for u in result.uniform], "s", color="tab:red", label="uniform")
+    for u in result.uniform:
+        omega_ax.annotate(f"W{u.weight_bits}", (u.predicted[result.kind] / scale, u.predicted["omega"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    omega_ax.set_yscale("log")
+    omega_ax.set_ylabel("predicted total Ω")
+    omega_ax.set_title(f"mpq Pareto front ({len(feasible)} of {len(result.points)} budgets feasible, {len(verified)} measured)")
+    omega_ax.legend(fontsize=8)
+    if panels == 3:
+        for ax, metric, ylabel in ((axes[1], "fp32_agreement", "agreement with FP32 (%)"), (axes[2], "kl_to_fp32", "KL(FP32‖q)")):
+            factor = 100 if metric == "fp32_agreement" else 1
+            mx = [getattr(p.measured, result.kind) / scale for p in verified]
+            ax.plot(mx, [factor * getattr(p.measured, metric) for p in verified], "o-", color="tab:blue", label="mpq (measured)")
+            ux = [getattr(u.measured, result.kind) / scale for u in measured_uniform]
+            ax.plot(ux, [factor * getattr(u.measured, metric) for u in measured_uniform], "s", color="tab:red", label="uniform (measured)")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        axes[2].set_yscale("log")
+    axes[-1].set_xlabel(label)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_pareto(out_dir: Path, result: ParetoResult) -> list[Path]:
+    """pareto.json, pareto.csv and pareto.png, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "pareto.json", out_dir / "pareto.csv", out_dir / "pareto.png"]
+    write_json_atomic(paths[0], result.to_json())
+    write_text_atomic(paths[1], pareto_csv(result))
+    plot_pareto(result, paths[2])
+    return paths

@@ -1,0 +1,158 @@
+"""A bit-allocation problem given as a CSV table (`mpq solve --table`), one row per layer and choice:
+
+    layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]
+    conv1,4,8,0.031,4608,115605504,0.00021
+    conv1,8,8,0.0001,9216,231211008,0.00036
+
+`act_bits` empty (or `none`) means the layer's input stays in float. A cost cell may be left empty
+when that cost is unknown; a budget on that cost then names the layer that lacks it. Rows of layers
+with the same non-empty `group` take equal bits. Layers keep the order of their first row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpq.cost.budget import Budget
+from mpq.cost.layer_cost import Choice
+from mpq.errors import MpqError
+from mpq.plan import LayerPlan, Plan
+from mpq.quant.widths import parse_width
+from mpq.solver.problem import Problem, Solution
+
+COLUMNS = ("layer", "weight_bits", "act_bits", "omega", "size_bytes", "bops", "latency_s")
+COST_COLUMNS = ("size_bytes", "bops", "latency_s")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row: a layer, one of its choices, that choice's Omega and costs (by budget kind), its tie group."""
+
+    line: int
+    layer: str
+    choice: Choice
+    omega: float
+    costs: dict[str, float]
+    group: str
+
+
+def _number(where: str, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise MpqError(f"{where}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise MpqError(f"{where}: {column} {text!r} must be a finite number")
+    if column != "omega" and value < 0:
+        raise MpqError(f"{where}: {column} {text!r} is negative; costs are 0 or more")
+    return value
+
+
+def _width(where: str, column: str, text: str) -> int:
+    return parse_width(text, f"{where}: {column}")
+
+
+def parse_row(where: str, line: int, record: dict[str, str]) -> TableRow:
+    layer = record["layer"].strip()
+    if not layer:
+        raise MpqError(f"{where}: the layer name is empty")
+    act_text = record["act_bits"].strip()
+    act_bits = None if act_text.lower() in ("", "none", "float") else _width(where, "act_bits", act_text)
+    omega_text = record["omega"].strip()
+    if not omega_text:
+        raise MpqError(f"{where}: omega is empty; every row needs its Omega")
+    costs = {k: _number(where, k, record[k].strip()) for k in COST_COLUMNS if record[k].strip()}
+    return TableRow(
+        line=line,
+        layer=layer,
+        choice=Choice(_width(where, "weight_bits", record["weight_bits"].strip()), act_bits),
+        omega=_number(where, "omega", omega_text),
+        costs=costs,
+        group=(record.get("group") or "").strip(),
+    )
+
+
+def read_rows(path: "str | Path") -> list[TableRow]:
+    """Every row of the table, checked one by one; errors name the file and line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            header = [h.strip() for h in reader.fieldnames or []]
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                raise MpqError(f"{path} lacks the column(s) {', '.join(missing)}; the header must read {','.join(COLUMNS)}[,group]")
+            reader.fieldnames = header
+            rows = []
+            for record in reader:
+                where = f"{path} line {reader.line_num}"
+                if None in record or any(v is None for v in record.values()):
+                    raise MpqError(f"{where}: the row does not have the header's {len(header)} cells")
+                rows.append(parse_row(where, reader.line_num, record))
+    except OSError as exc:
+        raise MpqError(f"cannot read table {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MpqError(f"{path} is not a readable CSV table ({exc})") from None
+    if not rows:
+        raise MpqError(f"{path} has a header but no rows; give one row per layer and choice")
+    return rows
+
+
+def problem_from_rows(path: "str | Path", rows: list[TableRow], budgets: list[Budget]) -> Problem:
+    """The integer program of the table: choices, Omega and costs per layer, tie groups from `group`."""
+    layers: list[str] = []
+    seen: dict[tuple[str, Choice], int] = {}
+    group_of: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        where = f"{path} line {row.line}"
+        if (row.layer, row.choice) in seen:
+            raise MpqError(f"{where}: layer {row.layer} with {row.choice.label()} repeats line {seen[row.layer, row.choice]}; give each choice once")
+        seen[row.layer, row.choice] = row.line
+        if row.layer not in group_of:
+            layers.append(row.layer)
+            group_of[row.layer] = (row.group, row.line)
+        elif group_of[row.layer][0] != row.group:
+            raise MpqError(f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line {group_of[row.layer][1]}; give all its rows one group")
+    groups: dict[str, list[str]] = {}
+    for name in layers:
+        if group_of[name][0]:
+            groups.setdefault(group_of[name][0], []).append(name)
+    return Problem(
+        layers=layers,
+        choices={n: sorted(c for (layer, c) in seen if layer == n) for n in layers},
+        omega={n: {r.choice: r.omega for r in rows if r.layer == n} for n in layers},
+        costs={n: {r.choice: r.costs for r in rows if r.layer == n} for n in layers},
+        fixed_costs={},
+        budgets=budgets,
+        tie_groups=[g for g in groups.values() if len(g) > 1],
+    )
+
+
+def read_table(path: "str | Path", budgets: list[Budget]) -> Problem:
+    """The problem a CSV table states (see the module docstring); MpqError naming the line if it is malformed."""
+    return problem_from_rows(path, read_rows(path), budgets)
+
+
+def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution) -> Plan:
+    """The plan.json of a solved table: its widths, the table as the model fingerprint, predicted costs."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    known = [k for k in COST_COLUMNS if all(k in problem.costs[n][c] for n, c in solution.choices.items())]
+    predicted: dict = {k: solution.costs[k] for k in known} | {"omega": solution.objective}
+    if "size_bytes" in predicted:
+        predicted["size_bytes"] = int(round(predicted["size_bytes"]))
+    return Plan(
+        layers={n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()},
+        model={"table": str(path), "fingerprint": digest, "layers": len(problem.layers)},
+        budgets=problem.budgets,
+        predicted=predicted,
+        settings={
+            "source": "table",
+            "keep": dict(problem.keep),
+            "tie_groups": problem.tie_groups,
+            "solver_seconds": round(solution.seconds, 3),
+        },
+        solver=solution.solver_json(),
+    )

@@ -1,0 +1,203 @@
+"""Packed weights: the plan applied to a model, as the tensors a deployer stores.
+
+Per quantized layer: `<name>.weight_codes` (uint8, the codes in offset binary, b bits each,
+least significant bit first, ceil(n*b/8) bytes; for per-channel widths, the chunks of the plan
+(mpq.plan.storage_chunks) one after another, each chunk's n_k codes of b_k bits in ceil(n_k*b_k/8)
+bytes), `<name>.weight_scale` (float32 per output channel),
+`<name>.bias` (float32), and for a quantized input `<name>.input_scale` (float32) and
+`<name>.input_zero_point` (int32). Every other floating-point parameter and buffer is kept as is.
+The bytes of these tensors are the measured size of the plan.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpq.inputs.graph import quantizable_modules
+from mpq.plan import ChannelRun, Plan, storage_chunks
+from mpq.quant.affine import ActQuantParams, QuantizedWeight, quantize_weight_channels
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first."""
+    unsigned = (codes.reshape(-1).to(torch.int64) + 2 ** (bits - 1)).numpy().astype(np.uint8)
+    bit_planes = (unsigned[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return torch.from_numpy(np.packbits(bit_planes.reshape(-1), bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of pack_bits: the first `count` codes as int8."""
+    bit_planes = np.unpackbits(packed.numpy(), count=count * bits, bitorder="little").reshape(count, bits)
+    unsigned = bit_planes.astype(np.int16) @ (1 << np.arange(bits, dtype=np.int16))
+    return torch.from_numpy((unsigned - 2 ** (bits - 1)).astype(np.int8))
+
+
+def layer_chunks(meta: dict) -> list[ChannelRun]:
+    """The chunks a packed layer's codes are stored in, from its metadata (one for a layer-wise plan)."""
+    runs = [ChannelRun(*run) for run in meta.get("channel_bits") or [[0, meta["weight_shape"][0], meta["weight_bits"]]]]
+    return storage_chunks(runs, meta.get("channel_group"))
+
+
+def pack_chunks(codes: torch.Tensor, chunks: list[ChannelRun]) -> torch.Tensor:
+    """Each chunk's codes (output channels start..stop-1) packed at its width, the chunks back to back."""
+    return torch.cat([pack_bits(codes[c.start : c.stop], c.weight_bits) for c in chunks])
+
+
+def unpack_codes(packed_codes: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Inverse of pack_chunks: the int8 codes shaped like the weight."""
+    shape = meta["weight_shape"]
+    per_channel = int(np.prod(shape[1:]))
+    codes, offset = [], 0
+    for c in layer_chunks(meta):
+        count = (c.stop - c.start) * per_channel
+        size = -(-count * c.weight_bits // 8)
+        codes.append(unpack_bits(packed_codes[offset : offset + size], c.weight_bits, count))
+        offset += size
+    return torch.cat(codes).reshape(shape)
+
+
+@dataclass
+class PackedModel:
+    """Exported tensors and, per quantized layer, its widths and weight shape."""
+
+    tensors: dict[str, torch.Tensor]
+    layers: dict[str, dict]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def pack_model(
+    model: nn.Module,
+    plan: Plan,
+    act_params: dict[str, ActQuantParams] | None = None,
+    clip_ratios: dict[str, torch.Tensor] | None = None,
+    biases: dict[str, torch.Tensor] | None = None,
+) -> PackedModel:
+    """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
+    `clip_ratios` each layer's per-channel weight clip ratio at its channels' widths (absent: min-max), and
+    `biases` the biases to export in place of the model's (bias correction)."""
+    clip_ratios, biases = clip_ratios or {}, biases or {}
+    modules = quantizable_modules(model, embeddings=True)
+    missing = sorted(set(plan.layers) - set(modules))
+    if missing:
+        raise ValueError(f"plan names layers the model lacks: {missing[:3]}")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict] = {}
+    for name, lp in plan.layers.items():
+        module = modules[name]
+        out_channels = module.weight.shape[0]
+        q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name))
+        tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
+        tensors[f"{name}.weight_scale"] = q.scale.clone()
+        if getattr(module, "bias", None) is not None:
+            tensors[f"{name}.bias"] = biases[name] if name in biases else module.bias.detach().to(torch.float32).clone()
+        if lp.act_bits:
+            params = act_params[name]
+            tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)
+            tensors[f"{name}.input_zero_point"] = torch.tensor([params.zero_point], dtype=torch.int32)
+        layers[name] = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "weight_shape": list(module.weight.shape)}
+        if lp.channel_bits:
+            layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
+            layers[name]["channel_group"] = lp.channel_group
+    quantized = {f"{n}.{p}" for n in plan.layers for p in ("weight", "bias")}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name not in quantized and t.is_floating_point():
+            tensors[name] = t.detach().clone()
+    return PackedModel(tensors=tensors, layers=layers)
+
+
+def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict[str, ActQuantParams]]:
+    """A copy of `model` whose quantized layers hold the dequantized packed weights, and the input quantizers."""
+    rebuilt = copy.deepcopy(model)
+    modules = quantizable_modules(rebuilt, embeddings=True)
+    act_params = {}
+    with torch.no_grad():
+        for name, meta in packed.layers.items():
+            codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
+            weight = QuantizedWeight(codes=codes, scale=packed.tensors[f"{name}.weight_scale"], bits=meta["weight_bits"]).dequantize()
+            modules[name].weight.copy_(weight)
+            if f"{name}.bias" in packed.tensors:
+                modules[name].bias.copy_(packed.tensors[f"{name}.bias"])
+            if meta["act_bits"]:
+                act_params[name] = ActQuantParams(
+                    scale=float(packed.tensors[f"{name}.input_scale"][0]),
+                    zero_point=int(packed.tensors[f"{name}.input_zero_point"][0]),
+                    bits=meta["act_bits"],
+                )
+        state = rebuilt.state_dict()
+        for name, tensor in packed.tensors.items():
+            if name in state:  # the float remainder
+                state[name].copy_(tensor)
+    return rebuilt, act_params
+
+
+@dataclass(frozen=True)
+class IntegerLayer:
+    """A layer with quantized weights and input, computed as an integer engine computes it:
+
+        acc = layer(q_x - z, q_w)                  exact: integer codes, accumulated in floats
+        y   = float32(acc) * (s_x * s_w[c]) + bias[c]   (s_x * s_w[c] rounded to float32 once)
+
+    with q_x = clamp(round(x / s_x) + z, 0, 2^b - 1). Every partial sum of codes is an integer of
+    magnitude at most max|q_x - z| * max_c sum_k |q_w[c, k]|; below 2^24 float32 holds it exactly
+    (true of every layer of the default model even at 8 bits), otherwise float64 is used (exact below
+    2^53). So `acc` is exact whatever the summation order: the result does not depend on batch size,
+    threads or library, and onnxruntime's ConvInteger/MatMulInteger (mpq.export.onnx_qdq) give the
+    same bits. (A float32 fake-quant convolution does not: its rounding moves activations across
+    quantization steps, which changes a few top-1 predictions of a deep network.)
+    The module holds the weight codes (in the accumulator type) and no bias; a forward pre-hook turns its input into
+    centred codes and a forward hook rescales its output.
+    """
+
+    params: ActQuantParams
+    combined_scale: torch.Tensor  # float32 [out_channels]: float32(s_x) * s_w
+    bias: torch.Tensor | None
+    accumulator: torch.dtype  # float32 where exact (see exact_accumulator), else float64
+
+    def centred_codes(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.params.codes(args[0]).sub_(self.params.zero_point).to(self.accumulator), *args[1:])
+
+    def rescale(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) if isinstance(module, nn.Linear) else (1, -1) + (1,) * (output.dim() - 2)
+        y = output.to(torch.float32) * self.combined_scale.reshape(shape)
+        return y + self.bias.reshape(shape) if self.bias is not None else y
+
+
+FLOAT32_EXACT_INTEGERS = 2**24
+
+
+def exact_accumulator(params: ActQuantParams, codes: torch.Tensor) -> torch.dtype:
+    """float32 when no partial sum of (q_x - z) * q_w can reach 2^24 in magnitude, else float64."""
+    largest_input = max(params.zero_point, 2**params.bits - 1 - params.zero_point)
+    largest_row = int(codes.reshape(codes.shape[0], -1).to(torch.int64).abs().sum(dim=1).max())
+    return torch.float32 if largest_input * largest_row < FLOAT32_EXACT_INTEGERS else torch.float64
+
+
+def combined_scale(params: ActQuantParams, weight_scale: torch.Tensor) -> torch.Tensor:
+    """float32(s_x) * s_w per output channel, in float32 (what the ONNX export stores)."""
+    return torch.tensor(params.scale, dtype=torch.float32) * weight_scale.to(torch.float32)
+
+
+def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
+    """The model the evaluator measures: unpack_model's copy in which every layer with a quantized
+    input computes in integer arithmetic (IntegerLayer); layers with float inputs use the dequantized
+    weights in float."""
+    rebuilt, act_params = unpack_model(model, packed)
+    modules = quantizable_modules(rebuilt, embeddings=True)
+    for name, params in act_params.items():
+        meta, module = packed.layers[name], modules[name]
+        codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
+        scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"])
+        layer = IntegerLayer(params, scale, packed.tensors.get(f"{name}.bias"), exact_accumulator(params, codes))
+        module.weight = nn.Parameter(codes.to(layer.accumulator), requires_grad=False)
+        module.bias = None
+        module.register_forward_pre_hook(layer.centred_codes)
+        module.register_forward_hook(layer.rescale)
+    return rebuilt

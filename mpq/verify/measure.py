@@ -1,0 +1,187 @@
+"""Verification: apply a plan with fake quantization and measure it against FP32 and uniform baselines.
+
+The plan is first exported to packed tensors (mpq.verify.apply); the evaluated model is rebuilt from
+those tensors, and the measured size is the byte count of those same tensors. The quantizer (the
+plan's, mpq.quant.quantizer) is fitted on the FP32 model over the data (mpq.quant.calibration): activation ranges
+from each layer's observed inputs, weight clip ratios, and bias correction when it is on.
+Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
+KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan's per-layer SQNR
+(mpq.verify.sqnr) on the first SQNR_SAMPLES inputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn import functional as F
+
+from mpq.cache import Cache
+from mpq.cost.budget import Budget
+from mpq.cost.layer_cost import model_costs
+from mpq.errors import MpqError
+from mpq.inputs.data import Dataset
+from mpq.inputs.graph import PreparedModel, quantizable_modules
+from mpq.plan import LayerPlan, Plan
+from mpq.quant.calibration import Calibration, calibrate
+from mpq.quant.quantizer import Quantizer, plan_quantizer
+from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
+from mpq.solver.channels import plan_layer_costs
+from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
+from mpq.verify.report import Measurement, Report
+from mpq.verify.sqnr import layer_sqnr
+
+EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
+SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
+
+
+
+def plan_calibration(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    reference: Fp32Reference,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+    quantizer: Quantizer | None = None,
+) -> Calibration:
+    """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.quant.calibration)."""
+    return calibrate(prepared, data, reference.input_ranges, quantizer or plan_quantizer(plan.settings), batch_size, cache)
+
+
+def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:
+    """The plan's exported tensors, quantized by the calibrated quantizer (what is measured and exported)."""
+    modules = quantizable_modules(prepared.folded, embeddings=True)
+    layers = plan.layers.items()
+    act = {n: calibration.act_params(n, lp.act_bits) for n, lp in layers if lp.act_bits}
+    widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
+    ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
+    biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
+    return pack_model(prepared.folded, plan, act, ratios, biases)
+
+
+def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
+    """The evaluator's logits: the model rebuilt from the packed tensors, fake-quantized inputs."""
+    return run_batches(fake_quant_model(prepared.folded, packed), data, batch_size)
+
+
+def measure_plan(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    reference: Fp32Reference,
+    name: str,
+    batch_size: int,
+    cache: Cache,
+    budgets: list[Budget] = (),
+    latency=None,
+    calibration: Calibration | None = None,
+) -> Measurement:
+    """Export the plan, rebuild the model from the exported tensors, and measure it (cached). Its latency
+    is predicted by `latency` (a model from mpq.cost.latency), when given and when it covers every layer's widths.
+    `calibration`: the quantizer fitted to the data (None: the plan's, fitted here)."""
+    calibration = calibration or plan_calibration(prepared, plan, data, reference, batch_size, cache)
+    packed = pack_plan(prepared, plan, calibration)
+    layers = prepared.graph.by_name
+    bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
+    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops} | _predicted_latency(prepared, plan, latency)
+    fits = _within(measured_costs, budgets, latency)
+    key = {
+        "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
+        "quantizer": calibration.quantizer.to_json(),
+    }
+    if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
+        key["calibration_data"] = calibration.data_fingerprint
+    cached = cache.load("measurement", key)
+    if cached is not None:
+        return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s")})
+    logits = packed_logits(prepared, packed, data, batch_size)
+    log_q = F.log_softmax(logits, dim=1)
+    log_p = F.log_softmax(reference.logits, dim=1)
+    result = Measurement(
+        name=name,
+        size_bytes=packed.size_bytes,
+        bops=bops,
+        top1=top1(logits, data.y),
+        fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
+        kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
+        n_eval=len(data),
+        fits_budget=fits,
+        cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
+        latency_s=measured_costs.get("latency_s"),
+    )
+    cache.save("measurement", key, result.to_json())
+    return result
+
+
+def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None) -> Plan:
+    layers = {
+        layer.name: LayerPlan(weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits)
+        for layer in prepared.graph.layers
+    }
+    return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
+
+
+def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str, float]:
+    """{"latency_s": the plan's latency} when `latency` covers every layer's widths, else {}."""
+    layers = prepared.graph.layers
+    if latency is None or not all(latency.covers(layer, plan.layers[layer.name].choice) for layer in layers):
+        return {}
+    return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
+
+
+def _within(costs: dict[str, float], budgets: list[Budget], latency) -> bool:
+    """Every budget holds; a latency budget is skipped without a latency model, and fails when the model
+    has no latency for some layer's widths (it cannot be shown to hold)."""
+    return all(costs.get(b.kind, float("inf")) <= b.limit for b in budgets if b.kind != "latency_s" or latency is not None)
+
+
+def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None) -> bool:
+    costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+    return _within(costs | _predicted_latency(prepared, plan, latency), budgets, latency)
+
+
+def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
+    fingerprint = plan.model.get("fingerprint")
+    if fingerprint and fingerprint != prepared.fingerprint:
+        raise MpqError("this plan was made for another model (its fingerprint differs): run `mpq search` on this model")
+    unknown = sorted(set(plan.layers) - set(prepared.graph.by_name))
+    if unknown:
+        raise MpqError(f"the plan names layers this model lacks ({', '.join(unknown[:3])}): it was made for another model")
+    for name, lp in plan.layers.items():
+        channels = prepared.graph.by_name[name].out_channels
+        if lp.channel_bits and lp.channel_bits[-1].stop != channels:
+            raise MpqError(f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the layer has {channels}: it was made for another model")
+
+
+def verify_prepared(
+    prepared: PreparedModel,
+    plan: Plan,
+    data: Dataset,
+    baseline_bits: tuple[int, ...] = (8,),
+    act_bits: int | None = 8,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+    latency=None,
+    quantizer: Quantizer | None = None,
+) -> Report:
+    """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
+    (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
+    with `quantizer` (None: the plan's)."""
+    check_plan_matches(prepared, plan)
+    start = time.perf_counter()
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache, quantizer)
+    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency, calibration)
+    baselines = []
+    for bits in sorted(set(baseline_bits) | {8}, reverse=True):
+        uniform = uniform_plan(prepared, bits, act_bits)
+        if bits != 8 and not _fits(prepared, uniform, plan.budgets, latency):
+            continue
+        label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
+        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency, calibration))
+    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
+    return Report(
+        plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer,
+    )

@@ -1,0 +1,103 @@
+"""Does Omega predict? Random plans at the searched plan's size budget: their predicted Omega against their
+measured KL(FP32 || q), and the rank correlation of the two (Spearman's rho).
+
+Random plans take each layer's weight width uniformly from the candidate widths (seeded), keep the
+searched plan's activation widths, and are repaired into [FLOOR x budget, budget] one layer at a time:
+while over the budget a random layer above the narrowest width loses one step, while under the floor
+a random layer below the widest gains one step if the plan still fits. So every plan spends about what
+the searched plan spends, and only the allocation differs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from mpq.cache import Cache
+from mpq.cost.layer_cost import model_costs
+from mpq.errors import MpqError
+from mpq.inputs.graph import PreparedModel
+from mpq.plan import LayerPlan, Plan
+from mpq.quant.reference import fp32_reference
+from mpq.sensitivity import Sensitivity
+from mpq.verify.measure import measure_plan, plan_calibration
+from mpq.verify.report import ProxyCheck, ProxyPoint
+
+FLOOR = 0.875  # random plans spend at least this share of the size budget
+
+
+
+def check_proxy_request(plans: int, budgets, granularity: str) -> None:
+    """Before any work: a proxy check needs >= 2 random plans, a size budget and layer-wise widths."""
+    if plans < 2:
+        raise MpqError(f"the proxy check needs at least 2 random plans, not {plans}")
+    if granularity != "layer" or not any(b.kind == "size_bytes" for b in budgets):
+        raise MpqError("the proxy check needs a size budget (e.g. --budget 4MB) and layer-wise widths")
+
+
+def size_limit(plan: Plan) -> float:
+    """The plan's size budget; MpqError for a plan without one or with per-channel widths."""
+    sizes = [b.limit for b in plan.budgets if b.kind == "size_bytes"]
+    if not sizes or any(lp.channel_bits for lp in plan.layers.values()):
+        raise MpqError("the proxy check needs a layer-wise plan with a size budget (e.g. --budget 4MB, --granularity layer)")
+    return min(sizes)
+
+
+def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng: np.random.Generator) -> Plan:
+    """A random allocation of `bits` with the plan's activation widths, repaired into [FLOOR x budget, budget]."""
+    limit = size_limit(plan)
+    names = list(plan.layers)
+    step = {b: i for i, b in enumerate(bits)}
+    widths = {n: bits[int(rng.integers(len(bits)))] for n in names}
+
+    def size() -> float:
+        choices = {n: LayerPlan(widths[n], plan.layers[n].act_bits).choice for n in names}
+        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes)["size_bytes"]
+
+    while size() > limit:
+        n = names[int(rng.integers(len(names)))]
+        if widths[n] > bits[0]:
+            widths[n] = bits[step[widths[n]] - 1]
+    for _ in range(10 * len(names)):
+        if size() >= FLOOR * limit:
+            break
+        n = names[int(rng.integers(len(names)))]
+        if widths[n] < bits[-1]:
+            widths[n] = bits[step[widths[n]] + 1]
+            if size() > limit:
+                widths[n] = bits[step[widths[n]] - 1]
+    layers = {n: LayerPlan(widths[n], plan.layers[n].act_bits) for n in names}
+    return Plan(layers=layers, model=plan.model, budgets=plan.budgets, settings=plan.settings)
+
+
+def plan_omega(sensitivity: Sensitivity, plan: Plan, margin: float) -> float:
+    return sum(sensitivity.layers[n].omega(lp.weight_bits, margin) for n, lp in plan.layers.items())
+
+
+def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, data, plans: int, seed: int = 0,
+                batch_size: int = 25, cache: Cache = Cache(None), progress: bool = False) -> ProxyCheck:
+    """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer) and rank-correlate Omega with KL."""
+    check_proxy_request(plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer")
+    bits = tuple(sorted(plan.settings.get("bits") or sorted({lp.weight_bits for lp in plan.layers.values()})))
+    margin = plan.settings.get("trace_margin", 0.0)
+    rng = np.random.default_rng(seed)
+    candidates = [("mpq plan", plan)] + [("random", random_plan(prepared, plan, bits, rng)) for _ in range(plans)]
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache)
+    points = []
+    for i, (kind, candidate) in enumerate(candidates):
+        if progress:
+            print(f"\rproxy check: measuring plan {i + 1} of {len(candidates)}", end="", file=sys.stderr, flush=True)
+        m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
+        points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate, margin), m.kl_to_fp32, m.fp32_agreement))
+    if progress:
+        print(file=sys.stderr)
+    return ProxyCheck(points, spearman([p.omega for p in points], [p.kl_to_fp32 for p in points]), seed)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b)[0])

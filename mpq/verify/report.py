@@ -1,0 +1,100 @@
+"""What verification measures, as typed values: one Measurement per model, the Report of a plan, and
+the proxy check's points (random plans at the same size: does Omega predict their KL?)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+from mpq.quant.reference import Fp32Reference
+from mpq.verify.sqnr import LayerSqnr
+
+
+@dataclass
+class Measurement:
+    """One model measured on the evaluation views."""
+
+    name: str
+    size_bytes: int
+    bops: float
+    top1: float | None
+    fp32_agreement: float
+    kl_to_fp32: float
+    n_eval: int
+    fits_budget: bool = True
+    cosine_to_fp32: float | None = None  # mean cosine similarity of each output to the FP32 one
+    latency_s: float | None = None  # predicted by the plan's latency model (mpq.cost.latency), not measured
+
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    """What verification measured: the plan, FP32, and the uniform baselines."""
+
+    plan: Measurement
+    fp32: Fp32Reference
+    baselines: list[Measurement]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    layer_sqnr: list[LayerSqnr] = field(default_factory=list)
+    latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
+    quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
+    proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.verify.proxy)
+
+    def to_json(self) -> dict:
+        predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
+        return {
+            "schema": "mpq.report/1",
+            "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops},
+            "metrics": {
+                "top1": self.plan.top1,
+                "fp32_agreement": self.plan.fp32_agreement,
+                "kl_to_fp32": self.plan.kl_to_fp32,
+                "cosine_to_fp32": self.plan.cosine_to_fp32,
+                "n_eval": self.plan.n_eval,
+            },
+            "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1},
+            "baselines": [b.to_json() for b in self.baselines],
+            "timings_s": self.timings_s,
+            "notes": self.notes,
+            "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
+            "quantizer": self.quantizer.to_json(),
+        } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {})
+
+
+@dataclass
+class ProxyPoint:
+    kind: str  # "mpq plan" or "random"
+    size_bytes: int
+    omega: float
+    kl_to_fp32: float
+    fp32_agreement: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ProxyCheck:
+    """The searched plan and the random plans, measured; rho = Spearman(Omega, KL) over all of them."""
+
+    points: list[ProxyPoint]
+    spearman: float
+    seed: int
+
+    @property
+    def randoms_above(self) -> int:
+        """Random plans whose KL is larger than the searched plan's."""
+        plan = self.points[0]
+        return sum(p.kl_to_fp32 > plan.kl_to_fp32 for p in self.points[1:])
+
+    def to_json(self) -> dict:
+        return {"spearman_omega_kl": self.spearman, "seed": self.seed, "random_plans": len(self.points) - 1,
+                "points": [p.to_json() for p in self.points]}
+
+    def summary(self) -> str:
+        return (f"Ω against measured KL over the plan and {len(self.points) - 1} random plans at the same size: Spearman ρ = "
+                f"{self.spearman:.2f}; {self.randoms_above} of {len(self.points) - 1} random plans have a larger KL than the plan")
