@@ -10,7 +10,7 @@ For layer l at weight width b_w and input width b_a (a = b_a, or 32 for a float 
 An embedding (a lookup, no MACs) gathers its output rows: bytes_l = ceil(B * out_l * b_w / 8) + B * out_l * 4.
 A choice no kernel can hold (e.g. a float input on a device without float kernels) is not offered.
 
-Device file (mpq/hardware/devices/NAME.toml):
+Device file (mpq/cost/hardware/devices/NAME.toml):
     name = "nvidia-t4"
     source = "where the numbers come from"
     memory_bandwidth_bytes_per_s = 320e9
