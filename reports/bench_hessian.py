@@ -34,7 +34,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, ProbeSettings, _rademacher, hutchinson_traces, probe_batches, probe_generator
+from mpq.sensitivity.hessian import (
+    HessianTraces,
+    ProbeProblem,
+    ProbeSettings,
+    _rademacher,
+    hutchinson_traces,
+    probe_batches,
+    probe_generator,
+)
 from mpq.sensitivity.hvp import hessian_vector_product
 
 HERE = Path(__file__).parent

@@ -14,8 +14,8 @@ import mpq
 from mpq.cache import Cache, default_cache_dir
 from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify.measure import measure_plan, plan_calibration
 from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import measure_plan, plan_calibration
 
 HERE = Path(__file__).parent
 BUDGETS = ("4MB", "3.5MB", "3MB", "2.7MB")

@@ -26,9 +26,9 @@ import numpy as np
 
 import mpq
 from mpq.cost.budget import parse_budget
-from mpq.solver.channels import build_channel_problem, channel_omega
 from mpq.inputs.graph import LayerInfo
 from mpq.models.efficientnet_lite0 import build_model, load_views
+from mpq.solver.channels import build_channel_problem, channel_omega
 from mpq.solver.presolve import binary_variables, solve_presolved
 from mpq.solver.problem import solve_problem
 

@@ -29,10 +29,11 @@ from mpq.cache import Cache, default_cache_dir
 from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
-from mpq.verify.proxy import plan_omega, random_plan
 from mpq.quant.quantizer import resolve_quantizer
-from mpq.verify.measure import measure_plan, plan_calibration
 from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import measure_plan, plan_calibration
+from mpq.solver.omega import plan_omega
+from mpq.verify.proxy import random_plan
 
 HERE = Path(__file__).parent
 BATCH = 25

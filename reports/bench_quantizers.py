@@ -20,13 +20,13 @@ from pathlib import Path
 
 import mpq
 from mpq.cache import Cache, default_cache_dir
-from mpq.quant.calibration import calibrate
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
+from mpq.quant.calibration import calibrate
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-from mpq.verify.measure import measure_plan, plan_calibration, uniform_plan
 from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import measure_plan, plan_calibration, uniform_plan
 
 HERE = Path(__file__).parent
 BATCH = 25

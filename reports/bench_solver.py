@@ -31,11 +31,11 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import mpq  # noqa: E402
-from mpq.solver.build import build_problem
 from mpq.cost.budget import Budget, parse_budget  # noqa: E402
-from mpq.solver.milp import DEFAULT_SOLVER, SOLVERS  # noqa: E402
 from mpq.models.efficientnet_lite0 import build_model, load_views  # noqa: E402
 from mpq.report.pareto_files import pareto_table, write_pareto  # noqa: E402
+from mpq.solver.build import build_problem
+from mpq.solver.milp import DEFAULT_SOLVER, SOLVERS  # noqa: E402
 from mpq.solver.problem import Problem, smallest_cost, solve_problem  # noqa: E402
 
 PROBES = 8

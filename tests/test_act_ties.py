@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import mpq
-from mpq.solver.build import build_problem
 from mpq.cost.budget import parse_budget
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import prepare_model
+from mpq.solver.build import build_problem
 from mpq.solver.problem import solve_problem, total_costs
 
 

@@ -8,25 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 import mpq
-from mpq.cost.budget import parse_budget
 from mpq.cache import Cache
-from mpq.solver.channels import build_channel_problem, channel_omega, channel_groups
-from mpq.inputs.data import Dataset
+from mpq.cost.budget import parse_budget
+from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
-from mpq.verify.apply import unpack_model
 from mpq.export.packed_file import read_packed
+from mpq.inputs.data import Dataset
 from mpq.inputs.graph import prepare_model
 from mpq.plan import ChannelRun, LayerPlan, Plan, storage_chunks
-from mpq.solver.presolve import lagrangian_reduction, solve_presolved
 from mpq.quant.affine import fake_quantize_weight
-from mpq.solver.problem import Problem, solve_problem
-from mpq.cost.layer_cost import Choice
-from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 from mpq.quant.reference import fp32_reference
-
-from helpers import run_cli
+from mpq.solver.channels import build_channel_problem, channel_groups, channel_omega
+from mpq.solver.presolve import lagrangian_reduction, solve_presolved
+from mpq.solver.problem import Problem, solve_problem
+from mpq.verify.apply import unpack_model
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 
 BITS = (3, 5, 8)  # 3 and 5 bits make ceil(n * b / 8) round per group
 

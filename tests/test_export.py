@@ -6,12 +6,11 @@ import pytest
 import torch
 
 import mpq
-
 from mpq.cost.layer_cost import Choice, model_costs
-from mpq.verify.apply import pack_bits, pack_model, unpack_bits, unpack_model
 from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.affine import ActQuantParams, fake_quantize_weight
+from mpq.verify.apply import pack_bits, pack_model, unpack_bits, unpack_model
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

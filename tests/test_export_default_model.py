@@ -8,8 +8,8 @@ import mpq
 from mpq.cache import Cache
 from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 
 pytestmark = pytest.mark.slow
 BATCH = 25

@@ -13,16 +13,16 @@ import torch
 
 import mpq
 from mpq.cache import Cache
-from mpq.inputs.data import Dataset
 from mpq.errors import MpqError
 from mpq.export.packed_file import read_packed
+from mpq.inputs.data import Dataset
 from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.quant.observers import WEIGHT_CLIPS
 from mpq.quant.affine import fake_quantize_weight
+from mpq.quant.observers import WEIGHT_CLIPS
 from mpq.quant.quantizer import DEFAULT_QUANTIZER
-from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 
 MPQ = str(Path(sys.executable).parent / "mpq")
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import mpq
-from mpq.solver.build import build_problem
 from mpq.cost.budget import format_cost, parse_budget
-from mpq.cost.layer_cost import Choice
-from mpq.errors import BudgetInfeasible, MpqError
-from mpq.inputs.graph import prepare_model
 from mpq.cost.latency import latency_model
 from mpq.cost.latency_table import LatencyRow, layer_key, read_latency_table, table_text
+from mpq.cost.layer_cost import Choice
 from mpq.cost.roofline import shipped_devices
+from mpq.errors import BudgetInfeasible, MpqError
+from mpq.inputs.graph import prepare_model
+from mpq.solver.build import build_problem
 from tests.helpers import USER_MODELS, run_cli
 from tests.user_models import small_convnet
 

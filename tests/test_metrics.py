@@ -16,13 +16,17 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.cache import Cache
-from mpq.quant.quantizer import Quantizer
-from mpq.quant.calibration import calibrate
-from mpq.quant.reference import fp32_reference
 from mpq.inputs.graph import LayerInfo, prepare_model
 from mpq.quant.affine import MinMaxObserver, fake_quantize_weight
+from mpq.quant.calibration import calibrate
+from mpq.quant.quantizer import Quantizer
+from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import LayerSensitivity, Sensitivity
-from mpq.sensitivity.activation import ActivationSensitivity, input_groups, perturbed_inputs
+from mpq.sensitivity.activation import (
+    ActivationSensitivity,
+    input_groups,
+    perturbed_inputs,
+)
 from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 from tests.test_act_ties import ResBlockNet

@@ -10,11 +10,11 @@ import json
 import pytest
 
 import mpq
-from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.cost.layer_cost import Choice, model_costs
 from mpq.errors import BudgetInfeasible, MpqError
-from mpq.solver.sweep import parse_sweep, verified_indices
+from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.report.pareto_files import write_pareto
+from mpq.solver.sweep import parse_sweep, verified_indices
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 
 BITS = (2, 4, 8)

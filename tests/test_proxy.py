@@ -10,8 +10,8 @@ import mpq
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import prepare_model
-from mpq.verify.proxy import FLOOR, random_plan
 from mpq.report.markdown import write_outputs
+from mpq.verify.proxy import FLOOR, random_plan
 
 
 def plan_size(prepared, plan) -> float:

@@ -7,18 +7,27 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.cache import Cache
-from mpq.quant.calibration import calibrate, weight_clip_ratios
-from mpq.inputs.data import Dataset
 from mpq.errors import MpqError
-from mpq.verify.apply import unpack_model
+from mpq.inputs.data import Dataset
 from mpq.inputs.graph import prepare_model
-from mpq.quant.observers import ACT_OBSERVERS, AciqActObserver, InputHistogram, MseActObserver, MseWeightClip, PercentileActObserver, aciq_alpha, clipped_channel_error
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.affine import affine_params, channel_quant_error
+from mpq.quant.calibration import calibrate, weight_clip_ratios
+from mpq.quant.observers import (
+    ACT_OBSERVERS,
+    AciqActObserver,
+    InputHistogram,
+    MseActObserver,
+    MseWeightClip,
+    PercentileActObserver,
+    aciq_alpha,
+    clipped_channel_error,
+)
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.report.markdown import write_outputs
-from mpq.verify.measure import pack_plan
 from mpq.quant.reference import fp32_reference
+from mpq.report.markdown import write_outputs
+from mpq.verify.apply import unpack_model
+from mpq.verify.measure import pack_plan
 
 
 def real_mse(x: torch.Tensor, lo: float, hi: float, bits: int) -> float:

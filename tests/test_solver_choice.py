@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from mpq.cost.budget import Budget
 from mpq.cli.main import main
+from mpq.cost.budget import Budget
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.solver.problem import Problem, smallest_cost, solve_problem, total_costs

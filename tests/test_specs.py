@@ -1,12 +1,12 @@
 """Model and data specs: files, packages, factories with arguments, state dicts, exports, loaders."""
 
 import numpy as np
-import mpq
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+import mpq
 from mpq.errors import MpqError
 from mpq.inputs.specs import load_data_spec, load_model_spec, parse_model_args
 from tests.helpers import USER_MODELS

@@ -7,14 +7,14 @@ import torch
 
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
-from mpq.verify.apply import fake_quant_model
 from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
-from mpq.report.markdown import sqnr_table
-from mpq.verify.sqnr import layer_sqnr
 from mpq.quant.affine import sqnr_db
-from mpq.verify.measure import pack_plan, plan_calibration, verify_prepared
 from mpq.quant.reference import fp32_reference
+from mpq.report.markdown import sqnr_table
+from mpq.verify.apply import fake_quant_model
+from mpq.verify.measure import pack_plan, plan_calibration, verify_prepared
+from mpq.verify.sqnr import layer_sqnr
 
 
 def test_sqnr_db_is_ten_log10_of_the_energy_ratio():

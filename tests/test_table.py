@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mpq.cost.budget import parse_budget
 from mpq.cli.main import main
+from mpq.cost.budget import parse_budget
 from mpq.cost.layer_cost import Choice
 from mpq.solver.problem import solve_problem, total_costs
 from mpq.solver.table import read_table

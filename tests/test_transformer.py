@@ -6,9 +6,9 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import mpq
-from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
-from mpq.inputs.graph import prepare_model
 from mpq.cost.layer_cost import Choice, model_costs
+from mpq.inputs.graph import prepare_model
+from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
 from tests.user_models import tiny_encoder, torch_encoder
 
 TOKENS = torch.randint(0, 50, (32, 8), generator=torch.Generator().manual_seed(0))

@@ -43,7 +43,7 @@ class SearchResult:
 def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets: list[Budget], solve_within) -> Plan:
     """The plan `solve_within(budgets)` gives, solved again with the size budget lowered by the packed file's
     header (mpq.export.packed_file) until tensors and header together fit it: the file `mpq export` writes
-    then fits the budget. plan.budgets stay the user's; settings["container_reserve_bytes"] says what was kept."""
+    then fits the budget. plan.budgets stay the user's; settings.container_reserve_bytes says what was kept."""
     plan = solve_within(budgets)
     sizes = [b for b in budgets if b.kind == "size_bytes"]
     if not sizes:
@@ -58,7 +58,7 @@ def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets
         except BudgetInfeasible:  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
             break
         plan, reserve = tighter, reserve + int(over)
-    return replace(plan, budgets=list(budgets), settings={**plan.settings, "container_reserve_bytes": reserve})
+    return replace(plan, budgets=list(budgets), settings=replace(plan.settings, container_reserve_bytes=reserve))
 
 
 def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
@@ -144,7 +144,7 @@ def search(
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
     report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
-    if plan.settings.get("latency", {}).get("note"):
-        report.notes.append(plan.settings["latency"]["note"])
+    if plan.settings.latency is not None and plan.settings.latency.note:
+        report.notes.append(plan.settings.latency.note)
     report.notes.append(solver_note(plan.solver, t2 - t1))
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

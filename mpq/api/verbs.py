@@ -2,7 +2,7 @@
 
     import mpq
     sens = mpq.analyze(model, data)                       # Hessian traces and quantization errors
-    plan = mpq.solve(sens, budget="4MB", bits=(4, 6, 8))  # the least-Omega widths within budget
+    plan = mpq.solve(sens, budget="4MB", space=mpq.SearchSpace(bits=(4, 6, 8)))  # least Omega within budget
     report = mpq.verify(model, plan, data)                # measured against FP32 and uniform widths
     result = mpq.search(model, data, budget="4MB")       # all three
 
@@ -16,73 +16,59 @@ mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from torch import nn
 
+from mpq.api.options import check_known, field_names, probe_settings, search_space, solver_settings
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
-from mpq.cost.latency import coverage_note, latency_from_settings, latency_model
+from mpq.cost.latency import coverage_note, latency_from_source, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import LayerPlan, Plan
-from mpq.quant.affine import check_bits
+from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
+from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.hessian import ProbeSettings
 from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.metrics import check_metric
-from mpq.solver.build import act_widths, build_problem, candidate_choices
-from mpq.solver.channels import (
-    build_channel_problem,
-    channel_omega,
-    check_granularity,
-    layer_plans,
-)
-from mpq.solver.milp import DEFAULT_SOLVER
+from mpq.solver.build import build_problem, candidate_choices
+from mpq.solver.channels import build_channel_problem, channel_omega, check_granularity, layer_plans
+from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved
 from mpq.solver.problem import solve_problem
 from mpq.verify.measure import verify_prepared
 from mpq.verify.report import Report
 
-DEFAULT_BITS = (4, 5, 6, 7, 8)
-DEFAULT_ACT_BITS = 8
-DEFAULT_TRACE_MARGIN = 2.0
-ACT_CHOICE_NOTE = "activation widths are chosen by cost only (Omega is the weight sensitivity)"
-ACT_SENSITIVITY_NOTE = "activation widths are chosen by sensitivity (Omega adds each input's T/m * E||Q_a(x) - x||^2)"
-
-
+SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}
 
 
 def analyze(
     model,
     data,
     *,
-    tol: float = 0.05,
-    max_probes: int = 32,
-    min_probes: int = 8,
-    max_seconds: float = 600.0,
-    batch_size: int = 8,
-    seed: int = 0,
-    cache_dir=None,
-    progress: bool = True,
-    loss=None,
-    quantize_embeddings: bool = False,
+    probes: ProbeSettings | None = None,
     metric: str = "hessian",
-    activations: bool = False,
-    hvp: str = "fwd-rev",
-    chunk_size: int = 0,
-    probing: str = "per-layer",
     quantizer: "str | Quantizer | None" = None,
+    loss=None,
+    activations: bool = False,
+    quantize_embeddings: bool = False,
+    cache_dir=None,
+    progress: bool | None = None,
+    **legacy,
 ) -> Sensitivity:
-    """Per-layer (and per-channel) Hessian traces with standard errors, and quantization errors.
+    """Per-layer (and per-channel) sensitivities with standard errors, and quantization errors.
 
-    Probes until every layer's standard error is below `tol` x its trace, or `max_probes`, or
-    `max_seconds`. Results are cached under `cache_dir` (None: the default folder; False: no cache);
-    an interrupted run resumes from the probes it finished.
+    `probes`: an mpq.ProbeSettings (tolerance, probe counts, time cap, batch size, seed, HVP method,
+    chunking, per-layer or all-layer probing); probing stops when every layer's standard error is below
+    tol x its trace, or at max_probes or max_seconds. The flat keywords of mpq 0.1.0 (tol=, max_probes=,
+    ...) still work, with a DeprecationWarning. Results are cached under `cache_dir` (None: the default
+    folder; False: no cache); an interrupted run resumes from the probes it finished.
 
     `loss`: "labels" (cross-entropy with y; the default when the data has labels), "fp32"
     (cross-entropy against the FP32 predictions; the default without), "mse" or "kl" to the FP32
@@ -91,119 +77,87 @@ def analyze(
 
     `quantize_embeddings`: nn.Embedding tables become layers too (weights per row, no input quantizer).
 
-    `metric`: "hessian" (Hutchinson traces), "fisher" (empirical Fisher trace, exact over the data),
-    "eigenvalue" (top eigenvalue of each layer's Hessian block; Omega = lambda_max * ||Q_b(W) - W||^2) or
-    "output_mse" (measured: the model output's MSE to FP32 with only that layer quantized), "output_kl"
-    (measured: KL(FP32 || q) with only that layer quantized, by the quantizer's weights and bias) or
-    "kl_quadratic" (Omega_l(b) = 1/2 E[delta^T M delta], the second-order KL to FP32 in the layer's actual
-    quantization error, clipping and bias correction included; weights only); see mpq.sensitivity.metrics. `activations`: also each layer's input (the curvature with respect to
-    it under the same metric, and the quantization error of the verifier's activation quantizer),
-    so that `solve` chooses activation widths by sensitivity.
-    `hvp`: "fwd-rev" (forward over reverse, the faster) or "rev-rev" (reverse over reverse, for
-    losses torch.func cannot trace). `chunk_size`: samples per chunk of a probe's batch (0: all at
-    once); smaller chunks bound the memory, the result is the same to float rounding.
-    `probing`: "per-layer" (one product per layer and probe, no cross-layer terms; each layer stops
-    at the tolerance on its own) or "all-layers" (one product per probe for every layer, with the
-    cross terms' variance); see mpq.sensitivity.hessian and reports/hessian.md.
-    Under torch.distributed (torchrun), the probes are split across the ranks.
+    `metric`: one of mpq.sensitivity.metrics.METRICS, each a class with its formula (hessian: Hutchinson
+    traces, the default; fisher; eigenvalue; output_mse; output_kl; kl_quadratic).
+    `activations`: also each layer's input (the curvature with respect to it under the same metric, and
+    the quantization error of the verifier's activation quantizer), so that `solve` chooses activation
+    widths by sensitivity. Under torch.distributed (torchrun), the probes are split across the ranks.
     `quantizer`: a preset name ("default", "minmax", "percentile", "mse", "aciq") or an mpq.Quantizer;
     the quantization errors are those of its weights, and plans solved from this sensitivity record it,
     so that they are verified and exported with it (None: the default).
+    `progress`: None shows progress when stderr is a terminal; True always; False never.
     """
+    check_known("analyze", legacy, field_names(ProbeSettings))
+    settings = probe_settings("analyze", probes, legacy)
     check_metric(metric)
-    if not 0 < tol < 1:
-        raise MpqError(f"tol={tol} must lie between 0 and 1 (e.g. 0.05 for 5%)")
-    if max_probes < 2 or min_probes < 2:
-        raise MpqError("max_probes and min_probes must be at least 2 (a standard error needs two probes)")
-    if batch_size < 1:
-        raise MpqError(f"batch_size={batch_size} must be at least 1")
     data = as_dataset(data)
     resolved = resolve_loss(loss, data.y is not None)
     prepared = as_prepared(model, data, quantize_embeddings)
-    settings = ProbeSettings(tol=tol, min_probes=min(min_probes, max_probes), max_probes=max_probes, max_seconds=max_seconds, batch_size=batch_size, seed=seed,
-                             hvp=hvp, chunk_size=chunk_size, probing=probing)
     return analyze_prepared(prepared, data, settings, open_cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
 
-
-def _act_widths_by_sensitivity(sensitivity: Sensitivity, acts: tuple, act_sensitivity: bool | None) -> bool:
+def _act_widths_by_sensitivity(sensitivity: Sensitivity, space: SearchSpace) -> bool:
     """Whether Omega includes the inputs' sensitivity: only with several activation widths to choose from."""
-    if act_sensitivity and not sensitivity.has_activations:
+    if space.act_sensitivity and not sensitivity.has_activations:
         raise MpqError("act_sensitivity=True needs the inputs' sensitivity: analyze with activations=True")
-    return len(acts) > 1 and sensitivity.has_activations and act_sensitivity is not False
+    return space.several_act_widths and sensitivity.has_activations and space.act_sensitivity is not False
 
 
 def solve(
     sensitivity: Sensitivity,
     budget="4MB",
     *,
-    bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
-    trace_margin: float = DEFAULT_TRACE_MARGIN,
-    keep: "dict[str, int] | None" = None,
-    keep_first: int | None = None,
-    keep_last: int | None = None,
-    granularity: str = "layer",
-    channel_group: int = 1,
-    act_sensitivity: bool | None = None,
+    space: SearchSpace | None = None,
+    solver: "SolverSettings | str | None" = None,
     latency=None,
-    solver: str = DEFAULT_SOLVER,
-    time_limit_s: float | None = None,
+    **legacy,
 ) -> Plan:
     """The widths of least total Omega meeting every budget (one budget or a list, strings or Budget).
 
-    Omega uses each layer's trace plus `trace_margin` standard errors (0 = the plain HAWQ-V2 estimate).
-    `act_bits`: one activation width, None (float inputs) or several to choose from; layers reading
-    one input tensor take one activation width. `keep={"fc": 8}` pins weight widths; `keep_first` /
-    `keep_last` pin the first / last quantizable layer in execution order. `latency`: a device name, a
-    device .toml, a latency table .csv or mpq.latency_model(...): gives latency_s costs (needed by a
-    latency budget) and limits the choices to the widths it has latencies for.
-    `granularity="channel"`: one weight width per group of `channel_group` consecutive output channels
-    (mpq.channels; Omega from per-channel traces); the activation width stays one per layer and is
-    chosen by cost only.
+    `space`: an mpq.SearchSpace, the widths to choose from (see its docstring: candidate weight and
+    activation widths, per-layer or per-channel widths, pins, the trace margin). `solver`: an
+    mpq.SolverSettings ("highs" or "cbc", and a time limit that stops it early with the best plan found;
+    plan.solver records whether optimality was proven and the relative gap). The flat keywords of mpq
+    0.1.0 (bits=, act_bits=, keep=, time_limit_s=, ...) still work, with a DeprecationWarning.
+    `latency`: a device name, a device .toml, a latency table .csv or mpq.latency_model(...): gives
+    latency_s costs (needed by a latency budget) and limits the choices to the widths it has latencies for.
     With several activation widths, Omega of a (w, a) choice is Omega_w + Omega_act(a) when the
-    sensitivity holds the inputs' (analyze(..., activations=True); `act_sensitivity=None` uses them
-    when present, False ignores them, True requires them); else activation widths go by cost only.
-    `solver`: "cbc" or "highs"; `time_limit_s` stops it early with the best plan found (plan.solver
-    records whether optimality was proven and the relative gap).
+    sensitivity holds the inputs' (analyze(..., activations=True)); else activation widths go by cost only.
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
-    check_granularity(granularity, channel_group, sensitivity.metric)
-    acts = act_widths(act_bits)
-    by_sensitivity = granularity == "layer" and _act_widths_by_sensitivity(sensitivity, acts, act_sensitivity)
+    if not isinstance(sensitivity, Sensitivity):
+        raise MpqError(f"mpq.solve() takes the result of mpq.analyze(model, data) first, not {type(sensitivity).__name__}")
+    check_known("solve", legacy, SOLVE_KEYWORDS)
+    space = search_space("solve", space, legacy)
+    solver = solver_settings("solve", solver, legacy)
+    check_granularity(space.granularity, space.channel_group, sensitivity.metric)
+    by_sensitivity = space.granularity == "layer" and _act_widths_by_sensitivity(sensitivity, space)
     budgets = as_budgets(budget)
-    bits = tuple(sorted(set(bits)))
-    if not bits:
-        raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     layers = [s.layer for s in sensitivity.layers.values()]
-    pins = resolve_keep([layer.name for layer in layers], keep, keep_first, keep_last)
+    pins = resolve_keep([layer.name for layer in layers], space.keep, space.keep_first, space.keep_last)
     latency = latency_model(latency)
-    channel_settings, latency_settings = {}, {}
-    if granularity == "channel":
+    channels = latency_source = None
+    if space.granularity == "channel":
         if latency is not None:
             raise MpqError("latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model")
-        omega = channel_omega(sensitivity, trace_margin)
-        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, channel_group, pins, sensitivity.act_tie_groups)
-        solution, reduction = solve_presolved(channel_problem.problem, time_limit_s, solver)
+        omega = channel_omega(sensitivity, space.trace_margin)
+        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, space.channel_group, pins, sensitivity.act_tie_groups)
+        solution, reduction = solve_presolved(channel_problem.problem, solver.time_limit_s, solver.name)
         layers = layer_plans(channel_problem, solution)
-        channel_settings = {
-            "width_granularity": "channel",
-            "channel_group": channel_group,
-            "binary_variables": channel_problem.binary_variables,
-            "dominated_choices_dropped": channel_problem.dropped_choices,
-            "binary_variables_after_presolve": binary_variables(reduction.problem) if reduction else channel_problem.binary_variables,
-        }
+        after = binary_variables(reduction.problem) if reduction else channel_problem.binary_variables
+        channels = ChannelSearch(channel_problem.binary_variables, channel_problem.dropped_choices, after)
     else:
-
-        def omega(name: str, c: Choice) -> float:
-            s = sensitivity.layers[name]
-            return s.omega(c.weight_bits, trace_margin) + (s.act_omega(c.act_bits, trace_margin) if by_sensitivity else 0.0)
-
-        problem = build_problem(layers, sensitivity.float_bytes, budgets, bits, acts, omega, pins, sensitivity.act_tie_groups, latency)
-        solution = solve_problem(problem, time_limit_s, solver)
+        omega = lambda name, c: choice_omega(sensitivity.layers[name], c, space.trace_margin, by_sensitivity)  # noqa: E731
+        problem = build_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, pins, sensitivity.act_tie_groups, latency)
+        solution = solve_problem(problem, solver.time_limit_s, solver.name)
         if latency is not None:
-            latency_settings = {"latency": _latency_settings(layers, candidate_choices(layers, bits, acts, pins), latency)}
+            latency_source = _latency_source(layers, candidate_choices(layers, space.bits, space.act_bits, pins), latency)
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
+    settings = PlanSettings(
+        space=space, solver=solver, probes=sensitivity.settings, quantizer=sensitivity.quantizer, metric=sensitivity.metric, loss=sensitivity.loss,
+        keep=pins, act_sensitivity=by_sensitivity, act_tie_groups=sensitivity.act_tie_groups if space.several_act_widths else (),
+        latency=latency_source, channels=channels,
+    )
     return Plan(
         layers=layers,
         model={
@@ -218,33 +172,14 @@ def solve(
             "omega": solution.objective,
             **({"latency_s": solution.costs["latency_s"]} if latency is not None else {}),
         },
-        settings={
-            "bits": list(bits),
-            "act_bits": acts[0] if len(acts) == 1 else list(acts),
-            **(
-                {"act_bits_choice": ACT_SENSITIVITY_NOTE if by_sensitivity else ACT_CHOICE_NOTE, "act_sensitivity": by_sensitivity, "act_tie_groups": [list(g) for g in sensitivity.act_tie_groups]}
-                if len(acts) > 1
-                else {}
-            ),
-            "metric": sensitivity.metric,
-            **channel_settings,
-            "keep": pins,
-            "trace_margin": trace_margin,
-            "loss": sensitivity.loss,
-            "probes": sensitivity.settings.max_probes,
-            "tol": sensitivity.settings.tol,
-            "seed": sensitivity.settings.seed,
-            **latency_settings,
-            "quantizer": sensitivity.quantizer.to_json(),
-        },
+        settings=settings,
         solver=solution.solver_json(),
     )
 
 
-def _latency_settings(layers: list[LayerInfo], choices: dict[str, list[Choice]], latency) -> dict:
+def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], latency) -> LatencySource:
     """What a plan records of its latency model: where it came from, the batch, and the choices it lacked."""
-    note = coverage_note(layers, choices, latency)
-    return latency.to_json() | ({"note": note} if note else {})
+    return LatencySource.from_json(latency.to_json() | {"note": coverage_note(layers, choices, latency)})
 
 
 def _plans_embeddings(model, plan: Plan) -> bool:
@@ -254,13 +189,14 @@ def _plans_embeddings(model, plan: Plan) -> bool:
 
 
 def verify(
-    model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, latency=None,
+    model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
     quantizer: "str | Quantizer | None" = None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
 
-    All are quantized with the plan's quantizer (plan.settings["quantizer"]; the default for plans
-    without one), or with `quantizer` (a preset name or mpq.Quantizer) when given.
+    All are quantized with the plan's quantizer (plan.quantizer; the default for plans without settings),
+    or with `quantizer` (a preset name or mpq.Quantizer) when given. The uniform baselines are the plan's
+    candidate widths (plan.settings.space.bits), or `baseline_bits`.
     Latencies are predicted (never measured here) by `latency` (as in `solve`), or by the latency model the
     plan was solved with when it can still be loaded; latency budgets are checked against them.
 
@@ -278,7 +214,9 @@ def verify(
             check_bits(lp.act_bits)
     data = as_dataset(data)
     prepared = as_prepared(model, data, _plans_embeddings(model, plan))
-    act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
+    act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
+    if baseline_bits is None:
+        baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
     report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen)
@@ -295,9 +233,14 @@ def _verify_latency(plan: Plan, latency) -> tuple:
     if latency is not None:
         return latency_model(latency), None
     try:
-        return latency_from_settings(plan.settings), None
+        return latency_from_source(*_plan_latency(plan)), None
     except MpqError as exc:
         return None, f"latency not predicted: the plan's latency model cannot be loaded ({exc})"
 
 
 
+
+
+def _plan_latency(plan: Plan) -> tuple[str | None, int | None]:
+    source = plan.settings.latency if plan.settings is not None else None
+    return (source.spec, source.batch) if source is not None else (None, None)

@@ -44,8 +44,8 @@ def run_search(args) -> int:
     print()
     if latency is not None:
         print(latency_line(result.plan))
-        if "note" in result.plan.settings["latency"]:
-            print(f"note: {result.plan.settings['latency']['note']}")
+        if result.plan.settings.latency.note:
+            print(f"note: {result.plan.settings.latency.note}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -26,7 +26,7 @@ def _widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
     if not values:
         raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
-    from mpq.quant.affine import check_bits
+    from mpq.quant.widths import check_bits
 
     for v in values:
         try:

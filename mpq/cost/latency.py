@@ -74,9 +74,6 @@ def coverage_note(layers: list[LayerInfo], choices: dict[str, list[Choice]], lat
     return f"{latency.describe()} has no latency for " + "; ".join(parts) + ": those choices were not offered to the solver"
 
 
-def latency_from_settings(settings: dict) -> "LatencyTable | Roofline | None":
-    """The latency model a plan was solved with (plan.settings["latency"]), or None if it had none."""
-    saved = settings.get("latency") if isinstance(settings, dict) else None
-    if not isinstance(saved, dict) or "spec" not in saved:
-        return None
-    return latency_model(saved["spec"], saved.get("batch"))
+def latency_from_source(spec: str | None, batch: int | None) -> "LatencyTable | Roofline | None":
+    """The latency model a plan was solved with (its settings' latency spec and batch), or None if it had none."""
+    return None if spec is None else latency_model(spec, batch)

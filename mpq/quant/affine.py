@@ -16,22 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
-
-
-PLAN_MIN_BITS, PLAN_MAX_BITS = 1, 16  # what a plan file may hold
-
-
-def check_bits(bits: int) -> int:
-    """`bits` if mpq's quantizer supports it (2-8); otherwise an MpqError that says which widths to use."""
-    from mpq.errors import MpqError
-
-    if isinstance(bits, bool) or not isinstance(bits, int) or not PLAN_MIN_BITS <= bits <= PLAN_MAX_BITS:
-        raise MpqError(f"width {bits!r} is outside 1-16 bits; mpq's quantizer supports {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise MpqError(f"width {bits} is a valid plan width (1-16) but mpq's quantizer supports only {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
-    return bits
-
 
 def _per_channel_absmax(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)

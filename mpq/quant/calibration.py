@@ -24,8 +24,6 @@ from mpq.cache import Cache
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.quant.affine import (
-    MAX_BITS,
-    MIN_BITS,
     ActQuantParams,
     QuantizedWeight,
     affine_params,
@@ -40,8 +38,7 @@ from mpq.quant.observers import (
     InputHistogram,
 )
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-
-ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+from mpq.quant.widths import ALL_BITS
 
 
 @contextmanager

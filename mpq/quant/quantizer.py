@@ -45,7 +45,10 @@ class Quantizer:
     def from_json(cls, data: dict) -> "Quantizer":
         if not isinstance(data, dict):
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
-        return cls(**{k: data[k] for k in ("act_observer", "weight_clip", "bias_correction") if k in data})
+        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction"})
+        if unknown:
+            raise MpqError(f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`")
+        return cls(**data)
 
     def describe(self) -> str:
         return (
@@ -82,9 +85,3 @@ def resolve_quantizer(
         raise MpqError(f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}")
     overrides = {"act_observer": act_observer, "weight_clip": weight_clip, "bias_correction": bias_correction}
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def plan_quantizer(settings: dict) -> Quantizer:
-    """The quantizer a plan was made with (its settings' "quantizer"); the default for plans without one."""
-    data = settings.get("quantizer")
-    return DEFAULT_QUANTIZER if data is None else Quantizer.from_json(data)

@@ -1,19 +1,35 @@
-"""Bit widths as users write them: whole numbers from 1 to 16 (a plan may name any of these; the
-quantizer itself supports 2 to 8, see mpq.quant.affine)."""
+"""Bit widths, their bounds stated once: a plan may name any whole width from PLAN_MIN_BITS to
+PLAN_MAX_BITS (1-16); mpq's quantizer (mpq.quant.affine) supports MIN_BITS to MAX_BITS (2-8)."""
 
 from __future__ import annotations
 
 from mpq.errors import MpqError
 
-MAX_PLAN_BITS = 16
+MIN_BITS, MAX_BITS = 2, 8  # what mpq's quantizer supports
+PLAN_MIN_BITS, PLAN_MAX_BITS = 1, 16  # what a plan file may hold
+ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+
+
+def is_plan_width(value) -> bool:
+    """Whether `value` is a whole number of bits a plan may hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and PLAN_MIN_BITS <= value <= PLAN_MAX_BITS
+
+
+def check_bits(bits: int) -> int:
+    """`bits` if mpq's quantizer supports it (2-8); otherwise an MpqError that says which widths to use."""
+    if not is_plan_width(bits):
+        raise MpqError(f"width {bits!r} is outside {PLAN_MIN_BITS}-{PLAN_MAX_BITS} bits; mpq's quantizer supports {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise MpqError(f"width {bits} is a valid plan width ({PLAN_MIN_BITS}-{PLAN_MAX_BITS}) but mpq's quantizer supports only {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}")
+    return bits
 
 
 def parse_width(text: str, where: str) -> int:
-    """`text` as a width; `where` opens the message (e.g. "line 7: weight_bits", "--keep fc=x:")."""
+    """`text` as a plan width; `where` opens the message (e.g. "line 7: weight_bits", "--keep fc=x:")."""
     try:
         bits = int(text)
     except ValueError:
         raise MpqError(f"{where} {text!r} is not a whole number of bits, e.g. 8") from None
-    if not 1 <= bits <= MAX_PLAN_BITS:
-        raise MpqError(f"{where} {bits} bits is not a width from 1 to {MAX_PLAN_BITS}")
+    if not is_plan_width(bits):
+        raise MpqError(f"{where} {bits} bits is not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
     return bits

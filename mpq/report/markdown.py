@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
+from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.sensitivity.metrics import MEASURED
 from mpq.solver.milp import solver_note
@@ -73,8 +74,7 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
             row += f" {_pm(_input_value(sensitivity, name))} |"
         if plan is not None:
             lp = plan.layers[name]
-            margin = plan.settings.get("trace_margin", 0.0)
-            omega = plan_layer_omega(s, lp, margin) + (s.act_omega(lp.act_bits, margin) if plan.settings.get("act_sensitivity") else 0.0)
+            omega = layer_plan_omega(s, lp, *searched_with(plan))
             row += f" {weight_bits_text(lp)} | {lp.act_bits or 'float'} | {omega:.3g} |"
         lines.append(row + f" {warnings.get(name, '')} |")
     return "\n".join(lines)
@@ -97,13 +97,6 @@ def weight_bits_text(lp: LayerPlan) -> str:
         return str(lp.weight_bits)
     low = min(r.weight_bits for r in lp.channel_bits)
     return str(lp.weight_bits) if low == lp.weight_bits else f"{low}-{lp.weight_bits} ({lp.mean_weight_bits():.2f})"
-
-
-def plan_layer_omega(s: LayerSensitivity, lp: LayerPlan, margin: float) -> float:
-    """The layer's Omega as the plan's search counted it: layer-wise, or summed over its channels."""
-    if not lp.channel_bits:
-        return s.omega(lp.weight_bits, margin)
-    return sum(float(s.channel_omega(r.weight_bits, margin)[r.start : r.stop].sum()) for r in lp.channel_bits)
 
 
 def comparison_table(report: Report) -> str:
@@ -131,8 +124,8 @@ def latency_line(plan: Plan) -> str:
     if predicted is None:
         return ""
     limits = [b.text for b in plan.budgets if b.kind == "latency_s"]
-    source = plan.settings.get("latency", {})
-    where = f"{'table ' + source['spec'] if source.get('source') == 'table' else 'roofline of ' + source.get('device', '?')}, batch {source.get('batch')}"
+    source = plan.settings.latency
+    where = f"{'table ' + source.spec if source.source == 'table' else 'roofline of ' + (source.device or '?')}, batch {source.batch}"
     return f"predicted latency {format_cost('latency_s', predicted)}" + (f" within {', '.join(limits)}" if limits else "") + f" ({where})"
 
 
@@ -255,14 +248,15 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
     """report.md; `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
     budgets = ", ".join(b.text for b in plan.budgets)
     warnings = sensitivity.warnings()
+    space = plan.settings.space
     parts = [
         "# mpq report",
         "",
-        f"Budget: {budgets}. Candidate weight widths: {plan.settings.get('bits')}"
-        + (f" per group of {plan.settings['channel_group']} output channel(s)" if plan.settings.get("width_granularity") == "channel" else "")
+        f"Budget: {budgets}. Candidate weight widths: {list(space.bits)}"
+        + (f" per group of {space.channel_group} output channel(s)" if space.granularity == "channel" else "")
         + "; activations: "
-        f"{plan.settings.get('act_bits') or 'float'}"
-        + (f" ({plan.settings['act_bits_choice']})" if plan.settings.get("act_bits_choice") else "")
+        f"{(space.act_bits[0] if len(space.act_bits) == 1 else list(space.act_bits)) or 'float'}"
+        + (f" ({plan.settings.act_choice_note})" if plan.settings.act_choice_note else "")
         + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
         + "; "
         f"{_probes_text(sensitivity)} (stopped by {sensitivity.stop_reason})"

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpq.quant.affine import MAX_BITS, MIN_BITS, channel_quant_error
-
-ALL_BITS = tuple(range(MIN_BITS, MAX_BITS + 1))
+from mpq.quant.affine import channel_quant_error
+from mpq.quant.widths import ALL_BITS
 
 
 def channel_error_table(

@@ -10,18 +10,9 @@ from mpq.cost.latency import covered_choices
 from mpq.cost.layer_cost import Choice, layer_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.quant.affine import MAX_BITS, MIN_BITS, check_bits
+from mpq.quant.widths import MAX_BITS, MIN_BITS, check_bits
+from mpq.plan.settings import act_widths
 from mpq.solver.problem import Problem
-
-
-def act_widths(act_bits: "int | None | Sequence[int | None]") -> tuple[int | None, ...]:
-    """Candidate activation widths from an int, None (float inputs) or a sequence of them."""
-    items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
-    if not items:
-        raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
-    if any(a is not None and (not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS) for a in items):
-        raise MpqError(f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs")
-    return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
 LATENCY_HOW = "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"

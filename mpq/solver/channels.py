@@ -40,7 +40,7 @@ from mpq.cost.layer_cost import (
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
-from mpq.quant.affine import check_bits
+from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.metrics import MEASURED
 from mpq.solver.presolve import binary_variables, drop_dominated

@@ -23,6 +23,7 @@ from mpq.errors import MpqError
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.widths import parse_width
 from mpq.solver.problem import Problem, Solution
+from mpq.plan.settings import PlanSettings
 
 COLUMNS = ("layer", "weight_bits", "act_bits", "omega", "size_bytes", "bops", "latency_s")
 COST_COLUMNS = ("size_bytes", "bops", "latency_s")
@@ -148,11 +149,6 @@ def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution)
         model={"table": str(path), "fingerprint": digest, "layers": len(problem.layers)},
         budgets=problem.budgets,
         predicted=predicted,
-        settings={
-            "source": "table",
-            "keep": dict(problem.keep),
-            "tie_groups": problem.tie_groups,
-            "solver_seconds": round(solution.seconds, 3),
-        },
+        settings=PlanSettings(source="table", keep=problem.keep, tie_groups=problem.tie_groups),
         solver=solution.solver_json(),
     )

@@ -24,7 +24,7 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.calibration import Calibration, calibrate
-from mpq.quant.quantizer import Quantizer, plan_quantizer
+from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
 from mpq.solver.channels import plan_layer_costs
 from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
@@ -46,7 +46,7 @@ def plan_calibration(
     quantizer: Quantizer | None = None,
 ) -> Calibration:
     """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.quant.calibration)."""
-    return calibrate(prepared, data, reference.input_ranges, quantizer or plan_quantizer(plan.settings), batch_size, cache)
+    return calibrate(prepared, data, reference.input_ranges, quantizer or plan.quantizer, batch_size, cache)
 
 
 def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:

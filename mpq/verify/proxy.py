@@ -21,6 +21,7 @@ from mpq.inputs.graph import PreparedModel
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import Sensitivity
+from mpq.solver.omega import plan_omega
 from mpq.verify.measure import measure_plan, plan_calibration
 from mpq.verify.report import ProxyCheck, ProxyPoint
 
@@ -71,16 +72,11 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
     return Plan(layers=layers, model=plan.model, budgets=plan.budgets, settings=plan.settings)
 
 
-def plan_omega(sensitivity: Sensitivity, plan: Plan, margin: float) -> float:
-    return sum(sensitivity.layers[n].omega(lp.weight_bits, margin) for n, lp in plan.layers.items())
-
-
 def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, data, plans: int, seed: int = 0,
                 batch_size: int = 25, cache: Cache = Cache(None), progress: bool = False) -> ProxyCheck:
     """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer) and rank-correlate Omega with KL."""
     check_proxy_request(plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer")
-    bits = tuple(sorted(plan.settings.get("bits") or sorted({lp.weight_bits for lp in plan.layers.values()})))
-    margin = plan.settings.get("trace_margin", 0.0)
+    bits = plan.settings.space.bits if plan.settings is not None else tuple(sorted({lp.weight_bits for lp in plan.layers.values()}))
     rng = np.random.default_rng(seed)
     candidates = [("mpq plan", plan)] + [("random", random_plan(prepared, plan, bits, rng)) for _ in range(plans)]
     reference = fp32_reference(prepared, data, batch_size, cache)
@@ -90,7 +86,7 @@ def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, d
         if progress:
             print(f"\rproxy check: measuring plan {i + 1} of {len(candidates)}", end="", file=sys.stderr, flush=True)
         m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
-        points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate, margin), m.kl_to_fp32, m.fp32_agreement))
+        points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement))
     if progress:
         print(file=sys.stderr)
     return ProxyCheck(points, spearman([p.omega for p in points], [p.kl_to_fp32 for p in points]), seed)

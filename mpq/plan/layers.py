@@ -1,34 +1,13 @@
-"""The Plan: the bit widths chosen for every layer, as read from and written to plan.json.
-
-    {"schema": "mpq.plan/1",
-     "model": {"fingerprint": sha256, "layers": count, "params": count},
-     "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
-     "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
-     "predicted": {"size_bytes": int, "bops": float, "omega": float},
-     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
-
-"granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
-widths (`--granularity channel`) adds to every layer entry
-     "channel_bits": [{"channels": [start, stop], "weight_bits": b}, ...]   (runs of equal width)
-     "channel_group": G
-where the runs cover channels 0 .. out_channels - 1 in order, each exactly once, and "weight_bits"
-is the widest of them. The codes are stored (bit-packed, byte-aligned) per chunk: each run cut at
-multiples of G (no "channel_group": each run whole). Without "channel_bits" every channel takes
-"weight_bits" and the layer is stored as one chunk.
-"""
+"""One layer's widths in a plan: its weight width (or per-channel runs) and its input's width, and their JSON."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from mpq.cost.budget import Budget
 from mpq.cost.layer_cost import Choice
-from mpq.errors import MpqError
-from mpq.files import write_json_atomic
+from mpq.quant.widths import PLAN_MAX_BITS, PLAN_MIN_BITS, is_plan_width
 
-SCHEMA = "mpq.plan/1"
+
 GRANULARITIES = ("channel", "tensor")
 
 
@@ -89,55 +68,7 @@ class LayerPlan:
         return sum((r.stop - r.start) * r.weight_bits for r in self.channel_bits) / self.channel_bits[-1].stop
 
 
-@dataclass
-class Plan:
-    """Per-module widths plus what they were chosen for (model fingerprint, budgets, predictions)."""
-
-    layers: dict[str, LayerPlan]
-    model: dict = field(default_factory=dict)
-    budgets: list[Budget] = field(default_factory=list)
-    predicted: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
-
-    def to_json(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "model": self.model,
-            "budgets": [b.to_json() for b in self.budgets],
-            "layers": {name: _layer_to_json(lp) for name, lp in self.layers.items()},
-            "predicted": self.predicted,
-            "settings": self.settings,
-            **({"solver": self.solver} if self.solver else {}),
-        }
-
-    def save(self, path: "str | Path") -> None:
-        write_json_atomic(path, self.to_json())
-
-    @classmethod
-    def from_json(cls, data: dict, source: str = "plan") -> "Plan":
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise MpqError(f"{source} is not an mpq plan (expected \"schema\": \"{SCHEMA}\"); make one with `mpq search`")
-        try:
-            layers = {name: _layer_from_json(name, entry) for name, entry in data["layers"].items()}
-            budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
-        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}), settings=data.get("settings", {}),
-                   solver=data.get("solver", {}))
-
-    @classmethod
-    def load(cls, path: "str | Path") -> "Plan":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise MpqError(f"cannot read plan {path}: {exc.strerror}") from None
-        except ValueError:
-            raise MpqError(f"{path} is not valid JSON (truncated?); make a new plan with `mpq search`") from None
-        return cls.from_json(data, source=str(path))
-
-
-def _layer_to_json(lp: LayerPlan) -> dict:
+def layer_to_json(lp: LayerPlan) -> dict:
     entry = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": lp.granularity}
     if lp.channel_bits:
         entry["channel_bits"] = [{"channels": [r.start, r.stop], "weight_bits": r.weight_bits} for r in lp.channel_bits]
@@ -145,12 +76,9 @@ def _layer_to_json(lp: LayerPlan) -> dict:
     return entry
 
 
-def _is_width(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16
-
 
 def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
-    """Runs that start at channel 0 and follow one another without gap or overlap, widths 1-16."""
+    """Runs that start at channel 0 and follow one another without gap or overlap, widths PLAN_MIN_BITS to PLAN_MAX_BITS."""
     if not isinstance(items, list) or not items:
         raise ValueError(f"layer {name}: channel_bits must be a non-empty list of {{\"channels\": [start, stop], \"weight_bits\": b}}")
     runs, expected = [], 0
@@ -163,20 +91,20 @@ def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
             raise ValueError(f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] starts at {start} instead of {expected}")
         if stop <= start:
             raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] holds no channel")
-        if not _is_width(item.get("weight_bits")):
-            raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from 1 to 16")
+        if not is_plan_width(item.get("weight_bits")):
+            raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
         runs.append(ChannelRun(start, stop, item["weight_bits"]))
         expected = stop
     return tuple(runs)
 
 
-def _layer_from_json(name: str, entry: dict) -> LayerPlan:
+def layer_from_json(name: str, entry: dict) -> LayerPlan:
     weight_bits, act_bits = entry["weight_bits"], entry.get("act_bits")
     granularity = entry.get("granularity", "channel")
-    if not isinstance(weight_bits, int) or not 1 <= weight_bits <= 16:
-        raise ValueError(f"layer {name}: weight_bits {weight_bits!r} is not a width from 1 to 16")
-    if act_bits is not None and (not isinstance(act_bits, int) or not 1 <= act_bits <= 16):
-        raise ValueError(f"layer {name}: act_bits {act_bits!r} is not null or a width from 1 to 16")
+    if not is_plan_width(weight_bits):
+        raise ValueError(f"layer {name}: weight_bits {weight_bits!r} is not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
+    if act_bits is not None and not is_plan_width(act_bits):
+        raise ValueError(f"layer {name}: act_bits {act_bits!r} is not null or a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"layer {name}: granularity {granularity!r} is not one of {GRANULARITIES}")
     if "channel_bits" not in entry:

@@ -1,0 +1,91 @@
+"""The Plan: the bit widths chosen for every layer, as read from and written to plan.json.
+
+    {"schema": "mpq.plan/1",
+     "model": {"fingerprint": sha256, "layers": count, "params": count},
+     "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
+     "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
+     "predicted": {"size_bytes": int, "bops": float, "omega": float},
+     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
+
+"granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
+widths (`--granularity channel`) adds to every layer entry
+     "channel_bits": [{"channels": [start, stop], "weight_bits": b}, ...]   (runs of equal width)
+     "channel_group": G
+where the runs cover channels 0 .. out_channels - 1 in order, each exactly once, and "weight_bits"
+is the widest of them. The codes are stored (bit-packed, byte-aligned) per chunk: each run cut at
+multiples of G (no "channel_group": each run whole). Without "channel_bits" every channel takes
+"weight_bits" and the layer is stored as one chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpq.cost.budget import Budget
+from mpq.errors import MpqError
+from mpq.files import write_json_atomic
+from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_json, storage_chunks
+from mpq.plan.legacy import settings_from_json
+from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
+from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+
+__all__ = ["Plan", "LayerPlan", "ChannelRun", "PlanSettings", "SearchSpace", "SolverSettings", "storage_chunks"]
+
+SCHEMA = "mpq.plan/1"
+
+@dataclass
+class Plan:
+    """Per-module widths plus what they were chosen for (model fingerprint, budgets, predictions)."""
+
+    layers: dict[str, LayerPlan]
+    model: dict = field(default_factory=dict)
+    budgets: list[Budget] = field(default_factory=list)
+    predicted: dict = field(default_factory=dict)
+    settings: PlanSettings | None = None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
+    solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
+
+    @property
+    def quantizer(self) -> Quantizer:
+        """The quantizer the plan is verified and exported with (the default for a plan without settings)."""
+        return self.settings.quantizer if self.settings is not None else DEFAULT_QUANTIZER
+
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "budgets": [b.to_json() for b in self.budgets],
+            "layers": {name: layer_to_json(lp) for name, lp in self.layers.items()},
+            "predicted": self.predicted,
+            "settings": self.settings.to_json() if self.settings is not None else {},
+            **({"solver": self.solver} if self.solver else {}),
+        }
+
+    def save(self, path: "str | Path") -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "plan") -> "Plan":
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise MpqError(f"{source} is not an mpq plan (expected \"schema\": \"{SCHEMA}\"); make one with `mpq search`")
+        try:
+            layers = {name: layer_from_json(name, entry) for name, entry in data["layers"].items()}
+            budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
+        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
+                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}))
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "Plan":
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise MpqError(f"cannot read plan {path}: {exc.strerror}") from None
+        except ValueError:
+            raise MpqError(f"{path} is not valid JSON (truncated?); make a new plan with `mpq search`") from None
+        return cls.from_json(data, source=str(path))
+
+
+

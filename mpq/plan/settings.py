@@ -1,0 +1,257 @@
+"""The typed options of a search, validated where they are made, and the record a plan keeps of them.
+
+    SearchSpace     the widths the solver may choose from: candidate weight widths, activation widths,
+                    width granularity (per layer or per group of output channels), pins, trace margin
+    SolverSettings  the MILP solver and its time limit
+    PlanSettings    what a plan was searched with: the two above, the probe settings, the quantizer,
+                    the metric and loss, the resolved pins and what the solver saw
+
+`to_json` writes plan.json's "settings"; `from_json` reads exactly that back into equal objects and
+refuses unknown keys (MpqError), so a plan's settings are data, never a back channel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from mpq.errors import MpqError
+from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+from mpq.quant.widths import MAX_BITS, MIN_BITS, check_bits
+from mpq.sensitivity.hessian import ProbeSettings
+
+SOLVERS = ("cbc", "highs")
+DEFAULT_SOLVER = "highs"  # as exact as CBC and faster on the larger problems (reports/solver.md)
+WIDTH_GRANULARITIES = ("layer", "channel")
+ACT_CHOICE_NOTE = "activation widths are chosen by cost only (Omega is the weight sensitivity)"
+ACT_SENSITIVITY_NOTE = "activation widths are chosen by sensitivity (Omega adds each input's T/m * E||Q_a(x) - x||^2)"
+
+
+def _whole(value, what: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise MpqError(f"{what} must be a whole number of at least {least}, not {value!r}")
+    return value
+
+
+def act_widths(act_bits) -> tuple[int | None, ...]:
+    """Candidate activation widths from an int, None (float inputs) or a sequence of them, sorted (None first)."""
+    items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
+    if not items:
+        raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
+    if any(a is not None and (isinstance(a, bool) or not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS) for a in items):
+        raise MpqError(f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs")
+    return tuple(sorted(set(items), key=lambda a: a or 0))
+
+
+def _weight_widths(bits) -> tuple[int, ...]:
+    items = [bits] if isinstance(bits, int) else list(bits) if not isinstance(bits, (str, bytes)) else None
+    if items is None:
+        raise MpqError(f"bits must be whole widths such as (4, 6, 8), not {bits!r}")
+    if not items:
+        raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
+    return tuple(sorted({check_bits(b) for b in items}))
+
+
+def _pins(keep) -> dict[str, int]:
+    if keep is None:
+        return {}
+    if not isinstance(keep, dict) or not all(isinstance(k, str) for k in keep):
+        raise MpqError(f"keep must map layer names to weight widths, e.g. {{\"fc\": 8}}, not {keep!r}")
+    return {name: check_bits(bits) for name, bits in keep.items()}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The widths a search may choose: every layer takes one of `bits` for its weights (per group of
+    `channel_group` output channels with granularity "channel") and one of `act_bits` for its input
+    (None: float). `keep` pins layers by name; `keep_first` / `keep_last` the first / last quantizable
+    layer in execution order. Omega uses each trace plus `trace_margin` standard errors. With several
+    activation widths, `act_sensitivity` None uses the inputs' sensitivity when analyzed, False chooses
+    by cost only, True requires it."""
+
+    bits: tuple[int, ...] = (4, 5, 6, 7, 8)
+    act_bits: tuple[int | None, ...] = (8,)
+    granularity: str = "layer"
+    channel_group: int = 1
+    keep: dict = field(default_factory=dict)
+    keep_first: int | None = None
+    keep_last: int | None = None
+    trace_margin: float = 2.0
+    act_sensitivity: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", _weight_widths(self.bits))
+        object.__setattr__(self, "act_bits", act_widths(self.act_bits))
+        object.__setattr__(self, "keep", _pins(self.keep))
+        if self.granularity not in WIDTH_GRANULARITIES:
+            raise MpqError(f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}")
+        _whole(self.channel_group, "channel_group", 1)
+        for name in ("keep_first", "keep_last"):
+            if getattr(self, name) is not None:
+                check_bits(getattr(self, name))
+        margin = self.trace_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+            raise MpqError(f"trace_margin must be a finite number of standard errors, 0 or more (e.g. 2), not {margin!r}")
+        if self.act_sensitivity not in (None, True, False):
+            raise MpqError(f"act_sensitivity must be None, True or False, not {self.act_sensitivity!r}")
+
+    @property
+    def severalact_widths(self) -> bool:
+        return len(self.act_bits) > 1
+
+    def to_json(self) -> dict:
+        return {
+            "bits": list(self.bits), "act_bits": list(self.act_bits), "granularity": self.granularity, "channel_group": self.channel_group,
+            "keep": dict(self.keep), "keep_first": self.keep_first, "keep_last": self.keep_last, "trace_margin": self.trace_margin,
+            "act_sensitivity": self.act_sensitivity,
+        }
+
+    @classmethod
+    def from_json(cls, data) -> "SearchSpace":
+        return cls(**_known_keys(cls, data, "search_space"))
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The MILP solver ("highs" or "cbc") and a time limit in seconds (None: until proven optimal; with a
+    limit the plan records whether optimality was proven and the relative gap)."""
+
+    name: str = DEFAULT_SOLVER
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SOLVERS:
+            raise MpqError(f"unknown solver {self.name!r}: use one of {', '.join(SOLVERS)}")
+        limit = self.time_limit_s
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0):
+            raise MpqError(f"the solver's time limit must be a positive number of seconds, not {limit!r}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "time_limit_s": self.time_limit_s}
+
+    @classmethod
+    def from_json(cls, data) -> "SolverSettings":
+        return cls(**_known_keys(cls, data, "solver"))
+
+
+@dataclass(frozen=True)
+class ChannelSearch:
+    """What a per-channel search solved: binary variables before and after presolve, dominated choices dropped."""
+
+    binary_variables: int
+    dominated_choices_dropped: int
+    binary_variables_after_presolve: int
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data) -> "ChannelSearch":
+        return cls(**_known_keys(cls, data, "channels"))
+
+
+@dataclass(frozen=True)
+class LatencySource:
+    """The latency model a plan was solved with: a device roofline or a measured table (mpq.cost.latency)."""
+
+    source: str  # "roofline" or "table"
+    spec: str
+    device: str | None
+    batch: int
+    sha256: str | None = None  # of a latency table
+    note: str | None = None  # the candidate widths it has no latency for, when some
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None or f.name in ("device",)}
+
+    @classmethod
+    def from_json(cls, data) -> "LatencySource":
+        return cls(**_known_keys(cls, data, "latency"))
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What a plan was made with. `source` "search" (mpq.solve / mpq search) or "table" (mpq solve --table,
+    where only `keep` and `tie_groups` apply). `keep`: the pins as resolved to layer names;
+    `act_sensitivity`: whether Omega included the inputs' sensitivity."""
+
+    source: str = "search"
+    space: SearchSpace = field(default_factory=SearchSpace)
+    solver: SolverSettings = field(default_factory=SolverSettings)
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
+    quantizer: Quantizer = DEFAULT_QUANTIZER
+    metric: str = "hessian"
+    loss: str | None = None
+    keep: dict = field(default_factory=dict)
+    act_sensitivity: bool = False
+    act_tie_groups: tuple = ()
+    tie_groups: tuple = ()
+    latency: LatencySource | None = None
+    channels: ChannelSearch | None = None
+    container_reserve_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("search", "table"):
+            raise MpqError(f"a plan's settings source must be search or table, not {self.source!r}")
+        object.__setattr__(self, "keep", _pins(self.keep) if self.source == "search" else dict(self.keep))
+        object.__setattr__(self, "act_tie_groups", tuple(tuple(g) for g in self.act_tie_groups))
+        object.__setattr__(self, "tie_groups", tuple(tuple(g) for g in self.tie_groups))
+        _whole(self.container_reserve_bytes, "container_reserve_bytes", 0)
+
+    @property
+    def act_choice_note(self) -> str | None:
+        """How activation widths were chosen, when there was a choice."""
+        if not self.space.several_act_widths:
+            return None
+        return ACT_SENSITIVITY_NOTE if self.act_sensitivity else ACT_CHOICE_NOTE
+
+    def to_json(self) -> dict:
+        typed = {"space": self.space, "solver": self.solver, "probes": self.probes, "quantizer": self.quantizer, "latency": self.latency, "channels": self.channels}
+        out = {"source": self.source}
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            value = getattr(self, f.name)
+            if f.name in typed:
+                out[_JSON_NAMES.get(f.name, f.name)] = None if value is None else value.to_json()
+            elif isinstance(value, tuple):
+                out[f.name] = [list(g) for g in value]
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data) -> "PlanSettings":
+        names = {_JSON_NAMES.get(f.name, f.name): f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise MpqError(f"the plan's settings {data!r} are not an object; make a new plan with `mpq search`")
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise MpqError(f"the plan's settings hold unknown keys ({', '.join(unknown)}): it was written by another mpq version; make a new plan with `mpq search`")
+        readers = {"space": SearchSpace.from_json, "solver": SolverSettings.from_json, "probes": _probes_from_json, "quantizer": Quantizer.from_json,
+                   "latency": LatencySource.from_json, "channels": ChannelSearch.from_json}
+        values = {}
+        for key, value in data.items():
+            name = names[key]
+            values[name] = readers[name](value) if name in readers and value is not None else value
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise MpqError(f"the plan's settings are malformed ({exc}); make a new plan with `mpq search`") from None
+
+
+_JSON_NAMES = {"space": "search_space"}
+
+
+def _known_keys(cls, data, what: str) -> dict:
+    if not isinstance(data, dict):
+        raise MpqError(f"the plan's {what} setting {data!r} is not an object; make a new plan with `mpq search`")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MpqError(f"the plan's {what} setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`")
+    return dict(data)
+
+
+def _probes_from_json(data) -> ProbeSettings:
+    return ProbeSettings(**_known_keys(ProbeSettings, data, "probes"))
