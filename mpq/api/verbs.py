@@ -68,7 +68,7 @@ def analyze(
     batch_size: int = 8,
     seed: int = 0,
     cache_dir=None,
-    progress: bool = True,
+    progress: bool | None = None,
     loss=None,
     quantize_embeddings: bool = False,
     metric: str = "hessian",
@@ -109,6 +109,7 @@ def analyze(
     `quantizer`: a preset name ("default", "minmax", "percentile", "mse", "aciq") or an mpq.Quantizer;
     the quantization errors are those of its weights, and plans solved from this sensitivity record it,
     so that they are verified and exported with it (None: the default).
+    `progress`: bars on stderr (True: always, False: never, None: only when stderr is a terminal; mpq.progress).
     """
     check_metric(metric)
     if not 0 < tol < 1:
@@ -255,9 +256,10 @@ def _plans_embeddings(model, plan: Plan) -> bool:
 
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] = DEFAULT_BITS, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None,
+    quantizer: "str | Quantizer | None" = None, progress: bool | None = None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
+    `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
 
     All are quantized with the plan's quantizer (plan.settings["quantizer"]; the default for plans
     without one), or with `quantizer` (a preset name or mpq.Quantizer) when given.
@@ -281,7 +283,7 @@ def verify(
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else DEFAULT_ACT_BITS)
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen)
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(
