@@ -15,7 +15,6 @@ activation width) are measured with the evaluator (mpq.verify.measure.measure_pl
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 from typing import Iterable, Sequence
@@ -34,6 +33,7 @@ from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import Plan
+from mpq.progress import bar, note
 from mpq.quant.calibration import calibrate
 from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import fp32_reference
@@ -72,11 +72,6 @@ def uniform_points(prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequ
     return points
 
 
-def _log(progress: bool, text: str) -> None:
-    if progress:
-        print(f"pareto: {text}", file=sys.stderr, flush=True)
-
-
 def pareto(
     model,
     data,
@@ -93,7 +88,7 @@ def pareto(
     solver: str = DEFAULT_SOLVER,
     time_limit_s: float | None = None,
     cache_dir=None,
-    progress: bool = True,
+    progress: bool | None = None,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
     **analyze_options,
@@ -125,7 +120,7 @@ def pareto(
     if not any(p.feasible for p in points):
         raise BudgetInfeasible(f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}")
     t2 = time.perf_counter()
-    _log(progress, f"solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)")
+    note(f"pareto: solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)", progress)
     widest_act = acts[-1]
     uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
     feasible = [p for p in points if p.feasible]
@@ -170,24 +165,26 @@ def _solve_point(sensitivity, budget, fixed, reason, bits, acts, trace_margin, p
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
 
 
-def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool, quantizer: Quantizer) -> dict:
+def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool | None, quantizer: Quantizer) -> dict:
     """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer`); the FP32 summary."""
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
     seen: dict[str, Measurement] = {}
 
-    def measured(plan: Plan, name: str) -> Measurement:
+    def measured(plan: Plan, name: str, shown) -> Measurement:
         key = repr(sorted((n, lp.weight_bits, lp.act_bits) for n, lp in plan.layers.items()))
         if key not in seen:
-            _log(progress, f"measuring {name} ({len(seen) + 1} of at most {len(chosen) + len(uniform)})")
+            shown.set_postfix_str(name)
             seen[key] = measure_plan(prepared, plan, data, reference, name, batch_size, cache, calibration=calibration)
+        shown.update(1)
         return replace(seen[key], name=name)
 
-    for point in chosen:
-        point.measured = measured(point.plan, f"mpq plan at {point.budget.text}")
-        fits = all(point.measured.__dict__.get(b.kind, 0) <= b.limit for b in point.plan.budgets)
-        point.measured = replace(point.measured, fits_budget=fits)
-    for u in uniform:
-        u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits), u.name)
+    with bar(len(chosen) + len(uniform), "pareto: measuring", progress, unit="plan") as shown:
+        for point in chosen:
+            point.measured = measured(point.plan, f"mpq plan at {point.budget.text}", shown)
+            fits = all(point.measured.__dict__.get(b.kind, 0) <= b.limit for b in point.plan.budgets)
+            point.measured = replace(point.measured, fits_budget=fits)
+        for u in uniform:
+            u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits), u.name, shown)
     return {"size_bytes": reference.size_bytes, "top1": reference.top1}

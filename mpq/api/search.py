@@ -83,7 +83,7 @@ def search(
     keep_first: int | None = None,
     keep_last: int | None = None,
     cache_dir=None,
-    progress: bool = True,
+    progress: bool | None = None,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
     granularity: str = "layer",
@@ -130,7 +130,7 @@ def search(
     solve_within = lambda b: solve(sensitivity, b, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)  # noqa: E731
     plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency)
+    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress)
     t3 = time.perf_counter()
     if proxy_plans:
         report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)

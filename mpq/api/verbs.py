@@ -190,9 +190,10 @@ def _plans_embeddings(model, plan: Plan) -> bool:
 
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None,
+    quantizer: "str | Quantizer | None" = None, progress: bool | None = None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
+    `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
 
     All are quantized with the plan's quantizer (plan.quantizer; the default for plans without settings),
     or with `quantizer` (a preset name or mpq.Quantizer) when given. The uniform baselines are the plan's
@@ -219,7 +220,7 @@ def verify(
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen)
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(

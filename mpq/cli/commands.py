@@ -13,6 +13,7 @@ from mpq.cli.parser import (
     load_inputs,
     need_latency_model,
     pins_arg,
+    progress_arg,
     quantizer_arg,
     solver_options,
     writable_folder,
@@ -122,7 +123,7 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True))
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args))
     write_json_atomic(created(out) / "report.json", report.to_json())
     print(comparison_table(report))
     print(f"\nwrote {out / 'report.json'}")

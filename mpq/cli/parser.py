@@ -180,7 +180,19 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_progress_options(p)
+
+
+def add_progress_options(p: argparse.ArgumentParser) -> None:
+    """--quiet and --verbose; without either, progress bars show only when stderr is a terminal."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    group.add_argument("--verbose", action="store_true", help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+
+
+def progress_arg(args) -> bool | None:
+    """False for --quiet, True for --verbose, else None (only when stderr is a terminal)."""
+    return False if args.quiet else True if args.verbose else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    add_progress_options(check)
     _add_latency_options(check)
 
     profile = sub.add_parser("profile", help="measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
@@ -235,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--repeats", type=int, default=25, help="timed calls per layer and width; the median is kept (default 25)")
     profile.add_argument("--warmup", type=int, default=5, help="untimed calls before them (default 5)")
     profile.add_argument("--threads", type=int, help="torch threads while timing (default: torch's own choice)")
+    add_progress_options(profile)
     _add_quantizer_options(check, default_is_plan=True)
 
     export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
@@ -245,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch-size", type=int, default=25, help="samples per calibration batch (default 25)")
     export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    add_progress_options(export)
     _add_quantizer_options(export, default_is_plan=True)
     return parser
 
@@ -273,7 +288,7 @@ def analyze_options(args) -> dict:
         "chunk_size": args.chunk_size,
         "probing": args.probing,
         "cache_dir": False if args.no_cache else args.cache_dir,
-        "progress": not args.quiet,
+        "progress": progress_arg(args),
         "loss": args.loss,
         "quantize_embeddings": args.quantize_embeddings,
         "metric": args.metric,

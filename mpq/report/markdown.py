@@ -9,7 +9,7 @@ from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
 from mpq.solver.omega import layer_plan_omega, searched_with
-from mpq.sensitivity import LayerSensitivity, Sensitivity
+from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.metrics import MEASURED
 from mpq.solver.milp import solver_note
 from mpq.solver.problem import Problem, Solution

@@ -170,7 +170,7 @@ def analyze_prepared(
     data: Dataset,
     settings: ProbeSettings = ProbeSettings(),
     cache: Cache = Cache(None),
-    progress: bool = True,
+    progress: bool | None = None,
     loss: Loss | None = None,
     metric: str = "hessian",
     activations: bool = False,

@@ -31,7 +31,6 @@ exactly the numbers an uninterrupted run gives.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -42,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq.errors import MpqError
+from mpq.progress import bar, enabled, note
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.hvp import HVP_METHODS, hessian_vector_product
 
@@ -295,16 +295,9 @@ class ProbeProblem:
             return self._hvp(x, target, keys, weights, vs)
 
 
-def _show(sums: RunningSums, settings: ProbeSettings) -> None:
+def _postfix(sums: RunningSums, settings: ProbeSettings) -> str:
     active = int(_active(sums, settings).sum())
-    resumed = f" (resumed from {sums.resumed_from})" if sums.resumed_from else ""
-    print(
-        f"\rhessian: probe {sums.probes}/{settings.max_probes}{resumed}, worst relative stderr "
-        f"{_worst_relative_error(*sums.estimate()):.1%} (target {settings.tol:.0%}), {active} layers still probed, {sums.seconds:.0f} s ",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+    return f"worst relative stderr {_worst_relative_error(*sums.estimate()):.1%} (target {settings.tol:.0%}), {active} layers still probed"
 
 
 def _layer_needs_probes(sums: RunningSums, settings: ProbeSettings) -> np.ndarray:
@@ -355,10 +348,6 @@ def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks) -> None:
 
 
 def _check_settings(settings: ProbeSettings) -> None:
-    if settings.probing not in PROBINGS:
-        raise MpqError(f"unknown probing {settings.probing!r}: use {' or '.join(PROBINGS)}")
-    if settings.hvp not in HVP_METHODS:
-        raise MpqError(f"unknown Hessian-vector product {settings.hvp!r}: use {' or '.join(HVP_METHODS)}")
     if settings.chunk_size < 0:
         raise MpqError(f"chunk_size={settings.chunk_size} must be 0 (whole batch) or a positive number of samples")
 
@@ -369,7 +358,7 @@ def hutchinson_traces(
     x: torch.Tensor,
     targets: torch.Tensor,
     settings: ProbeSettings = ProbeSettings(),
-    progress: bool = True,
+    progress: bool | None = None,
     *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     checkpoint: Checkpoint | None = None,
@@ -381,7 +370,7 @@ def hutchinson_traces(
     """
     _check_settings(settings)
     ranks = Ranks.current()
-    progress = progress and ranks.is_main
+    progress = enabled(progress) and ranks.is_main
     weights = [model.get_submodule(name).weight for name in layer_names]
     requires = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -391,23 +380,22 @@ def hutchinson_traces(
     keys = [f"{name}.weight" for name in layer_names]
     problem = ProbeProblem(model, keys, weights, x, targets, loss_fn, probe_batches(len(x), settings), settings)
     sums = _start([w.shape[0] for w in weights], checkpoint, ranks)
-    if progress and sums.resumed_from:
-        print(f"hessian: resuming from {sums.resumed_from} probes saved in the cache", file=sys.stderr)
+    if sums.resumed_from:
+        note(f"hessian: resuming from {sums.resumed_from} probes saved in the cache", progress)
     try:
         model.eval()
-        while (stop_reason := _stop_reason(sums, settings)) is None:
-            _run_round(problem, sums, ranks)
-            _save(sums, checkpoint, ranks)
-            if progress and problem.fallback:
-                print(f"\rhessian: {problem.fallback}", file=sys.stderr)
-                problem.fallback = ""
-            if progress:
-                _show(sums, settings)
+        with bar(settings.max_probes, "hessian: probes", progress, unit="probe", initial=sums.probes) as shown:
+            while (stop_reason := _stop_reason(sums, settings)) is None:
+                _run_round(problem, sums, ranks)
+                _save(sums, checkpoint, ranks)
+                if problem.fallback:
+                    note(f"hessian: {problem.fallback}", progress)
+                    problem.fallback = ""
+                shown.set_postfix_str(_postfix(sums, settings), refresh=False)
+                shown.update(sums.probes - shown.n)
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
-        if progress:
-            print(file=sys.stderr)
     trace, stderr = sums.estimate()
     counts = sums.counts
     return HessianTraces(

@@ -21,7 +21,6 @@ standard error is that of the mean of ½ s² over samples and draws.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mpq.inputs.graph import module_calls_visible
+from mpq.progress import bar
 from mpq.quant.affine import quantize_weight
 from mpq.quant.bias_correction import corrected_bias
 
@@ -122,7 +122,7 @@ def kl_quadratic_omegas(
     batch_size: int = 16,
     draws: int = DRAWS,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> KlQuadratic:
     """Ω_l(b) of every named layer and width over the samples x (see the module docstring)."""
     started = time.perf_counter()
@@ -133,32 +133,30 @@ def kl_quadratic_omegas(
     sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
     sum_fourth = {n: {b: 0.0 for b in bits} for n in layer_names}
     channel_sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
-    for start in range(0, len(x), batch_size):
-        logits, inputs, outputs = _capture(model, modules, x[start : start + batch_size])
-        p = torch.softmax(logits.detach().double(), 1)
-        # every draw's gradients at the layer outputs first (the weights' are not asked for), then each layer's
-        # output change once per width: only one ΔY is alive at a time, not every layer's at every width
-        grads_per_draw = [
-            torch.autograd.grad(logits, [outputs[n] for n in layer_names], rademacher_cotangent(p, generator).to(logits.dtype), retain_graph=True, allow_unused=True)
-            for _ in range(draws)
-        ]
-        with torch.no_grad():
-            for i, n in enumerate(layer_names):
-                for b in bits:
-                    change = output_change(modules[n], inputs[n], deltas[n][b])
-                    for grads in grads_per_draw:
-                        if grads[i] is None:  # the layer does not reach the output: its Ω is 0
-                            continue
-                        per_channel = channel_products(modules[n], inputs[n], grads[i], change).double()
-                        half_sq = 0.5 * per_channel.sum(1) ** 2
-                        sum_sq[n][b] += float(half_sq.sum())
-                        sum_fourth[n][b] += float((half_sq**2).sum())
-                        channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).numpy()
-        del logits, outputs, grads_per_draw
-        if progress:
-            print(f"\rkl_quadratic: {min(start + batch_size, len(x))}/{len(x)} samples", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+    with bar(len(x), "kl_quadratic", progress, unit="sample") as shown:
+        for start in range(0, len(x), batch_size):
+            logits, inputs, outputs = _capture(model, modules, x[start : start + batch_size])
+            p = torch.softmax(logits.detach().double(), 1)
+            # every draw's gradients at the layer outputs first (the weights' are not asked for), then each layer's
+            # output change once per width: only one ΔY is alive at a time, not every layer's at every width
+            grads_per_draw = [
+                torch.autograd.grad(logits, [outputs[n] for n in layer_names], rademacher_cotangent(p, generator).to(logits.dtype), retain_graph=True, allow_unused=True)
+                for _ in range(draws)
+            ]
+            with torch.no_grad():
+                for i, n in enumerate(layer_names):
+                    for b in bits:
+                        change = output_change(modules[n], inputs[n], deltas[n][b])
+                        for grads in grads_per_draw:
+                            if grads[i] is None:  # the layer does not reach the output: its Ω is 0
+                                continue
+                            per_channel = channel_products(modules[n], inputs[n], grads[i], change).double()
+                            half_sq = 0.5 * per_channel.sum(1) ** 2
+                            sum_sq[n][b] += float(half_sq.sum())
+                            sum_fourth[n][b] += float((half_sq**2).sum())
+                            channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).numpy()
+            del logits, outputs, grads_per_draw
+            shown.update(min(batch_size, len(x) - start))
     count = len(x) * draws
     omega = {n: {b: sum_sq[n][b] / count for b in bits} for n in layer_names}
     stderr = {n: {b: _stderr_of_mean(sum_sq[n][b], sum_fourth[n][b], count) for b in bits} for n in layer_names}

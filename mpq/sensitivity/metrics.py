@@ -24,7 +24,6 @@ kl_quadratic, takes the curvature in the layer's actual quantization error: mpq.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable
 
@@ -35,6 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from mpq.errors import MpqError
 from mpq.inputs.graph import module_calls_visible
+from mpq.progress import bar
 from mpq.sensitivity.hessian import (
     Checkpoint,
     HessianTraces,
@@ -83,7 +83,7 @@ def fisher_traces(
     x: torch.Tensor,
     targets: torch.Tensor,
     settings: ProbeSettings = ProbeSettings(),
-    progress: bool = True,
+    progress: bool | None = None,
     *,
     loss_fn: LossFn,
 ) -> HessianTraces:
@@ -98,20 +98,17 @@ def fisher_traces(
             p.requires_grad_(False)
         for w in weights:
             w.requires_grad_(True)
-        with module_calls_visible():
+        with module_calls_visible(), bar(len(x), "fisher", progress, unit="sample") as shown:
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
                 per_layer = _per_sample_squared_grads(model, layer_names, x[start:stop], targets[start:stop], loss_fn)
                 for i, squares in enumerate(per_layer):
                     for per_channel in squares.double().numpy():
                         sums.add(i, per_channel)
-                if progress:
-                    print(f"\rfisher: {min(stop, len(x))}/{len(x)} samples", end="", file=sys.stderr, flush=True)
+                shown.update(min(stop, len(x)) - start)
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
-        if progress:
-            print(file=sys.stderr)
     n = len(x)
     return HessianTraces(
         layer_names=list(layer_names),
@@ -169,7 +166,7 @@ def top_eigenvalues(
     x: torch.Tensor,
     targets: torch.Tensor,
     settings: ProbeSettings = ProbeSettings(),
-    progress: bool = True,
+    progress: bool | None = None,
     *,
     loss_fn: LossFn,
 ) -> tuple[HessianTraces, dict[str, list]]:
@@ -184,18 +181,15 @@ def top_eigenvalues(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with module_calls_visible():
-            for i, w in enumerate(weights):
+        with module_calls_visible(), bar(len(weights), "eigenvalue", progress, unit="layer") as shown:
+            for w in weights:
                 w.requires_grad_(True)
                 found.append(top_block_eigenvalue(model, w, x[batch], targets[batch], loss_fn, generator, settings.max_probes))
                 w.requires_grad_(False)
-                if progress:
-                    print(f"\reigenvalue: layer {i + 1}/{len(weights)}, {time.perf_counter() - started:.0f} s", end="", file=sys.stderr, flush=True)
+                shown.update(1)
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
-        if progress:
-            print(file=sys.stderr)
     eigenvalues = np.array([f[0] for f in found])
     changes = np.array([f[1] for f in found])
     sizes = np.array([w.numel() for w in weights], dtype=np.float64)
@@ -242,7 +236,7 @@ def curvature_traces(
     x: torch.Tensor,
     targets: torch.Tensor,
     settings: ProbeSettings,
-    progress: bool,
+    progress: bool | None,
     loss_fn: LossFn,
     checkpoint: Checkpoint | None = None,
 ) -> tuple[HessianTraces, dict[str, list]]:

@@ -15,7 +15,6 @@ Cost: (layers + inputs) × widths forward passes over the data.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mpq.inputs.graph import module_calls_visible
+from mpq.progress import bar
 from mpq.quant.affine import ActQuantParams, fake_quantize_weight, sqnr_db
 from mpq.sensitivity.losses import fp32_outputs
 
@@ -49,28 +49,26 @@ def _output_error(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
 
 
 def weight_output_errors(
-    model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool = False, deltas=None
+    model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool | None = None, deltas=None
 ) -> dict[str, dict[int, OutputError]]:
     """{layer: {bits: output error with only that layer's weights quantized}}; `deltas(layer)` gives
     {bits: {param: change}} (mpq.sensitivity.kl_quadratic.parameter_deltas), else min-max weights."""
     model.eval()
     reference = fp32_outputs(model, x, batch_size)
     errors: dict[str, dict[int, OutputError]] = {}
-    for i, name in enumerate(layer_names):
-        module = model.get_submodule(name)
-        weight = module.weight.detach()
-        changes = deltas(name) if deltas is not None else None
-        errors[name] = {}
-        for b in bits:
-            if changes is None:
-                replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
-            else:
-                replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
-            errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
-        if progress:
-            print(f"\rone-layer output errors: weights of layer {i + 1}/{len(layer_names)}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+    with bar(len(layer_names), "one-layer output errors", progress, unit="layer") as shown:
+        for name in layer_names:
+            module = model.get_submodule(name)
+            weight = module.weight.detach()
+            changes = deltas(name) if deltas is not None else None
+            errors[name] = {}
+            for b in bits:
+                if changes is None:
+                    replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
+                else:
+                    replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
+                errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
+            shown.update(1)
     return errors
 
 

@@ -10,7 +10,7 @@ from mpq.cost.latency import covered_choices
 from mpq.cost.layer_cost import Choice, layer_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.quant.widths import MAX_BITS, MIN_BITS, check_bits
+from mpq.quant.widths import check_bits
 from mpq.plan.settings import act_widths
 from mpq.solver.problem import Problem
 

@@ -23,6 +23,7 @@ from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.plan import LayerPlan, Plan
+from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
 from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
@@ -164,22 +165,27 @@ def verify_prepared(
     cache: Cache = Cache(None),
     latency=None,
     quantizer: Quantizer | None = None,
+    progress: bool | None = None,
 ) -> Report:
     """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
     (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
-    with `quantizer` (None: the plan's)."""
+    with `quantizer` (None: the plan's). `progress`: a bar over the models measured (mpq.progress)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     reference = fp32_reference(prepared, data, batch_size, cache)
     calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache, quantizer)
-    measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency, calibration)
-    baselines = []
-    for bits in sorted(set(baseline_bits) | {8}, reverse=True):
-        uniform = uniform_plan(prepared, bits, act_bits)
-        if bits != 8 and not _fits(prepared, uniform, plan.budgets, latency):
-            continue
-        label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
-        baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency, calibration))
+    uniforms = {bits: uniform_plan(prepared, bits, act_bits) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
+    uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency)}
+    with bar(1 + len(uniforms), "verify", progress, unit="model") as shown:
+        shown.set_postfix_str("mpq plan")
+        measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency, calibration)
+        shown.update(1)
+        baselines = []
+        for bits, uniform in uniforms.items():
+            label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
+            shown.set_postfix_str(label)
+            baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency, calibration))
+            shown.update(1)
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,

@@ -10,8 +10,6 @@ the searched plan spends, and only the allocation differs.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from mpq.cache import Cache
@@ -19,6 +17,7 @@ from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import PreparedModel
 from mpq.plan import LayerPlan, Plan
+from mpq.progress import bar
 from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import Sensitivity
 from mpq.solver.omega import plan_omega
@@ -73,7 +72,7 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
 
 def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, data, plans: int, seed: int = 0,
-                batch_size: int = 25, cache: Cache = Cache(None), progress: bool = False) -> ProxyCheck:
+                batch_size: int = 25, cache: Cache = Cache(None), progress: bool | None = None) -> ProxyCheck:
     """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer) and rank-correlate Omega with KL."""
     check_proxy_request(plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer")
     bits = plan.settings.space.bits if plan.settings is not None else tuple(sorted({lp.weight_bits for lp in plan.layers.values()}))
@@ -82,13 +81,11 @@ def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, d
     reference = fp32_reference(prepared, data, batch_size, cache)
     calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache)
     points = []
-    for i, (kind, candidate) in enumerate(candidates):
-        if progress:
-            print(f"\rproxy check: measuring plan {i + 1} of {len(candidates)}", end="", file=sys.stderr, flush=True)
-        m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
-        points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement))
-    if progress:
-        print(file=sys.stderr)
+    with bar(len(candidates), "proxy check", progress, unit="plan") as shown:
+        for kind, candidate in candidates:
+            m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
+            points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement))
+            shown.update(1)
     return ProxyCheck(points, spearman([p.omega for p in points], [p.kl_to_fp32 for p in points]), seed)
 
 
