@@ -37,13 +37,13 @@ from mpq.inputs.graph import prepare_model
 from mpq.sensitivity.hessian import (
     HessianTraces,
     ProbeProblem,
-    ProbeSettings,
     _rademacher,
     hutchinson_traces,
     probe_batches,
     probe_generator,
 )
 from mpq.sensitivity.hvp import hessian_vector_product
+from mpq.sensitivity.settings import ProbeSettings
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -31,8 +31,8 @@ from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.quantizer import resolve_quantizer
 from mpq.quant.reference import fp32_reference
-from mpq.verify.measure import measure_plan, plan_calibration
 from mpq.solver.omega import plan_omega
+from mpq.verify.measure import measure_plan, plan_calibration
 from mpq.verify.proxy import random_plan
 
 HERE = Path(__file__).parent

@@ -93,14 +93,14 @@ def test_api_solve_with_act_choices_and_pins(block, block_data):
     assert sensitivity.act_tie_groups == [["conv1", "downsample.0"]]
     wide = mpq.solve(sensitivity, "1TBOPs", bits=(2, 4, 8), act_bits=(4, 8))
     assert {lp.act_bits for lp in wide.layers.values()} == {8}  # Omega ignores act bits: widest when free
-    assert wide.settings["act_bits"] == [4, 8] and "chosen by cost only" in wide.settings["act_bits_choice"]
+    assert wide.settings.space.act_bits == (4, 8) and "chosen by cost only" in wide.settings.act_choice_note
     all_8 = sum(layer.macs * 64 for layer in (s.layer for s in sensitivity.layers.values()))
     plan = mpq.solve(sensitivity, f"{0.5 * all_8!r}BOPs", bits=(2, 4, 8), act_bits=(4, 8), keep={"conv2": 8}, keep_first=8, keep_last=8)
     assert plan.layers["conv1"].act_bits == plan.layers["downsample.0"].act_bits
     assert (plan.layers["stem"].weight_bits, plan.layers["conv2"].weight_bits, plan.layers["fc"].weight_bits) == (8, 8, 8)
     assert 4 in {lp.act_bits for lp in plan.layers.values()}  # the BOPs budget pushes some act widths down
     assert plan.predicted["bops"] <= 0.5 * all_8
-    assert plan.settings["keep"] == {"conv2": 8, "stem": 8, "fc": 8}
+    assert plan.settings.keep == {"conv2": 8, "stem": 8, "fc": 8}
 
 
 def test_api_act_bits_forms_and_unknown_pin(block, block_data):

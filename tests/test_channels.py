@@ -216,7 +216,7 @@ def test_per_channel_plan_round_trips_through_plan_json(channel_plan, tmp_path):
     assert entry["channel_bits"][0]["channels"][0] == 0
     back = Plan.load(tmp_path / "plan.json")
     assert back.layers == channel_plan.layers and back.to_json() == channel_plan.to_json()
-    assert text["settings"]["width_granularity"] == "channel"
+    assert text["settings"]["search_space"]["granularity"] == "channel" and back.settings == channel_plan.settings
 
 
 def test_layer_wise_plans_keep_their_json():

@@ -93,11 +93,11 @@ def test_search_leaves_room_for_the_packed_files_header(tmp_path):
     data = (torch.randn(32, 64, generator=torch.Generator().manual_seed(1)), torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2)))
     options = dict(bits=(2, 4, 8), max_probes=4, cache_dir=False, progress=False)
     loose = mpq.search(model, data, "1MB", **options)
-    assert loose.plan.settings["container_reserve_bytes"] == 0  # W8 everywhere and its header fit anyway
+    assert loose.plan.settings.container_reserve_bytes == 0  # W8 everywhere and its header fit anyway
     full = loose.plan.predicted["size_bytes"]
     budget = f"{full + 40}B"  # the tensors of W8 fit, the header (hundreds of bytes) does not
     result = mpq.search(model, data, budget, **options)
-    assert result.plan.settings["container_reserve_bytes"] > 0 and result.plan.budgets[0].text == budget
+    assert result.plan.settings.container_reserve_bytes > 0 and result.plan.budgets[0].text == budget
     written = mpq.export_plan(model, result.plan, data, tmp_path / "t.mpqpack", cache_dir=False)
     assert written.file_bytes == (tmp_path / "t.mpqpack").stat().st_size <= full + 40
     assert read_packed(tmp_path / "t.mpqpack").tensor_bytes == result.plan.predicted["size_bytes"]

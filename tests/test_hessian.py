@@ -6,7 +6,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
+from mpq.sensitivity.hessian import hutchinson_traces
+from mpq.sensitivity.settings import ProbeSettings
 
 
 def exact_block(model, name, x, y) -> torch.Tensor:

@@ -13,12 +13,8 @@ from torch.nn import functional as F
 import mpq
 from mpq.inputs.graph import prepare_model
 from mpq.inputs.specs import load_data_spec, load_model_spec
-from mpq.sensitivity.hessian import (
-    ProbeSettings,
-    _rademacher,
-    hutchinson_traces,
-    probe_generator,
-)
+from mpq.sensitivity.hessian import _rademacher, hutchinson_traces, probe_generator
+from mpq.sensitivity.settings import ProbeSettings
 from tests.helpers import USER_MODELS, mlp_data
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")

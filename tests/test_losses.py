@@ -10,8 +10,9 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.errors import MpqError
-from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
+from mpq.sensitivity.hessian import hutchinson_traces
 from mpq.sensitivity.losses import resolve_loss
+from mpq.sensitivity.settings import ProbeSettings
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 from tests.user_models import mlp, output_norm_loss
 

@@ -27,7 +27,8 @@ from mpq.sensitivity.activation import (
     input_groups,
     perturbed_inputs,
 )
-from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
+from mpq.sensitivity.hessian import hutchinson_traces
+from mpq.sensitivity.settings import ProbeSettings
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 from tests.test_act_ties import ResBlockNet
 from tests.user_models import mlp
@@ -253,11 +254,11 @@ def test_solver_gives_narrow_activations_to_the_least_sensitive_inputs():
     # W8 everywhere; BOPs for two inputs at 8 bits and two at 4: 256·8·(8+8+4+4) = 49,152
     plan = mpq.solve(sens, "49152BOPs", bits=(8,), act_bits=(4, 8), trace_margin=0)
     assert {n: lp.act_bits for n, lp in plan.layers.items()} == {"a": 8, "b": 4, "c": 8, "d": 4}
-    assert plan.settings["act_sensitivity"] is True and "by sensitivity" in plan.settings["act_bits_choice"]
+    assert plan.settings.act_sensitivity is True and "by sensitivity" in plan.settings.act_choice_note
     expected = sum(s.omega(8) for s in sens.layers.values()) + sum(sens.layers[n].act_omega(a) for n, a in zip("abcd", (8, 4, 8, 4)))
     assert plan.predicted["omega"] == pytest.approx(expected)
     by_cost = mpq.solve(sens, "49152BOPs", bits=(8,), act_bits=(4, 8), trace_margin=0, act_sensitivity=False)
-    assert by_cost.settings["act_sensitivity"] is False and "cost only" in by_cost.settings["act_bits_choice"]
+    assert by_cost.settings.act_sensitivity is False and "cost only" in by_cost.settings.act_choice_note
     assert by_cost.predicted["omega"] == pytest.approx(sum(s.omega(8) for s in sens.layers.values()))
 
 
@@ -268,7 +269,7 @@ def test_one_activation_width_leaves_the_plan_as_before():
         s.activation = None
     with_inputs, without = (mpq.solve(s, "600B", bits=(2, 4, 8), act_bits=8) for s in (sens, plain))
     assert with_inputs.layers == without.layers and with_inputs.predicted == without.predicted
-    assert "act_sensitivity" not in with_inputs.settings
+    assert with_inputs.settings.act_choice_note is None
 
 
 def test_cli_sensitivity_metric_json_and_chart(tmp_path, capsys):

@@ -168,7 +168,7 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
     minmax = mpq.analyze(prepared, data, max_probes=4, min_probes=4, cache_dir=False, progress=False, quantizer="minmax")
     assert all(sens.layers[n].quant_error[3] < minmax.layers[n].quant_error[3] for n in sens.layers)
     plan = mpq.solve(sens, "200B", bits=(2, 4, 8))
-    assert plan.settings["quantizer"] == sens.quantizer.to_json()
+    assert plan.settings.quantizer == sens.quantizer
     report = mpq.verify(prepared, plan, data, baseline_bits=(8,), cache_dir=False)
     assert report.quantizer == sens.quantizer and report.to_json()["quantizer"]["weight_clip"] == "mse"
     # report.md names the quantizer, embeds layers.png, and shows a Pareto plot found beside it

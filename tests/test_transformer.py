@@ -8,7 +8,8 @@ from torch.nn import functional as F
 import mpq
 from mpq.cost.layer_cost import Choice, model_costs
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.hessian import ProbeSettings, hutchinson_traces
+from mpq.sensitivity.hessian import hutchinson_traces
+from mpq.sensitivity.settings import ProbeSettings
 from tests.user_models import tiny_encoder, torch_encoder
 
 TOKENS = torch.randint(0, 50, (32, 8), generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ from dataclasses import fields, replace
 
 from mpq.errors import MpqError
 from mpq.plan.settings import SearchSpace, SolverSettings
-from mpq.sensitivity.hessian import ProbeSettings
+from mpq.sensitivity.settings import ProbeSettings
 
 SOLVER_KEYWORDS = {"time_limit_s": "time_limit_s"}
 
@@ -32,7 +32,7 @@ def folded(verb: str, cls, given, keywords: dict, param: str):
         return given or cls()
     warnings.warn(
         f"mpq.{verb}({', '.join(f'{k}=' for k in mine)}...) is deprecated: pass {param}=mpq.{cls.__name__}({', '.join(f'{k}=...' for k in mine)})",
-        DeprecationWarning, stacklevel=3,
+        DeprecationWarning, stacklevel=4,
     )
     try:
         return replace(given or cls(), **mine)

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Iterable, Sequence
+from typing import Sequence
 
+from mpq.api.options import (
+    check_known,
+    field_names,
+    probe_settings,
+    search_space,
+    solver_settings,
+)
 from mpq.api.verbs import (
-    DEFAULT_ACT_BITS,
-    DEFAULT_BITS,
-    DEFAULT_TRACE_MARGIN,
+    SOLVE_KEYWORDS,
     analyze,
     solve,
 )
@@ -33,13 +38,15 @@ from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import Plan
+from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
 from mpq.quant.calibration import calibrate
 from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import Sensitivity
-from mpq.solver.build import act_widths, build_problem
-from mpq.solver.milp import DEFAULT_SOLVER
+from mpq.sensitivity.settings import ProbeSettings
+from mpq.solver.build import build_problem
+from mpq.solver.omega import plan_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.solver.sweep import DEFAULT_VERIFY_POINTS, parse_sweep, verified_indices
@@ -67,7 +74,7 @@ def uniform_points(prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequ
     for b in sorted(set(bits)):
         plan = uniform_plan(prepared, b, act_bits)
         costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
-        omega = sum(s.omega(b, trace_margin) for s in sensitivity.layers.values())
+        omega = plan_omega(sensitivity, plan, trace_margin, inputs=False)
         points.append(UniformPoint(b, act_bits, {"size_bytes": int(costs["size_bytes"]), "bops": costs["bops"], "omega": omega}))
     return points
 
@@ -78,20 +85,18 @@ def pareto(
     budgets="2MB:6MB",
     *,
     also_budgets=(),
-    bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
-    trace_margin: float = DEFAULT_TRACE_MARGIN,
-    keep: "dict[str, int] | None" = None,
-    keep_first: int | None = None,
-    keep_last: int | None = None,
+    space: SearchSpace | None = None,
+    probes: ProbeSettings | None = None,
+    solver: "SolverSettings | str | None" = None,
+    metric: str = "hessian",
+    quantizer: "str | Quantizer | None" = None,
+    loss=None,
     verify_points: "int | str" = DEFAULT_VERIFY_POINTS,
-    solver: str = DEFAULT_SOLVER,
-    time_limit_s: float | None = None,
-    cache_dir=None,
-    progress: bool | None = None,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
-    **analyze_options,
+    cache_dir=None,
+    progress: bool | None = None,
+    **legacy,
 ) -> ParetoResult:
     """The least-Omega plan at every budget of a sweep, `verify_points` of them measured, and the uniform widths.
 
@@ -101,22 +106,25 @@ def pareto(
     (then the uniform widths are not measured either). The rest as in `mpq.search`.
     Raises BudgetInfeasible when no point of the sweep can be met.
     """
+    check_known("pareto", legacy, field_names(ProbeSettings) | SOLVE_KEYWORDS)
+    probes = probe_settings("pareto", probes, legacy)
+    space = search_space("pareto", space, legacy)
+    solver = solver_settings("pareto", solver, legacy)
+    bits, acts, trace_margin = space.bits, space.act_bits, space.trace_margin
     start = time.perf_counter()
     data = as_dataset(data)
     sweep = parse_sweep(budgets)
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
-    bits = tuple(sorted(set(bits)))
-    acts = act_widths(act_bits)
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
     prepared = as_prepared(model, data, quantize_embeddings)
-    pins = resolve_keep([layer.name for layer in prepared.graph.layers], keep, keep_first, keep_last)
+    pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
     reasons = _reachable(prepared, sweep, fixed, bits, acts, pins)
     if all(reasons):
         raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
     t0 = time.perf_counter()
-    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, quantize_embeddings=quantize_embeddings, **analyze_options)
+    sensitivity = analyze(prepared, data, probes=probes, metric=metric, quantizer=quantizer, loss=loss, cache_dir=cache_dir, progress=progress)
     t1 = time.perf_counter()
-    points = [_solve_point(sensitivity, b, fixed, reason, bits, acts, trace_margin, pins, solver, time_limit_s) for b, reason in zip(sweep, reasons)]
+    points = [_solve_point(sensitivity, b, fixed, reason, replace(space, keep=pins, keep_first=None, keep_last=None), solver) for b, reason in zip(sweep, reasons)]
     if not any(p.feasible for p in points):
         raise BudgetInfeasible(f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}")
     t2 = time.perf_counter()
@@ -141,8 +149,8 @@ def pareto(
             "loss": sensitivity.loss,
             "probes": sensitivity.settings.max_probes,
             "seed": sensitivity.settings.seed,
-            "solver": solver,
-            "time_limit_s": time_limit_s,
+            "solver": solver.name,
+            "time_limit_s": solver.time_limit_s,
             "verify_points": verify_points,
         },
         timings_s={
@@ -154,12 +162,12 @@ def pareto(
     )
 
 
-def _solve_point(sensitivity, budget, fixed, reason, bits, acts, trace_margin, pins, solver, time_limit_s) -> ParetoPoint:
+def _solve_point(sensitivity: Sensitivity, budget: Budget, fixed: list[Budget], reason: str | None, space: SearchSpace, solver: SolverSettings) -> ParetoPoint:
     if reason:
         return ParetoPoint(budget, None, reason)
     start = time.perf_counter()
     try:
-        plan = solve(sensitivity, [budget, *fixed], bits=bits, act_bits=acts, trace_margin=trace_margin, keep=pins, solver=solver, time_limit_s=time_limit_s)
+        plan = solve(sensitivity, [budget, *fixed], space=space, solver=solver)
     except BudgetInfeasible as exc:
         return ParetoPoint(budget, None, str(exc), solve_seconds=time.perf_counter() - start)
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)

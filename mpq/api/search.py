@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
+from mpq.api.options import (
+    check_known,
+    field_names,
+    probe_settings,
+    search_space,
+    solver_settings,
+)
 from mpq.api.verbs import (
-    DEFAULT_ACT_BITS,
-    DEFAULT_BITS,
-    DEFAULT_TRACE_MARGIN,
+    SOLVE_KEYWORDS,
     analyze,
     solve,
     verify,
@@ -23,10 +27,13 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import Plan
+from mpq.plan.settings import SearchSpace, SolverSettings
+from mpq.quant.quantizer import Quantizer
 from mpq.sensitivity import Sensitivity
-from mpq.solver.build import act_widths, build_problem, check_latency_budgets
-from mpq.solver.channels import build_channel_problem, check_granularity
-from mpq.solver.milp import DEFAULT_SOLVER, solver_note
+from mpq.sensitivity.settings import ProbeSettings
+from mpq.solver.build import build_problem, check_latency_budgets
+from mpq.solver.channels import build_channel_problem, check_channel_metric
+from mpq.solver.milp import solver_note
 from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.verify.proxy import check_proxy_request, proxy_check
@@ -76,61 +83,60 @@ def search(
     data,
     budget="4MB",
     *,
-    bits: Iterable[int] = DEFAULT_BITS,
-    act_bits: "int | None | Sequence[int | None]" = DEFAULT_ACT_BITS,
-    trace_margin: float = DEFAULT_TRACE_MARGIN,
-    keep: "dict[str, int] | None" = None,
-    keep_first: int | None = None,
-    keep_last: int | None = None,
-    cache_dir=None,
-    progress: bool | None = None,
+    space: SearchSpace | None = None,
+    probes: ProbeSettings | None = None,
+    solver: "SolverSettings | str | None" = None,
+    metric: str = "hessian",
+    quantizer: "str | Quantizer | None" = None,
+    loss=None,
+    latency=None,
+    proxy_plans: int = 0,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
-    granularity: str = "layer",
-    channel_group: int = 1,
-    act_sensitivity: bool | None = None,
-    latency=None,
-    solver: str = DEFAULT_SOLVER,
-    time_limit_s: float | None = None,
-    proxy_plans: int = 0,
-    **analyze_options,
+    cache_dir=None,
+    progress: bool | None = None,
+    **legacy,
 ) -> SearchResult:
-    """analyze, solve and verify in one call; `analyze_options` go to `analyze` (tol, max_probes, loss, seed, metric ...).
-    `granularity`, `channel_group` and `latency` as in `solve`. `proxy_plans` > 0 also measures that many random
-    plans at the same size budget and rank-correlates their Omega with their KL (mpq.proxy; report.proxy).
+    """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
+    `space`, `solver` and `latency` as in `solve` (the flat keywords of mpq 0.1.0 still work, with a
+    DeprecationWarning). `proxy_plans` > 0 also measures that many random plans at the same size budget
+    and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
 
     With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
-    `act_sensitivity=False` (then they go by cost only, the widest the budgets allow).
+    `space.act_sensitivity` is False (then they go by cost only, the widest the budgets allow).
 
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
+    check_known("search", legacy, field_names(ProbeSettings) | SOLVE_KEYWORDS)
+    probes = probe_settings("search", probes, legacy)
+    space = search_space("search", space, legacy)
+    solver = solver_settings("search", solver, legacy)
     start = time.perf_counter()
-    check_granularity(granularity, channel_group, analyze_options.get("metric", "hessian"))
+    check_channel_metric(space, metric)
     data = as_dataset(data)
     budgets = as_budgets(budget)
-    bits = tuple(bits)
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
     prepared = as_prepared(model, data, quantize_embeddings)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
-    pins = resolve_keep([layer.name for layer in graph.layers], keep, keep_first, keep_last)
-    if granularity == "channel":
+    pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
+    if space.granularity == "channel":
         zero = lambda group, b: 0.0  # noqa: E731
-        problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, bits, act_widths(act_bits), zero, channel_group, pins, graph.act_tie_groups).problem
+        problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, zero, space.channel_group, pins, graph.act_tie_groups).problem
     else:
-        problem = build_problem(graph.layers, graph.float_bytes, budgets, bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
+        problem = build_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
     check_feasible(problem)
     if proxy_plans:
-        check_proxy_request(proxy_plans, budgets, granularity)
+        check_proxy_request(proxy_plans, budgets, space.granularity)
     t0 = time.perf_counter()
-    activations = len(act_widths(act_bits)) > 1 and act_sensitivity is not False
-    sensitivity = analyze(prepared, data, cache_dir=cache_dir, progress=progress, activations=activations, **analyze_options)
+    activations = space.several_act_widths and space.act_sensitivity is not False
+    sensitivity = analyze(prepared, data, probes=probes, metric=metric, quantizer=quantizer, loss=loss, activations=activations, cache_dir=cache_dir, progress=progress)
     t1 = time.perf_counter()
-    solve_within = lambda b: solve(sensitivity, b, bits=bits, act_bits=act_bits, trace_margin=trace_margin, keep=pins, granularity=granularity, channel_group=channel_group, act_sensitivity=act_sensitivity, latency=latency, solver=solver, time_limit_s=time_limit_s)  # noqa: E731
+    solve_within = lambda b: solve(sensitivity, b, space=space, solver=solver, latency=latency)  # noqa: E731
     plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, baseline_bits=bits, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress)
+    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress)
     t3 = time.perf_counter()
     if proxy_plans:
         report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)

@@ -20,7 +20,13 @@ from typing import Iterable
 
 from torch import nn
 
-from mpq.api.options import check_known, field_names, probe_settings, search_space, solver_settings
+from mpq.api.options import (
+    check_known,
+    field_names,
+    probe_settings,
+    search_space,
+    solver_settings,
+)
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
 from mpq.cost.latency import coverage_note, latency_from_source, latency_model
@@ -29,15 +35,26 @@ from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import LayerPlan, Plan
-from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
+from mpq.plan.settings import (
+    ChannelSearch,
+    LatencySource,
+    PlanSettings,
+    SearchSpace,
+    SolverSettings,
+)
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
-from mpq.sensitivity.hessian import ProbeSettings
 from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.metrics import check_metric
+from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
-from mpq.solver.channels import build_channel_problem, channel_omega, check_granularity, layer_plans
+from mpq.solver.channels import (
+    build_channel_problem,
+    channel_omega,
+    check_channel_metric,
+    layer_plans,
+)
 from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved
@@ -130,7 +147,7 @@ def solve(
     check_known("solve", legacy, SOLVE_KEYWORDS)
     space = search_space("solve", space, legacy)
     solver = solver_settings("solve", solver, legacy)
-    check_granularity(space.granularity, space.channel_group, sensitivity.metric)
+    check_channel_metric(space, sensitivity.metric)
     by_sensitivity = space.granularity == "layer" and _act_widths_by_sensitivity(sensitivity, space)
     budgets = as_budgets(budget)
     layers = [s.layer for s in sensitivity.layers.values()]

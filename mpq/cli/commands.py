@@ -15,7 +15,8 @@ from mpq.cli.parser import (
     pins_arg,
     progress_arg,
     quantizer_arg,
-    solver_options,
+    search_space,
+    solver_settings,
     writable_folder,
 )
 from mpq.errors import MpqError
@@ -36,8 +37,8 @@ def run_search(args) -> int:
     need_latency_model(budgets, latency)
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    pins = pins_arg(args)
-    result = mpq.search(model, data, budgets, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, eval_batch_size=args.eval_batch_size, granularity=args.granularity, channel_group=args.channel_group, act_sensitivity=args.act_sensitivity, latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, **pins, **solver_options(args), **analyze_options(args))
+    space = search_space(args)
+    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, **analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report)
     print(layer_table(result.sensitivity, result.plan))
     print()
@@ -61,8 +62,9 @@ def run_pareto(args) -> int:
     fixed = [parse_budget(b) for b in args.also_budget]
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    result = mpq.pareto(model, data, budgets, also_budgets=fixed, bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin,
-                        verify_points=args.verify_points, eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), **pins_arg(args), **solver_options(args), **analyze_options(args))
+    space = search_space(args)
+    result = mpq.pareto(model, data, budgets, also_budgets=fixed, space=space, solver=solver_settings(args), verify_points=args.verify_points,
+                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), **analyze_options(args))
     paths = write_pareto(out, result)
     print(pareto_table(result))
     print()
@@ -82,7 +84,8 @@ def run_solve(args) -> int:
     out = writable_folder(args.out)
     problem = read_table(args.table, budgets)
     problem.keep = resolve_keep(problem.layers, **pins)
-    solution = solve_problem(problem, args.time_limit, args.solver)
+    solver = solver_settings(args)
+    solution = solve_problem(problem, solver.time_limit_s, solver.name)
     plan_from_solution(args.table, problem, solution).save(created(out) / "plan.json")
     print(solution_table(problem, solution))
     print()

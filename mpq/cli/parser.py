@@ -71,9 +71,13 @@ def _verify_points(text: str) -> "int | str":
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     """Widths, Omega margin, output folder, evaluation batch, pins, solver and probe options (search and pareto)."""
-    p.add_argument("--bits", type=_widths, default=(4, 5, 6, 7, 8), help="candidate weight widths (default 4,5,6,7,8)")
-    p.add_argument("--act-bits", type=_act_bits, default=(8,), help="candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default 8); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
-    p.add_argument("--trace-margin", type=float, default=2.0, help="Omega uses trace + this many standard errors (default 2; 0 = plain HAWQ-V2)")
+    from mpq.plan.settings import SearchSpace
+
+    space = SearchSpace()
+    widths = lambda ws: ",".join("none" if w is None else str(w) for w in ws)  # noqa: E731
+    p.add_argument("--bits", type=_widths, default=space.bits, help=f"candidate weight widths (default {widths(space.bits)})")
+    p.add_argument("--act-bits", type=_act_bits, default=space.act_bits, help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
+    p.add_argument("--trace-margin", type=float, default=space.trace_margin, help=f"Omega uses trace + this many standard errors (default {space.trace_margin:g}; 0 = plain HAWQ-V2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
     _add_quantizer_options(p, default_is_plan=False)
@@ -83,14 +87,24 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
-    from mpq.solver.milp import DEFAULT_SOLVER, SOLVERS
+    from mpq.plan.settings import DEFAULT_SOLVER, SOLVERS
 
     p.add_argument("--solver", choices=SOLVERS, default=DEFAULT_SOLVER, help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
 
 
-def solver_options(args) -> dict:
-    return {"solver": args.solver, "time_limit_s": args.time_limit}
+def solver_settings(args):
+    from mpq.plan.settings import SolverSettings
+
+    return SolverSettings(name=args.solver, time_limit_s=args.time_limit)
+
+
+def search_space(args):
+    """The SearchSpace of `mpq search` / `mpq pareto` from their options."""
+    from mpq.plan.settings import SearchSpace
+
+    extra = {k: getattr(args, k) for k in ("granularity", "channel_group", "act_sensitivity") if hasattr(args, k)}
+    return SearchSpace(bits=args.bits, act_bits=args.act_bits, trace_margin=args.trace_margin, **pins_arg(args), **extra)
 
 
 def pins_arg(args) -> dict:
@@ -167,14 +181,17 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_probe_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tol", type=float, default=0.05, help="stop probing when every layer's stderr is below this fraction of its trace (default 0.05)")
-    p.add_argument("--max-probes", type=int, default=32, help="most Hutchinson probes (default 32)")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="most seconds of probing (default 600)")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per Hessian-vector product (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probes (default 0); the same seed gives the same plan")
-    p.add_argument("--hvp", choices=("fwd-rev", "rev-rev"), default="fwd-rev", help="Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default fwd-rev")
-    p.add_argument("--probing", choices=("per-layer", "all-layers"), default="per-layer", help="per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (default; far less variance, reports/hessian.md); all-layers: one product per probe for every layer")
-    p.add_argument("--chunk-size", type=int, default=0, help="samples per chunk of a probe's batch, to bound memory (default 0: the whole batch at once); same result")
+    from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
+
+    d = ProbeSettings()
+    p.add_argument("--tol", type=float, default=d.tol, help=f"stop probing when every layer's stderr is below this fraction of its trace (default {d.tol:g})")
+    p.add_argument("--max-probes", type=int, default=d.max_probes, help=f"most Hutchinson probes (default {d.max_probes})")
+    p.add_argument("--max-seconds", type=float, default=d.max_seconds, help=f"most seconds of probing (default {d.max_seconds:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"samples per Hessian-vector product (default {d.batch_size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the probes (default {d.seed}); the same seed gives the same plan")
+    p.add_argument("--hvp", choices=HVP_METHODS, default=d.hvp, help=f"Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default {d.hvp}")
+    p.add_argument("--probing", choices=PROBINGS, default=d.probing, help=f"per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (far less variance, reports/hessian.md); all-layers: one product per probe for every layer; default {d.probing}")
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size, help=f"samples per chunk of a probe's batch, to bound memory (default {d.chunk_size}: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
     p.add_argument("--metric", choices=("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic"), default="hessian", help="sensitivity metric: hessian (Hutchinson Tr(H), default), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
@@ -277,16 +294,17 @@ def load_inputs(args):
     return model, data
 
 
+def probe_settings(args):
+    from mpq.sensitivity.settings import ProbeSettings
+
+    names = ("tol", "max_probes", "max_seconds", "batch_size", "seed", "hvp", "chunk_size", "probing")
+    return ProbeSettings(**{name: getattr(args, name) for name in names})
+
+
 def analyze_options(args) -> dict:
+    """The keywords of mpq.analyze (and the analysis part of mpq.search / mpq.pareto) from the options."""
     return {
-        "tol": args.tol,
-        "max_probes": args.max_probes,
-        "max_seconds": args.max_seconds,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "hvp": args.hvp,
-        "chunk_size": args.chunk_size,
-        "probing": args.probing,
+        "probes": probe_settings(args),
         "cache_dir": False if args.no_cache else args.cache_dir,
         "progress": progress_arg(args),
         "loss": args.loss,

@@ -1,7 +1,7 @@
 """`mpq export`: a plan applied to its model and written in a deployable format.
 
 Every format starts from the same tensors the evaluator measures (mpq.verify.measure.pack_plan): weights
-quantized as the plan says, with the plan's quantizer (plan.settings["quantizer"]: weight clip
+quantized as the plan says, with the plan's quantizer (plan.quantizer: weight clip
 ratios, activation ranges observed on the FP32 model over the data, bias-corrected biases).
 
     packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder

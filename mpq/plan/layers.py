@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from mpq.cost.layer_cost import Choice
 from mpq.quant.widths import PLAN_MAX_BITS, PLAN_MIN_BITS, is_plan_width
 
-
 GRANULARITIES = ("channel", "tensor")
 
 

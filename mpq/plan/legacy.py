@@ -6,7 +6,7 @@ from __future__ import annotations
 from mpq.errors import MpqError
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace
 from mpq.quant.quantizer import Quantizer
-from mpq.sensitivity.hessian import ProbeSettings
+from mpq.sensitivity.settings import ProbeSettings
 
 _FLAT_SEARCH = {"bits", "act_bits", "act_bits_choice", "act_sensitivity", "act_tie_groups", "metric", "width_granularity", "channel_group",
                 "binary_variables", "dominated_choices_dropped", "binary_variables_after_presolve", "keep", "trace_margin", "loss", "probes",

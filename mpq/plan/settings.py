@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from mpq.errors import MpqError
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.widths import MAX_BITS, MIN_BITS, check_bits
-from mpq.sensitivity.hessian import ProbeSettings
+from mpq.sensitivity.settings import ProbeSettings
 
 SOLVERS = ("cbc", "highs")
 DEFAULT_SOLVER = "highs"  # as exact as CBC and faster on the larger problems (reports/solver.md)
@@ -84,8 +84,12 @@ class SearchSpace:
         object.__setattr__(self, "act_bits", act_widths(self.act_bits))
         object.__setattr__(self, "keep", _pins(self.keep))
         if self.granularity not in WIDTH_GRANULARITIES:
-            raise MpqError(f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}")
-        _whole(self.channel_group, "channel_group", 1)
+            raise MpqError(f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one width per layer) or channel")
+        group = self.channel_group
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise MpqError(f"channel group {group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)")
+        if self.granularity == "layer" and group != 1:
+            raise MpqError("a channel group applies to per-channel widths only: add --granularity channel (granularity=\"channel\")")
         for name in ("keep_first", "keep_last"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name))
@@ -96,7 +100,7 @@ class SearchSpace:
             raise MpqError(f"act_sensitivity must be None, True or False, not {self.act_sensitivity!r}")
 
     @property
-    def severalact_widths(self) -> bool:
+    def several_act_widths(self) -> bool:
         return len(self.act_bits) > 1
 
     def to_json(self) -> dict:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
-from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.metrics import MEASURED
 from mpq.solver.milp import solver_note
+from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.solver.problem import Problem, Solution
 from mpq.verify.report import Measurement, Report
 

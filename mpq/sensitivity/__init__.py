@@ -30,7 +30,7 @@ from mpq.sensitivity.activation import (
 )
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
-from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
+from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.kl_quadratic import (
     DRAWS,
     KlQuadratic,
@@ -55,6 +55,7 @@ from mpq.sensitivity.result import (
     traces_from_json,
     traces_to_json,
 )
+from mpq.sensitivity.settings import ProbeSettings
 
 REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors
 

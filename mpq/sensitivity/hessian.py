@@ -30,7 +30,6 @@ exactly the numbers an uninterrupted run gives.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -43,7 +42,8 @@ from torch.nn import functional as F
 from mpq.errors import MpqError
 from mpq.progress import bar, enabled, note
 from mpq.sensitivity.distributed import Ranks
-from mpq.sensitivity.hvp import HVP_METHODS, hessian_vector_product
+from mpq.sensitivity.hvp import hessian_vector_product
+from mpq.sensitivity.settings import ProbeSettings
 
 
 @dataclass
@@ -63,53 +63,6 @@ class HessianTraces:
 
     def probes_of(self, i: int) -> int:
         return int(self.layer_probes[i]) if self.layer_probes is not None else self.probes
-
-
-PROBINGS = ("per-layer", "all-layers")
-
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """How the curvature is estimated: probe until every layer's standard error is under `tol` of its
-    trace, with at least `min_probes` (lowered to `max_probes` when above it) and at most `max_probes`
-    probes or `max_seconds`, `batch_size` samples per Hessian-vector product, seeded by `seed`."""
-
-    tol: float = 0.05
-    min_probes: int = 8
-    max_probes: int = 32
-    max_seconds: float = 600.0
-    batch_size: int = 8
-    seed: int = 0
-    hvp: str = "fwd-rev"  # "fwd-rev" (forward over reverse) or "rev-rev" (reverse over reverse)
-    chunk_size: int = 0  # samples per chunk of a probe's batch (0: the whole batch at once)
-    probing: str = "per-layer"  # "per-layer" (one product per layer and probe) or "all-layers" (one per probe)
-
-    def __post_init__(self) -> None:
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        if not number(self.tol) or not 0 < self.tol < 1:
-            raise MpqError(f"tol={self.tol!r} must lie between 0 and 1 (e.g. 0.05 for 5%)")
-        if not (whole(self.max_probes) and whole(self.min_probes)) or self.max_probes < 2 or self.min_probes < 2:
-            raise MpqError("max_probes and min_probes must be whole numbers of at least 2 (a standard error needs two probes)")
-        object.__setattr__(self, "min_probes", min(self.min_probes, self.max_probes))
-        if not number(self.max_seconds) or self.max_seconds <= 0:
-            raise MpqError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds")
-        if not whole(self.batch_size) or self.batch_size < 1:
-            raise MpqError(f"batch_size={self.batch_size!r} must be a whole number of at least 1")
-        if not whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise MpqError(f"seed={self.seed!r} must be a whole number from 0 to 2**63 - 1")
-        if self.hvp not in HVP_METHODS:
-            raise MpqError(f"unknown Hessian-vector product {self.hvp!r}: use one of {', '.join(HVP_METHODS)}")
-        if not whole(self.chunk_size) or self.chunk_size < 0:
-            raise MpqError(f"chunk_size={self.chunk_size!r} must be a whole number of samples, 0 for the whole batch")
-        if self.probing not in PROBINGS:
-            raise MpqError(f"unknown probing {self.probing!r}: use one of {', '.join(PROBINGS)}")
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:

@@ -22,7 +22,6 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HVP_METHODS = ("fwd-rev", "rev-rev")
 
 
 def rev_rev(model: nn.Module, names: list[str], weights: list[torch.Tensor], x, target, loss_fn: LossFn, vs) -> list[torch.Tensor]:

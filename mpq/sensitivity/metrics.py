@@ -38,11 +38,11 @@ from mpq.progress import bar
 from mpq.sensitivity.hessian import (
     Checkpoint,
     HessianTraces,
-    ProbeSettings,
     RunningSums,
     _stderr,
     hutchinson_traces,
 )
+from mpq.sensitivity.settings import ProbeSettings
 
 METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic")
 MEASURED = ("output_mse", "output_kl")  # Omega measured with one whole layer quantized at a time: no per-channel Omega

@@ -11,8 +11,9 @@ import numpy as np
 from mpq.inputs.graph import LayerInfo
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.activation import ActivationSensitivity
-from mpq.sensitivity.hessian import HessianTraces, ProbeSettings
+from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.metrics import estimate_warning
+from mpq.sensitivity.settings import ProbeSettings
 
 
 def finite(value: float) -> float | None:

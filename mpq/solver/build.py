@@ -10,10 +10,9 @@ from mpq.cost.latency import covered_choices
 from mpq.cost.layer_cost import Choice, layer_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.quant.widths import check_bits
 from mpq.plan.settings import act_widths
+from mpq.quant.widths import check_bits
 from mpq.solver.problem import Problem
-
 
 LATENCY_HOW = "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"
 

@@ -40,13 +40,12 @@ from mpq.cost.layer_cost import (
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
+from mpq.plan.settings import SearchSpace
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.metrics import MEASURED
 from mpq.solver.presolve import binary_variables, drop_dominated
 from mpq.solver.problem import Problem, Solution
-
-GRANULARITIES = ("layer", "channel")
 
 
 @dataclass(frozen=True)
@@ -76,19 +75,9 @@ class ChannelProblem:
         return binary_variables(self.problem)
 
 
-def check_group_size(channel_group) -> int:
-    if isinstance(channel_group, bool) or not isinstance(channel_group, int) or channel_group < 1:
-        raise MpqError(f"channel group {channel_group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)")
-    return channel_group
-
-
-def check_granularity(granularity: str, channel_group: int, metric: str = "hessian") -> None:
-    if granularity not in GRANULARITIES:
-        raise MpqError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}: use layer (one width per layer) or channel")
-    check_group_size(channel_group)
-    if granularity == "layer" and channel_group != 1:
-        raise MpqError("a channel group applies to per-channel widths only: add --granularity channel (granularity=\"channel\")")
-    if granularity == "channel" and metric in MEASURED:
+def check_channel_metric(space: SearchSpace, metric: str) -> None:
+    """Per-channel widths need a per-channel Omega, which the measured metrics do not have."""
+    if space.granularity == "channel" and metric in MEASURED:
         raise MpqError(f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel")
 
 

@@ -21,9 +21,9 @@ from mpq.cost.budget import Budget
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.plan import LayerPlan, Plan
+from mpq.plan.settings import PlanSettings
 from mpq.quant.widths import parse_width
 from mpq.solver.problem import Problem, Solution
-from mpq.plan.settings import PlanSettings
 
 COLUMNS = ("layer", "weight_bits", "act_bits", "omega", "size_bytes", "bops", "latency_s")
 COST_COLUMNS = ("size_bytes", "bops", "latency_s")
