@@ -46,7 +46,7 @@ from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.losses import resolve_loss
-from mpq.sensitivity.metrics import check_metric
+from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
 from mpq.solver.channels import (
@@ -106,7 +106,7 @@ def analyze(
     """
     check_known("analyze", legacy, field_names(ProbeSettings))
     settings = probe_settings("analyze", probes, legacy)
-    check_metric(metric)
+    metric_of(metric)
     data = as_dataset(data)
     resolved = resolve_loss(loss, data.y is not None)
     prepared = as_prepared(model, data, quantize_embeddings)

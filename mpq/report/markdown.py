@@ -9,7 +9,7 @@ from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import Sensitivity
-from mpq.sensitivity.metrics import MEASURED
+from mpq.sensitivity.registry import HessianTrace, metric_of
 from mpq.solver.milp import solver_note
 from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.solver.problem import Problem, Solution
@@ -23,31 +23,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-METRIC_LABELS = {"hessian": "Tr(H)", "fisher": "Tr(F)", "eigenvalue": "λ_max", "output_mse": "output MSE at W4", "output_kl": "output KL at W4", "kl_quadratic": "½δᵀMδ at W4"}
-CHART_BITS = 4  # the width whose measured output MSE the output_mse chart and table show
-
-
-def metric_value(metric: str, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
-    """The number a table or chart shows for one layer (or input) under `metric`, and its error bar:
-    the trace ± stderr (hessian, fisher), λ_max ± its last change (eigenvalue), or the measured output
-    MSE at CHART_BITS (output_mse, no error bar)."""
-    if metric == "eigenvalue":
-        return details["top_eigenvalue"], details["eigenvalue_change"]
-    if metric in MEASURED:
-        return measured[CHART_BITS], None
-    if metric == "kl_quadratic":
-        return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]
-    return trace, stderr
-
-
 def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None]:
     s = sensitivity.layers[name]
-    return metric_value(sensitivity.metric, s.hessian_trace, s.hessian_trace_stderr, s.details, s.measured_omega)
+    return metric_of(sensitivity.metric).shown(s.hessian_trace, s.hessian_trace_stderr, s.details, s.measured_omega)
 
 
 def _input_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None] | None:
     act = sensitivity.layers[name].activation
-    return None if act is None else metric_value(sensitivity.metric, act.trace, act.trace_stderr, act.details, act.measured_omega)
+    return None if act is None else metric_of(sensitivity.metric).shown(act.trace, act.trace_stderr, act.details, act.measured_omega)
 
 
 def _pm(value: tuple[float, float | None] | None) -> str:
@@ -59,7 +42,7 @@ def _pm(value: tuple[float, float | None] | None) -> str:
 def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
     """Markdown table: per layer its size, trace ± stderr (or the metric's number), the input's with
     activation sensitivity, (with a plan) widths and Ω, and a warning where the estimate is not trustworthy."""
-    label = METRIC_LABELS[sensitivity.metric]
+    label = metric_of(sensitivity.metric).label
     inputs = sensitivity.has_activations
     head = f"| layer | kind | params | {label} ± error | probes |" + (f" input {label} ± error |" if inputs else "")
     rule = "|---|---|---:|---:|---:|" + ("---:|" if inputs else "")
@@ -83,7 +66,7 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
 def _probes_text(sensitivity: Sensitivity) -> str:
     """How many probes the estimates used: per layer (their range) for per-layer Hutchinson probing."""
     counts = [s.probes for s in sensitivity.layers.values()]
-    if sensitivity.metric != "hessian":
+    if not isinstance(metric_of(sensitivity.metric), HessianTrace):
         return f"{max(counts)} probes/samples/iterations"
     if sensitivity.settings.probing == "per-layer":
         spread = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else f"{max(counts)}"
@@ -187,7 +170,7 @@ def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     top.set_ylabel("weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else ""))
     top.set_title(f"mpq plan: widths and sensitivities ({sensitivity.metric}) per layer")
     warned = {n for n, s in sensitivity.layers.items() if s.warning(sensitivity.settings.tol)}
-    _bars(bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, METRIC_LABELS[sensitivity.metric])
+    _bars(bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, metric_of(sensitivity.metric).label)
     bottom.set_xticks(list(x))
     bottom.set_xticklabels(names, rotation=90, fontsize=6)
     _save_figure(fig, path)
@@ -221,7 +204,7 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(sensitivity.layers)
-    label = METRIC_LABELS[sensitivity.metric]
+    label = metric_of(sensitivity.metric).label
     panels = 2 if sensitivity.has_activations else 1
     fig, axes = plt.subplots(panels, 1, figsize=(max(8, len(names) * 0.22), 3.2 * panels + 1.5), sharex=True, squeeze=False)
     tol = sensitivity.settings.tol

@@ -38,16 +38,12 @@ from mpq.sensitivity.kl_quadratic import (
     parameter_deltas,
 )
 from mpq.sensitivity.losses import Loss, resolve_loss
-from mpq.sensitivity.metrics import (
-    MEASURED,
-    check_metric,
-    curvature_traces,
-)
 from mpq.sensitivity.output_error import (
     OutputError,
     input_output_errors,
     weight_output_errors,
 )
+from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
 from mpq.sensitivity.result import (
     LayerSensitivity,
     Sensitivity,
@@ -64,7 +60,7 @@ CACHE_KINDS = {"weights": ("sensitivity", "hessian-checkpoint"), "inputs": ("act
 
 
 def _cached_curvature(
-    what: str, key: dict, metric: str, model, names: list[str], data: Dataset, targets, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss
+    what: str, key: dict, metric: Metric, model, names: list[str], data: Dataset, targets, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss
 ) -> tuple[HessianTraces, dict[str, list], bool]:
     """(traces, the metric's per-layer fields, whether from the cache); a Hutchinson estimate is
     checkpointed after every probe and resumed by the next run."""
@@ -74,9 +70,9 @@ def _cached_curvature(
     if cached is not None:
         return traces_from_json(cached), cached.get("details", {}), True
     checkpoint = None
-    if metric == "hessian":
+    if metric.checkpointed:
         checkpoint = cache.entry(checkpoint_kind, {**key, "settings": {**key["settings"], "max_seconds": None}})
-    traces, details = curvature_traces(metric, model, names, data.x, targets(), settings, progress, loss.fn, checkpoint)
+    traces, details = metric.traces(model, names, data.x, targets(), settings, progress, loss.fn, checkpoint)
     if ranks.is_main:
         cache.save(kind, key, {**traces_to_json(traces), **({"details": details} if details else {})})
         if checkpoint is not None:
@@ -118,10 +114,10 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
     )
 
 
-def _measured_fields(errors: dict[int, OutputError], metric: str) -> tuple[dict[int, float], dict]:
+def _measured_fields(errors: dict[int, OutputError], metric: OutputMSE) -> tuple[dict[int, float], dict]:
     """(Omega per width: the output MSE or KL the metric names, the JSON fields)."""
-    omega = {b: (e.kl if metric == "output_kl" else e.mse) for b, e in errors.items()}
-    return omega, {metric: {str(b): v for b, v in omega.items()}, "output_sqnr_db": {str(b): finite(e.sqnr_db) for b, e in errors.items()}}
+    omega = {b: getattr(e, metric.field) for b, e in errors.items()}
+    return omega, {metric.name: {str(b): v for b, v in omega.items()}, "output_sqnr_db": {str(b): finite(e.sqnr_db) for b, e in errors.items()}}
 
 
 def _per_layer(details: dict[str, list], i: int) -> dict:
@@ -129,7 +125,7 @@ def _per_layer(details: dict[str, list], i: int) -> dict:
 
 
 def _activation_sensitivities(
-    prepared: PreparedModel, data: Dataset, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss, metric: str, key: dict, targets
+    prepared: PreparedModel, data: Dataset, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss, metric: Metric, key: dict, targets
 ) -> dict[str, ActivationSensitivity]:
     """Every quantizable input's sensitivity under `metric` (see mpq.sensitivity.activation)."""
     from mpq.quant.reference import fp32_reference
@@ -146,8 +142,8 @@ def _activation_sensitivities(
         cache.save("act-quant-error", error_key, errors)
     errors = {n: {int(b): e for b, e in per_width.items()} for n, per_width in errors.items()}
     shapes = [prepared.graph.by_name[g[0]].input_shape for g in groups]
-    act_key = {**key, "metric": metric, "inputs": groups}
-    if metric in MEASURED:
+    act_key = {**key, "metric": metric.name, "inputs": groups}
+    if metric.kind == "measured":
         params = lambda name, bits: act_quant_params(ranges, name, bits)  # noqa: E731
         measured = _cached_output_errors(cache, {**act_key, "bits": list(ALL_BITS)}, lambda: input_output_errors(prepared.folded, groups, params, data.x, ALL_BITS, REFERENCE_BATCH))
         nan = float("nan")
@@ -183,10 +179,10 @@ def analyze_prepared(
 
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
-    check_metric(metric)
-    if metric == "kl_quadratic" and activations:
+    name, metric = metric, metric_of(metric)
+    if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
-    loss = resolve_loss("kl", data.y is not None) if metric == "kl_quadratic" else (loss or resolve_loss(None, data.y is not None))
+    loss = resolve_loss(metric.fixed_loss, data.y is not None) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None))
     names = [layer.name for layer in prepared.graph.layers]
     key = {
         "model": prepared.fingerprint,
@@ -194,7 +190,7 @@ def analyze_prepared(
         "loss": loss.name,
         "settings": settings.to_json(),
         "layers": names,
-        **({"metric": metric} if metric != "hessian" else {}),  # the default keeps its earlier key
+        **({"metric": name} if not isinstance(metric, HessianTrace) else {}),  # the default keeps its earlier key
     }
     targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
     nan = float("nan")
@@ -206,20 +202,20 @@ def analyze_prepared(
     )
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
     quadratic = None
-    if metric == "kl_quadratic":
+    if metric.kind == "quadratic":
         quadratic = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
         traces, details, from_cache = no_traces(quadratic.seconds, "measured"), {}, False
-    elif metric in MEASURED:
+    elif metric.kind == "measured":
         started = time.perf_counter()
         def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)
             deltas = None
-            if metric == "output_kl":  # the quantizer's weights and corrected bias
+            if metric.uses_quantizer:  # the quantizer's weights and corrected bias
                 shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
                 deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name))  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
 
-        quantizer_key = {} if metric == "output_mse" else {"quantizer": quantizer.to_json()}
+        quantizer_key = {"quantizer": quantizer.to_json()} if metric.uses_quantizer else {}
         measured = _cached_output_errors(cache, {**key, **quantizer_key, "bits": list(ALL_BITS)}, measure)
         traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
     else:
@@ -229,7 +225,7 @@ def analyze_prepared(
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, measured_stderr, channel_measured = None, None, None
-        if metric in MEASURED:
+        if metric.kind == "measured":
             measured_omega, fields = _measured_fields(measured[i], metric)
         elif quadratic is not None:
             measured_omega, measured_stderr = quadratic.omega[layer.name], quadratic.stderr[layer.name]
@@ -247,7 +243,7 @@ def analyze_prepared(
             channel_trace=traces.channel_trace[i],
             channel_trace_stderr=traces.channel_stderr[i],
             channel_quant_error=errors[layer.name],
-            metric=metric,
+            metric=name,
             measured_omega=measured_omega,
             measured_stderr=measured_stderr,
             channel_measured_omega=channel_measured,
@@ -266,6 +262,6 @@ def analyze_prepared(
         from_cache=from_cache,
         resumed_probes=traces.resumed_from,
         act_tie_groups=prepared.graph.act_tie_groups,
-        metric=metric,
+        metric=name,
         quantizer=quantizer,
     )

@@ -31,7 +31,7 @@ from torch import nn
 
 from mpq.inputs.graph import LayerInfo, module_calls_visible
 from mpq.quant.affine import ActQuantParams, MinMaxObserver
-from mpq.sensitivity.metrics import estimate_warning
+from mpq.sensitivity.registry import metric_of
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ActivationSensitivity:
         return bounded / self.elements * self.quant_error[bits] / len(self.group)
 
     def warning(self, metric: str, tol: float) -> str | None:
-        return estimate_warning(metric, self.trace, self.trace_stderr, tol, self.details)
+        return metric_of(metric).warning(self.trace, self.trace_stderr, tol, self.details)
 
     def to_json(self) -> dict:
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731

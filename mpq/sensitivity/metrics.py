@@ -32,29 +32,17 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from mpq.errors import MpqError
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.sensitivity.hessian import (
-    Checkpoint,
     HessianTraces,
     RunningSums,
     _stderr,
-    hutchinson_traces,
 )
 from mpq.sensitivity.settings import ProbeSettings
 
-METRICS = ("hessian", "fisher", "eigenvalue", "output_mse", "output_kl", "kl_quadratic")
-MEASURED = ("output_mse", "output_kl")  # Omega measured with one whole layer quantized at a time: no per-channel Omega
-CHECKED_BITS = 4  # kl_quadratic: the width whose estimate the tolerance warning looks at
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise MpqError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    return metric
 
 
 def _per_sample_squared_grads(model: nn.Module, names: list[str], x: torch.Tensor, t: torch.Tensor, loss_fn: LossFn) -> list[torch.Tensor]:
@@ -206,45 +194,3 @@ def top_eigenvalues(
         stop_reason="tolerance" if converged else "max_probes",
     )
     return traces, {"top_eigenvalue": eigenvalues.tolist(), "eigenvalue_change": changes.tolist(), "iterations": [f[2] for f in found]}
-
-
-def estimate_warning(metric: str, trace: float, stderr: float, tol: float, details: dict) -> str | None:
-    """Why an estimate is not to be trusted, or None."""
-    if metric in MEASURED:
-        return None
-    if metric == "kl_quadratic":
-        omega, stderr = details["kl_quadratic"][str(CHECKED_BITS)], details["kl_quadratic_stderr"][str(CHECKED_BITS)]
-        return f"relative stderr {stderr / omega:.0%} at W{CHECKED_BITS} above tolerance" if omega > 0 and stderr > tol * omega else None
-    if metric == "eigenvalue":
-        eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
-        if eigenvalue <= 0:
-            return "top eigenvalue not positive"
-        if change > EIGEN_TOL * eigenvalue:
-            return f"power iteration not converged (last change {change / eigenvalue:.1%})"
-        return None
-    if trace <= 2 * stderr:
-        return "trace not clearly positive"
-    if stderr > tol * trace:
-        return f"relative stderr {stderr / trace:.0%} above tolerance"
-    return None
-
-
-def curvature_traces(
-    metric: str,
-    model: nn.Module,
-    layer_names: list[str],
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    settings: ProbeSettings,
-    progress: bool | None,
-    loss_fn: LossFn,
-    checkpoint: Checkpoint | None = None,
-) -> tuple[HessianTraces, dict[str, list]]:
-    """The trace Ω uses for each named weight under `metric`, and the metric's own per-layer fields."""
-    if metric == "hessian":
-        return hutchinson_traces(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint), {}
-    if metric == "fisher":
-        return fisher_traces(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn), {}
-    if metric == "eigenvalue":
-        return top_eigenvalues(model, layer_names, x, targets, settings, progress, loss_fn=loss_fn)
-    raise ValueError(f"{metric} is not a curvature metric")

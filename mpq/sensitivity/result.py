@@ -12,7 +12,7 @@ from mpq.inputs.graph import LayerInfo
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.activation import ActivationSensitivity
 from mpq.sensitivity.hessian import HessianTraces
-from mpq.sensitivity.metrics import estimate_warning
+from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
 
 
@@ -68,7 +68,7 @@ class LayerSensitivity:
         return 0.0 if self.activation is None else self.activation.omega(act_bits, margin)
 
     def warning(self, tol: float) -> str | None:
-        return estimate_warning(self.metric, self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
+        return metric_of(self.metric).warning(self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
 
 
 @dataclass

@@ -43,7 +43,7 @@ from mpq.plan import ChannelRun, LayerPlan
 from mpq.plan.settings import SearchSpace
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity
-from mpq.sensitivity.metrics import MEASURED
+from mpq.sensitivity.registry import metric_of
 from mpq.solver.presolve import binary_variables, drop_dominated
 from mpq.solver.problem import Problem, Solution
 
@@ -77,7 +77,7 @@ class ChannelProblem:
 
 def check_channel_metric(space: SearchSpace, metric: str) -> None:
     """Per-channel widths need a per-channel Omega, which the measured metrics do not have."""
-    if space.granularity == "channel" and metric in MEASURED:
+    if space.granularity == "channel" and not metric_of(metric).per_channel:
         raise MpqError(f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel")
 
 

@@ -1,0 +1,145 @@
+"""The sensitivity metrics behind `--metric`, one class per idea, and the registry that names them.
+
+Each metric says what Omega_l(b) is, how it is estimated, what a table shows for it and when an
+estimate is not to be trusted. Three kinds:
+
+    curvature  a trace-like T_l, Omega_l(b) = T_l / n_l * ||Q_b(W_l) - W_l||^2 (per channel the same
+               with the channel's weights): HessianTrace, FisherTrace, TopEigenvalue
+    measured   Omega_l(b) measured with only layer l quantized at b bits: OutputMSE, OutputKL
+               (whole layers: no per-channel Omega)
+    quadratic  Omega_l(b) = 1/2 E[delta^T M delta] in the layer's actual quantization error: KLQuadratic
+
+Code outside this module asks a Metric for what it needs (`metric_of(name).kind`, `.label`, ...) and
+never compares metric names.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from mpq.errors import MpqError
+from mpq.sensitivity.hessian import HessianTraces, hutchinson_traces
+from mpq.sensitivity.metrics import EIGEN_TOL, fisher_traces, top_eigenvalues
+
+CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
+
+
+class Metric:
+    """One sensitivity metric. Subclasses set the class attributes and, for curvatures, `traces`."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # the quantity a table shows, e.g. "Tr(H)"
+    kind: ClassVar[str]  # "curvature", "measured" or "quadratic"
+    per_channel: ClassVar[bool] = True  # has a per-channel Omega (for --granularity channel)
+    inputs: ClassVar[bool] = True  # can also give the inputs' sensitivity (activation widths)
+    checkpointed: ClassVar[bool] = False  # an unfinished estimate is saved after every probe and resumed
+    fixed_loss: ClassVar[str | None] = None  # the loss the metric is defined with, whatever --loss says
+    uses_quantizer: ClassVar[bool] = True  # its Omega depends on the quantizer's clipping and bias correction
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict[str, list]]:
+        raise TypeError(f"{self.name} is not a curvature metric")
+
+    def shown(self, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
+        """The number a table or chart shows for one layer (or input), and its error bar."""
+        return trace, stderr
+
+    def warning(self, trace: float, stderr: float, tol: float, details: dict) -> str | None:
+        """Why an estimate is not to be trusted, or None."""
+        if trace <= 2 * stderr:
+            return "trace not clearly positive"
+        if stderr > tol * trace:
+            return f"relative stderr {stderr / trace:.0%} above tolerance"
+        return None
+
+
+class HessianTrace(Metric):
+    """T_l = Tr(H_l), the loss Hessian's diagonal block, by Hutchinson probing (mpq.sensitivity.hessian),
+    until every layer's standard error is under `tol` of its trace (HAWQ-V2)."""
+
+    name, label, kind, checkpointed = "hessian", "Tr(H)", "curvature", True
+    uses_quantizer = False
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        return hutchinson_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint), {}
+
+
+class FisherTrace(Metric):
+    """T_l = Tr(F_l), F_l = (1/N) sum_i g_i g_i^T with g_i the gradient of sample i's loss: the empirical
+    Fisher, exact over the data; its standard error is that of a mean over samples."""
+
+    name, label, kind = "fisher", "Tr(F)", "curvature"
+    uses_quantizer = False
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        return fisher_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn), {}
+
+
+class TopEigenvalue(Metric):
+    """T_l = n_l * lambda_max(H_l), so Omega_l(b) = lambda_max(H_l) * ||Q_b(W_l) - W_l||^2 (HAWQ-V1), by power
+    iteration on the layer's block; its "standard error" is n_l times the last change of the iterate."""
+
+    name, label, kind = "eigenvalue", "λ_max", "curvature"
+    uses_quantizer = False
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        return top_eigenvalues(model, names, x, targets, settings, progress, loss_fn=loss_fn)
+
+    def shown(self, trace, stderr, details, measured):
+        return details["top_eigenvalue"], details["eigenvalue_change"]
+
+    def warning(self, trace, stderr, tol, details):
+        eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
+        if eigenvalue <= 0:
+            return "top eigenvalue not positive"
+        if change > EIGEN_TOL * eigenvalue:
+            return f"power iteration not converged (last change {change / eigenvalue:.1%})"
+        return None
+
+
+class OutputMSE(Metric):
+    """Omega_l(b) = mean squared change of the model's output, FP32 against layer l alone quantized at b
+    bits (plain weights); measured, one pass per layer and width (mpq.sensitivity.output_error)."""
+
+    name, label, kind, per_channel = "output_mse", f"output MSE at W{CHART_BITS}", "measured", False
+    field: ClassVar[str] = "mse"  # the OutputError field that is Omega
+    uses_quantizer = False
+
+    def shown(self, trace, stderr, details, measured):
+        return measured[CHART_BITS], None
+
+    def warning(self, trace, stderr, tol, details):
+        return None
+
+
+class OutputKL(OutputMSE):
+    """Omega_l(b) = KL(FP32 || q), q the model with layer l alone quantized at b bits by the plan's
+    quantizer (its clipped weights and corrected bias); measured, one pass per layer and width."""
+
+    name, label = "output_kl", f"output KL at W{CHART_BITS}"
+    field = "kl"
+    uses_quantizer = True
+
+
+class KLQuadratic(Metric):
+    """Omega_l(b) = 1/2 E[delta^T M delta], the second-order KL to FP32 in the layer's actual change of
+    output delta (clipping and bias correction included), M the softmax's Fisher; unbiased from one
+    backward pass per draw for every layer, width and channel (mpq.sensitivity.kl_quadratic). Weights only."""
+
+    name, label, kind, inputs, fixed_loss = "kl_quadratic", f"½δᵀMδ at W{CHART_BITS}", "quadratic", False, "kl"
+
+    def shown(self, trace, stderr, details, measured):
+        return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]
+
+    def warning(self, trace, stderr, tol, details):
+        omega, stderr = details["kl_quadratic"][str(CHART_BITS)], details["kl_quadratic_stderr"][str(CHART_BITS)]
+        return f"relative stderr {stderr / omega:.0%} at W{CHART_BITS} above tolerance" if omega > 0 and stderr > tol * omega else None
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (HessianTrace(), FisherTrace(), TopEigenvalue(), OutputMSE(), OutputKL(), KLQuadratic())}
+
+
+def metric_of(name: str) -> Metric:
+    """The registered metric called `name`; MpqError naming the known ones otherwise."""
+    if name not in METRICS:
+        raise MpqError(f"unknown metric {name!r}: use one of {', '.join(METRICS)}")
+    return METRICS[name]
