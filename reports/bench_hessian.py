@@ -34,14 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.hessian import (
-    HessianTraces,
-    ProbeProblem,
-    _rademacher,
-    hutchinson_traces,
-    probe_batches,
-    probe_generator,
-)
+from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, _rademacher, hutchinson_traces, probe_batches, probe_generator
 from mpq.sensitivity.hvp import hessian_vector_product
 from mpq.sensitivity.settings import ProbeSettings
 

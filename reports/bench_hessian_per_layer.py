@@ -27,12 +27,7 @@ from torch.nn import functional as F
 
 from mpq.inputs.graph import prepare_model
 from mpq.models.efficientnet_lite0 import build_model, load_views
-from mpq.sensitivity.hessian import (
-    ProbeProblem,
-    _rademacher,
-    probe_batches,
-    probe_generator,
-)
+from mpq.sensitivity.hessian import ProbeProblem, _rademacher, probe_batches, probe_generator
 from mpq.sensitivity.settings import ProbeSettings
 
 HERE = Path(__file__).parent

@@ -16,17 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from test_hawq_v3 import (  # noqa: E402
-    CONFIGS,
-    KIND,
-    budget_text,
-    limit,
-    objective,
-    published_bits,
-    run_mpq,
-    total,
-    write_table,
-)
+from test_hawq_v3 import CONFIGS, KIND, budget_text, limit, objective, published_bits, run_mpq, total, write_table  # noqa: E402
 
 
 def main() -> None:

@@ -41,6 +41,17 @@ def test_search_4mb_writes_a_verified_plan_that_beats_uniform(first_run, workdir
     assert report["metrics"]["kl_to_fp32"] <= 0.5 * min(b["kl_to_fp32"] for b in fitting)
 
 
+def test_the_4mb_plan_carries_typed_settings_that_load_back_equal(first_run, workdir):
+    import mpq
+
+    _, stored = first_run
+    plan = mpq.Plan.load(workdir / "out4" / "plan.json")
+    assert plan.settings.space == mpq.SearchSpace() and plan.settings.solver == mpq.SolverSettings()
+    assert plan.settings.probes == mpq.ProbeSettings(max_probes=8) and plan.settings.quantizer == mpq.Quantizer()
+    assert plan.settings.metric == "hessian" and plan.settings.container_reserve_bytes > 0
+    assert plan.to_json() == stored
+
+
 def test_second_budget_reuses_the_cached_sensitivity(first_run, workdir, default_model_cache):
     result = run_mpq("search", "--budget", "3.5MB", "--max-probes", "8", "--out", str(workdir / "out35"), cache_dir=default_model_cache)
     assert result.returncode == 0, result.stderr

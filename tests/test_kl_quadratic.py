@@ -14,11 +14,7 @@ from torch.nn import functional as F
 
 import mpq
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.kl_quadratic import (
-    kl_quadratic_omegas,
-    parameter_deltas,
-    rademacher_cotangent,
-)
+from mpq.sensitivity.kl_quadratic import kl_quadratic_omegas, parameter_deltas, rademacher_cotangent
 from tests.helpers import USER_MODELS, mlp_data, run_cli
 
 BITS = (3, 6)

@@ -22,11 +22,7 @@ from mpq.quant.calibration import calibrate
 from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import LayerSensitivity, Sensitivity
-from mpq.sensitivity.activation import (
-    ActivationSensitivity,
-    input_groups,
-    perturbed_inputs,
-)
+from mpq.sensitivity.activation import ActivationSensitivity, input_groups, perturbed_inputs
 from mpq.sensitivity.hessian import hutchinson_traces
 from mpq.sensitivity.settings import ProbeSettings
 from tests.helpers import USER_MODELS, mlp_data, run_cli

@@ -13,16 +13,7 @@ from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.affine import affine_params, channel_quant_error
 from mpq.quant.calibration import calibrate, weight_clip_ratios
-from mpq.quant.observers import (
-    ACT_OBSERVERS,
-    AciqActObserver,
-    InputHistogram,
-    MseActObserver,
-    MseWeightClip,
-    PercentileActObserver,
-    aciq_alpha,
-    clipped_channel_error,
-)
+from mpq.quant.observers import ACT_OBSERVERS, AciqActObserver, InputHistogram, MseActObserver, MseWeightClip, PercentileActObserver, aciq_alpha, clipped_channel_error
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import fp32_reference
 from mpq.report.markdown import write_outputs

@@ -56,3 +56,12 @@ def solver_settings(verb: str, solver, keywords: dict) -> SolverSettings:
     limit = {"time_limit_s": keywords["time_limit_s"]} if "time_limit_s" in keywords else {}
     name = {"name": keywords["name"]} if "name" in keywords else {}
     return folded(verb, SolverSettings, solver, limit | name, "solver")
+
+
+SEARCH_KEYWORDS = field_names(ProbeSettings) | field_names(SearchSpace) | {"time_limit_s"}
+
+
+def search_configs(verb: str, space, probes, solver, keywords: dict) -> tuple[SearchSpace, ProbeSettings, SolverSettings]:
+    """The configs of a verb that analyzes and solves (search, pareto), legacy keywords folded in."""
+    check_known(verb, keywords, SEARCH_KEYWORDS)
+    return search_space(verb, space, keywords), probe_settings(verb, probes, keywords), solver_settings(verb, solver, keywords)

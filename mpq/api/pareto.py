@@ -19,18 +19,8 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
-from mpq.api.options import (
-    check_known,
-    field_names,
-    probe_settings,
-    search_space,
-    solver_settings,
-)
-from mpq.api.verbs import (
-    SOLVE_KEYWORDS,
-    analyze,
-    solve,
-)
+from mpq.api.options import search_configs
+from mpq.api.verbs import analyze, solve
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
 from mpq.cost.layer_cost import model_costs
@@ -106,10 +96,7 @@ def pareto(
     (then the uniform widths are not measured either). The rest as in `mpq.search`.
     Raises BudgetInfeasible when no point of the sweep can be met.
     """
-    check_known("pareto", legacy, field_names(ProbeSettings) | SOLVE_KEYWORDS)
-    probes = probe_settings("pareto", probes, legacy)
-    space = search_space("pareto", space, legacy)
-    solver = solver_settings("pareto", solver, legacy)
+    space, probes, solver = search_configs("pareto", space, probes, solver, legacy)
     bits, acts, trace_margin = space.bits, space.act_bits, space.trace_margin
     start = time.perf_counter()
     data = as_dataset(data)

@@ -6,19 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from mpq.api.options import (
-    check_known,
-    field_names,
-    probe_settings,
-    search_space,
-    solver_settings,
-)
-from mpq.api.verbs import (
-    SOLVE_KEYWORDS,
-    analyze,
-    solve,
-    verify,
-)
+from mpq.api.options import search_configs
+from mpq.api.verbs import analyze, solve, verify
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
 from mpq.cost.latency import latency_model
@@ -107,10 +96,7 @@ def search(
 
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
-    check_known("search", legacy, field_names(ProbeSettings) | SOLVE_KEYWORDS)
-    probes = probe_settings("search", probes, legacy)
-    space = search_space("search", space, legacy)
-    solver = solver_settings("search", solver, legacy)
+    space, probes, solver = search_configs("search", space, probes, solver, legacy)
     start = time.perf_counter()
     check_channel_metric(space, metric)
     data = as_dataset(data)

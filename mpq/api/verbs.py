@@ -20,13 +20,7 @@ from typing import Iterable
 
 from torch import nn
 
-from mpq.api.options import (
-    check_known,
-    field_names,
-    probe_settings,
-    search_space,
-    solver_settings,
-)
+from mpq.api.options import check_known, field_names, probe_settings, search_space, solver_settings
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
 from mpq.cost.latency import coverage_note, latency_from_source, latency_model
@@ -35,13 +29,7 @@ from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.plan import LayerPlan, Plan
-from mpq.plan.settings import (
-    ChannelSearch,
-    LatencySource,
-    PlanSettings,
-    SearchSpace,
-    SolverSettings,
-)
+from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
@@ -49,12 +37,7 @@ from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
-from mpq.solver.channels import (
-    build_channel_problem,
-    channel_omega,
-    check_channel_metric,
-    layer_plans,
-)
+from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans
 from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved

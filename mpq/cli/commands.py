@@ -6,31 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from mpq.cli.parser import (
-    analyze_options,
-    created,
-    latency_arg,
-    load_inputs,
-    need_latency_model,
-    pins_arg,
-    progress_arg,
-    quantizer_arg,
-    search_space,
-    solver_settings,
-    writable_folder,
-)
+from mpq.cli.parser import analyze_options, created, latency_arg, load_inputs, need_latency_model, pins_arg, progress_arg, quantizer_arg, search_space, solver_settings, writable_folder
 from mpq.errors import MpqError
 
 
 def run_search(args) -> int:
     import mpq
     from mpq.cost.budget import parse_budget
-    from mpq.report.markdown import (
-        comparison_table,
-        latency_line,
-        layer_table,
-        write_outputs,
-    )
+    from mpq.report.markdown import comparison_table, latency_line, layer_table, write_outputs
 
     budgets = [parse_budget(b) for b in args.budget]
     latency = latency_arg(args)

@@ -8,15 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mpq.cli.commands import (
-    run_export,
-    run_pareto,
-    run_profile,
-    run_search,
-    run_sensitivity,
-    run_solve,
-    run_verify,
-)
+from mpq.cli.commands import run_export, run_pareto, run_profile, run_search, run_sensitivity, run_solve, run_verify
 from mpq.cli.parser import build_parser
 from mpq.errors import MpqError
 

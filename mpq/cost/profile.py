@@ -37,20 +37,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mpq.cost.latency_table import (
-    FLOAT_WIDTH,
-    LatencyRow,
-    LayerKey,
-    layer_key,
-    write_latency_table,
-)
+from mpq.cost.latency_table import FLOAT_WIDTH, LatencyRow, LayerKey, layer_key, write_latency_table
 from mpq.cost.layer_cost import Choice
-from mpq.inputs.graph import (
-    LayerInfo,
-    PreparedModel,
-    module_calls_visible,
-    quantizable_modules,
-)
+from mpq.inputs.graph import LayerInfo, PreparedModel, module_calls_visible, quantizable_modules
 
 DEFAULT_REPEATS = 25
 DEFAULT_WARMUP = 5

@@ -26,13 +26,7 @@ from pathlib import Path
 from mpq.cost.budget import Budget
 from mpq.errors import MpqError
 from mpq.files import write_json_atomic
-from mpq.plan.layers import (
-    ChannelRun,
-    LayerPlan,
-    layer_from_json,
-    layer_to_json,
-    storage_chunks,
-)
+from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_json, storage_chunks
 from mpq.plan.legacy import settings_from_json
 from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer

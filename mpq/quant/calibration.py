@@ -23,20 +23,9 @@ from torch import nn
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
-from mpq.quant.affine import (
-    ActQuantParams,
-    QuantizedWeight,
-    affine_params,
-    quantize_weight,
-    quantize_weight_channels,
-)
+from mpq.quant.affine import ActQuantParams, QuantizedWeight, affine_params, quantize_weight, quantize_weight_channels
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
-from mpq.quant.observers import (
-    ACT_OBSERVERS,
-    HISTOGRAM_BINS,
-    WEIGHT_CLIPS,
-    InputHistogram,
-)
+from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.widths import ALL_BITS
 

@@ -21,36 +21,15 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
 from mpq.quant.calibration import bias_shifts, weight_clip_ratios
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-from mpq.sensitivity.activation import (
-    ActivationSensitivity,
-    act_quant_params,
-    input_groups,
-    input_quant_errors,
-    perturbed_inputs,
-)
+from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.sensitivity.hessian import HessianTraces
-from mpq.sensitivity.kl_quadratic import (
-    DRAWS,
-    KlQuadratic,
-    kl_quadratic_omegas,
-    parameter_deltas,
-)
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.losses import Loss, resolve_loss
-from mpq.sensitivity.output_error import (
-    OutputError,
-    input_output_errors,
-    weight_output_errors,
-)
+from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
 from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
-from mpq.sensitivity.result import (
-    LayerSensitivity,
-    Sensitivity,
-    finite,
-    traces_from_json,
-    traces_to_json,
-)
+from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
 
 REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors

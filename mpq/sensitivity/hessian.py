@@ -300,11 +300,6 @@ def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks) -> None:
     sums.seconds += max(float(values[-1]) for values in gathered)  # the same on every rank
 
 
-def _check_settings(settings: ProbeSettings) -> None:
-    if settings.chunk_size < 0:
-        raise MpqError(f"chunk_size={settings.chunk_size} must be 0 (whole batch) or a positive number of samples")
-
-
 def hutchinson_traces(
     model: nn.Module,
     layer_names: list[str],
@@ -321,7 +316,6 @@ def hutchinson_traces(
     With a `checkpoint`, the running state is saved after every round of probes and a saved state is
     resumed. Under torch.distributed, the probes are split across ranks (see the module docstring).
     """
-    _check_settings(settings)
     ranks = Ranks.current()
     progress = enabled(progress) and ranks.is_main
     weights = [model.get_submodule(name).weight for name in layer_names]

@@ -34,11 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
-from mpq.sensitivity.hessian import (
-    HessianTraces,
-    RunningSums,
-    _stderr,
-)
+from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr
 from mpq.sensitivity.settings import ProbeSettings
 
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|

@@ -29,14 +29,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mpq.cost.budget import Budget
-from mpq.cost.layer_cost import (
-    ACT_QUANT_PARAM_BYTES,
-    FLOAT_BITS,
-    FLOAT_BYTES,
-    Choice,
-    layer_bops,
-    layer_size_bytes,
-)
+from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan

@@ -28,13 +28,7 @@ from dataclasses import dataclass, replace
 
 from mpq.cost.layer_cost import Choice
 from mpq.solver.milp import DEFAULT_SOLVER
-from mpq.solver.problem import (
-    Problem,
-    Solution,
-    check_feasible,
-    solve_problem,
-    total_costs,
-)
+from mpq.solver.problem import Problem, Solution, check_feasible, solve_problem, total_costs
 
 RELATIVE_TOLERANCE = 1e-9  # a choice is dropped only when its reduced cost exceeds the gap by this much (relative)
 

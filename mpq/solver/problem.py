@@ -25,15 +25,7 @@ import pulp
 from mpq.cost.budget import Budget, format_cost
 from mpq.cost.layer_cost import Choice
 from mpq.errors import BudgetInfeasible, MpqError
-from mpq.solver.milp import (
-    DEFAULT_SOLVER,
-    INFEASIBLE,
-    OPTIMAL,
-    SolverRun,
-    check_solver,
-    check_time_limit,
-    run_solver,
-)
+from mpq.solver.milp import DEFAULT_SOLVER, INFEASIBLE, OPTIMAL, SolverRun, check_solver, check_time_limit, run_solver
 
 ROW_SCALE = 1e6  # every budget row is rescaled so that its limit reads 1e6: keeps CBC's tolerances meaningful
 # Omega is rescaled so that its largest value reads 1e6. The solvers' tolerances on the objective are absolute
