@@ -69,6 +69,40 @@ def test_torch_export_program_becomes_quantizable_modules(tmp_path):
         mpq.analyze(load_model_spec(str(tmp_path / "static.pt2")), data, **options)
 
 
+class _OpensAFile:
+    """Unpickling it opens (creates) a file: what a crafted .pt2 could do with torch.load(weights_only=False)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("member", ["data/sample_inputs/model.pt", "data/weights/weight_0"])
+def test_a_pt2_whose_pickles_run_code_is_refused_before_anything_is_unpickled(tmp_path, member):
+    import io
+    import zipfile
+
+    program = torch.export.export(mlp(), (torch.randn(4, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "clean.pt2")
+    marker = tmp_path / "ran"
+    payload = io.BytesIO()
+    torch.save(_OpensAFile(marker), payload)
+    with zipfile.ZipFile(tmp_path / "clean.pt2") as clean, zipfile.ZipFile(tmp_path / "bad.pt2", "w") as bad:
+        for info in clean.infolist():
+            data = clean.read(info.filename)
+            if info.filename.endswith(member):
+                data = payload.getvalue()
+            elif member.startswith("data/weights") and info.filename.endswith("model_weights_config.json"):
+                data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            bad.writestr(info, data)
+    with pytest.raises(MpqError, match="would run code when loaded"):
+        load_model_spec(str(tmp_path / "bad.pt2"))
+    assert not marker.exists()
+    assert isinstance(load_model_spec(str(tmp_path / "clean.pt2")), nn.Module)
+
+
 def test_torchscript_is_refused_with_what_to_use_instead(tmp_path):
     torch.jit.save(torch.jit.script(mlp()), tmp_path / "mlp.pt")
     with pytest.raises(MpqError, match="TorchScript.*--weights state_dict.pth, or a torch.export program"):

@@ -8,7 +8,11 @@ real nn.Linear / nn.Conv2d holding those same tensors, under the submodule's ori
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -68,7 +72,37 @@ def modules_from_calls(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, gm.graph)  # a plain GraphModule: the exported one refuses .eval()/.train()
 
 
+def _pickled_members(archive: zipfile.ZipFile) -> list[str]:
+    """The members torch.export.load would unpickle: `.pt` files (sample inputs, legacy weights and
+    constants) and the weights and constants its JSON configs mark `use_pickle`."""
+    names = archive.namelist()
+    pickled = [n for n in names if n.endswith(".pt")]
+    for config in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
+        folder = config.rpartition("/")[0]
+        entries = json.loads(archive.read(config)).get("config", {})
+        pickled += [f"{folder}/{e['path_name']}" for e in entries.values() if isinstance(e, dict) and e.get("use_pickle")]
+    return pickled
+
+
+def check_only_tensors(path: Path) -> None:
+    """MpqError unless every pickle in the `.pt2` archive loads with weights_only=True: torch.export.load
+    unpickles them with weights_only=False, which would run any code a crafted file holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in _pickled_members(archive):
+                try:
+                    torch.load(io.BytesIO(archive.read(member)), weights_only=True)
+                except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError, ValueError, EOFError, KeyError):
+                    raise MpqError(
+                        f"{path} holds {member}, pickled data beyond plain tensors that would run code when loaded, so mpq does not load it: "
+                        "save the program again with torch.export.save and tensor inputs only, or give the Python model as --model file.py:factory --weights state_dict.pth"
+                    ) from None
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
+        raise MpqError(f"cannot read {path} as a torch.export archive ({type(exc).__name__}): save it with torch.export.save") from None
+
+
 def load_exported(path: Path) -> nn.Module:
+    check_only_tensors(path)
     # copying an exported graph (mpq works on copies) trips a deprecation inside torch's pytree
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
     try:

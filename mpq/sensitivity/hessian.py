@@ -39,7 +39,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpq.errors import MpqError
 from mpq.progress import bar, enabled, note
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.hvp import hessian_vector_product
