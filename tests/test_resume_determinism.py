@@ -53,7 +53,7 @@ def test_interrupted_run_resumes_from_saved_probes_and_matches_an_uninterrupted_
     assert 5 <= kept < PROBES
     assert not list(cache.glob(".*tmp"))  # no half-written file left behind
 
-    resumed = subprocess.run(sensitivity_command(data, cache), capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*sensitivity_command(data, cache), "--verbose"], capture_output=True, text=True, timeout=120)  # progress notes into a pipe
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {kept} probes" in resumed.stderr
     result = json.loads(resumed.stdout)
