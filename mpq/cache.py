@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from mpq.files import write_json_atomic
+from mpq.files import check_writable_folder
 
 CACHE_VERSION = 1
 
@@ -73,6 +74,9 @@ class CacheEntry:
 
 
 def open_cache(cache_dir) -> Cache:
+    """The cache in `cache_dir` (None: the default folder; False: none), checked writable before any work."""
     if cache_dir is False:
         return Cache(None)
-    return Cache(default_cache_dir() if cache_dir is None else Path(cache_dir))
+    folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    check_writable_folder(folder, "the cache folder", "choose another with --cache-dir (cache_dir=), or run without a cache (--no-cache, cache_dir=False)")
+    return Cache(folder)

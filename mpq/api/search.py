@@ -27,6 +27,7 @@ from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.verify.proxy import check_proxy_request, proxy_check
 from mpq.verify.report import Report
+from mpq.inputs.prepare import check_batch_size
 
 
 @dataclass
@@ -97,6 +98,7 @@ def search(
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
+    check_batch_size(eval_batch_size, "eval_batch_size")
     start = time.perf_counter()
     check_channel_metric(space, metric)
     data = as_dataset(data)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from torch import nn
-
 from mpq.api.options import check_known, field_names, probe_settings, search_space, solver_settings
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
@@ -27,11 +25,10 @@ from mpq.cost.latency import coverage_note, latency_from_source, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.prepare import as_dataset, as_prepared, names_embeddings
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import metric_of
@@ -42,8 +39,9 @@ from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved
 from mpq.solver.problem import solve_problem
-from mpq.verify.measure import verify_prepared
+from mpq.verify.measure import check_quantizable, verify_prepared
 from mpq.verify.report import Report
+from mpq.inputs.prepare import check_batch_size
 
 SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}
 
@@ -182,12 +180,6 @@ def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
     return LatencySource.from_json(latency.to_json() | {"note": coverage_note(layers, choices, latency)})
 
 
-def _plans_embeddings(model, plan: Plan) -> bool:
-    """Whether `plan` quantizes an nn.Embedding of `model` (then embeddings are layers when verifying)."""
-    modules = dict(model.named_modules()) if isinstance(model, nn.Module) else {}
-    return any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers)
-
-
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
     quantizer: "str | Quantizer | None" = None, progress: bool | None = None,
@@ -207,14 +199,10 @@ def verify(
     """
     if not isinstance(plan, Plan):
         raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
-    for lp in plan.layers.values():
-        check_bits(lp.weight_bits)
-        for run in lp.channel_bits or ():
-            check_bits(run.weight_bits)
-        if lp.act_bits is not None:
-            check_bits(lp.act_bits)
+    check_quantizable(plan)
+    check_batch_size(batch_size)
     data = as_dataset(data)
-    prepared = as_prepared(model, data, _plans_embeddings(model, plan))
+    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
     if baseline_bits is None:
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits

@@ -36,6 +36,28 @@ def _widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive(text: str) -> int:
+    """A whole number of at least 1 (batch sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def _act_bits(text: str) -> tuple[int | None, ...]:
     widths = []
     for item in (v.strip() for v in text.split(",") if v.strip()):
@@ -79,7 +101,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--act-bits", type=_act_bits, default=space.act_bits, help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
     p.add_argument("--trace-margin", type=float, default=space.trace_margin, help=f"Omega uses trace + this many standard errors (default {space.trace_margin:g}; 0 = plain HAWQ-V2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
-    p.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    p.add_argument("--eval-batch-size", type=_positive, default=25, help="samples per evaluation batch (default 25)")
     _add_quantizer_options(p, default_is_plan=False)
     _add_pin_options(p)
     _add_solver_options(p)
@@ -122,7 +144,7 @@ def pins_arg(args) -> dict:
 def _add_latency_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml")
     p.add_argument("--latency-table", metavar="FILE.csv", help="latency by a measured table (written by `mpq profile`); its rows limit the widths offered")
-    p.add_argument("--latency-batch", type=int, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
+    p.add_argument("--latency-batch", type=_positive, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
 
 
 def latency_arg(args):
@@ -223,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(search)
     search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
     search.add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
-    search.add_argument("--proxy-check", type=int, default=0, metavar="N", help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)")
+    search.add_argument("--proxy-check", type=_count, default=0, metavar="N", help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)")
     search.add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
     _add_latency_options(search)
 
@@ -253,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("plan", help="plan.json written by `mpq search`")
     _add_model_data(check)
     check.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
-    check.add_argument("--eval-batch-size", type=int, default=25, help="samples per evaluation batch (default 25)")
+    check.add_argument("--eval-batch-size", type=_positive, default=25, help="samples per evaluation batch (default 25)")
     check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(check)
@@ -262,10 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
     _add_model_data(profile)
     profile.add_argument("--out", required=True, help="the CSV latency table to write (for --latency-table)")
-    profile.add_argument("--batch", type=int, default=1, help="samples per timed call (default 1)")
-    profile.add_argument("--repeats", type=int, default=25, help="timed calls per layer and width; the median is kept (default 25)")
-    profile.add_argument("--warmup", type=int, default=5, help="untimed calls before them (default 5)")
-    profile.add_argument("--threads", type=int, help="torch threads while timing (default: torch's own choice)")
+    profile.add_argument("--batch", type=_positive, default=1, help="samples per timed call (default 1)")
+    profile.add_argument("--repeats", type=_positive, default=25, help="timed calls per layer and width; the median is kept (default 25)")
+    profile.add_argument("--warmup", type=_count, default=5, help="untimed calls before them (default 5)")
+    profile.add_argument("--threads", type=_positive, help="torch threads while timing (default: torch's own choice)")
     add_progress_options(profile)
     _add_quantizer_options(check, default_is_plan=True)
 
@@ -274,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("packed", "onnx", "torchao"), default="packed", help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed")
     export.add_argument("--out", required=True, help="the file to write")
     _add_model_data(export)
-    export.add_argument("--batch-size", type=int, default=25, help="samples per calibration batch (default 25)")
+    export.add_argument("--batch-size", type=_positive, default=25, help="samples per calibration batch (default 25)")
     export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(export)
@@ -321,11 +343,25 @@ def writable_folder(path: str) -> Path:
     if out.exists() and not out.is_dir():
         raise MpqError(f"output folder {out} is a file; choose another with --out")
     existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or not _takes_files(existing):
         raise MpqError(f"cannot create output folder {out}: {existing} is not a writable folder; choose another with --out")
     return out
 
 
+def _takes_files(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (root passes os.access on read-only mounts and /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def created(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MpqError(f"cannot create output folder {out} ({exc.strerror}); choose another with --out") from None
     return out

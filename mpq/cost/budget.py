@@ -23,6 +23,7 @@ KIND_OF_UNIT = (
     | {u: "latency_s" for u in LATENCY_UNITS}
 )
 SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS
+KINDS = ("size_bytes", "bops", "latency_s")
 
 _BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 
@@ -40,7 +41,13 @@ class Budget:
 
     @classmethod
     def from_json(cls, data: dict) -> "Budget":
-        return cls(kind=data["kind"], limit=float(data["limit"]), text=data["text"])
+        """A budget as plan.json stores it; ValueError for an unknown kind or a limit that is not a positive finite number."""
+        kind, limit = data["kind"], float(data["limit"])
+        if kind not in KINDS:
+            raise ValueError(f"budget kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not math.isfinite(limit) or limit <= 0:
+            raise ValueError(f"budget {data.get('text', limit)!r} has limit {limit}, not a positive finite number")
+        return cls(kind=kind, limit=limit, text=str(data["text"]))
 
 
 def parse_budget(text: "str | Budget") -> Budget:
@@ -104,7 +111,8 @@ def format_cost(kind: str, value: float, round_up: bool = False) -> str:
 
 
 def as_budgets(budget) -> list[Budget]:
-    items = [budget] if isinstance(budget, (str, Budget)) else list(budget)
-    if not items:
-        raise MpqError("give at least one budget, e.g. budget=\"4MB\"")
+    """One budget or a list of them, each a string such as "4MB" or a Budget."""
+    items = [budget] if isinstance(budget, (str, Budget)) else list(budget) if isinstance(budget, (list, tuple)) else None
+    if not items or not all(isinstance(b, (str, Budget)) for b in items):
+        raise MpqError(f"budget must be a string with a unit such as \"4MB\", \"20GBOPs\" or \"2.5ms\" (or a list of them), not {budget!r}")
     return [parse_budget(b) for b in items]

@@ -25,7 +25,7 @@ def device_model(spec: "str | Path", batch: int | None = None) -> Roofline:
         if str(spec) not in shipped_devices():
             raise MpqError(f"unknown device {str(spec)!r}: name one of {', '.join(shipped_devices())}, or give a device .toml file")
         path = DEVICES_DIR / f"{spec}.toml"
-    return Roofline(load_device(path), _batch(batch or 1), str(spec))
+    return Roofline(load_device(path), _batch(1 if batch is None else batch), str(spec))
 
 
 def _batch(batch: int) -> int:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from mpq.cache import open_cache
 from mpq.errors import MpqError
-from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
 from mpq.plan import Plan
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import fp32_reference
-from mpq.verify.measure import check_plan_matches, pack_plan, plan_calibration
+from mpq.verify.measure import check_plan_matches, check_quantizable, pack_plan, plan_calibration
 
 FORMATS = ("packed", "onnx", "torchao")
 
@@ -48,8 +48,10 @@ def export_plan(
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    check_batch_size(batch_size)
+    check_quantizable(plan)
     data = as_dataset(data)
-    prepared = as_prepared(model, data)
+    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
     check_plan_matches(prepared, plan)
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)

@@ -23,15 +23,21 @@ class Dataset:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
+            raise MpqError(f"data x (and y) must be tensors, not {type(self.x).__name__}: build mpq.Dataset(x=torch.tensor(...), y=...)")
         if self.x.dim() < 2:
             raise MpqError(f"data x has shape {tuple(self.x.shape)}: it needs a sample dimension first and at least one feature dimension")
+        if len(self.x) == 0:
+            raise MpqError("the data holds no samples: give at least a few inputs (mpq calibrates and measures on them)")
         if self.x.is_floating_point() and not torch.isfinite(self.x).all():
             raise MpqError("data x contains NaN or Inf: clean or drop those samples first")
         if self.y is not None:
             if self.y.dim() != 1 or len(self.y) != len(self.x):
                 raise MpqError(f"labels y have shape {tuple(self.y.shape)}: give one integer label per sample ({len(self.x)})")
-            if self.y.is_floating_point():
-                raise MpqError("labels y must be integers (class indices), not floats")
+            if self.y.is_floating_point() or self.y.dtype == torch.bool or self.y.is_complex():
+                raise MpqError(f"labels y must be integers (class indices), not {self.y.dtype}")
+            if len(self.y) and int(self.y.min()) < 0:
+                raise MpqError(f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions")
             self.y = self.y.long()
 
     def __len__(self) -> int:
@@ -59,9 +65,16 @@ def load_npz(path: Path) -> Dataset:
         raise MpqError(f"cannot read {path} as a .npz file ({exc}): save it with numpy.savez(path, x=..., y=...)") from None
     if "x" not in arrays:
         raise MpqError(f"{path} has no array named 'x': save inputs as x (and optional integer labels as y)")
-    x = _as_input(torch.from_numpy(np.ascontiguousarray(arrays["x"])), path)
-    y = torch.from_numpy(np.ascontiguousarray(arrays["y"])) if "y" in arrays else None
+    x = _as_input(_tensor(arrays["x"], "x", path), path)
+    y = _tensor(arrays["y"], "y", path) if "y" in arrays else None
     return Dataset(x=x, y=y, description=f"{path} ({len(x)} samples)")
+
+
+def _tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
+    """A numeric array as a tensor; MpqError for strings, objects and other kinds torch cannot hold."""
+    if array.dtype.kind not in "biuf":
+        raise MpqError(f"array {name} in {path} holds {array.dtype} values: save numbers (floats for inputs, integers for token ids and labels)")
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _as_input(x: torch.Tensor, source) -> torch.Tensor:
@@ -146,12 +159,23 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def _open_image(path: Path):
+    """The decoded image; MpqError naming the file when it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MpqError(f"cannot read image {path} ({type(exc).__name__}): remove or replace that file") from None
+
+
 def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
     """Images directly in `path` (unlabelled) or in class subfolders (labels = sorted folder index).
 
     transform "imagenet": resize 256 (bicubic), centre crop 224, (x - 127) / 128; "none": x / 255 as is.
     """
-    from PIL import Image
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if classes:
@@ -163,7 +187,7 @@ def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
     if transform not in TRANSFORMS:
         raise MpqError(f"unknown transform {transform!r}: use {' or '.join(TRANSFORMS)}")
     prepare = preprocess_imagenet if transform == "imagenet" else to_tensor
-    views = [prepare(Image.open(f)) for f, _ in files]
+    views = [prepare(_open_image(f)) for f, _ in files]
     if len({tuple(v.shape) for v in views}) > 1:
         raise MpqError(f"images in {path} differ in size: use --transform imagenet, or resize them to one size")
     x = torch.stack(views)

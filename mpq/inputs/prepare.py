@@ -29,7 +29,7 @@ def _check_finite_weights(model: nn.Module) -> None:
             raise MpqError(f"model tensor {name} contains NaN or Inf: load trained weights (or fix training) before quantizing")
 
 
-def _check_output(model: nn.Module, example: torch.Tensor) -> None:
+def _check_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), module_calls_visible():
         output = model(example)
     if not isinstance(output, torch.Tensor) or output.dim() < 2:
@@ -37,6 +37,16 @@ def _check_output(model: nn.Module, example: torch.Tensor) -> None:
         raise MpqError(f"the model returns {what}: wrap it so that it returns one tensor shaped [batch, outputs...] (logits or embeddings)")
     if output.is_floating_point() and not torch.isfinite(output).all():
         raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
+    return output
+
+
+def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
+    """Labels are class indices of the model's outputs: 0 .. outputs - 1 along dimension 1."""
+    if labels is None or output.dim() != 2:
+        return
+    classes, top = output.shape[1], int(labels.max())
+    if top >= classes:
+        raise MpqError(f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, or drop y to use the model's own predictions")
 
 
 def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel:
@@ -48,7 +58,7 @@ def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel
     example = data.x[:EXAMPLE_BATCH]
     try:
         prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
-        _check_output(prepared.folded, example)
+        output = _check_output(prepared.folded, example)
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
@@ -56,6 +66,19 @@ def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel
             f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
             f"{hint}give data shaped and typed as the model expects"
         ) from None
+    check_labels(output, data.y)
     if not prepared.graph.layers:
         raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")
     return prepared
+
+
+def names_embeddings(model, names) -> bool:
+    """Whether `names` include an nn.Embedding of `model` (then embeddings are layers: a plan quantizes them)."""
+    modules = dict(model.named_modules()) if isinstance(model, nn.Module) else {}
+    return any(isinstance(modules.get(name), nn.Embedding) for name in names)
+
+
+def check_batch_size(value, name: str = "batch_size") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MpqError(f"{name}={value!r} must be a whole number of samples, 1 or more")
+    return value

@@ -54,10 +54,30 @@ def _import_file(target: str, what: str):
     sys.modules[module_name] = module
     try:
         loader_spec.loader.exec_module(module)
+    except SystemExit as exc:
+        del sys.modules[module_name]
+        raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a program; put its script part under if __name__ == \"__main__\":") from None
     except Exception as exc:
         del sys.modules[module_name]
-        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {exc}); fix that file") from None
+        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {_first_line(exc)}); fix that file") from None
     return module
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def call_user(function, spec: str, what: str, **kwargs):
+    """`function(**kwargs)`, a function of the user's named by `spec`; what it raises becomes one MpqError line."""
+    try:
+        return function(**kwargs)
+    except SystemExit as exc:
+        raise MpqError(f"{spec} called sys.exit({exc.code}) while giving the {what}: return the {what} instead") from None
+    except MpqError:
+        raise
+    except Exception as exc:
+        raise MpqError(f"{spec} raised {type(exc).__name__} while giving the {what}: {_first_line(exc)}") from None
 
 
 def _import_module(target: str, what: str):
@@ -65,8 +85,10 @@ def _import_module(target: str, what: str):
         return importlib.import_module(target)
     except ImportError as exc:
         raise MpqError(f"cannot import {target!r} for the {what} ({exc}); check the spelling or install it") from None
+    except SystemExit as exc:
+        raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} module must define the {what}, not run a program") from None
     except Exception as exc:
-        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {exc}); fix that module") from None
+        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module") from None
 
 
 def parse_value(text: str):
@@ -122,9 +144,11 @@ def _build(spec: str, model_args: dict) -> nn.Module:
     obj = import_attr(spec, "model")
     if not isinstance(obj, nn.Module) and callable(obj):
         try:
-            obj = obj(**model_args)
-        except TypeError as exc:
-            raise MpqError(f"calling {spec} with {model_args or 'no arguments'} failed ({exc}); pass its arguments with --model-arg key=value") from None
+            obj = call_user(obj, spec, "model", **model_args)
+        except MpqError as exc:
+            if "TypeError" not in str(exc):
+                raise
+            raise MpqError(f"calling {spec} with {model_args or 'no arguments'} failed ({str(exc).partition(': ')[2]}); pass its arguments with --model-arg key=value") from None
     elif model_args:
         raise MpqError(f"{spec} is not callable, so --model-arg cannot be passed to it; drop --model-arg or name a function")
     if not isinstance(obj, nn.Module):
@@ -180,12 +204,12 @@ def load_data_spec(spec: str, transform: str = "imagenet") -> Dataset:
         return load_image_folder(path, transform)
     if ":" in spec:
         obj = import_attr(spec, "data")
-        data = obj() if callable(obj) and not isinstance(obj, (Dataset, torch.Tensor)) and not hasattr(obj, "__iter__") else obj
+        data = call_user(obj, spec, "data") if callable(obj) and not isinstance(obj, (Dataset, torch.Tensor)) and not hasattr(obj, "__iter__") else obj
         if isinstance(data, Dataset):
             return data
         if isinstance(data, torch.Tensor):
             return Dataset(x=data, description=spec)
         if hasattr(data, "__iter__"):
-            return from_batches(data, spec)
+            return call_user(lambda: from_batches(data, spec), spec, "data")
         raise MpqError(f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable of (x, y) batches")
     raise MpqError(f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, or module:function")

@@ -72,6 +72,9 @@ class Plan:
         try:
             layers = {name: layer_from_json(name, entry) for name, entry in data["layers"].items()}
             budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
+            for key in ("model", "predicted", "solver"):
+                if not isinstance(data.get(key, {}), dict):
+                    raise TypeError(f"{key} must be an object")
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
         return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
@@ -83,9 +86,14 @@ class Plan:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
             raise MpqError(f"cannot read plan {path}: {exc.strerror}") from None
+        except RecursionError:
+            raise MpqError(f"{path} is nested too deeply to be a plan; make a new plan with `mpq search`") from None
         except ValueError:
             raise MpqError(f"{path} is not valid JSON (truncated?); make a new plan with `mpq search`") from None
-        return cls.from_json(data, source=str(path))
+        plan = cls.from_json(data, source=str(path))
+        if not isinstance(plan.model.get("fingerprint"), str) or not plan.model["fingerprint"]:
+            raise MpqError(f"{path} names no model fingerprint, so mpq cannot tell which model it was made for: make the plan with `mpq search` (or `mpq solve --table`)")
+        return plan
 
 
 

@@ -141,6 +141,16 @@ def _activation_sensitivities(
     return result
 
 
+def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
+    """A standard error needs two probes: when the time cap stopped some layer before, say what to raise."""
+    fewest = min(traces.probes_of(i) for i in range(len(traces.layer_names)))
+    if fewest < 2:
+        raise MpqError(
+            f"the probing stopped after {settings.max_seconds:g} s with {fewest} probe(s) of some layer, and a standard error needs two: "
+            "raise --max-seconds (max_seconds=), or lower --batch-size"
+        )
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
@@ -162,6 +172,8 @@ def analyze_prepared(
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
     loss = resolve_loss(metric.fixed_loss, data.y is not None) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None))
+    if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
+        loss.check(prepared.folded, data)
     names = [layer.name for layer in prepared.graph.layers]
     key = {
         "model": prepared.fingerprint,
@@ -199,6 +211,7 @@ def analyze_prepared(
         traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
+        _check_two_probes(traces, settings)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
     errors = channel_error_table(prepared.folded, names, clip_ratios=ratios)
     layers = {}

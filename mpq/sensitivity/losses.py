@@ -52,6 +52,24 @@ class Loss:
         return outputs.argmax(dim=1) if self.target == "fp32_classes" else outputs
 
 
+    def check(self, model: torch.nn.Module, data: Dataset, samples: int = 8) -> None:
+        """MpqError unless the loss gives one finite number on the first samples (before any expensive work)."""
+        x = data.x[:samples]
+        with torch.no_grad():
+            output = model(x)
+            target = data.y[:samples] if self.target == "labels" else output.argmax(dim=1) if self.target == "fp32_classes" else output
+            try:
+                value = self.fn(output, target)
+            except Exception as exc:  # the user's function, or a built-in one on data it cannot take
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MpqError(f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, target) that returns a scalar tensor") from None
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise MpqError(f"the loss {self.name} returned {shape}, not one number: reduce it over the batch (e.g. .mean())")
+        if not torch.isfinite(value).all():
+            raise MpqError(f"the loss {self.name} is {float(value)} on the first {len(x)} samples: check the loss and the data's scale")
+
+
 def fp32_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).float()

@@ -17,6 +17,7 @@ with its relative gap (mpq.solver.milp); the second stage gets what is left of t
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -246,6 +247,19 @@ def _chosen(problem: Problem, x: dict) -> dict[str, Choice]:
     return {name: next(c for c in problem.choices[name] if x[name, c].value() > 0.5) for name in problem.layers}
 
 
+def check_finite(problem: Problem) -> None:
+    """MpqError naming the first layer whose Omega or cost is not a finite number (PuLP cannot take it)."""
+    for name in problem.layers:
+        for choice in problem.choices[name]:
+            bad = {"Omega": problem.omega[name][choice]} | {k: v for k, v in problem.costs[name][choice].items()}
+            for what, value in bad.items():
+                if not math.isfinite(value):
+                    raise MpqError(
+                        f"{what} of layer {name} at {choice.label()} is {value}: the sensitivity (or cost) is not a finite number; "
+                        "check that the loss is finite, give the probing time for at least two probes (--max-seconds), or rerun with --no-cache"
+                    )
+
+
 def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER) -> Solution:
     """The choice per layer of least total Omega that meets every budget (proven optimal unless
     `time_limit_s` stops the solver first); among several of least Omega, the one with the widest activations,
@@ -253,6 +267,7 @@ def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: s
     solver = check_solver(solver)
     check_time_limit(time_limit_s)
     check_feasible(problem)
+    check_finite(problem)
     start = time.perf_counter()
     program, x = build_program(problem)
     run = run_solver(program, solver, time_limit_s)

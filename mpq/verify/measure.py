@@ -27,6 +27,7 @@ from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
 from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
+from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
 from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
 from mpq.verify.report import Measurement, Report
@@ -140,6 +141,13 @@ def _within(costs: dict[str, float], budgets: list[Budget], latency) -> bool:
 def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None) -> bool:
     costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
     return _within(costs | _predicted_latency(prepared, plan, latency), budgets, latency)
+
+
+def check_quantizable(plan: Plan) -> None:
+    """MpqError unless every width of the plan is one mpq's quantizer supports (a plan file may hold 1-16)."""
+    for lp in plan.layers.values():
+        for bits in [lp.weight_bits, *(r.weight_bits for r in lp.channel_bits or ()), *([lp.act_bits] if lp.act_bits is not None else [])]:
+            check_bits(bits)
 
 
 def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
