@@ -8,8 +8,8 @@ import os
 from datetime import datetime
 
 import pytest
-
 from helpers import run_cli
+
 from mpq.cache import DEFAULT_MAX_BYTES, Cache, open_cache
 from mpq.errors import MpqError
 
