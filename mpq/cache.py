@@ -1,8 +1,12 @@
 """On-disk cache of expensive results, keyed by everything they depend on.
 
-Entries are JSON files named by the sha256 of their key; a key holds the model and data
-fingerprints and every setting, so a stale entry is never read. Default folder:
+Entries are JSON files named `KIND-HASH.json`, HASH the first 32 hex digits of the sha256 of their key; a
+key holds the model and data fingerprints and every setting, so a stale entry is never read. Default folder:
 $MPQ_CACHE_DIR, else $XDG_CACHE_HOME/mpq, else ~/.cache/mpq.
+
+The folder is capped ($MPQ_CACHE_MAX_BYTES, default 2 GB, 0 = no cap): after each save, while mpq's entries
+there total more than the cap, the least recently used (oldest mtime; a load that hits touches its entry)
+is deleted, never the entry just written. Only files named like entries are counted or deleted.
 """
 
 from __future__ import annotations
@@ -10,12 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from mpq.errors import MpqError
 from mpq.files import write_json_atomic
 from mpq.files import check_writable_folder
 
 CACHE_VERSION = 1
+DEFAULT_MAX_BYTES = 2_000_000_000  # 2 GB
+MAX_BYTES_ENV = "MPQ_CACHE_MAX_BYTES"
+ENTRY_NAME = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-[0-9a-f]{32}\.json$")
 
 
 def default_cache_dir() -> Path:
@@ -25,11 +35,39 @@ def default_cache_dir() -> Path:
     return Path(base) / "mpq"
 
 
-class Cache:
-    """JSON entries under one folder; `Cache(None)` is a cache that never hits and stores nothing."""
+def max_bytes_from_environment() -> int:
+    """The cap $MPQ_CACHE_MAX_BYTES sets (a whole number of bytes, 0 = no cap), else 2 GB."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise MpqError(f"{MAX_BYTES_ENV}={text!r} is not a whole number of bytes; set it to e.g. 500000000, or 0 for no cap")
+    return value
 
-    def __init__(self, folder: "str | Path | None") -> None:
+
+@dataclass(frozen=True)
+class CacheFile:
+    """One entry on disk: its path, kind, size in bytes and last use (mtime, seconds since the epoch)."""
+
+    path: Path
+    kind: str
+    size: int
+    mtime: float
+
+
+class Cache:
+    """JSON entries under one folder; `Cache(None)` is a cache that never hits and stores nothing.
+    `max_bytes`: the folder's cap (None: $MPQ_CACHE_MAX_BYTES or 2 GB; 0: no cap)."""
+
+    def __init__(self, folder: "str | Path | None", max_bytes: int | None = None) -> None:
         self.folder = Path(folder) if folder is not None else None
+        if max_bytes is None and self.folder is not None:
+            max_bytes = max_bytes_from_environment()
+        self.max_bytes = max_bytes or 0
 
     def _path(self, kind: str, key: dict) -> Path:
         blob = json.dumps({"version": CACHE_VERSION, "kind": kind, **key}, sort_keys=True).encode()
@@ -40,13 +78,20 @@ class Cache:
             return None
         path = self._path(kind, key)
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+        try:
+            os.utime(path)  # used now: the last to be evicted
+        except OSError:
+            pass  # a read-only cache still serves hits
+        return value
 
     def save(self, kind: str, key: dict, value) -> None:
         if self.folder is not None:
-            write_json_atomic(self._path(kind, key), value)
+            path = self._path(kind, key)
+            write_json_atomic(path, value)
+            self.evict(keep=path)
 
     def delete(self, kind: str, key: dict) -> None:
         if self.folder is not None:
@@ -55,6 +100,60 @@ class Cache:
     def entry(self, kind: str, key: dict) -> "CacheEntry | None":
         """One entry as an object with load/save/clear (None for a cache that stores nothing)."""
         return None if self.folder is None else CacheEntry(self, kind, key)
+
+    def files(self) -> list[CacheFile]:
+        """mpq's entries in the folder (files named like entries only), least recently used first."""
+        if self.folder is None:
+            return []
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError:
+            raise MpqError(f"cache folder {self.folder} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR") from None
+        found = []
+        for name in names:
+            match = ENTRY_NAME.match(name)
+            if match is None:
+                continue
+            try:
+                st = os.stat(self.folder / name)
+            except FileNotFoundError:
+                continue  # deleted meanwhile by another run
+            found.append(CacheFile(self.folder / name, match["kind"], st.st_size, st.st_mtime))
+        return sorted(found, key=lambda f: (f.mtime, f.path.name))
+
+    def evict(self, keep: "Path | None" = None) -> list[CacheFile]:
+        """Delete the least recently used entries until the folder's entries total at most the cap (never
+        `keep`); the entries deleted. Nothing with no cap."""
+        if not self.max_bytes:
+            return []
+        files = self.files()
+        total = sum(f.size for f in files)
+        deleted = []
+        for f in files:
+            if total <= self.max_bytes:
+                break
+            if keep is not None and f.path == keep:
+                continue
+            try:
+                f.path.unlink()
+            except FileNotFoundError:
+                pass  # another run evicted it first
+            total -= f.size
+            deleted.append(f)
+        return deleted
+
+    def clear(self) -> list[CacheFile]:
+        """Delete every entry of mpq's in the folder (nothing else); the entries deleted."""
+        deleted = []
+        for f in self.files():
+            try:
+                f.path.unlink()
+            except FileNotFoundError:
+                continue
+            deleted.append(f)
+        return deleted
 
 
 class CacheEntry:

@@ -1,34 +1,70 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename. A crash leaves no half file."""
+"""Atomic file writes: a unique temporary file in the same folder, then a rename. A crash leaves no half
+file, two writers of one path never share a temporary file, and the file ends with the mode a plain
+`open(path, "w")` would give it: 0o666 less the user's umask (mkstemp's own 0o600 does not survive)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mpq.errors import MpqError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (/proc), else by setting
+    and restoring it at once (to 0o077, so that a file another thread makes meanwhile is private, not open)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
+def default_mode() -> int:
+    """The mode of a newly created file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+@contextmanager
+def atomic_path(path: "str | Path") -> Iterator[Path]:
+    """A unique temporary path next to `path`, ending in `path`'s suffix (so that writers which pick the
+    format by the extension, such as matplotlib, pick the right one). When the block ends normally the
+    file gets `default_mode()` and is renamed onto `path`; when it raises the file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: "str | Path", data: bytes) -> None:
     """Write `data` to `path` through a temporary file; MpqError (one line) when the folder cannot take it."""
     path = Path(path)
     try:
-        _write(path, data)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
     except OSError as exc:
         raise MpqError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): free some space or choose another folder") from None
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_writable_folder(folder: Path, what: str, how: str) -> None:

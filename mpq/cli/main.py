@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mpq.cli.cache_command import run_cache
 from mpq.cli.commands import run_export, run_pareto, run_profile, run_search, run_sensitivity, run_solve, run_verify
 from mpq.cli.parser import build_parser
 from mpq.errors import MpqError
@@ -26,7 +27,7 @@ def _join_ranks(command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile}[args.command]
+        handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile, "cache": run_cache}[args.command]
         _join_ranks(args.command)
         return handler(args)
     except MpqError as exc:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from mpq.cli.cache_command import add_cache_parser
 from mpq.errors import MpqError
 
 DEFAULT_OUT = "mpq-out"
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(export)
     _add_quantizer_options(export, default_is_plan=True)
+    add_cache_parser(sub)
     return parser
 
 

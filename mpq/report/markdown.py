@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpq.cost.budget import format_bytes, format_cost
-from mpq.files import write_json_atomic, write_text_atomic
+from mpq.files import atomic_path, write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import HessianTrace, metric_of
@@ -125,15 +125,16 @@ def sqnr_table(report: Report) -> str:
 
 
 def _save_figure(fig, path: Path) -> None:
-    """Written atomically (a temporary file, then a rename)."""
+    """Written atomically: a unique temporary file with the same suffix in the same folder (two runs with
+    one --out never share it), then a rename; the file gets the umask's mode (mpq.files.atomic_path)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_proxy(check: "ProxyCheck", path: Path) -> None:

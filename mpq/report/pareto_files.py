@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 from mpq.cost.budget import BOPS_PREFIXES, format_bytes, format_cost
-from mpq.files import write_json_atomic, write_text_atomic
+from mpq.files import atomic_path, write_json_atomic, write_text_atomic
 from mpq.verify.pareto import ParetoResult
 from mpq.verify.report import Measurement
 
@@ -113,10 +113,11 @@ def plot_pareto(result: ParetoResult, path: Path) -> None:
         axes[2].set_yscale("log")
     axes[-1].set_xlabel(label)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:  # a unique temporary name: two runs with one --out never share it
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write_pareto(out_dir: Path, result: ParetoResult) -> list[Path]:

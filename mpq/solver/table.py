@@ -21,7 +21,7 @@ from mpq.cost.budget import Budget
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.plan import LayerPlan, Plan
-from mpq.plan.settings import PlanSettings
+from mpq.plan.settings import PlanSettings, SolverSettings
 from mpq.quant.widths import parse_width
 from mpq.solver.problem import Problem, Solution
 
@@ -103,29 +103,34 @@ def read_rows(path: "str | Path") -> list[TableRow]:
 
 
 def problem_from_rows(path: "str | Path", rows: list[TableRow], budgets: list[Budget]) -> Problem:
-    """The integer program of the table: choices, Omega and costs per layer, tie groups from `group`."""
-    layers: list[str] = []
-    seen: dict[tuple[str, Choice], int] = {}
+    """The integer program of the table: choices, Omega and costs per layer, tie groups from `group`.
+    One pass over the rows (dicts by layer), so a table of many layers reads in time linear in its rows."""
+    line_of: dict[str, dict[Choice, int]] = {}  # layer -> choice -> its line; keys in the order of first rows
+    omega: dict[str, dict[Choice, float]] = {}
+    costs: dict[str, dict[Choice, dict[str, float]]] = {}
     group_of: dict[str, tuple[str, int]] = {}
     for row in rows:
         where = f"{path} line {row.line}"
-        if (row.layer, row.choice) in seen:
-            raise MpqError(f"{where}: layer {row.layer} with {row.choice.label()} repeats line {seen[row.layer, row.choice]}; give each choice once")
-        seen[row.layer, row.choice] = row.line
+        lines = line_of.setdefault(row.layer, {})
+        if row.choice in lines:
+            raise MpqError(f"{where}: layer {row.layer} with {row.choice.label()} repeats line {lines[row.choice]}; give each choice once")
+        lines[row.choice] = row.line
         if row.layer not in group_of:
-            layers.append(row.layer)
             group_of[row.layer] = (row.group, row.line)
         elif group_of[row.layer][0] != row.group:
             raise MpqError(f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line {group_of[row.layer][1]}; give all its rows one group")
+        omega.setdefault(row.layer, {})[row.choice] = row.omega
+        costs.setdefault(row.layer, {})[row.choice] = row.costs
+    layers = list(line_of)
     groups: dict[str, list[str]] = {}
     for name in layers:
         if group_of[name][0]:
             groups.setdefault(group_of[name][0], []).append(name)
     return Problem(
         layers=layers,
-        choices={n: sorted(c for (layer, c) in seen if layer == n) for n in layers},
-        omega={n: {r.choice: r.omega for r in rows if r.layer == n} for n in layers},
-        costs={n: {r.choice: r.costs for r in rows if r.layer == n} for n in layers},
+        choices={n: sorted(line_of[n]) for n in layers},
+        omega=omega,
+        costs=costs,
         fixed_costs={},
         budgets=budgets,
         tie_groups=[g for g in groups.values() if len(g) > 1],
@@ -149,6 +154,6 @@ def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution)
         model={"table": str(path), "fingerprint": digest, "layers": len(problem.layers)},
         budgets=problem.budgets,
         predicted=predicted,
-        settings=PlanSettings(source="table", keep=problem.keep, tie_groups=problem.tie_groups),
+        settings=PlanSettings(source="table", solver=SolverSettings(name=solution.solver, time_limit_s=solution.time_limit_s), keep=problem.keep, tie_groups=problem.tie_groups),
         solver=solution.solver_json(),
     )
