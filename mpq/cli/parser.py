@@ -153,13 +153,12 @@ def _on_off(text: str) -> bool:
 
 
 def _add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> None:
-    from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
-    from mpq.quant.quantizer import PRESETS
+    from mpq.quant.quantizer import ACT_OBSERVER_NAMES, PRESETS, WEIGHT_CLIP_NAMES
 
     base = "the plan's quantizer" if default_is_plan else "the default preset"
     p.add_argument("--quantizer", choices=tuple(PRESETS), help=f"quantizer preset (default: {base}); the three options below override its parts")
-    p.add_argument("--act-observer", choices=tuple(ACT_OBSERVERS), help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
-    p.add_argument("--weight-clip", choices=tuple(WEIGHT_CLIPS), help="weight scales per channel: min-max, or the clip ratio of least squared error")
+    p.add_argument("--act-observer", choices=ACT_OBSERVER_NAMES, help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
+    p.add_argument("--weight-clip", choices=WEIGHT_CLIP_NAMES, help="weight scales per channel: min-max, or the clip ratio of least squared error")
     p.add_argument("--bias-correction", type=_on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
 
 

