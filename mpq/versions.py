@@ -35,9 +35,13 @@ def pyproject_version(path: Path = PYPROJECT) -> str:
     return found.group(1) if found else "unknown"
 
 
-@functools.lru_cache(maxsize=None)
 def versions() -> dict[str, str | None]:
-    """{"mpq": ..., "torch": ..., "numpy": ..., "pulp": ..., "highspy": ...}; None for a package not installed."""
+    """{"mpq": ..., "torch": ..., "numpy": ..., "pulp": ..., "highspy": ...}; None for a package not installed (a new dict each call)."""
+    return dict(_installed())
+
+
+@functools.lru_cache(maxsize=None)
+def _installed() -> dict[str, str | None]:
     found: dict[str, str | None] = {"mpq": mpq_version()}
     for name in PACKAGES:
         try:

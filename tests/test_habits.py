@@ -97,3 +97,55 @@ def test_quantize_returns_the_evaluators_model_and_leaves_the_input_as_it_was(ti
     assert quantized is not tiny_model and not quantized.training
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())  # the input model is unchanged
     assert isinstance(tiny_model.bn1, torch.nn.BatchNorm2d) and tiny_model.conv1.weight.dtype == torch.float32
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    from mpq.versions import mpq_version, pyproject_version
+
+    done = subprocess.run([sys.executable, "-m", "mpq.cli", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"mpq {mpq_version()}\n"
+    assert pyproject_version() == pyproject_version(ROOT / "pyproject.toml") != "unknown"
+    assert mpq_version() == pyproject_version()  # installed or not, this checkout's version
+
+
+def test_pyproject_version_reads_the_project_table(tmp_path):
+    from mpq.versions import pyproject_version
+
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text('[tool.other]\nversion = "9.9"\n\n[project]\nname = "mpq"\nversion = "1.2.3"\n\n[tool.x]\nversion = "0"\n')
+    assert pyproject_version(toml) == "1.2.3"
+    assert pyproject_version(tmp_path / "missing.toml") == "unknown"
+
+
+def test_plan_json_keeps_the_versions_and_solve_plans_are_byte_identical(tmp_path, capsys):
+    from helpers import run_cli
+
+    from mpq.versions import versions
+
+    table = tmp_path / "problem.csv"
+    table.write_text("layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s\n"
+                     "a,4,8,3.0,100,1,0\na,8,8,1.0,200,2,0\nb,4,8,2.0,100,1,0\nb,8,8,0.5,200,2,0\n")
+    plans = []
+    for run in ("one", "two"):
+        status, out, err = run_cli(capsys, "solve", "--table", table, "--budget", "300B", "--out", tmp_path / run)
+        assert status == 0, err
+        plans.append((tmp_path / run / "plan.json").read_bytes())
+    assert plans[0] == plans[1]
+    import json
+
+    data = json.loads(plans[0])
+    assert data["versions"] == versions() and set(data["versions"]) == {"mpq", "torch", "numpy", "pulp", "highspy"}
+    plan = mpq.Plan.load(tmp_path / "one" / "plan.json")
+    assert plan.versions == versions()
+    old = dict(data, versions={"mpq": "0.0.9", "torch": "2.2.0", "numpy": "1.26.4", "pulp": "2.8.0", "highspy": None})
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = mpq.Plan.load(tmp_path / "old.json")
+    assert again.versions == old["versions"] and again.to_json() == old  # read back and written again as it was
+    del old["versions"]
+    assert mpq.Plan.from_json(old).versions == {} and "versions" not in mpq.Plan.from_json(old).to_json()
+    try:
+        mpq.Plan.from_json(dict(old, versions=["torch"]))
+    except mpq.MpqError as exc:
+        assert "malformed" in str(exc)
+    else:
+        raise AssertionError("a list of versions was accepted")

@@ -14,6 +14,19 @@ DEFAULT_OUT = "mpq-out"
 DEFAULT_SENSITIVITY_PLOT = f"{DEFAULT_OUT}/sensitivity.png"
 
 
+class _Version(argparse.Action):
+    """`mpq --version`: prints `mpq VERSION` (mpq.versions) and exits 0; the version is read only then."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mpq.versions import mpq_version
+
+        print(f"mpq {mpq_version()}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage block
         raise MpqError(f"{message} (see `{self.prog} --help`)")
@@ -214,6 +227,7 @@ def progress_arg(args) -> bool | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mpq", description="Mixed-precision quantization search and sensitivity analysis for PyTorch.")
+    parser.add_argument("--version", action=_Version, help="print mpq's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
