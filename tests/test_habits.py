@@ -149,3 +149,105 @@ def test_plan_json_keeps_the_versions_and_solve_plans_are_byte_identical(tmp_pat
         assert "malformed" in str(exc)
     else:
         raise AssertionError("a list of versions was accepted")
+
+
+MLP_FAST = ("--max-probes", "3", "--quiet", "--no-cache")
+
+
+def mlp_search(tmp_path, capsys, *extra):
+    from tests.helpers import USER_MODELS, mlp_data, run_cli
+
+    data = mlp_data(tmp_path / "d.npz")
+    out = tmp_path / "out"
+    args = ("search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "300B", "--bits", "2,4,8", "--out", out, *MLP_FAST, *extra)
+    status, stdout, err = run_cli(capsys, *args)
+    assert status == 0, err
+    return out, stdout, data
+
+
+def test_search_json_prints_plan_and_report_and_report_md_opens_with_the_summary(tmp_path, capsys):
+    import json
+
+    from mpq.versions import versions
+
+    out, stdout, data = mlp_search(tmp_path, capsys, "--json")
+    printed = json.loads(stdout)  # the whole of stdout is one JSON object
+    assert set(printed) == {"plan", "report", "files"}
+    assert printed["plan"] == json.loads((out / "plan.json").read_text())
+    assert printed["report"] == json.loads((out / "report.json").read_text())
+    assert printed["plan"]["versions"] == printed["report"]["versions"] == versions()
+    assert str(out / "report.md") in printed["files"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# mpq report\n\n## Summary\n")
+    summary = md.split("\n## Search\n")[0]
+    assert f"- Made by: `mpq search --model {Path(__file__).parent / 'user_models.py'}:mlp --data {data} --budget 300B" in summary
+    assert "- Budget: 300B (300 bytes)" in summary
+    kl = printed["report"]["metrics"]["kl_to_fp32"]
+    assert f"KL(FP32‖q) {kl:.4g}" in summary and "What to try next:" in summary
+    fitting = [b for b in printed["report"]["baselines"] if b["fits_budget"]]
+    if fitting:
+        best = min(fitting, key=lambda b: b["kl_to_fp32"])
+        assert f"- Best uniform plan that fits: {best['name']}, " in summary
+    else:
+        assert "none fits the budget" in summary
+
+
+def test_search_without_json_prints_tables(tmp_path, capsys):
+    _, stdout, _ = mlp_search(tmp_path, capsys)
+    assert "| model | size | fits budget |" in stdout and stdout.rstrip().splitlines()[-1].startswith("wrote ")
+
+
+def test_summary_names_the_api_call_and_what_to_try_next(tiny_model, tiny_data, tmp_path):
+    import dataclasses
+
+    from mpq.report.markdown import write_outputs
+    from mpq.report.summary import next_steps, summary
+
+    result = mpq.search(tiny_model, tiny_data, "200B", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)), probes=mpq.ProbeSettings(max_probes=2, tol=0.001), cache_dir=False, progress=False)
+    sens, plan, report = result.sensitivity, result.plan, result.report
+    write_outputs(tmp_path, sens, plan, report)
+    md = (tmp_path / "report.md").read_text()
+    assert "- Made by: `mpq.search(model, data, budget='200B')` (Python API)" in md
+    assert sens.stop_reason == "max_probes"  # two probes cannot reach a 0.1% tolerance
+    steps = next_steps(sens, plan, report)
+    assert any("raise `--max-probes`" in s for s in steps)
+    assert sens.warnings() and any(f"{len(sens.warnings())} layer(s) have estimates not to be trusted" in s for s in steps)
+    # a uniform plan that fits and beats the plan: the summary says so and what to do
+    uniform = dataclasses.replace(report.baselines[0], name="uniform W3A8", kl_to_fp32=report.plan.kl_to_fp32 / 2, fits_budget=True)
+    beaten = dataclasses.replace(report, baselines=[*report.baselines, uniform])
+    text = "\n".join(summary(sens, plan, beaten, "mpq search --budget 200B"))
+    assert "- Made by: `mpq search --budget 200B`" in text and "- Best uniform plan that fits: uniform W3A8" in text
+    assert "does as well as the plan or better" in text and "A uniform plan wins (uniform W3A8)" in text
+
+
+def test_summary_says_when_activation_quantization_caps_the_result(tiny_model, tiny_data):
+    from mpq.report.summary import ACT_CAP, next_steps
+
+    result = mpq.search(tiny_model, tiny_data, "200B", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8), act_bits=2), probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    w8 = next(m for m in result.report.baselines if m.name.startswith("uniform W8"))
+    assert w8.kl_to_fp32 >= ACT_CAP * result.report.plan.kl_to_fp32  # 2-bit inputs cost more than any weight width
+    assert any(s.startswith("Activation quantization caps the result: uniform W8A2") for s in next_steps(result.sensitivity, result.plan, result.report))
+    floats = mpq.search(tiny_model, tiny_data, "200B", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8), act_bits=None), probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    assert not any("Activation quantization" in s for s in next_steps(floats.sensitivity, floats.plan, floats.report))
+
+
+def test_verify_export_and_profile_json(tmp_path, capsys):
+    import json
+
+    from tests.helpers import USER_MODELS, run_cli
+
+    out, _, data = mlp_search(tmp_path, capsys)
+    model = ("--model", f"{USER_MODELS}:mlp", "--data", data)
+    status, stdout, err = run_cli(capsys, "verify", out / "plan.json", *model, "--out", tmp_path / "v", "--no-cache", "--quiet", "--json")
+    assert status == 0, err
+    printed = json.loads(stdout)
+    assert printed == {"report": json.loads((tmp_path / "v" / "report.json").read_text()), "files": [str(tmp_path / "v" / "report.json")]}
+    status, stdout, err = run_cli(capsys, "export", out / "plan.json", *model, "--out", tmp_path / "m.mpqpack", "--no-cache", "--json")
+    assert status == 0, err
+    written = json.loads(stdout)["export"]
+    assert written["format"] == "packed" and written["file_bytes"] == (tmp_path / "m.mpqpack").stat().st_size
+    status, stdout, err = run_cli(capsys, "profile", *model, "--out", tmp_path / "lat.csv", "--repeats", "1", "--warmup", "0", "--quiet", "--json")
+    assert status == 0, err
+    profile = json.loads(stdout)["profile"]
+    assert profile["batch"] == 1 and profile["rows"] and all(r["latency_s"] > 0 for r in profile["rows"])
+    assert len(profile["rows"]) == len((tmp_path / "lat.csv").read_text().splitlines()) - sum(1 for line in (tmp_path / "lat.csv").read_text().splitlines() if line.startswith("#")) - 1
