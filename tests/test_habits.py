@@ -251,3 +251,30 @@ def test_verify_export_and_profile_json(tmp_path, capsys):
     profile = json.loads(stdout)["profile"]
     assert profile["batch"] == 1 and profile["rows"] and all(r["latency_s"] > 0 for r in profile["rows"])
     assert len(profile["rows"]) == len((tmp_path / "lat.csv").read_text().splitlines()) - sum(1 for line in (tmp_path / "lat.csv").read_text().splitlines() if line.startswith("#")) - 1
+
+
+def test_every_command_help_shows_its_option_groups_and_examples(capsys):
+    import pytest
+
+    from mpq.cli.examples import EXAMPLES, GROUPS
+    from mpq.cli.main import main
+
+    for command, groups in GROUPS.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+        assert [h for h in headings if h in groups] == list(groups), (command, headings)  # in order, none empty
+        assert text.rstrip().endswith(EXAMPLES[command].splitlines()[-1]) and "\nexamples:\n  mpq " in text.replace("torchrun", "mpq")
+        assert "--json" in text
+
+
+def test_every_option_keeps_its_spelling_and_parses():
+    from mpq.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["search", "--budget", "4MB", "--bits", "2,4", "--keep", "fc=8", "--tol", "0.1", "--solver", "cbc", "--act-observer", "mse", "--device", "nvidia-t4", "--json", "--quiet"])
+    assert (args.bits, args.keep, args.tol, args.solver, args.act_observer, args.device, args.json, args.quiet) == ((2, 4), ["fc=8"], 0.1, "cbc", "mse", "nvidia-t4", True, True)
+    assert parser.parse_args(["solve", "--table", "t.csv", "--budget", "1KB"]).json is False
+    assert parser.parse_args(["profile", "--out", "t.csv", "--threads", "1", "--json"]).threads == 1

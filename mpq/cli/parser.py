@@ -105,7 +105,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     """Widths, Omega margin, output folder, evaluation batch, pins, solver and probe options (search and pareto)."""
     from mpq.plan.settings import SearchSpace
 
-    space, parser, p = SearchSpace(), p, _group(p, BUDGET)
+    space = SearchSpace()
+    parser, p = p, _group(p, BUDGET)  # p: the group of widths and pins; parser: for the other groups
     widths = lambda ws: ",".join("none" if w is None else str(w) for w in ws)  # noqa: E731
     p.add_argument("--bits", type=_widths, default=space.bits, help=f"candidate weight widths (default {widths(space.bits)})")
     p.add_argument("--act-bits", type=_act_bits, default=space.act_bits, help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
@@ -219,7 +220,8 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     from mpq.sensitivity.registry import METRICS
     from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
 
-    d, parser, p = ProbeSettings(), p, _group(p, PROBING)
+    d = ProbeSettings()
+    parser, p = p, _group(p, PROBING)
     p.add_argument("--tol", type=float, default=d.tol, help=f"stop probing when every layer's stderr is below this fraction of its trace (default {d.tol:g})")
     p.add_argument("--max-probes", type=int, default=d.max_probes, help=f"most Hutchinson probes (default {d.max_probes})")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds, help=f"most seconds of probing (default {d.max_seconds:g})")
