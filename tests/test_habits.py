@@ -278,3 +278,21 @@ def test_every_option_keeps_its_spelling_and_parses():
     assert (args.bits, args.keep, args.tol, args.solver, args.act_observer, args.device, args.json, args.quiet) == ((2, 4), ["fc=8"], 0.1, "cbc", "mse", "nvidia-t4", True, True)
     assert parser.parse_args(["solve", "--table", "t.csv", "--budget", "1KB"]).json is False
     assert parser.parse_args(["profile", "--out", "t.csv", "--threads", "1", "--json"]).threads == 1
+
+
+def test_pareto_and_solve_json(tmp_path, capsys):
+    import json
+
+    from tests.helpers import USER_MODELS, mlp_data, run_cli
+
+    data = mlp_data(tmp_path / "d.npz")
+    out = tmp_path / "p"
+    status, stdout, err = run_cli(capsys, "pareto", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "250B:400B:3", "--bits", "2,4,8", "--verify-points", "0", "--out", out, *MLP_FAST, "--json")
+    assert status == 0, err
+    printed = json.loads(stdout)
+    assert printed == {"pareto": json.loads((out / "pareto.json").read_text()), "files": [str(out / n) for n in ("pareto.json", "pareto.csv", "pareto.png")]}
+    table = tmp_path / "problem.csv"
+    table.write_text("layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s\na,4,8,3.0,100,1,0\na,8,8,1.0,200,2,0\n")
+    status, stdout, err = run_cli(capsys, "solve", "--table", table, "--budget", "150B", "--out", tmp_path / "s", "--json")
+    assert status == 0, err
+    assert json.loads(stdout) == {"plan": json.loads((tmp_path / "s" / "plan.json").read_text()), "files": [str(tmp_path / "s" / "plan.json")]}
