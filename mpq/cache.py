@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpq.errors import MpqError
-from mpq.files import write_json_atomic
-from mpq.files import check_writable_folder
+from mpq.files import check_writable_folder, write_json_atomic
 
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 2_000_000_000  # 2 GB

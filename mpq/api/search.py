@@ -14,7 +14,7 @@ from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer
@@ -27,7 +27,6 @@ from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.verify.proxy import check_proxy_request, proxy_check
 from mpq.verify.report import Report
-from mpq.inputs.prepare import check_batch_size
 
 
 @dataclass

@@ -25,7 +25,7 @@ from mpq.cost.latency import coverage_note, latency_from_source, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared, names_embeddings
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
@@ -41,7 +41,6 @@ from mpq.solver.presolve import binary_variables, solve_presolved
 from mpq.solver.problem import solve_problem
 from mpq.verify.measure import check_quantizable, verify_prepared
 from mpq.verify.report import Report
-from mpq.inputs.prepare import check_batch_size
 
 SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}
 

@@ -10,6 +10,11 @@ from mpq.cli.parser import analyze_options, created, latency_arg, load_inputs, n
 from mpq.errors import MpqError
 
 
+def _print_json(**content) -> None:
+    """`--json`: the command's results as one JSON object on stdout (docs/cli.md, "--json")."""
+    print(json.dumps(content, indent=1))
+
+
 def run_search(args) -> int:
     import mpq
     from mpq.cost.budget import parse_budget
@@ -22,7 +27,10 @@ def run_search(args) -> int:
     model, data = load_inputs(args)
     space = search_space(args)
     result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, **analyze_options(args))
-    paths = write_outputs(out, result.sensitivity, result.plan, result.report)
+    paths = write_outputs(out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None))
+    if args.json:
+        _print_json(plan=result.plan.to_json(), report=result.report.to_json(), files=[str(p) for p in paths])
+        return 0
     print(layer_table(result.sensitivity, result.plan))
     print()
     print(comparison_table(result.report))
@@ -49,6 +57,9 @@ def run_pareto(args) -> int:
     result = mpq.pareto(model, data, budgets, also_budgets=fixed, space=space, solver=solver_settings(args), verify_points=args.verify_points,
                         eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), **analyze_options(args))
     paths = write_pareto(out, result)
+    if args.json:
+        _print_json(pareto=result.to_json(), files=[str(p) for p in paths])
+        return 0
     print(pareto_table(result))
     print()
     print(f"solved {len(result.points)} points in {result.timings_s['solve']:.1f} s; wrote " + ", ".join(str(p) for p in paths))
@@ -69,7 +80,11 @@ def run_solve(args) -> int:
     problem.keep = resolve_keep(problem.layers, **pins)
     solver = solver_settings(args)
     solution = solve_problem(problem, solver.time_limit_s, solver.name)
-    plan_from_solution(args.table, problem, solution).save(created(out) / "plan.json")
+    plan = plan_from_solution(args.table, problem, solution)
+    plan.save(created(out) / "plan.json")
+    if args.json:
+        _print_json(plan=plan.to_json(), files=[str(out / "plan.json")])
+        return 0
     print(solution_table(problem, solution))
     print()
     print(f"wrote {out / 'plan.json'}")
@@ -111,6 +126,9 @@ def run_verify(args) -> int:
     model, data = load_inputs(args)
     report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args))
     write_json_atomic(created(out) / "report.json", report.to_json())
+    if args.json:
+        _print_json(report=report.to_json(), files=[str(out / "report.json")])
+        return 0
     print(comparison_table(report))
     print(f"\nwrote {out / 'report.json'}")
     return 0
@@ -138,6 +156,9 @@ def run_profile(args) -> int:
         torch.set_num_threads(threads)
     command = f"mpq profile --batch {args.batch} --repeats {args.repeats} --warmup {args.warmup}" + (f" --threads {args.threads}" if args.threads else "")
     write_profile(result, args.out, command)
+    if args.json:
+        _print_json(profile=result.to_json(), files=[args.out])
+        return 0
     print(result.summary())
     print(f"\nwrote {args.out}")
     return 0
@@ -150,5 +171,9 @@ def run_export(args) -> int:
     model, data = load_inputs(args)
     cache_dir = False if args.no_cache else args.cache_dir
     result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=quantizer_arg(args, True))
+    if args.json:
+        written = {"format": result.format, "path": str(result.path), "file_bytes": result.file_bytes, "counted_bytes": result.counted_bytes, "notes": list(result.notes)}
+        _print_json(export=written, files=[str(result.path)])
+        return 0
     print(result.summary())
     return 0

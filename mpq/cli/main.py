@@ -6,6 +6,7 @@ Exit status: 0 done; 2 bad input (one line `mpq: error: ...`); 3 no plan meets t
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from mpq.cli.cache_command import run_cache
@@ -27,6 +28,7 @@ def _join_ranks(command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = "mpq " + shlex.join(sys.argv[1:] if argv is None else argv)  # for report.md's summary
         handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile, "cache": run_cache}[args.command]
         _join_ranks(args.command)
         return handler(args)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from mpq.cli.cache_command import add_cache_parser
+from mpq.cli.examples import BUDGET, EXAMPLES, GROUPS, LATENCY, MODEL, OUTPUT, PROBING, PROBLEM, QUANTIZER, SOLVER, SWEEP, TIMING, TOP
+from mpq.cli.types import act_bits_type, count, on_off, positive, verify_points_type, widths_type
 from mpq.errors import MpqError
 
 DEFAULT_OUT = "mpq-out"
@@ -15,81 +17,48 @@ DEFAULT_OUT = "mpq-out"
 DEFAULT_SENSITIVITY_PLOT = f"{DEFAULT_OUT}/sensitivity.png"
 
 
+class _Version(argparse.Action):
+    """`mpq --version`: prints `mpq VERSION` (mpq.versions) and exits 0; the version is read only then."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mpq.versions import mpq_version
+
+        print(f"mpq {mpq_version()}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage block
         raise MpqError(f"{message} (see `{self.prog} --help`)")
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
-    from mpq.quant.widths import check_bits
-
-    for v in values:
-        try:
-            check_bits(v)
-        except MpqError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return values
+def _group(p: argparse.ArgumentParser, title: str):
+    """The option group `title` of `p` (what `--help` shows under that heading), made when first asked for."""
+    return next((g for g in p._action_groups if g.title == title), None) or p.add_argument_group(title)
 
 
-def _positive(text: str) -> int:
-    """A whole number of at least 1 (batch sizes, counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its options in groups (mpq.cli.examples.GROUPS) and ends with examples."""
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+    for title in GROUPS[name]:
+        _group(p, title)
+    return p
 
 
-def _count(text: str) -> int:
-    """A whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+def _add_json(p: argparse.ArgumentParser, what: str) -> None:
+    _group(p, OUTPUT).add_argument("--json", action="store_true", help=f"print {what} as one JSON object on stdout instead of tables (docs/cli.md)")
 
 
-def _act_bits(text: str) -> tuple[int | None, ...]:
-    widths = []
-    for item in (v.strip() for v in text.split(",") if v.strip()):
-        if item.lower() in ("none", "float", "off", "0"):
-            widths.append(None)
-            continue
-        try:
-            widths.append(int(item))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'") from None
-    if not widths:
-        raise argparse.ArgumentTypeError("give at least one activation width, e.g. 8 or 4,8, or 'none'")
-    return tuple(widths)
 
-
-def _add_pin_options(p: argparse.ArgumentParser) -> None:
+def _add_pin_options(parser: argparse.ArgumentParser) -> None:
+    p = _group(parser, BUDGET)
     p.add_argument("--keep", action="append", default=[], metavar="NAME=BITS", help="keep layer NAME at BITS weight bits, e.g. fc=8; repeatable")
     p.add_argument("--keep-first", type=int, metavar="BITS", help="keep the first quantizable layer (execution order) at BITS weight bits")
     p.add_argument("--keep-last", type=int, metavar="BITS", help="keep the last quantizable layer (execution order) at BITS weight bits")
 
-
-def _verify_points(text: str) -> "int | str":
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points or 'all'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
@@ -97,21 +66,23 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     from mpq.plan.settings import SearchSpace
 
     space = SearchSpace()
+    parser, p = p, _group(p, BUDGET)  # p: the group of widths and pins; parser: for the other groups
     widths = lambda ws: ",".join("none" if w is None else str(w) for w in ws)  # noqa: E731
-    p.add_argument("--bits", type=_widths, default=space.bits, help=f"candidate weight widths (default {widths(space.bits)})")
-    p.add_argument("--act-bits", type=_act_bits, default=space.act_bits, help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
+    p.add_argument("--bits", type=widths_type, default=space.bits, help=f"candidate weight widths (default {widths(space.bits)})")
+    p.add_argument("--act-bits", type=act_bits_type, default=space.act_bits, help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost")
     p.add_argument("--trace-margin", type=float, default=space.trace_margin, help=f"Omega uses trace + this many standard errors (default {space.trace_margin:g}; 0 = plain HAWQ-V2)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
-    p.add_argument("--eval-batch-size", type=_positive, default=25, help="samples per evaluation batch (default 25)")
-    _add_quantizer_options(p, default_is_plan=False)
-    _add_pin_options(p)
-    _add_solver_options(p)
-    _add_probe_options(p)
+    _group(parser, OUTPUT).add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    _group(parser, OUTPUT).add_argument("--eval-batch-size", type=positive, default=25, help="samples per evaluation batch (default 25)")
+    _add_quantizer_options(parser, default_is_plan=False)
+    _add_pin_options(parser)
+    _add_solver_options(parser)
+    _add_probe_options(parser)
 
 
 def _add_solver_options(p: argparse.ArgumentParser) -> None:
     from mpq.plan.settings import DEFAULT_SOLVER, SOLVERS
 
+    p = _group(p, SOLVER)
     p.add_argument("--solver", choices=SOLVERS, default=DEFAULT_SOLVER, help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)")
 
@@ -143,9 +114,10 @@ def pins_arg(args) -> dict:
 
 
 def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    p = _group(p, LATENCY)
     p.add_argument("--device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml")
     p.add_argument("--latency-table", metavar="FILE.csv", help="latency by a measured table (written by `mpq profile`); its rows limit the widths offered")
-    p.add_argument("--latency-batch", type=_positive, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
+    p.add_argument("--latency-batch", type=positive, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
 
 
 def latency_arg(args):
@@ -167,23 +139,16 @@ def need_latency_model(budgets, latency) -> None:
     check_latency_budgets(budgets, latency, how)
 
 
-def _on_off(text: str) -> bool:
-    if text.lower() in ("on", "true", "yes", "1"):
-        return True
-    if text.lower() in ("off", "false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
-
 
 def _add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> None:
-    from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
-    from mpq.quant.quantizer import PRESETS
+    from mpq.quant.quantizer import ACT_OBSERVER_NAMES, PRESETS, WEIGHT_CLIP_NAMES
 
     base = "the plan's quantizer" if default_is_plan else "the default preset"
+    p = _group(p, QUANTIZER)
     p.add_argument("--quantizer", choices=tuple(PRESETS), help=f"quantizer preset (default: {base}); the three options below override its parts")
-    p.add_argument("--act-observer", choices=tuple(ACT_OBSERVERS), help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
-    p.add_argument("--weight-clip", choices=tuple(WEIGHT_CLIPS), help="weight scales per channel: min-max, or the clip ratio of least squared error")
-    p.add_argument("--bias-correction", type=_on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
+    p.add_argument("--act-observer", choices=ACT_OBSERVER_NAMES, help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
+    p.add_argument("--weight-clip", choices=WEIGHT_CLIP_NAMES, help="weight scales per channel: min-max, or the clip ratio of least squared error")
+    p.add_argument("--bias-correction", type=on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
 
 
 def quantizer_arg(args, default_is_plan: bool):
@@ -196,6 +161,7 @@ def quantizer_arg(args, default_is_plan: bool):
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
+    p = _group(p, MODEL)
     p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); repeatable")
     p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
@@ -208,6 +174,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
 
     d = ProbeSettings()
+    parser, p = p, _group(p, PROBING)
     p.add_argument("--tol", type=float, default=d.tol, help=f"stop probing when every layer's stderr is below this fraction of its trace (default {d.tol:g})")
     p.add_argument("--max-probes", type=int, default=d.max_probes, help=f"most Hutchinson probes (default {d.max_probes})")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds, help=f"most seconds of probing (default {d.max_seconds:g})")
@@ -221,12 +188,12 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    add_progress_options(p)
+    add_progress_options(parser)
 
 
 def add_progress_options(p: argparse.ArgumentParser) -> None:
     """--quiet and --verbose; without either, progress bars show only when stderr is a terminal."""
-    group = p.add_mutually_exclusive_group()
+    group = _group(p, OUTPUT).add_mutually_exclusive_group()
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     group.add_argument("--verbose", action="store_true", help="progress bars even when stderr is not a terminal (default: only on a terminal)")
 
@@ -237,71 +204,78 @@ def progress_arg(args) -> bool | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mpq", description="Mixed-precision quantization search and sensitivity analysis for PyTorch.")
+    parser = _Parser(prog="mpq", description="Mixed-precision quantization search and sensitivity analysis for PyTorch.", epilog=TOP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print mpq's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    search = sub.add_parser("search", help="find the widths of every layer within a budget, verify and report them")
+    search = _command(sub, "search", "find the widths of every layer within a budget, verify and report them")
     _add_model_data(search)
-    search.add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
+    _group(search, BUDGET).add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
     _add_search_options(search)
-    search.add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
-    search.add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
-    search.add_argument("--proxy-check", type=_count, default=0, metavar="N", help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)")
-    search.add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
+    _group(search, BUDGET).add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
+    _group(search, BUDGET).add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
+    _group(search, BUDGET).add_argument("--proxy-check", type=count, default=0, metavar="N", help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)")
+    _group(search, BUDGET).add_argument("--channel-group", type=int, default=1, metavar="N", help="with --granularity channel: N consecutive output channels share one width (default 1)")
     _add_latency_options(search)
+    _add_json(search, '{"plan": plan.json, "report": report.json, "files": [...]}')
 
-    sweep = sub.add_parser("pareto", help="the least-Omega plan at each budget of a range, some measured, against uniform widths")
+    sweep = _command(sub, "pareto", "the least-Omega plan at each budget of a range, some measured, against uniform widths")
     _add_model_data(sweep)
-    sweep.add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
-    sweep.add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
-    sweep.add_argument("--verify-points", type=_verify_points, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")
+    _group(sweep, SWEEP).add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
+    _group(sweep, SWEEP).add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
+    _group(sweep, SWEEP).add_argument("--verify-points", type=verify_points_type, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")
     _add_search_options(sweep)
+    _add_json(sweep, "pareto.json's content")
 
-    solve = sub.add_parser("solve", help="solve a bit-allocation problem given as a CSV table and write plan.json")
-    solve.add_argument("--table", required=True, help="CSV: layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]; one row per layer and choice")
-    solve.add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
-    solve.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    solve = _command(sub, "solve", "solve a bit-allocation problem given as a CSV table and write plan.json")
+    _group(solve, PROBLEM).add_argument("--table", required=True, help="CSV: layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s[,group]; one row per layer and choice")
+    _group(solve, PROBLEM).add_argument("--budget", action="append", required=True, help="4MB, 123456B, 20GBOPs, 2.5ms, 800us ...; repeat for several (all must hold)")
+    _group(solve, OUTPUT).add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     _add_pin_options(solve)
     _add_solver_options(solve)
+    _add_json(solve, "plan.json's content")
 
-    sens = sub.add_parser("sensitivity", help="per-layer Hessian traces with standard errors")
+    sens = _command(sub, "sensitivity", "per-layer Hessian traces with standard errors")
     _add_model_data(sens)
-    sens.add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
-    sens.add_argument("--activations", action="store_true", help="also the sensitivity of every layer's input (what chooses --act-bits in mpq search)")
-    sens.add_argument("--plot", default=DEFAULT_SENSITIVITY_PLOT, metavar="FILE.png", help=f"bar chart of the per-layer sensitivities with error bars (default {DEFAULT_SENSITIVITY_PLOT})")
-    sens.add_argument("--no-plot", action="store_true", help="write no chart")
+    _group(sens, OUTPUT).add_argument("--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table")
+    _group(sens, PROBING).add_argument("--activations", action="store_true", help="also the sensitivity of every layer's input (what chooses --act-bits in mpq search)")
+    _group(sens, OUTPUT).add_argument("--plot", default=DEFAULT_SENSITIVITY_PLOT, metavar="FILE.png", help=f"bar chart of the per-layer sensitivities with error bars (default {DEFAULT_SENSITIVITY_PLOT})")
+    _group(sens, OUTPUT).add_argument("--no-plot", action="store_true", help="write no chart")
     _add_probe_options(sens)
 
-    check = sub.add_parser("verify", help="measure a saved plan on a model and data; writes report.json")
+    check = _command(sub, "verify", "measure a saved plan on a model and data; writes report.json")
     check.add_argument("plan", help="plan.json written by `mpq search`")
     _add_model_data(check)
-    check.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
-    check.add_argument("--eval-batch-size", type=_positive, default=25, help="samples per evaluation batch (default 25)")
-    check.add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
-    check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _group(check, OUTPUT).add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
+    _group(check, OUTPUT).add_argument("--eval-batch-size", type=positive, default=25, help="samples per evaluation batch (default 25)")
+    _group(check, OUTPUT).add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    _group(check, OUTPUT).add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(check)
     _add_latency_options(check)
+    _add_json(check, "report.json's content")
 
-    profile = sub.add_parser("profile", help="measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
+    profile = _command(sub, "profile", "measure each layer's latency on this machine, for the widths it runs natively; writes a latency table")
     _add_model_data(profile)
-    profile.add_argument("--out", required=True, help="the CSV latency table to write (for --latency-table)")
-    profile.add_argument("--batch", type=_positive, default=1, help="samples per timed call (default 1)")
-    profile.add_argument("--repeats", type=_positive, default=25, help="timed calls per layer and width; the median is kept (default 25)")
-    profile.add_argument("--warmup", type=_count, default=5, help="untimed calls before them (default 5)")
-    profile.add_argument("--threads", type=_positive, help="torch threads while timing (default: torch's own choice)")
+    _group(profile, OUTPUT).add_argument("--out", required=True, help="the CSV latency table to write (for --latency-table)")
+    _group(profile, TIMING).add_argument("--batch", type=positive, default=1, help="samples per timed call (default 1)")
+    _group(profile, TIMING).add_argument("--repeats", type=positive, default=25, help="timed calls per layer and width; the median is kept (default 25)")
+    _group(profile, TIMING).add_argument("--warmup", type=count, default=5, help="untimed calls before them (default 5)")
+    _group(profile, TIMING).add_argument("--threads", type=positive, help="torch threads while timing (default: torch's own choice)")
     add_progress_options(profile)
+    _add_json(profile, "the latency table's rows")
     _add_quantizer_options(check, default_is_plan=True)
 
-    export = sub.add_parser("export", help="write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
+    export = _command(sub, "export", "write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
     export.add_argument("plan", help="plan.json written by `mpq search`")
-    export.add_argument("--format", choices=("packed", "onnx", "torchao"), default="packed", help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed")
-    export.add_argument("--out", required=True, help="the file to write")
+    _group(export, OUTPUT).add_argument("--format", choices=("packed", "onnx", "torchao"), default="packed", help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed")
+    _group(export, OUTPUT).add_argument("--out", required=True, help="the file to write")
     _add_model_data(export)
-    export.add_argument("--batch-size", type=_positive, default=25, help="samples per calibration batch (default 25)")
-    export.add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
-    export.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _group(export, MODEL).add_argument("--batch-size", type=positive, default=25, help="samples per calibration batch (default 25)")
+    _group(export, OUTPUT).add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
+    _group(export, OUTPUT).add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(export)
     _add_quantizer_options(export, default_is_plan=True)
+    _add_json(export, "what was written (file, format, bytes)")
     add_cache_parser(sub)
     return parser
 

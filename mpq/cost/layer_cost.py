@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mpq.inputs.graph import LayerInfo
+if TYPE_CHECKING:  # annotations only: building the `mpq` parser (which reads plan defaults) does not import torch
+    from mpq.inputs.graph import LayerInfo
 
 FLOAT_BYTES = 4
 ACT_QUANT_PARAM_BYTES = 8

@@ -30,7 +30,7 @@ import time
 import warnings
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -234,6 +234,11 @@ class ProfileResult:
     def covered(self, choice: Choice) -> list[LayerInfo]:
         keys = {r.key for r in self.rows if r.choice == choice}
         return [layer for layer in self.layers if layer_key(layer, self.batch) in keys]
+
+    def to_json(self) -> dict:
+        """What `mpq profile --json` prints: the device, the batch, every row (as in the CSV table) and the failures."""
+        rows = [{**asdict(r.key), "weight_bits": r.choice.weight_bits, "act_bits": r.choice.act_bits, "latency_s": r.latency_s, "backend": r.backend} for r in self.rows]
+        return {"device": self.device, "batch": self.batch, "seconds": self.seconds, "model_fp32_s": self.model_fp32_s, "rows": rows, "failures": self.failures}
 
     def summary(self) -> str:
         lines = [f"device: {self.device}; batch {self.batch}; {len(self.rows)} rows; profiling took {self.seconds:.1f} s", "",

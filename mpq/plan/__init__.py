@@ -5,7 +5,11 @@
      "budgets": [{"kind": "size_bytes", "limit": 4000000, "text": "4MB"}],
      "layers": {"<module name>": {"weight_bits": 6, "act_bits": 8, "granularity": "channel", ...}},
      "predicted": {"size_bytes": int, "bops": float, "omega": float},
-     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null}}
+     "solver": {"name": "highs", "status": "optimal", "proven_optimal": true, "gap": 0.0, "time_limit_s": null},
+     "versions": {"mpq": "0.1.0", "torch": "2.13.0", "numpy": ..., "pulp": ..., "highspy": ...}}
+
+"versions" are those of the mpq that made the plan and of the packages its numbers depend on
+(mpq.versions); a plan read back keeps its own (none for plans written before they were recorded).
 
 "granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
 widths (`--granularity channel`) adds to every layer entry
@@ -30,6 +34,7 @@ from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_jso
 from mpq.plan.legacy import settings_from_json
 from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+from mpq.versions import versions
 
 __all__ = ["Plan", "LayerPlan", "ChannelRun", "PlanSettings", "SearchSpace", "SolverSettings", "storage_chunks"]
 
@@ -45,6 +50,7 @@ class Plan:
     predicted: dict = field(default_factory=dict)
     settings: PlanSettings | None = None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
     solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
+    versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy when it was made (mpq.versions)
 
     @property
     def quantizer(self) -> Quantizer:
@@ -60,6 +66,7 @@ class Plan:
             "predicted": self.predicted,
             "settings": self.settings.to_json() if self.settings is not None else {},
             **({"solver": self.solver} if self.solver else {}),
+            **({"versions": dict(self.versions)} if self.versions else {}),
         }
 
     def save(self, path: "str | Path") -> None:
@@ -75,10 +82,11 @@ class Plan:
             for key in ("model", "predicted", "solver"):
                 if not isinstance(data.get(key, {}), dict):
                     raise TypeError(f"{key} must be an object")
+            made_with = _versions_from_json(data.get("versions", {}))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
         return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
-                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}))
+                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}), versions=made_with)
 
     @classmethod
     def load(cls, path: "str | Path") -> "Plan":
@@ -96,4 +104,7 @@ class Plan:
         return plan
 
 
-
+def _versions_from_json(data) -> dict[str, str | None]:
+    if not isinstance(data, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()):
+        raise ValueError(f'"versions" must map package names to version strings, not {data!r}')
+    return dict(data)

@@ -4,8 +4,8 @@ One `Quantizer` is used throughout a search: the quantization errors of Omega (m
 the verification, the baselines and the exports all quantize with it. It is recorded in
 plan.json's settings ("quantizer") and read back by `mpq verify` and `mpq export`.
 
-    act_observer     minmax | percentile | mse | aciq     (mpq.observers.ACT_OBSERVERS)
-    weight_clip      minmax | mse                         (mpq.observers.WEIGHT_CLIPS)
+    act_observer     minmax | percentile | mse | aciq     (mpq.quant.observers.ACT_OBSERVERS)
+    weight_clip      minmax | mse                         (mpq.quant.observers.WEIGHT_CLIPS)
     bias_correction  True | False                         (mpq.quant.bias_correction)
 
 Presets (`--quantizer NAME`): "minmax" (the plain min-max quantizer), "default" (the measured best,
@@ -19,7 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mpq.errors import MpqError
-from mpq.quant.observers import ACT_OBSERVERS, WEIGHT_CLIPS
+
+# the names of mpq.quant.observers' ACT_OBSERVERS and WEIGHT_CLIPS (tests/test_habits.py keeps them equal), here
+# so that a Quantizer and the `mpq` parser's choices need no torch
+ACT_OBSERVER_NAMES = ("minmax", "percentile", "mse", "aciq")
+WEIGHT_CLIP_NAMES = ("minmax", "mse")
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,10 @@ class Quantizer:
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        if self.act_observer not in ACT_OBSERVERS:
-            raise MpqError(f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVERS)}")
-        if self.weight_clip not in WEIGHT_CLIPS:
-            raise MpqError(f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIPS)}")
+        if self.act_observer not in ACT_OBSERVER_NAMES:
+            raise MpqError(f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVER_NAMES)}")
+        if self.weight_clip not in WEIGHT_CLIP_NAMES:
+            raise MpqError(f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIP_NAMES)}")
         if not isinstance(self.bias_correction, bool):
             raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import atomic_path, write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
+from mpq.report.summary import summary
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import HessianTrace, metric_of
 from mpq.solver.milp import solver_note
@@ -228,13 +229,17 @@ OPTIONAL_PLOTS = {  # written by other commands into the same folder; report.md 
 }
 
 
-def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = ()) -> str:
-    """report.md; `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
+def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = (), command: str | None = None) -> str:
+    """report.md, opening with its summary (mpq.report.summary; `command`: the command line that made it, if known);
+    `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
     budgets = ", ".join(b.text for b in plan.budgets)
     warnings = sensitivity.warnings()
     space = plan.settings.space
     parts = [
         "# mpq report",
+        "",
+        *summary(sensitivity, plan, report, command),
+        "## Search",
         "",
         f"Budget: {budgets}. Candidate weight widths: {list(space.bits)}"
         + (f" per group of {space.channel_group} output channel(s)" if space.granularity == "channel" else "")
@@ -294,8 +299,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
     return "\n".join(parts)
 
 
-def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report) -> list[Path]:
-    """plan.json, report.json, report.md and layers.png (and the proxy check's plot), each written atomically."""
+def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report, command: str | None = None) -> list[Path]:
+    """plan.json, report.json, report.md and layers.png (and the proxy check's plot), each written atomically;
+    `command`: the command line report.md's summary names (None: the Python call)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "plan.json", out_dir / "report.json", out_dir / "report.md", out_dir / "layers.png"]
     plot_layers(sensitivity, plan, paths[3])
@@ -303,7 +309,7 @@ def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: R
         paths.append(out_dir / PROXY_PLOT)
         plot_proxy(report.proxy, paths[-1])
     plots = tuple(name for name in OPTIONAL_PLOTS if (out_dir / name).exists())
-    write_text_atomic(paths[2], markdown_report(sensitivity, plan, report, plots))
+    write_text_atomic(paths[2], markdown_report(sensitivity, plan, report, plots, command))
     write_json_atomic(paths[1], report.to_json())
     plan.save(paths[0])
     return paths

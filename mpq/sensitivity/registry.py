@@ -15,11 +15,14 @@ never compares metric names.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mpq.errors import MpqError
-from mpq.sensitivity.hessian import HessianTraces, hutchinson_traces
-from mpq.sensitivity.metrics import EIGEN_TOL, fisher_traces, top_eigenvalues
+
+if TYPE_CHECKING:
+    from mpq.sensitivity.hessian import HessianTraces
+
+# the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
 
 CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
 
@@ -60,6 +63,8 @@ class HessianTrace(Metric):
     uses_quantizer = False
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        from mpq.sensitivity.hessian import hutchinson_traces
+
         return hutchinson_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint), {}
 
 
@@ -71,6 +76,8 @@ class FisherTrace(Metric):
     uses_quantizer = False
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        from mpq.sensitivity.metrics import fisher_traces
+
         return fisher_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn), {}
 
 
@@ -82,12 +89,16 @@ class TopEigenvalue(Metric):
     uses_quantizer = False
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        from mpq.sensitivity.metrics import top_eigenvalues
+
         return top_eigenvalues(model, names, x, targets, settings, progress, loss_fn=loss_fn)
 
     def shown(self, trace, stderr, details, measured):
         return details["top_eigenvalue"], details["eigenvalue_change"]
 
     def warning(self, trace, stderr, tol, details):
+        from mpq.sensitivity.metrics import EIGEN_TOL
+
         eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
         if eigenvalue <= 0:
             return "top eigenvalue not positive"

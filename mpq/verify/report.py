@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.reference import Fp32Reference
 from mpq.verify.sqnr import LayerSqnr
+from mpq.versions import versions
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Report:
     latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
     quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
     proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.verify.proxy)
+    versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
 
     def to_json(self) -> dict:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
@@ -62,6 +64,7 @@ class Report:
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
             "quantizer": self.quantizer.to_json(),
+            "versions": dict(self.versions),
         } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {})
 
 

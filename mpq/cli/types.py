@@ -1,0 +1,81 @@
+"""The types of the `mpq` options: argparse converters that turn text into widths, counts and switches."""
+
+from __future__ import annotations
+
+import argparse
+
+from mpq.errors import MpqError
+
+
+def widths_type(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,6,8") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one width, e.g. 4,8")
+    from mpq.quant.widths import check_bits
+
+    for v in values:
+        try:
+            check_bits(v)
+        except MpqError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return values
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1 (batch sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def act_bits_type(text: str) -> tuple[int | None, ...]:
+    widths = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.lower() in ("none", "float", "off", "0"):
+            widths.append(None)
+            continue
+        try:
+            widths.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'") from None
+    if not widths:
+        raise argparse.ArgumentTypeError("give at least one activation width, e.g. 8 or 4,8, or 'none'")
+    return tuple(widths)
+
+
+def verify_points_type(text: str) -> "int | str":
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not on or off")

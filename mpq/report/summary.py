@@ -1,0 +1,94 @@
+"""The summary report.md opens with: how the plan was made, its budget, the result against the best
+uniform plan that fits the same budget, and what to try next."""
+
+from __future__ import annotations
+
+from mpq.cost.budget import format_bytes
+from mpq.plan import Plan
+from mpq.sensitivity.result import Sensitivity
+from mpq.verify.report import Measurement, Report
+
+ACT_CAP = 0.5  # uniform W8 (same activations) with at least this share of the plan's KL: activations cap the result
+
+
+def best_uniform(report: Report) -> Measurement | None:
+    """The uniform baseline of least KL among those that fit the plan's budgets (None: none fits)."""
+    fitting = [m for m in report.baselines if m.fits_budget]
+    return min(fitting, key=lambda m: m.kl_to_fp32) if fitting else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _measured(m: Measurement) -> str:
+    top1 = f", top-1 {_pct(m.top1)}" if m.top1 is not None else ""
+    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {_pct(m.fp32_agreement)}{top1}"
+
+
+def _verdict(plan: Measurement, uniform: Measurement | None) -> str:
+    if uniform is None:
+        return "no uniform width fits the budget, so the plan is the only quantized model within it"
+    if plan.kl_to_fp32 < uniform.kl_to_fp32:
+        ratio = uniform.kl_to_fp32 / plan.kl_to_fp32 if plan.kl_to_fp32 > 0 else float("inf")
+        return f"the plan's KL is {ratio:.2g}× lower than {uniform.name}'s, the best uniform plan that fits"
+    return f"{uniform.name}, a uniform plan that fits, does as well as the plan or better (KL {uniform.kl_to_fp32:.4g} against {plan.kl_to_fp32:.4g})"
+
+
+def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str]:
+    """What to try next, most telling first; one line when nothing stands out."""
+    steps = []
+    uniform = best_uniform(report)
+    measured = report.plan
+    warnings = sensitivity.warnings()
+    if uniform is not None and uniform.kl_to_fp32 <= measured.kl_to_fp32:
+        steps.append(f"A uniform plan wins ({uniform.name}): Ω does not rank the widths well here. Try a measured metric "
+                     "(`--metric output_kl` or `--metric kl_quadratic`), or `--proxy-check 20` to see how well Ω predicts KL; "
+                     f"meanwhile {uniform.name} is the better choice at this budget.")
+    if sensitivity.stop_reason in ("max_probes", "max_seconds"):
+        limit = "--max-probes" if sensitivity.stop_reason == "max_probes" else "--max-seconds"
+        steps.append(f"Probing stopped at `{limit}` before every layer's estimate was within `--tol {sensitivity.settings.tol:g}` "
+                     f"of it: raise `{limit}` (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them).")
+    if warnings:
+        names = ", ".join(list(warnings)[:3]) + (", …" if len(warnings) > 3 else "")
+        steps.append(f"{len(warnings)} layer(s) have estimates not to be trusted ({names}; see Warnings): more probes "
+                     "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt.")
+    w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
+    act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
+    if w8 is not None and any(a is not None for a in act_bits) and measured.kl_to_fp32 > 0 and w8.kl_to_fp32 >= ACT_CAP * measured.kl_to_fp32:
+        steps.append(f"Activation quantization caps the result: {w8.name} alone has KL {w8.kl_to_fp32:.4g}, "
+                     f"{w8.kl_to_fp32 / measured.kl_to_fp32:.0%} of the plan's, so narrower weights are not what costs most. "
+                     "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone.")
+    if not steps:
+        steps.append("Nothing stands out. To see what a little more or less size buys, sweep the budget: "
+                     "`mpq pareto --budget LOW:HIGH` (docs/pareto.md); `mpq export` writes the plan for deployment.")
+    return steps
+
+
+def api_call(plan: Plan) -> str:
+    """The Python call that makes such a report (when no command line is known)."""
+    budgets = [b.text for b in plan.budgets]
+    budget = repr(budgets[0]) if len(budgets) == 1 else repr(budgets)
+    return f"mpq.search(model, data, budget={budget})"
+
+
+def summary(sensitivity: Sensitivity, plan: Plan, report: Report, command: str | None = None) -> list[str]:
+    """The lines of report.md's `## Summary` section."""
+    made_by = f"`{command}`" if command else f"`{api_call(plan)}` (Python API)"
+    budgets = ", ".join(f"{b.text} ({b.limit:,.0f} bytes)" if b.kind == "size_bytes" else b.text for b in plan.budgets) or "none"
+    uniform = best_uniform(report)
+    lines = [
+        "## Summary",
+        "",
+        f"- Made by: {made_by}",
+        f"- Budget: {budgets}",
+        f"- The plan: {_measured(report.plan)}",
+        f"- Best uniform plan that fits: {uniform.name}, {_measured(uniform)}" if uniform else "- Best uniform plan that fits: none fits the budget",
+        f"- Result: {_verdict(report.plan, uniform)}",
+        "",
+        "What to try next:",
+        "",
+        *[f"- {step}" for step in next_steps(sensitivity, plan, report)],
+        "",
+    ]
+    return lines
