@@ -14,7 +14,7 @@ from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, check_data_fits
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer
@@ -78,6 +78,7 @@ def search(
     metric: str = "hessian",
     quantizer: "str | Quantizer | None" = None,
     loss=None,
+    eval_data=None,
     latency=None,
     proxy_plans: int = 0,
     eval_batch_size: int = 25,
@@ -88,7 +89,8 @@ def search(
 ) -> SearchResult:
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
     `space`, `solver` and `latency` as in `solve` (the flat keywords of mpq 0.1.0 still work, with a
-    DeprecationWarning). `proxy_plans` > 0 also measures that many random plans at the same size budget
+    DeprecationWarning). `eval_data`: the data the plan is measured on (calibration uses `data`; None: `data` itself, in-sample).
+    `proxy_plans` > 0 also measures that many random plans at the same size budget
     and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
 
     With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
@@ -105,6 +107,7 @@ def search(
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
     prepared = as_prepared(model, data, quantize_embeddings)
+    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
     pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
@@ -123,7 +126,7 @@ def search(
     solve_within = lambda b: solve(sensitivity, b, space=space, solver=solver, latency=latency)  # noqa: E731
     plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress)
+    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress, eval_data=held_out)
     t3 = time.perf_counter()
     if proxy_plans:
         report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)

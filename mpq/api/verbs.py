@@ -25,7 +25,7 @@ from mpq.cost.latency import coverage_note, latency_from_source, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, check_data_fits, names_embeddings
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
@@ -181,7 +181,7 @@ def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
 
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None, progress: bool | None = None,
+    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
     `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
@@ -207,7 +207,8 @@ def verify(
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress)
+    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
+    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress, held_out)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(

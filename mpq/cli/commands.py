@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from mpq.cli.parser import analyze_options, created, latency_arg, load_inputs, need_latency_model, pins_arg, progress_arg, quantizer_arg, search_space, solver_settings, writable_folder
+from mpq.cli.parser import analyze_options, created, eval_data_arg, latency_arg, load_inputs, need_latency_model, pins_arg, progress_arg, quantizer_arg, search_space, solver_settings, writable_folder
 from mpq.errors import MpqError
 
 
@@ -26,7 +26,7 @@ def run_search(args) -> int:
     out = writable_folder(args.out)
     model, data = load_inputs(args)
     space = search_space(args)
-    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, **analyze_options(args))
+    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, eval_data=eval_data_arg(args), **analyze_options(args))
     paths = write_outputs(out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None))
     if args.json:
         _print_json(plan=result.plan.to_json(), report=result.report.to_json(), files=[str(p) for p in paths])
@@ -124,7 +124,7 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args))
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args), eval_data=eval_data_arg(args))
     write_json_atomic(created(out) / "report.json", report.to_json())
     if args.json:
         _print_json(report=report.to_json(), files=[str(out / "report.json")])

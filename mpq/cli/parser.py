@@ -160,6 +160,10 @@ def quantizer_arg(args, default_is_plan: bool):
     return resolve_quantizer(args.quantizer, **parts)
 
 
+def _add_eval_data(p: argparse.ArgumentParser) -> None:
+    _group(p, MODEL).add_argument("--eval-data", help="the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: --data itself (in-sample, as the report says)")
+
+
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     p = _group(p, MODEL)
     p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
@@ -210,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = _command(sub, "search", "find the widths of every layer within a budget, verify and report them")
     _add_model_data(search)
+    _add_eval_data(search)
     _group(search, BUDGET).add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
     _add_search_options(search)
     _group(search, BUDGET).add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
@@ -246,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = _command(sub, "verify", "measure a saved plan on a model and data; writes report.json")
     check.add_argument("plan", help="plan.json written by `mpq search`")
     _add_model_data(check)
+    _add_eval_data(check)
     _group(check, OUTPUT).add_argument("--out", default=DEFAULT_OUT, help=f"output folder for report.json (default {DEFAULT_OUT}/)")
     _group(check, OUTPUT).add_argument("--eval-batch-size", type=positive, default=25, help="samples per evaluation batch (default 25)")
     _group(check, OUTPUT).add_argument("--cache-dir", help="where measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
@@ -291,6 +297,13 @@ def load_inputs(args):
     model = load_model_spec(args.model or DEFAULT_MODEL_SPEC, parse_model_args(args.model_arg), args.weights)
     data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform)
     return model, data
+
+
+def eval_data_arg(args):
+    """The held-out data of --eval-data (read like --data), or None."""
+    from mpq.inputs.specs import load_data_spec
+
+    return None if getattr(args, "eval_data", None) is None else load_data_spec(args.eval_data, args.transform)
 
 
 def probe_settings(args):

@@ -3,6 +3,8 @@ with one actionable sentence for anything that cannot be used."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -40,6 +42,28 @@ def _check_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     return output
 
 
+@contextmanager
+def _model_runs_on(data: Dataset):
+    """What the model raises on the data becomes one sentence about the data's shape and type."""
+    try:
+        yield
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
+        raise MpqError(
+            f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
+            f"{hint}give data shaped and typed as the model expects"
+        ) from None
+
+
+def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
+    """`data` (e.g. held-out evaluation data) checked against an already prepared model as the first data was."""
+    with _model_runs_on(data):
+        output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH])
+    check_labels(output, data.y)
+    return data
+
+
 def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
     """Labels are class indices of the model's outputs: 0 .. outputs - 1 along dimension 1."""
     if labels is None or output.dim() != 2:
@@ -56,16 +80,9 @@ def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     _check_finite_weights(model)
     example = data.x[:EXAMPLE_BATCH]
-    try:
+    with _model_runs_on(data):
         prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
         output = _check_output(prepared.folded, example)
-    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
-        raise MpqError(
-            f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
-            f"{hint}give data shaped and typed as the model expects"
-        ) from None
     check_labels(output, data.y)
     if not prepared.graph.layers:
         raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")

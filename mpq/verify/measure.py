@@ -174,14 +174,17 @@ def verify_prepared(
     latency=None,
     quantizer: Quantizer | None = None,
     progress: bool | None = None,
+    eval_data: Dataset | None = None,
 ) -> Report:
     """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
     (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
-    with `quantizer` (None: the plan's). `progress`: a bar over the models measured (mpq.progress)."""
+    with `quantizer` (None: the plan's) fitted on `data`, and measured on `eval_data` (None: on `data` itself).
+    `progress`: a bar over the models measured (mpq.progress)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
-    reference = fp32_reference(prepared, data, batch_size, cache)
-    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache, quantizer)
+    calibrated_on = fp32_reference(prepared, data, batch_size, cache)
+    calibration = plan_calibration(prepared, plan, data, calibrated_on, batch_size, cache, quantizer)
+    data, reference = (data, calibrated_on) if eval_data is None else (eval_data, fp32_reference(prepared, eval_data, batch_size, cache))
     uniforms = {bits: uniform_plan(prepared, bits, act_bits) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
     uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency)}
     with bar(1 + len(uniforms), "verify", progress, unit="model") as shown:
@@ -197,5 +200,13 @@ def verify_prepared(
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer,
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[_measured_on(calibrated_on, eval_data)],
     )
+
+
+def _measured_on(calibrated_on, eval_data: Dataset | None) -> str:
+    """Which data the numbers are measured on: held out, or the calibration data itself."""
+    calibration = len(calibrated_on.logits)
+    if eval_data is None:
+        return f"measured on the {calibration} calibration samples themselves (in-sample): give --eval-data (eval_data=) for held-out numbers"
+    return f"calibrated on {calibration} samples (--data), measured on {len(eval_data)} held-out samples (--eval-data)"

@@ -1,0 +1,48 @@
+"""Held-out verification: the quantizer is calibrated on `data`, the plan and baselines measured on `eval_data`."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import mpq
+from mpq.errors import MpqError
+from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.quant.reference import fp32_reference
+from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
+from tests.helpers import USER_MODELS, run_cli
+from tests.user_models import mlp
+
+
+@pytest.fixture
+def halves():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 4, (64,))
+    return (x[:32], y[:32]), (x[32:], y[32:])
+
+
+def test_plan_is_calibrated_on_data_and_measured_on_eval_data(halves):
+    (calibration, held_out), model = halves, mlp()
+    result = mpq.search(model, calibration, "1KB", eval_data=held_out, probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    report, plan = result.report, result.plan
+    assert report.plan.n_eval == 32 and any("measured on 32 held-out samples" in n for n in report.notes)
+    prepared, cal, evl = as_prepared(model, as_dataset(calibration)), as_dataset(calibration), as_dataset(held_out)
+    fitted = plan_calibration(prepared, plan, cal, fp32_reference(prepared, cal, 25, mpq.cache.Cache(None)))
+    logits = packed_logits(prepared, pack_plan(prepared, plan, fitted), evl, 25)
+    fp32 = fp32_reference(prepared, evl, 25, mpq.cache.Cache(None)).logits
+    expected_kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(fp32, 1), log_target=True, reduction="batchmean"))
+    assert report.plan.kl_to_fp32 == pytest.approx(expected_kl, rel=1e-6)
+    assert report.fp32.top1 == pytest.approx(float((fp32.argmax(1) == held_out[1]).float().mean()))
+    in_sample = mpq.verify(model, plan, calibration, cache_dir=False)
+    assert in_sample.plan.kl_to_fp32 != pytest.approx(report.plan.kl_to_fp32) and any("in-sample" in n for n in in_sample.notes)
+
+
+def test_eval_data_that_does_not_fit_the_model_fails_before_any_work(halves, tmp_path, capsys):
+    calibration, _ = halves
+    np.savez(tmp_path / "cal.npz", x=calibration[0].numpy(), y=calibration[1].numpy())
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((8, 5), np.float32))
+    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", tmp_path / "cal.npz", "--eval-data", tmp_path / "wrong.npz",
+                             "--budget", "1KB", "--out", tmp_path / "out", "--no-cache")
+    assert status == 2 and err.startswith("mpq: error: the model cannot run on the data (inputs of shape (5,)") and len(err.strip().splitlines()) == 1
+    with pytest.raises(MpqError, match="labels y reach 9"):
+        mpq.search(mlp(), calibration, "1KB", eval_data=(calibration[0], torch.full((32,), 9)), cache_dir=False, progress=False)
