@@ -202,10 +202,24 @@ def test_onnx_stores_per_channel_codes_in_the_widest_type(tiny_setup, channel_pl
     assert torch.allclose(run_onnx(tmp_path / "tiny.onnx", data.x, batch_size=8), evaluator, atol=1e-5)
 
 
-def test_torchao_export_refuses_per_channel_plans(tiny_setup, channel_plan, tmp_path):
+def test_torchao_export_carries_per_channel_widths(tiny_setup, channel_plan, tmp_path):
+    from torchao.quantization import quantize_
+
+    from mpq.export.torchao_config import load_torchao_config
+
     model, data, _ = tiny_setup
-    with pytest.raises(MpqError, match="torchao has no per-channel weight widths"):
-        mpq.export_plan(model, channel_plan, data, tmp_path / "t.json", format="torchao", cache_dir=False)
+    prepared = prepare_model(model, data.x[:2])
+    calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 25, Cache(None)), 25)
+    evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
+    mpq.export_plan(model, channel_plan, data, tmp_path / "t.json", format="torchao", cache_dir=False)
+    folded = prepare_model(model, data.x[:2]).folded
+    quantize_(folded, load_torchao_config(tmp_path / "t.json"), filter_fn=None)
+    for name, lp in channel_plan.layers.items():
+        codes = folded.get_submodule(name).weight.qdata
+        for run in lp.channel_bits:
+            assert int(codes[run.start : run.stop].abs().max()) <= 2 ** (run.weight_bits - 1)
+    with torch.inference_mode():
+        assert torch.equal(torch.cat([folded(x) for x, _ in data.batches(8)]), evaluator)
 
 
 def test_per_channel_plan_round_trips_through_plan_json(channel_plan, tmp_path):

@@ -178,34 +178,26 @@ def _torch_output(prepared, packed, layer: str, x: torch.Tensor) -> torch.Tensor
     return seen[layer]
 
 
-def test_torchao_config_names_every_layer_with_its_width(tiny, tmp_path):
+def test_torchao_export_names_every_layer_with_its_width_and_reproduces_the_evaluator(tiny, tmp_path):
     from torchao.quantization import quantize_
 
     from mpq.export.torchao_config import load_torchao_config
 
-    prepared, data, plan, _, evaluator_logits = tiny
+    prepared, data, plan, packed, evaluator_logits = tiny
     mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.torchao.json", format="torchao", cache_dir=False)
-    saved = json.loads((tmp_path / "tiny.torchao.json").read_text())
-    per_layer = saved["_data"]["fqn_to_config"]
-    assert {n: c["_type"] for n, c in per_layer.items()} == {"conv1": "IntxWeightOnlyConfig", "conv2": "IntxWeightOnlyConfig", "fc": "IntxWeightOnlyConfig"}
-    assert [per_layer[n]["_data"]["weight_dtype"]["_data"] for n in ("conv1", "conv2", "fc")] == ["int3", "int5", "int8"]
+    saved = json.loads((tmp_path / "tiny.torchao.json").read_text())["layers"]
+    assert {n: (e["weight_bits"], e["act_bits"]) for n, e in saved.items()} == {"conv1": (3, 8), "conv2": (5, None), "fc": (8, 6)}
+    config = load_torchao_config(tmp_path / "tiny.torchao.json")
+    assert type(config).__name__ == "FqnToConfig" and set(config.fqn_to_config) == {"conv1", "conv2", "fc"}
     model = prepare_model(prepared.original, data.x[:2]).folded
-    quantize_(model, load_torchao_config(tmp_path / "tiny.torchao.json"), filter_fn=None)
+    quantize_(model, config, filter_fn=None)
     assert [model.get_submodule(n).weight.target_dtype for n in ("conv1", "conv2", "fc")] == [torch.int3, torch.int5, torch.int8]
-    # the Linear's weights: per output channel, as mpq (equal where each row's largest magnitude is positive)
-    fc = prepared.folded.fc.weight.detach()
-    dequantized = model.fc.weight.dequantize()
-    positive_rows = fc.gather(1, fc.abs().argmax(1, keepdim=True)).squeeze(1) > 0
-    assert positive_rows.any()
-    assert torch.allclose(dequantized[positive_rows], fake_quantize_weight(fc, 8)[positive_rows], atol=1e-6)
-
-
-def test_torchao_leaves_depthwise_convs_out():
-    from mpq.export.torchao_config import layer_config
-
-    assert layer_config(torch.nn.Conv2d(8, 8, 3, groups=8), 4, 8) is None
-    assert type(layer_config(torch.nn.Conv2d(8, 8, 3, groups=2), 4, 8)).__name__ == "IntxWeightOnlyConfig"
-    assert type(layer_config(torch.nn.Linear(8, 8), 4, 8)).__name__ == "Int8DynamicActivationIntxWeightConfig"
+    # the evaluator's weights (MSE-clipped scales) and bias-corrected biases
+    assert torch.equal(model.conv2.weight.dequantize(), fake_quantize_weight(prepared.folded.conv2.weight, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(prepared.folded.conv2.weight, 5)))
+    assert torch.equal(model.conv2.bias, packed.tensors["conv2.bias"])
+    with torch.inference_mode():
+        logits = torch.cat([model(x) for x, _ in data.batches(8)])
+    assert torch.equal(logits, evaluator_logits)
 
 
 def test_onnx_stores_2_bit_weights_as_int2_and_4_bit_inputs_clipped(tiny_model, tiny_data, tmp_path):

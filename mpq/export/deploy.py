@@ -6,7 +6,7 @@ ratios, activation ranges observed on the FP32 model over the data, bias-correct
 
     packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder
     onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights
-    torchao  mpq.export.torchao_config  JSON of a torchao FqnToConfig, one config per layer
+    torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig (one config per layer)
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def export_plan(
         return ExportResult(format, path, written.file_bytes, packed.size_bytes, (note,))
     from mpq.export.torchao_config import save_torchao_config
 
-    written = save_torchao_config(prepared, plan, path)
+    written = save_torchao_config(prepared.folded, packed, path)
     return ExportResult(format, path, written.file_bytes, packed.size_bytes, written.notes)
 
 

@@ -1,42 +1,43 @@
-"""torchao export: the plan as a per-module torchao configuration (an FqnToConfig), saved as JSON.
+"""torchao export: the packed tensors the evaluator measures (mpq.verify.measure.pack_plan), as a file that
+`load_torchao_config` reads into a torchao `FqnToConfig` of `MpqLayerConfig`s (mpq.export.torchao_layers):
 
-The file is torchao's own serialization, `torchao.core.config.config_to_dict(FqnToConfig(...))`;
-read it back with `load_torchao_config(path)` (torchao's `config_from_dict`) and apply it to the
-BatchNorm-folded model (`mpq.graph.prepare_model(model, x).folded`, whose module names the plan uses):
-
+    folded = mpq.inputs.graph.prepare_model(model, x).folded     # the BatchNorm-folded model the plan names
     quantize_(folded, load_torchao_config("plan.torchao.json"), filter_fn=None)
 
-One config per planned layer, keyed by its module name, weight dtype torch.int<b> for b weight bits:
-    Linear, 8-bit input   -> Int8DynamicActivationIntxWeightConfig(int<b>, PerAxis(0))
-    Linear, other input   -> IntxWeightOnlyConfig(int<b>, PerAxis(0))
-    Conv2d                -> IntxWeightOnlyConfig(int<b>, PerAxis(0))
-    depthwise Conv2d      -> left out, in float: torchao 0.18 raises on them (PerAxis(0) on a conv
-                             makes blocks of (1, in/groups, 1, 1) = one weight; choose_qparams fails)
-    Conv1d                -> left out (torchao's intx configs take 2-d and 4-d weights only)
-weights symmetric (MappingType.SYMMETRIC_NO_CLIPPING_ERR: no weight is clipped, as in mpq).
+after which every planned layer's weight is torchao's IntxUnpackedToInt8Tensor holding mpq's codes and
+per-output-channel scales (clip ratios, depthwise convs, per-channel widths included), its bias the
+corrected bias, and its input quantized with mpq's calibrated static quantizer; by default each layer with
+a quantized input computes as the evaluator does (integer accumulation), `integer=False` runs torchao's own
+float kernels instead (mpq.export.torchao_layers).
 
-What torchao does differently from mpq's evaluator (so its numbers are not mpq's verified numbers):
-  * torchao computes its own scales: s = max(-min(W)/2^(b-1), max(W)/(2^(b-1)-1)); mpq uses
-    max|W|/(2^(b-1)-1). Equal where a channel's largest magnitude is positive.
-  * for Conv2d, torchao's PerAxis(0) is one scale per (output channel, kernel row, kernel column),
-    finer than mpq's one scale per output channel (and more bytes than the plan counts);
-  * activations: torchao has no static per-tensor activation quantizer for these configs; 8-bit
-    Linear inputs become dynamic int8 (per token, asymmetric); conv inputs stay in float.
+The file is JSON (schema "mpq.torchao/1"): per layer, its module type, widths (channel_bits for a plan with
+per-channel widths), weight shape, and the packed tensors of that layer, each as {"dtype", "shape",
+"base64"} of its raw little-endian bytes: weight_codes (uint8, b bits a code, the chunks of
+mpq.verify.apply.pack_chunks), weight_scale (float32), bias (float32), input_scale (float32) and
+input_zero_point (int32). Reading it parses JSON and decodes bytes of an allowed dtype: nothing in the file
+is executed or unpickled.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from mpq.errors import MpqError
 from mpq.files import write_text_atomic
-from mpq.inputs.graph import PreparedModel, quantizable_modules
-from mpq.plan import Plan
+from mpq.inputs.graph import quantizable_modules
+from mpq.quant.affine import ActQuantParams
+from mpq.verify.apply import PackedModel, unpack_codes
+
+SCHEMA = "mpq.torchao/1"
+LAYER_TENSORS = ("weight_codes", "weight_scale", "bias", "input_scale", "input_zero_point")
+DTYPES = {"uint8": np.uint8, "float32": np.float32, "int32": np.int32}
 
 
 @dataclass(frozen=True)
@@ -48,64 +49,85 @@ class TorchaoExport:
 
 def _import_torchao():
     try:
-        import torchao.quantization as tq
-        from torchao.quantization.granularity import PerAxis
-        from torchao.quantization.quant_primitives import MappingType
+        from torchao.quantization import FqnToConfig
+
+        from mpq.export import torchao_layers
     except ImportError:
         raise MpqError("the torchao export needs torchao: pip install torchao (it must not pull another torch)") from None
-    return tq, PerAxis, MappingType
+    return FqnToConfig, torchao_layers
 
 
-def layer_config(module: nn.Module, weight_bits: int, act_bits: int | None):
-    """The torchao config of one layer, or None where torchao cannot quantize it."""
-    tq, PerAxis, MappingType = _import_torchao()
-    dtype = getattr(torch, f"int{weight_bits}")
-    symmetric = MappingType.SYMMETRIC_NO_CLIPPING_ERR
-    if isinstance(module, nn.Linear) and act_bits == 8:
-        return tq.Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=PerAxis(0), weight_mapping_type=symmetric)
-    if isinstance(module, nn.Conv2d) and module.weight.shape[1] == 1:
-        return None  # depthwise: torchao's conv blocks would hold one weight each, and 0.18 fails on them
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        return tq.IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0), mapping_type=symmetric)
-    return None
+def _encode(tensor: torch.Tensor) -> dict:
+    array = tensor.detach().contiguous().numpy()
+    dtype = next(name for name, t in DTYPES.items() if array.dtype == t)
+    return {"dtype": dtype, "shape": list(array.shape), "base64": base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii")}
 
 
-def torchao_config(prepared: PreparedModel, plan: Plan):
-    """(FqnToConfig, names of the planned layers torchao cannot take)."""
-    mixed = [name for name, lp in plan.layers.items() if lp.channel_bits]
-    if mixed:
-        raise MpqError(f"torchao has no per-channel weight widths, and this plan gives layer {mixed[0]} per-channel widths: export it with --format packed or onnx, or search with --granularity layer")
-    tq, _, _ = _import_torchao()
-    modules = quantizable_modules(prepared.folded, embeddings=True)
-    configs, left_out = {}, []
-    for name, lp in plan.layers.items():
-        config = layer_config(modules[name], lp.weight_bits, lp.act_bits)
-        if config is None:
-            left_out.append(name)
-        else:
-            configs[name] = config
-    return tq.FqnToConfig(configs), left_out
+def _decode(entry: dict) -> torch.Tensor:
+    dtype = np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")
+    shape = [int(n) for n in entry["shape"]]
+    raw = base64.b64decode(entry["base64"], validate=True)
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise ValueError(f"{len(raw)} bytes for shape {shape} of {entry['dtype']}")
+    return torch.from_numpy(np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape).copy())
 
 
-def save_torchao_config(prepared: PreparedModel, plan: Plan, path: "str | Path") -> TorchaoExport:
-    """Write the FqnToConfig as JSON, atomically."""
-    from torchao.core.config import config_to_dict
+def torchao_file(prepared_folded: nn.Module, packed: PackedModel) -> dict:
+    """The JSON document of the export: every packed layer's widths and tensors."""
+    modules = quantizable_modules(prepared_folded, embeddings=True)
+    layers = {}
+    for name, meta in packed.layers.items():
+        tensors = {k: _encode(packed.tensors[f"{name}.{k}"]) for k in LAYER_TENSORS if f"{name}.{k}" in packed.tensors}
+        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors}
+    return {"schema": SCHEMA, "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)", "layers": layers}
 
-    config, left_out = torchao_config(prepared, plan)
-    text = json.dumps(config_to_dict(config), indent=1) + "\n"
+
+def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "str | Path") -> TorchaoExport:
+    """Write the export (JSON), atomically."""
+    text = json.dumps(torchao_file(prepared_folded, packed), separators=(",", ":")) + "\n"
     write_text_atomic(path, text)
-    notes = [f"{len(plan.layers) - len(left_out)} layers configured; apply to the BatchNorm-folded model with torchao.quantization.quantize_(model, config, filter_fn=None)"]
-    if left_out:
-        notes.append(f"{len(left_out)} layers left in float (depthwise, Conv1d or embeddings: not mapped to torchao's intx configs): {', '.join(left_out[:3])}, ...")
+    mixed = sum(1 for meta in packed.layers.values() if meta.get("channel_bits"))
+    inputs = sum(1 for meta in packed.layers.values() if meta["act_bits"])
+    notes = [
+        f"{len(packed.layers)} layers as torchao IntxUnpackedToInt8Tensor weights (mpq's codes and scales; {mixed} with per-channel widths), "
+        f"{inputs} with mpq's static input quantizer; apply to the BatchNorm-folded model with "
+        "quantize_(model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)"
+    ]
     return TorchaoExport(Path(path), len(text.encode("utf-8")), tuple(notes))
 
 
-def load_torchao_config(path: "str | Path"):
-    """The FqnToConfig saved by save_torchao_config."""
-    from torchao.core.config import config_from_dict
-
-    _import_torchao()
+def read_torchao_file(path: "str | Path") -> dict[str, dict]:
+    """{layer: {"meta": widths and shape, "tensors": decoded tensors}} of a file save_torchao_config wrote."""
     try:
-        return config_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError) as exc:
-        raise MpqError(f"{path} is not a torchao config written by `mpq export --format torchao` ({exc})") from None
+        document = json.loads(Path(path).read_text())
+        if document.get("schema") != SCHEMA:
+            raise ValueError(f"schema {document.get('schema')!r}, expected {SCHEMA!r}")
+        layers = {}
+        for name, entry in document["layers"].items():
+            unknown = set(entry["tensors"]) - set(LAYER_TENSORS)
+            if unknown:
+                raise ValueError(f"unknown tensors {sorted(unknown)} in layer {name}")
+            meta = {k: v for k, v in entry.items() if k != "tensors"}
+            layers[name] = {"meta": meta, "tensors": {k: _decode(v) for k, v in entry["tensors"].items()}}
+        return layers
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
+        raise MpqError(f"{path} is not a torchao export written by `mpq export --format torchao` ({exc})") from None
+
+
+def load_torchao_config(path: "str | Path", *, integer: bool = True):
+    """The FqnToConfig of the export at `path`: one MpqLayerConfig per layer, keyed by its module name.
+    `integer`: layers with a quantized input compute as the evaluator (exact accumulation) or, False,
+    with torchao's float kernels on the fake-quantized input."""
+    FqnToConfig, layers_module = _import_torchao()
+    configs = {}
+    for name, layer in read_torchao_file(path).items():
+        meta, tensors = layer["meta"], layer["tensors"]
+        try:
+            codes = unpack_codes(tensors["weight_codes"], meta)
+            params = None
+            if meta["act_bits"]:
+                params = ActQuantParams(float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"]))
+        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+            raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
+        configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer)
+    return FqnToConfig(configs)
