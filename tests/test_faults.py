@@ -60,6 +60,9 @@ CASES = {
     "out in /proc": (lambda f: [*search(f), "--out", "/proc/mpq-out"], "cannot create output folder /proc/mpq-out"),
     "cache in /proc": (lambda f: [*search(f), "--cache-dir", "/proc/mpq-cache"], "cannot write the cache folder /proc/mpq-cache"),
     "cache is a file": (lambda f: [*search(f), "--cache-dir", f / "ok.npz"], "the cache folder .* is a file"),
+    "cuda without a GPU": (lambda f: [*search(f), "--device", "cuda"], "--device cuda: no CUDA device is visible here"),
+    "cuda:1 without a GPU": (lambda f: [*search(f), "--device", "cuda:1"], "--device cuda:1: no CUDA device"),
+    "a device that is none": (lambda f: ["sensitivity", "--model", MLP, "--data", f / "ok.npz", "--device", "tpu", "--no-plot"], "--device tpu is not a device to run on"),
 }
 
 

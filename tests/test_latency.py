@@ -171,7 +171,7 @@ def test_search_cli_keeps_a_latency_budget_and_reports_it(small_data, device, tm
 def test_a_latency_budget_without_a_latency_model_exits_2(small_data, tmp_path, capsys):
     status, _, err = run_cli(capsys, "search", "--model", SMALL, "--data", small_data[0], "--budget", "2.5ms", "--out", tmp_path / "o")
     assert status == 2 and err.count("\n") == 1
-    assert "budget 2.5ms is a latency: pass --device NAME" in err and "--latency-table FILE.csv" in err
+    assert "budget 2.5ms is a latency: pass --latency-device NAME" in err and "--latency-table FILE.csv" in err
     status, _, err = run_cli(capsys, "search", "--model", SMALL, "--data", small_data[0], "--budget", "2.5ms", "--device", "nvidia-t5", "--out", tmp_path / "o")
     assert status == 2 and "unknown device 'nvidia-t5'" in err
 

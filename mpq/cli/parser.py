@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import os
 from pathlib import Path
 
@@ -115,27 +116,48 @@ def pins_arg(args) -> dict:
 
 def _add_latency_options(p: argparse.ArgumentParser) -> None:
     p = _group(p, LATENCY)
-    p.add_argument("--device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml")
+    p.add_argument("--latency-device", metavar="NAME|FILE.toml", help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml (mpq 0.1.0 took it as --device, which still works)")
     p.add_argument("--latency-table", metavar="FILE.csv", help="latency by a measured table (written by `mpq profile`); its rows limit the widths offered")
-    p.add_argument("--latency-batch", type=positive, metavar="N", help="the batch latencies are looked up at (default: 1 for --device, the table's batch for --latency-table)")
+    p.add_argument("--latency-batch", type=positive, metavar="N", help="the batch latencies are looked up at (default: 1 for --latency-device, the table's batch for --latency-table)")
 
 
 def latency_arg(args):
     """The latency model the options name, or None; MpqError for both at once."""
     from mpq.cost.latency import latency_model
 
-    if args.device and args.latency_table:
-        raise MpqError("give either --device or --latency-table, not both")
-    if args.latency_batch is not None and not (args.device or args.latency_table):
-        raise MpqError("--latency-batch needs --device or --latency-table")
-    return latency_model(args.device or args.latency_table, args.latency_batch)
+    device = args.latency_device or (args.device if args.device and not COMPUTE_DEVICE.match(args.device) else None)
+    if device and args.latency_table:
+        raise MpqError("give either --latency-device or --latency-table, not both")
+    if args.latency_batch is not None and not (device or args.latency_table):
+        raise MpqError("--latency-batch needs --latency-device or --latency-table")
+    return latency_model(device or args.latency_table, args.latency_batch)
+
+
+COMPUTE_DEVICE = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
+
+
+def compute_device(args) -> str:
+    """The device the model runs on: cpu (the default), or auto (cpu when no GPU is visible). This version
+    runs every stage on the CPU, so a CUDA device is refused with what to use instead."""
+    text = getattr(args, "device", None) or "cpu"
+    if not COMPUTE_DEVICE.match(text):
+        if hasattr(args, "latency_device"):
+            return "cpu"  # mpq 0.1.0's --device NAME: a latency device, read by latency_arg
+        raise MpqError(f"--device {text} is not a device to run on: use cpu, cuda, cuda:N or auto")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MpqError(f"--device {text}: no CUDA device is visible here (torch.cuda.is_available() is False); use --device cpu")
+        raise MpqError(f"--device {text}: this version of mpq runs every stage on the CPU; use --device cpu (or auto)")
+    return "cpu"
 
 
 def need_latency_model(budgets, latency) -> None:
     from mpq.cost.roofline import shipped_devices
     from mpq.solver.build import check_latency_budgets
 
-    how = f"pass --device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
+    how = f"pass --latency-device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
     check_latency_budgets(budgets, latency, how)
 
 
@@ -196,7 +218,9 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_progress_options(p: argparse.ArgumentParser) -> None:
-    """--quiet and --verbose; without either, progress bars show only when stderr is a terminal."""
+    """--device, --quiet and --verbose (how a command that runs the model runs); without --quiet or
+    --verbose, progress bars show only when stderr is a terminal."""
+    _group(p, MODEL).add_argument("--device", metavar="cpu|cuda|cuda:N|auto", help="where the model runs (default cpu; auto: cpu when no GPU is visible; this version runs on the CPU)")
     group = _group(p, OUTPUT).add_mutually_exclusive_group()
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     group.add_argument("--verbose", action="store_true", help="progress bars even when stderr is not a terminal (default: only on a terminal)")
@@ -290,6 +314,7 @@ def load_inputs(args):
     from mpq.inputs.specs import load_data_spec, load_model_spec, parse_model_args
     from mpq.models import DEFAULT_DATA_SPEC, DEFAULT_MODEL_SPEC
 
+    compute_device(args)
     if args.model and not args.data:
         raise MpqError("--model needs --data too (the built-in data suits only the built-in model)")
     if not args.model and (args.model_arg or args.weights):
