@@ -27,6 +27,7 @@ def run_search(args) -> int:
     model, data = load_inputs(args)
     space = search_space(args)
     result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, eval_data=eval_data_arg(args), **analyze_options(args))
+    result.plan.recipe = getattr(args, "recipe", None)  # `mpq search --config plan.json` repeats this run
     paths = write_outputs(out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None))
     if args.json:
         _print_json(plan=result.plan.to_json(), report=result.report.to_json(), files=[str(p) for p in paths])

@@ -13,6 +13,9 @@ from mpq.cli.cache_command import run_cache
 from mpq.cli.commands import run_export, run_pareto, run_profile, run_search, run_sensitivity, run_solve, run_verify
 from mpq.cli.parser import build_parser
 from mpq.errors import MpqError
+from mpq.cli.recipe import RECIPE_COMMANDS
+from mpq.cli.recipe import expand_config
+from mpq.cli.recipe import recipe_of
 
 
 def _join_ranks(command: str) -> None:
@@ -27,8 +30,11 @@ def _join_ranks(command: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        args.command_line = "mpq " + shlex.join(sys.argv[1:] if argv is None else argv)  # for report.md's summary
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser()
+        args = parser.parse_args(expand_config(parser, argv))
+        args.command_line = "mpq " + shlex.join(argv)  # for report.md's summary
+        args.recipe = recipe_of(parser, args) if args.command in RECIPE_COMMANDS else None  # what plan.json records
         handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile, "cache": run_cache}[args.command]
         _join_ranks(args.command)
         return handler(args)

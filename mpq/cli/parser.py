@@ -182,6 +182,10 @@ def quantizer_arg(args, default_is_plan: bool):
     return resolve_quantizer(args.quantizer, **parts)
 
 
+def _add_config(p: argparse.ArgumentParser) -> None:
+    _group(p, MODEL).add_argument("--config", metavar="FILE", help="take options from a recipe .toml, or repeat a run from the plan.json it wrote (its \"recipe\"); options on the command line take precedence (mpq.cli.recipe)")
+
+
 def _add_eval_data(p: argparse.ArgumentParser) -> None:
     _group(p, MODEL).add_argument("--eval-data", help="the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: --data itself (in-sample, as the report says)")
 
@@ -238,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = _command(sub, "search", "find the widths of every layer within a budget, verify and report them")
     _add_model_data(search)
+    _add_config(search)
     _add_eval_data(search)
     _group(search, BUDGET).add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
     _add_search_options(search)
@@ -250,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = _command(sub, "pareto", "the least-Omega plan at each budget of a range, some measured, against uniform widths")
     _add_model_data(sweep)
+    _add_config(sweep)
     _group(sweep, SWEEP).add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
     _group(sweep, SWEEP).add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
     _group(sweep, SWEEP).add_argument("--verify-points", type=verify_points_type, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")

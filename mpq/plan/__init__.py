@@ -51,6 +51,7 @@ class Plan:
     settings: PlanSettings | None = None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
     solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
     versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy when it was made (mpq.versions)
+    recipe: dict | None = None  # the options of the `mpq search` run that made it (mpq.cli.recipe): --config plan.json repeats it
 
     @property
     def quantizer(self) -> Quantizer:
@@ -67,6 +68,7 @@ class Plan:
             "settings": self.settings.to_json() if self.settings is not None else {},
             **({"solver": self.solver} if self.solver else {}),
             **({"versions": dict(self.versions)} if self.versions else {}),
+            **({"recipe": dict(self.recipe)} if self.recipe is not None else {}),
         }
 
     def save(self, path: "str | Path") -> None:
@@ -83,10 +85,13 @@ class Plan:
                 if not isinstance(data.get(key, {}), dict):
                     raise TypeError(f"{key} must be an object")
             made_with = _versions_from_json(data.get("versions", {}))
+            recipe = data.get("recipe")
+            if recipe is not None and not isinstance(recipe, dict):
+                raise TypeError("recipe must be an object")
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
         return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
-                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}), versions=made_with)
+                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}), versions=made_with, recipe=recipe)
 
     @classmethod
     def load(cls, path: "str | Path") -> "Plan":
