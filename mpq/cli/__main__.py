@@ -2,6 +2,9 @@
 
 import sys
 
-from mpq.cli.main import main
+try:
+    from mpq.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C while Python imports mpq: no traceback, the status of an interrupt
+    sys.exit(130)
 
 sys.exit(main())

@@ -24,26 +24,23 @@ def widths_type(text: str) -> tuple[int, ...]:
     return values
 
 
-def positive(text: str) -> int:
-    """A whole number of at least 1 (batch sizes, counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+def _whole_at_least(least: int):
+    """An argparse type: a whole number of at least `least`."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} must be {least} or more")
+        return value
+
+    return whole
 
 
-def count(text: str) -> int:
-    """A whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+positive = _whole_at_least(1)  # batch sizes, repeats, threads
+count = _whole_at_least(0)  # counts that may be 0 (warm-up calls, proxy plans: 0 is off)
 
 
 def act_bits_type(text: str) -> tuple[int | None, ...]:
