@@ -173,6 +173,7 @@ def analyze_prepared(
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
     loss = resolve_loss(metric.fixed_loss, data.y is not None) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
+        metric.check_loss(loss.name)
         loss.check(prepared.folded, data)
     names = [layer.name for layer in prepared.graph.layers]
     key = {

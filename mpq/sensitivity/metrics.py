@@ -72,6 +72,61 @@ def fisher_traces(
     loss_fn: LossFn,
 ) -> HessianTraces:
     """Tr(F_l) = (1/N) Σ_i ||∇_{W_l} loss_i||² per layer and per output channel, over every sample."""
+    squares = lambda xb, tb, start: _per_sample_squared_grads(model, layer_names, xb, tb, loss_fn)  # noqa: E731
+    return _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, "fisher")
+
+
+GN_EXACT_CLASSES = 2  # gauss_newton: the most probable classes of each sample summed exactly; one more is drawn from the rest
+
+
+def gauss_newton_traces(
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ProbeSettings = ProbeSettings(),
+    progress: bool | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    exact_classes: int = GN_EXACT_CLASSES,
+) -> HessianTraces:
+    """Tr(G_l), G_l = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i the Gauss-Newton block of a softmax
+    cross-entropy (or KL to FP32) loss, J_i the Jacobian of sample i's logits in W_l. Since
+    diag p − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ and J_iᵀ(e_c − p_i) = −∇_{W_l} log p_{i,c}:
+
+        Tr(G_l) = (1/N) Σ_i Σ_c p_{i,c} ||∇_{W_l} log p_{i,c}||²
+
+    summed exactly over each sample's `exact_classes` most probable classes, the rest by one class c'
+    drawn with probability p_{i,c'}/m_i from them, weighted by their mass m_i (unbiased; seeded). One
+    per-sample gradient pass per class serves every layer and channel, with no cross-layer terms.
+    Tr(G_l) = Tr(H_l) where the network is piecewise linear after layer l (ReLU, BatchNorm folded);
+    the standard error is that of the mean over samples."""
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    def squares(xb: torch.Tensor, tb: torch.Tensor, start: int) -> list[torch.Tensor]:
+        with torch.no_grad():
+            p = torch.softmax(model(xb).float(), dim=1)
+        k = min(exact_classes, p.shape[1])
+        weights, classes = p.topk(k, dim=1)
+        picks = [(classes[:, r], weights[:, r]) for r in range(k)]
+        if k < p.shape[1]:
+            rest = p.scatter(1, classes, 0.0)
+            mass = rest.sum(dim=1)
+            drawn = torch.multinomial(torch.where(mass[:, None] > 0, rest, torch.ones_like(rest)), 1, generator=generator).squeeze(1)
+            picks.append((drawn, mass))
+        total = None
+        for labels, weight in picks:
+            sq = _per_sample_squared_grads(model, layer_names, xb, labels, torch.nn.functional.cross_entropy)
+            scaled = [s * weight[:, None].to(s.dtype) for s in sq]
+            total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
+        return total
+
+    return _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, "gauss-newton")
+
+
+def _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, label: str) -> HessianTraces:
+    """Per layer and channel the mean over samples of `squares(x_batch, t_batch, start)` ([samples, channels]
+    per layer), with the standard error of that mean; only the layers' weights require grad meanwhile."""
     weights = [model.get_submodule(n).weight for n in layer_names]
     requires = {p: p.requires_grad for p in model.parameters()}
     sums = RunningSums.zeros([w.shape[0] for w in weights])
@@ -82,12 +137,11 @@ def fisher_traces(
             p.requires_grad_(False)
         for w in weights:
             w.requires_grad_(True)
-        with module_calls_visible(), bar(len(x), "fisher", progress, unit="sample") as shown:
+        with module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
-                per_layer = _per_sample_squared_grads(model, layer_names, x[start:stop], targets[start:stop], loss_fn)
-                for i, squares in enumerate(per_layer):
-                    for per_channel in squares.double().numpy():
+                for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop], start)):
+                    for per_channel in per_sample.double().numpy():
                         sums.add(i, per_channel)
                 shown.update(min(stop, len(x)) - start)
     finally:

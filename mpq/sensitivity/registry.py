@@ -42,6 +42,9 @@ class Metric:
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict[str, list]]:
         raise TypeError(f"{self.name} is not a curvature metric")
 
+    def check_loss(self, loss_name: str) -> None:
+        """MpqError when the metric is not defined for this loss (most metrics take any)."""
+
     def shown(self, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
         """The number a table or chart shows for one layer (or input), and its error bar."""
         return trace, stderr
@@ -79,6 +82,26 @@ class FisherTrace(Metric):
         from mpq.sensitivity.metrics import fisher_traces
 
         return fisher_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn), {}
+
+
+class GaussNewtonTrace(Metric):
+    """T_l = Tr(G_l), the Gauss-Newton block of the softmax loss (the "true" Fisher): per-sample gradients
+    of log p_c for each sample's most probable classes, summed exactly with weights p_c, and one class
+    drawn from the rest (mpq.sensitivity.metrics.gauss_newton_traces). Equal to Tr(H_l) where the network
+    is piecewise linear after layer l; cross-entropy (labels or FP32 classes) and KL losses only."""
+
+    name, label, kind = "gauss_newton", "Tr(G)", "curvature"
+    uses_quantizer = False
+    LOSSES: ClassVar[tuple[str, ...]] = ("labels", "fp32", "kl")
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
+        from mpq.sensitivity.metrics import gauss_newton_traces
+
+        return gauss_newton_traces(model, names, x, targets, settings, progress), {}
+
+    def check_loss(self, loss_name: str) -> None:
+        if loss_name not in self.LOSSES:
+            raise MpqError(f"the gauss_newton metric is the curvature of a softmax loss: use --loss labels, fp32 or kl (not {loss_name}), or --metric hessian")
 
 
 class TopEigenvalue(Metric):
@@ -146,7 +169,7 @@ class KLQuadratic(Metric):
         return f"relative stderr {stderr / omega:.0%} at W{CHART_BITS} above tolerance" if omega > 0 and stderr > tol * omega else None
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (HessianTrace(), FisherTrace(), TopEigenvalue(), OutputMSE(), OutputKL(), KLQuadratic())}
+METRICS: dict[str, Metric] = {m.name: m for m in (HessianTrace(), FisherTrace(), GaussNewtonTrace(), TopEigenvalue(), OutputMSE(), OutputKL(), KLQuadratic())}
 
 
 def metric_of(name: str) -> Metric:

@@ -1,0 +1,67 @@
+"""The Gauss-Newton trace (issue 13): Tr(G_l) from per-sample gradients of log p_c, exact over the most
+probable classes and one drawn class for the rest; equal to Tr(H_l) of a ReLU network."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import mpq
+from mpq.errors import MpqError
+from mpq.sensitivity.metrics import gauss_newton_traces
+from mpq.sensitivity.settings import ProbeSettings
+
+NAMES = ["0", "2", "4"]
+
+
+@pytest.fixture
+def relu_net():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 5)).eval()
+    x = torch.randn(40, 6)
+    y = net(x).argmax(1)
+    return net, x, y
+
+
+def exact_block_traces(net, x, y):
+    """Tr of each weight's block of the Hessian of the mean cross-entropy, and per output row."""
+    layers, rows = [], []
+    for name in NAMES:
+        layer = net.get_submodule(name)
+        w0 = layer.weight.detach().clone()
+
+        def loss(w, layer=layer):
+            return F.cross_entropy(torch.func.functional_call(net, {f"{name}.weight": w}, (x,)), y)
+
+        h = torch.autograd.functional.hessian(loss, w0).reshape(w0.numel(), w0.numel()).diagonal().reshape(w0.shape)
+        layers.append(float(h.sum()))
+        rows.append(h.sum(dim=1).numpy())
+    return np.array(layers), rows
+
+
+def test_with_every_class_exact_it_is_the_hessian_trace_of_a_relu_network(relu_net):
+    net, x, y = relu_net
+    exact, rows = exact_block_traces(net, x, y)
+    found = gauss_newton_traces(net, NAMES, x, y, ProbeSettings(batch_size=16), progress=False, exact_classes=5)
+    assert np.allclose(found.trace, exact, rtol=1e-4)
+    for got, want in zip(found.channel_trace, rows):
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_drawing_the_tail_class_is_unbiased_within_its_standard_error(relu_net):
+    net, x, y = relu_net
+    exact, _ = exact_block_traces(net, x, y)
+    found = gauss_newton_traces(net, NAMES, x, y, ProbeSettings(batch_size=16, seed=1), progress=False)  # 2 exact classes + 1 drawn
+    assert np.all(np.abs(found.trace - exact) <= 3 * found.stderr)
+    again = gauss_newton_traces(net, NAMES, x, y, ProbeSettings(batch_size=16, seed=1), progress=False)
+    assert np.array_equal(found.trace, again.trace)  # seeded
+
+
+def test_the_metric_in_the_api_and_its_losses(relu_net):
+    net, x, y = relu_net
+    sens = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(batch_size=16), cache_dir=False, progress=False)
+    assert sens.metric == "gauss_newton" and all(s.hessian_trace > 0 for s in sens.layers.values())
+    assert mpq.solve(sens, "300B").predicted["size_bytes"] <= 300
+    with pytest.raises(MpqError, match="curvature of a softmax loss: use --loss labels, fp32 or kl"):
+        mpq.analyze(net, (x, y), metric="gauss_newton", loss="mse", cache_dir=False, progress=False)
