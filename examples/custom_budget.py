@@ -65,8 +65,8 @@ def main() -> None:
 
     # Budgets: a Budget object for bytes and a string for bit operations; both must hold.
     budgets = [mpq.Budget(kind="size_bytes", limit=20_000, text="20kB"), "0.012GBOPs"]
-    sensitivity = mpq.analyze(model, data, max_probes=16, progress=False, cache_dir=False)
-    plan = mpq.solve(sensitivity, budget=budgets, bits=(2, 3, 4, 5, 6, 8), act_bits=8)
+    sensitivity = mpq.analyze(model, data, probes=mpq.ProbeSettings(max_probes=16), progress=False, cache_dir=False)
+    plan = mpq.solve(sensitivity, budget=budgets, space=mpq.SearchSpace(bits=(2, 3, 4, 5, 6, 8), act_bits=8))
     report = mpq.verify(model, plan, data, baseline_bits=(2, 3, 4, 5, 6, 8), cache_dir=False)
 
     print(f"budgets: {', '.join(b.text for b in plan.budgets)}")
@@ -78,7 +78,7 @@ def main() -> None:
         print(f"  {baseline.name}: {format_bytes(baseline.size_bytes)}, {baseline.bops / 1e9:.3f} GBOPs, "
               f"top-1 {baseline.top1:.1%}, agreement {baseline.fp32_agreement:.1%}, fits both budgets: {baseline.fits_budget}")
     try:
-        mpq.solve(sensitivity, budget=["20kB", "0.004GBOPs"], bits=(2, 4, 8))
+        mpq.solve(sensitivity, budget=["20kB", "0.004GBOPs"], space=mpq.SearchSpace(bits=(2, 4, 8)))
     except mpq.BudgetInfeasible as error:
         print(f"a budget that cannot be met is answered: {error}")
 

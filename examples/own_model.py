@@ -83,7 +83,7 @@ def main(out: Path) -> None:
     # 2. the same from Python: the spec loaders, then the API
     model = load_model_spec(f"{__file__}:build_cnn", {"classes": 10}, weights)
     data = load_data_spec(str(data_path))
-    result = mpq.search(model, data, budget="130KB", bits=(2, 3, 4, 6, 8), max_probes=8, progress=False, cache_dir=out / "cache")
+    result = mpq.search(model, data, budget="130KB", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)), probes=mpq.ProbeSettings(max_probes=8), progress=False, cache_dir=out / "cache")
     report = result.report
     print(f"\nPython API: FP32 top-1 {report.fp32.top1:.1%}; plan {report.plan.size_bytes:,} B, top-1 {report.plan.top1:.1%}, "
           f"agreement with FP32 {report.plan.fp32_agreement:.1%}")
