@@ -22,7 +22,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 RECIPE_COMMANDS = ("search", "pareto")
-NOT_RECORDED = {"config", "json", "quiet", "verbose", "command"}
+NOT_RECORDED = {"config", "json", "quiet", "verbose", "command", "out", "cache_dir", "no_cache"}  # where a run writes, not what it searches
 
 
 def _actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -49,7 +49,7 @@ def read_recipe(path: str) -> dict:
 
 def recipe_tokens(sub: argparse.ArgumentParser, recipe: dict, where: str) -> list[str]:
     """The command-line tokens a recipe stands for, checked against the subcommand's options."""
-    by_name = {s.lstrip("-").replace("-", "_"): a for a in _actions(sub).values() if a.dest not in NOT_RECORDED for s in a.option_strings}
+    by_name = {s.lstrip("-").replace("-", "_"): a for a in _actions(sub).values() if a.dest != "config" for s in a.option_strings}
     tokens: list[str] = []
     for key, value in recipe.items():
         action = by_name.get(str(key).replace("-", "_"))
