@@ -46,3 +46,22 @@ def test_eval_data_that_does_not_fit_the_model_fails_before_any_work(halves, tmp
     assert status == 2 and err.startswith("mpq: error: the model cannot run on the data (inputs of shape (5,)") and len(err.strip().splitlines()) == 1
     with pytest.raises(MpqError, match="labels y reach 9"):
         mpq.search(mlp(), calibration, "1KB", eval_data=(calibration[0], torch.full((32,), 9)), cache_dir=False, progress=False)
+
+
+def test_pareto_points_are_measured_on_eval_data(halves):
+    (calibration, held_out), model = halves, mlp()
+    result = mpq.pareto(model, calibration, "600B,1KB", eval_data=held_out, verify_points="all", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    measured = [p.measured for p in result.points if p.measured is not None]
+    assert measured and all(m.n_eval == 32 for m in measured) and all(m.fits_budget for m in measured)
+    assert all(u.measured.n_eval == 32 for u in result.uniform)
+
+
+def test_one_rule_decides_whether_a_plan_fits_its_budgets():
+    from mpq.cost.budget import parse_budget, within_budgets
+
+    size, latency = parse_budget("1KB"), parse_budget("2ms")
+    assert within_budgets({"size_bytes": 900}, [size], latency_known=False)
+    assert not within_budgets({"bops": 1.0}, [size], latency_known=False)  # a cost it lacks cannot be shown to hold
+    assert within_budgets({"size_bytes": 900}, [size, latency], latency_known=False)  # no latency model: not checked
+    assert not within_budgets({"size_bytes": 900}, [size, latency], latency_known=True)  # a model without this plan's latency
+    assert within_budgets({"size_bytes": 900, "latency_s": 0.001}, [size, latency], latency_known=True)

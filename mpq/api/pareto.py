@@ -22,11 +22,11 @@ from typing import Sequence
 from mpq.api.options import search_configs
 from mpq.api.verbs import analyze, solve
 from mpq.cache import open_cache
-from mpq.cost.budget import Budget, as_budgets
+from mpq.cost.budget import Budget, as_budgets, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.prepare import as_dataset, as_prepared, check_data_fits
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
@@ -81,6 +81,7 @@ def pareto(
     metric: str = "hessian",
     quantizer: "str | Quantizer | None" = None,
     loss=None,
+    eval_data=None,
     verify_points: "int | str" = DEFAULT_VERIFY_POINTS,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
@@ -104,6 +105,7 @@ def pareto(
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
     prepared = as_prepared(model, data, quantize_embeddings)
+    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
     reasons = _reachable(prepared, sweep, fixed, bits, acts, pins)
     if all(reasons):
@@ -120,7 +122,7 @@ def pareto(
     uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
     feasible = [p for p in points if p.feasible]
     chosen = [feasible[i] for i in verified_indices(len(feasible), verify_points)]
-    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer) if chosen else {}
+    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer, held_out) if chosen else {}
     return ParetoResult(
         kind=sweep[0].kind,
         points=points,
@@ -160,11 +162,15 @@ def _solve_point(sensitivity: Sensitivity, budget: Budget, fixed: list[Budget], 
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
 
 
-def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool | None, quantizer: Quantizer) -> dict:
-    """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer`); the FP32 summary."""
+def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool | None, quantizer: Quantizer,
+             eval_data=None) -> dict:
+    """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer` fitted on
+    `data`, measured on `eval_data` or else on `data`); the FP32 summary."""
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
+    if eval_data is not None:
+        data, reference = eval_data, fp32_reference(prepared, eval_data, batch_size, cache)
     seen: dict[str, Measurement] = {}
 
     def measured(plan: Plan, name: str, shown) -> Measurement:
@@ -178,7 +184,7 @@ def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoi
     with bar(len(chosen) + len(uniform), "pareto: measuring", progress, unit="plan") as shown:
         for point in chosen:
             point.measured = measured(point.plan, f"mpq plan at {point.budget.text}", shown)
-            fits = all(point.measured.__dict__.get(b.kind, 0) <= b.limit for b in point.plan.budgets)
+            fits = within_budgets(point.measured.costs, point.plan.budgets, latency_known=False)  # a sweep has no latency model
             point.measured = replace(point.measured, fits_budget=fits)
         for u in uniform:
             u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits), u.name, shown)

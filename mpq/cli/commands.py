@@ -56,7 +56,7 @@ def run_pareto(args) -> int:
     model, data = load_inputs(args)
     space = search_space(args)
     result = mpq.pareto(model, data, budgets, also_budgets=fixed, space=space, solver=solver_settings(args), verify_points=args.verify_points,
-                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), **analyze_options(args))
+                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), eval_data=eval_data_arg(args), **analyze_options(args))
     paths = write_pareto(out, result)
     if args.json:
         _print_json(pareto=result.to_json(), files=[str(p) for p in paths])

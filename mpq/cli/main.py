@@ -12,10 +12,8 @@ import sys
 from mpq.cli.cache_command import run_cache
 from mpq.cli.commands import run_export, run_pareto, run_profile, run_search, run_sensitivity, run_solve, run_verify
 from mpq.cli.parser import build_parser
+from mpq.cli.recipe import RECIPE_COMMANDS, expand_config, recipe_of
 from mpq.errors import MpqError
-from mpq.cli.recipe import RECIPE_COMMANDS
-from mpq.cli.recipe import expand_config
-from mpq.cli.recipe import recipe_of
 
 
 def _join_ranks(command: str) -> None:

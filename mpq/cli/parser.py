@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import os
+import re
 from pathlib import Path
 
 from mpq.cli.cache_command import add_cache_parser
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = _command(sub, "pareto", "the least-Omega plan at each budget of a range, some measured, against uniform widths")
     _add_model_data(sweep)
     _add_config(sweep)
+    _add_eval_data(sweep)
     _group(sweep, SWEEP).add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
     _group(sweep, SWEEP).add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
     _group(sweep, SWEEP).add_argument("--verify-points", type=verify_points_type, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")

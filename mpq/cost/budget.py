@@ -116,3 +116,10 @@ def as_budgets(budget) -> list[Budget]:
     if not items or not all(isinstance(b, (str, Budget)) for b in items):
         raise MpqError(f"budget must be a string with a unit such as \"4MB\", \"20GBOPs\" or \"2.5ms\" (or a list of them), not {budget!r}")
     return [parse_budget(b) for b in items]
+
+
+def within_budgets(costs: dict[str, float], budgets: "list[Budget]", latency_known: bool) -> bool:
+    """Whether every budget holds: the one rule for plans, baselines and sweep points. A cost the plan
+    lacks fails its budget (it cannot be shown to hold), except a latency budget when no latency model
+    is given, which cannot be checked and is skipped."""
+    return all(costs.get(b.kind, math.inf) <= b.limit for b in budgets if b.kind != "latency_s" or latency_known)

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from mpq.cache import Cache
-from mpq.cost.budget import Budget
+from mpq.cost.budget import Budget, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
@@ -87,7 +87,7 @@ def measure_plan(
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
     measured_costs = {"size_bytes": packed.size_bytes, "bops": bops} | _predicted_latency(prepared, plan, latency)
-    fits = _within(measured_costs, budgets, latency)
+    fits = within_budgets(measured_costs, budgets, latency is not None)
     key = {
         "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
         "quantizer": calibration.quantizer.to_json(),
@@ -132,15 +132,9 @@ def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str
     return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
 
 
-def _within(costs: dict[str, float], budgets: list[Budget], latency) -> bool:
-    """Every budget holds; a latency budget is skipped without a latency model, and fails when the model
-    has no latency for some layer's widths (it cannot be shown to hold)."""
-    return all(costs.get(b.kind, float("inf")) <= b.limit for b in budgets if b.kind != "latency_s" or latency is not None)
-
-
 def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None) -> bool:
     costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
-    return _within(costs | _predicted_latency(prepared, plan, latency), budgets, latency)
+    return within_budgets(costs | _predicted_latency(prepared, plan, latency), budgets, latency is not None)
 
 
 def check_quantizable(plan: Plan) -> None:

@@ -27,6 +27,11 @@ class Measurement:
     latency_s: float | None = None  # predicted by the plan's latency model (mpq.cost.latency), not measured
 
 
+    @property
+    def costs(self) -> dict[str, float]:
+        """The measured size and BOPs, and the predicted latency when there is one (mpq.cost.budget.within_budgets)."""
+        return {"size_bytes": self.size_bytes, "bops": self.bops} | ({"latency_s": self.latency_s} if self.latency_s is not None else {})
+
     def to_json(self) -> dict:
         return dict(self.__dict__)
 
