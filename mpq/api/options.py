@@ -10,8 +10,6 @@ from mpq.errors import MpqError
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.sensitivity.settings import ProbeSettings
 
-SOLVER_KEYWORDS = {"time_limit_s": "time_limit_s"}
-
 
 def field_names(cls) -> set[str]:
     return {f.name for f in fields(cls)}
@@ -58,7 +56,8 @@ def solver_settings(verb: str, solver, keywords: dict) -> SolverSettings:
     return folded(verb, SolverSettings, solver, limit | name, "solver")
 
 
-SEARCH_KEYWORDS = field_names(ProbeSettings) | field_names(SearchSpace) | {"time_limit_s"}
+SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}  # the flat keywords mpq.solve still takes
+SEARCH_KEYWORDS = field_names(ProbeSettings) | SOLVE_KEYWORDS
 
 
 def search_configs(verb: str, space, probes, solver, keywords: dict) -> tuple[SearchSpace, ProbeSettings, SolverSettings]:

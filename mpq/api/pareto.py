@@ -30,9 +30,7 @@ from mpq.inputs.prepare import as_dataset, as_prepared, check_data_fits
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
-from mpq.quant.calibration import calibrate
 from mpq.quant.quantizer import Quantizer
-from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem
@@ -40,7 +38,7 @@ from mpq.solver.omega import plan_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.solver.sweep import DEFAULT_VERIFY_POINTS, parse_sweep, verified_indices
-from mpq.verify.measure import measure_plan, uniform_plan
+from mpq.verify.measure import fitted_and_held_out, measure_plan, uniform_plan
 from mpq.verify.pareto import ParetoPoint, ParetoResult, UniformPoint
 from mpq.verify.report import Measurement
 
@@ -167,10 +165,7 @@ def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoi
     """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer` fitted on
     `data`, measured on `eval_data` or else on `data`); the FP32 summary."""
     cache = open_cache(cache_dir)
-    reference = fp32_reference(prepared, data, batch_size, cache)
-    calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
-    if eval_data is not None:
-        data, reference = eval_data, fp32_reference(prepared, eval_data, batch_size, cache)
+    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, quantizer, batch_size, cache)
     seen: dict[str, Measurement] = {}
 
     def measured(plan: Plan, name: str, shown) -> Measurement:

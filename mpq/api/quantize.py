@@ -12,18 +12,13 @@ Despite the trailing underscore (torchao's name for the idea), nothing is change
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from mpq.cache import open_cache
-from mpq.errors import MpqError
-from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.graph import module_calls_visible
 from mpq.plan import Plan
-from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.reference import fp32_reference
-from mpq.quant.widths import check_bits
+from mpq.quant.quantizer import Quantizer
 from mpq.verify.apply import fake_quant_model
-from mpq.verify.measure import check_plan_matches, pack_plan, plan_calibration
+from mpq.verify.measure import packed_for
 
 
 def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None) -> nn.Module:
@@ -35,34 +30,24 @@ def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, 
     `quantizer`: a preset name or mpq.Quantizer instead of the plan's. Its outputs are exactly the
     evaluator's logits (mpq.verify.measure.packed_logits). Raises MpqError for a plan of another model.
     """
-    if not isinstance(plan, Plan):
-        raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
-    for lp in plan.layers.values():
-        for bits in (lp.weight_bits, *(run.weight_bits for run in lp.channel_bits or ()), *((lp.act_bits,) if lp.act_bits else ())):
-            check_bits(bits)
-    data = as_dataset(data)
-    modules = dict(model.named_modules()) if isinstance(model, nn.Module) else {}
-    prepared = as_prepared(model, data, any(isinstance(modules.get(name), nn.Embedding) for name in plan.layers))
-    check_plan_matches(prepared, plan)
-    cache = open_cache(cache_dir)
-    reference = fp32_reference(prepared, data, batch_size, cache)
-    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache, None if quantizer is None else resolve_quantizer(quantizer))
-    quantized = fake_quant_model(prepared.folded, pack_plan(prepared, plan, calibration)).eval()
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
+    quantized = fake_quant_model(prepared.folded, packed).eval()
     _calls_every_module(quantized)
     return quantized
 
 
 def _calls_every_module(model: nn.Module) -> None:
-    """Turn off PyTorch's fused transformer fast path while `model` runs (as the evaluator does,
-    mpq.inputs.graph.module_calls_visible): it skips the layers' quantizing hooks."""
-    state = {}
+    """Keep PyTorch's fused transformer fast path off while `model` runs, as the evaluator does
+    (mpq.inputs.graph.module_calls_visible, entered before each call and left after it): it skips the
+    layers' quantizing hooks."""
+    active = []
 
     def before(module, args):
-        state["enabled"] = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
+        active.append(module_calls_visible())
+        active[-1].__enter__()
 
     def after(module, args, output):
-        torch.backends.mha.set_fastpath_enabled(state.pop("enabled", True))
+        active.pop().__exit__(None, None, None)
 
     model.register_forward_pre_hook(before)
     model.register_forward_hook(after)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from mpq.api.options import check_known, field_names, probe_settings, search_space, solver_settings
+from mpq.api.options import SOLVE_KEYWORDS, check_known, field_names, probe_settings, search_space, solver_settings
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
-from mpq.cost.latency import coverage_note, latency_from_source, latency_model
+from mpq.cost.latency import coverage_note, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
@@ -41,8 +41,6 @@ from mpq.solver.presolve import binary_variables, solve_presolved
 from mpq.solver.problem import solve_problem
 from mpq.verify.measure import check_quantizable, verify_prepared
 from mpq.verify.report import Report
-
-SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}
 
 
 def analyze(
@@ -196,8 +194,6 @@ def verify(
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
     of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
     """
-    if not isinstance(plan, Plan):
-        raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
     check_quantizable(plan)
     check_batch_size(batch_size)
     data = as_dataset(data)
@@ -221,15 +217,9 @@ def _verify_latency(plan: Plan, latency) -> tuple:
     """The latency model to predict with, and a note when the plan's own can no longer be loaded."""
     if latency is not None:
         return latency_model(latency), None
+    source = plan.settings.latency if plan.settings is not None else None
     try:
-        return latency_from_source(*_plan_latency(plan)), None
+        return (None if source is None else latency_model(source.spec, source.batch)), None
     except MpqError as exc:
         return None, f"latency not predicted: the plan's latency model cannot be loaded ({exc})"
 
-
-
-
-
-def _plan_latency(plan: Plan) -> tuple[str | None, int | None]:
-    source = plan.settings.latency if plan.settings is not None else None
-    return (source.spec, source.batch) if source is not None else (None, None)

@@ -72,8 +72,3 @@ def coverage_note(layers: list[LayerInfo], choices: dict[str, list[Choice]], lat
     partly = [f"{c.label()} on {len(names)} of {len(layers)} layers (e.g. {names[0]})" for c, names in dropped.items() if len(names) < len(layers)]
     parts = ([f"{', '.join(everywhere)} on any layer"] if everywhere else []) + partly
     return f"{latency.describe()} has no latency for " + "; ".join(parts) + ": those choices were not offered to the solver"
-
-
-def latency_from_source(spec: str | None, batch: int | None) -> "LatencyTable | Roofline | None":
-    """The latency model a plan was solved with (its settings' latency spec and batch), or None if it had none."""
-    return None if spec is None else latency_model(spec, batch)

@@ -15,13 +15,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpq.cache import open_cache
 from mpq.errors import MpqError
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
+from mpq.inputs.prepare import as_dataset
 from mpq.plan import Plan
-from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.reference import fp32_reference
-from mpq.verify.measure import check_plan_matches, check_quantizable, pack_plan, plan_calibration
+from mpq.quant.quantizer import Quantizer
+from mpq.verify.measure import packed_for
 
 FORMATS = ("packed", "onnx", "torchao")
 
@@ -48,15 +46,8 @@ def export_plan(
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
-    check_batch_size(batch_size)
-    check_quantizable(plan)
-    data = as_dataset(data)
-    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
-    check_plan_matches(prepared, plan)
-    cache = open_cache(cache_dir)
-    reference = fp32_reference(prepared, data, batch_size, cache)
-    chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))
+    data = as_dataset(data)  # the packed file and ONNX record its input shape
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
     path = Path(path)
     if format == "packed":
         from mpq.export.packed_file import save_packed

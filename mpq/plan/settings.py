@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from mpq.errors import MpqError
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
@@ -60,8 +61,21 @@ def _pins(keep) -> dict[str, int]:
     return {name: check_bits(bits) for name, bits in keep.items()}
 
 
+class _Record:
+    """A settings record whose JSON is its fields; reading refuses unknown keys (`_what` names it in the message)."""
+
+    _what: ClassVar[str]
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(**_known_keys(cls, data, cls._what))
+
+
 @dataclass(frozen=True)
-class SearchSpace:
+class SearchSpace(_Record):
     """The widths a search may choose: every layer takes one of `bits` for its weights (per group of
     `channel_group` output channels with granularity "channel") and one of `act_bits` for its input
     (None: float). `keep` pins layers by name; `keep_first` / `keep_last` the first / last quantizable
@@ -78,6 +92,7 @@ class SearchSpace:
     keep_last: int | None = None
     trace_margin: float = 2.0
     act_sensitivity: bool | None = None
+    _what: ClassVar[str] = "search_space"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bits", _weight_widths(self.bits))
@@ -110,18 +125,15 @@ class SearchSpace:
             "act_sensitivity": self.act_sensitivity,
         }
 
-    @classmethod
-    def from_json(cls, data) -> "SearchSpace":
-        return cls(**_known_keys(cls, data, "search_space"))
-
 
 @dataclass(frozen=True)
-class SolverSettings:
+class SolverSettings(_Record):
     """The MILP solver ("highs" or "cbc") and a time limit in seconds (None: until proven optimal; with a
     limit the plan records whether optimality was proven and the relative gap)."""
 
     name: str = DEFAULT_SOLVER
     time_limit_s: float | None = None
+    _what: ClassVar[str] = "solver"
 
     def __post_init__(self) -> None:
         if self.name not in SOLVERS:
@@ -130,32 +142,20 @@ class SolverSettings:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0):
             raise MpqError(f"the solver's time limit must be a positive number of seconds, not {limit!r}")
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "time_limit_s": self.time_limit_s}
-
-    @classmethod
-    def from_json(cls, data) -> "SolverSettings":
-        return cls(**_known_keys(cls, data, "solver"))
 
 
 @dataclass(frozen=True)
-class ChannelSearch:
+class ChannelSearch(_Record):
     """What a per-channel search solved: binary variables before and after presolve, dominated choices dropped."""
 
     binary_variables: int
     dominated_choices_dropped: int
     binary_variables_after_presolve: int
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data) -> "ChannelSearch":
-        return cls(**_known_keys(cls, data, "channels"))
+    _what: ClassVar[str] = "channels"
 
 
 @dataclass(frozen=True)
-class LatencySource:
+class LatencySource(_Record):
     """The latency model a plan was solved with: a device roofline or a measured table (mpq.cost.latency)."""
 
     source: str  # "roofline" or "table"
@@ -164,13 +164,11 @@ class LatencySource:
     batch: int
     sha256: str | None = None  # of a latency table
     note: str | None = None  # the candidate widths it has no latency for, when some
+    _what: ClassVar[str] = "latency"
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None or f.name in ("device",)}
-
-    @classmethod
-    def from_json(cls, data) -> "LatencySource":
-        return cls(**_known_keys(cls, data, "latency"))
+        """Its fields, leaving out an absent table hash and note."""
+        return {k: v for k, v in super().to_json().items() if v is not None or k == "device"}
 
 
 @dataclass(frozen=True)

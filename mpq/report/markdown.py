@@ -9,6 +9,7 @@ from mpq.cost.budget import format_bytes, format_cost
 from mpq.files import atomic_path, write_json_atomic, write_text_atomic
 from mpq.plan import LayerPlan, Plan
 from mpq.report.summary import summary
+from mpq.report.text import pct
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import HessianTrace, metric_of
 from mpq.solver.milp import solver_note
@@ -18,10 +19,6 @@ from mpq.verify.report import Measurement, Report
 
 if TYPE_CHECKING:
     from mpq.verify.report import ProxyCheck
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None]:
@@ -89,14 +86,14 @@ def comparison_table(report: Report) -> str:
     lines = [
         "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |" + (" predicted latency |" if latency else ""),
         "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if latency else ""),
-        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {_pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
+        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
     ]
     rows: list[Measurement] = [report.plan, *report.baselines]
     for m in rows:
         cell = "-" if m.latency_s is None else format_cost("latency_s", m.latency_s)
         lines.append(
-            f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {_pct(m.top1)} | "
-            f"{_pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
+            f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {pct(m.top1)} | "
+            f"{pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
             + (f" {cell} |" if latency else "")
         )
     return "\n".join(lines)

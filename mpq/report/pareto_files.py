@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mpq.cost.budget import BOPS_PREFIXES, format_bytes, format_cost
 from mpq.files import atomic_path, write_json_atomic, write_text_atomic
+from mpq.report.text import pct
 from mpq.verify.pareto import ParetoResult
 from mpq.verify.report import Measurement
 
@@ -52,10 +53,6 @@ def pareto_csv(result: ParetoResult) -> str:
     return buffer.getvalue()
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def pareto_table(result: ParetoResult) -> str:
     """Markdown table: per point its budget, predicted size, BOPs and Omega, and what was measured."""
     lines = ["| config | budget | size | BOPs | Ω | agreement with FP32 | KL(FP32‖q) | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -66,7 +63,7 @@ def pareto_table(result: ParetoResult) -> str:
         kl = f"{row['kl_to_fp32']:.4f}" if row["verified"] else "-"
         lines.append(
             f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | {format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
-            f"{_pct(row.get('fp32_agreement'))} | {kl} | {_pct(row.get('top1'))} |"
+            f"{pct(row.get('fp32_agreement'))} | {kl} | {pct(row.get('top1'))} |"
         )
     return "\n".join(lines)
 

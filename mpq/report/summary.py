@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mpq.cost.budget import format_bytes
 from mpq.plan import Plan
+from mpq.report.text import pct
 from mpq.sensitivity.result import Sensitivity
 from mpq.verify.report import Measurement, Report
 
@@ -17,13 +18,9 @@ def best_uniform(report: Report) -> Measurement | None:
     return min(fitting, key=lambda m: m.kl_to_fp32) if fitting else None
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _measured(m: Measurement) -> str:
-    top1 = f", top-1 {_pct(m.top1)}" if m.top1 is not None else ""
-    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {_pct(m.fp32_agreement)}{top1}"
+    top1 = f", top-1 {pct(m.top1)}" if m.top1 is not None else ""
+    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {pct(m.fp32_agreement)}{top1}"
 
 
 def _verdict(plan: Measurement, uniform: Measurement | None) -> str:

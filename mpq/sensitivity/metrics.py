@@ -72,7 +72,7 @@ def fisher_traces(
     loss_fn: LossFn,
 ) -> HessianTraces:
     """Tr(F_l) = (1/N) Σ_i ||∇_{W_l} loss_i||² per layer and per output channel, over every sample."""
-    squares = lambda xb, tb, start: _per_sample_squared_grads(model, layer_names, xb, tb, loss_fn)  # noqa: E731
+    squares = lambda xb, tb: _per_sample_squared_grads(model, layer_names, xb, tb, loss_fn)  # noqa: E731
     return _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, "fisher")
 
 
@@ -87,7 +87,6 @@ def gauss_newton_traces(
     settings: ProbeSettings = ProbeSettings(),
     progress: bool | None = None,
     *,
-    loss_fn: LossFn | None = None,
     exact_classes: int = GN_EXACT_CLASSES,
 ) -> HessianTraces:
     """Tr(G_l), G_l = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i the Gauss-Newton block of a softmax
@@ -103,7 +102,7 @@ def gauss_newton_traces(
     the standard error is that of the mean over samples."""
     generator = torch.Generator().manual_seed(settings.seed)
 
-    def squares(xb: torch.Tensor, tb: torch.Tensor, start: int) -> list[torch.Tensor]:
+    def squares(xb: torch.Tensor, tb: torch.Tensor) -> list[torch.Tensor]:  # tb unused: G does not depend on the targets
         with torch.no_grad():
             p = torch.softmax(model(xb).float(), dim=1)
         k = min(exact_classes, p.shape[1])
@@ -125,7 +124,7 @@ def gauss_newton_traces(
 
 
 def _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, label: str) -> HessianTraces:
-    """Per layer and channel the mean over samples of `squares(x_batch, t_batch, start)` ([samples, channels]
+    """Per layer and channel the mean over samples of `squares(x_batch, t_batch)` ([samples, channels]
     per layer), with the standard error of that mean; only the layers' weights require grad meanwhile."""
     weights = [model.get_submodule(n).weight for n in layer_names]
     requires = {p: p.requires_grad for p in model.parameters()}
@@ -140,7 +139,7 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
         with module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
-                for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop], start)):
+                for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
                     for per_channel in per_sample.double().numpy():
                         sums.add(i, per_channel)
                 shown.update(min(stop, len(x)) - start)

@@ -16,16 +16,17 @@ import time
 import torch
 from torch.nn import functional as F
 
-from mpq.cache import Cache
+from mpq.cache import Cache, open_cache
 from mpq.cost.budget import Budget, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
-from mpq.quant.quantizer import Quantizer
+from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
@@ -36,6 +37,18 @@ from mpq.verify.sqnr import layer_sqnr
 EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
+
+
+def fitted_and_held_out(
+    prepared: PreparedModel, data: Dataset, eval_data: Dataset | None, quantizer: Quantizer, batch_size: int, cache: Cache
+) -> tuple[Calibration, Dataset, Fp32Reference]:
+    """`quantizer` fitted on `data`, and what measurements compare against: `eval_data` and its FP32
+    reference when given, else `data` itself (in-sample) and the reference the fit used."""
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
+    if eval_data is None:
+        return calibration, data, reference
+    return calibration, eval_data, fp32_reference(prepared, eval_data, batch_size, cache)
 
 
 def plan_calibration(
@@ -60,6 +73,20 @@ def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> 
     ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
     biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
     return pack_model(prepared.folded, plan, act, ratios, biases)
+
+
+def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None") -> tuple[PreparedModel, PackedModel]:
+    """`plan` applied to `model` as verification applies it: plan and model checked, the plan's quantizer (or
+    `quantizer`) fitted on `data`, the packed tensors (what mpq.quantize_ and the exports are built from)."""
+    check_batch_size(batch_size)
+    check_quantizable(plan)
+    data = as_dataset(data)
+    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
+    check_plan_matches(prepared, plan)
+    cache = open_cache(cache_dir)
+    reference = fp32_reference(prepared, data, batch_size, cache)
+    chosen = None if quantizer is None else resolve_quantizer(quantizer)
+    return prepared, pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))
 
 
 def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
@@ -138,7 +165,9 @@ def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=No
 
 
 def check_quantizable(plan: Plan) -> None:
-    """MpqError unless every width of the plan is one mpq's quantizer supports (a plan file may hold 1-16)."""
+    """MpqError unless `plan` is a Plan whose every width mpq's quantizer supports (a plan file may hold 1-16)."""
+    if not isinstance(plan, Plan):
+        raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
     for lp in plan.layers.values():
         for bits in [lp.weight_bits, *(r.weight_bits for r in lp.channel_bits or ()), *([lp.act_bits] if lp.act_bits is not None else [])]:
             check_bits(bits)
@@ -176,9 +205,8 @@ def verify_prepared(
     `progress`: a bar over the models measured (mpq.progress)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
-    calibrated_on = fp32_reference(prepared, data, batch_size, cache)
-    calibration = plan_calibration(prepared, plan, data, calibrated_on, batch_size, cache, quantizer)
-    data, reference = (data, calibrated_on) if eval_data is None else (eval_data, fp32_reference(prepared, eval_data, batch_size, cache))
+    note = _measured_on(len(data), eval_data)
+    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, quantizer or plan.quantizer, batch_size, cache)
     uniforms = {bits: uniform_plan(prepared, bits, act_bits) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
     uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency)}
     with bar(1 + len(uniforms), "verify", progress, unit="model") as shown:
@@ -194,13 +222,12 @@ def verify_prepared(
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[_measured_on(calibrated_on, eval_data)],
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note],
     )
 
 
-def _measured_on(calibrated_on, eval_data: Dataset | None) -> str:
-    """Which data the numbers are measured on: held out, or the calibration data itself."""
-    calibration = len(calibrated_on.logits)
+def _measured_on(calibration: int, eval_data: Dataset | None) -> str:
+    """Which data the numbers are measured on: held out, or the `calibration` samples themselves."""
     if eval_data is None:
         return f"measured on the {calibration} calibration samples themselves (in-sample): give --eval-data (eval_data=) for held-out numbers"
     return f"calibrated on {calibration} samples (--data), measured on {len(eval_data)} held-out samples (--eval-data)"
