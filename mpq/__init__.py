@@ -24,7 +24,8 @@ _PUBLIC = {
     "Quantizer": "mpq.quant.quantizer",
     "Budget": "mpq.cost.budget", "parse_budget": "mpq.cost.budget",
     "latency_model": "mpq.cost.latency",
-    "Dataset": "mpq.inputs.data",
+    "Dataset": "mpq.inputs.data", "named_inputs": "mpq.inputs.data",
+    "ModelAdapter": "mpq.inputs.adapter", "load_pretrained": "mpq.inputs.huggingface",
     "Plan": "mpq.plan", "LayerPlan": "mpq.plan",
     "Sensitivity": "mpq.sensitivity.result",
     "Report": "mpq.verify.report",
@@ -37,7 +38,7 @@ _PUBLIC = {
 __all__ = [
     "analyze", "solve", "verify", "search", "SearchResult", "quantize_",
     "ProbeSettings", "SearchSpace", "SolverSettings", "Quantizer", "PlanSettings",
-    "Budget", "parse_budget", "Dataset", "Plan", "LayerPlan",
+    "Budget", "parse_budget", "Dataset", "named_inputs", "ModelAdapter", "load_pretrained", "Plan", "LayerPlan",
     "Sensitivity", "Report", "MpqError", "BudgetInfeasible",
     "export_plan", "ExportResult", "load_packed", "latency_model", "pareto", "ParetoResult",
 ]

@@ -86,8 +86,8 @@ def analyze(
     settings = probe_settings("analyze", probes, legacy)
     metric_of(metric)
     data = as_dataset(data)
-    resolved = resolve_loss(loss, data.y is not None)
     prepared = as_prepared(model, data, quantize_embeddings)
+    resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)
     return analyze_prepared(prepared, data, settings, open_cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
 

@@ -192,10 +192,11 @@ def _add_eval_data(p: argparse.ArgumentParser) -> None:
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     p = _group(p, MODEL)
-    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), or a torch.export .pt2 file; default: built-in EfficientNet-Lite0")
-    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); repeatable")
+    p.add_argument("--model", help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), a torch.export .pt2 file, or hf:DIR (a transformers save_pretrained folder, offline); default: built-in EfficientNet-Lite0")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for the model function (int/float/bool/str); for hf: models pooling=cls|mean|none or output=FIELD; repeatable")
     p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
-    p.add_argument("--data", help=".npz/.pt with x (and integer labels y), a folder of images, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views")
+    p.add_argument("--data", help=".npz/.pt with x (and integer labels y) or named inputs (input_ids, attention_mask, ...), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views")
+    p.add_argument("--seq-len", type=positive, help="tokens per sample of text data (.txt: windows of that many tokens; .jsonl: each record padded or cut to it)")
     p.add_argument("--transform", choices=("imagenet", "none"), default="imagenet", help="for image folders: imagenet = resize 256 bicubic, centre crop 224, (x-127)/128; none = x/255 as is (default imagenet)")
 
 
@@ -327,15 +328,15 @@ def load_inputs(args):
     if not args.model and (args.model_arg or args.weights):
         raise MpqError("--model-arg and --weights apply to your own --model; add --model")
     model = load_model_spec(args.model or DEFAULT_MODEL_SPEC, parse_model_args(args.model_arg), args.weights)
-    data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform)
+    data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform, model, args.seq_len)
     return model, data
 
 
-def eval_data_arg(args):
+def eval_data_arg(args, model=None):
     """The held-out data of --eval-data (read like --data), or None."""
     from mpq.inputs.specs import load_data_spec
 
-    return None if getattr(args, "eval_data", None) is None else load_data_spec(args.eval_data, args.transform)
+    return None if getattr(args, "eval_data", None) is None else load_data_spec(args.eval_data, args.transform, model, args.seq_len)
 
 
 def probe_settings(args):

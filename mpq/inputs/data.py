@@ -1,4 +1,8 @@
-"""Data for calibration, sensitivity and evaluation: inputs `x` and optional integer labels `y`."""
+"""Data for calibration, sensitivity and evaluation: inputs `x` and optional integer labels `y`.
+
+Several named inputs (a transformers model's input_ids, attention_mask, ...) are one tensor `x` with the
+inputs stacked along dimension 1 and their names in `input_names` (mpq.inputs.adapter calls the model
+with them by name); `named_inputs` builds that from a dict."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor | None = None
     description: str = ""
+    input_names: tuple[str, ...] = ()  # several named inputs stacked along dimension 1 of x
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
@@ -39,6 +44,9 @@ class Dataset:
             if len(self.y) and int(self.y.min()) < 0:
                 raise MpqError(f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions")
             self.y = self.y.long()
+        self.input_names = tuple(self.input_names)
+        if self.input_names and (self.x.dim() < 2 or self.x.shape[1] != len(self.input_names)):
+            raise MpqError(f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs {', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -51,6 +59,8 @@ class Dataset:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
+        if self.input_names:
+            digest.update(",".join(self.input_names).encode())
         for t in (self.x, self.y):
             if t is not None:
                 digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
@@ -58,16 +68,44 @@ class Dataset:
         return digest.hexdigest()
 
 
+LABEL_KEYS = ("y", "labels", "label")
+
+
+def named_inputs(inputs, source, y: torch.Tensor | None = None) -> Dataset:
+    """A Dataset of several named inputs (e.g. {"input_ids": ..., "attention_mask": ...}), one shape and kind each.
+
+    A key "labels" or "label" holding one integer per sample is taken as y (as a "y" would be)."""
+    inputs = dict(inputs)
+    for key in LABEL_KEYS:
+        value = inputs.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 1 and y is None:
+            y = inputs.pop(key)
+    if not inputs:
+        raise MpqError(f"{source} holds no inputs: give x, or named inputs such as input_ids and attention_mask")
+    for name, value in inputs.items():
+        if not isinstance(value, torch.Tensor):
+            raise MpqError(f"input {name!r} in {source} is a {type(value).__name__}: give every named input as a tensor")
+    shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+    if len(set(shapes.values())) > 1:
+        raise MpqError(f"the named inputs in {source} differ in shape ({', '.join(f'{n} {s}' for n, s in shapes.items())}): give inputs of one shape, e.g. padded to one length")
+    kinds = {t.is_floating_point() for t in inputs.values()}
+    if len(kinds) > 1:
+        raise MpqError(f"the named inputs in {source} mix floats and integers: give one kind (token ids and masks as integers)")
+    x = torch.stack([_as_input(t, source) for t in inputs.values()], dim=1)
+    return Dataset(x=x, y=y, description=f"{source} ({len(x)} samples of {', '.join(inputs)})", input_names=tuple(inputs))
+
+
 def load_npz(path: Path) -> Dataset:
     try:
         arrays = np.load(path, allow_pickle=False)
+        arrays = {name: arrays[name] for name in arrays.files}
     except Exception as exc:
         raise MpqError(f"cannot read {path} as a .npz file ({exc}): save it with numpy.savez(path, x=..., y=...)") from None
-    if "x" not in arrays:
-        raise MpqError(f"{path} has no array named 'x': save inputs as x (and optional integer labels as y)")
-    x = _as_input(_tensor(arrays["x"], "x", path), path)
-    y = _tensor(arrays["y"], "y", path) if "y" in arrays else None
-    return Dataset(x=x, y=y, description=f"{path} ({len(x)} samples)")
+    tensors = {name: _tensor(a, name, path) for name, a in arrays.items()}
+    if "x" not in tensors:
+        return named_inputs(tensors, path)
+    x = _as_input(tensors["x"], path)
+    return Dataset(x=x, y=tensors.get("y"), description=f"{path} ({len(x)} samples)")
 
 
 def _tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
@@ -92,6 +130,8 @@ def load_pt(path: Path) -> Dataset:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MpqError(f"cannot read {path} as tensors ({type(exc).__name__}): save it with torch.save({{'x': x, 'y': y}}, path)") from None
+    if isinstance(data, dict) and data and "x" not in data and all(isinstance(k, str) for k in data):
+        return named_inputs(data, path)
     if not isinstance(data, dict) or not isinstance(data.get("x"), torch.Tensor):
         raise MpqError(f"{path} holds no tensor 'x': save it with torch.save({{'x': inputs, 'y': labels}}, path)")
     y = data.get("y")

@@ -15,6 +15,8 @@ import networkx as nx
 import torch
 from torch import nn
 
+from mpq.inputs.adapter import ModelAdapter, Outputs
+
 QUANTIZABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -264,18 +266,10 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
                 stride=tuple(getattr(mod, "stride", ())),
                 groups=getattr(mod, "groups", 1),
             )
-    layers = list(seen.values())
-    quantized_tensors = {f"{l.name}.weight" for l in layers} | {f"{l.name}.bias" for l in layers if l.bias_params}
-    float_params = {
-        name: tuple(t.shape)
-        for name, t in list(model.named_parameters()) + list(model.named_buffers())
-        if name not in quantized_tensors and t.is_floating_point()
-    }
-    float_bytes = sum(
-        t.numel() * t.element_size()
-        for name, t in list(model.named_parameters()) + list(model.named_buffers())
-        if name not in quantized_tensors and t.is_floating_point()
-    )
+    layers = _untied(list(seen.values()), modules)
+    remainder = float_tensors(model, [l.name for l in layers])
+    float_params = {name: tuple(t.shape) for name, t in remainder.items()}
+    float_bytes = sum(t.numel() * t.element_size() for t in remainder.values())
     return ModelGraph(
         layers=layers,
         float_params=float_params,
@@ -285,6 +279,33 @@ def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: li
         uncalled=[name for name in modules if name not in seen],
         act_tie_groups=shared_input_groups(model, [l.name for l in layers]),
     )
+
+
+def _untied(layers: list[LayerInfo], modules: dict[str, nn.Module]) -> list[LayerInfo]:
+    """One layer per weight tensor: of layers sharing one (an embedding tied to an LM head), the first that is
+    not an embedding (its input can be quantized), else the first. The others compute with its quantized weight."""
+    keep: dict[int, LayerInfo] = {}
+    for layer in layers:
+        key = id(modules[layer.name].weight)
+        if key not in keep or (keep[key].kind == "embedding" and layer.kind != "embedding"):
+            keep[key] = layer
+    kept = {layer.name for layer in keep.values()}
+    return [layer for layer in layers if layer.name in kept]
+
+
+def float_tensors(model: nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
+    """The floating-point parameters and buffers that stay in float: all but the named layers' weights and
+    biases, each tensor once (by identity: a weight tied to a quantized layer's is quantized with it)."""
+    quantized = set()
+    for name in layer_names:
+        module = model.get_submodule(name)
+        quantized |= {id(t) for t in (module.weight, getattr(module, "bias", None)) if t is not None}
+    remainder: dict[str, torch.Tensor] = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and id(t) not in quantized:
+            quantized.add(id(t))
+            remainder[name] = t
+    return remainder
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -306,6 +327,8 @@ class PreparedModel:
     folded: nn.Module
     graph: ModelGraph
     fingerprint: str
+    outputs: Outputs = Outputs()
+    input_names: tuple[str, ...] = ()  # the data's named inputs (mpq.inputs.adapter); () for one tensor
 
 
 def prepare_model(model: nn.Module, example: torch.Tensor, embeddings: bool = False) -> PreparedModel:
@@ -315,4 +338,8 @@ def prepare_model(model: nn.Module, example: torch.Tensor, embeddings: bool = Fa
     """
     folded, folded_names = fold_batchnorm(model, example)
     graph = analyze_graph(folded, example, folded_names, embeddings)
-    return PreparedModel(original=model, folded=folded, graph=graph, fingerprint=model_fingerprint(model))
+    adapted = isinstance(model, ModelAdapter)
+    return PreparedModel(
+        original=model, folded=folded, graph=graph, fingerprint=model_fingerprint(model),
+        outputs=model.outputs if adapted else Outputs(), input_names=model.input_names if adapted else (),
+    )

@@ -3,13 +3,15 @@ with one actionable sentence for anything that cannot be used."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.inputs.data import Dataset
+from mpq.inputs.adapter import Outputs, adapt
+from mpq.inputs.data import Dataset, named_inputs
 from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
 
 EXAMPLE_BATCH = 2
@@ -20,9 +22,13 @@ def as_dataset(data) -> Dataset:
         return data
     if isinstance(data, torch.Tensor):
         return Dataset(x=data)
+    if isinstance(data, Mapping):
+        return named_inputs(data, "the data")
     if isinstance(data, tuple) and len(data) == 2:
+        if isinstance(data[0], Mapping):
+            return named_inputs(data[0], "the data", y=data[1])
         return Dataset(x=data[0], y=data[1])
-    raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, or an (x, y) tuple, not {type(data).__name__}")
+    raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, a dict of named inputs, or an (x, y) tuple, not {type(data).__name__}")
 
 
 def _check_finite_weights(model: nn.Module) -> None:
@@ -36,7 +42,7 @@ def _check_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         output = model(example)
     if not isinstance(output, torch.Tensor) or output.dim() < 2:
         what = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
-        raise MpqError(f"the model returns {what}: wrap it so that it returns one tensor shaped [batch, outputs...] (logits or embeddings)")
+        raise MpqError(f"the model returns {what}: return one tensor shaped [batch, outputs...] (logits or embeddings), or wrap it in mpq.ModelAdapter(model, field=NAME)")
     if output.is_floating_point() and not torch.isfinite(output).all():
         raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
     return output
@@ -51,13 +57,21 @@ def _model_runs_on(data: Dataset):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
         raise MpqError(
-            f"the model cannot run on the data (inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}): {first}; "
+            f"the model cannot run on the data ({_described(data)}): {first}; "
             f"{hint}give data shaped and typed as the model expects"
         ) from None
 
 
+def _described(data: Dataset) -> str:
+    if data.input_names:
+        return f"inputs {', '.join(data.input_names)} of shape {tuple(data.x.shape[2:])}, dtype {data.x.dtype}"
+    return f"inputs of shape {tuple(data.x.shape[1:])}, dtype {data.x.dtype}"
+
+
 def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
     """`data` (e.g. held-out evaluation data) checked against an already prepared model as the first data was."""
+    if data.input_names != prepared.input_names:
+        raise MpqError(f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with {', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs")
     with _model_runs_on(data):
         output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH])
     check_labels(output, data.y)
@@ -81,6 +95,7 @@ def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel
     _check_finite_weights(model)
     example = data.x[:EXAMPLE_BATCH]
     with _model_runs_on(data):
+        model = adapt(model, example, data.input_names)  # named inputs, structured outputs: one tensor in, one out
         prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
         output = _check_output(prepared.folded, example)
     check_labels(output, data.y)

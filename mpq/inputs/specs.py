@@ -4,12 +4,16 @@ Models (`--model`):
     package.module:attr, path/file.py:attr   an nn.Module, or a callable returning one (called with
                                              the `--model-arg key=value` pairs as keyword arguments)
     file.pt2                                 a torch.export program (torch.export.save)
+    hf:DIR                                   a transformers model saved with save_pretrained (offline;
+                                             mpq.inputs.huggingface), --model-arg pooling=/output=
     + `--weights file.pth`                   a state dict loaded (weights_only=True) into the model
 TorchScript files (.pt/.ts from torch.jit.save) are recognised and refused with what to give instead:
 their layers are compiled code, so mpq cannot hook, fold or requantize them.
 
 Data (`--data`):
-    file.npz, file.pt                        arrays/tensors x (inputs) and optional y (integer labels)
+    file.npz, file.pt                        arrays/tensors x (inputs) and optional y (integer labels),
+                                             or named inputs (input_ids, attention_mask, ...) and y
+    file.txt, file.jsonl                     text for an hf: model, tokenized by its tokenizer (--seq-len)
     folder                                   images, flat (unlabelled) or in class subfolders; --transform
     package.module:attr, path/file.py:attr   an mpq.Dataset, a tensor of inputs, or a DataLoader /
                                              iterable of x or (x, y) batches (called first if callable)
@@ -27,6 +31,7 @@ from torch import nn
 
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset, from_batches, load_image_folder, load_npz, load_pt
+from mpq.inputs.huggingface import PREFIX, TEXT_SUFFIXES, load_pretrained, load_text
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
 
@@ -181,6 +186,10 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
 
 def load_model_spec(spec: str, model_args: dict | None = None, weights: "str | Path | None" = None) -> nn.Module:
     """The model named by `spec` (see the module docstring), weights loaded, in eval mode."""
+    if spec.startswith(PREFIX):
+        if weights is not None:
+            raise MpqError("--weights applies to a Python factory; an hf: folder holds its own weights (save_pretrained)")
+        return load_pretrained(spec[len(PREFIX):], model_args)
     path = Path(spec)
     if path.suffix == ".pt2" or (":" not in spec and path.suffix in TORCHSCRIPT_SUFFIXES):
         if model_args:
@@ -193,9 +202,14 @@ def load_model_spec(spec: str, model_args: dict | None = None, weights: "str | P
     return model.eval()
 
 
-def load_data_spec(spec: str, transform: str = "imagenet") -> Dataset:
-    """A .npz or .pt file (x, optional y), a folder of images, or `module:attr` (see the module docstring)."""
+def load_data_spec(spec: str, transform: str = "imagenet", model: nn.Module | None = None, seq_len: int | None = None) -> Dataset:
+    """A .npz or .pt file (x, optional y), a folder of images, text for an hf: `model`, or `module:attr`
+    (see the module docstring)."""
     path = Path(spec)
+    if path.suffix in TEXT_SUFFIXES:
+        return load_text(path, model, seq_len)
+    if seq_len is not None:
+        raise MpqError("--seq-len applies to text data (.txt, .jsonl); drop it, or give text")
     if path.suffix in (".npz", ".pt", ".pth"):
         if not path.is_file():
             raise MpqError(f"data file {spec} does not exist; check the path")
@@ -212,4 +226,4 @@ def load_data_spec(spec: str, transform: str = "imagenet") -> Dataset:
         if hasattr(data, "__iter__"):
             return call_user(lambda: from_batches(data, spec), spec, "data")
         raise MpqError(f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable of (x, y) batches")
-    raise MpqError(f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, or module:function")
+    raise MpqError(f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function")

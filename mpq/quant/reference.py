@@ -10,7 +10,7 @@ from torch import nn
 
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
-from mpq.inputs.graph import PreparedModel, module_calls_visible
+from mpq.inputs.graph import PreparedModel, float_tensors, module_calls_visible
 from mpq.quant.affine import MinMaxObserver
 from mpq.quant.calibration import input_hooks
 
@@ -21,10 +21,28 @@ class Fp32Reference:
     input_ranges: dict[str, tuple[float, float]]
     size_bytes: int
     top1: float | None
+    perplexity: float | None = None  # a causal LM's, on the data (mpq.quant.reference.perplexity)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def perplexity(logits: torch.Tensor, data: Dataset) -> float:
+    """exp of the mean next-token cross-entropy: position t's logits (classes along dimension 1, as
+    mpq.inputs.adapter gives them) against token t + 1, over the positions the attention mask keeps."""
+    names = data.input_names or ("input_ids",)
+    ids = data.x[:, names.index("input_ids")] if data.input_names else data.x
+    nll = torch.nn.functional.cross_entropy(logits[:, :, :-1].double(), ids[:, 1:], reduction="none")
+    if "attention_mask" in names:
+        keep = data.x[:, names.index("attention_mask")][:, 1:].to(nll.dtype)
+        return float(torch.exp((nll * keep).sum() / keep.sum().clamp_min(1)))
+    return float(torch.exp(nll.mean()))
+
+
+def lm_perplexity(prepared: PreparedModel, logits: torch.Tensor, data: Dataset) -> float | None:
+    """The perplexity of a causal LM's `logits` on `data`; None for other models."""
+    return perplexity(logits, data) if prepared.outputs.causal_lm else None
 
 
 def run_batches(model: nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
@@ -35,13 +53,13 @@ def run_batches(model: nn.Module, data: Dataset, batch_size: int) -> torch.Tenso
 def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cache: Cache) -> Fp32Reference:
     """FP32 logits and each quantizable layer's input range (min-max), in one pass; cached."""
     names = [layer.name for layer in prepared.graph.layers]
-    size = sum(t.numel() * t.element_size() for t in prepared.folded.state_dict().values() if t.is_floating_point())
+    size = sum(t.numel() * t.element_size() for t in float_tensors(prepared.folded, []).values())
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names}
     cached = cache.load("fp32", key)
     if cached is not None:
         logits = torch.tensor(cached["logits"])
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
-        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y))
+        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y), perplexity=lm_perplexity(prepared, logits, data))
     observers = {name: MinMaxObserver() for name in names}
 
     def observing(obs):
@@ -55,4 +73,4 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
         logits = run_batches(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
     cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
-    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y))
+    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y), perplexity=lm_perplexity(prepared, logits, data))

@@ -81,21 +81,23 @@ def weight_bits_text(lp: LayerPlan) -> str:
 
 
 def comparison_table(report: Report) -> str:
-    """Markdown table of the plan, FP32 and the baselines; with a latency model, their predicted latencies too."""
+    """Markdown table of the plan, FP32 and the baselines: agreement and KL for logits (not for embeddings, where
+    they mean nothing), cosine, a causal LM's perplexity, and with a latency model the predicted latencies."""
+    logits = not report.outputs.embeddings
+    ppl = report.fp32.perplexity is not None
     latency = bool(report.latency_model)
-    lines = [
-        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |" + (" predicted latency |" if latency else ""),
-        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if latency else ""),
-        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
-    ]
-    rows: list[Measurement] = [report.plan, *report.baselines]
-    for m in rows:
-        cell = "-" if m.latency_s is None else format_cost("latency_s", m.latency_s)
-        lines.append(
-            f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {pct(m.top1)} | "
-            f"{pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
-            + (f" {cell} |" if latency else "")
-        )
+    columns = ["model", "size", "fits budget", "top-1"] + (["agreement with FP32", "KL(FP32‖q)"] if logits else []) + ["cosine to FP32"]
+    columns += (["perplexity"] if ppl else []) + (["predicted latency"] if latency else [])
+    fp32 = ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)] + (["100.0%", "0"] if logits else []) + ["1"]
+    fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + (["-"] if latency else [])
+    lines = ["| " + " | ".join(columns) + " |", "|---|---:|---|" + "---:|" * (len(columns) - 3), "| " + " | ".join(fp32) + " |"]
+    for m in [report.plan, *report.baselines]:
+        cells = [m.name, format_bytes(m.size_bytes), "yes" if m.fits_budget else "no", pct(m.top1)]
+        cells += [pct(m.fp32_agreement), f"{m.kl_to_fp32:.4f}"] if logits else []
+        cells += ["-" if m.cosine_to_fp32 is None else f"{m.cosine_to_fp32:.5f}"]
+        cells += ["-" if m.perplexity is None else f"{m.perplexity:.3f}"] if ppl else []
+        cells += ["-" if m.latency_s is None else format_cost("latency_s", m.latency_s)] if latency else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -13,23 +13,29 @@ ACT_CAP = 0.5  # uniform W8 (same activations) with at least this share of the p
 
 
 def best_uniform(report: Report) -> Measurement | None:
-    """The uniform baseline of least KL among those that fit the plan's budgets (None: none fits)."""
+    """The uniform baseline closest to FP32 (Report.distance) among those that fit the plan's budgets (None: none fits)."""
     fitting = [m for m in report.baselines if m.fits_budget]
-    return min(fitting, key=lambda m: m.kl_to_fp32) if fitting else None
+    return min(fitting, key=report.distance) if fitting else None
 
 
-def _measured(m: Measurement) -> str:
+def _measured(report: Report, m: Measurement) -> str:
     top1 = f", top-1 {pct(m.top1)}" if m.top1 is not None else ""
-    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {pct(m.fp32_agreement)}{top1}"
+    ppl = f", perplexity {m.perplexity:.4g}" if m.perplexity is not None else ""
+    if report.outputs.embeddings:
+        return f"{format_bytes(m.size_bytes)}, cosine to FP32 {m.cosine_to_fp32:.5f}{top1}"
+    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {pct(m.fp32_agreement)}{top1}{ppl}"
 
 
-def _verdict(plan: Measurement, uniform: Measurement | None) -> str:
+def _verdict(report: Report, uniform: Measurement | None) -> str:
+    plan = report.plan
     if uniform is None:
         return "no uniform width fits the budget, so the plan is the only quantized model within it"
-    if plan.kl_to_fp32 < uniform.kl_to_fp32:
-        ratio = uniform.kl_to_fp32 / plan.kl_to_fp32 if plan.kl_to_fp32 > 0 else float("inf")
-        return f"the plan's KL is {ratio:.2g}× lower than {uniform.name}'s, the best uniform plan that fits"
-    return f"{uniform.name}, a uniform plan that fits, does as well as the plan or better (KL {uniform.kl_to_fp32:.4g} against {plan.kl_to_fp32:.4g})"
+    what = "1 − cosine" if report.outputs.embeddings else "KL"
+    ours, theirs = report.distance(plan), report.distance(uniform)
+    if ours < theirs:
+        ratio = theirs / ours if ours > 0 else float("inf")
+        return f"the plan's {what} is {ratio:.2g}× lower than {uniform.name}'s, the best uniform plan that fits"
+    return f"{uniform.name}, a uniform plan that fits, does as well as the plan or better ({what} {theirs:.4g} against {ours:.4g})"
 
 
 def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str]:
@@ -38,7 +44,7 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     uniform = best_uniform(report)
     measured = report.plan
     warnings = sensitivity.warnings()
-    if uniform is not None and uniform.kl_to_fp32 <= measured.kl_to_fp32:
+    if uniform is not None and report.distance(uniform) <= report.distance(measured):
         steps.append(f"A uniform plan wins ({uniform.name}): Ω does not rank the widths well here. Try a measured metric "
                      "(`--metric output_kl` or `--metric kl_quadratic`), or `--proxy-check 20` to see how well Ω predicts KL; "
                      f"meanwhile {uniform.name} is the better choice at this budget.")
@@ -52,9 +58,11 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
                      "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt.")
     w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
     act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
-    if w8 is not None and any(a is not None for a in act_bits) and measured.kl_to_fp32 > 0 and w8.kl_to_fp32 >= ACT_CAP * measured.kl_to_fp32:
-        steps.append(f"Activation quantization caps the result: {w8.name} alone has KL {w8.kl_to_fp32:.4g}, "
-                     f"{w8.kl_to_fp32 / measured.kl_to_fp32:.0%} of the plan's, so narrower weights are not what costs most. "
+    ours = report.distance(measured)
+    if w8 is not None and any(a is not None for a in act_bits) and ours > 0 and report.distance(w8) >= ACT_CAP * ours:
+        what = "1 − cosine" if report.outputs.embeddings else "KL"
+        steps.append(f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
+                     f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
                      "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone.")
     if not steps:
         steps.append("Nothing stands out. To see what a little more or less size buys, sweep the budget: "
@@ -79,9 +87,9 @@ def summary(sensitivity: Sensitivity, plan: Plan, report: Report, command: str |
         "",
         f"- Made by: {made_by}",
         f"- Budget: {budgets}",
-        f"- The plan: {_measured(report.plan)}",
-        f"- Best uniform plan that fits: {uniform.name}, {_measured(uniform)}" if uniform else "- Best uniform plan that fits: none fits the budget",
-        f"- Result: {_verdict(report.plan, uniform)}",
+        f"- The plan: {_measured(report, report.plan)}",
+        f"- Best uniform plan that fits: {uniform.name}, {_measured(report, uniform)}" if uniform else "- Best uniform plan that fits: none fits the budget",
+        f"- Result: {_verdict(report, uniform)}",
         "",
         "What to try next:",
         "",

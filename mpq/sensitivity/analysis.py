@@ -171,7 +171,8 @@ def analyze_prepared(
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
-    loss = resolve_loss(metric.fixed_loss, data.y is not None) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None))
+    embeddings = prepared.outputs.embeddings
+    loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
         metric.check_loss(loss.name)
         loss.check(prepared.folded, data)

@@ -5,7 +5,8 @@ Every loss is `loss(output, target) -> scalar tensor`, averaged over the batch. 
 
     labels  cross-entropy with the integer labels y (default when the data has labels)
     fp32    cross-entropy against the FP32 model's own predicted classes (default without labels)
-    mse     mean squared error to the FP32 model's outputs (any output shape: embeddings, regressions)
+    mse     mean squared error to the FP32 model's outputs (any output shape: embeddings, regressions;
+            the default for a model whose outputs are embeddings, mpq.inputs.adapter)
     kl      KL(softmax(FP32 logits) || softmax(output)) along dim 1
     module:callable or path/file.py:callable
             your function loss(output, target); the target is y when the data has labels, else the
@@ -75,10 +76,16 @@ def fp32_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25) 
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).float()
 
 
-def resolve_loss(loss: "str | LossFn | None", has_labels: bool) -> Loss:
-    """The Loss named by `loss` (None: `labels` with labels, `fp32` without); raises MpqError on a bad name."""
+SOFTMAX_LOSSES = ("labels", "fp32", "kl")
+
+
+def resolve_loss(loss: "str | LossFn | None", has_labels: bool, embeddings: bool = False) -> Loss:
+    """The Loss named by `loss` (None: `labels` with labels, `fp32` without; `mse` for a model whose outputs
+    are embeddings, whatever its labels: cross-entropy over hidden dimensions means nothing); MpqError on a bad name."""
+    if embeddings and loss in SOFTMAX_LOSSES:
+        raise MpqError(f"the model outputs embeddings (hidden states), over which --loss {loss} means nothing: use --loss mse, or a model with a classifier head")
     if loss is None:
-        loss = "labels" if has_labels else "fp32"
+        loss = "mse" if embeddings else "labels" if has_labels else "fp32"
     if callable(loss):
         name = f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}"
         return Loss(name, loss, "labels" if has_labels else "fp32_outputs")

@@ -165,8 +165,19 @@ def check_feasible(problem: Problem) -> None:
         if least > budget.limit:
             raise BudgetInfeasible(
                 f"no plan meets the budget {budget.text} ({format_cost(budget.kind, budget.limit)}): the smallest "
-                f"that can be met is {format_cost(budget.kind, least, round_up=True)}; raise the budget or allow narrower widths"
+                f"that can be met is {format_cost(budget.kind, least, round_up=True)}; {_what_to_try(problem, budget, least)}"
             )
+
+
+def _what_to_try(problem: Problem, budget: Budget, least: float) -> str:
+    """Narrower widths help only when the quantized layers, not what stays in float, are over the budget."""
+    fixed = problem.fixed_costs.get(budget.kind, 0.0)
+    if budget.kind == "size_bytes" and fixed >= 0.5 * least:
+        return (
+            f"{format_cost(budget.kind, fixed, round_up=True)} of it stays in float (embeddings, norms, other parameters): "
+            "raise the budget, or quantize the embeddings too (--quantize-embeddings)"
+        )
+    return "raise the budget or allow narrower widths"
 
 
 def _objective_scale(problem: Problem) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpq.inputs.graph import quantizable_modules
+from mpq.inputs.graph import float_tensors, quantizable_modules
 from mpq.plan import ChannelRun, Plan, storage_chunks
 from mpq.quant.affine import ActQuantParams, QuantizedWeight, quantize_weight_channels
 
@@ -106,10 +106,8 @@ def pack_model(
         if lp.channel_bits:
             layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
             layers[name]["channel_group"] = lp.channel_group
-    quantized = {f"{n}.{p}" for n in plan.layers for p in ("weight", "bias")}
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name not in quantized and t.is_floating_point():
-            tensors[name] = t.detach().clone()
+    for name, t in float_tensors(model, list(plan.layers)).items():
+        tensors[name] = t.detach().clone()
     return PackedModel(tensors=tensors, layers=layers)
 
 

@@ -27,7 +27,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches, top1
+from mpq.quant.reference import Fp32Reference, fp32_reference, lm_perplexity, run_batches, top1
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
 from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
@@ -138,6 +138,7 @@ def measure_plan(
         fits_budget=fits,
         cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
         latency_s=measured_costs.get("latency_s"),
+        perplexity=lm_perplexity(prepared, logits, data),
     )
     cache.save("measurement", key, result.to_json())
     return result
@@ -222,7 +223,7 @@ def verify_prepared(
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note],
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], outputs=prepared.outputs,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mpq.inputs.adapter import Outputs
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.reference import Fp32Reference
 from mpq.verify.sqnr import LayerSqnr
@@ -25,6 +26,7 @@ class Measurement:
     fits_budget: bool = True
     cosine_to_fp32: float | None = None  # mean cosine similarity of each output to the FP32 one
     latency_s: float | None = None  # predicted by the plan's latency model (mpq.cost.latency), not measured
+    perplexity: float | None = None  # a causal LM's next-token perplexity on the evaluation data
 
 
     @property
@@ -50,6 +52,11 @@ class Report:
     quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
     proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.verify.proxy)
     versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
+    outputs: Outputs = Outputs()  # what the model's outputs are: logits (agreement, KL) or embeddings (cosine)
+
+    def distance(self, m: Measurement) -> float:
+        """How far a measured model is from FP32, by the measure its outputs call for: KL for logits, 1 - cosine for embeddings."""
+        return 1.0 - (m.cosine_to_fp32 or 0.0) if self.outputs.embeddings else m.kl_to_fp32
 
     def to_json(self) -> dict:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
@@ -62,8 +69,10 @@ class Report:
                 "kl_to_fp32": self.plan.kl_to_fp32,
                 "cosine_to_fp32": self.plan.cosine_to_fp32,
                 "n_eval": self.plan.n_eval,
+                **({"perplexity": self.plan.perplexity} if self.plan.perplexity is not None else {}),
             },
-            "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1},
+            "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1} | ({"perplexity": self.fp32.perplexity} if self.fp32.perplexity is not None else {}),
+            "outputs": self.outputs.to_json(),
             "baselines": [b.to_json() for b in self.baselines],
             "timings_s": self.timings_s,
             "notes": self.notes,

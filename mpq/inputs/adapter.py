@@ -1,0 +1,216 @@
+"""Models with several named inputs or a structured output (Hugging Face transformers, dict outputs), seen
+as mpq sees every model: one tensor in, one tensor out.
+
+In:  a Dataset with `input_names` ("input_ids", "attention_mask", ...) holds them stacked along
+     dimension 1 (x[:, i] is input i); the adapter calls model(**{name_i: x[:, i]}).
+Out: the tensor of the output's field (a ModelOutput's or dict's `logits`, else `last_hidden_state`, else
+     the first tensor). Logits shaped [batch, positions, classes] are returned as [batch, classes, positions]:
+     classes along dimension 1, PyTorch's convention for cross-entropy, which every loss and measurement of
+     mpq follows (a causal LM's KL, agreement and perplexity are then per token). Hidden states are
+     embeddings, pooled as asked: "none" (every position), "cls" (the first) or "mean" (over the attention mask).
+
+The adapter shares the model's module tree (its `_modules`, `_parameters` and `_buffers` are the model's
+own), so layer names, state-dict keys and the fingerprint are the model's: a plan names `bert.encoder...`,
+not `model.bert.encoder...`, and the quantized copy's `inner` is the user's model type.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mpq.errors import MpqError
+
+POOLINGS = ("none", "cls", "mean")
+OUTPUT_KINDS = ("logits", "embeddings")
+LOGIT_FIELDS = ("logits",)
+HIDDEN_FIELDS = ("last_hidden_state", "pooler_output")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a model's output tensor is: `kind` "logits" (classes along dimension 1) or "embeddings";
+    `causal_lm` when position t's logits predict token t + 1 (then verification reports perplexity)."""
+
+    kind: str = "logits"
+    field: str | None = None  # the ModelOutput attribute or dict key it comes from; None: a tensor (or a tuple's first)
+    pooling: str = "none"
+    causal_lm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTPUT_KINDS:
+            raise MpqError(f"output kind {self.kind!r} is not one of {', '.join(OUTPUT_KINDS)}")
+        if self.pooling not in POOLINGS:
+            raise MpqError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}: use pooling=cls, mean or none")
+
+    @property
+    def embeddings(self) -> bool:
+        return self.kind == "embeddings"
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _field(output, name: str):
+    if isinstance(output, Mapping):
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+def _tensor_of(output, field: str | None) -> torch.Tensor:
+    if field is not None:
+        return _field(output, field)
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+def choose_outputs(model: nn.Module, output, pooling: str | None = None, field: str | None = None) -> Outputs:
+    """The Outputs of a model from one forward pass's `output` (a tensor, tuple, dict or ModelOutput)."""
+    if field is not None and not isinstance(_tensor_of(output, field), torch.Tensor):
+        raise MpqError(f"the model's output has no tensor {field!r}: name one of {', '.join(_tensor_fields(output)) or 'its fields'}")
+    if field is None and not isinstance(output, torch.Tensor):
+        field = next((f for f in LOGIT_FIELDS + HIDDEN_FIELDS if isinstance(_field(output, f), torch.Tensor)), None)
+        if field is None and not (isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)):
+            raise MpqError(f"the model returns a {type(output).__name__} with no logits or last_hidden_state: return one tensor, or name its field (--model-arg output=NAME)")
+    kind = "embeddings" if field in HIDDEN_FIELDS else "logits"
+    if pooling not in (None, "none") and kind != "embeddings":
+        raise MpqError(f"pooling={pooling} applies to hidden states (embeddings), but the model returns {field or 'logits'}: drop the pooling")
+    return Outputs(kind=kind, field=field, pooling=pooling or "none", causal_lm=kind == "logits" and is_causal_lm(model))
+
+
+def _tensor_fields(output) -> list[str]:
+    items = output.items() if isinstance(output, Mapping) else vars(output).items() if hasattr(output, "__dict__") else ()
+    return [k for k, v in items if isinstance(v, torch.Tensor)]
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A transformers model that generates text from its own logits (GPT-2, LLaMA, ...): not an encoder-decoder."""
+    config = getattr(model, "config", None)
+    can_generate = getattr(model, "can_generate", None)
+    return bool(callable(can_generate) and can_generate() and config is not None and not getattr(config, "is_encoder_decoder", False))
+
+
+class ModelAdapter(nn.Module):
+    """`model` called with named inputs and reduced to one output tensor (see the module docstring).
+
+    Wrap a model yourself to choose its output: mpq.ModelAdapter(model, pooling="mean") or field="pooler_output".
+    `input_names` and `outputs` left None are taken from the data and the model's first output.
+    """
+
+    def __init__(
+        self, model: nn.Module, input_names: tuple[str, ...] | None = None, outputs: Outputs | None = None,
+        pooling: str | None = None, field: str | None = None, folder=None,
+    ) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", model)  # not a child: the adapter shares its tree instead
+        self._modules = model._modules
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self.input_names = None if input_names is None else tuple(input_names)
+        self.outputs = outputs
+        self.pooling, self.field = pooling, field
+        self.folder = folder  # the save_pretrained folder it was loaded from (its tokenizer reads text data)
+        if pooling is not None and pooling not in POOLINGS:
+            raise MpqError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}: use pooling=cls, mean or none")
+
+    @property
+    def complete(self) -> bool:
+        return self.input_names is not None and self.outputs is not None
+
+    def train(self, mode: bool = True) -> "ModelAdapter":
+        self.inner.train(mode)
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kwargs = {name: x[:, i] for i, name in enumerate(self.input_names)}
+        if _has_use_cache(self.inner):
+            kwargs["use_cache"] = False
+        output = self.inner(**kwargs) if self.input_names else self.inner(x, **kwargs)
+        tensor = _tensor_of(output, self.outputs.field)
+        if self.outputs.embeddings:
+            return self._pooled(tensor, kwargs.get("attention_mask"))
+        return tensor.transpose(1, 2) if tensor.dim() == 3 else tensor
+
+    def _pooled(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.outputs.pooling == "cls" or hidden.dim() < 3:
+            return hidden[:, 0] if hidden.dim() == 3 else hidden
+        if self.outputs.pooling == "mean":
+            weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if mask is None else mask.to(hidden.dtype)
+            return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+        return hidden
+
+
+def _has_use_cache(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return config is not None and hasattr(config, "use_cache") and hasattr(model, "can_generate")
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    return any(cls.__module__.startswith("transformers.") for cls in type(model).__mro__)
+
+
+def conv1d_modules(model: nn.Module) -> list[str]:
+    """Names of transformers' Conv1D layers (GPT-2's attention and MLP): y = x @ W + b, W shaped [in, out]."""
+    return [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.")]
+
+
+def as_linear(conv1d: nn.Module) -> nn.Linear:
+    """The nn.Linear that computes what a transformers Conv1D computes (its weight transposed)."""
+    nx, nf = conv1d.weight.shape
+    linear = nn.Linear(nx, nf, bias=conv1d.bias is not None, dtype=conv1d.weight.dtype, device=conv1d.weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.t())
+        if conv1d.bias is not None:
+            linear.bias.copy_(conv1d.bias)
+    return linear
+
+
+def _needs_eager_attention(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    return implementation not in (None, "eager") and hasattr(model, "set_attn_implementation")
+
+
+def for_mpq(model: nn.Module) -> nn.Module:
+    """A transformers model as mpq measures it: eager attention (SDPA has no double backward on CPU, which the
+    Hessian needs; the function is the same) and Conv1D layers as the nn.Linear they compute. A copy when
+    anything changes: the user's model is left as it was."""
+    convs = conv1d_modules(model)
+    if not convs and not _needs_eager_attention(model):
+        return model
+    model = copy.deepcopy(model)
+    if _needs_eager_attention(model):
+        model.set_attn_implementation("eager")
+    for name in convs:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, as_linear(model.get_submodule(name)))
+    return model
+
+
+def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...]) -> nn.Module:
+    """`model` itself when it takes one tensor and returns one, else a complete ModelAdapter (module docstring)."""
+    input_names = tuple(input_names)
+    pooling = field = folder = None
+    if isinstance(model, ModelAdapter):
+        if model.input_names is not None and model.input_names != input_names:
+            raise MpqError(f"the model takes inputs {', '.join(model.input_names) or 'x'} but the data holds {', '.join(input_names) or 'one tensor x'}: give data with those inputs")
+        if model.complete:
+            return model
+        pooling, field, folder, model = model.pooling, model.field, model.folder, model.inner
+    wrapped = pooling is not None or field is not None or folder is not None
+    if is_transformers_model(model):
+        model = for_mpq(model)
+    elif not input_names and not wrapped:
+        with torch.no_grad():
+            if isinstance(model(example), torch.Tensor):
+                return model
+    with torch.no_grad():
+        kwargs = {name: example[:, i] for i, name in enumerate(input_names)} | ({"use_cache": False} if _has_use_cache(model) else {})
+        output = model(**kwargs) if input_names else model(example, **kwargs)
+    return ModelAdapter(model, input_names, choose_outputs(model, output, pooling, field), pooling, field, folder)

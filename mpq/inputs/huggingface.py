@@ -1,0 +1,139 @@
+"""`--model hf:DIR`: a transformers model saved with save_pretrained, loaded offline, and text data
+tokenized by its own tokenizer.
+
+The model class is the config's first `architectures` entry (else AutoModel), loaded with
+local_files_only=True (nothing is downloaded), no remote code, float32 weights, eager attention (the
+Hessian needs second derivatives, which SDPA lacks on the CPU). `--model-arg` takes `pooling=cls|mean|none`
+and `output=FIELD` (mpq.inputs.adapter).
+
+Text (`--data corpus.txt | corpus.jsonl --seq-len N`):
+    .txt    the whole file tokenized once and cut into windows of N tokens (the last partial one dropped):
+            input_ids [windows, N], the usual way to measure a causal LM's perplexity
+    .jsonl  one sample per line, {"text": ...} and optionally an integer "label": input_ids and
+            attention_mask padded (or truncated) to N tokens
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpq.errors import MpqError
+from mpq.inputs.adapter import ModelAdapter
+from mpq.inputs.data import Dataset, named_inputs
+
+PREFIX = "hf:"
+TEXT_SUFFIXES = (".txt", ".jsonl")
+MODEL_ARGS = ("pooling", "output")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise MpqError("--model hf:DIR needs the transformers package: pip install transformers") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> ModelAdapter:
+    """The model in `folder` (see the module docstring), in eval mode, wrapped to name its inputs and output."""
+    folder = Path(folder)
+    model_args = dict(model_args or {})
+    unknown = sorted(set(model_args) - set(MODEL_ARGS))
+    if unknown:
+        raise MpqError(f"--model-arg {unknown[0]} does not apply to hf: models: use pooling=cls|mean|none or output=FIELD")
+    if not (folder / "config.json").is_file():
+        raise MpqError(f"{folder} has no config.json: give a folder written by model.save_pretrained(folder)")
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise MpqError(f"cannot read {folder}/config.json ({type(exc).__name__}): save the model again with save_pretrained") from None
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")):
+        raise MpqError(f"{folder} holds a config but no weights (model.safetensors): save them with model.save_pretrained({str(folder)!r})")
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    model_class = model_class or transformers.AutoModel
+    try:
+        model = model_class.from_pretrained(folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MpqError(f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained") from None
+    return ModelAdapter(model.eval(), pooling=model_args.get("pooling"), field=model_args.get("output"), folder=folder)
+
+
+def load_tokenizer(folder: Path):
+    transformers = _transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception:
+        raise MpqError(f"{folder} has no tokenizer, which text data needs: save one there with tokenizer.save_pretrained, or give token ids as .npz (input_ids, attention_mask)") from None
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings take (None when it does not say)."""
+    config = getattr(getattr(model, "inner", model), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def load_text(path: Path, model: nn.Module, seq_len: int | None) -> Dataset:
+    """Text tokenized with the tokenizer saved beside an hf: model (see the module docstring)."""
+    folder = getattr(model, "folder", None)
+    if folder is None:
+        raise MpqError(f"text data ({path.name}) is tokenized with the model's own tokenizer: give the model as --model hf:DIR, or token ids as .npz")
+    if not path.is_file():
+        raise MpqError(f"data file {path} does not exist; check the path")
+    if seq_len is None:
+        raise MpqError(f"text data needs --seq-len N: the number of tokens per sample")
+    longest = max_positions(model)
+    if longest is not None and seq_len > longest:
+        raise MpqError(f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: give --seq-len {longest} or less")
+    tokenizer = load_tokenizer(folder)
+    if path.suffix == ".txt":
+        return _windows(path, tokenizer, seq_len)
+    return _records(path, tokenizer, seq_len)
+
+
+def _windows(path: Path, tokenizer, seq_len: int) -> Dataset:
+    ids = torch.tensor(tokenizer(path.read_text(encoding="utf-8", errors="replace"))["input_ids"], dtype=torch.long)
+    count = len(ids) // seq_len
+    if count == 0:
+        raise MpqError(f"{path} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}: give more text or a shorter --seq-len")
+    x = ids[: count * seq_len].reshape(count, seq_len)
+    return named_inputs({"input_ids": x}, f"{path} ({count} windows of {seq_len} tokens)")
+
+
+def _records(path: Path, tokenizer, seq_len: int) -> Dataset:
+    texts, labels = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise MpqError(f"line {number} of {path} is not JSON: give one object per line, {{\"text\": ...}}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise MpqError(f"line {number} of {path} has no string \"text\": give one object per line, {{\"text\": ...}}")
+        texts.append(record["text"])
+        labels.append(record.get("label"))
+    if not texts:
+        raise MpqError(f"{path} holds no records: give one JSON object per line, {{\"text\": ...}}")
+    with_labels = [label is not None for label in labels]
+    if any(with_labels) and not all(with_labels):
+        raise MpqError(f"some lines of {path} have a \"label\" and some do not: label every line, or none")
+    if all(with_labels) and not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise MpqError(f"the labels in {path} must be integers (class indices)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+    inputs = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+    y = torch.tensor(labels) if all(with_labels) else None
+    return named_inputs(inputs, f"{path} ({len(texts)} records of {seq_len} tokens)", y=y)
