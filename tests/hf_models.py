@@ -64,7 +64,7 @@ def causal_lm(kind: str, tokenizer, windows: torch.Tensor, steps: int = 150):
 
 def bert_encoder(tokenizer, windows: torch.Tensor, steps: int = 150):
     """A 2-layer BERT trained as a masked LM; returned without its head (a BertModel: hidden states out)."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, BertModel
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -77,7 +77,9 @@ def bert_encoder(tokenizer, windows: torch.Tensor, steps: int = 150):
         return m(input_ids=torch.where(mask, torch.full_like(batch, tokenizer.mask_token_id), batch), labels=labels).loss
 
     _train(model, windows, steps, masked_loss)
-    return model.bert.eval()
+    encoder = BertModel(config)  # with its pooler (which the masked LM lacks), so that the saved folder is complete
+    encoder.load_state_dict(model.bert.state_dict(), strict=False)
+    return encoder.eval()
 
 
 def save(model, tokenizer, folder: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from mpq.inputs.adapter import ModelAdapter
 from mpq.inputs.graph import module_calls_visible
 from mpq.plan import Plan
 from mpq.quant.quantizer import Quantizer
@@ -32,6 +33,8 @@ def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, 
     """
     prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
     quantized = fake_quant_model(prepared.folded, packed).eval()
+    if isinstance(quantized, ModelAdapter) and not isinstance(model, ModelAdapter):
+        quantized = quantized.inner  # the user's model type (a transformers model is called with its named inputs)
     _calls_every_module(quantized)
     return quantized
 

@@ -59,12 +59,12 @@ def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets
 
 def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
     """The packed file's header for this plan: its tensors' names and shapes do not depend on the data's values."""
-    from mpq.export.packed_file import container_bytes
+    from mpq.export.packed_file import ModelInputs, container_bytes
     from mpq.quant.affine import ActQuantParams
     from mpq.verify.apply import pack_model
 
     acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
-    return container_bytes(pack_model(prepared.folded, plan, acts), prepared.fingerprint, tuple(data.x.shape[1:]))
+    return container_bytes(pack_model(prepared.folded, plan, acts), prepared.fingerprint, ModelInputs.of(prepared, data))
 
 
 def search(

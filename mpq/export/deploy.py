@@ -50,9 +50,9 @@ def export_plan(
     prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
     path = Path(path)
     if format == "packed":
-        from mpq.export.packed_file import save_packed
+        from mpq.export.packed_file import ModelInputs, save_packed
 
-        stored = save_packed(packed, path, prepared.fingerprint, tuple(data.x.shape[1:]))
+        stored = save_packed(packed, path, prepared.fingerprint, ModelInputs.of(prepared, data))
         note = f"container overhead {stored.header_bytes:,} bytes (header); tensors {stored.tensor_bytes:,} bytes"
         return ExportResult(format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes)))
     if format == "onnx":

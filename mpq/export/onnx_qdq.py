@@ -67,7 +67,12 @@ def _export_float(model: nn.Module, example: torch.Tensor):
 
     buffer = io.BytesIO()
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    torch.onnx.export(model, example, buffer, dynamo=False, opset_version=EXPORT_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    # no constant folding: an nn.Linear on a [batch, positions, features] input exports as Transpose(weight) ->
+    # MatMul, and folding would replace its `<module name>.weight` initializer by an unnamed transposed copy
+    torch.onnx.export(
+        model, example, buffer, dynamo=False, opset_version=EXPORT_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes=axes, do_constant_folding=False,
+    )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -126,7 +131,8 @@ def _input_codes(layer: str, source: str, scale: float, zero_point: int, bits: i
 
 
 def _integer_layer_nodes(node, layer: str, codes: np.ndarray, packed: PackedModel, params) -> tuple[list, list]:
-    """The nodes replacing a Conv/Gemm whose input is quantized: integer accumulation, then rescale."""
+    """The nodes replacing a Conv/Gemm (or the MatMul of a Linear on 3-D inputs, whose bias is a separate Add
+    left in place) whose input is quantized: integer accumulation, then rescale."""
     from onnx import TensorProto, helper, numpy_helper
 
     meta = packed.layers[layer]
@@ -145,7 +151,7 @@ def _integer_layer_nodes(node, layer: str, codes: np.ndarray, packed: PackedMode
         gemm = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if gemm.get("transA", 0) or gemm.get("alpha", 1.0) != 1.0 or gemm.get("beta", 1.0) != 1.0:
             raise RuntimeError(f"layer {layer}: the exported Gemm has transA/alpha/beta set; cannot rewrite it in integers")
-        if gemm.get("transB", 0):
+        if gemm.get("transB", 0) or node.op_type == "MatMul":
             nodes.append(helper.make_node("Transpose", [weight], [f"{layer}.weight_t"], name=f"{layer}/weight/Transpose", perm=[1, 0]))
             weight = nodes[-1].output[0]
         nodes.append(helper.make_node("MatMulInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/MatMulInteger"))
@@ -153,13 +159,75 @@ def _integer_layer_nodes(node, layer: str, codes: np.ndarray, packed: PackedMode
     scale = combined_scale(params, packed.tensors[f"{layer}.weight_scale"]).numpy().reshape(channel_shape)
     inits.append(numpy_helper.from_array(scale, f"{layer}.output_scale"))
     nodes.append(helper.make_node("Cast", [acc], [f"{layer}.accumulator_float"], name=f"{layer}/Cast", to=TensorProto.FLOAT))
-    bias = packed.tensors.get(f"{layer}.bias")
+    bias = packed.tensors.get(f"{layer}.bias") if node.op_type != "MatMul" else None
     scaled = node.output[0] if bias is None else f"{layer}.scaled"
     nodes.append(helper.make_node("Mul", [f"{layer}.accumulator_float", inits[-1].name], [scaled], name=f"{layer}/Mul"))
     if bias is not None:
         inits.append(numpy_helper.from_array(bias.numpy().astype(np.float32).reshape(channel_shape), f"{layer}.output_bias"))
         nodes.append(helper.make_node("Add", [scaled, inits[-1].name], [node.output[0]], name=f"{layer}/Add"))
     return inits, nodes
+
+
+def _layer_of(node, by_weight: dict[str, str], transposed: dict[str, str]) -> str | None:
+    """The quantized layer a Conv/Gemm/MatMul node computes, by the weight it reads (directly or transposed)."""
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+        return by_weight.get(node.input[1])
+    if node.op_type == "MatMul" and len(node.input) > 1:
+        return transposed.get(node.input[1])
+    return None
+
+
+def _patched(node, by_weight: dict[str, str], transposed: dict[str, str], packed: PackedModel, act_params) -> tuple[list, list]:
+    """The initializers and nodes that replace `node`: itself when it computes no quantized layer."""
+    if node.op_type == "Transpose" and node.input and node.input[0] in by_weight:  # a Linear's weight on its way to MatMul
+        layer = by_weight[node.input[0]]
+        if layer in act_params:
+            return [], []  # MatMulInteger transposes the codes itself
+        meta = packed.layers[layer]
+        codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()
+        inits, nodes, node.input[0] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
+        return inits, nodes + [node]
+    layer = _layer_of(node, by_weight, transposed)
+    if layer is None or (node.op_type == "MatMul" and layer not in act_params):
+        return [], [node]
+    meta = packed.layers[layer]
+    codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()  # per-channel widths: all fit the widest
+    if layer in act_params:
+        return _integer_layer_nodes(node, layer, codes, packed, act_params[layer])
+    inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
+    return inits, nodes + [node]
+
+
+def _weight_names(model: nn.Module, layer: str) -> list[str]:
+    """Every name of the layer's weight tensor: its own and those of modules tied to it (an embedding and an LM head)."""
+    weight = model.get_submodule(layer).weight
+    return [name for name, t in model.named_parameters(remove_duplicate=False) if t is weight]
+
+
+def _dequantized_for_other_readers(nodes: list, inits: list, float_weights: set[str], by_weight: dict[str, str], packed: PackedModel) -> tuple[list, list]:
+    """DequantizeLinear nodes for the nodes that still read a quantized layer's float weight (a Gather of an
+    embedding tied to an LM head: it reads the quantized weight, as in the evaluator), those nodes rewired to them."""
+    from onnx import helper, numpy_helper
+
+    readers = [(node, i) for node in nodes for i, name in enumerate(node.input) if name in float_weights]
+    existing = {init.name for init in inits}
+    new_inits, new_nodes, outputs = [], [], {}
+    for node, i in readers:
+        layer = by_weight[node.input[i]]
+        if layer not in outputs:
+            meta = packed.layers[layer]
+            codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()
+            if f"{layer}.weight_codes" not in existing:
+                new_inits.append(_int_tensor(f"{layer}.weight_codes", codes, meta["weight_bits"]))
+            new_inits.append(numpy_helper.from_array(packed.tensors[f"{layer}.weight_scale"].numpy().astype(np.float32), f"{layer}.shared_weight_scale"))
+            new_inits.append(_int_tensor(f"{layer}.shared_weight_zero_point", np.zeros(codes.shape[0], dtype=np.int8), meta["weight_bits"]))
+            outputs[layer] = f"{layer}.shared_weight_dq"
+            new_nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{layer}.weight_codes", f"{layer}.shared_weight_scale", f"{layer}.shared_weight_zero_point"], [outputs[layer]],
+                name=f"{layer}/shared_weight/DequantizeLinear", axis=0,
+            ))
+        node.input[i] = outputs[layer]
+    return new_inits, new_nodes
 
 
 def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
@@ -175,27 +243,17 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
         raise MpqError(f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without --quantize-embeddings")
     rebuilt, act_params = unpack_model(folded, packed)
     model = _export_float(rebuilt.eval(), example)
-    by_weight = {f"{name}.weight": name for name in packed.layers}
     graph = model.graph
+    by_weight = {name: layer for layer in packed.layers for name in _weight_names(rebuilt, layer)}
     float_weights = {init.name for init in graph.initializer if init.name in by_weight}
-    missing = sorted(set(by_weight) - float_weights)
-    if missing:
-        raise RuntimeError(f"the ONNX export has no initializer for {missing[:3]}; cannot attach their quantizers")
+    transposed = {n.output[0]: by_weight[n.input[0]] for n in graph.node if n.op_type == "Transpose" and n.input and n.input[0] in by_weight}
     new_inits, new_nodes = [], []
     for node in graph.node:
-        layer = by_weight.get(node.input[1]) if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 else None
-        if layer is None:
-            new_nodes.append(node)
-            continue
-        meta = packed.layers[layer]
-        codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()  # per-channel widths: all fit the widest
-        if layer in act_params:
-            inits, nodes = _integer_layer_nodes(node, layer, codes, packed, act_params[layer])
-        else:
-            inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
-            nodes.append(node)
+        inits, nodes = _patched(node, by_weight, transposed, packed, act_params)
         new_inits += inits
         new_nodes += nodes
+    inits, nodes = _dequantized_for_other_readers(new_nodes, new_inits, float_weights, by_weight, packed)
+    new_inits, new_nodes = new_inits + inits, nodes + new_nodes
     used = {name for node in new_nodes for name in node.input}
     kept = [init for init in graph.initializer if init.name not in float_weights and init.name in used]
     del graph.initializer[:]

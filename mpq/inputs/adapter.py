@@ -17,6 +17,7 @@ not `model.bert.encoder...`, and the quantized copy's `inner` is the user's mode
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -131,6 +132,9 @@ class ModelAdapter(nn.Module):
         kwargs = {name: x[:, i] for i, name in enumerate(self.input_names)}
         if _has_use_cache(self.inner):
             kwargs["use_cache"] = False
+        if "input_ids" in kwargs and "attention_mask" not in kwargs and _takes(self.inner, "attention_mask"):
+            # what a tokenizer gives unpadded text; without it transformers looks for packed sequences (torch.diff), which ONNX lacks
+            kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
         output = self.inner(**kwargs) if self.input_names else self.inner(x, **kwargs)
         tensor = _tensor_of(output, self.outputs.field)
         if self.outputs.embeddings:
@@ -144,6 +148,10 @@ class ModelAdapter(nn.Module):
             weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if mask is None else mask.to(hidden.dtype)
             return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
         return hidden
+
+
+def _takes(model: nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
 
 
 def _has_use_cache(model: nn.Module) -> bool:
@@ -214,3 +222,14 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
         kwargs = {name: example[:, i] for i, name in enumerate(input_names)} | ({"use_cache": False} if _has_use_cache(model) else {})
         output = model(**kwargs) if input_names else model(example, **kwargs)
     return ModelAdapter(model, input_names, choose_outputs(model, output, pooling, field), pooling, field, folder)
+
+
+def restore(model: nn.Module, input_names: tuple[str, ...], outputs: Outputs | None) -> nn.Module:
+    """`model` wrapped as a file recorded it was when a plan was applied (`outputs` None: not wrapped)."""
+    if outputs is None:
+        return model
+    if isinstance(model, ModelAdapter):
+        model = model.inner
+    if is_transformers_model(model):
+        model = for_mpq(model)
+    return ModelAdapter(model, tuple(input_names), outputs)

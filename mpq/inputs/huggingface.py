@@ -35,7 +35,8 @@ def _transformers():
         import transformers
     except ImportError:
         raise MpqError("--model hf:DIR needs the transformers package: pip install transformers") from None
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # its notes and bars would break mpq's one-line messages
+    transformers.logging.disable_progress_bar()
     return transformers
 
 
@@ -59,10 +60,18 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
     model_class = getattr(transformers, architecture, None) if architecture else None
     model_class = model_class or transformers.AutoModel
     try:
-        model = model_class.from_pretrained(folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager")
+        model, info = model_class.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+        )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MpqError(f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise MpqError(
+            f"{folder} lacks weights that {model_class.__name__} needs ({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), "
+            "which transformers would initialize at random: save the whole model with save_pretrained"
+        )
     return ModelAdapter(model.eval(), pooling=model_args.get("pooling"), field=model_args.get("output"), folder=folder)
 
 

@@ -24,6 +24,11 @@ class Fp32Reference:
     perplexity: float | None = None  # a causal LM's, on the data (mpq.quant.reference.perplexity)
 
 
+def class_labels(prepared: PreparedModel, data: Dataset) -> torch.Tensor | None:
+    """The data's labels when they are the model's classes: not for a model whose outputs are embeddings."""
+    return None if prepared.outputs.embeddings else data.y
+
+
 def top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
 
@@ -59,7 +64,7 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     if cached is not None:
         logits = torch.tensor(cached["logits"])
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
-        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y), perplexity=lm_perplexity(prepared, logits, data))
+        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, class_labels(prepared, data)), perplexity=lm_perplexity(prepared, logits, data))
     observers = {name: MinMaxObserver() for name in names}
 
     def observing(obs):
@@ -73,4 +78,4 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
         logits = run_batches(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
     cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
-    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, data.y), perplexity=lm_perplexity(prepared, logits, data))
+    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, class_labels(prepared, data)), perplexity=lm_perplexity(prepared, logits, data))

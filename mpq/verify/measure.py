@@ -27,7 +27,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.reference import Fp32Reference, fp32_reference, lm_perplexity, run_batches, top1
+from mpq.quant.reference import Fp32Reference, class_labels, fp32_reference, lm_perplexity, run_batches, top1
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
 from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
@@ -131,7 +131,7 @@ def measure_plan(
         name=name,
         size_bytes=packed.size_bytes,
         bops=bops,
-        top1=top1(logits, data.y),
+        top1=top1(logits, class_labels(prepared, data)),
         fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
         kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
         n_eval=len(data),
