@@ -31,6 +31,7 @@ from mpq.sensitivity.output_error import OutputError, input_output_errors, weigh
 from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
+from mpq.sensitivity.stopping import KnownPart, capped_layers
 
 REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors
 
@@ -151,6 +152,16 @@ def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
         )
 
 
+def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
+    """Per layer: a cap stopped its estimate above the tolerance. A Hutchinson estimate cached before
+    estimates said so (no `capped`) is judged by the same rule."""
+    if traces.capped is not None:
+        return traces.capped
+    if traces.layer_probes is None:  # not probed: the rule is the Hutchinson one's
+        return np.zeros(len(traces.layer_names), dtype=bool)
+    return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
@@ -183,6 +194,7 @@ def analyze_prepared(
         "settings": settings.to_json(),
         "layers": names,
         **({"metric": name} if not isinstance(metric, HessianTrace) else {}),  # the default keeps its earlier key
+        **({"estimator": metric.cache_tag} if metric.cache_tag else {}),
     }
     targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
     nan = float("nan")
@@ -213,6 +225,7 @@ def analyze_prepared(
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
         _check_two_probes(traces, settings)
+    capped = _capped(traces, settings)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
     errors = channel_error_table(prepared.folded, names, clip_ratios=ratios)
     layers = {}
@@ -242,6 +255,7 @@ def analyze_prepared(
             channel_measured_omega=channel_measured,
             details=fields,
             activation=inputs.get(layer.name),
+            capped=bool(capped[i]),
         )
     return Sensitivity(
         model_fingerprint=prepared.fingerprint,
@@ -257,4 +271,5 @@ def analyze_prepared(
         act_tie_groups=prepared.graph.act_tie_groups,
         metric=name,
         quantizer=quantizer,
+        notes=list(traces.notes),
     )
