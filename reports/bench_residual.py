@@ -7,8 +7,9 @@ Both spend one Hessian-vector product of one layer per probe (of the loss, or of
 B and Rademacher v, Var_v(vᵀAv) = 2(‖A_B‖_F² − Σ_i (A_B)_ii²); over the probes, which cycle through the
 batches of the seeded order, the per-probe variance is mean_B Var_v + Var_B Tr(A_B).
 
-    python reports/bench_residual.py            # variances (exact; no timing)
-    python reports/bench_residual.py --time     # also seconds per probe of each product (a quiet machine)
+    python reports/bench_residual.py                  # variances (exact; no timing)
+    python reports/bench_residual.py --time           # also seconds per probe of each product (a quiet machine)
+    python reports/bench_residual.py --default-model  # also the residual test on EfficientNet-Lite0 (16 views)
 
 Columns: Tr(H), Tr(G), Tr(R) exact; sd of one probe of H and of R relative to Tr(H); their variance ratio;
 the probes each needs for a probing error of 5% of Tr(H) (Tr(G) is exact on the data up to its one drawn
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from mpq.sensitivity.hessian import ProbeProblem, _rademacher, probe_batches, probe_generator, weights_requiring_grad  # noqa: E402
 from mpq.sensitivity.metrics import gauss_newton_traces  # noqa: E402
-from mpq.sensitivity.residual import contracted_output, output_gradients  # noqa: E402
+from mpq.sensitivity.residual import contracted_output, output_gradients, residual_test  # noqa: E402
 from mpq.sensitivity.settings import ProbeSettings  # noqa: E402
 from tests.residual_models import CURVED_LAYERS, curved_block, exact_blocks  # noqa: E402
 from tests.user_models import torch_encoder  # noqa: E402
@@ -109,13 +110,33 @@ def report(title: str, make, names: list[str], timed: bool) -> None:
         print(row)
 
 
+def default_model_test(views: int = 16) -> None:
+    """The residual test on the built-in model, BatchNorm folded, Tr(G) over the first `views` views."""
+    from mpq.inputs.graph import prepare_model
+    from mpq.models.efficientnet_lite0 import build_model, load_views
+
+    data = load_views()
+    prepared = prepare_model(build_model(), data.x[:1])
+    names = [layer.name for layer in prepared.graph.layers]
+    x, y = data.x[:views], data.y[:views]
+    settings = ProbeSettings()
+    gn = gauss_newton_traces(prepared.folded, names, x, y, settings, progress=False)
+    test = residual_test(prepared.folded, names, x, y, F.cross_entropy, gn, settings)
+    print(f"\nEfficientNet-Lite0 (BatchNorm folded), Tr(G) over {views} views, the test on views {test.samples}: "
+          f"{int(test.needs.sum())} of {len(names)} layers need the residual; largest √n‖Rv‖/Tr(G) {test.ratio.max():.3g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time", action="store_true", help="also time one product of each kind (run on a quiet machine)")
+    parser.add_argument("--default-model", action="store_true", help="also run the residual test on the built-in EfficientNet-Lite0")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for title, (make, names) in NETWORKS.items():
         report(title, make, names, args.time)
+    if args.default_model:
+        torch.set_num_threads(2)
+        default_model_test()
 
 
 if __name__ == "__main__":
