@@ -28,7 +28,7 @@ from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.losses import Loss, resolve_loss
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
-from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
+from mpq.sensitivity.registry import DEFAULT_METRIC, HessianTrace, Metric, OutputMSE, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.sensitivity.stopping import KnownPart, capped_layers
@@ -169,7 +169,7 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool | None = None,
     loss: Loss | None = None,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
     activations: bool = False,
     quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
 
 CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
+DEFAULT_METRIC = "hessian"  # the metric of mpq.analyze/search/pareto and the `mpq` commands when none is named: the one place to change it
 
 
 class Metric:
