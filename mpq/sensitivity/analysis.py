@@ -154,10 +154,10 @@ def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
 
 def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
     """Per layer: a cap stopped its estimate above the tolerance. A Hutchinson estimate cached before
-    estimates said so (no `capped`) is judged by the same rule."""
+    estimates said so (no `capped`) is judged by the rule hutchinson_traces applies."""
     if traces.capped is not None:
         return traces.capped
-    if traces.layer_probes is None:  # not probed: the rule is the Hutchinson one's
+    if traces.layer_probes is None:  # no per-layer probe counts: not a Hutchinson estimate, no cap to name
         return np.zeros(len(traces.layer_names), dtype=bool)
     return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
 
