@@ -32,6 +32,7 @@ from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
 from mpq.quant.quantizer import Quantizer
 from mpq.sensitivity import Sensitivity
+from mpq.sensitivity.registry import DEFAULT_METRIC
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem
 from mpq.solver.omega import plan_omega
@@ -76,7 +77,7 @@ def pareto(
     space: SearchSpace | None = None,
     probes: ProbeSettings | None = None,
     solver: "SolverSettings | str | None" = None,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     eval_data=None,

@@ -31,7 +31,7 @@ from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, Search
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.losses import resolve_loss
-from mpq.sensitivity.registry import metric_of
+from mpq.sensitivity.registry import DEFAULT_METRIC, metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
 from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans
@@ -48,7 +48,7 @@ def analyze(
     data,
     *,
     probes: ProbeSettings | None = None,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     activations: bool = False,

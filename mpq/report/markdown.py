@@ -37,20 +37,29 @@ def _pm(value: tuple[float, float | None] | None) -> str:
     return f"{value[0]:.4g}" + ("" if value[1] is None else f" ± {value[1]:.2g}")
 
 
+def table_preamble(sensitivity: Sensitivity) -> list[str]:
+    """The lines above a sensitivity table: how many layers a cap stopped above the tolerance (one line,
+    only when some did), then the estimate's notes."""
+    short = sensitivity.stopped_short()
+    return ([short.line()] if short else []) + [f"note: {text}" for text in sensitivity.notes]
+
+
 def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
-    """Markdown table: per layer its size, trace ± stderr (or the metric's number), the input's with
-    activation sensitivity, (with a plan) widths and Ω, and a warning where the estimate is not trustworthy."""
+    """Markdown table: per layer its size, trace ± stderr (or the metric's number), its estimator, the input's
+    with activation sensitivity, (with a plan) widths and Ω, and a warning where the estimate is not
+    trustworthy; above it, the table_preamble lines."""
     label = metric_of(sensitivity.metric).label
     inputs = sensitivity.has_activations
-    head = f"| layer | kind | params | {label} ± error | probes |" + (f" input {label} ± error |" if inputs else "")
-    rule = "|---|---|---:|---:|---:|" + ("---:|" if inputs else "")
+    head = f"| layer | kind | params | {label} ± error | probes | estimator |" + (f" input {label} ± error |" if inputs else "")
+    rule = "|---|---|---:|---:|---:|---|" + ("---:|" if inputs else "")
     if plan is not None:
         head += " W | A | Ω |"
         rule += "---:|---:|---:|"
-    lines = [head + " note |", rule + "---|"]
+    preamble = table_preamble(sensitivity)
+    lines = [*preamble, *([""] if preamble else []), head + " note |", rule + "---|"]
     warnings = sensitivity.warnings()
     for name, s in sensitivity.layers.items():
-        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(_layer_value(sensitivity, name))} | {s.probes} |"
+        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(_layer_value(sensitivity, name))} | {s.probes} | {s.estimator} |"
         if inputs:
             row += f" {_pm(_input_value(sensitivity, name))} |"
         if plan is not None:

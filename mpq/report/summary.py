@@ -6,6 +6,7 @@ from __future__ import annotations
 from mpq.cost.budget import format_bytes
 from mpq.plan import Plan
 from mpq.report.text import pct
+from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.result import Sensitivity
 from mpq.verify.report import Measurement, Report
 
@@ -51,7 +52,8 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     if sensitivity.stop_reason in ("max_probes", "max_seconds"):
         limit = "--max-probes" if sensitivity.stop_reason == "max_probes" else "--max-seconds"
         steps.append(f"Probing stopped at `{limit}` before every layer's estimate was within `--tol {sensitivity.settings.tol:g}` "
-                     f"of it: raise `{limit}` (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them).")
+                     f"of it: raise `{limit}`" + (" (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them)."
+                                                  if metric_of(sensitivity.metric).checkpointed else "."))
     if warnings:
         names = ", ".join(list(warnings)[:3]) + (", …" if len(warnings) > 3 else "")
         steps.append(f"{len(warnings)} layer(s) have estimates not to be trusted ({names}; see Warnings): more probes "

@@ -28,9 +28,10 @@ from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.losses import Loss, resolve_loss
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
-from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
+from mpq.sensitivity.registry import DEFAULT_METRIC, HessianTrace, Metric, OutputMSE, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
+from mpq.sensitivity.stopping import KnownPart, capped_layers
 
 REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors
 
@@ -151,6 +152,16 @@ def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
         )
 
 
+def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
+    """Per layer: a cap stopped its estimate above the tolerance. A Hutchinson estimate cached before
+    estimates said so (no `capped`) is judged by the rule hutchinson_traces applies."""
+    if traces.capped is not None:
+        return traces.capped
+    if traces.layer_probes is None:  # no per-layer probe counts: not a Hutchinson estimate, no cap to name
+        return np.zeros(len(traces.layer_names), dtype=bool)
+    return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
@@ -158,7 +169,7 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool | None = None,
     loss: Loss | None = None,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
     activations: bool = False,
     quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
@@ -184,6 +195,7 @@ def analyze_prepared(
         "settings": settings.to_json(),
         "layers": names,
         **({"metric": name} if not isinstance(metric, HessianTrace) else {}),  # the default keeps its earlier key
+        **({"estimator": metric.cache_tag} if metric.cache_tag else {}),
     }
     targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
     nan = float("nan")
@@ -214,6 +226,7 @@ def analyze_prepared(
     else:
         traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
         _check_two_probes(traces, settings)
+    capped = _capped(traces, settings)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
     errors = channel_error_table(prepared.folded, names, clip_ratios=ratios)
     layers = {}
@@ -243,6 +256,7 @@ def analyze_prepared(
             channel_measured_omega=channel_measured,
             details=fields,
             activation=inputs.get(layer.name),
+            capped=bool(capped[i]),
         )
     return Sensitivity(
         model_fingerprint=prepared.fingerprint,
@@ -258,4 +272,5 @@ def analyze_prepared(
         act_tie_groups=prepared.graph.act_tie_groups,
         metric=name,
         quantizer=quantizer,
+        notes=list(traces.notes),
     )

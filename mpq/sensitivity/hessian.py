@@ -13,6 +13,9 @@ Two ways to use it (ProbeSettings.probing):
                 E = Tr(H_ll), but with the cross terms sum_{k != l} v_l^T H_lk v_k (mean 0, variance
                 2 sum_{k != l} ||H_lk||_F^2) in every layer's value.
 
+A part of each trace may be known before probing (KnownPart: the Gauss-Newton trace, when the probes
+estimate only the residual, mpq.sensitivity.residual); the tolerance is then on the sum.
+
 Which reaches a tolerance sooner is the trade between the cost of L partial products and the
 variance of the cross terms; on EfficientNet-Lite0 per-layer probing wins by a wide margin
 (reports/hessian.md), so it is the default. Probing stops when every layer's standard error is under
@@ -31,8 +34,9 @@ exactly the numbers an uninterrupted run gives.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +47,7 @@ from mpq.progress import bar, enabled, note
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.hvp import hessian_vector_product
 from mpq.sensitivity.settings import ProbeSettings
+from mpq.sensitivity.stopping import KnownPart, capped_layers
 
 
 @dataclass
@@ -59,18 +64,39 @@ class HessianTraces:
     stop_reason: str
     resumed_from: int = 0  # probes read from a checkpoint of an interrupted run
     layer_probes: np.ndarray | None = None  # [layers] probes each layer's estimate used (None: `probes` each)
+    capped: np.ndarray | None = None  # [layers] bool: a cap (max_probes, max_seconds) stopped it above tolerance (None: none)
+    notes: list[str] = field(default_factory=list)  # what the estimate could not do, one sentence each
+    sample_trace: np.ndarray | None = field(default=None, repr=False)  # [samples, layers] for means over samples (in memory only)
 
     def probes_of(self, i: int) -> int:
         return int(self.layer_probes[i]) if self.layer_probes is not None else self.probes
+
+
+@contextmanager
+def weights_requiring_grad(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[None]:
+    """Only `weights` require grad inside (the model in eval mode); every parameter's flag restored after."""
+    requires = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        model.eval()
+        yield
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
 
 
 def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator).to(torch.float32).mul_(2).sub_(1)
 
 
-def probe_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of probe `index`'s vectors: a function of (seed, index) only."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
+def probe_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """The generator of probe `index`'s vectors: a function of (seed, index) only; another `stream` gives
+    vectors independent of the probes' (e.g. a test before probing)."""
+    entropy = [seed, index] if stream == 0 else [seed, index, stream]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -92,7 +118,7 @@ def _stderr(sum_: np.ndarray, sum_sq: np.ndarray, n: "int | np.ndarray") -> np.n
 
 def _worst_relative_error(trace: np.ndarray, stderr: np.ndarray) -> float:
     relative = np.where(trace > 0, stderr / np.maximum(np.abs(trace), 1e-300), np.inf)
-    return float(relative.max())
+    return float(relative.max(initial=0.0))
 
 
 class Checkpoint(Protocol):
@@ -218,13 +244,13 @@ class ProbeProblem:
         if self.settings.probing == "all-layers":
             hvs = self._hvp(x, target, self.keys, self.weights, vs)
         else:
-            hvs = [self._layer_hvp(x, target, i, v) if on else None for i, (v, on) in enumerate(zip(vs, active))]
+            hvs = [self.layer_hvp(x, target, i, v) if on else None for i, (v, on) in enumerate(zip(vs, active))]
         return np.concatenate([
             (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().numpy() if hv is not None else np.full(v.shape[0], np.nan)
             for v, hv in zip(vs, hvs)
         ])
 
-    def _layer_hvp(self, x, target, i: int, v: torch.Tensor) -> torch.Tensor:
+    def layer_hvp(self, x, target, i: int, v: torch.Tensor) -> torch.Tensor:
         """H_ii v_i: the product with layer i's weight block, the other weights held constant."""
         others = [w for j, w in enumerate(self.weights) if j != i]
         for w in others:
@@ -247,49 +273,49 @@ class ProbeProblem:
             return self._hvp(x, target, keys, weights, vs)
 
 
-def _postfix(sums: RunningSums, settings: ProbeSettings) -> str:
-    active = int(_active(sums, settings).sum())
-    return f"worst relative stderr {_worst_relative_error(*sums.estimate()):.1%} (target {settings.tol:.0%}), {active} layers still probed"
+def _postfix(sums: RunningSums, settings: ProbeSettings, known: KnownPart) -> str:
+    active = int(_active(sums, settings, known).sum())
+    worst = _worst_relative_error(*known.total(*sums.estimate()))
+    return f"worst relative stderr {worst:.1%} (target {settings.tol:.0%}), {active} layers still probed"
 
 
-def _layer_needs_probes(sums: RunningSums, settings: ProbeSettings) -> np.ndarray:
-    """Per layer: fewer than min_probes, or a standard error over tol times its trace (or a trace <= 0)."""
-    trace, stderr = sums.estimate()
-    unsure = ~(np.where(trace > 0, stderr / np.maximum(np.abs(trace), 1e-300), np.inf) <= settings.tol)
-    return (sums.counts < settings.min_probes) | unsure
+def _layer_needs_probes(sums: RunningSums, settings: ProbeSettings, known: KnownPart) -> np.ndarray:
+    """Per layer: fewer than min_probes, or a standard error over tol times its trace (or a trace <= 0),
+    both of the sum with the known part."""
+    return (sums.counts < settings.min_probes) | known.unsure(*sums.estimate(), settings.tol)
 
 
-def _active(sums: RunningSums, settings: ProbeSettings) -> np.ndarray:
+def _active(sums: RunningSums, settings: ProbeSettings, known: KnownPart) -> np.ndarray:
     """The layers the next probe computes: per-layer probing, those that still need probes; all-layers
     probing, every layer while any needs probes. None at max_probes."""
-    needs = _layer_needs_probes(sums, settings) & (sums.counts < settings.max_probes)
+    needs = _layer_needs_probes(sums, settings, known) & (sums.counts < settings.max_probes)
     if settings.probing == "all-layers":
         return np.full(len(needs), bool(needs.any()))
     return needs
 
 
-def _stop_reason(sums: RunningSums, settings: ProbeSettings) -> str | None:
+def _stop_reason(sums: RunningSums, settings: ProbeSettings, known: KnownPart) -> str | None:
     """Why probing stops now (checked before each round, so a resumed run stops where the first would)."""
     if sums.probes == 0:
         return None
-    if not _layer_needs_probes(sums, settings).any():
+    if not _layer_needs_probes(sums, settings, known).any():
         return "tolerance"
-    if not _active(sums, settings).any():
+    if not _active(sums, settings, known).any():
         return "max_probes"
     if sums.seconds >= settings.max_seconds:
         return "max_seconds"
     return None
 
 
-def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks) -> None:
+def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks, known: KnownPart) -> None:
     """Probes sums.probes + r on rank r, gathered, and added in probe order, each layer's value only while
     that layer still needs probes: the values one process would have added."""
     started = time.perf_counter()
-    active = _active(sums, problem.settings)
+    active = _active(sums, problem.settings, known)
     mine = problem.probe(sums.probes + ranks.rank, active)
     gathered = ranks.gather(np.append(mine, time.perf_counter() - started))
     for values in gathered:
-        still = _active(sums, problem.settings)
+        still = _active(sums, problem.settings, known)
         if not still.any():
             break
         for i, per_channel in enumerate(sums.split(values[:-1])):
@@ -309,39 +335,35 @@ def hutchinson_traces(
     *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     checkpoint: Checkpoint | None = None,
+    known: KnownPart | None = None,
+    label: str = "hessian",
 ) -> HessianTraces:
     """Tr(H_l) for each named layer's weight, H the Hessian of loss_fn(model(x), targets).
 
     With a `checkpoint`, the running state is saved after every round of probes and a saved state is
     resumed. Under torch.distributed, the probes are split across ranks (see the module docstring).
+    With `known`, each layer's tolerance is on its sum with the known part (KnownPart); the traces
+    returned are still of the probed part alone.
     """
+    known = known if known is not None else KnownPart.none(len(layer_names))
     ranks = Ranks.current()
     progress = enabled(progress) and ranks.is_main
     weights = [model.get_submodule(name).weight for name in layer_names]
-    requires = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for w in weights:
-        w.requires_grad_(True)
     keys = [f"{name}.weight" for name in layer_names]
     problem = ProbeProblem(model, keys, weights, x, targets, loss_fn, probe_batches(len(x), settings), settings)
     sums = _start([w.shape[0] for w in weights], checkpoint, ranks)
     if sums.resumed_from:
-        note(f"hessian: resuming from {sums.resumed_from} probes saved in the cache", progress)
-    try:
-        model.eval()
-        with bar(settings.max_probes, "hessian: probes", progress, unit="probe", initial=sums.probes) as shown:
-            while (stop_reason := _stop_reason(sums, settings)) is None:
-                _run_round(problem, sums, ranks)
+        note(f"{label}: resuming from {sums.resumed_from} probes saved in the cache", progress)
+    with weights_requiring_grad(model, weights):
+        with bar(settings.max_probes, f"{label}: probes", progress, unit="probe", initial=sums.probes) as shown:
+            while (stop_reason := _stop_reason(sums, settings, known)) is None:
+                _run_round(problem, sums, ranks, known)
                 _save(sums, checkpoint, ranks)
                 if problem.fallback:
-                    note(f"hessian: {problem.fallback}", progress)
+                    note(f"{label}: {problem.fallback}", progress)
                     problem.fallback = ""
-                shown.set_postfix_str(_postfix(sums, settings), refresh=False)
+                shown.set_postfix_str(_postfix(sums, settings, known), refresh=False)
                 shown.update(sums.probes - shown.n)
-    finally:
-        for p, flag in requires.items():
-            p.requires_grad_(flag)
     trace, stderr = sums.estimate()
     counts = sums.counts
     return HessianTraces(
@@ -355,4 +377,5 @@ def hutchinson_traces(
         stop_reason=stop_reason,
         resumed_from=sums.resumed_from,
         layer_probes=counts.copy(),
+        capped=capped_layers(known, trace, stderr, settings.tol, stop_reason),
     )

@@ -35,6 +35,7 @@ from torch.func import functional_call, grad, vmap
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr
+from mpq.sensitivity.hvp import NoSecondDerivative
 from mpq.sensitivity.settings import ProbeSettings
 
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
@@ -125,10 +126,12 @@ def gauss_newton_traces(
 
 def _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, label: str) -> HessianTraces:
     """Per layer and channel the mean over samples of `squares(x_batch, t_batch)` ([samples, channels]
-    per layer), with the standard error of that mean; only the layers' weights require grad meanwhile."""
+    per layer), with the standard error of that mean, and each sample's layer values (`sample_trace`);
+    only the layers' weights require grad meanwhile."""
     weights = [model.get_submodule(n).weight for n in layer_names]
     requires = {p: p.requires_grad for p in model.parameters()}
     sums = RunningSums.zeros([w.shape[0] for w in weights])
+    per_sample_layer = np.zeros((len(x), len(weights)))
     started = time.perf_counter()
     try:
         model.eval()
@@ -140,7 +143,9 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
                 for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
-                    for per_channel in per_sample.double().numpy():
+                    values = per_sample.double().numpy()
+                    per_sample_layer[start:stop, i] = values.sum(axis=1)
+                    for per_channel in values:
                         sums.add(i, per_channel)
                 shown.update(min(stop, len(x)) - start)
     finally:
@@ -156,6 +161,7 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
         channel_stderr=[_stderr(s, q, n) for s, q in zip(sums.channel_sum, sums.channel_sq)],
         seconds=time.perf_counter() - started,
         stop_reason="exact",
+        sample_trace=per_sample_layer,
     )
 
 
@@ -186,7 +192,13 @@ def top_block_eigenvalue(
     gradient = torch.autograd.grad(loss_fn(model(x), target), weight, create_graph=True)[0]
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.grad(gradient, weight, grad_outputs=v, retain_graph=True)[0].detach()
+        try:
+            return torch.autograd.grad(gradient, weight, grad_outputs=v, retain_graph=True)[0].detach()
+        except RuntimeError as exc:
+            missing = NoSecondDerivative.of(exc)
+            if missing is None:
+                raise
+            raise missing from None
 
     start = torch.randn(weight.shape, generator=generator)
     eigenvalue, change, iterations = power_iteration(hvp, start, max_iter)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
 
 CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
+DEFAULT_METRIC = "hessian"  # the metric of mpq.analyze/search/pareto and the `mpq` commands when none is named: the one place to change it
 
 
 class Metric:
@@ -38,6 +39,8 @@ class Metric:
     checkpointed: ClassVar[bool] = False  # an unfinished estimate is saved after every probe and resumed
     fixed_loss: ClassVar[str | None] = None  # the loss the metric is defined with, whatever --loss says
     uses_quantizer: ClassVar[bool] = True  # its Omega depends on the quantizer's clipping and bias correction
+    estimator: ClassVar[str] = "measured"  # how a layer's number is estimated (a layer's own `estimator` field may say more)
+    cache_tag: ClassVar[str | None] = None  # a version of the estimator, in the cache key, when its numbers changed
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict[str, list]]:
         raise TypeError(f"{self.name} is not a curvature metric")
@@ -51,6 +54,8 @@ class Metric:
 
     def warning(self, trace: float, stderr: float, tol: float, details: dict) -> str | None:
         """Why an estimate is not to be trusted, or None."""
+        if stderr == float("inf"):
+            return "no standard error (under two probes)"
         if trace <= 2 * stderr:
             return "trace not clearly positive"
         if stderr > tol * trace:
@@ -64,6 +69,7 @@ class HessianTrace(Metric):
 
     name, label, kind, checkpointed = "hessian", "Tr(H)", "curvature", True
     uses_quantizer = False
+    estimator = "hutchinson"
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
         from mpq.sensitivity.hessian import hutchinson_traces
@@ -77,6 +83,7 @@ class FisherTrace(Metric):
 
     name, label, kind = "fisher", "Tr(F)", "curvature"
     uses_quantizer = False
+    estimator = "empirical fisher"
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
         from mpq.sensitivity.metrics import fisher_traces
@@ -85,19 +92,22 @@ class FisherTrace(Metric):
 
 
 class GaussNewtonTrace(Metric):
-    """T_l = Tr(G_l), the Gauss-Newton block of the softmax loss (the "true" Fisher): per-sample gradients
-    of log p_c for each sample's most probable classes, summed exactly with weights p_c, and one class
-    drawn from the rest (mpq.sensitivity.metrics.gauss_newton_traces). Equal to Tr(H_l) where the network
-    is piecewise linear after layer l; cross-entropy (labels or FP32 classes) and KL losses only."""
+    """T_l = Tr(H_l) = Tr(G_l) + Tr(R_l): G_l the Gauss-Newton block of the softmax loss (the "true" Fisher),
+    from per-sample gradients of log p_c for each sample's most probable classes, summed exactly with
+    weights p_c, and one class drawn from the rest (mpq.sensitivity.metrics.gauss_newton_traces); R_l the
+    residual, zero where the network is piecewise linear after layer l, measured per layer and estimated
+    by Hutchinson probing where it is not (mpq.sensitivity.residual). Cross-entropy (labels or FP32
+    classes) and KL losses only."""
 
-    name, label, kind = "gauss_newton", "Tr(G)", "curvature"
+    name, label, kind = "gauss_newton", "Tr(H)", "curvature"
     uses_quantizer = False
+    estimator, cache_tag = "gauss-newton", "residual/1"
     LOSSES: ClassVar[tuple[str, ...]] = ("labels", "fp32", "kl")
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
-        from mpq.sensitivity.metrics import gauss_newton_traces
+        from mpq.sensitivity.residual import gauss_newton_hessian_traces
 
-        return gauss_newton_traces(model, names, x, targets, settings, progress), {}
+        return gauss_newton_hessian_traces(model, names, x, targets, settings, progress, loss_fn)
 
     def check_loss(self, loss_name: str) -> None:
         if loss_name not in self.LOSSES:
@@ -110,6 +120,7 @@ class TopEigenvalue(Metric):
 
     name, label, kind = "eigenvalue", "λ_max", "curvature"
     uses_quantizer = False
+    estimator = "power iteration"
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
         from mpq.sensitivity.metrics import top_eigenvalues
@@ -160,6 +171,7 @@ class KLQuadratic(Metric):
     backward pass per draw for every layer, width and channel (mpq.sensitivity.kl_quadratic). Weights only."""
 
     name, label, kind, inputs, fixed_loss = "kl_quadratic", f"½δᵀMδ at W{CHART_BITS}", "quadratic", False, "kl"
+    estimator = "sampled quadratic form"
 
     def shown(self, trace, stderr, details, measured):
         return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)]

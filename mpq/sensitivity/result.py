@@ -14,6 +14,7 @@ from mpq.sensitivity.activation import ActivationSensitivity
 from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
+from mpq.sensitivity.stopping import CAPS
 
 
 def finite(value: float) -> float | None:
@@ -42,6 +43,13 @@ class LayerSensitivity:
     channel_measured_omega: dict[int, np.ndarray] | None = field(default=None, repr=False)  # kl_quadratic: per channel
     details: dict = field(default_factory=dict)  # the metric's own fields, as written to JSON
     activation: ActivationSensitivity | None = None  # the input's sensitivity, when analyzed
+    capped: bool = False  # a cap (max_probes, max_seconds) stopped its estimate above the tolerance
+
+    @property
+    def estimator(self) -> str:
+        """How the number was estimated: the metric's estimator, or what the metric says of this layer
+        (gauss_newton: gauss-newton, gauss-newton+residual, or gauss-newton (residual skipped))."""
+        return self.details.get("estimator") or metric_of(self.metric).estimator
 
     def bounded_trace(self, margin: float = 0.0) -> float:
         """max(Tr + margin * stderr, 0): with margin > 0, the upper edge of the estimate's confidence
@@ -63,12 +71,29 @@ class LayerSensitivity:
             return self.channel_measured_omega[bits]
         trace = np.maximum(self.channel_trace + margin * self.channel_trace_stderr, 0.0)
         return trace / (self.layer.params / self.layer.out_channels) * self.channel_quant_error[bits]
+
     def act_omega(self, act_bits: int | None, margin: float = 0.0) -> float:
         """This layer's share of its input's Omega_act(a); 0 without activation sensitivity or for a float input."""
         return 0.0 if self.activation is None else self.activation.omega(act_bits, margin)
 
     def warning(self, tol: float) -> str | None:
         return metric_of(self.metric).warning(self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
+
+
+@dataclass(frozen=True)
+class StoppedShort:
+    """Layers whose estimate a cap stopped above the tolerance, of how many, and at which cap."""
+
+    layers: list[str]
+    total: int
+    tol: float
+    cap: str  # "max_probes" or "max_seconds"
+    limit: float  # the cap's value: probes or seconds
+
+    def line(self) -> str:
+        """The one line the terminal, --json and report.md show above the sensitivity table."""
+        at, options = (f"{self.limit:g} s", "--max-seconds or --max-probes") if self.cap == "max_seconds" else (f"{self.limit:g}-probe", "--max-probes or --max-seconds")
+        return f"{len(self.layers)} of {self.total} layers stopped above the {self.tol * 100:g}% tolerance at the {at} cap: raise {options}"
 
 
 @dataclass
@@ -88,6 +113,16 @@ class Sensitivity:
     act_tie_groups: list[list[str]] = field(default_factory=list)  # layers sharing one activation quantizer
     metric: str = "hessian"
     quantizer: Quantizer = DEFAULT_QUANTIZER  # the quantization errors are those of its weight quantizer
+    notes: list[str] = field(default_factory=list)  # what the estimate could not do, one sentence each
+
+    def stopped_short(self) -> StoppedShort | None:
+        """The layers whose estimate a cap stopped above the tolerance (None: none)."""
+        capped = [name for name, s in self.layers.items() if s.capped]
+        if not capped:
+            return None
+        cap = self.stop_reason if self.stop_reason in CAPS else "max_probes"
+        limit = self.settings.max_seconds if cap == "max_seconds" else self.settings.max_probes
+        return StoppedShort(capped, len(self.layers), self.settings.tol, cap, limit)
 
     @property
     def has_activations(self) -> bool:
@@ -112,6 +147,8 @@ class Sensitivity:
             "stop_reason": self.stop_reason,
             "resumed_probes": self.resumed_probes,
             "tolerance": self.settings.tol,
+            "stopped_short": short.line() if (short := self.stopped_short()) else None,
+            "notes": list(self.notes),
             "layers": {
                 name: {
                     "params": s.layer.params,
@@ -119,6 +156,7 @@ class Sensitivity:
                     "hessian_trace_stderr": finite(s.hessian_trace_stderr),
                     "probes": s.probes,
                     "warning": s.warning(self.settings.tol),
+                    "estimator": s.estimator,
                     **s.details,
                     **({"activation": s.activation.to_json()} if s.activation is not None else {}),
                 }
@@ -139,6 +177,8 @@ def traces_to_json(traces: HessianTraces) -> dict:
         "resumed_from": traces.resumed_from,
         "layer_names": traces.layer_names,
         **({"layer_probes": traces.layer_probes.tolist()} if traces.layer_probes is not None else {}),
+        **({"capped": traces.capped.tolist()} if traces.capped is not None else {}),
+        **({"notes": traces.notes} if traces.notes else {}),
     }
 
 
@@ -154,4 +194,6 @@ def traces_from_json(data: dict) -> HessianTraces:
         stop_reason=data["stop_reason"],
         resumed_from=data.get("resumed_from", 0),
         layer_probes=np.array(data["layer_probes"]) if "layer_probes" in data else None,
+        capped=np.array(data["capped"], dtype=bool) if "capped" in data else None,
+        notes=list(data.get("notes", [])),
     )
