@@ -26,7 +26,8 @@ from mpq.cost.budget import Budget, as_budgets, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, check_data_fits
+from mpq.inputs.prepare import as_dataset, as_prepared, fit_and_held_out
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
@@ -81,6 +82,7 @@ def pareto(
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     eval_data=None,
+    eval_split: float = EVAL_SPLIT,
     verify_points: "int | str" = DEFAULT_VERIFY_POINTS,
     eval_batch_size: int = 25,
     quantize_embeddings: bool = False,
@@ -104,7 +106,7 @@ def pareto(
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
     prepared = as_prepared(model, data, quantize_embeddings)
-    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
+    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
     reasons = _reachable(prepared, sweep, fixed, bits, acts, pins)
     if all(reasons):

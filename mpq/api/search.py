@@ -12,9 +12,9 @@ from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
 from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
-from mpq.inputs.data import Dataset
+from mpq.inputs.data import EVAL_SPLIT, Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, check_data_fits
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer
@@ -80,6 +80,7 @@ def search(
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     eval_data=None,
+    eval_split: float = EVAL_SPLIT,
     latency=None,
     proxy_plans: int = 0,
     eval_batch_size: int = 25,
@@ -90,7 +91,8 @@ def search(
 ) -> SearchResult:
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
     `space`, `solver` and `latency` as in `solve` (the flat keywords of mpq 0.1.0 still work, with a
-    DeprecationWarning). `eval_data`: the data the plan is measured on (calibration uses `data`; None: `data` itself, in-sample).
+    DeprecationWarning). `eval_data`: the data the plan is measured on (sensitivity and calibration use `data`); without it, a seeded
+    `eval_split` of `data` is held out for that (whole groups at a time: mpq.inputs.data.held_out_split; 0: in-sample).
     `proxy_plans` > 0 also measures that many random plans at the same size budget
     and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
 
@@ -108,7 +110,7 @@ def search(
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
     prepared = as_prepared(model, data, quantize_embeddings)
-    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
+    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
     pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
@@ -127,7 +129,7 @@ def search(
     solve_within = lambda b: solve(sensitivity, b, space=space, solver=solver, latency=latency)  # noqa: E731
     plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress, eval_data=held_out)
+    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress, eval_data=held_out, eval_split=0)
     t3 = time.perf_counter()
     if proxy_plans:
         report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)

@@ -25,7 +25,8 @@ from mpq.cost.latency import coverage_note, latency_model
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, check_data_fits, names_embeddings
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out, names_embeddings
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
@@ -179,7 +180,7 @@ def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
 
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None,
+    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None, eval_split: float = EVAL_SPLIT,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
     `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
@@ -190,6 +191,8 @@ def verify(
     Latencies are predicted (never measured here) by `latency` (as in `solve`), or by the latency model the
     plan was solved with when it can still be loaded; latency budgets are checked against them.
 
+    `eval_data`: the data measured on (the quantizer is fitted on `data`); without it a seeded `eval_split` of
+    `data` is held out, whole groups at a time (mpq.inputs.data.held_out_split; 0: measured in-sample).
     Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
     of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
@@ -203,7 +206,7 @@ def verify(
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    held_out = None if eval_data is None else check_data_fits(prepared, as_dataset(eval_data))
+    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
     report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress, held_out)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:

@@ -26,7 +26,7 @@ def run_search(args) -> int:
     out = writable_folder(args.out)
     model, data = load_inputs(args)
     space = search_space(args)
-    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, eval_data=eval_data_arg(args, model), **analyze_options(args))
+    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, eval_data=eval_data_arg(args, model), eval_split=args.eval_split, **analyze_options(args))
     result.plan.recipe = getattr(args, "recipe", None)  # `mpq search --config plan.json` repeats this run
     paths = write_outputs(out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None))
     if args.json:
@@ -56,7 +56,7 @@ def run_pareto(args) -> int:
     model, data = load_inputs(args)
     space = search_space(args)
     result = mpq.pareto(model, data, budgets, also_budgets=fixed, space=space, solver=solver_settings(args), verify_points=args.verify_points,
-                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), eval_data=eval_data_arg(args, model), **analyze_options(args))
+                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), eval_data=eval_data_arg(args, model), eval_split=args.eval_split, **analyze_options(args))
     paths = write_pareto(out, result)
     if args.json:
         _print_json(pareto=result.to_json(), files=[str(p) for p in paths])
@@ -125,7 +125,7 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args), eval_data=eval_data_arg(args, model))
+    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args), eval_data=eval_data_arg(args, model), eval_split=args.eval_split)
     write_json_atomic(created(out) / "report.json", report.to_json())
     if args.json:
         _print_json(report=report.to_json(), files=[str(out / "report.json")])

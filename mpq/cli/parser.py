@@ -9,8 +9,9 @@ from pathlib import Path
 
 from mpq.cli.cache_command import add_cache_parser
 from mpq.cli.examples import BUDGET, EXAMPLES, GROUPS, LATENCY, MODEL, OUTPUT, PROBING, PROBLEM, QUANTIZER, SOLVER, SWEEP, TIMING, TOP
-from mpq.cli.types import act_bits_type, count, on_off, positive, verify_points_type, widths_type
+from mpq.cli.types import act_bits_type, count, fraction, on_off, positive, verify_points_type, widths_type
 from mpq.errors import MpqError
+from mpq.inputs.split import EVAL_SPLIT
 
 DEFAULT_OUT = "mpq-out"
 
@@ -187,7 +188,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_data(p: argparse.ArgumentParser) -> None:
-    _group(p, MODEL).add_argument("--eval-data", help="the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: --data itself (in-sample, as the report says)")
+    _group(p, MODEL).add_argument("--eval-data", help="the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: a seeded --eval-split of --data (as the report says)")
+    _group(p, MODEL).add_argument("--eval-split", type=fraction, default=EVAL_SPLIT, help=f"without --eval-data, the share of --data held out for measurement, whole groups (a photo's views) at a time, seed 0; 0 measures in-sample (default {EVAL_SPLIT})")
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:

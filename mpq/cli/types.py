@@ -43,6 +43,17 @@ positive = _whole_at_least(1)  # batch sizes, repeats, threads
 count = _whole_at_least(0)  # counts that may be 0 (warm-up calls, proxy plans: 0 is off)
 
 
+def fraction(text: str) -> float:
+    """A share from 0 up to (not including) 1, e.g. --eval-split 0.25."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a fraction such as 0.25") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 up to, not including, 1")
+    return value
+
+
 def act_bits_type(text: str) -> tuple[int | None, ...]:
     widths = []
     for item in (v.strip() for v in text.split(",") if v.strip()):

@@ -26,6 +26,7 @@ class Dataset:
     y: torch.Tensor | None = None
     description: str = ""
     input_names: tuple[str, ...] = ()  # several named inputs stacked along dimension 1 of x
+    groups: torch.Tensor | None = None  # per sample, what it was cut from (a photo's views): split by group, never within
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
@@ -45,6 +46,8 @@ class Dataset:
                 raise MpqError(f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions")
             self.y = self.y.long()
         self.input_names = tuple(self.input_names)
+        if self.groups is not None and (not isinstance(self.groups, torch.Tensor) or self.groups.shape != (len(self.x),)):
+            raise MpqError(f"data groups must be a tensor of one group id per sample ({len(self.x)})")
         if self.input_names and (self.x.dim() < 2 or self.x.shape[1] != len(self.input_names)):
             raise MpqError(f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs {', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs")
 
@@ -56,6 +59,10 @@ class Dataset:
         for start in range(0, len(self.x), batch_size):
             stop = start + batch_size
             yield self.x[start:stop], None if self.y is None else self.y[start:stop]
+
+    def subset(self, indices: torch.Tensor, description: str) -> "Dataset":
+        take = lambda t: None if t is None else t[indices]  # noqa: E731
+        return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups))
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

@@ -101,7 +101,7 @@ def load_text(path: Path, model: nn.Module, seq_len: int | None) -> Dataset:
     if not path.is_file():
         raise MpqError(f"data file {path} does not exist; check the path")
     if seq_len is None:
-        raise MpqError(f"text data needs --seq-len N: the number of tokens per sample")
+        raise MpqError("text data needs --seq-len N: the number of tokens per sample")
     longest = max_positions(model)
     if longest is not None and seq_len > longest:
         raise MpqError(f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: give --seq-len {longest} or less")

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from mpq.errors import MpqError
-from mpq.inputs.adapter import Outputs, adapt
+from mpq.inputs.adapter import adapt
 from mpq.inputs.data import Dataset, named_inputs
 from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
+from mpq.inputs.split import EVAL_SPLIT, held_out_split
 
 EXAMPLE_BATCH = 2
 
@@ -116,3 +117,18 @@ def check_batch_size(value, name: str = "batch_size") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MpqError(f"{name}={value!r} must be a whole number of samples, 1 or more")
     return value
+
+
+def check_eval_split(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise MpqError(f"eval_split={value!r} must be a fraction from 0 (measure in-sample) up to, not including, 1")
+    return float(value)
+
+
+def fit_and_held_out(prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT) -> tuple[Dataset, Dataset | None]:
+    """The data to fit on (sensitivity, calibration) and the data to measure on: `eval_data` when given, else a
+    seeded `eval_split` of `data` held out by group (mpq.inputs.data.held_out_split); None: measure in-sample."""
+    if eval_data is not None:
+        return data, check_data_fits(prepared, as_dataset(eval_data))
+    split = held_out_split(data, check_eval_split(eval_split))
+    return (data, None) if split is None else split

@@ -36,11 +36,12 @@ def sample_image_paths() -> list[Path]:
 def load_views() -> Dataset:
     from PIL import Image
 
-    xs, ys = [], []
-    for path in sample_image_paths():
+    xs, ys, photos = [], [], []
+    for photo, path in enumerate(sample_image_paths()):
         label = int(path.stem.split("_")[-1])
         crops = five_crops(Image.open(path))
         for crop in crops:
             xs += [crop, torch.flip(crop, dims=[2])]
             ys += [label, label]
-    return Dataset(x=torch.stack(xs), y=torch.tensor(ys), description=f"20 foolbox ImageNet photos x 10 views ({len(xs)})")
+            photos += [photo, photo]
+    return Dataset(x=torch.stack(xs), y=torch.tensor(ys), description=f"20 foolbox ImageNet photos x 10 views ({len(xs)})", groups=torch.tensor(photos))

@@ -231,4 +231,6 @@ def _measured_on(calibration: int, eval_data: Dataset | None) -> str:
     """Which data the numbers are measured on: held out, or the `calibration` samples themselves."""
     if eval_data is None:
         return f"measured on the {calibration} calibration samples themselves (in-sample): give --eval-data (eval_data=) for held-out numbers"
+    if "held out (seed" in eval_data.description:
+        return f"calibrated on {calibration} samples, measured on {len(eval_data)} held-out samples: a seeded split of --data ({eval_data.description}); give --eval-data for your own"
     return f"calibrated on {calibration} samples (--data), measured on {len(eval_data)} held-out samples (--eval-data)"
