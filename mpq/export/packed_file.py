@@ -8,7 +8,7 @@ Format "mpq.packed/1" (all integers little-endian):
                 {"format": "mpq.packed/1",
                  "model_fingerprint": sha256 of the user's model (as in plan.json),
                  "input_shape": [one sample's input shape],
-                 "layers": {"<module name>": {"weight_bits", "act_bits", "weight_shape"}},
+                 "layers": {"<module name>": {"weight_bits", "act_bits", "weight_shape"[, "group_size"]}},
                  "tensors": [["<name>", "<dtype>", [shape]], ...]}     (in file order)
     the tensor bytes, back to back in "tensors" order, no padding: the tensors of
     mpq.verify.apply (uint8 weight codes, float32 scales and biases, float32 input scale and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,16 +85,19 @@ def comparison_table(report: Report) -> str:
     """Markdown table of the plan, FP32 and the baselines; with a latency model, their predicted latencies too."""
     latency = bool(report.latency_model)
     lines = [
-        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 |" + (" predicted latency |" if latency else ""),
-        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if latency else ""),
-        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {pct(report.fp32.top1)} | 100.0% | 0 | 1 |" + (" - |" if latency else ""),
+        "| model | size | fits budget | top-1 | agreement with FP32 | KL(FP32‖q) | cosine to FP32 | bits per weight |" + (" predicted latency |" if latency else ""),
+        "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if latency else ""),
+        f"| FP32 (BatchNorm folded) | {format_bytes(report.fp32.size_bytes)} | - | {pct(report.fp32.top1)} | 100.0% | 0 | 1 | 32 |" + (" - |" if latency else ""),
     ]
     rows: list[Measurement] = [report.plan, *report.baselines]
+    if report.weight_only is not None:
+        rows.append(replace(report.weight_only, name=f"{report.weight_only.name} (float activations, for reference)"))
     for m in rows:
         cell = "-" if m.latency_s is None else format_cost("latency_s", m.latency_s)
+        bpw = "-" if m.bits_per_weight is None else f"{m.bits_per_weight:.4f}"
         lines.append(
             f"| {m.name} | {format_bytes(m.size_bytes)} | {'yes' if m.fits_budget else 'no'} | {pct(m.top1)} | "
-            f"{pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} |"
+            f"{pct(m.fp32_agreement)} | {m.kl_to_fp32:.4f} | {'-' if m.cosine_to_fp32 is None else f'{m.cosine_to_fp32:.5f}'} | {bpw} |"
             + (f" {cell} |" if latency else "")
         )
     return "\n".join(lines)
@@ -251,7 +255,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
         "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
-        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}.",
+        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}"
+        + (f"; {report.plan.bits_per_weight:.4f} bits per quantized weight (codes and scales)" if report.plan.bits_per_weight is not None else "") + ".",
         "",
         *([latency_line(plan) + ".", ""] if "latency_s" in plan.predicted else []),
         "## Plan against FP32 and uniform widths",

@@ -10,6 +10,7 @@ from mpq.sensitivity.result import Sensitivity
 from mpq.verify.report import Measurement, Report
 
 ACT_CAP = 0.5  # uniform W8 (same activations) with at least this share of the plan's KL: activations cap the result
+WEIGHT_ONLY_GAP = 4.0  # uniform W8 with quantized inputs this many times farther from FP32 than with float inputs
 
 
 def best_uniform(report: Report) -> Measurement | None:
@@ -52,7 +53,10 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
                      "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt.")
     w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
     act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
-    if w8 is not None and any(a is not None for a in act_bits) and measured.kl_to_fp32 > 0 and w8.kl_to_fp32 >= ACT_CAP * measured.kl_to_fp32:
+    capped = _activations_cap(w8, report.weight_only)
+    if capped:
+        steps.append(capped)
+    elif w8 is not None and any(a is not None for a in act_bits) and measured.kl_to_fp32 > 0 and w8.kl_to_fp32 >= ACT_CAP * measured.kl_to_fp32:
         steps.append(f"Activation quantization caps the result: {w8.name} alone has KL {w8.kl_to_fp32:.4g}, "
                      f"{w8.kl_to_fp32 / measured.kl_to_fp32:.0%} of the plan's, so narrower weights are not what costs most. "
                      "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone.")
@@ -60,6 +64,27 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
         steps.append("Nothing stands out. To see what a little more or less size buys, sweep the budget: "
                      "`mpq pareto --budget LOW:HIGH` (docs/pareto.md); `mpq export` writes the plan for deployment.")
     return steps
+
+
+def _distance(m: Measurement, other: Measurement) -> tuple[str, float]:
+    """How far from FP32: 1 - cosine when both have the cosine (any model's outputs), else KL."""
+    if m.cosine_to_fp32 is not None and other.cosine_to_fp32 is not None:
+        return "1 - cosine to FP32", 1.0 - m.cosine_to_fp32
+    return "KL(FP32‖q)", m.kl_to_fp32
+
+
+def _activations_cap(w8: Measurement | None, weight_only: Measurement | None) -> str | None:
+    """The step when uniform W8 with quantized inputs is WEIGHT_ONLY_GAP times farther from FP32 than uniform W8 weight-only."""
+    if w8 is None or weight_only is None:
+        return None
+    what, far = _distance(w8, weight_only)
+    _, near = _distance(weight_only, w8)
+    if far <= 0 or far < WEIGHT_ONLY_GAP * near:
+        return None
+    ratio = f"{far / near:.0f}×" if near > 0 else "infinitely"
+    return (f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) than {weight_only.name} with "
+            f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try weight-only widths: `--act-bits none` "
+            "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another activation observer (`--act-observer mse`).")
 
 
 def api_call(plan: Plan) -> str:
