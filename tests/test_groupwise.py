@@ -221,7 +221,7 @@ def test_torchao_intx_weight_only_config_reproduces_the_evaluator(tmp_path):
     ("big", "'big' is not a whole number of weights"),
 ])
 def test_bad_group_sizes_exit_2_with_one_sentence(capsys, tmp_path, value, message):
-    status, out, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--budget", "4bpw", "--group-size", value, "--out", tmp_path)
+    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--budget", "4bpw", "--group-size", value, "--out", tmp_path)
     assert status == 2 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("mpq: error")] == [err.strip().splitlines()[-1]]
     with pytest.raises(MpqError, match="power of two"):
@@ -253,7 +253,7 @@ def test_cli_search_with_group_size_and_bpw_budget(capsys, tmp_path):
     import numpy as np
 
     np.savez(tmp_path / "x.npz", x=torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(3)).numpy())
-    status, out, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz", "--act-bits", "none", "--bits", "2,4,8",
+    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz", "--act-bits", "none", "--bits", "2,4,8",
                                "--group-size", "32", "--budget", "4.5bpw", "--budget", "20KB", "--max-probes", "2", "--out", tmp_path / "out", "--no-cache", "--quiet")
     assert status == 0, err
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
@@ -263,8 +263,18 @@ def test_cli_search_with_group_size_and_bpw_budget(capsys, tmp_path):
     assert report["measured"]["size_bytes"] == plan["predicted"]["size_bytes"] and report["quantizer"]["group_size"] == 32
     assert "bits per quantized weight" in (tmp_path / "out" / "report.md").read_text()
     # verify keeps the plan's group size even with another quantizer
-    status, out, err = run_cli(capsys, "verify", tmp_path / "out" / "plan.json", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz",
+    status, _, err = run_cli(capsys, "verify", tmp_path / "out" / "plan.json", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz",
                                "--weight-clip", "minmax", "--out", tmp_path / "v", "--no-cache", "--quiet")
     assert status == 0, err
     verified = json.loads((tmp_path / "v" / "report.json").read_text())
     assert verified["quantizer"]["group_size"] == 32 and verified["measured"]["size_bytes"] == plan["predicted"]["size_bytes"]
+
+
+def test_per_channel_widths_with_group_scales_are_counted_exactly(x, tmp_path):
+    space = mpq.SearchSpace(bits=(2, 4, 8), act_bits=8, granularity="channel", channel_group=4)
+    result = mpq.search(group_net(), x, ["12KB", "5bpw"], space=space, quantizer=mpq.Quantizer(group_size=GROUP), probes=PROBES, cache_dir=False, progress=False)
+    assert any(len({r.weight_bits for r in lp.channel_bits}) > 1 for lp in result.plan.layers.values())
+    stored = mpq.export_plan(group_net(), result.plan, x, tmp_path / "plan.mpq")
+    assert stored.counted_bytes == result.plan.predicted["size_bytes"] == result.report.plan.size_bytes
+    assert stored.file_bytes == (tmp_path / "plan.mpq").stat().st_size == read_packed(tmp_path / "plan.mpq").header_bytes + stored.counted_bytes
+    assert result.plan.predicted["bits_per_weight"] == result.report.plan.bits_per_weight <= 5

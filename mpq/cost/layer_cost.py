@@ -63,7 +63,7 @@ def layer_weight_bits(layer: LayerInfo, choice: Choice, group_size: int | None =
     return 8 * weight_bytes(layer, layer.out_channels, choice.weight_bits, group_size)
 
 
-def per_weight(weight_bits: float, layers: "list[LayerInfo]") -> float:
+def per_weight(weight_bits: float, layers: list[LayerInfo]) -> float:
     """Bits per quantized weight: `weight_bits` over the layers' weight count."""
     return weight_bits / sum(layer.params for layer in layers)
 

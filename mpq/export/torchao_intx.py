@@ -33,7 +33,7 @@ from mpq.export.torchao_layers import torchao_block
 from mpq.quant.affine import QuantizedWeight
 
 
-def intx_config(shape: "tuple[int, ...]", weight_bits: int, group_size: int | None) -> IntxWeightOnlyConfig | None:
+def intx_config(shape: tuple[int, ...], weight_bits: int, group_size: int | None) -> IntxWeightOnlyConfig | None:
     """torchao's IntxWeightOnlyConfig for a weight of `shape` at these widths and groups (None: its blocks cannot hold them)."""
     block = torchao_block(tuple(shape), group_size)
     if block is None or len(shape) != 2:

@@ -229,7 +229,10 @@ def verify_prepared(
     uniforms = {bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
     uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency, group)}
     weight_only = uniform_plan(prepared, 8, None, group) if act_bits else None
-    measure = lambda p, name: measure_plan(prepared, p, data, reference, name, batch_size, cache, plan.budgets, latency, calibration)  # noqa: E731
+
+    def measure(candidate: Plan, name: str) -> Measurement:
+        return measure_plan(prepared, candidate, data, reference, name, batch_size, cache, plan.budgets, latency, calibration)
+
     with bar(1 + len(uniforms) + (weight_only is not None), "verify", progress, unit="model") as shown:
         shown.set_postfix_str("mpq plan")
         measured = measure(plan, "mpq plan")
