@@ -134,3 +134,40 @@ class SmallConvNet(nn.Module):
 def small_convnet() -> SmallConvNet:
     torch.manual_seed(0)
     return SmallConvNet().eval()
+
+
+class GroupNet(nn.Module):
+    """Layers whose weights split into groups of 32 every way: a conv of 27 weights per channel (one short group),
+    a depthwise conv (9), Linear 128 -> 80 (4 whole groups), 80 -> 48 (2 whole groups + 16), 48 -> 5 (32 + 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(128, 80), nn.Linear(80, 48), nn.Linear(48, 5)
+
+    def forward(self, x):
+        x = F.relu(self.depthwise(F.relu(self.conv(x))))
+        x = F.adaptive_avg_pool2d(x, 4).flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def group_net() -> GroupNet:
+    torch.manual_seed(0)
+    return GroupNet().eval()
+
+
+class LinearNet(nn.Module):
+    """Linears only, every input a multiple of 32: torchao's IntxWeightOnlyConfig(PerGroup(32)) holds every layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 96), nn.Linear(96, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
+def linear_net() -> LinearNet:
+    torch.manual_seed(0)
+    return LinearNet().eval()

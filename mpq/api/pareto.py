@@ -31,7 +31,7 @@ from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
-from mpq.quant.quantizer import Quantizer
+from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import DEFAULT_METRIC
 from mpq.sensitivity.settings import ProbeSettings
@@ -45,13 +45,14 @@ from mpq.verify.pareto import ParetoPoint, ParetoResult, UniformPoint
 from mpq.verify.report import Measurement
 
 
-def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins) -> list[str | None]:
+def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, group_size: int | None) -> list[str | None]:
     """Per budget, None when each budget alone can be met, else the BudgetInfeasible message (no Hessian work)."""
     graph = prepared.graph
     reasons = []
     for budget in budgets:
         try:
-            check_feasible(build_problem(graph.layers, graph.float_bytes, [budget, *fixed], bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups))
+            problem = build_problem(graph.layers, graph.float_bytes, [budget, *fixed], bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, group_size=group_size)
+            check_feasible(problem)
             reasons.append(None)
         except BudgetInfeasible as exc:
             reasons.append(str(exc))
@@ -59,13 +60,16 @@ def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budge
 
 
 def uniform_points(prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequence[int], act_bits: int | None, trace_margin: float) -> list[UniformPoint]:
-    """Every candidate weight width for every layer: predicted size, BOPs and total Omega."""
+    """Every candidate weight width for every layer (scales at the sensitivity's group size): predicted size, BOPs,
+    bits per weight and total Omega."""
     points = []
+    group = sensitivity.quantizer.group_size
     for b in sorted(set(bits)):
-        plan = uniform_plan(prepared, b, act_bits)
-        costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+        plan = uniform_plan(prepared, b, act_bits, group)
+        costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes, group_size=group)
         omega = plan_omega(sensitivity, plan, trace_margin, inputs=False)
-        points.append(UniformPoint(b, act_bits, {"size_bytes": int(costs["size_bytes"]), "bops": costs["bops"], "omega": omega}))
+        predicted = {"size_bytes": int(costs["size_bytes"]), "bops": costs["bops"], "bits_per_weight": costs["bits_per_weight"], "omega": omega}
+        points.append(UniformPoint(b, act_bits, predicted, group_size=group))
     return points
 
 
@@ -92,8 +96,8 @@ def pareto(
 ) -> ParetoResult:
     """The least-Omega plan at every budget of a sweep, `verify_points` of them measured, and the uniform widths.
 
-    `budgets`: "2MB:6MB" (30 evenly spaced), "2MB:6MB:STEPS", "2MB,3MB,4MB" or a list (one kind: sizes or
-    BOPs); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping sizes). `verify_points`:
+    `budgets`: "2MB:6MB" (30 evenly spaced), "2MB:6MB:STEPS", "2MB,3MB,4MB" or a list (one kind: sizes,
+    BOPs or bits per weight, e.g. "3bpw:6bpw"); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping sizes). `verify_points`:
     how many feasible points to measure, evenly spread (ends included), "all", or 0 to measure nothing
     (then the uniform widths are not measured either). The rest as in `mpq.search`.
     Raises BudgetInfeasible when no point of the sweep can be met.
@@ -108,7 +112,7 @@ def pareto(
     prepared = as_prepared(model, data, quantize_embeddings)
     data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
-    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins)
+    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).group_size)
     if all(reasons):
         raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
     t0 = time.perf_counter()
@@ -185,5 +189,5 @@ def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoi
             fits = within_budgets(point.measured.costs, point.plan.budgets, latency_known=False)  # a sweep has no latency model
             point.measured = replace(point.measured, fits_budget=fits)
         for u in uniform:
-            u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits), u.name, shown)
+            u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits, u.group_size), u.name, shown)
     return {"size_bytes": reference.size_bytes, "top1": reference.top1}

@@ -12,12 +12,13 @@ from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
 from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
-from mpq.inputs.data import EVAL_SPLIT, Dataset
+from mpq.inputs.data import Dataset
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
-from mpq.quant.quantizer import Quantizer
+from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import DEFAULT_METRIC
 from mpq.sensitivity.settings import ProbeSettings
@@ -65,7 +66,7 @@ def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
     from mpq.verify.apply import pack_model
 
     acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
-    return container_bytes(pack_model(prepared.folded, plan, acts), prepared.fingerprint, ModelInputs.of(prepared, data))
+    return container_bytes(pack_model(prepared.folded, plan, acts, group_size=plan.group_size), prepared.fingerprint, ModelInputs.of(prepared, data))
 
 
 def search(
@@ -114,11 +115,14 @@ def search(
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
     pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
+    quantizer = resolve_quantizer(quantizer)
     if space.granularity == "channel":
         zero = lambda group, b: 0.0  # noqa: E731
-        problem = build_channel_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, zero, space.channel_group, pins, graph.act_tie_groups).problem
+        problem = build_channel_problem(
+            graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, zero, space.channel_group, pins, graph.act_tie_groups, quantizer.group_size
+        ).problem
     else:
-        problem = build_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency)
+        problem = build_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency, quantizer.group_size)
     check_feasible(problem)
     if proxy_plans:
         check_proxy_request(proxy_plans, budgets, space.granularity)

@@ -16,13 +16,14 @@ mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 from mpq.api.options import SOLVE_KEYWORDS, check_known, field_names, probe_settings, search_space, solver_settings
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
 from mpq.cost.latency import coverage_note, latency_model
-from mpq.cost.layer_cost import Choice
+from mpq.cost.layer_cost import Choice, per_weight
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out, names_embeddings
@@ -35,7 +36,7 @@ from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import DEFAULT_METRIC, metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
-from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans
+from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans, plan_layer_costs
 from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved
@@ -133,27 +134,32 @@ def solve(
     pins = resolve_keep([layer.name for layer in layers], space.keep, space.keep_first, space.keep_last)
     latency = latency_model(latency)
     channels = latency_source = None
+    group = sensitivity.quantizer.group_size
     if space.granularity == "channel":
         if latency is not None:
             raise MpqError("latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model")
         omega = channel_omega(sensitivity, space.trace_margin)
-        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, space.channel_group, pins, sensitivity.act_tie_groups)
+        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, space.channel_group, pins, sensitivity.act_tie_groups, group)
         solution, reduction = solve_presolved(channel_problem.problem, solver.time_limit_s, solver.name)
         layers = layer_plans(channel_problem, solution)
         after = binary_variables(reduction.problem) if reduction else channel_problem.binary_variables
         channels = ChannelSearch(channel_problem.binary_variables, channel_problem.dropped_choices, after)
     else:
         omega = lambda name, c: choice_omega(sensitivity.layers[name], c, space.trace_margin, by_sensitivity)  # noqa: E731
-        problem = build_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, pins, sensitivity.act_tie_groups, latency)
+        problem = build_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, pins, sensitivity.act_tie_groups, latency, group)
         solution = solve_problem(problem, solver.time_limit_s, solver.name)
         if latency is not None:
             latency_source = _latency_source(layers, candidate_choices(layers, space.bits, space.act_bits, pins), latency)
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
+    if group is not None:
+        layers = {n: replace(lp, granularity="group") for n, lp in layers.items()}
     settings = PlanSettings(
         space=space, solver=solver, probes=sensitivity.settings, quantizer=sensitivity.quantizer, metric=sensitivity.metric, loss=sensitivity.loss,
         keep=pins, act_sensitivity=by_sensitivity, act_tie_groups=sensitivity.act_tie_groups if space.several_act_widths else (),
         latency=latency_source, channels=channels,
     )
+    infos = [s.layer for s in sensitivity.layers.values()]
+    weight_bits = sum(plan_layer_costs(x, layers[x.name], group)["weight_bits"] for x in infos)
     return Plan(
         layers=layers,
         model={
@@ -166,6 +172,7 @@ def solve(
             "size_bytes": int(solution.costs["size_bytes"]),
             "bops": solution.costs["bops"],
             "omega": solution.objective,
+            **({"bits_per_weight": per_weight(weight_bits, infos)} if infos else {}),
             **({"latency_s": solution.costs["latency_s"]} if latency is not None else {}),
         },
         settings=settings,

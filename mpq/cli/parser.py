@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mpq.cli.cache_command import add_cache_parser
 from mpq.cli.examples import BUDGET, EXAMPLES, GROUPS, LATENCY, MODEL, OUTPUT, PROBING, PROBLEM, QUANTIZER, SOLVER, SWEEP, TIMING, TOP
-from mpq.cli.types import act_bits_type, count, fraction, on_off, positive, verify_points_type, widths_type
+from mpq.cli.types import act_bits_type, count, fraction, group_size_type, on_off, positive, verify_points_type, widths_type
 from mpq.errors import MpqError
 from mpq.inputs.split import EVAL_SPLIT
 
@@ -172,12 +172,14 @@ def _add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) ->
     p.add_argument("--act-observer", choices=ACT_OBSERVER_NAMES, help="activation ranges: min-max, percentile 99.99%%, histogram MSE-optimal, or ACIQ (Laplace)")
     p.add_argument("--weight-clip", choices=WEIGHT_CLIP_NAMES, help="weight scales per channel: min-max, or the clip ratio of least squared error")
     p.add_argument("--bias-correction", type=on_off, metavar="on|off", help="correct each layer's bias for the mean output shift its weight quantization causes")
+    if not default_is_plan:  # a plan's group size is part of how it is stored: verify and export keep it
+        p.add_argument("--group-size", type=group_size_type, metavar="G", help="one float32 weight scale per group of G consecutive weights of an output channel (a power of two, e.g. 32, 64, 128; GPTQ/torchao style) instead of one per channel; sizes and bits per weight count the scales (default: none)")
 
 
 def quantizer_arg(args, default_is_plan: bool):
     from mpq.quant.quantizer import resolve_quantizer
 
-    parts = {"act_observer": args.act_observer, "weight_clip": args.weight_clip, "bias_correction": args.bias_correction}
+    parts = {"act_observer": args.act_observer, "weight_clip": args.weight_clip, "bias_correction": args.bias_correction, "group_size": getattr(args, "group_size", None)}
     if default_is_plan and args.quantizer is None and all(v is None for v in parts.values()):
         return None  # the plan's own
     return resolve_quantizer(args.quantizer, **parts)
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(search)
     _add_config(search)
     _add_eval_data(search)
-    _group(search, BUDGET).add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table) ...; repeat for several (all must hold)")
+    _group(search, BUDGET).add_argument("--budget", action="append", required=True, help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table), 4.25bpw (bits per quantized weight, scales included) ...; repeat for several (all must hold)")
     _add_search_options(search)
     _group(search, BUDGET).add_argument("--no-act-sensitivity", dest="act_sensitivity", action="store_const", const=False, default=None, help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity")
     _group(search, BUDGET).add_argument("--granularity", choices=("layer", "channel"), default="layer", help="one weight width per layer (default), or per group of output channels (see --channel-group)")
@@ -260,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(sweep)
     _add_config(sweep)
     _add_eval_data(sweep)
-    _group(sweep, SWEEP).add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB or 10GBOPs:40GBOPs:20, or a list 2MB,3MB,4MB (sizes or BOPs)")
+    _group(sweep, SWEEP).add_argument("--budget", required=True, help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB, 10GBOPs:40GBOPs:20 or 3bpw:6bpw, or a list 2MB,3MB,4MB (sizes, BOPs or bits per weight)")
     _group(sweep, SWEEP).add_argument("--also-budget", action="append", default=[], help="a budget that holds at every point, e.g. 20GBOPs while sweeping sizes; repeatable")
     _group(sweep, SWEEP).add_argument("--verify-points", type=verify_points_type, default=6, help="how many feasible points to measure, evenly spread (ends included), 'all', or 0 (default 6)")
     _add_search_options(sweep)

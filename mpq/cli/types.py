@@ -69,6 +69,20 @@ def act_bits_type(text: str) -> tuple[int | None, ...]:
     return tuple(widths)
 
 
+def group_size_type(text: str) -> int | None:
+    """--group-size: a power of two (mpq.quant.quantizer.check_group_size), or 'none' for one scale per output channel."""
+    if text.strip().lower() in ("none", "channel", "off"):
+        return None
+    from mpq.quant.quantizer import check_group_size
+
+    try:
+        return check_group_size(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of weights such as 32, 64 or 128, or 'none'") from None
+    except MpqError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def verify_points_type(text: str) -> "int | str":
     if text.strip().lower() == "all":
         return "all"

@@ -1,9 +1,12 @@
-"""Budgets in physical units: bytes, bit operations, seconds.
+"""Budgets in physical units: bytes, bit operations, seconds, bits per weight.
 
 Grammar: a positive number followed by a unit.
     size:    B, KB, MB, GB (powers of 10), KiB, MiB, GiB (powers of 2)   e.g. 4MB, 3.5MiB, 123456B
     BOPs:    BOPs, KBOPs, MBOPs, GBOPs, TBOPs                            e.g. 20GBOPs
     latency: s, ms, us                                                   e.g. 2.5ms, 800us
+    bits per weight: bpw                                                 e.g. 4.25bpw
+A bits-per-weight budget bounds the quantized layers' packed code and scale bits over their weight count
+(mpq.cost.layer_cost); float tensors do not count.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ from mpq.errors import MpqError
 SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 BOPS_UNITS = {"bops": 1, "kbops": 1e3, "mbops": 1e6, "gbops": 1e9, "tbops": 1e12}
 LATENCY_UNITS = {"s": 1, "ms": 1e-3, "us": 1e-6}
+PER_WEIGHT_UNITS = {"bpw": 1}
 KIND_OF_UNIT = (
     {u: "size_bytes" for u in SIZE_UNITS}
     | {u: "bops" for u in BOPS_UNITS}
     | {u: "latency_s" for u in LATENCY_UNITS}
+    | {u: "bits_per_weight" for u in PER_WEIGHT_UNITS}
 )
-SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS
-KINDS = ("size_bytes", "bops", "latency_s")
+SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS | PER_WEIGHT_UNITS
+KINDS = ("size_bytes", "bops", "latency_s", "bits_per_weight")
+# A plan's bits per weight adds up per-layer shares (bits / all weights) in floats, so a plan exactly at the limit
+# can read a few ulps over it; far below one byte's share of any model under 10^11 weights.
+PER_WEIGHT_SLACK = 1e-12
 
 _BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """An upper limit on one cost: `kind` is "size_bytes", "bops" or "latency_s"."""
+    """An upper limit on one cost: `kind` is "size_bytes", "bops", "latency_s" or "bits_per_weight"."""
 
     kind: str
     limit: float
@@ -57,13 +65,13 @@ def parse_budget(text: "str | Budget") -> Budget:
     match = _BUDGET.match(str(text))
     if not match:
         raise MpqError(
-            f"cannot read budget {text!r}: write a number and a unit, e.g. 4MB, 3.5MiB, 20GBOPs or 2.5ms"
+            f"cannot read budget {text!r}: write a number and a unit, e.g. 4MB, 3.5MiB, 20GBOPs, 2.5ms or 4.25bpw"
         )
     number, unit = float(match.group(1)), match.group(2).lower()
     if unit not in KIND_OF_UNIT:
         raise MpqError(
             f"unknown budget unit {match.group(2)!r} in {text!r}: use B, KB, MB, GB, KiB, MiB, GiB, "
-            "BOPs, KBOPs, MBOPs, GBOPs, TBOPs, s, ms or us"
+            "BOPs, KBOPs, MBOPs, GBOPs, TBOPs, s, ms, us or bpw"
         )
     limit = number * SCALE_OF_UNIT[unit]
     if not math.isfinite(limit) or limit <= 0:
@@ -81,6 +89,7 @@ def format_bytes(size_bytes: float, round_up: bool = False) -> str:
 
 BOPS_PREFIXES = (("TBOPs", 1e12), ("GBOPs", 1e9), ("MBOPs", 1e6), ("KBOPs", 1e3), ("BOPs", 1.0))
 LATENCY_PREFIXES = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6))
+PER_WEIGHT_PREFIXES = (("bpw", 1.0),)
 
 
 def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: bool) -> str:
@@ -102,11 +111,13 @@ def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: boo
 
 
 def format_cost(kind: str, value: float, round_up: bool = False) -> str:
-    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us). `round_up`: never below `value`."""
+    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us), bits per weight. `round_up`: never below `value`."""
     if kind == "size_bytes":
         return format_bytes(value, round_up)
     if kind == "bops":
         return _scaled(value, BOPS_PREFIXES, round_up)
+    if kind == "bits_per_weight":
+        return _scaled(value, PER_WEIGHT_PREFIXES, round_up)
     return _scaled(value, LATENCY_PREFIXES, round_up)
 
 
@@ -114,7 +125,7 @@ def as_budgets(budget) -> list[Budget]:
     """One budget or a list of them, each a string such as "4MB" or a Budget."""
     items = [budget] if isinstance(budget, (str, Budget)) else list(budget) if isinstance(budget, (list, tuple)) else None
     if not items or not all(isinstance(b, (str, Budget)) for b in items):
-        raise MpqError(f"budget must be a string with a unit such as \"4MB\", \"20GBOPs\" or \"2.5ms\" (or a list of them), not {budget!r}")
+        raise MpqError(f"budget must be a string with a unit such as \"4MB\", \"20GBOPs\", \"2.5ms\" or \"4.25bpw\" (or a list of them), not {budget!r}")
     return [parse_budget(b) for b in items]
 
 
@@ -122,4 +133,10 @@ def within_budgets(costs: dict[str, float], budgets: "list[Budget]", latency_kno
     """Whether every budget holds: the one rule for plans, baselines and sweep points. A cost the plan
     lacks fails its budget (it cannot be shown to hold), except a latency budget when no latency model
     is given, which cannot be checked and is skipped."""
-    return all(costs.get(b.kind, math.inf) <= b.limit for b in budgets if b.kind != "latency_s" or latency_known)
+    return all(not exceeds(b, costs.get(b.kind, math.inf)) for b in budgets if b.kind != "latency_s" or latency_known)
+
+
+def exceeds(budget: Budget, cost: float) -> bool:
+    """Whether `cost` is over `budget` (bits per weight with PER_WEIGHT_SLACK, see there)."""
+    slack = PER_WEIGHT_SLACK * budget.limit if budget.kind == "bits_per_weight" else 0.0
+    return cost > budget.limit + slack

@@ -46,6 +46,8 @@ def export_plan(
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    if format == "onnx" and plan.group_size is not None:
+        raise MpqError(f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao")
     data = as_dataset(data)  # the packed file and ONNX record its input shape
     prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
     path = Path(path)

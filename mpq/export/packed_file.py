@@ -10,7 +10,7 @@ Format "mpq.packed/1" (all integers little-endian):
                  "input_shape": [one sample's input shape],
                  "input_dtype": "int64" (only when not float32: token ids),
                  "adapter": {"input_names": [...], "outputs": {...}} (only for a model mpq.inputs.adapter wraps),
-                 "layers": {"<module name>": {"weight_bits", "act_bits", "weight_shape"}},
+                 "layers": {"<module name>": {"weight_bits", "act_bits", "weight_shape"[, "group_size"]}},
                  "tensors": [["<name>", "<dtype>", [shape]], ...]}     (in file order)
     the tensor bytes, back to back in "tensors" order, no padding: the tensors of
     mpq.verify.apply (uint8 weight codes, float32 scales and biases, float32 input scale and

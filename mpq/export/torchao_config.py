@@ -15,7 +15,15 @@ per-channel widths), weight shape, and the packed tensors of that layer, each as
 "base64"} of its raw little-endian bytes: weight_codes (uint8, b bits a code, the chunks of
 mpq.verify.apply.pack_chunks), weight_scale (float32), bias (float32), input_scale (float32) and
 input_zero_point (int32). Reading it parses JSON and decodes bytes of an allowed dtype: nothing in the file
-is executed or unpickled.
+is executed or unpickled. A group-wise plan's layers also hold "group_size", their weight_scale [out, groups].
+
+A plan whose inputs all stay in float (weight-only, `--act-bits none`) can also be applied as torchao's own
+IntxWeightOnlyConfig per module (mpq.export.torchao_intx):
+
+    quantize_(folded, load_intx_config("plan.torchao.json"), filter_fn=None)
+
+and the export then writes beside the file a readable module map, "<name>.modules.json" (schema
+"mpq.torchao-modules/1"): per module its widths, group size and the torchao config it gets.
 """
 
 from __future__ import annotations
@@ -86,6 +94,9 @@ def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "
     """Write the export (JSON), atomically."""
     text = json.dumps(torchao_file(prepared_folded, packed), separators=(",", ":")) + "\n"
     write_text_atomic(path, text)
+    weight_only = bool(packed.layers) and not any(meta["act_bits"] for meta in packed.layers.values())
+    if weight_only:
+        write_text_atomic(module_map_path(path), json.dumps(module_map(prepared_folded, packed), indent=1) + "\n")
     mixed = sum(1 for meta in packed.layers.values() if meta.get("channel_bits"))
     inputs = sum(1 for meta in packed.layers.values() if meta["act_bits"])
     notes = [
@@ -93,7 +104,27 @@ def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "
         f"{inputs} with mpq's static input quantizer; apply to the BatchNorm-folded model with "
         "quantize_(model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)"
     ]
+    if weight_only:
+        notes.append(f"weight-only: also torchao's own IntxWeightOnlyConfig per module with load_intx_config(path); the module map is {module_map_path(path)}")
     return TorchaoExport(Path(path), len(text.encode("utf-8")), tuple(notes))
+
+
+def module_map_path(path: "str | Path") -> Path:
+    """Where the readable module map of the export at `path` goes: plan.torchao.json -> plan.torchao.modules.json."""
+    return Path(path).with_suffix(".modules.json")
+
+
+def module_map(prepared_folded: nn.Module, packed: PackedModel) -> dict:
+    """Per module: its type, widths, group size and the torchao config load_intx_config gives it."""
+    from mpq.export.torchao_intx import describe, intx_config
+
+    modules = quantizable_modules(prepared_folded, embeddings=True)
+    entries = {}
+    for name, meta in packed.layers.items():
+        config = None if meta.get("channel_bits") else intx_config(meta["weight_shape"], meta["weight_bits"], meta.get("group_size"))
+        how = describe(config) if config is not None else "mpq.export.torchao_layers.MpqLayerConfig (mpq's dequantized weight: torchao's blocks cannot hold these groups or widths)"
+        entries[name] = {"module": type(modules[name]).__name__, "weight_bits": meta["weight_bits"], "group_size": meta.get("group_size"), "torchao": how}
+    return {"schema": "mpq.torchao-modules/1", "load": "mpq.export.torchao_config.load_intx_config(<the .torchao.json file>)", "modules": entries}
 
 
 def read_torchao_file(path: "str | Path") -> dict[str, dict]:
@@ -129,5 +160,30 @@ def load_torchao_config(path: "str | Path", *, integer: bool = True):
                 params = ActQuantParams(float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"]))
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
-        configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer)
+        configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer, meta.get("group_size"))
+    return FqnToConfig(configs)
+
+
+def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
+    """The FqnToConfig of a weight-only export at `path`, one torchao IntxWeightOnlyConfig per module where its
+    blocks hold the plan's groups (mpq.export.torchao_intx), else mpq's MpqLayerConfig. `carry_scales`: with mpq's
+    codes, scales and biases (the evaluator's numbers exactly), or False: torchao chooses its own scales."""
+    FqnToConfig, layers_module = _import_torchao()
+    from mpq.export import torchao_intx
+
+    configs = {}
+    for name, layer in read_torchao_file(path).items():
+        meta, tensors = layer["meta"], layer["tensors"]
+        if meta["act_bits"]:
+            raise MpqError(f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none")
+        try:
+            codes = unpack_codes(tensors["weight_codes"], meta)
+        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+            raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
+        group, bits, bias = meta.get("group_size"), int(meta["weight_bits"]), tensors.get("bias")
+        config = None if meta.get("channel_bits") else torchao_intx.intx_config(meta["weight_shape"], bits, group)
+        if config is None:
+            configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], bits, bias, None, True, group)
+        else:
+            configs[name] = torchao_intx.carried(config, codes, tensors["weight_scale"], bias, group) if carry_scales else config
     return FqnToConfig(configs)

@@ -10,6 +10,11 @@ The handler puts the layer's own packed numbers into the module:
            `dequantize()` is (q - 0) * s in float32: bit for bit the evaluator's weight.
            Conv1d keeps that dequantized weight as a plain tensor (torchao 0.18 implements conv2d,
            linear and embedding for the tensor, not conv1d).
+           With group-wise scales (group size g, mpq.quant.affine): block_size = (1, g) for 2-D weights
+           (Linear, Embedding) whose input size is a multiple of g (no larger than g: (1, n), one group);
+           other layers keep mpq's dequantized weight as a plain tensor (torchao groups a conv's weights
+           along input channels at each kernel position, mpq along the flattened (C_in, kh, kw) weights;
+           and torchao's blocks must divide the weight, mpq's last group may be shorter).
   bias     the packed (bias-corrected) bias.
   input    (layers whose input mpq quantizes) a forward pre-hook with mpq's static affine per-tensor
            quantizer: scale s_x, zero point z, b bits, as calibrated. torchao has no static per-tensor
@@ -18,11 +23,12 @@ The handler puts the layer's own packed numbers into the module:
            this part is mpq's.
 
 How the layer computes (`integer`):
-  True   as the evaluator (mpq.verify.apply.IntegerLayer) and an integer engine: acc = layer(q_x - z, q)
+  True   (per-channel scales) as the evaluator (mpq.verify.apply.IntegerLayer) and an integer engine: acc = layer(q_x - z, q)
          on the tensor's qdata (exact in float32, float64 where a partial sum could reach 2^24), then
          y = acc * (float32(s_x) * scale) + bias. Bit-identical to the evaluator's outputs.
   False  torchao's own eager kernels: the input fake-quantized, (q_x - z) * s_x, the weight dequantized
-         by torchao, a float conv/linear + bias: the same numbers up to float rounding.
+         by torchao, a float conv/linear + bias: the same numbers up to float rounding. Group-wise layers
+         always compute so, as the evaluator computes them (mpq.verify.apply.fake_quant_model).
 """
 
 from __future__ import annotations
@@ -36,16 +42,17 @@ from torchao.core.config import AOBaseConfig
 from torchao.quantization import IntxUnpackedToInt8Tensor
 from torchao.quantization.transform_module import register_quantize_module_handler
 
-from mpq.quant.affine import ActQuantParams
-from mpq.verify.apply import IntegerLayer, combined_scale, exact_accumulator
+from mpq.quant.affine import ActQuantParams, QuantizedWeight
+from mpq.verify.apply import FakeQuantInput, IntegerLayer, combined_scale, exact_accumulator
 
 TORCHAO_TENSOR_MODULES = (nn.Linear, nn.Conv2d, nn.Embedding)  # torchao 0.18 computes with IntxUnpackedToInt8Tensor for these
 
 
 @dataclass
 class MpqLayerConfig(AOBaseConfig):
-    """The packed numbers of one layer: codes (int8, shaped like the weight), scale (float32 per output channel),
-    the widest weight width, the (corrected) bias, and the input quantizer when the input is quantized."""
+    """The packed numbers of one layer: codes (int8, shaped like the weight), scale (float32 per output channel, or
+    [out, groups] with `group_size`), the widest weight width, the (corrected) bias, and the input quantizer when the
+    input is quantized."""
 
     codes: torch.Tensor
     scale: torch.Tensor
@@ -53,26 +60,31 @@ class MpqLayerConfig(AOBaseConfig):
     bias: torch.Tensor | None = None
     input: ActQuantParams | None = None
     integer: bool = True
+    group_size: int | None = None
 
 
-def torchao_weight(codes: torch.Tensor, scale: torch.Tensor, bits: int) -> IntxUnpackedToInt8Tensor:
-    """mpq's codes and per-output-channel scales as torchao's IntxUnpackedToInt8Tensor (symmetric: zero point 0)."""
-    blocks = (codes.shape[0],) + (1,) * (codes.dim() - 1)
+def torchao_block(shape: "tuple[int, ...]", group_size: int | None) -> tuple[int, ...] | None:
+    """torchao's block_size for mpq's scales of a weight of `shape`: one scale per output channel, or per group of
+    `group_size` along a 2-D weight's input (None: torchao's blocks cannot hold mpq's groups, see the module doc)."""
+    if group_size is None:
+        return (1, *shape[1:])
+    if len(shape) != 2:
+        return None
+    if shape[1] <= group_size:
+        return (1, shape[1])
+    return (1, group_size) if shape[1] % group_size == 0 else None
+
+
+def torchao_weight(codes: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None = None) -> IntxUnpackedToInt8Tensor | None:
+    """mpq's codes and scales as torchao's IntxUnpackedToInt8Tensor (symmetric: zero point 0); None where torchao_block is."""
+    block = torchao_block(tuple(codes.shape), group_size)
+    if block is None:
+        return None
+    blocks = tuple(size // b for size, b in zip(codes.shape, block))
     scale = scale.to(torch.float32).reshape(blocks)
     return IntxUnpackedToInt8Tensor(
-        codes.to(torch.int8), scale, torch.zeros(blocks, dtype=torch.int8), getattr(torch, f"int{bits}"),
-        (1, *codes.shape[1:]), torch.float32, None,
+        codes.to(torch.int8), scale, torch.zeros(blocks, dtype=torch.int8), getattr(torch, f"int{bits}"), block, torch.float32, None,
     )
-
-
-@dataclass(frozen=True)
-class FakeQuantInput:
-    """Pre-hook: the input fake-quantized by mpq's static quantizer, for torchao's float kernels."""
-
-    params: ActQuantParams
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.params.fake_quantize(args[0]), *args[1:])
 
 
 class IntegerExecution:
@@ -98,15 +110,16 @@ class IntegerExecution:
 def _apply(module: nn.Module, config: MpqLayerConfig) -> nn.Module:
     if tuple(config.codes.shape) != tuple(module.weight.shape):
         raise ValueError(f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}")
-    weight = torchao_weight(config.codes, config.scale, config.weight_bits)
-    if isinstance(module, TORCHAO_TENSOR_MODULES):
+    weight = torchao_weight(config.codes, config.scale, config.weight_bits, config.group_size)
+    if weight is not None and isinstance(module, TORCHAO_TENSOR_MODULES):
         module.weight = nn.Parameter(weight, requires_grad=False)
     else:
-        module.weight = nn.Parameter(weight.dequantize(), requires_grad=False)
+        dequantized = QuantizedWeight(config.codes, config.scale, config.weight_bits, config.group_size).dequantize()
+        module.weight = nn.Parameter(dequantized, requires_grad=False)
     if config.bias is not None:
         module.bias = nn.Parameter(config.bias.to(torch.float32).clone(), requires_grad=False)
     if config.input is not None:
-        if config.integer:
+        if config.integer and config.group_size is None:
             hooks = IntegerExecution(weight, config.input, module.bias)
             module.register_forward_pre_hook(hooks.before)
             module.register_forward_hook(hooks.after)

@@ -11,7 +11,9 @@
 "versions" are those of the mpq that made the plan and of the packages its numbers depend on
 (mpq.versions); a plan read back keeps its own (none for plans written before they were recorded).
 
-"granularity" is that of the weight scales (one per output channel). A plan searched with per-channel
+"granularity" is that of the weight scales: "channel", one per output channel; or "group", with
+"group_size": g, one per group of g consecutive weights of an output channel (mpq.quant.affine), the
+group size of the plan's quantizer (settings.quantizer.group_size), the same for every layer. A plan searched with per-channel
 widths (`--granularity channel`) adds to every layer entry
      "channel_bits": [{"channels": [start, stop], "weight_bits": b}, ...]   (runs of equal width)
      "channel_group": G
@@ -58,12 +60,17 @@ class Plan:
         """The quantizer the plan is verified and exported with (the default for a plan without settings)."""
         return self.settings.quantizer if self.settings is not None else DEFAULT_QUANTIZER
 
+    @property
+    def group_size(self) -> int | None:
+        """Weights per scale group (None: one scale per output channel): its quantizer's."""
+        return self.quantizer.group_size
+
     def to_json(self) -> dict:
         return {
             "schema": SCHEMA,
             "model": self.model,
             "budgets": [b.to_json() for b in self.budgets],
-            "layers": {name: layer_to_json(lp) for name, lp in self.layers.items()},
+            "layers": {name: layer_to_json(lp, self.group_size) for name, lp in self.layers.items()},
             "predicted": self.predicted,
             "settings": self.settings.to_json() if self.settings is not None else {},
             **({"solver": self.solver} if self.solver else {}),
@@ -90,8 +97,12 @@ class Plan:
                 raise TypeError("recipe must be an object")
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
-        return cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
+        plan = cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
                    settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}), versions=made_with, recipe=recipe)
+        stated = {entry.get("group_size") for entry in data["layers"].values()}
+        if stated - {plan.group_size}:
+            raise MpqError(f"{source} is malformed (its layers' group_size {sorted(stated, key=str)} differs from its quantizer's, {plan.group_size}); make a new one with `mpq search`")
+        return plan
 
     @classmethod
     def load(cls, path: "str | Path") -> "Plan":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from mpq.cost.layer_cost import Choice
 from mpq.quant.widths import PLAN_MAX_BITS, PLAN_MIN_BITS, is_plan_width
 
-GRANULARITIES = ("channel", "tensor")
+GRANULARITIES = ("channel", "tensor", "group")  # of the weight scales: per output channel, per tensor, per group of weights
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,11 @@ class LayerPlan:
         return sum((r.stop - r.start) * r.weight_bits for r in self.channel_bits) / self.channel_bits[-1].stop
 
 
-def layer_to_json(lp: LayerPlan) -> dict:
-    entry = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": lp.granularity}
+def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
+    """The layer's plan.json entry; with a group size (the plan's quantizer's), "granularity": "group" and "group_size"."""
+    entry = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": "group" if group_size else lp.granularity}
+    if group_size:
+        entry["group_size"] = group_size
     if lp.channel_bits:
         entry["channel_bits"] = [{"channels": [r.start, r.stop], "weight_bits": r.weight_bits} for r in lp.channel_bits]
         entry["channel_group"] = lp.channel_group
@@ -106,6 +109,8 @@ def layer_from_json(name: str, entry: dict) -> LayerPlan:
         raise ValueError(f"layer {name}: act_bits {act_bits!r} is not null or a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"layer {name}: granularity {granularity!r} is not one of {GRANULARITIES}")
+    if (granularity == "group") != ("group_size" in entry):
+        raise ValueError(f"layer {name}: granularity \"group\" and \"group_size\" come together")
     if "channel_bits" not in entry:
         return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity)
     runs = _runs_from_json(name, entry["channel_bits"])

@@ -1,9 +1,13 @@
-"""Quantizers: symmetric per-output-channel weights, affine per-tensor activations.
+"""Quantizers: symmetric weights, one scale per output channel or per group; affine per-tensor activations.
 
-Weights, b bits, output channel c, clip ratio r_c (1 = min-max; mpq.quant.observers chooses it):
-    s_c = r_c * max|W_c| / (2^(b-1) - 1)
-    q   = clamp(round(W / s_c), -2^(b-1), 2^(b-1) - 1)      (the integer codes)
-    Q_b(W) = s_c * q
+Weights, b bits. Output channel c's weights W_c, flattened (W[c].reshape(-1): for a conv in (C_in, kh, kw)
+order), are cut into groups of g consecutive weights, k = 0, 1, ...: group k holds W_c[k*g : min((k+1)*g, n)]
+(n weights per channel; the last group is shorter when g does not divide n; no group size: one group of n).
+Each group has its own clip ratio r_{c,k} (1 = min-max; mpq.quant.observers chooses it) and scale:
+    s_{c,k} = r_{c,k} * max|W_{c,k}| / (2^(b-1) - 1)
+    q       = clamp(round(W / s_{c,k}), -2^(b-1), 2^(b-1) - 1)      (the integer codes)
+    Q_b(W)  = s_{c,k} * q
+Scales are float32; there is no zero point (symmetric).
 Activations, b bits, range [lo, hi] chosen on calibration data (lo <= 0 <= hi; mpq.quant.observers):
     s = (hi - lo) / (2^b - 1),  z = round(-lo / s)
     Q_b(x) = s * (clamp(round(x / s) + z, 0, 2^b - 1) - z)
@@ -17,51 +21,78 @@ from dataclasses import dataclass
 import torch
 
 
-def _per_channel_absmax(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)
+def groups_per_channel(per_channel: int, group_size: int | None) -> int:
+    """ceil(n / g): the scales of one output channel of n weights (1 without a group size)."""
+    return 1 if group_size is None else -(-per_channel // group_size)
+
+
+def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """The weights as rows of one group each, [out_channels * groups, g], the last group padded with zeros
+    (a zero changes neither a group's largest magnitude nor its error); without a group size, [out_channels, n]."""
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    if group_size is None:
+        return rows
+    groups = groups_per_channel(rows.shape[1], group_size)
+    padded = torch.nn.functional.pad(rows, (0, groups * group_size - rows.shape[1]))
+    return padded.reshape(-1, group_size)
+
+
+def _spread(per_group: torch.Tensor, per_channel: int, group_size: int | None) -> torch.Tensor:
+    """One value per group ([out] or [out, groups]) repeated over its weights: [out, n]."""
+    if group_size is None:
+        return per_group.reshape(-1, 1).expand(-1, per_channel)
+    return per_group.repeat_interleave(group_size, dim=1)[:, :per_channel]
 
 
 @dataclass
 class QuantizedWeight:
-    """Integer codes (int8 tensor shaped like the weight) and one float32 scale per output channel."""
+    """Integer codes (int8 tensor shaped like the weight) and float32 scales: one per output channel ([out]),
+    or with a group size g one per group of g consecutive weights of a channel ([out, ceil(n / g)])."""
 
     codes: torch.Tensor
     scale: torch.Tensor
     bits: int
+    group_size: int | None = None
 
     def dequantize(self) -> torch.Tensor:
-        shape = (-1,) + (1,) * (self.codes.dim() - 1)
-        return self.codes.to(torch.float32) * self.scale.reshape(shape)
+        rows = self.codes.reshape(self.codes.shape[0], -1)
+        scale = _spread(self.scale, rows.shape[1], self.group_size)
+        return (rows.to(torch.float32) * scale).reshape(self.codes.shape)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> QuantizedWeight:
-    """Symmetric per-output-channel quantization of a weight (dim 0 = output channels); the scale spans
-    `clip_ratio` (one per channel; None = 1, min-max) of each channel's largest magnitude."""
-    return quantize_weight_channels(weight, [bits] * weight.shape[0], clip_ratio)
+def quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> QuantizedWeight:
+    """Symmetric quantization of a weight (dim 0 = output channels), one scale per output channel or per group of
+    `group_size` weights; the scale spans `clip_ratio` (one per scale; None = 1, min-max) of its largest magnitude."""
+    return quantize_weight_channels(weight, [bits] * weight.shape[0], clip_ratio, group_size)
 
 
-def quantize_weight_channels(weight: torch.Tensor, bits: "list[int]", clip_ratio: torch.Tensor | None = None) -> QuantizedWeight:
+def quantize_weight_channels(
+    weight: torch.Tensor, bits: "list[int]", clip_ratio: torch.Tensor | None = None, group_size: int | None = None
+) -> QuantizedWeight:
     """As quantize_weight, but output channel c takes its own width bits[c] (its codes fit in bits[c] bits);
     `bits` of the result is the widest."""
-    qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32)
-    absmax = _per_channel_absmax(weight)
+    out, per_channel = weight.shape[0], weight[0].numel()
+    groups = groups_per_channel(per_channel, group_size)
+    absmax = grouped(weight, group_size).abs().amax(dim=1).reshape(out, groups)
     if clip_ratio is not None:
-        absmax = clip_ratio.to(absmax.dtype) * absmax
+        absmax = clip_ratio.to(absmax.dtype).reshape(out, groups) * absmax
+    qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32).reshape(out, 1)
     scale = (absmax / qmax).to(torch.float32)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    codes = torch.clamp(torch.round(weight.detach() / safe.reshape(shape)), -qmax.reshape(shape) - 1, qmax.reshape(shape))
-    return QuantizedWeight(codes=codes.to(torch.int8), scale=scale, bits=max(bits))
+    rows = weight.detach().reshape(out, per_channel)
+    codes = torch.clamp(torch.round(rows / _spread(safe, per_channel, group_size)), -qmax - 1, qmax)
+    scale = scale.reshape(out) if group_size is None else scale
+    return QuantizedWeight(codes=codes.to(torch.int8).reshape(weight.shape), scale=scale, bits=max(bits), group_size=group_size)
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
     """Q_b(W) as a float tensor."""
-    return quantize_weight(weight, bits, clip_ratio).dequantize().to(weight.dtype)
+    return quantize_weight(weight, bits, clip_ratio, group_size).dequantize().to(weight.dtype)
 
 
-def channel_quant_error(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None) -> torch.Tensor:
-    """||Q_b(W_c) - W_c||^2 for every output channel c."""
-    diff = fake_quantize_weight(weight, bits, clip_ratio) - weight.detach()
+def channel_quant_error(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
+    """||Q_b(W_c) - W_c||^2 for every output channel c (its groups' errors summed)."""
+    diff = fake_quantize_weight(weight, bits, clip_ratio, group_size) - weight.detach()
     return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
 
 

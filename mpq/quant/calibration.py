@@ -1,7 +1,8 @@
 """A quantizer fitted to a model and its calibration data: everything needed to quantize any plan.
 
-    weight clip ratios   per layer, per width 2-8, per output channel (mpq.quant.observers weight clips);
-                         from the weights alone, cached by model
+    weight clip ratios   per layer, per width 2-8, per weight scale: per output channel, or [channel, group]
+                         with the quantizer's group size (mpq.quant.observers weight clips, each group
+                         clipped on its own); from the weights alone, cached by model
     input histograms     per layer, over the FP32 model's inputs to it (mpq.observers.InputHistogram);
                          one pass over the data, only for observers other than min-max; cached
     bias shifts          per layer with a bias, per width: E[Q(W) x - W x] (mpq.quant.bias_correction);
@@ -23,7 +24,7 @@ from torch import nn
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
-from mpq.quant.affine import ActQuantParams, QuantizedWeight, affine_params, quantize_weight, quantize_weight_channels
+from mpq.quant.affine import ActQuantParams, QuantizedWeight, affine_params, grouped, quantize_weight, quantize_weight_channels
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
 from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
@@ -59,17 +60,26 @@ def _pass_inputs(model: nn.Module, per_layer: dict[str, object], data: Dataset, 
             model(x)
 
 
-def weight_clip_ratios(prepared: PreparedModel, clip: str, cache: Cache = Cache(None)) -> dict[str, dict[int, torch.Tensor]]:
-    """{layer: {bits: per-channel clip ratio}} for every width 2-8 (min-max: all ones, not cached)."""
+def weight_clip_ratios(
+    prepared: PreparedModel, clip: str, cache: Cache = Cache(None), group_size: int | None = None
+) -> dict[str, dict[int, torch.Tensor]]:
+    """{layer: {bits: clip ratio per scale}} for every width 2-8: [out_channels], or [out_channels, groups] with
+    a group size, each group's ratio chosen on its own weights (min-max: all ones, not cached)."""
     names = [layer.name for layer in prepared.graph.layers]
     modules = quantizable_modules(prepared.folded, embeddings=True)
     clipper = WEIGHT_CLIPS[clip]
+
+    def ratios(name: str, bits: int) -> torch.Tensor:
+        weight = modules[name].weight
+        per_scale = clipper.ratios(grouped(weight, group_size), bits)
+        return per_scale if group_size is None else per_scale.reshape(weight.shape[0], -1)
+
     if clip == "minmax":
-        return {n: {b: clipper.ratios(modules[n].weight, b) for b in ALL_BITS} for n in names}
-    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)}
+        return {n: {b: ratios(n, b) for b in ALL_BITS} for n in names}
+    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | ({"group_size": group_size} if group_size else {})
     cached = cache.load("weight-clip", key)
     if cached is None:
-        cached = {n: {str(b): clipper.ratios(modules[n].weight, b).tolist() for b in ALL_BITS} for n in names}
+        cached = {n: {str(b): ratios(n, b).tolist() for b in ALL_BITS} for n in names}
         cache.save("weight-clip", key, cached)
     return {n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()}
 
@@ -97,12 +107,14 @@ def input_histograms(
 
 
 def bias_shifts(
-    prepared: PreparedModel, data: Dataset, clip_ratios: dict[str, dict[int, torch.Tensor]], clip: str, batch_size: int, cache: Cache = Cache(None)
+    prepared: PreparedModel, data: Dataset, clip_ratios: dict[str, dict[int, torch.Tensor]], clip: str, batch_size: int, cache: Cache = Cache(None),
+    group_size: int | None = None,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """{layer: {bits: E[Q_b(W) x - W x] per output channel}} for every layer with a bias and every width 2-8."""
     modules = quantizable_modules(prepared.folded, embeddings=True)
     names = [n for n in clip_ratios if getattr(modules[n], "bias", None) is not None and not isinstance(modules[n], nn.Embedding)]
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names, "clip": clip, "clipper": repr(WEIGHT_CLIPS[clip])}
+    key |= {"group_size": group_size} if group_size else {}
     cached = cache.load("bias-shift", key)
     if cached is None:
         patches = {n: MeanInputPatch(modules[n]) for n in names}
@@ -111,7 +123,7 @@ def bias_shifts(
         for n in names:
             weight = modules[n].weight
             cached[n] = {
-                str(b): output_shift(weight, quantize_weight(weight, b, clip_ratios[n][b]).dequantize(), patches[n].mean).tolist() for b in ALL_BITS
+                str(b): output_shift(weight, quantize_weight(weight, b, clip_ratios[n][b], group_size).dequantize(), patches[n].mean).tolist() for b in ALL_BITS
             }
         cache.save("bias-shift", key, cached)
     return {n: {int(b): torch.tensor(s, dtype=torch.float64) for b, s in per_bits.items()} for n, per_bits in cached.items()}
@@ -139,13 +151,17 @@ class Calibration:
     def act_params(self, name: str, bits: int) -> ActQuantParams:
         return affine_params(*self.act_range(name, bits), bits)
 
+    @property
+    def group_size(self) -> int | None:
+        return self.quantizer.group_size
+
     def clip_ratio(self, name: str, widths: list[int]) -> torch.Tensor:
-        """Per output channel c, the clip ratio of channel c at width widths[c]."""
+        """Per output channel c, the clip ratio(s) of channel c at width widths[c]."""
         return _per_channel_pick(self.clip_ratios[name], widths)
 
     def weight(self, name: str, weight: torch.Tensor, widths: list[int]) -> QuantizedWeight:
         """The layer's weight quantized with output channel c at width widths[c]."""
-        return quantize_weight_channels(weight, widths, self.clip_ratio(name, widths))
+        return quantize_weight_channels(weight, widths, self.clip_ratio(name, widths), self.group_size)
 
     def bias(self, name: str, bias: torch.Tensor, widths: list[int]) -> torch.Tensor:
         """The exported bias: corrected for the weight quantization's mean output shift when bias correction is on
@@ -173,9 +189,9 @@ def calibrate(
     cache: Cache = Cache(None),
 ) -> Calibration:
     """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges (mpq.verify.measure.fp32_reference)."""
-    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
     histograms = {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
-    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache) if quantizer.bias_correction else {}
+    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.group_size) if quantizer.bias_correction else {}
     return Calibration(
         quantizer=quantizer, clip_ratios=ratios, input_ranges=dict(input_ranges), histograms=histograms, shifts=shifts, data_fingerprint=data.fingerprint()
     )

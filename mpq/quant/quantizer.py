@@ -7,6 +7,9 @@ plan.json's settings ("quantizer") and read back by `mpq verify` and `mpq export
     act_observer     minmax | percentile | mse | aciq     (mpq.quant.observers.ACT_OBSERVERS)
     weight_clip      minmax | mse                         (mpq.quant.observers.WEIGHT_CLIPS)
     bias_correction  True | False                         (mpq.quant.bias_correction)
+    group_size       None | a power of two >= 8           weight scales per output channel (None) or per
+                                                          group of that many consecutive weights of a
+                                                          channel (mpq.quant.affine; `--group-size`)
 
 Presets (`--quantizer NAME`): "minmax" (the plain min-max quantizer), "default" (the measured best,
 see reports/quantizers.md: percentile activation ranges, MSE weight clipping, bias correction; the
@@ -24,15 +27,27 @@ from mpq.errors import MpqError
 # so that a Quantizer and the `mpq` parser's choices need no torch
 ACT_OBSERVER_NAMES = ("minmax", "percentile", "mse", "aciq")
 WEIGHT_CLIP_NAMES = ("minmax", "mse")
+MIN_GROUP_SIZE = 8  # below it the float32 scales alone cost 4 bits per weight or more
+
+
+def check_group_size(group_size) -> int | None:
+    """`group_size` if None or a power of two of at least MIN_GROUP_SIZE, else an MpqError saying what to give."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < MIN_GROUP_SIZE or group_size & (group_size - 1):
+        raise MpqError(f"group size {group_size!r} must be a power of two of at least {MIN_GROUP_SIZE}, e.g. 32, 64 or 128 (or none for one scale per output channel)")
+    return group_size
 
 
 @dataclass(frozen=True)
 class Quantizer:
-    """Activation observer, weight clipping and bias correction, by name."""
+    """Activation observer, weight clipping and bias correction, by name, and the weights' group size
+    (None: one scale per output channel)."""
 
     act_observer: str = "percentile"
     weight_clip: str = "mse"
     bias_correction: bool = True
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.act_observer not in ACT_OBSERVER_NAMES:
@@ -41,23 +56,27 @@ class Quantizer:
             raise MpqError(f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIP_NAMES)}")
         if not isinstance(self.bias_correction, bool):
             raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
+        check_group_size(self.group_size)
 
     def to_json(self) -> dict:
-        return {"act_observer": self.act_observer, "weight_clip": self.weight_clip, "bias_correction": self.bias_correction}
+        """Its fields; group_size only when set, so that the JSON of per-channel quantizers is as before."""
+        fields = {"act_observer": self.act_observer, "weight_clip": self.weight_clip, "bias_correction": self.bias_correction}
+        return fields | ({"group_size": self.group_size} if self.group_size is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Quantizer":
         if not isinstance(data, dict):
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
-        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction"})
+        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size"})
         if unknown:
             raise MpqError(f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`")
         return cls(**data)
 
     def describe(self) -> str:
+        groups = f", weight scales per group of {self.group_size}" if self.group_size is not None else ""
         return (
             f"activation ranges {self.act_observer}, weight clipping {self.weight_clip}, "
-            f"bias correction {'on' if self.bias_correction else 'off'}"
+            f"bias correction {'on' if self.bias_correction else 'off'}{groups}"
         )
 
 
@@ -77,8 +96,9 @@ def resolve_quantizer(
     act_observer: str | None = None,
     weight_clip: str | None = None,
     bias_correction: bool | None = None,
+    group_size: int | None = None,
 ) -> Quantizer:
-    """A preset name or Quantizer (None: the default), with any of its three fields overridden."""
+    """A preset name or Quantizer (None: the default), with any of its fields overridden (None: kept)."""
     if isinstance(quantizer, str):
         if quantizer not in PRESETS:
             raise MpqError(f"unknown quantizer preset {quantizer!r}: choose one of {', '.join(PRESETS)}")
@@ -87,5 +107,5 @@ def resolve_quantizer(
         quantizer = DEFAULT_QUANTIZER
     elif not isinstance(quantizer, Quantizer):
         raise MpqError(f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}")
-    overrides = {"act_observer": act_observer, "weight_clip": weight_clip, "bias_correction": bias_correction}
+    overrides = {"act_observer": act_observer, "weight_clip": weight_clip, "bias_correction": bias_correction, "group_size": group_size}
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,15 +97,19 @@ def comparison_table(report: Report) -> str:
     ppl = report.fp32.perplexity is not None
     latency = bool(report.latency_model)
     columns = ["model", "size", "fits budget", "top-1"] + (["agreement with FP32", "KL(FP32‖q)"] if logits else []) + ["cosine to FP32"]
-    columns += (["perplexity"] if ppl else []) + (["predicted latency"] if latency else [])
+    columns += (["perplexity"] if ppl else []) + ["bits per weight"] + (["predicted latency"] if latency else [])
     fp32 = ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)] + (["100.0%", "0"] if logits else []) + ["1"]
-    fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + (["-"] if latency else [])
+    fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + ["32"] + (["-"] if latency else [])
     lines = ["| " + " | ".join(columns) + " |", "|---|---:|---|" + "---:|" * (len(columns) - 3), "| " + " | ".join(fp32) + " |"]
-    for m in [report.plan, *report.baselines]:
+    rows: list[Measurement] = [report.plan, *report.baselines]
+    if report.weight_only is not None:
+        rows.append(replace(report.weight_only, name=f"{report.weight_only.name} (float activations, for reference)"))
+    for m in rows:
         cells = [m.name, format_bytes(m.size_bytes), "yes" if m.fits_budget else "no", pct(m.top1)]
         cells += [pct(m.fp32_agreement), f"{m.kl_to_fp32:.4f}"] if logits else []
         cells += ["-" if m.cosine_to_fp32 is None else f"{m.cosine_to_fp32:.5f}"]
         cells += ["-" if m.perplexity is None else f"{m.perplexity:.3f}"] if ppl else []
+        cells += ["-" if m.bits_per_weight is None else f"{m.bits_per_weight:.4f}"]
         cells += ["-" if m.latency_s is None else format_cost("latency_s", m.latency_s)] if latency else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -262,7 +267,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
         "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
-        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}.",
+        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}"
+        + (f"; {report.plan.bits_per_weight:.4f} bits per quantized weight (codes and scales)" if report.plan.bits_per_weight is not None else "") + ".",
         "",
         *([latency_line(plan) + ".", ""] if "latency_s" in plan.predicted else []),
         "## Plan against FP32 and uniform widths",

@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from mpq.cost.budget import BOPS_PREFIXES, format_bytes, format_cost
+from mpq.cost.budget import BOPS_PREFIXES, PER_WEIGHT_PREFIXES, format_bytes, format_cost
 from mpq.files import atomic_path, write_json_atomic, write_text_atomic
 from mpq.report.text import pct
 from mpq.verify.pareto import ParetoResult
@@ -16,9 +16,10 @@ from mpq.verify.report import Measurement
 CSV_COLUMNS = (
     "config", "budget", "budget_limit", "feasible", "size_bytes", "bops", "omega", "verified",
     "measured_size_bytes", "measured_bops", "fp32_agreement", "kl_to_fp32", "top1", "cosine_to_fp32",
-    "proven_optimal", "gap", "solve_seconds",
+    "proven_optimal", "gap", "solve_seconds", "bits_per_weight", "measured_bits_per_weight",
 )
-AXIS_UNITS = {"size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)), "bops": BOPS_PREFIXES}
+AXIS_UNITS = {"size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)), "bops": BOPS_PREFIXES, "bits_per_weight": PER_WEIGHT_PREFIXES}
+AXIS_NAMES = {"size_bytes": "size", "bops": "bit operations", "bits_per_weight": "bits per weight"}
 
 
 def _measured_cells(m: Measurement | None) -> dict:
@@ -26,7 +27,7 @@ def _measured_cells(m: Measurement | None) -> dict:
         return {"verified": False}
     return {
         "verified": True, "measured_size_bytes": m.size_bytes, "measured_bops": m.bops, "fp32_agreement": m.fp32_agreement,
-        "kl_to_fp32": m.kl_to_fp32, "top1": m.top1, "cosine_to_fp32": m.cosine_to_fp32,
+        "kl_to_fp32": m.kl_to_fp32, "top1": m.top1, "cosine_to_fp32": m.cosine_to_fp32, "measured_bits_per_weight": m.bits_per_weight,
     }
 
 
@@ -36,7 +37,7 @@ def csv_rows(result: ParetoResult) -> list[dict]:
     for p in result.points:
         row = {"config": "mpq", "budget": p.budget.text, "budget_limit": p.budget.limit, "feasible": p.feasible, "solve_seconds": round(p.solve_seconds, 4)}
         if p.plan is not None:
-            row |= {k: p.plan.predicted[k] for k in ("size_bytes", "bops", "omega")}
+            row |= {k: p.plan.predicted.get(k) for k in ("size_bytes", "bops", "omega", "bits_per_weight")}
             row |= {"proven_optimal": p.plan.solver.get("proven_optimal"), "gap": p.plan.solver.get("gap")}
         rows.append(row | _measured_cells(p.measured))
     for u in result.uniform:
@@ -72,7 +73,7 @@ def _axis(result: ParetoResult) -> tuple[str, float]:
     """The x-axis label and scale: the largest unit that keeps the largest point >= 1."""
     largest = max([p.plan.predicted[result.kind] for p in result.feasible_points] + [u.predicted[result.kind] for u in result.uniform])
     unit, scale = next(((u, f) for u, f in AXIS_UNITS[result.kind] if largest >= f), AXIS_UNITS[result.kind][-1])
-    return ("size" if result.kind == "size_bytes" else "bit operations") + f" ({unit})", scale
+    return AXIS_NAMES[result.kind] + f" ({unit})", scale
 
 
 def plot_pareto(result: ParetoResult, path: Path) -> None:

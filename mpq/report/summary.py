@@ -11,6 +11,7 @@ from mpq.sensitivity.result import Sensitivity
 from mpq.verify.report import Measurement, Report
 
 ACT_CAP = 0.5  # uniform W8 (same activations) with at least this share of the plan's KL: activations cap the result
+WEIGHT_ONLY_GAP = 4.0  # uniform W8 with quantized inputs this many times farther from FP32 than with float inputs
 
 
 def best_uniform(report: Report) -> Measurement | None:
@@ -61,7 +62,10 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
     act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
     ours = report.distance(measured)
-    if w8 is not None and any(a is not None for a in act_bits) and ours > 0 and report.distance(w8) >= ACT_CAP * ours:
+    capped = _activations_cap(report, w8)
+    if capped:
+        steps.append(capped)
+    elif w8 is not None and any(a is not None for a in act_bits) and ours > 0 and report.distance(w8) >= ACT_CAP * ours:
         what = "1 − cosine" if report.outputs.embeddings else "KL"
         steps.append(f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
                      f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
@@ -70,6 +74,22 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
         steps.append("Nothing stands out. To see what a little more or less size buys, sweep the budget: "
                      "`mpq pareto --budget LOW:HIGH` (docs/pareto.md); `mpq export` writes the plan for deployment.")
     return steps
+
+
+def _activations_cap(report: Report, w8: Measurement | None) -> str | None:
+    """The step when uniform W8 with quantized inputs is WEIGHT_ONLY_GAP times farther from FP32 (Report.distance)
+    than uniform W8 weight-only."""
+    weight_only = report.weight_only
+    if w8 is None or weight_only is None:
+        return None
+    what = "1 − cosine" if report.outputs.embeddings else "KL"
+    far, near = report.distance(w8), report.distance(weight_only)
+    if far <= 0 or far < WEIGHT_ONLY_GAP * near:
+        return None
+    ratio = f"{far / near:.0f}×" if near > 0 else "infinitely"
+    return (f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) than {weight_only.name} with "
+            f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try weight-only widths: `--act-bits none` "
+            "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another activation observer (`--act-observer mse`).")
 
 
 def api_call(plan: Plan) -> str:

@@ -71,7 +71,7 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
 
 def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, cache: Cache) -> dict:
     """The quantizer's bias shifts per layer and width (mpq.quant.calibration.bias_shifts), {} without bias correction."""
-    return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache) if quantizer.bias_correction else {}
+    return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size) if quantizer.bias_correction else {}
 
 
 def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
@@ -81,7 +81,7 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
     cached = cache.load("kl-quadratic", full_key)
     if cached is None:
         shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
-        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress)
+        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress, quantizer.group_size)
         cached = {
             "omega": result.omega, "stderr": result.stderr, "samples": result.samples, "draws": result.draws, "seconds": result.seconds,
             "channel_omega": {n: {b: c.tolist() for b, c in per_width.items()} for n, per_width in result.channel_omega.items()},
@@ -205,7 +205,7 @@ def analyze_prepared(
         channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
         seconds=seconds, stop_reason=reason,
     )
-    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache)
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
     quadratic = None
     if metric.kind == "quadratic":
         quadratic = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
@@ -216,7 +216,7 @@ def analyze_prepared(
             deltas = None
             if metric.uses_quantizer:  # the quantizer's weights and corrected bias
                 shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
-                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name))  # noqa: E731
+                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name), quantizer.group_size)  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
 
@@ -228,7 +228,7 @@ def analyze_prepared(
         _check_two_probes(traces, settings)
     capped = _capped(traces, settings)
     inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
-    errors = channel_error_table(prepared.folded, names, clip_ratios=ratios)
+    errors = channel_error_table(prepared.folded, names, clip_ratios=ratios, group_size=quantizer.group_size)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, measured_stderr, channel_measured = None, None, None

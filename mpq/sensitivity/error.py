@@ -1,7 +1,8 @@
 """Quantization error tables: ||Q_b(W) - W||^2 per layer and per output channel, for every width.
 
 Q_b is the weight quantizer the plan is verified with: `clip_ratios` (mpq.quant.calibration.weight_clip_ratios)
-gives its per-channel clip ratio per layer and width; None is min-max.
+gives its clip ratio per scale, per layer and width (None is min-max); with `group_size`, the scales are per
+group of that many weights of a channel and a channel's error sums its groups' (mpq.quant.affine).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ def channel_error_table(
     layer_names: list[str],
     bits: tuple[int, ...] = ALL_BITS,
     clip_ratios: "dict[str, dict[int, torch.Tensor]] | None" = None,
+    group_size: int | None = None,
 ) -> dict[str, dict[int, np.ndarray]]:
     """{layer: {bits: per-channel squared error}}."""
     ratio = lambda name, b: None if clip_ratios is None else clip_ratios[name][b]  # noqa: E731
     return {
-        name: {b: channel_quant_error(model.get_submodule(name).weight, b, ratio(name, b)).double().numpy() for b in bits}
+        name: {b: channel_quant_error(model.get_submodule(name).weight, b, ratio(name, b), group_size).double().numpy() for b in bits}
         for name in layer_names
     }

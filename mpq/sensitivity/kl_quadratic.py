@@ -50,14 +50,15 @@ class KlQuadratic:
 
 
 def parameter_deltas(
-    module: nn.Module, bits: tuple[int, ...], clip_ratios: dict[int, torch.Tensor] | None, shifts: dict[int, torch.Tensor] | None
+    module: nn.Module, bits: tuple[int, ...], clip_ratios: dict[int, torch.Tensor] | None, shifts: dict[int, torch.Tensor] | None,
+    group_size: int | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """{b: {"weight": Q_b(W) − W, "bias": corrected bias − bias}} (no bias entry for a layer without one)."""
     weight = module.weight.detach()
     deltas = {}
     for b in bits:
         ratio = None if clip_ratios is None else clip_ratios[b]
-        delta = {"weight": quantize_weight(weight, b, ratio).dequantize().to(weight.dtype).reshape(weight.shape) - weight}
+        delta = {"weight": quantize_weight(weight, b, ratio, group_size).dequantize().to(weight.dtype).reshape(weight.shape) - weight}
         bias = getattr(module, "bias", None)
         if bias is not None and not isinstance(module, nn.Embedding):
             new_bias = corrected_bias(bias.detach(), shifts[b]) if shifts and b in shifts else bias.detach()
@@ -123,12 +124,13 @@ def kl_quadratic_omegas(
     draws: int = DRAWS,
     seed: int = 0,
     progress: bool | None = None,
+    group_size: int | None = None,
 ) -> KlQuadratic:
     """Ω_l(b) of every named layer and width over the samples x (see the module docstring)."""
     started = time.perf_counter()
     model.eval()
     modules = {n: model.get_submodule(n) for n in layer_names}
-    deltas = {n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n)) for n, m in modules.items()}
+    deltas = {n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), group_size) for n, m in modules.items()}
     generator = torch.Generator().manual_seed(seed)
     sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
     sum_fourth = {n: {b: 0.0 for b in bits} for n in layer_names}

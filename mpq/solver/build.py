@@ -44,22 +44,25 @@ def build_problem(
     keep: "dict[str, int] | None" = None,
     act_tie_groups: "list[list[str]] | None" = None,
     latency=None,
+    group_size: int | None = None,
 ) -> Problem:
     """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
     an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.cost.latency),
-    only the pairs it has a latency for, and latency_s costs."""
+    only the pairs it has a latency for, and latency_s costs. Sizes and bits per weight count the weight scales
+    of `group_size` (None: one per output channel)."""
     keep = keep or {}
     check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
     choices = candidate_choices(layers, bits, acts, keep)
     if latency is not None:
         choices = covered_choices(layers, choices, latency)
+    weights = sum(layer.params for layer in layers)
     return Problem(
         layers=[layer.name for layer in layers],
         choices=choices,
         omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
-        costs={layer.name: {c: layer_costs(layer, c, latency) for c in choices[layer.name]} for layer in layers},
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0} | ({"latency_s": 0.0} if latency is not None else {}),
+        costs={layer.name: {c: layer_costs(layer, c, latency, group_size, weights) for c in choices[layer.name]} for layer in layers},
+        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0} | ({"latency_s": 0.0} if latency is not None else {}),
         budgets=budgets,
         act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
         keep=dict(keep),

@@ -7,10 +7,12 @@ group g of layer l, n weights per channel, |g| channels, weight width b and inpu
 
     Omega_{l,g}(b) = sum_{c in g} max(Tr(H_{l,c}) + margin * stderr_{l,c}, 0) / n * ||Q_b(W_{l,c}) - W_{l,c}||^2
     size_{l,g}(b)  = ceil(n * |g| * b / 8)             codes, packed per group (byte-aligned)
-                   + 4 * |g|                           float32 scales
+                   + 4 * |g| * ceil(n / G_w)           float32 scales (one per channel without a weight
+                                                       group size G_w: mpq.cost.layer_cost)
                    + 4 * |g| if the layer has a bias   float32 bias
                    + 8 on group 0 if a is not None     the layer's input quantizer (scale, zero point)
     bops_{l,g}(b, a) = MACs_l * |g| / C * b * (a or 32)
+    bits_per_weight_{l,g}(b) = 8 * (codes + scales bytes) / (weights of all layers)
 
 The packed export stores exactly this (mpq.verify.apply: each run of a plan's `channel_bits` cut at
 multiples of G is packed on its own), so the measured size equals the predicted size. The sizes sum to
@@ -22,14 +24,13 @@ one budget), then CBC on what is left.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
 from mpq.cost.budget import Budget
-from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes
+from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes, weight_bytes
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
@@ -79,12 +80,11 @@ def channel_groups(layer: LayerInfo, group_size: int) -> list[ChannelGroup]:
     return [ChannelGroup(layer.name, s, min(s + group_size, layer.out_channels)) for s in range(0, layer.out_channels, group_size)]
 
 
-def chunk_size_bytes(layer: LayerInfo, start: int, stop: int, weight_bits: int) -> int:
+def chunk_size_bytes(layer: LayerInfo, start: int, stop: int, weight_bits: int, group_size: int | None = None) -> int:
     """Packed codes, scales and bias of output channels start .. stop - 1 at one width (no input quantizer)."""
     channels = stop - start
-    per_channel = layer.params // layer.out_channels
     bias = FLOAT_BYTES * channels if layer.bias_params else 0
-    return math.ceil(per_channel * channels * weight_bits / 8) + FLOAT_BYTES * channels + bias
+    return weight_bytes(layer, channels, weight_bits, group_size) + bias
 
 
 def chunk_bops(layer: LayerInfo, start: int, stop: int, weight_bits: int, act_bits: int | None) -> float:
@@ -92,22 +92,27 @@ def chunk_bops(layer: LayerInfo, start: int, stop: int, weight_bits: int, act_bi
     return float(layer.macs * (stop - start) // layer.out_channels * weight_bits * (act_bits or FLOAT_BITS))
 
 
-def group_costs(layer: LayerInfo, group: ChannelGroup, choice: Choice) -> dict[str, float]:
-    """Size and BOPs of one channel group; group 0 carries the layer's input quantizer bytes."""
+def group_costs(layer: LayerInfo, group: ChannelGroup, choice: Choice, group_size: int | None, weights: int) -> dict[str, float]:
+    """Size, BOPs and bits-per-weight share of one channel group (`weights`: of all layers); group 0 carries the
+    layer's input quantizer bytes."""
     act = ACT_QUANT_PARAM_BYTES if choice.act_bits and group.start == 0 else 0
     return {
-        "size_bytes": float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits) + act),
+        "size_bytes": float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits, group_size) + act),
         "bops": chunk_bops(layer, group.start, group.stop, choice.weight_bits, choice.act_bits),
+        "bits_per_weight": 8 * weight_bytes(layer, group.stop - group.start, choice.weight_bits, group_size) / weights,
     }
 
 
-def plan_layer_costs(layer: LayerInfo, lp: LayerPlan) -> dict[str, float]:
-    """Size (as packed) and BOPs of one layer of a plan, layer-wise or per channel."""
+def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, group_size: int | None = None) -> dict[str, float]:
+    """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per channel."""
     if not lp.channel_bits:
-        return {"size_bytes": float(layer_size_bytes(layer, lp.choice)), "bops": layer_bops(layer, lp.choice)}
-    size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits) for c in lp.chunks(layer.out_channels))
+        bits = 8 * weight_bytes(layer, layer.out_channels, lp.weight_bits, group_size)
+        return {"size_bytes": float(layer_size_bytes(layer, lp.choice, group_size)), "bops": layer_bops(layer, lp.choice), "weight_bits": bits}
+    chunks = lp.chunks(layer.out_channels)
+    size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits, group_size) for c in chunks)
+    bits = sum(8 * weight_bytes(layer, c.stop - c.start, c.weight_bits, group_size) for c in chunks)
     bops = sum(chunk_bops(layer, r.start, r.stop, r.weight_bits, lp.act_bits) for r in lp.runs(layer.out_channels))
-    return {"size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)), "bops": bops}
+    return {"size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)), "bops": bops, "weight_bits": bits}
 
 
 def build_channel_problem(
@@ -120,14 +125,17 @@ def build_channel_problem(
     group_size: int = 1,
     keep: "dict[str, int] | None" = None,
     act_tie_groups: "list[list[str]] | None" = None,
+    weight_group_size: int | None = None,
 ) -> ChannelProblem:
     """One unit per channel group with every (weight width, activation width) pair; a kept layer's groups
     take its kept width; the groups of one layer (and layers reading one input) share the activation width
-    when there are several to choose from. `omega(group, bits)` is the group's Omega."""
+    when there are several to choose from. `omega(group, bits)` is the group's Omega;
+    `weight_group_size` is the quantizer's (weight scales per group of that many weights)."""
     keep = keep or {}
     widths = sorted({check_bits(b) for b in bits})
     groups: dict[str, ChannelGroup] = {}
     choices, omegas, costs, dropped = {}, {}, {}, 0
+    weights = sum(layer.params for layer in layers)
     for layer in layers:
         layer_acts = (None,) if layer.kind == "embedding" else acts
         for group in channel_groups(layer, group_size):
@@ -135,7 +143,7 @@ def build_channel_problem(
             groups[unit] = group
             candidates = [Choice(w, a) for w in ([keep[layer.name]] if layer.name in keep else widths) for a in layer_acts]
             omegas[unit] = {c: omega(group, c.weight_bits) for c in candidates}
-            costs[unit] = {c: group_costs(layer, group, c) for c in candidates}
+            costs[unit] = {c: group_costs(layer, group, c, weight_group_size, weights) for c in candidates}
             choices[unit] = drop_dominated(candidates, omegas[unit], costs[unit])
             dropped += len(candidates) - len(choices[unit])
     first_unit = {layer.name: ChannelGroup(layer.name, 0, min(group_size, layer.out_channels)).unit for layer in layers}
@@ -148,7 +156,7 @@ def build_channel_problem(
         choices=choices,
         omega=omegas,
         costs=costs,
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0},
+        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0},
         budgets=budgets,
         act_tie_groups=ties,
         keep={unit: keep[g.layer] for unit, g in groups.items() if g.layer in keep},

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from mpq.cost.budget import exceeds
 from mpq.cost.layer_cost import Choice
 from mpq.solver.milp import DEFAULT_SOLVER
 from mpq.solver.problem import Problem, Solution, check_feasible, solve_problem, total_costs
@@ -148,7 +149,7 @@ def solve_presolved(problem: Problem, time_limit_s: float | None = None, solver:
     choices = {u: choices[u] for u in problem.layers}
     costs = total_costs(problem, choices)
     for budget in problem.budgets:
-        if costs[budget.kind] > budget.limit:
+        if exceeds(budget, costs[budget.kind]):
             raise RuntimeError(f"the reduced program returned a plan over budget {budget.text}: {costs[budget.kind]}")
     objective = sum(problem.omega[u][c] for u, c in choices.items())
     solved = Solution(choices=choices, objective=objective, costs=costs, status="Optimal", seconds=time.perf_counter() - start, solver=solver, time_limit_s=time_limit_s)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pulp
 
-from mpq.cost.budget import Budget, format_cost
+from mpq.cost.budget import Budget, exceeds, format_cost
 from mpq.cost.layer_cost import Choice
 from mpq.errors import BudgetInfeasible, MpqError
 from mpq.solver.milp import DEFAULT_SOLVER, INFEASIBLE, OPTIMAL, SolverRun, check_solver, check_time_limit, run_solver
@@ -162,7 +162,7 @@ def check_feasible(problem: Problem) -> None:
     _check_well_formed(problem)
     for budget in problem.budgets:
         least = smallest_cost(problem, budget.kind)
-        if least > budget.limit:
+        if exceeds(budget, least):
             raise BudgetInfeasible(
                 f"no plan meets the budget {budget.text} ({format_cost(budget.kind, budget.limit)}): the smallest "
                 f"that can be met is {format_cost(budget.kind, least, round_up=True)}; {_what_to_try(problem, budget, least)}"
@@ -298,7 +298,7 @@ def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: s
         choices, kept = _chosen(problem, x), stage
     costs = total_costs(problem, choices)
     for budget in problem.budgets:
-        if costs[budget.kind] > budget.limit:
+        if exceeds(budget, costs[budget.kind]):
             raise RuntimeError(f"solver returned a plan over budget {budget.text}: {costs[budget.kind]}")
     objective = sum(problem.omega[name][choices[name]] for name in problem.layers)
     return Solution(

@@ -11,7 +11,7 @@ import numpy as np
 from mpq.cost.budget import SCALE_OF_UNIT, Budget, as_budgets, parse_budget
 from mpq.errors import MpqError
 
-SWEEP_KINDS = ("size_bytes", "bops")
+SWEEP_KINDS = ("size_bytes", "bops", "bits_per_weight")
 
 
 DEFAULT_STEPS = 30
@@ -39,7 +39,7 @@ def _sweep_kind(budgets: list[Budget]) -> str:
         raise MpqError(f"the budgets of one sweep must be of one kind, not {' and '.join(sorted(kinds))}; give others with --also-budget")
     kind = kinds.pop()
     if kind not in SWEEP_KINDS:
-        raise MpqError(f"a sweep runs over sizes (e.g. 2MB:6MB) or BOPs (e.g. 10GBOPs:40GBOPs), not {kind}")
+        raise MpqError(f"a sweep runs over sizes (e.g. 2MB:6MB), BOPs (e.g. 10GBOPs:40GBOPs) or bits per weight (e.g. 3bpw:6bpw), not {kind}")
     return kind
 
 

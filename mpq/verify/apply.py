@@ -3,7 +3,8 @@
 Per quantized layer: `<name>.weight_codes` (uint8, the codes in offset binary, b bits each,
 least significant bit first, ceil(n*b/8) bytes; for per-channel widths, the chunks of the plan
 (mpq.plan.storage_chunks) one after another, each chunk's n_k codes of b_k bits in ceil(n_k*b_k/8)
-bytes), `<name>.weight_scale` (float32 per output channel),
+bytes), `<name>.weight_scale` (float32: [out_channels], or [out_channels, ceil(m / g)] with a group size g,
+m weights per channel, mpq.quant.affine),
 `<name>.bias` (float32), and for a quantized input `<name>.input_scale` (float32) and
 `<name>.input_zero_point` (int32). Every other floating-point parameter and buffer is kept as is.
 The bytes of these tensors are the measured size of the plan.
@@ -12,6 +13,7 @@ The bytes of these tensors are the measured size of the plan.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +74,13 @@ class PackedModel:
     def size_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Bits of the quantized layers' codes and scales as stored, over their weight count (None: no layer quantized)."""
+        stored = [self.tensors[f"{n}.{part}"] for n in self.layers for part in ("weight_codes", "weight_scale")]
+        weights = sum(math.prod(meta["weight_shape"]) for meta in self.layers.values())
+        return 8 * sum(t.numel() * t.element_size() for t in stored) / weights if weights else None
+
 
 def pack_model(
     model: nn.Module,
@@ -79,10 +88,12 @@ def pack_model(
     act_params: dict[str, ActQuantParams] | None = None,
     clip_ratios: dict[str, torch.Tensor] | None = None,
     biases: dict[str, torch.Tensor] | None = None,
+    group_size: int | None = None,
 ) -> PackedModel:
     """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
-    `clip_ratios` each layer's per-channel weight clip ratio at its channels' widths (absent: min-max), and
-    `biases` the biases to export in place of the model's (bias correction)."""
+    `clip_ratios` each layer's weight clip ratio per scale at its channels' widths (absent: min-max),
+    `biases` the biases to export in place of the model's (bias correction), `group_size` the weights'
+    scale groups (None: one scale per output channel)."""
     clip_ratios, biases = clip_ratios or {}, biases or {}
     modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
@@ -93,7 +104,7 @@ def pack_model(
     for name, lp in plan.layers.items():
         module = modules[name]
         out_channels = module.weight.shape[0]
-        q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name))
+        q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name), group_size)
         tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
         tensors[f"{name}.weight_scale"] = q.scale.clone()
         if getattr(module, "bias", None) is not None:
@@ -103,6 +114,8 @@ def pack_model(
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)
             tensors[f"{name}.input_zero_point"] = torch.tensor([params.zero_point], dtype=torch.int32)
         layers[name] = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "weight_shape": list(module.weight.shape)}
+        if group_size is not None:
+            layers[name]["group_size"] = group_size
         if lp.channel_bits:
             layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
             layers[name]["channel_group"] = lp.channel_group
@@ -119,7 +132,7 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
     with torch.no_grad():
         for name, meta in packed.layers.items():
             codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
-            weight = QuantizedWeight(codes=codes, scale=packed.tensors[f"{name}.weight_scale"], bits=meta["weight_bits"]).dequantize()
+            weight = QuantizedWeight(codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")).dequantize()
             modules[name].weight.copy_(weight)
             if f"{name}.bias" in packed.tensors:
                 modules[name].bias.copy_(packed.tensors[f"{name}.bias"])
@@ -183,14 +196,28 @@ def combined_scale(params: ActQuantParams, weight_scale: torch.Tensor) -> torch.
     return torch.tensor(params.scale, dtype=torch.float32) * weight_scale.to(torch.float32)
 
 
+@dataclass(frozen=True)
+class FakeQuantInput:
+    """Pre-hook: the input fake-quantized, (q_x - z) * s_x, for a layer computed in float."""
+
+    params: ActQuantParams
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.params.fake_quantize(args[0]), *args[1:])
+
+
 def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
     """The model the evaluator measures: unpack_model's copy in which every layer with a quantized
     input computes in integer arithmetic (IntegerLayer); layers with float inputs use the dequantized
-    weights in float."""
+    weights in float. A layer with group-wise weight scales has no per-channel scale to factor out of its
+    integer sums: with a quantized input it computes in float32 on the fake-quantized input (FakeQuantInput)."""
     rebuilt, act_params = unpack_model(model, packed)
     modules = quantizable_modules(rebuilt, embeddings=True)
     for name, params in act_params.items():
         meta, module = packed.layers[name], modules[name]
+        if meta.get("group_size") is not None:
+            module.register_forward_pre_hook(FakeQuantInput(params))
+            continue
         codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
         scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"])
         layer = IntegerLayer(params, scale, packed.tensors.get(f"{name}.bias"), exact_accumulator(params, codes))

@@ -12,6 +12,7 @@ KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan'
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from torch.nn import functional as F
@@ -72,7 +73,15 @@ def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> 
     widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
     ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
     biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
-    return pack_model(prepared.folded, plan, act, ratios, biases)
+    return pack_model(prepared.folded, plan, act, ratios, biases, calibration.group_size)
+
+
+def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
+    """What a plan is verified and exported with: `quantizer` (None: the plan's own) at the plan's group size. The
+    group size is part of how the plan is stored (its sizes and bits per weight count those scales), so another
+    quantizer changes how ranges and scales are chosen, never the layout."""
+    chosen = quantizer or plan.quantizer
+    return chosen if chosen.group_size == plan.group_size else replace(chosen, group_size=plan.group_size)
 
 
 def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None") -> tuple[PreparedModel, PackedModel]:
@@ -85,7 +94,7 @@ def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "
     check_plan_matches(prepared, plan)
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
-    chosen = None if quantizer is None else resolve_quantizer(quantizer)
+    chosen = plan_quantizer(plan, None if quantizer is None else resolve_quantizer(quantizer))
     return prepared, pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))
 
 
@@ -113,7 +122,7 @@ def measure_plan(
     packed = pack_plan(prepared, plan, calibration)
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
-    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops} | _predicted_latency(prepared, plan, latency)
+    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops, "bits_per_weight": packed.bits_per_weight} | _predicted_latency(prepared, plan, latency)
     fits = within_budgets(measured_costs, budgets, latency is not None)
     key = {
         "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
@@ -123,7 +132,7 @@ def measure_plan(
         key["calibration_data"] = calibration.data_fingerprint
     cached = cache.load("measurement", key)
     if cached is not None:
-        return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s")})
+        return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s"), "bits_per_weight": packed.bits_per_weight})
     logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
     log_p = F.log_softmax(reference.logits, dim=1)
@@ -139,17 +148,25 @@ def measure_plan(
         cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
         latency_s=measured_costs.get("latency_s"),
         perplexity=lm_perplexity(prepared, logits, data),
+        bits_per_weight=packed.bits_per_weight,
     )
     cache.save("measurement", key, result.to_json())
     return result
 
 
-def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None) -> Plan:
+def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None, group_size: int | None = None) -> Plan:
+    """Every layer at `weight_bits` (inputs at `act_bits`), its weight scales per group of `group_size` (None: per channel)."""
+    granularity = "channel" if group_size is None else "group"
     layers = {
-        layer.name: LayerPlan(weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits)
+        layer.name: LayerPlan(weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits, granularity=granularity)
         for layer in prepared.graph.layers
     }
     return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
+
+
+def uniform_name(weight_bits: int, act_bits: int | None, group_size: int | None) -> str:
+    """"uniform W4A8", "uniform W4" (float inputs), "uniform W4 g128" (scales per group of 128 weights)."""
+    return f"uniform W{weight_bits}" + (f"A{act_bits}" if act_bits else "") + (f" g{group_size}" if group_size else "")
 
 
 def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str, float]:
@@ -160,8 +177,8 @@ def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str
     return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
 
 
-def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None) -> bool:
-    costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None, group_size: int | None = None) -> bool:
+    costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes, group_size=group_size)
     return within_budgets(costs | _predicted_latency(prepared, plan, latency), budgets, latency is not None)
 
 
@@ -202,28 +219,40 @@ def verify_prepared(
 ) -> Report:
     """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
     (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
-    with `quantizer` (None: the plan's) fitted on `data`, and measured on `eval_data` (None: on `data` itself).
-    `progress`: a bar over the models measured (mpq.progress)."""
+    with `quantizer` (None: the plan's; at the plan's group size, see plan_quantizer) fitted on `data`, and measured
+    on `eval_data` (None: on `data` itself). When the plan quantizes inputs, also uniform W8 with float inputs
+    (Report.weight_only: what quantizing the activations costs). `progress`: a bar over the models measured (mpq.progress)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     note = _measured_on(len(data), eval_data)
-    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, quantizer or plan.quantizer, batch_size, cache)
-    uniforms = {bits: uniform_plan(prepared, bits, act_bits) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
-    uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency)}
-    with bar(1 + len(uniforms), "verify", progress, unit="model") as shown:
+    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, plan_quantizer(plan, quantizer), batch_size, cache)
+    group = calibration.group_size
+    uniforms = {bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
+    uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency, group)}
+    weight_only = uniform_plan(prepared, 8, None, group) if act_bits else None
+
+    def measure(candidate: Plan, name: str) -> Measurement:
+        return measure_plan(prepared, candidate, data, reference, name, batch_size, cache, plan.budgets, latency, calibration)
+
+    with bar(1 + len(uniforms) + (weight_only is not None), "verify", progress, unit="model") as shown:
         shown.set_postfix_str("mpq plan")
-        measured = measure_plan(prepared, plan, data, reference, "mpq plan", batch_size, cache, plan.budgets, latency, calibration)
+        measured = measure(plan, "mpq plan")
         shown.update(1)
         baselines = []
         for bits, uniform in uniforms.items():
-            label = f"uniform W{bits}" + (f"A{act_bits}" if act_bits else "")
+            label = uniform_name(bits, act_bits, group)
             shown.set_postfix_str(label)
-            baselines.append(measure_plan(prepared, uniform, data, reference, label, batch_size, cache, plan.budgets, latency, calibration))
+            baselines.append(measure(uniform, label))
+            shown.update(1)
+        if weight_only is not None:
+            shown.set_postfix_str(uniform_name(8, None, group))
+            weight_only = measure(weight_only, uniform_name(8, None, group))
             shown.update(1)
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
         latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], outputs=prepared.outputs,
+        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], weight_only=weight_only,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mpq.cost.budget import Budget
 from mpq.plan import Plan
 from mpq.sensitivity import Sensitivity
+from mpq.verify.measure import uniform_name
 from mpq.verify.report import Measurement
 
 
@@ -34,15 +35,16 @@ class UniformPoint:
     act_bits: int | None
     predicted: dict
     measured: Measurement | None = None
+    group_size: int | None = None  # weights per scale group (None: a scale per output channel)
 
     @property
     def name(self) -> str:
-        return f"uniform W{self.weight_bits}" + (f"A{self.act_bits}" if self.act_bits else "")
+        return uniform_name(self.weight_bits, self.act_bits, self.group_size)
 
 
 @dataclass
 class ParetoResult:
-    kind: str  # the budget kind swept: size_bytes or bops
+    kind: str  # the budget kind swept: size_bytes, bops or bits_per_weight
     points: list[ParetoPoint]
     uniform: list[UniformPoint]
     sensitivity: Sensitivity

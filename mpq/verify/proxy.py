@@ -53,7 +53,7 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
     def size() -> float:
         choices = {n: LayerPlan(widths[n], plan.layers[n].act_bits).choice for n in names}
-        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes)["size_bytes"]
+        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, group_size=plan.group_size)["size_bytes"]
 
     while size() > limit:
         n = names[int(rng.integers(len(names)))]
@@ -67,7 +67,7 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
             widths[n] = bits[step[widths[n]] + 1]
             if size() > limit:
                 widths[n] = bits[step[widths[n]] - 1]
-    layers = {n: LayerPlan(widths[n], plan.layers[n].act_bits) for n in names}
+    layers = {n: LayerPlan(widths[n], plan.layers[n].act_bits, plan.layers[n].granularity) for n in names}
     return Plan(layers=layers, model=plan.model, budgets=plan.budgets, settings=plan.settings)
 
 

@@ -27,12 +27,13 @@ class Measurement:
     cosine_to_fp32: float | None = None  # mean cosine similarity of each output to the FP32 one
     latency_s: float | None = None  # predicted by the plan's latency model (mpq.cost.latency), not measured
     perplexity: float | None = None  # a causal LM's next-token perplexity on the evaluation data
-
+    bits_per_weight: float | None = None  # of the packed tensors: code and scale bits over the quantized weights
 
     @property
     def costs(self) -> dict[str, float]:
         """The measured size and BOPs, and the predicted latency when there is one (mpq.cost.budget.within_budgets)."""
-        return {"size_bytes": self.size_bytes, "bops": self.bops} | ({"latency_s": self.latency_s} if self.latency_s is not None else {})
+        costs = {"size_bytes": self.size_bytes, "bops": self.bops} | ({"latency_s": self.latency_s} if self.latency_s is not None else {})
+        return costs | ({"bits_per_weight": self.bits_per_weight} if self.bits_per_weight is not None else {})
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -52,6 +53,7 @@ class Report:
     quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
     proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.verify.proxy)
     versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
+    weight_only: Measurement | None = None  # uniform W8 with float inputs, when the plan quantizes inputs: the activations' cost
     outputs: Outputs = Outputs()  # what the model's outputs are: logits (agreement, KL) or embeddings (cosine)
 
     def distance(self, m: Measurement) -> float:
@@ -62,7 +64,7 @@ class Report:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
         return {
             "schema": "mpq.report/1",
-            "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops},
+            "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops, "bits_per_weight": self.plan.bits_per_weight},
             "metrics": {
                 "top1": self.plan.top1,
                 "fp32_agreement": self.plan.fp32_agreement,
@@ -79,7 +81,9 @@ class Report:
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
             "quantizer": self.quantizer.to_json(),
             "versions": dict(self.versions),
-        } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {})
+        } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {}) | (
+            {"weight_only_reference": self.weight_only.to_json()} if self.weight_only is not None else {}
+        )
 
 
 @dataclass
