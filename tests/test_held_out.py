@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 import mpq
+from mpq.inputs.split import held_out_split
 from mpq.errors import MpqError
 from mpq.inputs.prepare import as_dataset, as_prepared
 from mpq.quant.reference import fp32_reference
@@ -33,8 +34,30 @@ def test_plan_is_calibrated_on_data_and_measured_on_eval_data(halves):
     expected_kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(fp32, 1), log_target=True, reduction="batchmean"))
     assert report.plan.kl_to_fp32 == pytest.approx(expected_kl, rel=1e-6)
     assert report.fp32.top1 == pytest.approx(float((fp32.argmax(1) == held_out[1]).float().mean()))
-    in_sample = mpq.verify(model, plan, calibration, cache_dir=False)
+    in_sample = mpq.verify(model, plan, calibration, cache_dir=False, eval_split=0)
     assert in_sample.plan.kl_to_fp32 != pytest.approx(report.plan.kl_to_fp32) and any("in-sample" in n for n in in_sample.notes)
+
+
+def test_without_eval_data_a_seeded_quarter_is_held_out_and_fits_on_the_rest(halves):
+    (calibration, _), model = halves, mlp()
+    result = mpq.search(model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    assert result.report.plan.n_eval == 8 and any("a seeded split of --data" in n and "8 of 32 samples held out" in n for n in result.report.notes)
+    fit, held = held_out_split(as_dataset(calibration))
+    assert len(fit) == 24 and len(held) == 8 and not set(map(tuple, fit.x.tolist())) & set(map(tuple, held.x.tolist()))
+    again = mpq.verify(model, result.plan, calibration, cache_dir=False)  # the same split: the same numbers
+    assert again.plan.kl_to_fp32 == pytest.approx(result.report.plan.kl_to_fp32, rel=1e-9)
+    explicit = mpq.verify(model, result.plan, (fit.x, fit.y), eval_data=(held.x, held.y), cache_dir=False)
+    assert explicit.plan.kl_to_fp32 == pytest.approx(result.report.plan.kl_to_fp32, rel=1e-9)
+    with pytest.raises(MpqError, match="eval_split"):
+        mpq.verify(model, result.plan, calibration, cache_dir=False, eval_split=1.5)
+
+
+def test_the_built_in_views_are_split_by_photo():
+    from mpq.models.efficientnet_lite0 import load_views
+
+    fit, held = held_out_split(load_views())
+    assert len(held) == 50 and len(fit) == 150  # 5 of the 20 photos, every one of their 10 views
+    assert not set(fit.groups.tolist()) & set(held.groups.tolist()) and len(set(held.groups.tolist())) == 5
 
 
 def test_eval_data_that_does_not_fit_the_model_fails_before_any_work(halves, tmp_path, capsys):

@@ -168,3 +168,34 @@ def test_hf_faults_exit_2_with_one_line(saved, capsys, tmp_path, case, expected)
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert status == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("budget", ["4.25bpw", "155KB"])
+def test_llama_weight_only_group_wise_plan_beats_every_fitting_uniform_on_held_out_text(saved, capsys, tmp_path, budget):
+    """Issue 14's first done-when: a causal LM given only as hf:DIR and text, through a bits-per-weight and a byte budget."""
+    root, folders = saved
+    status, _, err = run_cli(
+        capsys, "search", "--model", f"hf:{folders['llama']}", "--data", root / "train.txt", "--eval-data", root / "held_out.txt",
+        "--seq-len", hf_models.SEQ, "--budget", budget, "--group-size", 32, "--act-bits", "none", "--bits", "2,3,4,5,6,8",
+        "--max-probes", 6, "--out", tmp_path, "--no-cache", "--quiet",
+    )
+    assert status == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    fitting = [b for b in report["baselines"] if b["fits_budget"]]
+    assert fitting and all(b["name"].endswith("g32") for b in fitting)
+    assert all(report["metrics"]["perplexity"] <= b["perplexity"] for b in fitting), (report["metrics"], fitting)
+
+    from torchao.quantization import quantize_
+
+    from mpq.export.torchao_config import load_intx_config
+
+    model = load_model_spec(f"hf:{folders['llama']}")
+    data = _text(root, model, "held_out.txt", samples=16)
+    plan = mpq.Plan.load(tmp_path / "plan.json")
+    mpq.export_plan(model, plan, _text(root, model), tmp_path / "plan.torchao.json", format="torchao", cache_dir=False)
+    expected = mpq.quantize_(model, plan, _text(root, model), cache_dir=False)
+    prepared, _ = packed_for(model, plan, _text(root, model), 25, False, None)
+    folded = copy.deepcopy(prepared.folded)
+    quantize_(folded, load_intx_config(tmp_path / "plan.torchao.json"), filter_fn=None)
+    with torch.no_grad():
+        assert torch.equal(folded(data.x), expected(data.x))  # IntxWeightOnlyConfig(group_size=32) carrying mpq's scales: bit for bit

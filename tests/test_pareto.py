@@ -64,7 +64,7 @@ def test_verified_points_and_uniform_widths_are_measured(sweep):
     for point in verified:
         assert point.measured.size_bytes == point.plan.predicted["size_bytes"]  # counted from the exported tensors
         assert point.measured.bops == point.plan.predicted["bops"]
-        assert point.measured.n_eval == 24
+        assert point.measured.n_eval == 6  # the quarter of the 24 samples held out (no eval_data)
     assert [u.name for u in result.uniform] == ["uniform W2A8", "uniform W4A8", "uniform W8A8"]
     assert [u.predicted["size_bytes"] for u in result.uniform] == [132, 166, 236]
     assert all(u.measured.size_bytes == u.predicted["size_bytes"] for u in result.uniform)

@@ -13,9 +13,9 @@ from mpq.cost.budget import Budget, as_budgets
 from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
-from mpq.inputs.split import EVAL_SPLIT
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
@@ -136,7 +136,7 @@ def search(
     report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress, eval_data=held_out, eval_split=0)
     t3 = time.perf_counter()
     if proxy_plans:
-        report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress)
+        report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress, eval_data=held_out)
     report.timings_s = {
         "prepare": t0 - start,
         "sensitivity": t1 - t0,

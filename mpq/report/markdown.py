@@ -16,7 +16,7 @@ from mpq.sensitivity.registry import HessianTrace, metric_of
 from mpq.solver.milp import solver_note
 from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.solver.problem import Problem, Solution
-from mpq.verify.report import Report
+from mpq.verify.report import Measurement, Report
 
 if TYPE_CHECKING:
     from mpq.verify.report import ProxyCheck

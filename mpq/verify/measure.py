@@ -35,7 +35,7 @@ from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
 from mpq.verify.report import Measurement, Report
 from mpq.verify.sqnr import layer_sqnr
 
-EVALUATOR = "integer-accumulation/1"  # in measurement cache keys: a new evaluator never reads old measurements
+EVALUATOR = "integer-accumulation/2"  # in measurement cache keys: a new evaluator never reads old measurements
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
@@ -251,8 +251,8 @@ def verify_prepared(
     sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], outputs=prepared.outputs,
         latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], weight_only=weight_only,
+        outputs=prepared.outputs,
     )
 
 

@@ -18,10 +18,9 @@ from mpq.errors import MpqError
 from mpq.inputs.graph import PreparedModel
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
-from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import Sensitivity
 from mpq.solver.omega import plan_omega
-from mpq.verify.measure import measure_plan, plan_calibration
+from mpq.verify.measure import fitted_and_held_out, measure_plan, plan_quantizer
 from mpq.verify.report import ProxyCheck, ProxyPoint
 
 FLOOR = 0.875  # random plans spend at least this share of the size budget
@@ -72,14 +71,14 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
 
 def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, data, plans: int, seed: int = 0,
-                batch_size: int = 25, cache: Cache = Cache(None), progress: bool | None = None) -> ProxyCheck:
-    """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer) and rank-correlate Omega with KL."""
+                batch_size: int = 25, cache: Cache = Cache(None), progress: bool | None = None, eval_data=None) -> ProxyCheck:
+    """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer fitted on `data`, measured on
+    `eval_data`, else on `data`) and rank-correlate Omega with KL."""
     check_proxy_request(plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer")
     bits = plan.settings.space.bits if plan.settings is not None else tuple(sorted({lp.weight_bits for lp in plan.layers.values()}))
     rng = np.random.default_rng(seed)
     candidates = [("mpq plan", plan)] + [("random", random_plan(prepared, plan, bits, rng)) for _ in range(plans)]
-    reference = fp32_reference(prepared, data, batch_size, cache)
-    calibration = plan_calibration(prepared, plan, data, reference, batch_size, cache)
+    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, plan_quantizer(plan), batch_size, cache)
     points = []
     with bar(len(candidates), "proxy check", progress, unit="plan") as shown:
         for kind, candidate in candidates:
