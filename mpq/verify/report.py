@@ -39,6 +39,20 @@ class Measurement:
         return dict(self.__dict__)
 
 
+def peak_memory_bytes() -> dict[str, int]:
+    """The process's peak resident memory so far ("ram"), and the GPU's peak allocation when CUDA was used ("gpu")."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    peaks = {"ram": int(rss if sys.platform == "darwin" else rss * 1024)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["gpu"] = int(torch.cuda.max_memory_allocated())
+    return peaks
+
+
 @dataclass
 class Report:
     """What verification measured: the plan, FP32, and the uniform baselines."""
@@ -77,6 +91,7 @@ class Report:
             "outputs": self.outputs.to_json(),
             "baselines": [b.to_json() for b in self.baselines],
             "timings_s": self.timings_s,
+            "peak_memory_bytes": peak_memory_bytes(),
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
             "quantizer": self.quantizer.to_json(),
