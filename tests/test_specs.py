@@ -144,3 +144,12 @@ def test_image_folders_with_both_transforms(tmp_path):
     assert data.x.shape == (1, 3, 224, 224) and data.y is None
     assert float(data.x[0, 0].mean()) == pytest.approx(0.0, abs=0.02)
     assert float(data.x[0, 1].mean()) == pytest.approx(1.0, abs=0.02)
+
+
+def test_torchvision_transform_normalizes_by_the_imagenet_mean_and_std(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (300, 260), (127, 255, 0)).save(tmp_path / "flat" / "b.png")
+    data = load_data_spec(str(tmp_path / "flat"), "torchvision")
+    assert data.x.shape == (1, 3, 224, 224)
+    expected = [(127 / 255 - 0.485) / 0.229, (1.0 - 0.456) / 0.224, (0.0 - 0.406) / 0.225]
+    assert data.x[0, :, 100, 100].tolist() == pytest.approx(expected, abs=1e-5)

@@ -201,7 +201,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
     p.add_argument("--data", help=".npz/.pt with x (and integer labels y) or named inputs (input_ids, attention_mask, ...), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views")
     p.add_argument("--seq-len", type=positive, help="tokens per sample of text data (.txt: windows of that many tokens; .jsonl: each record padded or cut to it)")
-    p.add_argument("--transform", choices=("imagenet", "none"), default="imagenet", help="for image folders: imagenet = resize 256 bicubic, centre crop 224, (x-127)/128; none = x/255 as is (default imagenet)")
+    p.add_argument("--transform", choices=("imagenet", "torchvision", "none"), default="imagenet", help="for image folders: imagenet = EfficientNet-Lite's (resize 256 bicubic, centre crop 224, (x-127)/128); torchvision = torchvision's ImageNet evaluation transform (resize 256 bilinear, crop 224, x/255 normalized by the ImageNet mean and std); none = x/255 as is (default imagenet)")
 
 
 def _add_probe_options(p: argparse.ArgumentParser) -> None:

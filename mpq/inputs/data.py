@@ -174,18 +174,31 @@ def from_batches(batches, source: str) -> Dataset:
 
 
 def preprocess_imagenet(image, size: int = 224, resize: int = 256) -> torch.Tensor:
-    """Resize the short side to `resize` (bicubic), centre crop `size`, (x - 127) / 128, CHW."""
+    """EfficientNet-Lite's preprocessing: resize the short side to `resize` (bicubic), centre crop `size`, (x - 127) / 128, CHW."""
     return five_crops(image, size, resize, crops="centre")[0]
 
 
-def five_crops(image, size: int = 224, resize: int = 256, crops: str = "five") -> list[torch.Tensor]:
-    """The centre (and, with crops="five", the four corner) crops of the resized image, CHW floats."""
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def preprocess_torchvision(image, size: int = 224, resize: int = 256) -> torch.Tensor:
+    """torchvision's ImageNet evaluation transform: Resize(256) bilinear, CenterCrop(224), ToTensor (x / 255),
+    Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), CHW."""
+    crop = five_crops(image, size, resize, crops="centre", resample="bilinear", scale=None)[0]
+    mean, std = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1), torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+    return (crop / 255.0 - mean) / std
+
+
+def five_crops(image, size: int = 224, resize: int = 256, crops: str = "five", resample: str = "bicubic", scale=(127.0, 128.0)) -> list[torch.Tensor]:
+    """The centre (and, with crops="five", the four corner) crops of the resized image, CHW floats:
+    (x - scale[0]) / scale[1], or the RGB values 0-255 as they are with scale=None."""
     from PIL import Image
 
     image = image.convert("RGB")
     w, h = image.size
-    scale = resize / min(w, h)
-    image = image.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BICUBIC)
+    factor = resize / min(w, h)
+    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+    image = image.resize((max(resize, round(w * factor)), max(resize, round(h * factor))), filters[resample])
     w, h = image.size
     corners = [((w - size) // 2, (h - size) // 2)]
     if crops == "five":
@@ -193,11 +206,12 @@ def five_crops(image, size: int = 224, resize: int = 256, crops: str = "five") -
     views = []
     for left, top in corners:
         array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
-        views.append(torch.from_numpy((array - 127.0) / 128.0).permute(2, 0, 1).contiguous())
+        array = array if scale is None else (array - scale[0]) / scale[1]
+        views.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
     return views
 
 
-TRANSFORMS = ("imagenet", "none")
+TRANSFORMS = ("imagenet", "torchvision", "none")
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -221,7 +235,8 @@ def _open_image(path: Path):
 def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
     """Images directly in `path` (unlabelled) or in class subfolders (labels = sorted folder index).
 
-    transform "imagenet": resize 256 (bicubic), centre crop 224, (x - 127) / 128; "none": x / 255 as is.
+    transform "imagenet": EfficientNet-Lite's, resize 256 (bicubic), centre crop 224, (x - 127) / 128; "torchvision":
+    torchvision's ImageNet evaluation transform (bilinear, mean/std normalization); "none": x / 255 as is.
     """
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
@@ -232,8 +247,8 @@ def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
     if not files:
         raise MpqError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {path}")
     if transform not in TRANSFORMS:
-        raise MpqError(f"unknown transform {transform!r}: use {' or '.join(TRANSFORMS)}")
-    prepare = preprocess_imagenet if transform == "imagenet" else to_tensor
+        raise MpqError(f"unknown transform {transform!r}: use {', '.join(TRANSFORMS)}")
+    prepare = {"imagenet": preprocess_imagenet, "torchvision": preprocess_torchvision, "none": to_tensor}[transform]
     views = [prepare(_open_image(f)) for f, _ in files]
     if len({tuple(v.shape) for v in views}) > 1:
         raise MpqError(f"images in {path} differ in size: use --transform imagenet, or resize them to one size")
