@@ -11,3 +11,9 @@ class BudgetInfeasible(MpqError):
     """No choice of bit widths meets the budgets. CLI exit status 3."""
 
     exit_status = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what an exception says (its type's name when it says nothing): what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

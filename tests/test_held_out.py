@@ -6,9 +6,9 @@ import torch
 from torch.nn import functional as F
 
 import mpq
-from mpq.inputs.split import held_out_split
 from mpq.errors import MpqError
 from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.split import held_out_split
 from mpq.quant.reference import fp32_reference
 from mpq.verify.measure import pack_plan, packed_logits, plan_calibration
 from tests.helpers import USER_MODELS, run_cli

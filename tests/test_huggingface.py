@@ -199,3 +199,19 @@ def test_llama_weight_only_group_wise_plan_beats_every_fitting_uniform_on_held_o
     quantize_(folded, load_intx_config(tmp_path / "plan.torchao.json"), filter_fn=None)
     with torch.no_grad():
         assert torch.equal(folded(data.x), expected(data.x))  # IntxWeightOnlyConfig(group_size=32) carrying mpq's scales: bit for bit
+
+
+def test_probing_the_output_leaves_a_training_mode_model_as_it_was():
+    class DictNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return {"logits": self.bn(self.fc(x))}
+
+    model = DictNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared = mpq.inputs.prepare.as_prepared(model, mpq.Dataset(x=torch.randn(8, 4) * 5 + 3))
+    assert prepared.outputs.field == "logits" and model.training and model.bn.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no BatchNorm statistics updated

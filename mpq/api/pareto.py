@@ -26,7 +26,7 @@ from mpq.cost.budget import Budget, as_budgets, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, fit_and_held_out
+from mpq.inputs.prepare import as_dataset, as_prepared, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
@@ -110,7 +110,7 @@ def pareto(
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
     prepared = as_prepared(model, data, quantize_embeddings)
-    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
+    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
     reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).group_size)
     if all(reasons):

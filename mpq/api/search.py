@@ -14,7 +14,7 @@ from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
@@ -28,7 +28,7 @@ from mpq.solver.milp import solver_note
 from mpq.solver.pins import resolve_keep
 from mpq.solver.problem import check_feasible
 from mpq.verify.proxy import check_proxy_request, proxy_check
-from mpq.verify.report import Report
+from mpq.verify.report import Report, process_peak_memory
 
 
 @dataclass
@@ -93,7 +93,7 @@ def search(
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
     `space`, `solver` and `latency` as in `solve` (the flat keywords of mpq 0.1.0 still work, with a
     DeprecationWarning). `eval_data`: the data the plan is measured on (sensitivity and calibration use `data`); without it, a seeded
-    `eval_split` of `data` is held out for that (whole groups at a time: mpq.inputs.data.held_out_split; 0: in-sample).
+    `eval_split` of `data` is held out for that (whole groups at a time: mpq.inputs.split.held_out_split; 0: in-sample).
     `proxy_plans` > 0 also measures that many random plans at the same size budget
     and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
 
@@ -111,7 +111,7 @@ def search(
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
     prepared = as_prepared(model, data, quantize_embeddings)
-    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
+    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph
     pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
@@ -137,6 +137,7 @@ def search(
     t3 = time.perf_counter()
     if proxy_plans:
         report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress, eval_data=held_out)
+    report.peak_memory_bytes = process_peak_memory()  # after the sensitivity and the proxy check too
     report.timings_s = {
         "prepare": t0 - start,
         "sensitivity": t1 - t0,

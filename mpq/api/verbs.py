@@ -26,7 +26,7 @@ from mpq.cost.latency import coverage_note, latency_model
 from mpq.cost.layer_cost import Choice, per_weight
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, fit_and_held_out, names_embeddings
+from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
@@ -199,7 +199,7 @@ def verify(
     plan was solved with when it can still be loaded; latency budgets are checked against them.
 
     `eval_data`: the data measured on (the quantizer is fitted on `data`); without it a seeded `eval_split` of
-    `data` is held out, whole groups at a time (mpq.inputs.data.held_out_split; 0: measured in-sample).
+    `data` is held out, whole groups at a time (mpq.inputs.split.held_out_split; 0: measured in-sample).
     Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
     of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
@@ -213,7 +213,7 @@ def verify(
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    data, held_out = fit_and_held_out(prepared, data, eval_data, eval_split)
+    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress, held_out)
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 
 try:
     import tomllib
@@ -39,7 +39,7 @@ def read_recipe(path: str) -> dict:
     try:
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise MpqError(f"{path} is not a valid {'JSON' if file.suffix == '.json' else 'TOML'} recipe ({str(exc).splitlines()[0]}); fix it or give the options on the command line") from None
+        raise MpqError(f"{path} is not a valid {'JSON' if file.suffix == '.json' else 'TOML'} recipe ({first_line(exc)}); fix it or give the options on the command line") from None
     if file.suffix == ".json":
         if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
             raise MpqError(f"{path} records no recipe: give a recipe .toml, or a plan.json written by `mpq search`")

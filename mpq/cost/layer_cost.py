@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mpq.quant.widths import groups_per_channel
+
 if TYPE_CHECKING:  # annotations only: building the `mpq` parser (which reads plan defaults) does not import torch
     from mpq.inputs.graph import LayerInfo
 
@@ -42,8 +44,7 @@ class Choice:
 
 def scale_count(layer: LayerInfo, channels: int, group_size: int | None) -> int:
     """Weight scales of `channels` output channels of the layer: one per channel, or ceil(m / g) each."""
-    per_channel = layer.params // layer.out_channels
-    return channels * (1 if group_size is None else -(-per_channel // group_size))
+    return channels * groups_per_channel(layer.params // layer.out_channels, group_size)
 
 
 def weight_bytes(layer: LayerInfo, channels: int, weight_bits: int, group_size: int | None) -> int:

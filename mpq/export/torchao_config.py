@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,15 @@ def read_torchao_file(path: "str | Path") -> dict[str, dict]:
         raise MpqError(f"{path} is not a torchao export written by `mpq export --format torchao` ({exc})") from None
 
 
+@contextmanager
+def _damaged(path, name: str):
+    """What reading a layer's tensors raises becomes one MpqError naming the layer."""
+    try:
+        yield
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
+
+
 def load_torchao_config(path: "str | Path", *, integer: bool = True):
     """The FqnToConfig of the export at `path`: one MpqLayerConfig per layer, keyed by its module name.
     `integer`: layers with a quantized input compute as the evaluator (exact accumulation) or, False,
@@ -153,13 +163,11 @@ def load_torchao_config(path: "str | Path", *, integer: bool = True):
     configs = {}
     for name, layer in read_torchao_file(path).items():
         meta, tensors = layer["meta"], layer["tensors"]
-        try:
+        with _damaged(path, name):
             codes = unpack_codes(tensors["weight_codes"], meta)
             params = None
             if meta["act_bits"]:
                 params = ActQuantParams(float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"]))
-        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
-            raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
         configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer, meta.get("group_size"))
     return FqnToConfig(configs)
 
@@ -176,10 +184,8 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
         meta, tensors = layer["meta"], layer["tensors"]
         if meta["act_bits"]:
             raise MpqError(f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none")
-        try:
+        with _damaged(path, name):
             codes = unpack_codes(tensors["weight_codes"], meta)
-        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
-            raise MpqError(f"{path}: layer {name} is damaged ({exc})") from None
         group, bits, bias = meta.get("group_size"), int(meta["weight_bits"]), tensors.get("bias")
         config = None if meta.get("channel_bits") else torchao_intx.intx_config(meta["weight_shape"], bits, group)
         if config is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +46,7 @@ class Outputs:
     def __post_init__(self) -> None:
         if self.kind not in OUTPUT_KINDS:
             raise MpqError(f"output kind {self.kind!r} is not one of {', '.join(OUTPUT_KINDS)}")
-        if self.pooling not in POOLINGS:
-            raise MpqError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}: use pooling=cls, mean or none")
+        check_pooling(self.pooling)
 
     @property
     def embeddings(self) -> bool:
@@ -54,6 +54,11 @@ class Outputs:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+def check_pooling(pooling: str | None) -> None:
+    if pooling is not None and pooling not in POOLINGS:
+        raise MpqError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}: use pooling=cls, mean or none")
 
 
 def _field(output, name: str):
@@ -116,8 +121,7 @@ class ModelAdapter(nn.Module):
         self.outputs = outputs
         self.pooling, self.field = pooling, field
         self.folder = folder  # the save_pretrained folder it was loaded from (its tokenizer reads text data)
-        if pooling is not None and pooling not in POOLINGS:
-            raise MpqError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}: use pooling=cls, mean or none")
+        check_pooling(pooling)
 
     @property
     def complete(self) -> bool:
@@ -129,13 +133,7 @@ class ModelAdapter(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kwargs = {name: x[:, i] for i, name in enumerate(self.input_names)}
-        if _has_use_cache(self.inner):
-            kwargs["use_cache"] = False
-        if "input_ids" in kwargs and "attention_mask" not in kwargs and _takes(self.inner, "attention_mask"):
-            # what a tokenizer gives unpadded text; without it transformers looks for packed sequences (torch.diff), which ONNX lacks
-            kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
-        output = self.inner(**kwargs) if self.input_names else self.inner(x, **kwargs)
+        output, kwargs = _call(self.inner, x, self.input_names)
         tensor = _tensor_of(output, self.outputs.field)
         if self.outputs.embeddings:
             return self._pooled(tensor, kwargs.get("attention_mask"))
@@ -148,6 +146,31 @@ class ModelAdapter(nn.Module):
             weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if mask is None else mask.to(hidden.dtype)
             return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
         return hidden
+
+
+def _call(model: nn.Module, x: torch.Tensor, input_names: tuple[str, ...]) -> tuple[object, dict]:
+    """The model's output on `x` (its named inputs stacked along dimension 1, or one tensor), and the keyword arguments given."""
+    kwargs = {name: x[:, i] for i, name in enumerate(input_names)}
+    if _has_use_cache(model):
+        kwargs["use_cache"] = False
+    if "input_ids" in kwargs and "attention_mask" not in kwargs and _takes(model, "attention_mask"):
+        # what a tokenizer gives unpadded text; without it transformers looks for packed sequences (torch.diff), which ONNX lacks
+        kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+    return (model(**kwargs) if input_names else model(x, **kwargs)), kwargs
+
+
+@contextmanager
+def _evaluating(model: nn.Module):
+    """`model` in eval mode for a probing forward pass, every module's mode put back after: a BatchNorm in
+    training mode would otherwise update its running statistics, and the user's model is not to change."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _takes(model: nn.Module, argument: str) -> bool:
@@ -214,13 +237,10 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
     wrapped = pooling is not None or field is not None or folder is not None
     if is_transformers_model(model):
         model = for_mpq(model)
-    elif not input_names and not wrapped:
-        with torch.no_grad():
-            if isinstance(model(example), torch.Tensor):
-                return model
-    with torch.no_grad():
-        kwargs = {name: example[:, i] for i, name in enumerate(input_names)} | ({"use_cache": False} if _has_use_cache(model) else {})
-        output = model(**kwargs) if input_names else model(example, **kwargs)
+    with _evaluating(model):
+        output, _ = _call(model, example, input_names)
+    if isinstance(output, torch.Tensor) and not input_names and not wrapped and not is_transformers_model(model):
+        return model
     return ModelAdapter(model, input_names, choose_outputs(model, output, pooling, field), pooling, field, folder)
 
 

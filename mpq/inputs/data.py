@@ -27,6 +27,7 @@ class Dataset:
     description: str = ""
     input_names: tuple[str, ...] = ()  # several named inputs stacked along dimension 1 of x
     groups: torch.Tensor | None = None  # per sample, what it was cut from (a photo's views): split by group, never within
+    held_out_seed: int | None = None  # set on the part mpq.inputs.split.held_out_split held out, with its seed
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
@@ -60,9 +61,9 @@ class Dataset:
             stop = start + batch_size
             yield self.x[start:stop], None if self.y is None else self.y[start:stop]
 
-    def subset(self, indices: torch.Tensor, description: str) -> "Dataset":
+    def subset(self, indices: torch.Tensor, description: str, held_out_seed: int | None = None) -> "Dataset":
         take = lambda t: None if t is None else t[indices]  # noqa: E731
-        return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups))
+        return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups), held_out_seed=held_out_seed)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import ModelAdapter
 from mpq.inputs.data import Dataset, named_inputs
 
@@ -64,7 +64,7 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
             folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MpqError(f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained") from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:

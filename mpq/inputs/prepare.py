@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import adapt
 from mpq.inputs.data import Dataset, named_inputs
 from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
@@ -55,7 +55,7 @@ def _model_runs_on(data: Dataset):
     try:
         yield
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         hint = "export it with a dynamic batch dimension (dynamic_shapes) or " if "Guard failed" in first else ""
         raise MpqError(
             f"the model cannot run on the data ({_described(data)}): {first}; "
@@ -125,9 +125,9 @@ def check_eval_split(value) -> float:
     return float(value)
 
 
-def fit_and_held_out(prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT) -> tuple[Dataset, Dataset | None]:
+def split_for_measurement(prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT) -> tuple[Dataset, Dataset | None]:
     """The data to fit on (sensitivity, calibration) and the data to measure on: `eval_data` when given, else a
-    seeded `eval_split` of `data` held out by group (mpq.inputs.data.held_out_split); None: measure in-sample."""
+    seeded `eval_split` of `data` held out by group (mpq.inputs.split.held_out_split); None: measure in-sample."""
     if eval_data is not None:
         return data, check_data_fits(prepared, as_dataset(eval_data))
     split = held_out_split(data, check_eval_split(eval_split))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 from mpq.inputs.data import Dataset, from_batches, load_image_folder, load_npz, load_pt
 from mpq.inputs.huggingface import PREFIX, TEXT_SUFFIXES, load_pretrained, load_text
 
@@ -64,25 +64,25 @@ def _import_file(target: str, what: str):
         raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a program; put its script part under if __name__ == \"__main__\":") from None
     except Exception as exc:
         del sys.modules[module_name]
-        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {_first_line(exc)}); fix that file") from None
+        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {first_line(exc)}); fix that file") from None
     return module
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def call_user(function, spec: str, what: str, **kwargs):
-    """`function(**kwargs)`, a function of the user's named by `spec`; what it raises becomes one MpqError line."""
+def call_user(function, spec: str, what: str, arguments: dict | None = None):
+    """`function(**arguments)`, a function of the user's named by `spec`; what it raises becomes one MpqError line.
+    With `arguments` (the --model-arg pairs), a TypeError is taken as the call not fitting them."""
     try:
-        return function(**kwargs)
+        return function(**(arguments or {}))
     except SystemExit as exc:
         raise MpqError(f"{spec} called sys.exit({exc.code}) while giving the {what}: return the {what} instead") from None
     except MpqError:
         raise
+    except TypeError as exc:
+        if arguments is None:
+            raise MpqError(f"{spec} raised TypeError while giving the {what}: {first_line(exc)}") from None
+        raise MpqError(f"calling {spec} with {arguments or 'no arguments'} failed ({first_line(exc)}); pass its arguments with --model-arg key=value") from None
     except Exception as exc:
-        raise MpqError(f"{spec} raised {type(exc).__name__} while giving the {what}: {_first_line(exc)}") from None
+        raise MpqError(f"{spec} raised {type(exc).__name__} while giving the {what}: {first_line(exc)}") from None
 
 
 def _import_module(target: str, what: str):
@@ -93,7 +93,7 @@ def _import_module(target: str, what: str):
     except SystemExit as exc:
         raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} module must define the {what}, not run a program") from None
     except Exception as exc:
-        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module") from None
+        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {first_line(exc)}); fix that module") from None
 
 
 def parse_value(text: str):
@@ -148,12 +148,7 @@ def _from_file(path: Path) -> nn.Module:
 def _build(spec: str, model_args: dict) -> nn.Module:
     obj = import_attr(spec, "model")
     if not isinstance(obj, nn.Module) and callable(obj):
-        try:
-            obj = call_user(obj, spec, "model", **model_args)
-        except MpqError as exc:
-            if "TypeError" not in str(exc):
-                raise
-            raise MpqError(f"calling {spec} with {model_args or 'no arguments'} failed ({str(exc).partition(': ')[2]}); pass its arguments with --model-arg key=value") from None
+        obj = call_user(obj, spec, "model", model_args)
     elif model_args:
         raise MpqError(f"{spec} is not callable, so --model-arg cannot be passed to it; drop --model-arg or name a function")
     if not isinstance(obj, nn.Module):

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def groups_per_channel(per_channel: int, group_size: int | None) -> int:
-    """ceil(n / g): the scales of one output channel of n weights (1 without a group size)."""
-    return 1 if group_size is None else -(-per_channel // group_size)
+from mpq.quant.widths import groups_per_channel
 
 
 def grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:

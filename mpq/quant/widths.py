@@ -1,5 +1,6 @@
 """Bit widths, their bounds stated once: a plan may name any whole width from PLAN_MIN_BITS to
-PLAN_MAX_BITS (1-16); mpq's quantizer (mpq.quant.affine) supports MIN_BITS to MAX_BITS (2-8)."""
+PLAN_MAX_BITS (1-16); mpq's quantizer (mpq.quant.affine) supports MIN_BITS to MAX_BITS (2-8). And how many
+weight scales a channel has at a group size (the quantizer's and the byte model's one count). No torch here."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def parse_width(text: str, where: str) -> int:
     if not is_plan_width(bits):
         raise MpqError(f"{where} {bits} bits is not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
     return bits
+
+
+def groups_per_channel(per_channel: int, group_size: int | None) -> int:
+    """ceil(n / g): the scales of one output channel of n weights (1 without a group size)."""
+    return 1 if group_size is None else -(-per_channel // group_size)

@@ -32,7 +32,7 @@ def _verdict(report: Report, uniform: Measurement | None) -> str:
     plan = report.plan
     if uniform is None:
         return "no uniform width fits the budget, so the plan is the only quantized model within it"
-    what = "1 − cosine" if report.outputs.embeddings else "KL"
+    what = report.distance_name
     ours, theirs = report.distance(plan), report.distance(uniform)
     if ours < theirs:
         ratio = theirs / ours if ours > 0 else float("inf")
@@ -66,7 +66,7 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     if capped:
         steps.append(capped)
     elif w8 is not None and any(a is not None for a in act_bits) and ours > 0 and report.distance(w8) >= ACT_CAP * ours:
-        what = "1 − cosine" if report.outputs.embeddings else "KL"
+        what = report.distance_name
         steps.append(f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
                      f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
                      "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone.")
@@ -82,7 +82,7 @@ def _activations_cap(report: Report, w8: Measurement | None) -> str | None:
     weight_only = report.weight_only
     if w8 is None or weight_only is None:
         return None
-    what = "1 − cosine" if report.outputs.embeddings else "KL"
+    what = report.distance_name
     far, near = report.distance(w8), report.distance(weight_only)
     if far <= 0 or far < WEIGHT_ONLY_GAP * near:
         return None

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 from mpq.inputs.data import Dataset
 
 BUILT_IN = ("labels", "fp32", "mse", "kl")
@@ -62,7 +62,7 @@ class Loss:
             try:
                 value = self.fn(output, target)
             except Exception as exc:  # the user's function, or a built-in one on data it cannot take
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise MpqError(f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, target) that returns a scalar tensor") from None
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mpq.cost.budget import Budget
-from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes, weight_bytes
+from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes, layer_weight_bits, weight_bytes
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
@@ -106,7 +106,7 @@ def group_costs(layer: LayerInfo, group: ChannelGroup, choice: Choice, group_siz
 def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, group_size: int | None = None) -> dict[str, float]:
     """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per channel."""
     if not lp.channel_bits:
-        bits = 8 * weight_bytes(layer, layer.out_channels, lp.weight_bits, group_size)
+        bits = layer_weight_bits(layer, lp.choice, group_size)
         return {"size_bytes": float(layer_size_bytes(layer, lp.choice, group_size)), "bops": layer_bops(layer, lp.choice), "weight_bits": bits}
     chunks = lp.chunks(layer.out_channels)
     size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits, group_size) for c in chunks)

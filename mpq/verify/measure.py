@@ -122,8 +122,7 @@ def measure_plan(
     packed = pack_plan(prepared, plan, calibration)
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
-    measured_costs = {"size_bytes": packed.size_bytes, "bops": bops, "bits_per_weight": packed.bits_per_weight} | _predicted_latency(prepared, plan, latency)
-    fits = within_budgets(measured_costs, budgets, latency is not None)
+    latency_s = _predicted_latency(prepared, plan, latency).get("latency_s")
     key = {
         "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
         "quantizer": calibration.quantizer.to_json(),
@@ -132,11 +131,22 @@ def measure_plan(
         key["calibration_data"] = calibration.data_fingerprint
     cached = cache.load("measurement", key)
     if cached is not None:
-        return Measurement(**{**cached, "name": name, "fits_budget": fits, "latency_s": measured_costs.get("latency_s"), "bits_per_weight": packed.bits_per_weight})
+        result = Measurement(**{**cached, "name": name, "latency_s": latency_s, "bits_per_weight": packed.bits_per_weight})
+    else:
+        result = _measured(prepared, packed, data, reference, name, bops, batch_size)
+        result.latency_s = latency_s
+    result.fits_budget = within_budgets(result.costs, budgets, latency is not None)  # the budgets are not part of the cache key
+    if cached is None:
+        cache.save("measurement", key, result.to_json())
+    return result
+
+
+def _measured(prepared: PreparedModel, packed: PackedModel, data: Dataset, reference: Fp32Reference, name: str, bops: float, batch_size: int) -> Measurement:
+    """The model rebuilt from `packed`, run on `data` and compared with the FP32 `reference`."""
     logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
     log_p = F.log_softmax(reference.logits, dim=1)
-    result = Measurement(
+    return Measurement(
         name=name,
         size_bytes=packed.size_bytes,
         bops=bops,
@@ -144,14 +154,10 @@ def measure_plan(
         fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
         kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
         n_eval=len(data),
-        fits_budget=fits,
         cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
-        latency_s=measured_costs.get("latency_s"),
         perplexity=lm_perplexity(prepared, logits, data),
         bits_per_weight=packed.bits_per_weight,
     )
-    cache.save("measurement", key, result.to_json())
-    return result
 
 
 def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None, group_size: int | None = None) -> Plan:
@@ -260,6 +266,6 @@ def _measured_on(calibration: int, eval_data: Dataset | None) -> str:
     """Which data the numbers are measured on: held out, or the `calibration` samples themselves."""
     if eval_data is None:
         return f"measured on the {calibration} calibration samples themselves (in-sample): give --eval-data (eval_data=) for held-out numbers"
-    if "held out (seed" in eval_data.description:
+    if eval_data.held_out_seed is not None:
         return f"calibrated on {calibration} samples, measured on {len(eval_data)} held-out samples: a seeded split of --data ({eval_data.description}); give --eval-data for your own"
     return f"calibrated on {calibration} samples (--data), measured on {len(eval_data)} held-out samples (--eval-data)"

@@ -39,7 +39,7 @@ class Measurement:
         return dict(self.__dict__)
 
 
-def peak_memory_bytes() -> dict[str, int]:
+def process_peak_memory() -> dict[str, int]:
     """The process's peak resident memory so far ("ram"), and the GPU's peak allocation when CUDA was used ("gpu")."""
     import resource
     import sys
@@ -69,10 +69,16 @@ class Report:
     versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
     weight_only: Measurement | None = None  # uniform W8 with float inputs, when the plan quantizes inputs: the activations' cost
     outputs: Outputs = Outputs()  # what the model's outputs are: logits (agreement, KL) or embeddings (cosine)
+    peak_memory_bytes: dict = field(default_factory=process_peak_memory)  # when it was measured (process_peak_memory)
 
     def distance(self, m: Measurement) -> float:
         """How far a measured model is from FP32, by the measure its outputs call for: KL for logits, 1 - cosine for embeddings."""
         return 1.0 - (m.cosine_to_fp32 or 0.0) if self.outputs.embeddings else m.kl_to_fp32
+
+    @property
+    def distance_name(self) -> str:
+        """What `distance` measures, as reports name it."""
+        return "1 − cosine" if self.outputs.embeddings else "KL"
 
     def to_json(self) -> dict:
         predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
@@ -91,7 +97,7 @@ class Report:
             "outputs": self.outputs.to_json(),
             "baselines": [b.to_json() for b in self.baselines],
             "timings_s": self.timings_s,
-            "peak_memory_bytes": peak_memory_bytes(),
+            "peak_memory_bytes": self.peak_memory_bytes,
             "notes": self.notes,
             "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
             "quantizer": self.quantizer.to_json(),
