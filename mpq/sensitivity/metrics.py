@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
-from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr
+from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr, weights_requiring_grad
 from mpq.sensitivity.hvp import NoSecondDerivative
 from mpq.sensitivity.settings import ProbeSettings
 
@@ -77,7 +77,28 @@ def fisher_traces(
     return _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, "fisher")
 
 
-GN_EXACT_CLASSES = 2  # gauss_newton: the most probable classes of each sample summed exactly; one more is drawn from the rest
+GN_EXACT_CLASSES = 2  # gauss_newton: each sample's most probable classes, summed exactly
+GN_DRAWS = 2  # classes drawn from the rest per sample: two give each sample's own draw variance, (s_a − s_b)²/2
+
+
+def _class_picks(p: torch.Tensor, exact: int, draws: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(classes, weights), each [samples, picks]: the `exact` most probable classes with weights p_c, then
+    `draws` classes from the rest, each weighted m/draws (m the rest's mass), so that Σ_k w_k s(c_k) is
+    unbiased for Σ_c p_c s(c). The draws are systematic: the classes at the points (u + j)/draws of the
+    rest's cumulative distribution, u ~ U[0, 1) per sample, so each is drawn with probability p_c'/m but
+    together they spread over the distribution (never more variance than independent draws; the
+    variance estimate of independent draws, which the caller takes, is then on the safe side)."""
+    k = min(exact, p.shape[1])
+    weights, classes = p.topk(k, dim=1)
+    if k == p.shape[1]:
+        return classes, weights
+    rest = p.scatter(1, classes, 0.0).double()
+    mass = rest.sum(dim=1, keepdim=True)
+    cdf = torch.where(mass > 0, rest, torch.ones_like(rest)).cumsum(dim=1)
+    cdf = cdf / cdf[:, -1:]
+    points = (torch.rand(len(p), 1, generator=generator, dtype=torch.float64).to(p.device) + torch.arange(draws, dtype=torch.float64, device=p.device)) / draws
+    drawn = torch.searchsorted(cdf, points, right=True).clamp_(max=p.shape[1] - 1)
+    return torch.cat([classes, drawn], 1), torch.cat([weights, (mass.to(p.dtype) / draws).expand(-1, draws)], 1)
 
 
 def gauss_newton_traces(
@@ -89,39 +110,81 @@ def gauss_newton_traces(
     progress: bool | None = None,
     *,
     exact_classes: int = GN_EXACT_CLASSES,
+    draws: int = GN_DRAWS,
 ) -> HessianTraces:
     """Tr(G_l), G_l = (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i the Gauss-Newton block of a softmax
     cross-entropy (or KL to FP32) loss, J_i the Jacobian of sample i's logits in W_l. Since
-    diag p − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ and J_iᵀ(e_c − p_i) = −∇_{W_l} log p_{i,c}:
+    diag p − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ:
 
-        Tr(G_l) = (1/N) Σ_i Σ_c p_{i,c} ||∇_{W_l} log p_{i,c}||²
+        Tr(G_l) = (1/N) Σ_i Σ_c p_{i,c} s_{i,c},   s_{i,c} = ||J_iᵀ (e_c − p_i)||² = ||∇_{W_l} log p_{i,c}||²
 
-    summed exactly over each sample's `exact_classes` most probable classes, the rest by one class c'
-    drawn with probability p_{i,c'}/m_i from them, weighted by their mass m_i (unbiased; seeded). One
-    per-sample gradient pass per class serves every layer and channel, with no cross-layer terms.
-    Tr(G_l) = Tr(H_l) where the network is piecewise linear after layer l (ReLU, BatchNorm folded);
-    the standard error is that of the mean over samples."""
+    summed exactly over each sample's `exact_classes` most probable classes, the rest by `draws` classes
+    drawn from them (`_class_picks`; unbiased, seeded). One per-sample gradient pass per class serves
+    every layer and channel, with no cross-layer terms. Every sample is used, so
+    the only error is the draws': the standard error is √(Σ_i m_i² var_i) / N, var_i the variance of
+    sample i's drawn s (from its draws; 0 when every class is summed exactly). How much the trace would
+    move with other calibration data is another number: the spread over samples, `data_stderr`.
+    Tr(G_l) = Tr(H_l) where the network is piecewise linear after layer l (ReLU, BatchNorm folded)."""
+    if draws < 2:
+        raise ValueError("gauss_newton_traces needs at least 2 draws per sample for its standard error")
     generator = torch.Generator().manual_seed(settings.seed)
 
-    def squares(xb: torch.Tensor, tb: torch.Tensor) -> list[torch.Tensor]:  # tb unused: G does not depend on the targets
+    def squares(xb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         with torch.no_grad():
-            p = torch.softmax(model(xb).float(), dim=1)
-        k = min(exact_classes, p.shape[1])
-        weights, classes = p.topk(k, dim=1)
-        picks = [(classes[:, r], weights[:, r]) for r in range(k)]
-        if k < p.shape[1]:
-            rest = p.scatter(1, classes, 0.0)
-            mass = rest.sum(dim=1)
-            drawn = torch.multinomial(torch.where(mass[:, None] > 0, rest, torch.ones_like(rest)), 1, generator=generator).squeeze(1)
-            picks.append((drawn, mass))
-        total = None
-        for labels, weight in picks:
-            sq = _per_sample_squared_grads(model, layer_names, xb, labels, torch.nn.functional.cross_entropy)
-            scaled = [s * weight[:, None].to(s.dtype) for s in sq]
-            total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
-        return total
+            logits = model(xb)
+        p = torch.softmax(logits.float(), dim=1)
+        classes, weights = _class_picks(p, exact_classes, draws, generator)
+        exact = min(exact_classes, p.shape[1])
+        mass = weights.double()[:, exact] * draws if exact < p.shape[1] else torch.zeros(len(xb), dtype=torch.float64)
+        per_layer = []
+        picks = [_per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in range(classes.shape[1])]
+        for s in (torch.stack(per_pick, dim=1) for per_pick in zip(*picks)):  # per layer: [samples, picks, channels]
+            s, drawn = s.double(), s[:, exact:].double()
+            value = (s * weights.double()[:, :, None]).sum(dim=1)
+            if drawn.shape[1] == 0:
+                per_layer.append((value, torch.zeros_like(value), torch.zeros(len(xb), dtype=torch.float64)))
+                continue
+            channel_var = mass[:, None] ** 2 * drawn.var(dim=1) / draws
+            layer_var = mass**2 * drawn.sum(dim=2).var(dim=1) / draws  # the channels share the sample's drawn classes
+            per_layer.append((value, channel_var, layer_var))
+        return per_layer
 
-    return _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, "gauss-newton")
+    return _sum_over_samples(model, layer_names, x, settings, progress, squares, "gauss-newton")
+
+
+def _sum_over_samples(model, layer_names, x, settings, progress, squares, label: str) -> HessianTraces:
+    """Per layer and channel the mean over samples of `squares(x_batch)`'s values, with the standard error
+    √(Σ_i variance_i)/N from its per-sample variances (per layer: (values [samples, channels], their
+    variances, the layer sums' variances [samples])), and each sample's layer values (`sample_trace`);
+    only the layers' weights require grad meanwhile."""
+    weights = [model.get_submodule(n).weight for n in layer_names]
+    channel_sum = [np.zeros(w.shape[0]) for w in weights]
+    channel_var = [np.zeros(w.shape[0]) for w in weights]
+    layer_var = np.zeros(len(weights))
+    per_sample_layer = np.zeros((len(x), len(weights)))
+    started = time.perf_counter()
+    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
+        for start in range(0, len(x), settings.batch_size):
+            stop = min(start + settings.batch_size, len(x))
+            for i, (value, variance, sum_variance) in enumerate(squares(x[start:stop])):
+                value = value.cpu().numpy()
+                per_sample_layer[start:stop, i] = value.sum(axis=1)
+                channel_sum[i] += value.sum(axis=0)
+                channel_var[i] += variance.sum(dim=0).cpu().numpy()
+                layer_var[i] += float(sum_variance.sum())
+            shown.update(stop - start)
+    n = len(x)
+    return HessianTraces(
+        layer_names=list(layer_names),
+        trace=per_sample_layer.sum(axis=0) / n,
+        stderr=np.sqrt(layer_var) / n,
+        probes=n,
+        channel_trace=[s / n for s in channel_sum],
+        channel_stderr=[np.sqrt(v) / n for v in channel_var],
+        seconds=time.perf_counter() - started,
+        stop_reason="exact",
+        sample_trace=per_sample_layer,
+    )
 
 
 def _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, label: str) -> HessianTraces:
