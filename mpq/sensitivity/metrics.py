@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from mpq.device import drawn_on
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr
@@ -112,7 +113,8 @@ def gauss_newton_traces(
         if k < p.shape[1]:
             rest = p.scatter(1, classes, 0.0)
             mass = rest.sum(dim=1)
-            drawn = torch.multinomial(torch.where(mass[:, None] > 0, rest, torch.ones_like(rest)), 1, generator=generator).squeeze(1)
+            weights_cpu = torch.where(mass[:, None] > 0, rest, torch.ones_like(rest)).cpu()  # drawn from the CPU generator on every device
+            drawn = drawn_on(torch.multinomial(weights_cpu, 1, generator=generator).squeeze(1), p.device)
             picks.append((drawn, mass))
         total = None
         for labels, weight in picks:
@@ -143,7 +145,7 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
                 for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
-                    values = per_sample.double().numpy()
+                    values = per_sample.double().cpu().numpy()
                     per_sample_layer[start:stop, i] = values.sum(axis=1)
                     for per_channel in values:
                         sums.add(i, per_channel)
@@ -200,7 +202,7 @@ def top_block_eigenvalue(
                 raise
             raise missing from None
 
-    start = torch.randn(weight.shape, generator=generator)
+    start = drawn_on(torch.randn(weight.shape, generator=generator), weight.device)
     eigenvalue, change, iterations = power_iteration(hvp, start, max_iter)
     if eigenvalue < 0:  # the dominant one is negative: the top one is λ + the dominant one of H − λI
         shift = eigenvalue
