@@ -65,12 +65,12 @@ class Dataset:
         take = lambda t: None if t is None else t[indices.to(t.device)]  # noqa: E731
         return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups), held_out_seed=held_out_seed)
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         """This data with x and y on `device` (itself when they are there already); groups stay on the CPU."""
         if self.x.device == device and (self.y is None or self.y.device == device):
             return self
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(x=move(self.x), y=move(self.y), description=self.description, input_names=self.input_names, groups=self.groups, held_out_seed=self.held_out_seed)
+        y = None if self.y is None else self.y.to(device)
+        return Dataset(x=self.x.to(device), y=y, description=self.description, input_names=self.input_names, groups=self.groups, held_out_seed=self.held_out_seed)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
