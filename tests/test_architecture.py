@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpq"
 # stage -> rank; a module may import only stages of lower rank, or its own stage.
 STAGES = {
     "errors": 0,  # shared by every stage: errors, then files, progress, versions and the cache
-    "files": 0.2, "progress": 0.2, "versions": 0.2,
+    "files": 0.2, "progress": 0.2, "versions": 0.2, "device": 0.2,
     "cache": 0.5,
     "inputs": 1,
     "models": 1.5,  # the built-in model (mpq.models.efficientnet_lite0) and its data

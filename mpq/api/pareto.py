@@ -26,7 +26,7 @@ from mpq.cost.budget import Budget, as_budgets, within_budgets
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, split_for_measurement
+from mpq.inputs.prepare import as_dataset, prepared_on, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
@@ -92,6 +92,7 @@ def pareto(
     quantize_embeddings: bool = False,
     cache_dir=None,
     progress: bool | None = None,
+    device=None,
     **legacy,
 ) -> ParetoResult:
     """The least-Omega plan at every budget of a sweep, `verify_points` of them measured, and the uniform widths.
@@ -99,7 +100,7 @@ def pareto(
     `budgets`: "2MB:6MB" (30 evenly spaced), "2MB:6MB:STEPS", "2MB,3MB,4MB" or a list (one kind: sizes,
     BOPs or bits per weight, e.g. "3bpw:6bpw"); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping sizes). `verify_points`:
     how many feasible points to measure, evenly spread (ends included), "all", or 0 to measure nothing
-    (then the uniform widths are not measured either). The rest as in `mpq.search`.
+    (then the uniform widths are not measured either). The rest (`device` too) as in `mpq.search`.
     Raises BudgetInfeasible when no point of the sweep can be met.
     """
     space, probes, solver = search_configs("pareto", space, probes, solver, legacy)
@@ -109,7 +110,7 @@ def pareto(
     sweep = parse_sweep(budgets)
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
-    prepared = as_prepared(model, data, quantize_embeddings)
+    prepared, data = prepared_on(model, data, quantize_embeddings, device)
     data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
     reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).group_size)

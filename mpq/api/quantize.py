@@ -22,7 +22,7 @@ from mpq.verify.apply import fake_quant_model
 from mpq.verify.measure import packed_for
 
 
-def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None) -> nn.Module:
+def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None, device=None) -> nn.Module:
     """A fake-quantized copy of `model` with `plan` applied, calibrated on `data`, in eval mode.
 
     `data`: what calibrates the activation ranges, clipping and bias correction (an mpq.Dataset, a tensor
@@ -30,8 +30,10 @@ def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, 
     `cache_dir`: the FP32 reference and calibration cache (None: the default folder; False: none);
     `quantizer`: a preset name or mpq.Quantizer instead of the plan's. Its outputs are exactly the
     evaluator's logits (mpq.verify.measure.packed_logits). Raises MpqError for a plan of another model.
+    `device`: where it is calibrated and where the returned module is ("cpu", "cuda", "cuda:N", "auto" or a
+    torch.device; None: where `model`'s parameters are).
     """
-    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device)
     quantized = fake_quant_model(prepared.folded, packed).eval()
     if isinstance(quantized, ModelAdapter) and not isinstance(model, ModelAdapter):
         quantized = quantized.inner  # the user's model type (a transformers model is called with its named inputs)

@@ -14,7 +14,7 @@ from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, split_for_measurement
+from mpq.inputs.prepare import as_dataset, check_batch_size, prepared_on, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
@@ -88,6 +88,7 @@ def search(
     quantize_embeddings: bool = False,
     cache_dir=None,
     progress: bool | None = None,
+    device=None,
     **legacy,
 ) -> SearchResult:
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
@@ -101,6 +102,8 @@ def search(
     `space.act_sensitivity` is False (then they go by cost only, the widest the budgets allow).
 
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
+    `device`: where every stage runs: "cpu", "cuda", "cuda:N", "auto" (cuda when a GPU is visible) or a
+    torch.device; None: where the model's parameters are. The model is not moved: a copy is.
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
     check_batch_size(eval_batch_size, "eval_batch_size")
@@ -110,7 +113,7 @@ def search(
     budgets = as_budgets(budget)
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
-    prepared = as_prepared(model, data, quantize_embeddings)
+    prepared, data = prepared_on(model, data, quantize_embeddings, device)
     data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     # fail before the Hessian work when no plan can meet a budget
     graph = prepared.graph

@@ -26,7 +26,7 @@ from mpq.cost.latency import coverage_note, latency_model
 from mpq.cost.layer_cost import Choice, per_weight
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings, split_for_measurement
+from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on, split_for_measurement
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
@@ -57,6 +57,7 @@ def analyze(
     quantize_embeddings: bool = False,
     cache_dir=None,
     progress: bool | None = None,
+    device=None,
     **legacy,
 ) -> Sensitivity:
     """Per-layer (and per-channel) sensitivities with standard errors, and quantization errors.
@@ -83,12 +84,14 @@ def analyze(
     the quantization errors are those of its weights, and plans solved from this sensitivity record it,
     so that they are verified and exported with it (None: the default).
     `progress`: None shows progress when stderr is a terminal; True always; False never.
+    `device`: where every stage runs: "cpu", "cuda", "cuda:N", "auto" (cuda when a GPU is visible) or a
+    torch.device; None: where the model's parameters are. The model is not moved: a copy is.
     """
     check_known("analyze", legacy, field_names(ProbeSettings))
     settings = probe_settings("analyze", probes, legacy)
     metric_of(metric)
     data = as_dataset(data)
-    prepared = as_prepared(model, data, quantize_embeddings)
+    prepared, data = prepared_on(model, data, quantize_embeddings, device)
     resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)
     return analyze_prepared(prepared, data, settings, open_cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
@@ -187,7 +190,7 @@ def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
 
 def verify(
     model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None, eval_split: float = EVAL_SPLIT,
+    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None, eval_split: float = EVAL_SPLIT, device=None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
     `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
@@ -203,11 +206,13 @@ def verify(
     Raises MpqError when the plan was made for another model (fingerprint or layer names differ).
     The report holds top-1 (with labels), agreement and KL with FP32, and the mean cosine similarity
     of outputs to FP32 (the fidelity measure for embeddings and other non-classifier outputs).
+    `device`: where every stage runs: "cpu", "cuda", "cuda:N", "auto" (cuda when a GPU is visible) or a
+    torch.device; None: where the model's parameters are. The model is not moved: a copy is.
     """
     check_quantizable(plan)
     check_batch_size(batch_size)
     data = as_dataset(data)
-    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
+    prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
     if baseline_bits is None:
         baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits

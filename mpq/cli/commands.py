@@ -6,7 +6,21 @@ import json
 import sys
 from pathlib import Path
 
-from mpq.cli.parser import analyze_options, created, eval_data_arg, latency_arg, load_inputs, need_latency_model, pins_arg, progress_arg, quantizer_arg, search_space, solver_settings, writable_folder
+from mpq.cli.parser import (
+    analyze_options,
+    compute_device,
+    created,
+    eval_data_arg,
+    latency_arg,
+    load_inputs,
+    need_latency_model,
+    pins_arg,
+    progress_arg,
+    quantizer_arg,
+    search_space,
+    solver_settings,
+    writable_folder,
+)
 from mpq.errors import MpqError
 
 
@@ -146,6 +160,10 @@ def run_profile(args) -> int:
             raise MpqError(f"--{name} must be 1 or more")
     if args.warmup < 0:
         raise MpqError("--warmup must be 0 or more")
+    if (args.device or "").startswith("cuda"):
+        compute_device(args)  # a GPU that is not visible is refused as by every command
+        raise MpqError(f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, --threads); run it with --device cpu")
+    args.device = "cpu"  # auto too: the CPU is what it times
     model, data = load_inputs(args)
     prepared = as_prepared(model, data)
     threads = torch.get_num_threads()

@@ -16,14 +16,16 @@ from mpq.cli.recipe import RECIPE_COMMANDS, expand_config, recipe_of
 from mpq.errors import MpqError
 
 
-def _join_ranks(command: str) -> None:
-    """Under torchrun (WORLD_SIZE > 1), `mpq sensitivity` joins the process group; other commands refuse."""
+def _join_ranks(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1), `mpq sensitivity` joins the process group (nccl with --device cuda,
+    each rank on cuda:LOCAL_RANK; gloo on the CPU); other commands refuse."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if command != "sensitivity":
-            raise MpqError(f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {command}` in one process with the same --cache-dir reuses its traces")
+        if args.command != "sensitivity":
+            raise MpqError(f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one process with the same --cache-dir reuses its traces")
+        from mpq.cli.parser import compute_device
         from mpq.sensitivity.distributed import join_from_environment
 
-        join_from_environment()
+        join_from_environment(compute_device(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = "mpq " + shlex.join(argv)  # for report.md's summary
         args.recipe = recipe_of(parser, args) if args.command in RECIPE_COMMANDS else None  # what plan.json records
         handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile, "cache": run_cache}[args.command]
-        _join_ranks(args.command)
+        _join_ranks(args)
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)

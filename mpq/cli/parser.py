@@ -137,21 +137,20 @@ def latency_arg(args):
 COMPUTE_DEVICE = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
 
 
-def compute_device(args) -> str:
-    """The device the model runs on: cpu (the default), or auto (cpu when no GPU is visible). This version
-    runs every stage on the CPU, so a CUDA device is refused with what to use instead."""
+def compute_device(args):
+    """The torch.device the model runs on (mpq.device.resolve_device): cpu (the default), cuda, cuda:N, or auto
+    (cuda when a GPU is visible, else cpu); under torchrun with CUDA, this rank's cuda:LOCAL_RANK. A GPU that
+    is not visible is refused in one line."""
+    from mpq.device import resolve_device
+    from mpq.sensitivity.distributed import local_device
+
     text = getattr(args, "device", None) or "cpu"
     if not COMPUTE_DEVICE.match(text):
         if hasattr(args, "latency_device"):
-            return "cpu"  # mpq 0.1.0's --device NAME: a latency device, read by latency_arg
-        raise MpqError(f"--device {text} is not a device to run on: use cpu, cuda, cuda:N or auto")
-    if text.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MpqError(f"--device {text}: no CUDA device is visible here (torch.cuda.is_available() is False); use --device cpu")
-        raise MpqError(f"--device {text}: this version of mpq runs every stage on the CPU; use --device cpu (or auto)")
-    return "cpu"
+            text = "cpu"  # mpq 0.1.0's --device NAME: a latency device, read by latency_arg
+        else:
+            raise MpqError(f"--device {text} is not a device to run on: use cpu, cuda, cuda:N or auto")
+    return local_device(resolve_device(text, label="--device"))
 
 
 def need_latency_model(budgets, latency) -> None:
@@ -229,7 +228,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
 def add_progress_options(p: argparse.ArgumentParser) -> None:
     """--device, --quiet and --verbose (how a command that runs the model runs); without --quiet or
     --verbose, progress bars show only when stderr is a terminal."""
-    _group(p, MODEL).add_argument("--device", metavar="cpu|cuda|cuda:N|auto", help="where the model runs (default cpu; auto: cpu when no GPU is visible; this version runs on the CPU)")
+    _group(p, MODEL).add_argument("--device", metavar="cpu|cuda|cuda:N|auto", help="where every stage runs (default cpu; auto: cuda when a GPU is visible, else cpu)")
     group = _group(p, OUTPUT).add_mutually_exclusive_group()
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     group.add_argument("--verbose", action="store_true", help="progress bars even when stderr is not a terminal (default: only on a terminal)")
@@ -326,14 +325,14 @@ def load_inputs(args):
     from mpq.inputs.specs import load_data_spec, load_model_spec, parse_model_args
     from mpq.models import DEFAULT_DATA_SPEC, DEFAULT_MODEL_SPEC
 
-    compute_device(args)
+    device = compute_device(args)
     if args.model and not args.data:
         raise MpqError("--model needs --data too (the built-in data suits only the built-in model)")
     if not args.model and (args.model_arg or args.weights):
         raise MpqError("--model-arg and --weights apply to your own --model; add --model")
     model = load_model_spec(args.model or DEFAULT_MODEL_SPEC, parse_model_args(args.model_arg), args.weights)
     data = load_data_spec(args.data or DEFAULT_DATA_SPEC, args.transform, model, args.seq_len)
-    return model, data
+    return model.to(device), data  # the CLI's own copy, moved in place; the API runs where it is and moves the data there
 
 
 def eval_data_arg(args, model=None):

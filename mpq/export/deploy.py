@@ -40,16 +40,18 @@ class ExportResult:
 
 
 def export_plan(
-    model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None
+    model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None,
+    device=None,
 ) -> ExportResult:
     """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
-    quantizer (the plan's, or `quantizer` when given, as in mpq.verify)."""
+    quantizer (the plan's, or `quantizer` when given, as in mpq.verify) on `device` (as in mpq.verify; None:
+    where the model's parameters are). The file is written from the CPU whatever the device."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     if format == "onnx" and plan.group_size is not None:
         raise MpqError(f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao")
     data = as_dataset(data)  # the packed file and ONNX record its input shape
-    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer)
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device)
     path = Path(path)
     if format == "packed":
         from mpq.export.packed_file import ModelInputs, save_packed
@@ -60,7 +62,7 @@ def export_plan(
     if format == "onnx":
         from mpq.export.onnx_qdq import export_onnx
 
-        written = export_onnx(prepared.folded, packed, data.x[:1], path)
+        written = export_onnx(prepared.folded, packed, data.x[:1].cpu(), path)
         storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
         note = f"weights: {storage}; activations UINT8 (narrower widths clipped)"
         return ExportResult(format, path, written.file_bytes, packed.size_bytes, (note,))

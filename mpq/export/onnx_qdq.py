@@ -242,7 +242,7 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
     if embeddings:
         raise MpqError(f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without --quantize-embeddings")
     rebuilt, act_params = unpack_model(folded, packed)
-    model = _export_float(rebuilt.eval(), example)
+    model = _export_float(rebuilt.eval().cpu(), example.cpu())  # traced on the CPU, whatever device the model ran on
     graph = model.graph
     by_weight = {name: layer for layer in packed.layers for name in _weight_names(rebuilt, layer)}
     float_weights = {init.name for init in graph.initializer if init.name in by_weight}

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mpq.device import model_device
 from mpq.errors import MpqError
 from mpq.files import write_bytes_atomic
 from mpq.inputs.adapter import ModelAdapter, Outputs, restore
@@ -172,6 +173,6 @@ def load_packed(path: "str | Path", model: nn.Module) -> nn.Module:
     model = restore(model, inputs.input_names, inputs.outputs)  # wrapped as it was when the plan was applied
     if model_fingerprint(model) != stored.model_fingerprint:
         raise MpqError(f"{path} was exported from another model (its fingerprint differs): export the plan for this model")
-    example = torch.zeros((EXAMPLE_BATCH, *inputs.shape), dtype=DTYPES.get(inputs.dtype, torch.float32))
+    example = torch.zeros((EXAMPLE_BATCH, *inputs.shape), dtype=DTYPES.get(inputs.dtype, torch.float32), device=model_device(model))
     folded, _ = fold_batchnorm(model, example)
     return fake_quant_model(folded, stored.packed)

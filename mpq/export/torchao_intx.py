@@ -70,12 +70,13 @@ def _apply_carried(module: nn.Module, config: CarriedIntxWeightOnlyConfig, param
     bits = int(str(config.weight_dtype).removeprefix("torch.int"))
     if tuple(config.codes.shape) != tuple(module.weight.shape):
         raise ValueError(f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}")
-    module.weight = nn.Parameter(QuantizedWeight(config.codes, config.scale, bits, config.group_size).dequantize(), requires_grad=False)
-    scale = config.scale.to(torch.float32).reshape(config.codes.shape[0], -1)
+    device = module.weight.device  # the file's tensors are read on the CPU; the module may be on a GPU
+    module.weight = nn.Parameter(QuantizedWeight(config.codes.to(device), config.scale.to(device), bits, config.group_size).dequantize(), requires_grad=False)
+    scale = config.scale.to(device, torch.float32).reshape(config.codes.shape[0], -1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: codes 0 either way, and no 0 * (1 / 0)
     module = _intx_weight_only_transform(module, config, custom_scale=scale, custom_zero_point=torch.zeros_like(scale, dtype=torch.int8))
     if config.bias is not None:
-        module.bias = nn.Parameter(config.bias.to(torch.float32).clone(), requires_grad=False)
+        module.bias = nn.Parameter(config.bias.to(device, torch.float32).clone(), requires_grad=False)
     return module
 
 

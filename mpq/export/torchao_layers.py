@@ -83,7 +83,7 @@ def torchao_weight(codes: torch.Tensor, scale: torch.Tensor, bits: int, group_si
     blocks = tuple(size // b for size, b in zip(codes.shape, block))
     scale = scale.to(torch.float32).reshape(blocks)
     return IntxUnpackedToInt8Tensor(
-        codes.to(torch.int8), scale, torch.zeros(blocks, dtype=torch.int8), getattr(torch, f"int{bits}"), block, torch.float32, None,
+        codes.to(torch.int8), scale, torch.zeros(blocks, dtype=torch.int8, device=codes.device), getattr(torch, f"int{bits}"), block, torch.float32, None,
     )
 
 
@@ -110,14 +110,16 @@ class IntegerExecution:
 def _apply(module: nn.Module, config: MpqLayerConfig) -> nn.Module:
     if tuple(config.codes.shape) != tuple(module.weight.shape):
         raise ValueError(f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}")
-    weight = torchao_weight(config.codes, config.scale, config.weight_bits, config.group_size)
+    device = module.weight.device  # the file's tensors are read on the CPU; the module may be on a GPU
+    codes, scale = config.codes.to(device), config.scale.to(device)
+    weight = torchao_weight(codes, scale, config.weight_bits, config.group_size)
     if weight is not None and isinstance(module, TORCHAO_TENSOR_MODULES):
         module.weight = nn.Parameter(weight, requires_grad=False)
     else:
-        dequantized = QuantizedWeight(config.codes, config.scale, config.weight_bits, config.group_size).dequantize()
+        dequantized = QuantizedWeight(codes, scale, config.weight_bits, config.group_size).dequantize()
         module.weight = nn.Parameter(dequantized, requires_grad=False)
     if config.bias is not None:
-        module.bias = nn.Parameter(config.bias.to(torch.float32).clone(), requires_grad=False)
+        module.bias = nn.Parameter(config.bias.to(device, torch.float32).clone(), requires_grad=False)
     if config.input is not None:
         if config.integer and config.group_size is None:
             hooks = IntegerExecution(weight, config.input, module.bias)

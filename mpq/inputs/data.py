@@ -62,8 +62,15 @@ class Dataset:
             yield self.x[start:stop], None if self.y is None else self.y[start:stop]
 
     def subset(self, indices: torch.Tensor, description: str, held_out_seed: int | None = None) -> "Dataset":
-        take = lambda t: None if t is None else t[indices]  # noqa: E731
+        take = lambda t: None if t is None else t[indices.to(t.device)]  # noqa: E731
         return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups), held_out_seed=held_out_seed)
+
+    def to(self, device) -> Dataset:
+        """This data with x and y on `device` (itself when they are there already); groups stay on the CPU."""
+        if self.x.device == device and (self.y is None or self.y.device == device):
+            return self
+        y = None if self.y is None else self.y.to(device)
+        return Dataset(x=self.x.to(device), y=y, description=self.description, input_names=self.input_names, groups=self.groups, held_out_seed=self.held_out_seed)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -72,7 +79,7 @@ class Dataset:
         for t in (self.x, self.y):
             if t is not None:
                 digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
-                digest.update(t.contiguous().numpy().tobytes())
+                digest.update(t.detach().cpu().contiguous().numpy().tobytes())  # the same key on every device
         return digest.hexdigest()
 
 

@@ -315,7 +315,7 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, t in sorted(list(model.state_dict().items())):
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -329,6 +329,13 @@ class PreparedModel:
     fingerprint: str
     outputs: Outputs = Outputs()
     input_names: tuple[str, ...] = ()  # the data's named inputs (mpq.inputs.adapter); () for one tensor
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (mpq.device): the data is moved here, and every stage runs here."""
+        from mpq.device import model_device
+
+        return model_device(self.folded)
 
 
 def prepare_model(model: nn.Module, example: torch.Tensor, embeddings: bool = False) -> PreparedModel:

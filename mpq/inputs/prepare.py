@@ -3,12 +3,14 @@ with one actionable sentence for anything that cannot be used."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from mpq.device import model_device, resolve_device
 from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import adapt
 from mpq.inputs.data import Dataset, named_inputs
@@ -74,7 +76,7 @@ def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
     if data.input_names != prepared.input_names:
         raise MpqError(f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with {', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs")
     with _model_runs_on(data):
-        output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH])
+        output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH].to(prepared.device))
     if not prepared.outputs.embeddings:
         check_labels(output, data.y)
     return data
@@ -89,13 +91,18 @@ def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
         raise MpqError(f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, or drop y to use the model's own predictions")
 
 
-def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel:
+def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.device | None = None) -> PreparedModel:
+    """The model checked and prepared on `device` (a torch.device from mpq.device.resolve_device; None: where
+    its parameters are). The user's model is never moved: a copy is, when it is elsewhere. Give the stages
+    `data.to(prepared.device)`."""
     if isinstance(model, PreparedModel):
         return model
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if device is not None and model_device(model) != device:
+        model = copy.deepcopy(model).to(device)
     _check_finite_weights(model)
-    example = data.x[:EXAMPLE_BATCH]
+    example = data.x[:EXAMPLE_BATCH].to(model_device(model))
     with _model_runs_on(data):
         model = adapt(model, example, data.input_names)  # named inputs, structured outputs: one tensor in, one out
         prepared = prepare_model(model, example, embeddings)  # works on an eval-mode copy
@@ -105,6 +112,16 @@ def as_prepared(model, data: Dataset, embeddings: bool = False) -> PreparedModel
     if not prepared.graph.layers:
         raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")
     return prepared
+
+
+def prepared_on(model, data: Dataset, embeddings: bool = False, device=None) -> tuple[PreparedModel, Dataset]:
+    """as_prepared on the device a verb's `device=` names (mpq.device.resolve_device; None: where the model's
+    parameters are), and the data moved there. An already prepared model stays where it is."""
+    if isinstance(model, PreparedModel):
+        return model, data.to(model.device)
+    chosen = resolve_device(device, model if isinstance(model, nn.Module) else None, "device=")
+    prepared = as_prepared(model, data, embeddings, chosen)
+    return prepared, data.to(prepared.device)
 
 
 def names_embeddings(model, names) -> bool:
@@ -128,7 +145,8 @@ def check_eval_split(value) -> float:
 def split_for_measurement(prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT) -> tuple[Dataset, Dataset | None]:
     """The data to fit on (sensitivity, calibration) and the data to measure on: `eval_data` when given, else a
     seeded `eval_split` of `data` held out by group (mpq.inputs.split.held_out_split); None: measure in-sample."""
+    data = data.to(prepared.device)
     if eval_data is not None:
-        return data, check_data_fits(prepared, as_dataset(eval_data))
+        return data, check_data_fits(prepared, as_dataset(eval_data)).to(prepared.device)
     split = held_out_split(data, check_eval_split(eval_split))
     return (data, None) if split is None else split

@@ -72,8 +72,8 @@ def quantize_weight_channels(
     groups = groups_per_channel(per_channel, group_size)
     absmax = grouped(weight, group_size).abs().amax(dim=1).reshape(out, groups)
     if clip_ratio is not None:
-        absmax = clip_ratio.to(absmax.dtype).reshape(out, groups) * absmax
-    qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32).reshape(out, 1)
+        absmax = clip_ratio.to(absmax.device, absmax.dtype).reshape(out, groups) * absmax
+    qmax = torch.tensor([2 ** (b - 1) - 1 for b in bits], dtype=torch.float32, device=weight.device).reshape(out, 1)
     scale = (absmax / qmax).to(torch.float32)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     rows = weight.detach().reshape(out, per_channel)
@@ -103,7 +103,7 @@ class ActQuantParams:
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """clamp(round(x / s) + z, 0, 2^b - 1) as floats; the division in float32, as onnxruntime's QuantizeLinear does it."""
-        scale = torch.tensor(self.scale, dtype=torch.float32)
+        scale = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
         return torch.clamp(torch.round(x.to(torch.float32) / scale) + self.zero_point, 0, 2**self.bits - 1)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:

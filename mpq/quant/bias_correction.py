@@ -55,4 +55,4 @@ def output_shift(weight: torch.Tensor, quantized: torch.Tensor, mean_patch: torc
 
 def corrected_bias(bias: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """b - delta, as float32 (what is exported and evaluated)."""
-    return (bias.detach().double() - shift).to(torch.float32)
+    return (bias.detach().double() - shift.to(bias.device)).to(torch.float32)

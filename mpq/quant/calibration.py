@@ -71,7 +71,7 @@ def weight_clip_ratios(
 
     def ratios(name: str, bits: int) -> torch.Tensor:
         weight = modules[name].weight
-        per_scale = clipper.ratios(grouped(weight, group_size), bits)
+        per_scale = clipper.ratios(grouped(weight, group_size), bits).cpu()  # kept on the CPU, as when cached
         return per_scale if group_size is None else per_scale.reshape(weight.shape[0], -1)
 
     if clip == "minmax":

@@ -69,7 +69,7 @@ class InputHistogram:
         nonzero = x[x != 0]
         span = max(self.hi - self.lo, 1e-12)
         index = ((nonzero - self.lo) / span * len(self.counts)).floor().clamp(0, len(self.counts) - 1).long()
-        counts = torch.bincount(index, minlength=len(self.counts)).double().numpy()
+        counts = torch.bincount(index, minlength=len(self.counts)).double().cpu().numpy()
         zeros = float(x.numel() - nonzero.numel())
         return InputHistogram(self.lo, self.hi, self.counts + counts, self.zeros + zeros)
 
@@ -201,7 +201,7 @@ def clipped_channel_error(weight: torch.Tensor, bits: int, ratios: torch.Tensor)
     """||Q_b(W_c; r) - W_c||^2 for every ratio r (rows) and output channel c (columns)."""
     w = _channels(weight)
     qmax = 2 ** (bits - 1) - 1
-    scale = (ratios[:, None] * w.abs().amax(dim=1)[None, :] / qmax).clamp_min(1e-30)[:, :, None]
+    scale = (ratios.to(w.device)[:, None] * w.abs().amax(dim=1)[None, :] / qmax).clamp_min(1e-30)[:, :, None]
     err = torch.clamp(torch.round(w[None] / scale), -qmax - 1, qmax).mul_(scale).sub_(w[None])
     return err.pow_(2).sum(dim=2)
 
@@ -212,7 +212,7 @@ class MinMaxWeightClip:
     name = "minmax"
 
     def ratios(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
-        return torch.ones(weight.shape[0])
+        return torch.ones(weight.shape[0], device=weight.device)
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,7 @@ class MseWeightClip:
         """Per channel, the ratio of least error among that channel's row of `grid` [channels, candidates]."""
         w = _channels(weight)
         qmax = 2 ** (bits - 1) - 1
+        grid = grid.to(w.device)
         scale = (grid * w.abs().amax(dim=1)[:, None] / qmax).clamp_min(1e-30)
         errors = []
         chunk = max(1, CHUNK_ELEMENTS // w.numel())  # candidates evaluated at once, memory bounded
@@ -248,12 +249,12 @@ class MseWeightClip:
         channels = weight.shape[0]
         if weight[0].numel() <= self.exhaustive_up_to:
             return self._best(weight, bits, self.grid().expand(channels, -1))
-        coarse = torch.linspace(self.low, 1.0, self.coarse)
+        coarse = torch.linspace(self.low, 1.0, self.coarse, device=weight.device)
         first = self._best(weight, bits, coarse.expand(channels, -1))
         step = (1.0 - self.low) / (self.coarse - 1)
-        offsets = torch.arange(-step, step + self.fine / 2, self.fine)
+        offsets = torch.arange(-step, step + self.fine / 2, self.fine, device=weight.device)
         fine = (first[:, None] + offsets[None, :]).clamp(self.low, 1.0)
-        return self._best(weight, bits, torch.cat([fine, torch.ones(channels, 1)], dim=1))
+        return self._best(weight, bits, torch.cat([fine, torch.ones(channels, 1, device=weight.device)], dim=1))
 
 
 WEIGHT_CLIPS = {"minmax": MinMaxWeightClip(), "mse": MseWeightClip()}

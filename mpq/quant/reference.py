@@ -62,7 +62,7 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names}
     cached = cache.load("fp32", key)
     if cached is not None:
-        logits = torch.tensor(cached["logits"])
+        logits = torch.tensor(cached["logits"], device=prepared.device)
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
         return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, class_labels(prepared, data)), perplexity=lm_perplexity(prepared, logits, data))
     observers = {name: MinMaxObserver() for name in names}

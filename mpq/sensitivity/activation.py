@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mpq.device import model_device
 from mpq.inputs.graph import LayerInfo, module_calls_visible
 from mpq.quant.affine import ActQuantParams, MinMaxObserver
 from mpq.sensitivity.registry import metric_of
@@ -114,6 +115,7 @@ def perturbed_inputs(model: nn.Module, groups: list[list[str]], shapes: list[tup
     A call of a layer with an input of another shape (a module called twice) is left unperturbed.
     """
     wrapper = PerturbedInputs(model, shapes)
+    wrapper.delta.to(model_device(model))  # the δ's where the model runs
     handles = []
 
     def add_delta(module, args, delta):

@@ -1,10 +1,10 @@
 """The ranks of a torch.distributed job (started by torchrun), or one process.
 
-    torchrun --nproc-per-node 2 -m mpq.cli.main sensitivity ...
+    torchrun --nproc-per-node 2 -m mpq.cli.main sensitivity ...  [--device cuda]
 
-Each rank runs the same command; `Ranks` gathers per-probe values from all ranks (gloo: mpq runs
-its models on the CPU) and sends rank 0's reads to the others, so that all ranks hold the same
-state. Only rank 0 prints, reads and writes the cache.
+Each rank runs the same command; `Ranks` gathers per-probe values from all ranks and sends rank 0's
+reads to the others, so that all ranks hold the same state. Only rank 0 prints, reads and writes the
+cache. The process group is gloo on the CPU, nccl with --device cuda (rank r's model on cuda:LOCAL_RANK).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class Ranks:
         """Every rank's float64 vector (all the same length), in rank order, on every rank."""
         if self.size == 1:
             return [values]
-        mine = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        mine = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(_collective_device())
         everyone = [torch.empty_like(mine) for _ in range(self.size)]
         dist.all_gather(everyone, mine)
-        return [t.numpy() for t in everyone]
+        return [t.cpu().numpy() for t in everyone]
 
     def broadcast(self, value):
         """Rank 0's value (any picklable object) on every rank."""
@@ -51,10 +51,31 @@ class Ranks:
         return box[0]
 
 
-def join_from_environment() -> Ranks:
-    """Joins the gloo process group that torchrun describes (WORLD_SIZE > 1), else one process."""
+def _collective_device() -> torch.device:
+    """Where the process group's tensors must be: this rank's GPU under nccl, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device under torchrun: cuda:LOCAL_RANK when `device` is CUDA, else `device`."""
+    if device.type != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if local >= torch.cuda.device_count():
+        from mpq.errors import MpqError
+
+        raise MpqError(f"torchrun's LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible; start at most that many processes per node")
+    return torch.device("cuda", local)
+
+
+def join_from_environment(device: torch.device | None = None) -> Ranks:
+    """Joins the process group that torchrun describes (WORLD_SIZE > 1): nccl when `device` is CUDA (this
+    rank's GPU made the current one), gloo on the CPU; else one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
     return Ranks.current()
 
 

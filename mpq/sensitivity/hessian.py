@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mpq.device import drawn_on
 from mpq.progress import bar, enabled, note
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.hvp import hessian_vector_product
@@ -88,8 +89,9 @@ def weights_requiring_grad(model: nn.Module, weights: list[torch.Tensor]) -> Ite
             p.requires_grad_(flag)
 
 
-def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=generator).to(torch.float32).mul_(2).sub_(1)
+def _rademacher(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """±1 drawn from the CPU `generator`, then moved to `device`: the same vector on every device."""
+    return drawn_on(torch.randint(0, 2, shape, generator=generator), device).to(torch.float32).mul_(2).sub_(1)
 
 
 def probe_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
@@ -238,7 +240,7 @@ class ProbeProblem:
         """Probe `index`: v_c^T (H v)_c for every output channel c of every active layer (NaN for the others),
         concatenated in layer order; per-layer probing makes one product per active layer."""
         generator = probe_generator(self.settings.seed, index)
-        vs = [_rademacher(w.shape, generator) for w in self.weights]
+        vs = [_rademacher(w.shape, generator, w.device) for w in self.weights]
         idx = self.batches[index % len(self.batches)]
         x, target = self.x[idx], self.targets[idx]
         if self.settings.probing == "all-layers":
@@ -246,7 +248,7 @@ class ProbeProblem:
         else:
             hvs = [self.layer_hvp(x, target, i, v) if on else None for i, (v, on) in enumerate(zip(vs, active))]
         return np.concatenate([
-            (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().numpy() if hv is not None else np.full(v.shape[0], np.nan)
+            (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().cpu().numpy() if hv is not None else np.full(v.shape[0], np.nan)
             for v, hv in zip(vs, hvs)
         ])
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mpq.device import drawn_on
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.quant.affine import quantize_weight
@@ -69,7 +70,7 @@ def parameter_deltas(
 
 def rademacher_cotangent(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """u = Aᵀz for z ~ Rademacher, A = diag(√p) − √p pᵀ along dimension 1 (the classes): E[u uᵀ] = diag(p) − p pᵀ."""
-    z = torch.randint(0, 2, p.shape, generator=generator).to(p.dtype).mul_(2).sub_(1)
+    z = drawn_on(torch.randint(0, 2, p.shape, generator=generator), p.device).to(p.dtype).mul_(2).sub_(1)
     root_z = p.sqrt() * z
     return root_z - p * root_z.sum(1, keepdim=True)
 
@@ -88,7 +89,7 @@ def channel_products(module: nn.Module, x: torch.Tensor, g: torch.Tensor, dy: to
     """[batch, out_channels]: ⟨g, ΔY⟩ summed over each output channel's share of the output."""
     if isinstance(module, nn.Embedding):  # channel = row of the table = token id
         per_position = (g * dy).sum(-1).reshape(len(x), -1)
-        out = torch.zeros(len(x), module.num_embeddings, dtype=per_position.dtype)
+        out = torch.zeros(len(x), module.num_embeddings, dtype=per_position.dtype, device=per_position.device)
         return out.scatter_add_(1, x.reshape(len(x), -1), per_position)
     prod = g * dy
     if isinstance(module, nn.Linear):
@@ -156,7 +157,7 @@ def kl_quadratic_omegas(
                             half_sq = 0.5 * per_channel.sum(1) ** 2
                             sum_sq[n][b] += float(half_sq.sum())
                             sum_fourth[n][b] += float((half_sq**2).sum())
-                            channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).numpy()
+                            channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).cpu().numpy()
             del logits, outputs, grads_per_draw
             shown.update(min(batch_size, len(x) - start))
     count = len(x) * draws

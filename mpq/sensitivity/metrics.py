@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from mpq.device import drawn_on
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr, weights_requiring_grad
@@ -96,7 +97,7 @@ def _class_picks(p: torch.Tensor, exact: int, draws: int, generator: torch.Gener
     mass = rest.sum(dim=1, keepdim=True)
     cdf = torch.where(mass > 0, rest, torch.ones_like(rest)).cumsum(dim=1)
     cdf = cdf / cdf[:, -1:]
-    points = (torch.rand(len(p), 1, generator=generator, dtype=torch.float64).to(p.device) + torch.arange(draws, dtype=torch.float64, device=p.device)) / draws
+    points = (drawn_on(torch.rand(len(p), 1, generator=generator, dtype=torch.float64), p.device) + torch.arange(draws, dtype=torch.float64, device=p.device)) / draws
     drawn = torch.searchsorted(cdf, points, right=True).clamp_(max=p.shape[1] - 1)
     return torch.cat([classes, drawn], 1), torch.cat([weights, (mass.to(p.dtype) / draws).expand(-1, draws)], 1)
 
@@ -135,14 +136,14 @@ def gauss_newton_traces(
         p = torch.softmax(logits.float(), dim=1)
         classes, weights = _class_picks(p, exact_classes, draws, generator)
         exact = min(exact_classes, p.shape[1])
-        mass = weights.double()[:, exact] * draws if exact < p.shape[1] else torch.zeros(len(xb), dtype=torch.float64)
+        mass = weights.double()[:, exact] * draws if exact < p.shape[1] else torch.zeros(len(xb), dtype=torch.float64, device=p.device)
         per_layer = []
         picks = [_per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in range(classes.shape[1])]
         for s in (torch.stack(per_pick, dim=1) for per_pick in zip(*picks)):  # per layer: [samples, picks, channels]
             s, drawn = s.double(), s[:, exact:].double()
             value = (s * weights.double()[:, :, None]).sum(dim=1)
             if drawn.shape[1] == 0:
-                per_layer.append((value, torch.zeros_like(value), torch.zeros(len(xb), dtype=torch.float64)))
+                per_layer.append((value, torch.zeros_like(value), torch.zeros(len(xb), dtype=torch.float64, device=p.device)))
                 continue
             channel_var = mass[:, None] ** 2 * drawn.var(dim=1) / draws
             layer_var = mass**2 * drawn.sum(dim=2).var(dim=1) / draws  # the channels share the sample's drawn classes
@@ -206,7 +207,7 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
             for start in range(0, len(x), settings.batch_size):
                 stop = start + settings.batch_size
                 for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
-                    values = per_sample.double().numpy()
+                    values = per_sample.double().cpu().numpy()
                     per_sample_layer[start:stop, i] = values.sum(axis=1)
                     for per_channel in values:
                         sums.add(i, per_channel)
@@ -263,7 +264,7 @@ def top_block_eigenvalue(
                 raise
             raise missing from None
 
-    start = torch.randn(weight.shape, generator=generator)
+    start = drawn_on(torch.randn(weight.shape, generator=generator), weight.device)
     eigenvalue, change, iterations = power_iteration(hvp, start, max_iter)
     if eigenvalue < 0:  # the dominant one is negative: the top one is λ + the dominant one of H − λI
         shift = eigenvalue

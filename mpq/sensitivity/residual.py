@@ -111,7 +111,7 @@ def residual_test(model, names: list[str], x, targets, loss_fn: LossFn, gauss_ne
     ratio = np.zeros(len(names))
     with weights_requiring_grad(model, weights):
         for i, w in enumerate(weights):
-            bound = math.sqrt(w.numel()) * float(problem.layer_hvp(xs, gbar, i, _rademacher(w.shape, generator)).double().norm())
+            bound = math.sqrt(w.numel()) * float(problem.layer_hvp(xs, gbar, i, _rademacher(w.shape, generator, w.device)).double().norm())
             ratio[i] = bound / scale[i] if scale[i] > 0 else (0.0 if bound == 0 else math.inf)
     return ResidualTest(ratio, samples.tolist())
 

@@ -7,7 +7,8 @@ bytes), `<name>.weight_scale` (float32: [out_channels], or [out_channels, ceil(m
 m weights per channel, mpq.quant.affine),
 `<name>.bias` (float32), and for a quantized input `<name>.input_scale` (float32) and
 `<name>.input_zero_point` (int32). Every other floating-point parameter and buffer is kept as is.
-The bytes of these tensors are the measured size of the plan.
+The bytes of these tensors are the measured size of the plan. They are on the CPU whatever device the
+model runs on (the exports read them there); unpack_model and fake_quant_model put them on the model's.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from mpq.quant.affine import ActQuantParams, QuantizedWeight, quantize_weight_ch
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first."""
-    unsigned = (codes.reshape(-1).to(torch.int64) + 2 ** (bits - 1)).numpy().astype(np.uint8)
+    unsigned = (codes.reshape(-1).to(torch.int64) + 2 ** (bits - 1)).cpu().numpy().astype(np.uint8)
     bit_planes = (unsigned[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
     return torch.from_numpy(np.packbits(bit_planes.reshape(-1), bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """Inverse of pack_bits: the first `count` codes as int8."""
-    bit_planes = np.unpackbits(packed.numpy(), count=count * bits, bitorder="little").reshape(count, bits)
+    bit_planes = np.unpackbits(packed.cpu().numpy(), count=count * bits, bitorder="little").reshape(count, bits)
     unsigned = bit_planes.astype(np.int16) @ (1 << np.arange(bits, dtype=np.int16))
     return torch.from_numpy((unsigned - 2 ** (bits - 1)).astype(np.int8))
 
@@ -106,9 +107,9 @@ def pack_model(
         out_channels = module.weight.shape[0]
         q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name), group_size)
         tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
-        tensors[f"{name}.weight_scale"] = q.scale.clone()
+        tensors[f"{name}.weight_scale"] = q.scale.detach().cpu().clone()
         if getattr(module, "bias", None) is not None:
-            tensors[f"{name}.bias"] = biases[name] if name in biases else module.bias.detach().to(torch.float32).clone()
+            tensors[f"{name}.bias"] = (biases[name] if name in biases else module.bias.detach().to(torch.float32)).cpu().clone()
         if lp.act_bits:
             params = act_params[name]
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)
@@ -120,7 +121,7 @@ def pack_model(
             layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
             layers[name]["channel_group"] = lp.channel_group
     for name, t in float_tensors(model, list(plan.layers)).items():
-        tensors[name] = t.detach().clone()
+        tensors[name] = t.detach().cpu().clone()
     return PackedModel(tensors=tensors, layers=layers)
 
 
@@ -131,7 +132,7 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
     act_params = {}
     with torch.no_grad():
         for name, meta in packed.layers.items():
-            codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
+            codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)  # dequantized on the CPU, as the exports do it
             weight = QuantizedWeight(codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")).dequantize()
             modules[name].weight.copy_(weight)
             if f"{name}.bias" in packed.tensors:
@@ -218,10 +219,12 @@ def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
         if meta.get("group_size") is not None:
             module.register_forward_pre_hook(FakeQuantInput(params))
             continue
+        device = module.weight.device
         codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
-        scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"])
-        layer = IntegerLayer(params, scale, packed.tensors.get(f"{name}.bias"), exact_accumulator(params, codes))
-        module.weight = nn.Parameter(codes.to(layer.accumulator), requires_grad=False)
+        scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"]).to(device)
+        bias = packed.tensors.get(f"{name}.bias")
+        layer = IntegerLayer(params, scale, None if bias is None else bias.to(device), exact_accumulator(params, codes))
+        module.weight = nn.Parameter(codes.to(device, layer.accumulator), requires_grad=False)
         module.bias = None
         module.register_forward_pre_hook(layer.centred_codes)
         module.register_forward_hook(layer.rescale)

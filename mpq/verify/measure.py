@@ -23,7 +23,7 @@ from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
-from mpq.inputs.prepare import as_dataset, as_prepared, check_batch_size, names_embeddings
+from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
@@ -84,13 +84,14 @@ def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
     return chosen if chosen.group_size == plan.group_size else replace(chosen, group_size=plan.group_size)
 
 
-def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None") -> tuple[PreparedModel, PackedModel]:
+def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None", device=None) -> tuple[PreparedModel, PackedModel]:
     """`plan` applied to `model` as verification applies it: plan and model checked, the plan's quantizer (or
-    `quantizer`) fitted on `data`, the packed tensors (what mpq.quantize_ and the exports are built from)."""
+    `quantizer`) fitted on `data` on `device` (as in mpq.verify), the packed tensors (on the CPU: what
+    mpq.quantize_ and the exports are built from)."""
     check_batch_size(batch_size)
     check_quantizable(plan)
     data = as_dataset(data)
-    prepared = as_prepared(model, data, names_embeddings(model, plan.layers))
+    prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
     check_plan_matches(prepared, plan)
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)

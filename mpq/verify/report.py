@@ -49,7 +49,7 @@ def process_peak_memory() -> dict[str, int]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     peaks = {"ram": int(rss if sys.platform == "darwin" else rss * 1024)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peaks["gpu"] = int(torch.cuda.max_memory_allocated())
+        peaks["gpu"] = max(int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count()))
     return peaks
 
 
