@@ -25,6 +25,7 @@ kl_quadratic, takes the curvature in the layer's actual quantization error: mpq.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -119,73 +120,148 @@ def gauss_newton_traces(
 
         Tr(G_l) = (1/N) Σ_i Σ_c p_{i,c} s_{i,c},   s_{i,c} = ||J_iᵀ (e_c − p_i)||² = ||∇_{W_l} log p_{i,c}||²
 
-    summed exactly over each sample's `exact_classes` most probable classes, the rest by `draws` classes
-    drawn from them (`_class_picks`; unbiased, seeded). One per-sample gradient pass per class serves
-    every layer and channel, with no cross-layer terms. Every sample is used, so
-    the only error is the draws': the standard error is √(Σ_i m_i² var_i) / N, var_i the variance of
-    sample i's drawn s (from its draws; 0 when every class is summed exactly). How much the trace would
-    move with other calibration data is another number: the spread over samples, `data_stderr`.
-    Tr(G_l) = Tr(H_l) where the network is piecewise linear after layer l (ReLU, BatchNorm folded)."""
+    summed exactly over each sample's `exact_classes` most probable classes, the rest (mass m_i) by m_i
+    times the mean of s over classes drawn from them (`_class_picks`; unbiased, seeded). One per-sample
+    gradient pass per class serves every layer and channel, with no cross-layer terms. Every sample is
+    used, so the only error is the draws': the standard error is √(Σ_i m_i² var_i / n_i) / N, var_i the
+    variance of sample i's n_i drawn s. Round 1 draws `draws` classes for every sample; while a layer's
+    standard error is above `settings.tol` of its trace, each further round draws `draws` more for the
+    samples that hold most of those layers' variance (`_noisiest`), until `settings.max_probes` draws of
+    one sample or `settings.max_seconds`. How much the trace would move with other calibration data is
+    another number, the spread over samples (`sample_trace`). Tr(G_l) = Tr(H_l) where the network is
+    piecewise linear after layer l (ReLU, BatchNorm folded)."""
     if draws < 2:
         raise ValueError("gauss_newton_traces needs at least 2 draws per sample for its standard error")
-    generator = torch.Generator().manual_seed(settings.seed)
-
-    def squares(xb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        with torch.no_grad():
-            logits = model(xb)
-        p = torch.softmax(logits.float(), dim=1)
-        classes, weights = _class_picks(p, exact_classes, draws, generator)
-        exact = min(exact_classes, p.shape[1])
-        mass = weights.double()[:, exact] * draws if exact < p.shape[1] else torch.zeros(len(xb), dtype=torch.float64, device=p.device)
-        per_layer = []
-        picks = [_per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in range(classes.shape[1])]
-        for s in (torch.stack(per_pick, dim=1) for per_pick in zip(*picks)):  # per layer: [samples, picks, channels]
-            s, drawn = s.double(), s[:, exact:].double()
-            value = (s * weights.double()[:, :, None]).sum(dim=1)
-            if drawn.shape[1] == 0:
-                per_layer.append((value, torch.zeros_like(value), torch.zeros(len(xb), dtype=torch.float64, device=p.device)))
-                continue
-            channel_var = mass[:, None] ** 2 * drawn.var(dim=1) / draws
-            layer_var = mass**2 * drawn.sum(dim=2).var(dim=1) / draws  # the channels share the sample's drawn classes
-            per_layer.append((value, channel_var, layer_var))
-        return per_layer
-
-    return _sum_over_samples(model, layer_names, x, settings, progress, squares, "gauss-newton")
-
-
-def _sum_over_samples(model, layer_names, x, settings, progress, squares, label: str) -> HessianTraces:
-    """Per layer and channel the mean over samples of `squares(x_batch)`'s values, with the standard error
-    √(Σ_i variance_i)/N from its per-sample variances (per layer: (values [samples, channels], their
-    variances, the layer sums' variances [samples])), and each sample's layer values (`sample_trace`);
-    only the layers' weights require grad meanwhile."""
-    weights = [model.get_submodule(n).weight for n in layer_names]
-    channel_sum = [np.zeros(w.shape[0]) for w in weights]
-    channel_var = [np.zeros(w.shape[0]) for w in weights]
-    layer_var = np.zeros(len(weights))
-    per_sample_layer = np.zeros((len(x), len(weights)))
     started = time.perf_counter()
-    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
-        for start in range(0, len(x), settings.batch_size):
-            stop = min(start + settings.batch_size, len(x))
-            for i, (value, variance, sum_variance) in enumerate(squares(x[start:stop])):
-                value = value.cpu().numpy()
-                per_sample_layer[start:stop, i] = value.sum(axis=1)
-                channel_sum[i] += value.sum(axis=0)
-                channel_var[i] += variance.sum(dim=0).cpu().numpy()
-                layer_var[i] += float(sum_variance.sum())
-            shown.update(stop - start)
+    generator = torch.Generator().manual_seed(settings.seed)
+    weights = [model.get_submodule(n).weight for n in layer_names]
+    sums = _DrawSums.zeros(len(x), [w.shape[0] for w in weights])
+    rounds, stop_reason = 0, "exact"
+    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), "gauss-newton", progress, unit="sample") as shown:
+        chosen = np.arange(len(x))
+        while len(chosen):
+            for start in range(0, len(chosen), settings.batch_size):
+                index = chosen[start : start + settings.batch_size]
+                _add_draws(model, layer_names, x[torch.as_tensor(index)], index, sums, rounds == 0, exact_classes, draws, generator)
+                shown.update(len(index))
+            rounds += 1
+            trace, stderr = sums.estimate()
+            unsure = stderr > settings.tol * np.abs(trace)
+            if not unsure.any():
+                stop_reason = "exact" if rounds == 1 else "tolerance"
+                break
+            stop_reason = "max_seconds" if time.perf_counter() - started >= settings.max_seconds else "max_probes"
+            chosen = _noisiest(sums, unsure, settings.max_probes)
+            if time.perf_counter() - started >= settings.max_seconds:
+                break
+            if hasattr(shown, "total"):
+                shown.total += len(chosen)
+    trace, stderr = sums.estimate()
     n = len(x)
     return HessianTraces(
         layer_names=list(layer_names),
-        trace=per_sample_layer.sum(axis=0) / n,
-        stderr=np.sqrt(layer_var) / n,
-        probes=n,
-        channel_trace=[s / n for s in channel_sum],
-        channel_stderr=[np.sqrt(v) / n for v in channel_var],
+        trace=trace,
+        stderr=stderr,
+        probes=int(sums.draws.max()) if sums.draws.size else 0,
+        channel_trace=[c.sum(axis=0) / n for c in sums.channel_values()],
+        channel_stderr=[np.sqrt(v.sum(axis=0)) / n for v in sums.channel_variances()],
         seconds=time.perf_counter() - started,
-        stop_reason="exact",
-        sample_trace=per_sample_layer,
+        stop_reason=stop_reason,
+        capped=stderr > settings.tol * np.abs(trace) if stop_reason in ("max_probes", "max_seconds") else None,
+        sample_trace=sums.layer_values(),
     )
+
+
+GN_SHARE = 0.8  # a further round draws for the samples holding this share of the unsure layers' variance
+
+
+@dataclass
+class _DrawSums:
+    """Per sample: the exactly summed part and the rest's mass, and of the drawn s, the count and the
+    sums of s and s² (per layer [samples], per channel [samples, channels])."""
+
+    exact: list[np.ndarray]  # per layer [samples, channels]
+    mass: np.ndarray  # [samples]
+    draws: np.ndarray  # [samples]
+    layer_sum: np.ndarray  # [samples, layers]
+    layer_sq: np.ndarray
+    channel_sum: list[np.ndarray]
+    channel_sq: list[np.ndarray]
+
+    @classmethod
+    def zeros(cls, samples: int, channels: list[int]) -> "_DrawSums":
+        z = lambda: [np.zeros((samples, c)) for c in channels]  # noqa: E731
+        return cls(z(), np.zeros(samples), np.zeros(samples, dtype=np.int64), np.zeros((samples, len(channels))), np.zeros((samples, len(channels))), z(), z())
+
+    def _mean_drawn(self, total: np.ndarray) -> np.ndarray:
+        count = np.maximum(self.draws, 1).reshape(-1, *([1] * (total.ndim - 1)))
+        return total / count
+
+    def _variance(self, total: np.ndarray, sq: np.ndarray) -> np.ndarray:
+        """m_i² var_i / n_i per sample: the variance of the drawn part's estimate (0 under two draws)."""
+        n = self.draws.reshape(-1, *([1] * (total.ndim - 1))).astype(np.float64)
+        safe = np.maximum(n, 2)
+        var = np.maximum(sq / safe - (total / safe) ** 2, 0.0) * safe / (safe - 1)
+        mass = self.mass.reshape(n.shape)
+        return np.where(n >= 2, mass**2 * var / safe, 0.0)
+
+    def channel_values(self) -> list[np.ndarray]:
+        return [e + self.mass[:, None] * self._mean_drawn(s) for e, s in zip(self.exact, self.channel_sum)]
+
+    def channel_variances(self) -> list[np.ndarray]:
+        return [self._variance(s, q) for s, q in zip(self.channel_sum, self.channel_sq)]
+
+    def layer_values(self) -> np.ndarray:
+        """[samples, layers]: each sample's estimate of its share of every layer's trace."""
+        return np.stack([e.sum(axis=1) for e in self.exact], axis=1) + self.mass[:, None] * self._mean_drawn(self.layer_sum)
+
+    def layer_variances(self) -> np.ndarray:
+        return self._variance(self.layer_sum, self.layer_sq)
+
+    def estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.mass)
+        return self.layer_values().sum(axis=0) / n, np.sqrt(self.layer_variances().sum(axis=0)) / n
+
+
+def _add_draws(model, layer_names, xb, index: np.ndarray, sums: _DrawSums, first: bool, exact_classes: int, draws: int, generator) -> None:
+    """One round of draws for the samples `index`, and in the first round the exactly summed classes too."""
+    with torch.no_grad():
+        p = torch.softmax(model(xb).float(), dim=1)
+    classes, weights = _class_picks(p, exact_classes, draws, generator)
+    exact = min(exact_classes, p.shape[1])
+    columns = range(classes.shape[1]) if first else range(exact, classes.shape[1])
+    picks = [_per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in columns]
+    weights = weights.double().cpu().numpy()
+    if first:
+        sums.mass[index] = weights[:, exact] * draws if exact < p.shape[1] else 0.0
+    if exact < p.shape[1]:
+        sums.draws[index] += draws
+    for i, per_pick in enumerate(zip(*picks)):
+        s = torch.stack(per_pick, dim=1).double().cpu().numpy()  # [samples, picks, channels]
+        if first:
+            sums.exact[i][index] = (s[:, :exact] * weights[:, :exact, None]).sum(axis=1)
+            s = s[:, exact:]
+        sums.channel_sum[i][index] += s.sum(axis=1)
+        sums.channel_sq[i][index] += (s**2).sum(axis=1)
+        sums.layer_sum[index, i] += s.sum(axis=2).sum(axis=1)
+        sums.layer_sq[index, i] += (s.sum(axis=2) ** 2).sum(axis=1)
+
+
+def _noisiest(sums: _DrawSums, unsure: np.ndarray, max_draws: int) -> np.ndarray:
+    """The fewest samples (under `max_draws` draws) holding GN_SHARE of the unsure layers' variance as the
+    exactly summed classes predict it: m_i² (mean s of sample i's exact classes)², a stand-in for
+    m_i² var_i that does not depend on the draws (choosing by the drawn values themselves would bias the
+    means). Each layer's share is weighted by 1 / its total so that every unsure layer counts alike."""
+    exact = np.stack([e.sum(axis=1) for e in sums.exact], axis=1)[:, unsure]
+    predicted = (sums.mass[:, None] * exact / np.maximum(1.0 - sums.mass[:, None], 1e-12)) ** 2
+    score = (predicted / np.maximum(predicted.sum(axis=0), 1e-300)).sum(axis=1)
+    score[sums.draws >= max_draws] = 0.0
+    order = np.argsort(-score, kind="stable")
+    cumulative = np.cumsum(score[order])
+    if cumulative[-1] <= 0:
+        return np.array([], dtype=np.int64)
+    count = int(np.searchsorted(cumulative, GN_SHARE * cumulative[-1]) + 1)
+    return np.sort(order[:count])
 
 
 def _mean_over_samples(model, layer_names, x, targets, settings, progress, squares, label: str) -> HessianTraces:
