@@ -2,7 +2,7 @@
 
 Run:  python reports/bench_hessian.py            (about 15-20 min on 2 busy cores)
       python reports/bench_hessian.py --quick    (a smoke test with tiny counts; writes nothing)
-Writes reports/hessian.md. Every number is measured in this one run, on this machine, with
+Writes reports/hessian-hutchinson.md. Every number is measured in this one run, on this machine, with
 torch.set_num_threads(THREADS) in this process and in the subprocesses it starts (torchrun ranks: 1 each).
 
 1. one HVP (rev-rev, fwd-rev) against one forward+backward, default model and a small CNN
@@ -386,9 +386,9 @@ def batch_section(results: dict[str, dict[int, tuple]], default_rows: list[list]
 
 
 def save(text: list[str], quick: bool) -> None:
-    """Writes reports/hessian.md after every section, so a long run interrupted keeps what it measured."""
+    """Writes reports/hessian-hutchinson.md after every section, so a long run interrupted keeps what it measured."""
     if not quick:
-        (HERE / "hessian.md").write_text("\n".join(text))
+        (HERE / "hessian-hutchinson.md").write_text("\n".join(text))
 
 
 def main() -> None:

@@ -271,11 +271,13 @@ def main() -> None:
     ph_mean, ph_rse = float(np.mean(vhv)), relative_se(vhv)
     log(f"PyHessian: {ph_iters} iterations, {ph_s:.1f} s, trace {ph_mean:.4g} ± {100 * ph_rse:.1f}%")
     hess_t, hess_se = sum_of_traces(sens)
+    other = "hessian" if sens.metric == "gauss_newton" else "gauss_newton"  # the other Tr(H) engine, beside the default
     t0 = time.perf_counter()
-    gn = mpq.analyze(model, calib, metric="gauss_newton", cache_dir=tempfile.mkdtemp(prefix="mpq-peers-gn-"), progress=False)
+    other_probes = ProbeSettings(min_probes=min(8, max_probes), max_probes=min(8, max_probes)) if other == "hessian" else probes
+    gn = mpq.analyze(model, calib, metric=other, probes=other_probes, cache_dir=tempfile.mkdtemp(prefix="mpq-peers-other-"), progress=False)
     gn_s = time.perf_counter() - t0
     gn_t, gn_se = sum_of_traces(gn)
-    log(f"mpq hessian: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {sens.seconds:.1f} s; gauss_newton {gn_t:.4g} ± {100 * gn_se / gn_t:.1f}% in {gn_s:.1f} s")
+    log(f"mpq {sens.metric}: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {sens.seconds:.1f} s; {other} {gn_t:.4g} ± {100 * gn_se / gn_t:.1f}% in {gn_s:.1f} s")
 
     write_report(out_path, locals())
     log(f"wrote {out_path}")
@@ -365,7 +367,7 @@ def write_report(path: Path, v: dict) -> None:
     # PyHessian
     hess_t, hess_se, gn_t, gn_se = v["hess_t"], v["hess_se"], v["gn_t"], v["gn_se"]
     ph_mean, ph_rse, ph_s, ph_iters = v["ph_mean"], v["ph_rse"], v["ph_s"], v["ph_iters"]
-    sens = v["sens"]
+    sens, other = v["sens"], v["other"]
     hess_rse = hess_se / hess_t
     per_iter = ph_s / ph_iters
     ph_at_mpq = per_iter * (ph_rse / hess_rse) ** 2 * ph_iters if hess_rse > 0 else float("nan")
@@ -377,23 +379,23 @@ def write_report(path: Path, v: dict) -> None:
         "views), same parameters (the 50 layers' weights; biases held fixed). PyHessian 0.1 `hessian(model, CrossEntropyLoss(), "
         "dataloader=batches of 10)`: each iteration is one Rademacher probe v over all weights at once and one Hessian-vector product over "
         "all the views, giving vᵀHv; its mean estimates Tr(H) over all weights, and its relative standard error is std/√N/mean. mpq "
-        "estimates each layer's block trace Tr(H_ll) separately (per-layer Hutchinson, one product per layer per probe, 8 views a product); "
-        "their sum is the same quantity, Tr(H) over the weights (the trace needs only the diagonal blocks), with standard error "
-        "√Σ se_l² (layers' errors taken as independent). `gauss_newton` estimates Tr(G_ll) from per-sample gradients (equal to Tr(H_ll) "
-        "here: ReLU6, BatchNorm folded; reports/residual.md); its standard error is the spread over the views, which more time does not "
-        "lower (more views do).",
+        "estimates each layer's block trace Tr(H_ll) separately; their sum is the same quantity, Tr(H) over the weights (the trace needs "
+        "only the diagonal blocks), with standard error √Σ se_l² (layers' errors taken as independent). `gauss_newton` (mpq's default) "
+        "estimates Tr(G_ll) from per-sample gradients of every view, equal to Tr(H_ll) here (ReLU6, BatchNorm folded; reports/residual.md), "
+        "its standard error that of its drawn classes; `hessian` is per-layer Hutchinson (HAWQ-V2), one product per layer per probe, "
+        "8 views a product.",
         "",
         "| estimator | estimate of Tr(H), 50 layers' weights | relative SE | wall time | what it gives |",
         "|---|---:|---:|---:|---|",
         f"| PyHessian, {ph_iters} iterations | {ph_mean:.5g} | {100 * ph_rse:.1f}% | {ph_s:.1f} s ({per_iter:.1f} s per iteration) | one number for the whole model |",
-        f"| mpq `hessian` (default), {max(s.probes for s in sens.layers.values())} probes per layer at most | {hess_t:.5g} | {100 * hess_rse:.1f}% | "
-        f"{sens.seconds:.1f} s (the search's sensitivity: probes and quantization errors) | each of 50 layers' traces with its SE |",
-        f"| mpq `gauss_newton` | {gn_t:.5g} | {100 * gn_se / gn_t:.1f}% (over views) | {v['gn_s']:.1f} s | each of 50 layers' traces with its SE |",
+        f"| mpq `{sens.metric}` (the default; the search's sensitivity) | {hess_t:.5g} | {100 * hess_rse:.1f}% | "
+        f"{sens.seconds:.1f} s (traces and quantization errors) | each of 50 layers' traces with its SE |",
+        f"| mpq `{other}`{' (' + str(v['other_probes'].max_probes) + ' probes per layer)' if other == 'hessian' else ''} | {gn_t:.5g} | {100 * gn_se / gn_t:.1f}% | {v['gn_s']:.1f} s | each of 50 layers' traces with its SE |",
         "",
         f"At equal relative standard error (Hutchinson's error falls as 1/√probes, so seconds scale as SE⁻²; extrapolated, not run): "
-        f"PyHessian would need about {ph_at_mpq:.0f} s to reach mpq `hessian`'s {100 * hess_rse:.1f}% on the sum, and mpq `hessian` about "
+        f"PyHessian would need about {ph_at_mpq:.0f} s to reach mpq `{sens.metric}`'s {100 * hess_rse:.1f}% on the sum, and mpq `{sens.metric}` about "
         f"{mpq_at_ph:.0f} s to reach PyHessian's {100 * ph_rse:.1f}%. The comparison flatters PyHessian on what it gives: its one number "
-        "cannot allocate bits; per layer, the whole-model probe's cross-layer terms add variance (reports/hessian.md measured 4–8,000× "
+        "cannot allocate bits; per layer, the whole-model probe's cross-layer terms add variance (reports/hessian-hutchinson.md measured 4–8,000× "
         "on this model), which is why mpq probes layer by layer.",
         "",
     ]

@@ -1,11 +1,15 @@
-"""Benchmark: cold and warm `mpq search` on the default model, and one HVP against one forward+backward.
+"""Benchmark: cold and warm `mpq search` on the default model, old code beside new, and one HVP against one forward+backward.
 
-Run:  python reports/bench_search.py
-Writes reports/bench_search.md. Every number is measured in this one run, on this machine.
+Run:  python reports/bench_search.py [--old REF]
+Writes reports/bench_search.md. Every number is measured in this one run, on this machine: the same three
+commands with the code of git REF (a temporary worktree; default OLD_REF, the last commit before the
+Gauss-Newton engine became the default) and with this checkout's, one after the other.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -18,13 +22,22 @@ import torch
 from torch.nn import functional as F
 
 HERE = Path(__file__).parent
-MPQ = str(Path(sys.executable).parent / "mpq")
+ROOT = HERE.parent
+OLD_REF = "d21f035"  # per-layer Hutchinson (hessian) the default
 
 
-def timed_search(budget: str, cache: Path, out: Path) -> float:
+def timed_search(code: Path, budget: str, cache: Path, out: Path) -> float:
+    """Seconds of `mpq search --budget BUDGET` run with the mpq package of the checkout `code`."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
-    subprocess.run([MPQ, "search", "--budget", budget, "--cache-dir", str(cache), "--out", str(out), "--quiet"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "mpq.cli", "search", "--budget", budget, "--cache-dir", str(cache), "--out", str(out), "--quiet"],
+                   check=True, capture_output=True, cwd=code, env=env)
     return time.perf_counter() - start
+
+
+def three_runs(code: Path, work: Path) -> tuple[float, float, float]:
+    cache = work / "cache"
+    return timed_search(code, "4MB", cache, work / "cold"), timed_search(code, "4MB", cache, work / "warm"), timed_search(code, "3.5MB", cache, work / "other")
 
 
 def hvp_over_forward_backward(repeats: int = 5, batch_size: int = 8) -> tuple[float, float]:
@@ -55,29 +68,31 @@ def hvp_over_forward_backward(repeats: int = 5, batch_size: int = 8) -> tuple[fl
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--old", default=OLD_REF, help=f"the git ref of the old code (default {OLD_REF})")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
+    old_tree = work / "old-code"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True, capture_output=True)
     try:
-        cache = work / "cache"
-        cold = timed_search("4MB", cache, work / "cold")
-        warm = timed_search("4MB", cache, work / "warm")
-        other = timed_search("3.5MB", cache, work / "other")
+        old = three_runs(old_tree, work / "old")
+        new = three_runs(ROOT, work / "new")
     finally:
-        shutil.rmtree(work)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
     hvp, fb = hvp_over_forward_backward()
-    rows = [
-        ("cold `mpq search --budget 4MB` (empty cache)", f"{cold:.1f} s", "1.00"),
-        ("warm `mpq search --budget 4MB` (same cache)", f"{warm:.1f} s", f"{warm / cold:.3f}"),
-        ("`mpq search --budget 3.5MB` after the 4MB run", f"{other:.1f} s", f"{other / cold:.3f}"),
-    ]
+    names = ("cold `mpq search --budget 4MB` (empty cache)", "warm `mpq search --budget 4MB` (same cache)", "`mpq search --budget 3.5MB` after the 4MB run")
     text = [
-        "# mpq search: cold and warm, and the cost of a Hessian-vector product",
+        "# mpq search: cold and warm, old code beside new, and the cost of a Hessian-vector product",
         "",
-        f"Measured by `python reports/bench_search.py` on {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
-        "Default model (EfficientNet-Lite0, 200 views), default settings (32 probes of batch 8).",
+        f"Measured by `python reports/bench_search.py --old {args.old}` on {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        "nothing else running. Default model (EfficientNet-Lite0, the 200 built-in views: 150 fit, 50 held out), default settings. "
+        f"Old: the code of `{args.old}` (per-layer Hutchinson, 32 probes of batch 8, the default then); new: this checkout "
+        "(the Gauss-Newton engine, to 5% on every layer).",
         "",
-        "| run | wall time | ratio to cold |",
-        "|---|---:|---:|",
-        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "| run | old | new | new / old |",
+        "|---|---:|---:|---:|",
+        *[f"| {name} | {o:.1f} s | {n:.1f} s | {n / o:.2f} |" for name, o, n in zip(names, old, new)],
         "",
         "| batch 8, folded EfficientNet-Lite0, all 50 layer weights | seconds | ratio |",
         "|---|---:|---:|",

@@ -81,3 +81,25 @@ def test_the_metric_in_the_api_and_its_losses(relu_net):
     assert mpq.solve(sens, "300B").predicted["size_bytes"] <= 300
     with pytest.raises(MpqError, match="curvature of a softmax loss: use --loss labels, fp32 or kl"):
         mpq.analyze(net, (x, y), metric="gauss_newton", loss="mse", cache_dir=False, progress=False)
+
+
+def test_the_default_metric_is_gauss_newton_where_it_applies_and_hessian_elsewhere(relu_net):
+    net, x, y = relu_net
+    quick = {"cache_dir": False, "progress": False, "probes": ProbeSettings(max_probes=4, min_probes=2)}
+    assert mpq.analyze(net, (x, y), **quick).metric == "gauss_newton"
+    assert mpq.analyze(net, (x, y), loss="mse", **quick).metric == "hessian"  # not a softmax's loss
+    torch.manual_seed(0)
+    per_position = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU(), nn.Conv1d(4, 5, 1)).eval()  # [batch, classes, positions]
+    assert mpq.analyze(per_position, torch.randn(12, 3, 8), **quick).metric == "hessian"
+    with pytest.raises(MpqError, match=r"outputs of \[batch, classes\], not 3-dimensional"):
+        mpq.analyze(per_position, torch.randn(12, 3, 8), metric="gauss_newton", **quick)
+
+
+def test_a_cap_that_stops_the_draws_above_the_tolerance_is_said_in_one_line(relu_net):
+    net, x, y = relu_net
+    sens = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(tol=0.001, max_probes=4), cache_dir=False, progress=False)
+    short = sens.stopped_short()
+    assert short is not None and short.cap == "max_probes"
+    assert short.line().endswith("at the 4-probe cap: raise --max-probes or --max-seconds")
+    easy = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(tol=0.5), cache_dir=False, progress=False)
+    assert easy.stopped_short() is None and all(s.hessian_trace_stderr < 0.5 * s.hessian_trace for s in easy.layers.values())

@@ -94,10 +94,10 @@ def test_without_double_backward_the_residual_is_skipped_with_one_note(tmp_path,
     assert {s.estimator for s in sens.layers.values()} == {SKIPPED}
     assert len(sens.notes) == 1 and 'attn_implementation="eager"' in sens.notes[0] and "derivative for aten::" in sens.notes[0]
     with pytest.raises(mpq.MpqError, match='no second derivatives .*attn_implementation="eager".*--metric gauss_newton'):
-        mpq.analyze(model, (x, y), cache_dir=False, progress=False)  # Hutchinson needs them: one sentence, exit 2
+        mpq.analyze(model, (x, y), metric="hessian", cache_dir=False, progress=False)  # Hutchinson needs them: one sentence, exit 2
     data = tmp_path / "d.npz"
     np.savez(data, x=x.numpy(), y=y.numpy())
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{MODELS}:sdpa_model", "--data", data, "--no-plot", "--quiet", "--no-cache")
+    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{MODELS}:sdpa_model", "--data", data, "--metric", "hessian", "--no-plot", "--quiet", "--no-cache")
     assert status == 2 and err.count("\n") == 1 and err.startswith("mpq: error: this model has no second derivatives")
 
 
@@ -120,7 +120,7 @@ def test_the_line_is_in_the_search_output_and_report_md(tmp_path, capsys):
 
     data = mlp_data(tmp_path / "d.npz")
     out = tmp_path / "out"
-    args = ("search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "300B", "--bits", "2,4,8", "--out", out, "--quiet", "--no-cache")
+    args = ("search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "300B", "--bits", "2,4,8", "--metric", "hessian", "--out", out, "--quiet", "--no-cache")
     status, stdout, err = run_cli(capsys, *args, "--max-probes", "2", "--tol", "0.001")
     assert status == 0, err
     line = next(line for line in stdout.splitlines() if "stopped above" in line)

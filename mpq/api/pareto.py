@@ -33,7 +33,6 @@ from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
-from mpq.sensitivity.registry import DEFAULT_METRIC
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem
 from mpq.solver.omega import plan_omega
@@ -82,7 +81,7 @@ def pareto(
     space: SearchSpace | None = None,
     probes: ProbeSettings | None = None,
     solver: "SolverSettings | str | None" = None,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     eval_data=None,

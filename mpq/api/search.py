@@ -20,7 +20,6 @@ from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
-from mpq.sensitivity.registry import DEFAULT_METRIC
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, check_latency_budgets
 from mpq.solver.channels import build_channel_problem, check_channel_metric
@@ -77,7 +76,7 @@ def search(
     space: SearchSpace | None = None,
     probes: ProbeSettings | None = None,
     solver: "SolverSettings | str | None" = None,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     eval_data=None,

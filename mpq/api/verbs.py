@@ -33,7 +33,7 @@ from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, Search
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.losses import resolve_loss
-from mpq.sensitivity.registry import DEFAULT_METRIC, metric_of
+from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
 from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans, plan_layer_costs
@@ -50,7 +50,7 @@ def analyze(
     data,
     *,
     probes: ProbeSettings | None = None,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     quantizer: "str | Quantizer | None" = None,
     loss=None,
     activations: bool = False,
@@ -89,7 +89,8 @@ def analyze(
     """
     check_known("analyze", legacy, field_names(ProbeSettings))
     settings = probe_settings("analyze", probes, legacy)
-    metric_of(metric)
+    if metric is not None:
+        metric_of(metric)
     data = as_dataset(data)
     prepared, data = prepared_on(model, data, quantize_embeddings, device)
     resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)

@@ -14,11 +14,12 @@ import math
 import time
 
 import numpy as np
+import torch
 
 from mpq.cache import Cache
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
-from mpq.inputs.graph import PreparedModel
+from mpq.inputs.graph import PreparedModel, module_calls_visible
 from mpq.quant.calibration import bias_shifts, weight_clip_ratios
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
@@ -28,7 +29,7 @@ from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.losses import Loss, resolve_loss
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
-from mpq.sensitivity.registry import DEFAULT_METRIC, HessianTrace, Metric, OutputMSE, metric_of
+from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, default_metric, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.sensitivity.stopping import KnownPart, capped_layers
@@ -145,7 +146,7 @@ def _activation_sensitivities(
 def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
     """A standard error needs two probes: when the time cap stopped some layer before, say what to raise."""
     fewest = min(traces.probes_of(i) for i in range(len(traces.layer_names)))
-    if fewest < 2:
+    if fewest < 2 and traces.stop_reason == "max_seconds":  # (an exact estimate, e.g. gauss_newton over every class, needs no probes)
         raise MpqError(
             f"the probing stopped after {settings.max_seconds:g} s with {fewest} probe(s) of some layer, and a standard error needs two: "
             "raise --max-seconds (max_seconds=), or lower --batch-size"
@@ -162,6 +163,12 @@ def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
     return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
 
 
+def _output_dims(prepared: PreparedModel, data: Dataset) -> int:
+    """How many dimensions the model's output has (2: [batch, classes]), from one sample."""
+    with torch.no_grad(), module_calls_visible():
+        return prepared.folded(data.x[:1]).dim()
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
@@ -169,7 +176,7 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool | None = None,
     loss: Loss | None = None,
-    metric: str = DEFAULT_METRIC,
+    metric: str | None = None,
     activations: bool = False,
     quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
@@ -179,13 +186,16 @@ def analyze_prepared(
 
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
+    embeddings = prepared.outputs.embeddings
+    dims = _output_dims(prepared, data)
+    if metric is None:
+        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, dims)
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
-    embeddings = prepared.outputs.embeddings
     loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
-        metric.check_loss(loss.name)
+        metric.check_loss(loss.name, dims)
         loss.check(prepared.folded, data)
     names = [layer.name for layer in prepared.graph.layers]
     key = {

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
 
 CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
-DEFAULT_METRIC = "hessian"  # the metric of mpq.analyze/search/pareto and the `mpq` commands when none is named: the one place to change it
+DEFAULT_METRIC = "gauss_newton"  # the metric of mpq.analyze/search/pareto and the `mpq` commands when none is named: the one place to change it
+FALLBACK_METRIC = "hessian"  # the default where DEFAULT_METRIC does not apply (Metric.why_not)
 
 
 class Metric:
@@ -45,8 +46,15 @@ class Metric:
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict[str, list]]:
         raise TypeError(f"{self.name} is not a curvature metric")
 
-    def check_loss(self, loss_name: str) -> None:
-        """MpqError when the metric is not defined for this loss (most metrics take any)."""
+    def why_not(self, loss_name: str, output_dims: int) -> str | None:
+        """Why the metric is not defined for this loss and these outputs (None: it is; most metrics take any)."""
+        return None
+
+    def check_loss(self, loss_name: str, output_dims: int = 2) -> None:
+        """MpqError when the metric is not defined for this loss and these outputs."""
+        reason = self.why_not(loss_name, output_dims)
+        if reason:
+            raise MpqError(reason)
 
     def shown(self, trace: float, stderr: float, details: dict, measured: dict | None) -> tuple[float, float | None]:
         """The number a table or chart shows for one layer (or input), and its error bar."""
@@ -109,9 +117,12 @@ class GaussNewtonTrace(Metric):
 
         return gauss_newton_hessian_traces(model, names, x, targets, settings, progress, loss_fn)
 
-    def check_loss(self, loss_name: str) -> None:
+    def why_not(self, loss_name: str, output_dims: int) -> str | None:
         if loss_name not in self.LOSSES:
-            raise MpqError(f"the gauss_newton metric is the curvature of a softmax loss: use --loss labels, fp32 or kl (not {loss_name}), or --metric hessian")
+            return f"the gauss_newton metric is the curvature of a softmax loss: use --loss labels, fp32 or kl (not {loss_name}), or --metric hessian"
+        if output_dims != 2:
+            return f"the gauss_newton metric takes outputs of [batch, classes], not {output_dims}-dimensional ones (e.g. a language model's per-position logits): use --metric hessian"
+        return None
 
 
 class TopEigenvalue(Metric):
@@ -182,6 +193,11 @@ class KLQuadratic(Metric):
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (HessianTrace(), FisherTrace(), GaussNewtonTrace(), TopEigenvalue(), OutputMSE(), OutputKL(), KLQuadratic())}
+
+
+def default_metric(loss_name: str, output_dims: int) -> str:
+    """The metric used when none is named: DEFAULT_METRIC where it is defined for the loss and the outputs, else FALLBACK_METRIC."""
+    return DEFAULT_METRIC if METRICS[DEFAULT_METRIC].why_not(loss_name, output_dims) is None else FALLBACK_METRIC
 
 
 def metric_of(name: str) -> Metric:

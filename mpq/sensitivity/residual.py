@@ -152,7 +152,7 @@ def _combined(gauss_newton: HessianTraces, test: ResidualTest, flagged: list[int
     parts = _Parts([GAUSS_NEWTON] * n, np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64), test.ratio)
     trace, stderr = gauss_newton.trace.copy(), gauss_newton.stderr.copy()
     channel_trace, channel_stderr = [c.copy() for c in gauss_newton.channel_trace], [c.copy() for c in gauss_newton.channel_stderr]
-    capped = np.zeros(n, dtype=bool)
+    capped = np.zeros(n, dtype=bool) if gauss_newton.capped is None else gauss_newton.capped.copy()
     for j, i in enumerate(flagged):
         parts.estimator[i] = WITH_RESIDUAL
         parts.residual_trace[i], parts.residual_stderr[i], parts.residual_probes[i] = residual.trace[j], residual.stderr[j], residual.probes_of(j)
@@ -160,7 +160,7 @@ def _combined(gauss_newton: HessianTraces, test: ResidualTest, flagged: list[int
         stderr[i] = math.hypot(stderr[i], residual.stderr[j])
         channel_trace[i] = channel_trace[i] + residual.channel_trace[j]
         channel_stderr[i] = np.hypot(channel_stderr[i], residual.channel_stderr[j])
-        capped[i] = residual.capped[j]
+        capped[i] = capped[i] or residual.capped[j]
     traces = replace(
         gauss_newton, trace=trace, stderr=stderr, channel_trace=channel_trace, channel_stderr=channel_stderr, seconds=seconds,
         stop_reason=residual.stop_reason if residual is not None else gauss_newton.stop_reason, capped=capped, sample_trace=None,

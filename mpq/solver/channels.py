@@ -69,9 +69,9 @@ class ChannelProblem:
         return binary_variables(self.problem)
 
 
-def check_channel_metric(space: SearchSpace, metric: str) -> None:
+def check_channel_metric(space: SearchSpace, metric: str | None) -> None:
     """Per-channel widths need a per-channel Omega, which the measured metrics do not have."""
-    if space.granularity == "channel" and not metric_of(metric).per_channel:
+    if space.granularity == "channel" and metric is not None and not metric_of(metric).per_channel:
         raise MpqError(f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel")
 
 
