@@ -179,6 +179,9 @@ def main() -> None:
         f"- The whole-model sum: gauss_newton {gn_sum:.4g} ± {100 * gn_sum_se / gn_sum:.2f}%, PyHessian {ph['mean']:.4g} ± "
         f"{100 * np.sqrt(ph['var'] / len(ph['samples'])) / ph['mean']:.1f}% ({len(ph['samples'])} iterations), per-layer Hutchinson "
         f"{float(np.sum(hs['trace'])):.4g} ± {100 * float(np.sqrt(np.sum(h_se**2))) / float(np.sum(hs['trace'])):.1f}% ({hs['probes']} probes per layer).",
+        f"- At gauss_newton's error on that sum ({100 * gn_sum_se / gn_sum:.2f}%), PyHessian would need about "
+        f"{ph['var'] / (gn_sum_se / gn_sum * ph['mean']) ** 2:,.0f} iterations, {ph['var'] / (gn_sum_se / gn_sum * ph['mean']) ** 2 * ph_iter:,.0f} s "
+        f"({ph['var'] / (gn_sum_se / gn_sum * ph['mean']) ** 2 * ph_iter / gn['seconds']:,.0f}× gauss_newton's time), and still no per-layer trace.",
         f"- gauss_newton's estimators: {', '.join(gn['estimator'])}. Its standard error is that of the drawn classes on these 150 views "
         "(every view is used); Hutchinson's and PyHessian's are those of their probes (and batches) on the same views.",
         "- Projections assume each further probe costs what the measured ones did and has their variance.",

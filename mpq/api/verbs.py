@@ -33,7 +33,7 @@ from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, Search
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
 from mpq.sensitivity.losses import resolve_loss
-from mpq.sensitivity.registry import metric_of
+from mpq.sensitivity.registry import default_metric, metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
 from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans, plan_layer_costs
@@ -94,6 +94,8 @@ def analyze(
     data = as_dataset(data)
     prepared, data = prepared_on(model, data, quantize_embeddings, device)
     resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)
+    if metric is None:
+        metric = default_metric(resolved.name, loss is not None, output_dims(prepared, data), prepared.outputs.embeddings, activations)
     return analyze_prepared(prepared, data, settings, open_cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
 
 

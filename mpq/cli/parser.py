@@ -204,7 +204,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_probe_options(p: argparse.ArgumentParser) -> None:
-    from mpq.sensitivity.registry import DEFAULT_METRIC, FALLBACK_METRIC, METRICS
+    from mpq.sensitivity.registry import DEFAULT_METRICS, METRICS
     from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
 
     d = ProbeSettings()
@@ -218,7 +218,7 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probing", choices=PROBINGS, default=d.probing, help=f"per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (far less variance, reports/hessian.md); all-layers: one product per probe for every layer; default {d.probing}")
     p.add_argument("--chunk-size", type=int, default=d.chunk_size, help=f"samples per chunk of a probe's batch, to bound memory (default {d.chunk_size}: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
-    p.add_argument("--metric", choices=tuple(METRICS), default=None, help=f"sensitivity metric (default {DEFAULT_METRIC} where the loss is a softmax's over [batch, classes] outputs, else {FALLBACK_METRIC}): gauss_newton (Tr(H) as the Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
+    p.add_argument("--metric", choices=tuple(METRICS), default=None, help=f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_quadratic for weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")

@@ -163,7 +163,7 @@ def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
     return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
 
 
-def _output_dims(prepared: PreparedModel, data: Dataset) -> int:
+def output_dims(prepared: PreparedModel, data: Dataset) -> int:
     """How many dimensions the model's output has (2: [batch, classes]), from one sample."""
     with torch.no_grad(), module_calls_visible():
         return prepared.folded(data.x[:1]).dim()
@@ -187,9 +187,9 @@ def analyze_prepared(
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
     embeddings = prepared.outputs.embeddings
-    dims = _output_dims(prepared, data)
+    dims = output_dims(prepared, data)
     if metric is None:
-        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, dims)
+        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, loss is not None, dims, embeddings, activations)
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
