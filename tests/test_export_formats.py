@@ -41,7 +41,7 @@ def tiny(tiny_model, tiny_data):
 
 def test_packed_file_is_the_counted_tensor_bytes_plus_its_header(tiny, tmp_path):
     prepared, data, plan, packed, _ = tiny
-    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", format="packed", cache_dir=False)
+    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", format="packed", cache_dir=False, eval_split=0)
     raw = (tmp_path / "tiny.mpqpack").read_bytes()
     (header_length,) = struct.unpack("<I", raw[8:12])
     # the same tensor bytes as test_predicted_size_equals_exported_bytes: (21+12+12+8) + (34+8+8) + (32+16+16+8)
@@ -57,7 +57,7 @@ def test_packed_file_is_the_counted_tensor_bytes_plus_its_header(tiny, tmp_path)
 
 def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
     prepared, data, plan, packed, evaluator_logits = tiny
-    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", cache_dir=False)
+    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", cache_dir=False, eval_split=0)
     rebuilt = mpq.load_packed(tmp_path / "tiny.mpqpack", prepared.original)
     with torch.inference_mode():
         logits = torch.cat([rebuilt(x) for x, _ in data.batches(8)])
@@ -73,7 +73,7 @@ def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
 
 def test_load_packed_refuses_another_model(tiny, tmp_path, tiny_model):
     prepared, data, plan, _, _ = tiny
-    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", cache_dir=False)
+    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", cache_dir=False, eval_split=0)
     other = type(tiny_model)()
     with pytest.raises(MpqError, match="exported from another model"):
         mpq.load_packed(tmp_path / "tiny.mpqpack", other)
@@ -125,7 +125,7 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     from mpq.export.onnx_qdq import run_onnx
 
     prepared, data, plan, packed, evaluator_logits = tiny
-    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False)
+    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False, eval_split=0)
     model = onnx.load(str(tmp_path / "tiny.onnx"))
     assert result.file_bytes == (tmp_path / "tiny.onnx").stat().st_size
     inits = {i.name: i for i in model.graph.initializer}
@@ -184,7 +184,7 @@ def test_torchao_export_names_every_layer_with_its_width_and_reproduces_the_eval
     from mpq.export.torchao_config import load_torchao_config
 
     prepared, data, plan, packed, evaluator_logits = tiny
-    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.torchao.json", format="torchao", cache_dir=False)
+    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.torchao.json", format="torchao", cache_dir=False, eval_split=0)
     saved = json.loads((tmp_path / "tiny.torchao.json").read_text())["layers"]
     assert {n: (e["weight_bits"], e["act_bits"]) for n, e in saved.items()} == {"conv1": (3, 8), "conv2": (5, None), "fc": (8, 6)}
     config = load_torchao_config(tmp_path / "tiny.torchao.json")
@@ -210,7 +210,7 @@ def test_onnx_stores_2_bit_weights_as_int2_and_4_bit_inputs_clipped(tiny_model, 
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(2, 8), "conv2": LayerPlan(4, 4), "fc": LayerPlan(7, 8)}, model={"fingerprint": prepared.fingerprint})
     packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8))
-    result = mpq.export_plan(tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False)
+    result = mpq.export_plan(tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False, eval_split=0)
     assert "1 layers as INT2, 1 layers as INT4, 1 layers as INT8" in result.summary()
     model = onnx.load(str(tmp_path / "narrow.onnx"))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 25

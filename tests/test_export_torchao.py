@@ -75,7 +75,7 @@ def test_quantize_with_the_export_gives_the_evaluators_logits(net, tmp_path):
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     model, prepared, data, plan, packed, evaluator = net
-    result = mpq.export_plan(model, plan, data, tmp_path / "net.torchao.json", format="torchao", cache_dir=False)
+    result = mpq.export_plan(model, plan, data, tmp_path / "net.torchao.json", format="torchao", cache_dir=False, eval_split=0)  # calibrated on all of data, as the evaluator
     assert result.file_bytes == (tmp_path / "net.torchao.json").stat().st_size
     folded, logits = _apply(model, data, tmp_path / "net.torchao.json")
     assert torch.equal(logits, evaluator)  # integer execution: bit for bit

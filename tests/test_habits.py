@@ -84,7 +84,7 @@ def test_quantize_returns_the_evaluators_model_and_leaves_the_input_as_it_was(ti
     x, y = tiny_data
     plan = Plan(layers={"conv1": LayerPlan(weight_bits=4, act_bits=8), "conv2": LayerPlan(weight_bits=6, act_bits=8), "fc": LayerPlan(weight_bits=3, act_bits=None)})
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    quantized = mpq.quantize_(tiny_model, plan, (x, y), batch_size=8, cache_dir=False)
+    quantized = mpq.quantize_(tiny_model, plan, (x, y), batch_size=8, cache_dir=False, eval_split=0)  # calibrated on all of the data, as below
 
     data = as_dataset((x, y))
     prepared = as_prepared(tiny_model, data)
@@ -203,7 +203,7 @@ def test_summary_names_the_api_call_and_what_to_try_next(tiny_model, tiny_data, 
     from mpq.report.markdown import write_outputs
     from mpq.report.summary import next_steps, summary
 
-    result = mpq.search(tiny_model, tiny_data, "200B", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)), probes=mpq.ProbeSettings(max_probes=2, tol=0.001), cache_dir=False, progress=False)
+    result = mpq.search(tiny_model, tiny_data, "200B", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)), probes=mpq.ProbeSettings(max_probes=2, tol=0.001), metric="hessian", cache_dir=False, progress=False)
     sens, plan, report = result.sensitivity, result.plan, result.report
     write_outputs(tmp_path, sens, plan, report)
     md = (tmp_path / "report.md").read_text()

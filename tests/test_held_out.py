@@ -52,6 +52,21 @@ def test_without_eval_data_a_seeded_quarter_is_held_out_and_fits_on_the_rest(hal
         mpq.verify(model, result.plan, calibration, cache_dir=False, eval_split=1.5)
 
 
+def test_quantize_and_export_calibrate_on_the_part_verification_fits_on(halves, tmp_path):
+    """Without eval_split, mpq.quantize_ gives, on the held-out samples, exactly the logits mpq.search verified;
+    eval_split=0 calibrates on all of the data (other logits)."""
+    (calibration, _), model = halves, mlp()
+    result = mpq.search(model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    fit, held = held_out_split(as_dataset(calibration))
+    prepared = as_prepared(model, fit)
+    fitted = plan_calibration(prepared, result.plan, fit, fp32_reference(prepared, fit, 25, mpq.cache.Cache(None)))
+    verified = packed_logits(prepared, pack_plan(prepared, result.plan, fitted), held, 25)
+    by_default, on_all = mpq.quantize_(model, result.plan, calibration, cache_dir=False), mpq.quantize_(model, result.plan, calibration, cache_dir=False, eval_split=0)
+    with torch.inference_mode():
+        assert torch.equal(by_default(held.x).float(), verified)
+        assert not torch.equal(on_all(held.x).float(), verified)
+
+
 def test_the_built_in_views_are_split_by_photo():
     from mpq.models.efficientnet_lite0 import load_views
 

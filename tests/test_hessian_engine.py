@@ -70,7 +70,7 @@ def test_a_loss_that_torch_func_cannot_trace_falls_back_to_reverse_over_reverse(
 def test_two_ranks_under_torchrun_give_the_numbers_of_one_process(tmp_path):
     data = mlp_data(tmp_path / "d.npz", n=40)
     command = [TORCHRUN, "--nproc-per-node", "2", "-m", "mpq.cli.main", "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", str(data),
-               "--max-probes", "30", "--tol", "0.1",
+               "--metric", "hessian", "--max-probes", "30", "--tol", "0.1",
                "--json", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
@@ -78,7 +78,7 @@ def test_two_ranks_under_torchrun_give_the_numbers_of_one_process(tmp_path):
     assert result["probes"] <= 30
     assert len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 1
 
-    one = mpq.analyze(load_model_spec(f"{USER_MODELS}:mlp"), load_data_spec(str(data)), max_probes=30, tol=0.1, cache_dir=False, progress=False)
+    one = mpq.analyze(load_model_spec(f"{USER_MODELS}:mlp"), load_data_spec(str(data)), metric="hessian", max_probes=30, tol=0.1, cache_dir=False, progress=False)
     assert len({layer.probes for layer in one.layers.values()}) > 1  # per-layer probing: layers stopped apart
     assert result["stop_reason"] == one.stop_reason
     for name, layer in one.layers.items():
@@ -100,7 +100,7 @@ def test_per_layer_probes_are_the_quadratic_forms_of_the_exact_diagonal_blocks(m
     values = np.zeros((6, len(names)))
     for i in range(6):  # probe i's vector, drawn as the engine draws it
         generator = probe_generator(3, i)
-        vs = [_rademacher(w.shape, generator).reshape(-1).double() for w in weights]
+        vs = [_rademacher(w.shape, generator, w.device).reshape(-1).double() for w in weights]
         values[i] = [float(v @ block @ v) for v, block in zip(vs, blocks)]
     np.testing.assert_allclose(found.trace, values.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(found.stderr, values.std(axis=0, ddof=1) / np.sqrt(6), rtol=1e-4)

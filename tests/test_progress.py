@@ -32,7 +32,7 @@ def test_a_bar_writes_to_stderr_only_when_asked(capsys):
 
 
 def hessian_run(model, data, flag):
-    return mpq.analyze(model, data, max_probes=4, min_probes=2, batch_size=8, cache_dir=False, progress=flag)
+    return mpq.analyze(model, data, metric="hessian", max_probes=4, min_probes=2, batch_size=8, cache_dir=False, progress=flag)
 
 
 def test_a_hessian_run_shows_its_probes_and_target_only_when_asked(tiny_model, tiny_data, capsys):

@@ -60,7 +60,7 @@ def test_torch_export_program_becomes_quantizable_modules(tmp_path):
     x = torch.randn(9, 6)
     assert torch.equal(loaded(x), model(x))
     data = (torch.randn(16, 6), torch.randint(0, 4, (16,)))
-    options = dict(max_probes=3, min_probes=2, cache_dir=False, progress=False)
+    options = dict(metric="hessian", max_probes=3, min_probes=2, cache_dir=False, progress=False)
     exported, original = mpq.analyze(loaded, data, **options), mpq.analyze(model, data, **options)
     assert list(exported.layers) == list(original.layers)
     assert [s.hessian_trace for s in exported.layers.values()] == [s.hessian_trace for s in original.layers.values()]

@@ -16,13 +16,14 @@ from torch import nn
 
 from mpq.inputs.adapter import ModelAdapter
 from mpq.inputs.graph import module_calls_visible
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.apply import fake_quant_model
 from mpq.verify.measure import packed_for
 
 
-def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None, device=None) -> nn.Module:
+def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None, device=None, eval_split: float = EVAL_SPLIT) -> nn.Module:
     """A fake-quantized copy of `model` with `plan` applied, calibrated on `data`, in eval mode.
 
     `data`: what calibrates the activation ranges, clipping and bias correction (an mpq.Dataset, a tensor
@@ -31,9 +32,10 @@ def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, 
     `quantizer`: a preset name or mpq.Quantizer instead of the plan's. Its outputs are exactly the
     evaluator's logits (mpq.verify.measure.packed_logits). Raises MpqError for a plan of another model.
     `device`: where it is calibrated and where the returned module is ("cpu", "cuda", "cuda:N", "auto" or a
-    torch.device; None: where `model`'s parameters are).
+    torch.device; None: where `model`'s parameters are). `eval_split`: calibrated, as the verified model was, on
+    `data` less the seeded share mpq.verify and mpq.search hold out for measurement (0: on all of `data`).
     """
-    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device)
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device, eval_split)
     quantized = fake_quant_model(prepared.folded, packed).eval()
     if isinstance(quantized, ModelAdapter) and not isinstance(model, ModelAdapter):
         quantized = quantized.inner  # the user's model type (a transformers model is called with its named inputs)

@@ -32,6 +32,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
+from mpq.sensitivity.analysis import output_dims
 from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import default_metric, metric_of
 from mpq.sensitivity.settings import ProbeSettings

@@ -189,7 +189,7 @@ def run_export(args) -> int:
     plan = mpq.Plan.load(args.plan)
     model, data = load_inputs(args)
     cache_dir = False if args.no_cache else args.cache_dir
-    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=quantizer_arg(args, True))
+    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=quantizer_arg(args, True), eval_split=args.eval_split)
     if args.json:
         written = {"format": result.format, "path": str(result.path), "file_bytes": result.file_bytes, "counted_bytes": result.counted_bytes, "notes": list(result.notes)}
         _print_json(export=written, files=[str(result.path)])

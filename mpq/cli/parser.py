@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _group(export, OUTPUT).add_argument("--out", required=True, help="the file to write")
     _add_model_data(export)
     _group(export, MODEL).add_argument("--batch-size", type=positive, default=25, help="samples per calibration batch (default 25)")
+    _group(export, MODEL).add_argument("--eval-split", type=fraction, default=EVAL_SPLIT, help=f"calibrate, as `mpq search` and `mpq verify` did, on --data less this share they hold out for measurement (whole groups, seed 0); 0 calibrates on all of --data (default {EVAL_SPLIT})")
     _group(export, OUTPUT).add_argument("--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     _group(export, OUTPUT).add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     add_progress_options(export)

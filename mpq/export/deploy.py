@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mpq.errors import MpqError
 from mpq.inputs.prepare import as_dataset
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.measure import packed_for
@@ -41,17 +42,18 @@ class ExportResult:
 
 def export_plan(
     model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None,
-    device=None,
+    device=None, eval_split: float = EVAL_SPLIT,
 ) -> ExportResult:
     """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify) on `device` (as in mpq.verify; None:
-    where the model's parameters are). The file is written from the CPU whatever the device."""
+    where the model's parameters are), on the part of `data` verification fits on: all of it less the seeded
+    `eval_split` that mpq.verify and mpq.search hold out (0: all of it). The file is written from the CPU whatever the device."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     if format == "onnx" and plan.group_size is not None:
         raise MpqError(f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao")
     data = as_dataset(data)  # the packed file and ONNX record its input shape
-    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device)
+    prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device, eval_split)
     path = Path(path)
     if format == "packed":
         from mpq.export.packed_file import ModelInputs, save_packed

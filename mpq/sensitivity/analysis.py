@@ -75,11 +75,12 @@ def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, r
     return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size) if quantizer.bias_correction else {}
 
 
-def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> KlQuadratic:
-    """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction), cached."""
+def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> tuple[KlQuadratic, bool]:
+    """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction), cached; and whether it came from the cache."""
     names = key["layers"]
     full_key = {**key, "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
     cached = cache.load("kl-quadratic", full_key)
+    from_cache = cached is not None
     if cached is None:
         shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
         result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress, quantizer.group_size)
@@ -92,7 +93,7 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
     return KlQuadratic(
         omega=per_width(cached["omega"], float), stderr=per_width(cached["stderr"], float),
         channel_omega=per_width(cached["channel_omega"], np.asarray), samples=cached["samples"], draws=cached["draws"], seconds=cached["seconds"],
-    )
+    ), from_cache
 
 
 def _measured_fields(errors: dict[int, OutputError], metric: OutputMSE) -> tuple[dict[int, float], dict]:
@@ -187,15 +188,15 @@ def analyze_prepared(
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
     embeddings = prepared.outputs.embeddings
-    dims = output_dims(prepared, data)
+    dims = functools.cache(lambda: output_dims(prepared, data))  # one forward of one sample, when a metric asks
     if metric is None:
-        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, loss is not None, dims, embeddings, activations)
+        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, loss is not None, dims(), embeddings, activations)
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
     loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
-        metric.check_loss(loss.name, dims)
+        metric.check_loss(loss.name, dims())
         loss.check(prepared.folded, data)
     names = [layer.name for layer in prepared.graph.layers]
     key = {
@@ -218,8 +219,8 @@ def analyze_prepared(
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
     quadratic = None
     if metric.kind == "quadratic":
-        quadratic = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
-        traces, details, from_cache = no_traces(quadratic.seconds, "measured"), {}, False
+        quadratic, from_cache = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
+        traces, details = no_traces(quadratic.seconds, "measured"), {}
     elif metric.kind == "measured":
         started = time.perf_counter()
         def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)

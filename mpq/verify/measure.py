@@ -23,7 +23,8 @@ from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
-from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on
+from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on, split_for_measurement
+from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
@@ -84,15 +85,19 @@ def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
     return chosen if chosen.group_size == plan.group_size else replace(chosen, group_size=plan.group_size)
 
 
-def packed_for(model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None", device=None) -> tuple[PreparedModel, PackedModel]:
+def packed_for(
+    model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None", device=None, eval_split: float = EVAL_SPLIT
+) -> tuple[PreparedModel, PackedModel]:
     """`plan` applied to `model` as verification applies it: plan and model checked, the plan's quantizer (or
-    `quantizer`) fitted on `data` on `device` (as in mpq.verify), the packed tensors (on the CPU: what
-    mpq.quantize_ and the exports are built from)."""
+    `quantizer`) fitted on `device` on the part of `data` that mpq.verify and mpq.search fit on (all of it less
+    the seeded `eval_split` they hold out; 0: all of it), the packed tensors (on the CPU: what mpq.quantize_ and
+    the exports are built from), so that an export reproduces the verified model."""
     check_batch_size(batch_size)
     check_quantizable(plan)
     data = as_dataset(data)
     prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
     check_plan_matches(prepared, plan)
+    data, _ = split_for_measurement(prepared, data, None, eval_split)
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     chosen = plan_quantizer(plan, None if quantizer is None else resolve_quantizer(quantizer))
