@@ -161,7 +161,7 @@ def test_measured_size_and_bops_equal_the_prediction(tiny_setup, channel_plan, t
     report = mpq.verify(model, channel_plan, data, baseline_bits=BITS, cache_dir=False)
     assert report.plan.size_bytes == channel_plan.predicted["size_bytes"]
     assert report.plan.bops == channel_plan.predicted["bops"]
-    result = mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.mpqpack", cache_dir=False)
+    result = mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.mpqpack", cache_dir=False, eval_split=0)
     stored = read_packed(tmp_path / "tiny.mpqpack")
     assert stored.tensor_bytes == result.counted_bytes == channel_plan.predicted["size_bytes"]
     assert stored.file_bytes == (tmp_path / "tiny.mpqpack").stat().st_size
@@ -172,7 +172,7 @@ def test_load_packed_reproduces_the_evaluator_for_per_channel_widths(tiny_setup,
     prepared = prepare_model(model, data.x[:2])
     calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8)
     evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
-    mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.mpqpack", cache_dir=False)
+    mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.mpqpack", cache_dir=False, eval_split=0)
     rebuilt = mpq.load_packed(tmp_path / "tiny.mpqpack", model)
     with torch.inference_mode():
         assert torch.equal(torch.cat([rebuilt(x) for x, _ in data.batches(8)]), evaluator)
@@ -194,7 +194,7 @@ def test_onnx_stores_per_channel_codes_in_the_widest_type(tiny_setup, channel_pl
     prepared = prepare_model(model, data.x[:2])
     calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8)
     evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
-    mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False)
+    mpq.export_plan(model, channel_plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False, eval_split=0)
     inits = {i.name: i for i in onnx.load(str(tmp_path / "tiny.onnx")).graph.initializer}
     storage = {3: onnx.TensorProto.INT4, 5: onnx.TensorProto.INT8, 8: onnx.TensorProto.INT8}
     for name, lp in channel_plan.layers.items():
@@ -211,7 +211,7 @@ def test_torchao_export_carries_per_channel_widths(tiny_setup, channel_plan, tmp
     prepared = prepare_model(model, data.x[:2])
     calibration = plan_calibration(prepared, channel_plan, data, fp32_reference(prepared, data, 25, Cache(None)), 25)
     evaluator = packed_logits(prepared, pack_plan(prepared, channel_plan, calibration), data, 8)
-    mpq.export_plan(model, channel_plan, data, tmp_path / "t.json", format="torchao", cache_dir=False)
+    mpq.export_plan(model, channel_plan, data, tmp_path / "t.json", format="torchao", cache_dir=False, eval_split=0)
     folded = prepare_model(model, data.x[:2]).folded
     quantize_(folded, load_torchao_config(tmp_path / "t.json"), filter_fn=None)
     for name, lp in channel_plan.layers.items():
