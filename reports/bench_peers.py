@@ -270,21 +270,24 @@ def main() -> None:
     ph_s = time.perf_counter() - t0
     ph_mean, ph_rse = float(np.mean(vhv)), relative_se(vhv)
     log(f"PyHessian: {ph_iters} iterations, {ph_s:.1f} s, trace {ph_mean:.4g} ± {100 * ph_rse:.1f}%")
-    hess_t, hess_se = sum_of_traces(sens)
-    other = "hessian" if sens.metric == "gauss_newton" else "gauss_newton"  # the other Tr(H) engine, beside the default
+    t0 = time.perf_counter()  # mpq's Tr(H) engine (the search's own metric, kl_quadratic, is no trace)
+    tr = mpq.analyze(model, calib, metric="gauss_newton", probes=probes, cache_dir=tempfile.mkdtemp(prefix="mpq-peers-gn-"), progress=False)
+    tr_s = time.perf_counter() - t0
+    hess_t, hess_se = sum_of_traces(tr)
+    other = "hessian"  # per-layer Hutchinson (HAWQ-V2), a few probes per layer
+    other_probes = ProbeSettings(min_probes=min(8, max_probes), max_probes=min(8, max_probes))
     t0 = time.perf_counter()
-    other_probes = ProbeSettings(min_probes=min(8, max_probes), max_probes=min(8, max_probes)) if other == "hessian" else probes
     gn = mpq.analyze(model, calib, metric=other, probes=other_probes, cache_dir=tempfile.mkdtemp(prefix="mpq-peers-other-"), progress=False)
     gn_s = time.perf_counter() - t0
     gn_t, gn_se = sum_of_traces(gn)
-    log(f"mpq {sens.metric}: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {sens.seconds:.1f} s; {other} {gn_t:.4g} ± {100 * gn_se / gn_t:.1f}% in {gn_s:.1f} s")
+    log(f"mpq gauss_newton: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {tr_s:.1f} s; {other} {gn_t:.4g} ± {100 * gn_se / gn_t:.1f}% in {gn_s:.1f} s")
 
     write_report(out_path, locals())
     log(f"wrote {out_path}")
 
 
 def write_report(path: Path, v: dict) -> None:
-    import mpq
+    from mpq.versions import mpq_version
 
     q, layers, mct, mct_error = v["q"], v["layers"], v["mct"], v["mct_error"]
     mpq_m, mpq_plan, calib_photos, eval_photos = v["mpq_m"], v["mpq_plan"], v["calib_photos"], v["eval_photos"]
@@ -298,7 +301,7 @@ def write_report(path: Path, v: dict) -> None:
     lines += [
         f"Command: `{v['command']}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}, torch {torch.__version__}, "
-        f"mpq {mpq.__version__}" + (f", MCT {mct['version']} (torchvision {mct['tv']} unpacked beside, see the script)" if mct_error is None else "")
+        f"mpq {mpq_version()}" + (f", MCT {mct['version']} (torchvision {mct['tv']} unpacked beside, see the script)" if mct_error is None else "")
         + f"; run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
         f"Model: EfficientNet-Lite0 (mpq's default). Data: the 200 views of 20 foolbox photos, split **by photo**: photos 0–{calib_photos - 1} "
         f"({10 * calib_photos} views) calibrate every tool (mpq's sensitivity and quantizer, MCT's statistics and mixed-precision search, "
@@ -367,11 +370,11 @@ def write_report(path: Path, v: dict) -> None:
     # PyHessian
     hess_t, hess_se, gn_t, gn_se = v["hess_t"], v["hess_se"], v["gn_t"], v["gn_se"]
     ph_mean, ph_rse, ph_s, ph_iters = v["ph_mean"], v["ph_rse"], v["ph_s"], v["ph_iters"]
-    sens, other = v["sens"], v["other"]
+    sens, other, tr_s = v["tr"], v["other"], v["tr_s"]
     hess_rse = hess_se / hess_t
     per_iter = ph_s / ph_iters
     ph_at_mpq = per_iter * (ph_rse / hess_rse) ** 2 * ph_iters if hess_rse > 0 else float("nan")
-    mpq_at_ph = sens.seconds * (hess_rse / ph_rse) ** 2
+    mpq_at_ph = tr_s * (hess_rse / ph_rse) ** 2
     lines += [
         "## Hessian trace: PyHessian against mpq",
         "",
@@ -380,7 +383,7 @@ def write_report(path: Path, v: dict) -> None:
         "dataloader=batches of 10)`: each iteration is one Rademacher probe v over all weights at once and one Hessian-vector product over "
         "all the views, giving vᵀHv; its mean estimates Tr(H) over all weights, and its relative standard error is std/√N/mean. mpq "
         "estimates each layer's block trace Tr(H_ll) separately; their sum is the same quantity, Tr(H) over the weights (the trace needs "
-        "only the diagonal blocks), with standard error √Σ se_l² (layers' errors taken as independent). `gauss_newton` (mpq's default) "
+        "only the diagonal blocks), with standard error √Σ se_l² (layers' errors taken as independent). `gauss_newton` (mpq's Tr(H) engine; the default metric, kl_quadratic, is no trace) "
         "estimates Tr(G_ll) from per-sample gradients of every view, equal to Tr(H_ll) here (ReLU6, BatchNorm folded; reports/residual.md), "
         "its standard error that of its drawn classes; `hessian` is per-layer Hutchinson (HAWQ-V2), one product per layer per probe, "
         "8 views a product.",
@@ -388,8 +391,8 @@ def write_report(path: Path, v: dict) -> None:
         "| estimator | estimate of Tr(H), 50 layers' weights | relative SE | wall time | what it gives |",
         "|---|---:|---:|---:|---|",
         f"| PyHessian, {ph_iters} iterations | {ph_mean:.5g} | {100 * ph_rse:.1f}% | {ph_s:.1f} s ({per_iter:.1f} s per iteration) | one number for the whole model |",
-        f"| mpq `{sens.metric}` (the default; the search's sensitivity) | {hess_t:.5g} | {100 * hess_rse:.1f}% | "
-        f"{sens.seconds:.1f} s (traces and quantization errors) | each of 50 layers' traces with its SE |",
+        f"| mpq `gauss_newton` (its Tr(H) engine) | {hess_t:.5g} | {100 * hess_rse:.1f}% | "
+        f"{tr_s:.1f} s (traces and quantization errors) | each of 50 layers' traces with its SE |",
         f"| mpq `{other}`{' (' + str(v['other_probes'].max_probes) + ' probes per layer)' if other == 'hessian' else ''} | {gn_t:.5g} | {100 * gn_se / gn_t:.1f}% | {v['gn_s']:.1f} s | each of 50 layers' traces with its SE |",
         "",
         f"At equal relative standard error (Hutchinson's error falls as 1/√probes, so seconds scale as SE⁻²; extrapolated, not run): "

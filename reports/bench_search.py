@@ -102,7 +102,7 @@ def main() -> None:
         f"Measured by `python reports/bench_search.py --old {args.old}` on {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         "nothing else running. Default model (EfficientNet-Lite0, the 200 built-in views: 150 fit, 50 held out), default settings. "
         f"Old: the code of `{args.old}` (per-layer Hutchinson, 32 probes of batch 8, the default then); new: this checkout "
-        "(the Gauss-Newton engine, to 5% on every layer).",
+        "(its default metric, kl_quadratic: reports/objective.md).",
         "",
         "| run | old | new | new / old |",
         "|---|---:|---:|---:|",
