@@ -396,10 +396,12 @@ def write_report(path: Path, v: dict) -> None:
         f"| mpq `{other}`{' (' + str(v['other_probes'].max_probes) + ' probes per layer)' if other == 'hessian' else ''} | {gn_t:.5g} | {100 * gn_se / gn_t:.1f}% | {v['gn_s']:.1f} s | each of 50 layers' traces with its SE |",
         "",
         f"At equal relative standard error (Hutchinson's error falls as 1/√probes, so seconds scale as SE⁻²; extrapolated, not run): "
-        f"PyHessian would need about {ph_at_mpq:.0f} s to reach mpq `{sens.metric}`'s {100 * hess_rse:.1f}% on the sum, and mpq `{sens.metric}` about "
-        f"{mpq_at_ph:.0f} s to reach PyHessian's {100 * ph_rse:.1f}%. The comparison flatters PyHessian on what it gives: its one number "
+        f"PyHessian would need about {ph_at_mpq:,.0f} s to reach mpq `{sens.metric}`'s {100 * hess_rse:.1f}% on the sum"
+        + (f", and mpq `{sens.metric}` about {mpq_at_ph:,.0f} s to reach PyHessian's {100 * ph_rse:.1f}%. " if hess_rse > ph_rse else
+           f"; mpq `{sens.metric}` is below PyHessian's {100 * ph_rse:.1f}% in its one pass over the views. ")
+        + "The comparison flatters PyHessian on what it gives: its one number "
         "cannot allocate bits; per layer, the whole-model probe's cross-layer terms add variance (reports/hessian-hutchinson.md measured 4–8,000× "
-        "on this model), which is why mpq probes layer by layer.",
+        "on this model), which is why mpq estimates each layer's own block.",
         "",
     ]
     if mct_error is None:
@@ -412,7 +414,7 @@ def write_report(path: Path, v: dict) -> None:
             better.append(f"MCT finished faster ({mct['seconds']:.0f} s against {v['mpq_s']:.0f} s)")
         eq = v["rows_extra"][0][1] if v["rows_extra"] else mpq_m
         if mv.kl_to_fp32 < eq.kl_to_fp32:
-            better.append(f"MCT's allocation under mpq's quantizer beats mpq's at equal bytes (KL {mv.kl_to_fp32:.4f} against {eq.kl_to_fp32:.4f})")
+            better.append(f"MCT's allocation under mpq's quantizer beats mpq's at equal bytes (KL {mv.kl_to_fp32:.6f} against {eq.kl_to_fp32:.6f})")
         lines += [
             "## What MCT does better, if anything (from this run's numbers)",
             "",
