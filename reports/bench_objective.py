@@ -84,7 +84,6 @@ def main() -> None:
     args = parser.parse_args()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mpq-objective-")
     cache = Cache(Path(cache_dir))
-    torch.set_num_threads(torch.get_num_threads())
     model, data = build_model(), load_views()
     fit, held = held_out_split(data)
     prepared = prepare_model(model, fit.x[:2])

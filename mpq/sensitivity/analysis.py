@@ -29,7 +29,7 @@ from mpq.sensitivity.hessian import HessianTraces
 from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas, parameter_deltas
 from mpq.sensitivity.losses import Loss, resolve_loss
 from mpq.sensitivity.output_error import OutputError, input_output_errors, weight_output_errors
-from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, default_metric, metric_of
+from mpq.sensitivity.registry import HessianTrace, Metric, OutputMSE, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity, finite, traces_from_json, traces_to_json
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.sensitivity.stopping import KnownPart, capped_layers
@@ -177,7 +177,7 @@ def analyze_prepared(
     cache: Cache = Cache(None),
     progress: bool | None = None,
     loss: Loss | None = None,
-    metric: str | None = None,
+    metric: str = "hessian",
     activations: bool = False,
     quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
@@ -188,15 +188,12 @@ def analyze_prepared(
     An unfinished Hutchinson estimate is checkpointed in the cache after every probe and resumed by the next run.
     """
     embeddings = prepared.outputs.embeddings
-    dims = functools.cache(lambda: output_dims(prepared, data))  # one forward of one sample, when a metric asks
-    if metric is None:
-        metric = default_metric((loss or resolve_loss(None, data.y is not None, embeddings)).name, loss is not None, dims(), embeddings, activations)
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
         raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
     loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
-        metric.check_loss(loss.name, dims())
+        metric.check_loss(loss.name, output_dims(prepared, data))
         loss.check(prepared.folded, data)
     names = [layer.name for layer in prepared.graph.layers]
     key = {

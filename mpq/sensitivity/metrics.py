@@ -39,6 +39,7 @@ from mpq.progress import bar
 from mpq.sensitivity.hessian import HessianTraces, RunningSums, _stderr, weights_requiring_grad
 from mpq.sensitivity.hvp import NoSecondDerivative
 from mpq.sensitivity.settings import ProbeSettings
+from mpq.sensitivity.stopping import CAPS
 
 EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TOL · |λ_k|
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -150,13 +151,12 @@ def gauss_newton_traces(
             if not unsure.any():
                 stop_reason = "exact" if rounds == 1 else "tolerance"
                 break
-            stop_reason = "max_seconds" if time.perf_counter() - started >= settings.max_seconds else "max_probes"
-            chosen = _noisiest(sums, unsure, settings.max_probes)
             if time.perf_counter() - started >= settings.max_seconds:
+                stop_reason = "max_seconds"
                 break
+            stop_reason, chosen = "max_probes", _noisiest(sums, unsure, settings.max_probes)  # "max_probes" if no sample is left to draw for
             if hasattr(shown, "total"):
                 shown.total += len(chosen)
-    trace, stderr = sums.estimate()
     n = len(x)
     return HessianTraces(
         layer_names=list(layer_names),
@@ -167,7 +167,7 @@ def gauss_newton_traces(
         channel_stderr=[np.sqrt(v.sum(axis=0)) / n for v in sums.channel_variances()],
         seconds=time.perf_counter() - started,
         stop_reason=stop_reason,
-        capped=stderr > settings.tol * np.abs(trace) if stop_reason in ("max_probes", "max_seconds") else None,
+        capped=unsure if stop_reason in CAPS else None,
         sample_trace=sums.layer_values(),
     )
 
@@ -269,28 +269,18 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
     per layer), with the standard error of that mean, and each sample's layer values (`sample_trace`);
     only the layers' weights require grad meanwhile."""
     weights = [model.get_submodule(n).weight for n in layer_names]
-    requires = {p: p.requires_grad for p in model.parameters()}
     sums = RunningSums.zeros([w.shape[0] for w in weights])
     per_sample_layer = np.zeros((len(x), len(weights)))
     started = time.perf_counter()
-    try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for w in weights:
-            w.requires_grad_(True)
-        with module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
-            for start in range(0, len(x), settings.batch_size):
-                stop = start + settings.batch_size
-                for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
-                    values = per_sample.double().cpu().numpy()
-                    per_sample_layer[start:stop, i] = values.sum(axis=1)
-                    for per_channel in values:
-                        sums.add(i, per_channel)
-                shown.update(min(stop, len(x)) - start)
-    finally:
-        for p, flag in requires.items():
-            p.requires_grad_(flag)
+    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
+        for start in range(0, len(x), settings.batch_size):
+            stop = start + settings.batch_size
+            for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
+                values = per_sample.double().cpu().numpy()
+                per_sample_layer[start:stop, i] = values.sum(axis=1)
+                for per_channel in values:
+                    sums.add(i, per_channel)
+            shown.update(min(stop, len(x)) - start)
     n = len(x)
     return HessianTraces(
         layer_names=list(layer_names),
