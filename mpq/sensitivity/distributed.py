@@ -9,6 +9,7 @@ cache. The process group is gloo on the CPU, nccl with --device cuda (rank r's m
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -76,6 +77,8 @@ def join_from_environment(device: torch.device | None = None) -> Ranks:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
+        # left to the interpreter's exit, gloo's threads can abort a rank that ends first ("terminate called without an active exception")
+        atexit.register(dist.destroy_process_group)
     return Ranks.current()
 
 
