@@ -1,7 +1,7 @@
 """Which objective picks the best plans? (issue 13, Build 3): each metric's plans at 4 / 3.5 / 3 / 2.7 MB beside a
 measured greedy search in AIMET's manner, all measured on views that neither sensitivity nor calibration saw.
 
-Run:  python reports/bench_objective.py [--plans 20] [--metrics gauss_newton,hessian,kl_quadratic,output_kl] [--cache-dir DIR]
+Run:  python reports/bench_objective.py [--plans 20] [--metrics kl_anchored,kl_quadratic,gauss_newton,hessian,output_kl] [--no-anchor-sweep] [--cache-dir DIR]
 Writes reports/objective.md. Run it on a quiet machine: the seconds are part of the result.
 
 Data: the built-in 200 views (20 photos x 10 views), split by photo as `mpq search` splits them (mpq.inputs.split,
@@ -13,8 +13,9 @@ every width, the rest FP32, and the KL to FP32 measured (the output_kl metric's 
 evaluations on the 150 fit views); then, from all layers at 8 bits, repeatedly narrow by one width the layer whose
 measured KL rises least per byte saved, until each budget holds (the plan is taken when it first fits).
 
-Spearman: each metric's Ω (as `mpq solve` sums it, trace margin 0) against the held-out KL of 20 random plans
-(mpq.verify.proxy.random_plan, widths 4-8, repaired into [3.5 MB, 4 MB]).
+Spearman: each metric's Ω (as `mpq solve` sums it, trace margin 0) against the KL of 20 random plans
+(mpq.verify.proxy.random_plan, widths 4-8, repaired into [3.5 MB, 4 MB]), measured on the held-out views and on the
+fit views (in-sample: what Ω was estimated on).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mpq.inputs.graph import prepare_model
 from mpq.inputs.split import held_out_split
 from mpq.models.efficientnet_lite0 import build_model, load_views
 from mpq.plan import LayerPlan, Plan
+from mpq.sensitivity.settings import ProbeSettings
 from mpq.quant.reference import fp32_reference
 from mpq.solver.omega import layer_plan_omega, plan_omega
 from mpq.verify.measure import measure_plan, plan_calibration
@@ -46,6 +48,7 @@ BUDGETS = {"4MB": 4_000_000, "3.5MB": 3_500_000, "3MB": 3_000_000, "2.7MB": 2_70
 BITS = (4, 5, 6, 7, 8)
 BATCH = 25
 GREEDY = "greedy (measured, AIMET)"
+ANCHOR_SWEEP = (16, 32, 48, 64)
 
 
 def greedy_plans(prepared, table, act_bits: dict[str, int | None]) -> dict[str, dict[str, int]]:
@@ -79,7 +82,8 @@ def greedy_plans(prepared, table, act_bits: dict[str, int | None]) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plans", type=int, default=20, help="random 4 MB plans for the Spearman column")
-    parser.add_argument("--metrics", default="gauss_newton,hessian,kl_quadratic,output_kl")
+    parser.add_argument("--metrics", default="kl_anchored,kl_quadratic,gauss_newton,hessian,output_kl")
+    parser.add_argument("--anchor-sweep", action=argparse.BooleanOptionalAction, default=True, help=f"also kl_anchored at {ANCHOR_SWEEP} anchor samples")
     parser.add_argument("--cache-dir", default=None, help="a cache to reuse (default: a fresh one, so every metric's seconds are measured)")
     args = parser.parse_args()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mpq-objective-")
@@ -92,15 +96,16 @@ def main() -> None:
     sensitivities, seconds = {}, {}
     for metric in args.metrics.split(","):
         started = time.perf_counter()
-        sensitivities[metric] = mpq.analyze(prepared, fit, metric=metric, cache_dir=cache_dir, progress=False)
+        # each metric in a cache of its own, so that none reads another's estimate (kl_anchored's includes kl_quadratic's)
+        sensitivities[metric] = mpq.analyze(prepared, fit, metric=metric, cache_dir=Path(cache_dir) / metric, progress=False)
         seconds[metric] = time.perf_counter() - started
         print(f"{metric}: {seconds[metric]:.1f} s", flush=True)
     first = sensitivities[next(iter(sensitivities))]
     calibration = plan_calibration(prepared, mpq.solve(first, "4MB"), fit, fit_reference, BATCH, cache)
 
-    def measured(widths: dict[str, int], acts: dict[str, int | None], name: str):
+    def measured(widths: dict[str, int], acts: dict[str, int | None], name: str, on=(held, held_reference)):
         plan = Plan(layers={n: LayerPlan(b, acts[n]) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
-        return measure_plan(prepared, plan, held, held_reference, name, BATCH, cache, calibration=calibration)
+        return measure_plan(prepared, plan, on[0], on[1], name, BATCH, cache, calibration=calibration)
 
     rows = []  # (objective, budget, size, kl, agreement)
     for metric, sens in sensitivities.items():
@@ -123,11 +128,28 @@ def main() -> None:
     base = mpq.solve(first, "4MB")
     randoms = [random_plan(prepared, base, BITS, rng) for _ in range(args.plans)]
     random_kl = [measured({n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}").kl_to_fp32 for i, p in enumerate(randoms)]
-    rho = {metric: spearmanr([plan_omega(sens, p, 0.0, False) for p in randoms], random_kl)[0] for metric, sens in sensitivities.items()}
-    write_report(rows, seconds, rho, randoms, random_kl, prepared, args)
+    fit_kl = [measured({n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}", (fit, fit_reference)).kl_to_fp32 for i, p in enumerate(randoms)]
+    omegas = {metric: [plan_omega(sens, p, 0.0, False) for p in randoms] for metric, sens in sensitivities.items()}
+    rho = {metric: (spearmanr(o, random_kl)[0], spearmanr(o, fit_kl)[0]) for metric, o in omegas.items()}
+    sweep = anchor_sweep(prepared, fit, cache_dir, randoms, random_kl, fit_kl, measured, acts) if args.anchor_sweep else []
+    write_report(rows, seconds, rho, randoms, (random_kl, fit_kl), prepared, args, sweep)
 
 
-def write_report(rows, seconds, rho, randoms, random_kl, prepared, args) -> None:
+def anchor_sweep(prepared, fit, cache_dir, randoms, random_kl, fit_kl, measured, acts) -> list[tuple]:
+    """kl_anchored at each count of ANCHOR_SWEEP anchor samples: (count, held-out KL per budget, both Spearmans, r range)."""
+    rows = []
+    for count in ANCHOR_SWEEP:
+        sens = mpq.analyze(prepared, fit, metric="kl_anchored", probes=ProbeSettings(anchor_samples=count), cache_dir=Path(cache_dir) / "sweep", progress=False)
+        kls = [measured({n: lp.weight_bits for n, lp in mpq.solve(sens, b).layers.items()}, acts, f"anchored {count} {b}").kl_to_fp32 for b in BUDGETS]
+        omegas = [plan_omega(sens, p, 0.0, False) for p in randoms]
+        ratios = [s.details["anchor_ratio"] for s in sens.layers.values()]
+        rows.append((count, kls, spearmanr(omegas, random_kl)[0], spearmanr(omegas, fit_kl)[0], min(ratios), max(ratios)))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write_report(rows, seconds, rho, randoms, random_kls, prepared, args, sweep) -> None:
+    random_kl, fit_kl = random_kls
     kl = {(o, b): k for o, b, _, k, _ in rows}
     objectives = list(dict.fromkeys(o for o, *_ in rows))
     sizes = [model_costs(prepared.graph.layers, {n: lp.choice for n, lp in p.layers.items()}, prepared.graph.float_bytes)["size_bytes"] for p in randoms]
@@ -135,25 +157,36 @@ def write_report(rows, seconds, rho, randoms, random_kl, prepared, args) -> None
         "# The objective: which metric's plans come closest to a measured greedy search",
         "",
         f"`python reports/bench_objective.py --plans {args.plans} --metrics {args.metrics}` on {platform.machine()} "
-        f"({torch.get_num_threads()} torch threads), torch {torch.__version__}, a fresh cache, nothing else running. "
+        f"({torch.get_num_threads()} torch threads), torch {torch.__version__}, each metric in a fresh cache of its own, nothing else running. "
         "EfficientNet-Lite0; sensitivity and calibration on 150 views (15 photos), every KL measured on the 50 views of the other "
         "5 photos; default quantizer, 8-bit activations, widths 4-8. Seconds: each metric's `mpq.analyze` on the 150 views; the "
         "greedy search's are those of its measured table (output_kl's) plus the greedy steps.",
         "",
-        "| objective | seconds | " + " | ".join(f"KL at {b}" for b in BUDGETS) + f" | Spearman(Ω, KL), {len(randoms)} random plans |",
-        "|---|---:|" + "---:|" * len(BUDGETS) + "---:|",
+        "| objective | seconds | " + " | ".join(f"KL at {b}" for b in BUDGETS)
+        + f" | Spearman(Ω, held-out KL), {len(randoms)} random plans | Spearman(Ω, KL on the fit views) |",
+        "|---|---:|" + "---:|" * len(BUDGETS) + "---:|---:|",
     ]
     for o in objectives:
         cells = []
         for b in BUDGETS:
             k, g = kl.get((o, b)), kl.get((GREEDY, b))
             cells.append("—" if k is None else f"{k:.4f}" + (f" ({k / g:.2f}x)" if g and o != GREEDY else ""))
-        lines.append(f"| {o} | {seconds.get(o, float('nan')):.1f} | " + " | ".join(cells) + f" | {rho[o]:.3f} |" if o in rho else
-                     f"| {o} | {seconds.get(o, float('nan')):.1f} | " + " | ".join(cells) + " | — |")
+        lines.append(f"| {o} | {seconds.get(o, float('nan')):.1f} | " + " | ".join(cells) + (f" | {rho[o][0]:.3f} | {rho[o][1]:.3f} |" if o in rho else " | — | — |"))
     lines += ["", "In brackets: the plan's KL over the greedy plan's at the same budget (under 1: better than greedy).", "",
-              f"Random plans: sizes {min(sizes):,.0f}-{max(sizes):,.0f} B, held-out KL {min(random_kl):.4f}-{max(random_kl):.4f}.", "",
+              f"Random plans: sizes {min(sizes):,.0f}-{max(sizes):,.0f} B, held-out KL {min(random_kl):.4f}-{max(random_kl):.4f}, "
+              f"KL on the fit views {min(fit_kl):.4f}-{max(fit_kl):.4f}. The plans' own KL on the fit views ranks their held-out KL at "
+              f"Spearman {spearmanr(fit_kl, random_kl)[0]:.3f}: no Ω learned on the fit views can be expected to rank 5 held-out photos much better.", "",
               "Every plan:", "", "| objective | budget | size (B) | KL(FP32‖q), held out | agreement |", "|---|---|---:|---:|---:|"]
     lines += [f"| {o} | {b} | {s:,} | {k:.4f} | {100 * a:.1f}% |" for o, b, s, k, a in rows]
+    if sweep:
+        greedy = {b: kl[(GREEDY, b)] for b in BUDGETS if (GREEDY, b) in kl}
+        lines += ["", "kl_anchored by the number of samples its one-layer KLs are measured on (`anchor_samples`, default "
+                  f"{ProbeSettings().anchor_samples}); KL held out, in brackets over the greedy plan's:", "",
+                  "| anchor samples | " + " | ".join(f"KL at {b}" for b in BUDGETS) + " | Spearman, held out | Spearman, fit views | r_l, min-max |",
+                  "|---:|" + "---:|" * len(BUDGETS) + "---:|---:|---:|"]
+        for count, kls, held_rho, fit_rho, low, high in sweep:
+            cells = [f"{k:.4f}" + (f" ({k / greedy[b]:.2f}x)" if b in greedy else "") for b, k in zip(BUDGETS, kls)]
+            lines.append(f"| {count} | " + " | ".join(cells) + f" | {held_rho:.3f} | {fit_rho:.3f} | {low:.2f}-{high:.2f} |")
     (HERE / "objective.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

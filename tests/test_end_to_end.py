@@ -48,7 +48,7 @@ def test_the_4mb_plan_carries_typed_settings_that_load_back_equal(first_run, wor
     plan = mpq.Plan.load(workdir / "out4" / "plan.json")
     assert plan.settings.space == mpq.SearchSpace() and plan.settings.solver == mpq.SolverSettings()
     assert plan.settings.probes == mpq.ProbeSettings(max_probes=8) and plan.settings.quantizer == mpq.Quantizer()
-    assert plan.settings.metric == "kl_quadratic" and plan.settings.container_reserve_bytes > 0
+    assert plan.settings.metric == "kl_anchored" and plan.settings.container_reserve_bytes > 0
     assert plan.to_json() == stored
 
 

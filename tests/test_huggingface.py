@@ -116,6 +116,8 @@ def test_bert_with_default_attention_is_an_encoder_measured_by_cosine(saved):
     result = mpq.search(model, (encoded, labels), "250KB", probes=PROBES, cache_dir=False, progress=False)
     assert result.sensitivity.loss == "mse"  # hidden states: an output-fidelity loss, never cross-entropy against the labels
     assert result.report.outputs.embeddings and result.report.plan.cosine_to_fp32 > 0.99
+    fp32_top1, plan_top1 = result.report.fp32.top1, result.report.plan.top1  # the labels' nearest-class-centroid top-1
+    assert fp32_top1 > 1 / 3 and abs(plan_top1 - fp32_top1) <= 0.1
     assert model.config._attn_implementation == "sdpa"  # the user's model is left as it was
     with pytest.raises(MpqError, match="embeddings"):
         mpq.analyze(model, encoded, loss="labels", cache_dir=False, progress=False)

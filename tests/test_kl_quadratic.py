@@ -157,3 +157,31 @@ def test_cli_sensitivity_json_with_kl_quadratic(tmp_path, capsys):
     status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--act-bits", "4,8", "--budget", "1KB", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
     assert status == 2 and err.strip().startswith("mpq: error: the kl_quadratic metric covers weights only") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_kl_anchored_is_kl_quadratic_scaled_to_the_measured_one_layer_kl_at_4_bits(tiny_model):
+    """At ANCHOR_BITS each layer's Ω is the KL measured with that layer alone quantized, on the 32 anchor samples
+    (spread over all 40); at every other width it keeps kl_quadratic's ratio to that width."""
+    from mpq.quant.affine import fake_quantize_weight
+    from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 2, 6, 6, generator=generator)
+    prepared = prepare_model(tiny_model, x[:2])
+    data = mpq.Dataset(x)
+    plain = mpq.analyze(prepared, data, metric="kl_quadratic", quantizer="minmax", progress=False)
+    anchored = mpq.analyze(prepared, data, metric="kl_anchored", quantizer="minmax", probes=mpq.ProbeSettings(anchor_samples=32), progress=False)
+    model = prepared.folded
+    anchors = x[anchor_indices(len(x), 32)]
+    assert len(anchors) == 32 and anchor_indices(len(x), 32)[-1] == 39
+    log_p = F.log_softmax(model(anchors).detach().double(), 1)
+    for name, s in anchored.layers.items():
+        weight = model.get_submodule(name).weight
+        log_q = F.log_softmax(functional_call(model, {f"{name}.weight": fake_quantize_weight(weight, ANCHOR_BITS)}, (anchors,)).detach().double(), 1)
+        kl = float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+        assert s.omega(ANCHOR_BITS) == pytest.approx(kl, rel=1e-6)
+        ratio = s.details["anchor_ratio"]
+        assert ratio == pytest.approx(kl / plain.layers[name].omega(ANCHOR_BITS), rel=1e-9)
+        for b in (2, 6, 8):
+            assert s.omega(b) == pytest.approx(ratio * plain.layers[name].omega(b), rel=1e-9)
+        assert s.channel_omega(6) == pytest.approx(ratio * plain.layers[name].channel_omega(6), rel=1e-9)

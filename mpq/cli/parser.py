@@ -216,9 +216,10 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the probes (default {d.seed}); the same seed gives the same plan")
     p.add_argument("--hvp", choices=HVP_METHODS, default=d.hvp, help=f"Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default {d.hvp}")
     p.add_argument("--probing", choices=PROBINGS, default=d.probing, help=f"per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (far less variance, reports/hessian.md); all-layers: one product per probe for every layer; default {d.probing}")
+    p.add_argument("--anchor-samples", type=int, default=d.anchor_samples, help=f"kl_anchored: samples each layer's measured one-layer KL is taken on (default {d.anchor_samples})")
     p.add_argument("--chunk-size", type=int, default=d.chunk_size, help=f"samples per chunk of a probe's batch, to bound memory (default {d.chunk_size}: the whole batch at once); same result")
     p.add_argument("--loss", help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)")
-    p.add_argument("--metric", choices=tuple(METRICS), default=None, help=f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_quadratic for weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error)")
+    p.add_argument("--metric", choices=tuple(METRICS), default=None, help=f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_anchored for weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error), kl_anchored (kl_quadratic scaled per layer to its measured one-layer KL at 4 bits)")
     p.add_argument("--quantize-embeddings", action="store_true", help="quantize nn.Embedding tables too (per row; their integer inputs stay as they are)")
     p.add_argument("--cache-dir", help="where sensitivities and measurements are cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -346,7 +347,7 @@ def eval_data_arg(args, model=None):
 def probe_settings(args):
     from mpq.sensitivity.settings import ProbeSettings
 
-    names = ("tol", "max_probes", "max_seconds", "batch_size", "seed", "hvp", "chunk_size", "probing")
+    names = ("tol", "max_probes", "max_seconds", "batch_size", "seed", "hvp", "chunk_size", "probing", "anchor_samples")
     return ProbeSettings(**{name: getattr(args, name) for name in names})
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +87,22 @@ def torchao_file(prepared_folded: nn.Module, packed: PackedModel) -> dict:
     layers = {}
     for name, meta in packed.layers.items():
         tensors = {k: _encode(packed.tensors[f"{name}.{k}"]) for k in LAYER_TENSORS if f"{name}.{k}" in packed.tensors}
-        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors}
+        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors, "tied": tied_modules(prepared_folded, name)}
     return {"schema": SCHEMA, "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)", "layers": layers}
+
+
+def tied_modules(model: nn.Module, layer: str) -> list[str]:
+    """The other modules whose weight is layer's tensor (an embedding tied to an LM head): they get its codes too,
+    so that they read the quantized table, as the evaluator's do."""
+    weight = model.get_submodule(layer).weight
+    return [name for name, module in model.named_modules(remove_duplicate=False) if name != layer and getattr(module, "weight", None) is weight]
+
+
+def _with_tied(configs: dict, layers: dict, untied) -> dict:
+    """`configs` and, for every module tied to a layer (the file's "tied"), `untied(config)`: the layer's codes
+    and scales without its bias and input quantizer (a tied embedding reads token ids and adds no bias)."""
+    extra = {tied: untied(configs[name]) for name, layer in layers.items() for tied in layer["meta"].get("tied", [])}
+    return {**configs, **extra}
 
 
 def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "str | Path") -> TorchaoExport:
@@ -161,7 +175,8 @@ def load_torchao_config(path: "str | Path", *, integer: bool = True):
     with torchao's float kernels on the fake-quantized input."""
     FqnToConfig, layers_module = _import_torchao()
     configs = {}
-    for name, layer in read_torchao_file(path).items():
+    layers = read_torchao_file(path)
+    for name, layer in layers.items():
         meta, tensors = layer["meta"], layer["tensors"]
         with _damaged(path, name):
             codes = unpack_codes(tensors["weight_codes"], meta)
@@ -169,7 +184,7 @@ def load_torchao_config(path: "str | Path", *, integer: bool = True):
             if meta["act_bits"]:
                 params = ActQuantParams(float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"]))
         configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer, meta.get("group_size"))
-    return FqnToConfig(configs)
+    return FqnToConfig(_with_tied(configs, layers, lambda c: replace(c, bias=None, input=None)))
 
 
 def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
@@ -180,7 +195,8 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
     from mpq.export import torchao_intx
 
     configs = {}
-    for name, layer in read_torchao_file(path).items():
+    layers = read_torchao_file(path)
+    for name, layer in layers.items():
         meta, tensors = layer["meta"], layer["tensors"]
         if meta["act_bits"]:
             raise MpqError(f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none")
@@ -192,4 +208,4 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
             configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], bits, bias, None, True, group)
         else:
             configs[name] = torchao_intx.carried(config, codes, tensors["weight_scale"], bias, group) if carry_scales else config
-    return FqnToConfig(configs)
+    return FqnToConfig(_with_tied(configs, layers, lambda c: replace(c, bias=None) if hasattr(c, "bias") else c))

@@ -24,13 +24,26 @@ class Fp32Reference:
     perplexity: float | None = None  # a causal LM's, on the data (mpq.quant.reference.perplexity)
 
 
-def class_labels(prepared: PreparedModel, data: Dataset) -> torch.Tensor | None:
-    """The data's labels when they are the model's classes: not for a model whose outputs are embeddings."""
-    return None if prepared.outputs.embeddings else data.y
-
-
 def top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def task_top1(prepared: PreparedModel, data: Dataset, outputs: torch.Tensor, fp32_outputs: torch.Tensor) -> float | None:
+    """Top-1 against the data's labels (None without them). Logits: the argmax. Embeddings (one integer label
+    per sample): the nearest class centroid, a classifier that needs no head: each class's centroid is the mean
+    of its samples' unit-length FP32 embeddings (flattened), and a sample gets the class whose centroid is the
+    most cosine-similar to its embedding, FP32's or the quantized model's against the same FP32 centroids."""
+    if not prepared.outputs.embeddings:
+        return top1(outputs, data.y)
+    labels = data.y
+    if labels is None or labels.dim() != 1 or len(labels) != len(outputs) or labels.is_floating_point():
+        return None
+    unit = lambda e: torch.nn.functional.normalize(e.flatten(1).double(), dim=1)  # noqa: E731
+    classes, index = torch.unique(labels, return_inverse=True)
+    centroids = torch.zeros(len(classes), unit(fp32_outputs[:1]).shape[1], dtype=torch.float64, device=outputs.device)
+    centroids.index_add_(0, index.to(outputs.device), unit(fp32_outputs))
+    nearest = (unit(outputs) @ torch.nn.functional.normalize(centroids, dim=1).T).argmax(1)
+    return float((nearest == index.to(outputs.device)).double().mean())
 
 
 def perplexity(logits: torch.Tensor, data: Dataset) -> float:
@@ -64,7 +77,7 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     if cached is not None:
         logits = torch.tensor(cached["logits"], device=prepared.device)
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
-        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, class_labels(prepared, data)), perplexity=lm_perplexity(prepared, logits, data))
+        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=task_top1(prepared, data, logits, logits), perplexity=lm_perplexity(prepared, logits, data))
     observers = {name: MinMaxObserver() for name in names}
 
     def observing(obs):
@@ -78,4 +91,4 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
         logits = run_batches(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
     cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
-    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=top1(logits, class_labels(prepared, data)), perplexity=lm_perplexity(prepared, logits, data))
+    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=task_top1(prepared, data, logits, logits), perplexity=lm_perplexity(prepared, logits, data))

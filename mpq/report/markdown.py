@@ -96,7 +96,7 @@ def comparison_table(report: Report) -> str:
     logits = not report.outputs.embeddings
     ppl = report.fp32.perplexity is not None
     latency = bool(report.latency_model)
-    columns = ["model", "size", "fits budget", "top-1"] + (["agreement with FP32", "KL(FP32‖q)"] if logits else []) + ["cosine to FP32"]
+    columns = ["model", "size", "fits budget", "top-1" if logits else "top-1 (nearest FP32 class centroid)"] + (["agreement with FP32", "KL(FP32‖q)"] if logits else []) + ["cosine to FP32"]
     columns += (["perplexity"] if ppl else []) + ["bits per weight"] + (["predicted latency"] if latency else [])
     fp32 = ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)] + (["100.0%", "0"] if logits else []) + ["1"]
     fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + ["32"] + (["-"] if latency else [])

@@ -22,6 +22,7 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, module_calls_visible
 from mpq.quant.calibration import bias_shifts, weight_clip_ratios
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
+from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
 from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
@@ -78,7 +79,8 @@ def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, r
 def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> tuple[KlQuadratic, bool]:
     """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction), cached; and whether it came from the cache."""
     names = key["layers"]
-    full_key = {**key, "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
+    # under kl_quadratic's name for every quadratic metric: kl_anchored scales the same estimate
+    full_key = {**key, "metric": "kl_quadratic", "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
     cached = cache.load("kl-quadratic", full_key)
     from_cache = cached is not None
     if cached is None:
@@ -94,6 +96,21 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
         omega=per_width(cached["omega"], float), stderr=per_width(cached["stderr"], float),
         channel_omega=per_width(cached["channel_omega"], np.asarray), samples=cached["samples"], draws=cached["draws"], seconds=cached["seconds"],
     ), from_cache
+
+
+def _cached_anchor_kls(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, samples: int, cache: Cache, progress: bool) -> dict[str, float]:
+    """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples (mpq.sensitivity.anchor), cached."""
+    names = key["layers"]
+    anchor_key = {k: v for k, v in key.items() if k not in ("metric", "settings")} | {"quantizer": quantizer.to_json(), "bits": ANCHOR_BITS, "samples": samples}
+    cached = cache.load("kl-anchor", anchor_key)
+    if cached is None:
+        shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
+        deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), (ANCHOR_BITS,), ratios.get(name), shifts.get(name), quantizer.group_size)  # noqa: E731
+        x = data.x[anchor_indices(len(data), samples).to(data.x.device)]
+        errors = weight_output_errors(prepared.folded, names, x, (ANCHOR_BITS,), REFERENCE_BATCH, progress, deltas)
+        cached = {n: errors[n][ANCHOR_BITS].kl for n in names}
+        cache.save("kl-anchor", anchor_key, cached)
+    return {n: float(v) for n, v in cached.items()}
 
 
 def _measured_fields(errors: dict[int, OutputError], metric: OutputMSE) -> tuple[dict[int, float], dict]:
@@ -190,7 +207,7 @@ def analyze_prepared(
     embeddings = prepared.outputs.embeddings
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
-        raise MpqError("the kl_quadratic metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
+        raise MpqError(f"the {name} metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
     loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
         metric.check_loss(loss.name, output_dims(prepared, data))
@@ -217,6 +234,13 @@ def analyze_prepared(
     quadratic = None
     if metric.kind == "quadratic":
         quadratic, from_cache = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
+        unscaled, anchors = quadratic, {}
+        if metric.anchored:
+            started = time.perf_counter()
+            anchor_kls = _cached_anchor_kls(prepared, data, quantizer, ratios, key, settings.anchor_samples, cache, progress)
+            anchors = {n: (kl, anchor_ratio(kl, quadratic.omega[n][ANCHOR_BITS])) for n, kl in anchor_kls.items()}
+            quadratic = quadratic.scaled({n: r for n, (_, r) in anchors.items()})
+            quadratic.seconds += time.perf_counter() - started
         traces, details = no_traces(quadratic.seconds, "measured"), {}
     elif metric.kind == "measured":
         started = time.perf_counter()
@@ -245,8 +269,11 @@ def analyze_prepared(
         elif quadratic is not None:
             measured_omega, measured_stderr = quadratic.omega[layer.name], quadratic.stderr[layer.name]
             channel_measured = quadratic.channel_omega[layer.name]
-            fields = {"kl_quadratic": {str(b): v for b, v in measured_omega.items()}, "kl_quadratic_stderr": {str(b): v for b, v in measured_stderr.items()},
+            fields = {"kl_quadratic": {str(b): v for b, v in unscaled.omega[layer.name].items()},
+                      "kl_quadratic_stderr": {str(b): v for b, v in unscaled.stderr[layer.name].items()},
                       "samples": quadratic.samples, "draws": quadratic.draws}
+            if layer.name in anchors:
+                fields |= {"anchor_kl": anchors[layer.name][0], "anchor_ratio": anchors[layer.name][1]}
         else:
             fields = _per_layer(details, i)
         layers[layer.name] = LayerSensitivity(

@@ -49,6 +49,11 @@ class KlQuadratic:
     draws: int
     seconds: float
 
+    def scaled(self, factors: dict[str, float]) -> "KlQuadratic":
+        """Every layer's Ω, standard error and channels' Ω times its factor (mpq.sensitivity.anchor)."""
+        times = lambda table: {n: {b: v * factors[n] for b, v in t.items()} for n, t in table.items()}  # noqa: E731
+        return KlQuadratic(times(self.omega), times(self.stderr), times(self.channel_omega), self.samples, self.draws, self.seconds)
+
 
 def parameter_deltas(
     module: nn.Module, bits: tuple[int, ...], clip_ratios: dict[int, torch.Tensor] | None, shifts: dict[int, torch.Tensor] | None,

@@ -125,29 +125,35 @@ def pack_model(
     return PackedModel(tensors=tensors, layers=layers)
 
 
+def dequantized_weight(packed: PackedModel, name: str) -> torch.Tensor:
+    """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do it)."""
+    meta = packed.layers[name]
+    codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
+    return QuantizedWeight(codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")).dequantize()
+
+
 def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict[str, ActQuantParams]]:
     """A copy of `model` whose quantized layers hold the dequantized packed weights, and the input quantizers."""
     rebuilt = copy.deepcopy(model)
     modules = quantizable_modules(rebuilt, embeddings=True)
-    act_params = {}
     with torch.no_grad():
-        for name, meta in packed.layers.items():
-            codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)  # dequantized on the CPU, as the exports do it
-            weight = QuantizedWeight(codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")).dequantize()
-            modules[name].weight.copy_(weight)
+        for name in packed.layers:
+            modules[name].weight.copy_(dequantized_weight(packed, name))
             if f"{name}.bias" in packed.tensors:
                 modules[name].bias.copy_(packed.tensors[f"{name}.bias"])
-            if meta["act_bits"]:
-                act_params[name] = ActQuantParams(
-                    scale=float(packed.tensors[f"{name}.input_scale"][0]),
-                    zero_point=int(packed.tensors[f"{name}.input_zero_point"][0]),
-                    bits=meta["act_bits"],
-                )
         state = rebuilt.state_dict()
         for name, tensor in packed.tensors.items():
             if name in state:  # the float remainder
                 state[name].copy_(tensor)
-    return rebuilt, act_params
+    return rebuilt, input_quantizers(packed)
+
+
+def input_quantizers(packed: PackedModel) -> dict[str, ActQuantParams]:
+    """{layer: its input's quantizer} for every layer with a quantized input."""
+    return {
+        name: ActQuantParams(float(packed.tensors[f"{name}.input_scale"][0]), int(packed.tensors[f"{name}.input_zero_point"][0]), meta["act_bits"])
+        for name, meta in packed.layers.items() if meta["act_bits"]
+    }
 
 
 @dataclass(frozen=True)

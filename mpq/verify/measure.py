@@ -29,12 +29,12 @@ from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.quant.reference import Fp32Reference, class_labels, fp32_reference, lm_perplexity, run_batches, top1
+from mpq.quant.reference import Fp32Reference, fp32_reference, lm_perplexity, run_batches, task_top1
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
 from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
 from mpq.verify.report import Measurement, Report
-from mpq.verify.sqnr import layer_sqnr
+from mpq.verify.sqnr import LayerSqnr, layer_sqnr
 
 EVALUATOR = "integer-accumulation/2"  # in measurement cache keys: a new evaluator never reads old measurements
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
@@ -129,12 +129,7 @@ def measure_plan(
     layers = prepared.graph.by_name
     bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
     latency_s = _predicted_latency(prepared, plan, latency).get("latency_s")
-    key = {
-        "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
-        "quantizer": calibration.quantizer.to_json(),
-    }
-    if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
-        key["calibration_data"] = calibration.data_fingerprint
+    key = measurement_key(prepared, plan, data, calibration)
     cached = cache.load("measurement", key)
     if cached is not None:
         result = Measurement(**{**cached, "name": name, "latency_s": latency_s, "bits_per_weight": packed.bits_per_weight})
@@ -147,6 +142,28 @@ def measure_plan(
     return result
 
 
+def measurement_key(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration) -> dict:
+    """What a measurement of `plan` on `data` depends on: the model, the data, the plan's widths, the evaluator and the fitted quantizer."""
+    key = {
+        "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
+        "quantizer": calibration.quantizer.to_json(),
+    }
+    if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
+        key["calibration_data"] = calibration.data_fingerprint
+    return key
+
+
+def plan_sqnr(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration, batch_size: int, cache: Cache) -> list[LayerSqnr]:
+    """The plan's per-layer SQNR table (mpq.verify.sqnr) on the first SQNR_SAMPLES samples of `data`, cached."""
+    key = {**measurement_key(prepared, plan, data, calibration), "samples": SQNR_SAMPLES}
+    cached = cache.load("layer-sqnr", key)
+    if cached is not None:
+        return [LayerSqnr.from_json(row) for row in cached]
+    rows = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
+    cache.save("layer-sqnr", key, [row.to_json() for row in rows])
+    return rows
+
+
 def _measured(prepared: PreparedModel, packed: PackedModel, data: Dataset, reference: Fp32Reference, name: str, bops: float, batch_size: int) -> Measurement:
     """The model rebuilt from `packed`, run on `data` and compared with the FP32 `reference`."""
     logits = packed_logits(prepared, packed, data, batch_size)
@@ -156,7 +173,7 @@ def _measured(prepared: PreparedModel, packed: PackedModel, data: Dataset, refer
         name=name,
         size_bytes=packed.size_bytes,
         bops=bops,
-        top1=top1(logits, class_labels(prepared, data)),
+        top1=task_top1(prepared, data, logits, reference.logits),
         fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
         kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
         n_eval=len(data),
@@ -260,7 +277,7 @@ def verify_prepared(
             shown.set_postfix_str(uniform_name(8, None, group))
             weight_only = measure(weight_only, uniform_name(8, None, group))
             shown.update(1)
-    sqnr = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
+    sqnr = plan_sqnr(prepared, plan, data, calibration, batch_size, cache)
     return Report(
         plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
         latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], weight_only=weight_only,

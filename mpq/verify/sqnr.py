@@ -20,7 +20,10 @@ from torch import nn
 
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.quant.affine import sqnr_db
-from mpq.verify.apply import PackedModel, fake_quant_model, unpack_model
+from mpq.verify.apply import PackedModel, dequantized_weight, fake_quant_model, input_quantizers
+
+
+SQNR_BATCH = 5  # samples per pass: every layer's FP32 output of a batch is held at once
 
 
 @dataclass(frozen=True)
@@ -36,18 +39,26 @@ class LayerSqnr:
         """JSON has no infinity: an exact signal (no noise) is written as null."""
         return {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in self.__dict__.items()}
 
+    @classmethod
+    def from_json(cls, row: dict) -> "LayerSqnr":
+        """The row to_json wrote; a null SQNR is an exact signal (infinite), except a float input's (no quantizer: None)."""
+        exact = lambda v: math.inf if v is None else float(v)  # noqa: E731
+        return cls(row["name"], row["weight_bits"], row["act_bits"], exact(row["weight_sqnr_db"]),
+                   None if not row["act_bits"] else exact(row["input_sqnr_db"]), exact(row["output_sqnr_db"]))
+
 
 
 class _Energies:
-    """Running sum s^2 and sum (s - s')^2 per layer."""
+    """Running sum s^2 and sum (s - s')^2 per layer: float32 temporaries, float64 sums."""
 
     def __init__(self) -> None:
         self.signal: dict[str, float] = {}
         self.noise: dict[str, float] = {}
 
     def add(self, name: str, s: torch.Tensor, s_quantized: torch.Tensor) -> None:
-        self.signal[name] = self.signal.get(name, 0.0) + float(s.double().pow(2).sum())
-        self.noise[name] = self.noise.get(name, 0.0) + float((s.double() - s_quantized.double()).pow(2).sum())
+        s, s_quantized = s.float(), s_quantized.float()
+        self.signal[name] = self.signal.get(name, 0.0) + float(s.square().sum(dtype=torch.float64))
+        self.noise[name] = self.noise.get(name, 0.0) + float((s - s_quantized).square_().sum(dtype=torch.float64))
 
     def db(self, name: str) -> float:
         return sqnr_db(self.signal[name], self.noise[name])
@@ -65,10 +76,16 @@ def _capture_outputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, torc
     return outputs
 
 
+def _weight_sqnr_db(w: torch.Tensor, w_q: torch.Tensor) -> float:
+    w, w_q = w.detach().double().cpu(), w_q.double()
+    return sqnr_db(float(w.square().sum()), float((w - w_q).square().sum()))
+
+
 def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, batch_size: int = 25) -> list[LayerSqnr]:
-    """SQNR of every quantized layer's weights, input quantizer and output, over the inputs `x`."""
+    """SQNR of every quantized layer's weights, input quantizer and output, over the inputs `x`
+    (in batches of at most SQNR_BATCH: every layer's FP32 output of a batch is held at once)."""
     quantized = fake_quant_model(prepared.folded, packed)
-    dequantized, act_params = unpack_model(prepared.folded, packed)
+    act_params = input_quantizers(packed)
     names = list(packed.layers)
     modules = quantizable_modules(quantized, embeddings=True)
     inputs, outputs = _Energies(), _Energies()
@@ -81,6 +98,7 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
 
     # prepended, so it sees the layer's input before the layer's own quantizer
     handles = [modules[n].register_forward_pre_hook(input_noise(n), prepend=True) for n in names if n in act_params]
+    batch_size = min(batch_size, SQNR_BATCH)
     try:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
@@ -90,18 +108,14 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
     finally:
         for h in handles:
             h.remove()
-    rows = []
-    for n, meta in packed.layers.items():
-        w = prepared.folded.get_submodule(n).weight.detach()
-        w_q = dequantized.get_submodule(n).weight.detach()
-        rows.append(
-            LayerSqnr(
-                name=n,
-                weight_bits=meta["weight_bits"],
-                act_bits=meta["act_bits"],
-                weight_sqnr_db=sqnr_db(float(w.double().pow(2).sum()), float((w.double() - w_q.double()).pow(2).sum())),
-                input_sqnr_db=inputs.db(n) if meta["act_bits"] else None,
-                output_sqnr_db=outputs.db(n),
-            )
+    return [
+        LayerSqnr(
+            name=n,
+            weight_bits=meta["weight_bits"],
+            act_bits=meta["act_bits"],
+            weight_sqnr_db=_weight_sqnr_db(prepared.folded.get_submodule(n).weight, dequantized_weight(packed, n)),
+            input_sqnr_db=inputs.db(n) if meta["act_bits"] else None,
+            output_sqnr_db=outputs.db(n),
         )
-    return rows
+        for n, meta in packed.layers.items()
+    ]
