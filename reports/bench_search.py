@@ -81,6 +81,12 @@ def hvp_over_forward_backward(repeats: int = 5, batch_size: int = 8) -> tuple[fl
     return times["hvp"], times["forward_backward"]
 
 
+def metric_of(report: dict) -> str:
+    """The sensitivity metric a search used, from its report.json's notes ("sensitivity metric: NAME ...")."""
+    note = next(n for n in report["notes"] if n.startswith("sensitivity metric: "))
+    return note.removeprefix("sensitivity metric: ").split()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", default=OLD_REF, help=f"the git ref of the old code (default {OLD_REF})")
@@ -102,7 +108,7 @@ def main() -> None:
         f"Measured by `python reports/bench_search.py --old {args.old}` on {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         "nothing else running. Default model (EfficientNet-Lite0, the 200 built-in views: 150 fit, 50 held out), default settings. "
         f"Old: the code of `{args.old}` (per-layer Hutchinson, 32 probes of batch 8, the default then); new: this checkout "
-        "(its default metric, kl_quadratic: reports/objective.md).",
+        f"(its default metric, {metric_of(new_reports[0])}: reports/objective.md).",
         "",
         "| run | old | new | new / old |",
         "|---|---:|---:|---:|",

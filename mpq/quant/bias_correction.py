@@ -34,13 +34,13 @@ class MeanInputPatch:
         self.samples = 0
 
     def add(self, x: torch.Tensor) -> None:
+        # The layer is linear in its input (padding included), so the batch's gradient is that of one input, the batch's sum.
         with torch.enable_grad():
-            y = self.layer(x.detach())
-            n = y.shape[0]
-            per_sample = y.reshape(n, -1, y.shape[-1]).mean(dim=1) if self.channel_last else y.reshape(n, y.shape[1], -1).mean(dim=2)
-            (grad,) = torch.autograd.grad(per_sample.sum(), self.layer.weight)
+            y = self.layer(x.detach().sum(0, keepdim=True))
+            per_position = y.reshape(1, -1, y.shape[-1]).mean(dim=1) if self.channel_last else y.reshape(1, y.shape[1], -1).mean(dim=2)
+            (grad,) = torch.autograd.grad(per_position.sum(), self.layer.weight)
         self.total += grad.double()
-        self.samples += n
+        self.samples += x.shape[0]
 
     @property
     def mean(self) -> torch.Tensor:
