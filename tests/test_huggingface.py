@@ -102,7 +102,7 @@ def test_every_export_reproduces_the_evaluator(saved, kind, tmp_path):
     quantize_(folded, load_torchao_config(tmp_path / "m.json"), filter_fn=None)
     with torch.no_grad():
         torchao_logits = folded(data.x)
-    assert (torchao_logits.argmax(1) == evaluator.argmax(1)).float().mean() >= 0.99
+    assert torch.equal(torchao_logits, evaluator)  # a tied embedding reads the quantized table too (the file's "tied")
 
 
 def test_bert_with_default_attention_is_an_encoder_measured_by_cosine(saved):
