@@ -47,6 +47,7 @@ from torch import nn
 
 from mpq.errors import MpqError
 from mpq.files import write_bytes_atomic
+from mpq.inputs.graph import tied_modules
 from mpq.verify.apply import PackedModel, combined_scale, unpack_codes, unpack_model
 
 EXPORT_OPSET = 20
@@ -200,8 +201,7 @@ def _patched(node, by_weight: dict[str, str], transposed: dict[str, str], packed
 
 def _weight_names(model: nn.Module, layer: str) -> list[str]:
     """Every name of the layer's weight tensor: its own and those of modules tied to it (an embedding and an LM head)."""
-    weight = model.get_submodule(layer).weight
-    return [name for name, t in model.named_parameters(remove_duplicate=False) if t is weight]
+    return [f"{module}.weight" for module in (layer, *tied_modules(model, layer))]
 
 
 def _dequantized_for_other_readers(nodes: list, inits: list, float_weights: set[str], by_weight: dict[str, str], packed: PackedModel) -> tuple[list, list]:

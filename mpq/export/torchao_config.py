@@ -40,7 +40,7 @@ from torch import nn
 
 from mpq.errors import MpqError
 from mpq.files import write_text_atomic
-from mpq.inputs.graph import quantizable_modules
+from mpq.inputs.graph import quantizable_modules, tied_modules
 from mpq.quant.affine import ActQuantParams
 from mpq.verify.apply import PackedModel, unpack_codes
 
@@ -87,15 +87,8 @@ def torchao_file(prepared_folded: nn.Module, packed: PackedModel) -> dict:
     layers = {}
     for name, meta in packed.layers.items():
         tensors = {k: _encode(packed.tensors[f"{name}.{k}"]) for k in LAYER_TENSORS if f"{name}.{k}" in packed.tensors}
-        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors, "tied": tied_modules(prepared_folded, name)}
+        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors, "tied": tied_modules(prepared_folded, name)}  # they read its quantized table, as the evaluator's do
     return {"schema": SCHEMA, "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)", "layers": layers}
-
-
-def tied_modules(model: nn.Module, layer: str) -> list[str]:
-    """The other modules whose weight is layer's tensor (an embedding tied to an LM head): they get its codes too,
-    so that they read the quantized table, as the evaluator's do."""
-    weight = model.get_submodule(layer).weight
-    return [name for name, module in model.named_modules(remove_duplicate=False) if name != layer and getattr(module, "weight", None) is weight]
 
 
 def _with_tied(configs: dict, layers: dict, untied) -> dict:

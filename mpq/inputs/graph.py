@@ -293,6 +293,12 @@ def _untied(layers: list[LayerInfo], modules: dict[str, nn.Module]) -> list[Laye
     return [layer for layer in layers if layer.name in kept]
 
 
+def tied_modules(model: nn.Module, layer: str) -> list[str]:
+    """The other modules whose weight is layer's tensor (an embedding tied to an LM head)."""
+    weight = model.get_submodule(layer).weight
+    return [name for name, module in model.named_modules(remove_duplicate=False) if name != layer and getattr(module, "weight", None) is weight]
+
+
 def float_tensors(model: nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
     """The floating-point parameters and buffers that stay in float: all but the named layers' weights and
     biases, each tensor once (by identity: a weight tied to a quantized layer's is quantized with it)."""

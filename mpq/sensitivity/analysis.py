@@ -76,16 +76,16 @@ def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, r
     return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size) if quantizer.bias_correction else {}
 
 
-def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> tuple[KlQuadratic, bool]:
-    """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction), cached; and whether it came from the cache."""
+def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, shifts, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> tuple[KlQuadratic, bool]:
+    """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction: `shifts()`), cached; and whether it came from the cache."""
     names = key["layers"]
-    # under kl_quadratic's name for every quadratic metric: kl_anchored scales the same estimate
-    full_key = {**key, "metric": "kl_quadratic", "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
+    # under kl_quadratic's name and without kl_anchored's setting for every quadratic metric: kl_anchored scales the same estimate
+    settings_key = {k: v for k, v in key["settings"].items() if k != "anchor_samples"}
+    full_key = {**key, "settings": settings_key, "metric": "kl_quadratic", "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
     cached = cache.load("kl-quadratic", full_key)
     from_cache = cached is not None
     if cached is None:
-        shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
-        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts, settings.batch_size, DRAWS, settings.seed, progress, quantizer.group_size)
+        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts(), settings.batch_size, DRAWS, settings.seed, progress, quantizer.group_size)
         cached = {
             "omega": result.omega, "stderr": result.stderr, "samples": result.samples, "draws": result.draws, "seconds": result.seconds,
             "channel_omega": {n: {b: c.tolist() for b, c in per_width.items()} for n, per_width in result.channel_omega.items()},
@@ -98,14 +98,13 @@ def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quan
     ), from_cache
 
 
-def _cached_anchor_kls(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, key: dict, samples: int, cache: Cache, progress: bool) -> dict[str, float]:
+def _cached_anchor_kls(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, shifts, key: dict, samples: int, cache: Cache, progress: bool) -> dict[str, float]:
     """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples (mpq.sensitivity.anchor), cached."""
     names = key["layers"]
     anchor_key = {k: v for k, v in key.items() if k not in ("metric", "settings")} | {"quantizer": quantizer.to_json(), "bits": ANCHOR_BITS, "samples": samples}
     cached = cache.load("kl-anchor", anchor_key)
     if cached is None:
-        shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
-        deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), (ANCHOR_BITS,), ratios.get(name), shifts.get(name), quantizer.group_size)  # noqa: E731
+        deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), (ANCHOR_BITS,), ratios.get(name), shifts().get(name), quantizer.group_size)  # noqa: E731
         x = data.x[anchor_indices(len(data), samples).to(data.x.device)]
         errors = weight_output_errors(prepared.folded, names, x, (ANCHOR_BITS,), REFERENCE_BATCH, progress, deltas)
         cached = {n: errors[n][ANCHOR_BITS].kl for n in names}
@@ -231,13 +230,14 @@ def analyze_prepared(
         seconds=seconds, stop_reason=reason,
     )
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
+    shifts = functools.cache(lambda: _bias_shifts(prepared, data, quantizer, ratios, cache))  # once, when needed
     quadratic = None
     if metric.kind == "quadratic":
-        quadratic, from_cache = _cached_kl_quadratic(prepared, data, quantizer, ratios, key, settings, cache, progress)
+        quadratic, from_cache = _cached_kl_quadratic(prepared, data, quantizer, ratios, shifts, key, settings, cache, progress)
         unscaled, anchors = quadratic, {}
         if metric.anchored:
             started = time.perf_counter()
-            anchor_kls = _cached_anchor_kls(prepared, data, quantizer, ratios, key, settings.anchor_samples, cache, progress)
+            anchor_kls = _cached_anchor_kls(prepared, data, quantizer, ratios, shifts, key, settings.anchor_samples, cache, progress)
             anchors = {n: (kl, anchor_ratio(kl, quadratic.omega[n][ANCHOR_BITS])) for n, kl in anchor_kls.items()}
             quadratic = quadratic.scaled({n: r for n, (_, r) in anchors.items()})
             quadratic.seconds += time.perf_counter() - started
@@ -247,8 +247,7 @@ def analyze_prepared(
         def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)
             deltas = None
             if metric.uses_quantizer:  # the quantizer's weights and corrected bias
-                shifts = _bias_shifts(prepared, data, quantizer, ratios, cache)
-                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts.get(name), quantizer.group_size)  # noqa: E731
+                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts().get(name), quantizer.group_size)  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
 
