@@ -37,10 +37,19 @@ def bars(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Te
 
 def small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, 4),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 3 * 3, 64),
+        nn.ReLU(),
+        nn.Linear(64, 4),
     )
 
 
@@ -71,12 +80,18 @@ def main() -> None:
 
     print(f"budgets: {', '.join(b.text for b in plan.budgets)}")
     for name, layer in plan.layers.items():
-        print(f"  {name:>4}: W{layer.weight_bits}A{layer.act_bits}  (Tr(H) = {sensitivity.layers[name].hessian_trace:.3g})")
-    print(f"plan: {format_bytes(report.plan.size_bytes)}, {report.plan.bops / 1e9:.3f} GBOPs, "
-          f"top-1 {report.plan.top1:.1%} (FP32 {report.fp32.top1:.1%}), agreement with FP32 {report.plan.fp32_agreement:.1%}")
+        print(
+            f"  {name:>4}: W{layer.weight_bits}A{layer.act_bits}  (Tr(H) = {sensitivity.layers[name].hessian_trace:.3g})"
+        )
+    print(
+        f"plan: {format_bytes(report.plan.size_bytes)}, {report.plan.bops / 1e9:.3f} GBOPs, "
+        f"top-1 {report.plan.top1:.1%} (FP32 {report.fp32.top1:.1%}), agreement with FP32 {report.plan.fp32_agreement:.1%}"
+    )
     for baseline in report.baselines:
-        print(f"  {baseline.name}: {format_bytes(baseline.size_bytes)}, {baseline.bops / 1e9:.3f} GBOPs, "
-              f"top-1 {baseline.top1:.1%}, agreement {baseline.fp32_agreement:.1%}, fits both budgets: {baseline.fits_budget}")
+        print(
+            f"  {baseline.name}: {format_bytes(baseline.size_bytes)}, {baseline.bops / 1e9:.3f} GBOPs, "
+            f"top-1 {baseline.top1:.1%}, agreement {baseline.fp32_agreement:.1%}, fits both budgets: {baseline.fits_budget}"
+        )
     try:
         mpq.solve(sensitivity, budget=["20kB", "0.004GBOPs"], space=mpq.SearchSpace(bits=(2, 4, 8)))
     except mpq.BudgetInfeasible as error:

@@ -34,9 +34,15 @@ class CNN(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.conv_layers = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, 2),
         )
         self.fc_layers = nn.Sequential(nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, classes))
 
@@ -72,9 +78,26 @@ def main(out: Path) -> None:
     weights = weights_file()
 
     # 1. the command line, run in this process
-    args = ["search", "--model", f"{__file__}:build_cnn", "--weights", str(weights), "--data", str(data_path),
-            "--budget", "130KB", "--bits", "2,3,4,6,8", "--max-probes", "8", "--out", str(out / "cli"), "--quiet",
-            "--cache-dir", str(out / "cache")]
+    args = [
+        "search",
+        "--model",
+        f"{__file__}:build_cnn",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data_path),
+        "--budget",
+        "130KB",
+        "--bits",
+        "2,3,4,6,8",
+        "--max-probes",
+        "8",
+        "--out",
+        str(out / "cli"),
+        "--quiet",
+        "--cache-dir",
+        str(out / "cache"),
+    ]
     print("$ mpq " + " ".join(args))
     status = mpq_cli(args)
     if status != 0:
@@ -83,10 +106,20 @@ def main(out: Path) -> None:
     # 2. the same from Python: the spec loaders, then the API
     model = load_model_spec(f"{__file__}:build_cnn", {"classes": 10}, weights)
     data = load_data_spec(str(data_path))
-    result = mpq.search(model, data, budget="130KB", space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)), probes=mpq.ProbeSettings(max_probes=8), progress=False, cache_dir=out / "cache")
+    result = mpq.search(
+        model,
+        data,
+        budget="130KB",
+        space=mpq.SearchSpace(bits=(2, 3, 4, 6, 8)),
+        probes=mpq.ProbeSettings(max_probes=8),
+        progress=False,
+        cache_dir=out / "cache",
+    )
     report = result.report
-    print(f"\nPython API: FP32 top-1 {report.fp32.top1:.1%}; plan {report.plan.size_bytes:,} B, top-1 {report.plan.top1:.1%}, "
-          f"agreement with FP32 {report.plan.fp32_agreement:.1%}")
+    print(
+        f"\nPython API: FP32 top-1 {report.fp32.top1:.1%}; plan {report.plan.size_bytes:,} B, top-1 {report.plan.top1:.1%}, "
+        f"agreement with FP32 {report.plan.fp32_agreement:.1%}"
+    )
     for baseline in report.baselines:
         print(f"  {baseline.name}: {baseline.size_bytes:,} B, top-1 {baseline.top1:.1%}, fits: {baseline.fits_budget}")
 

@@ -85,23 +85,47 @@ def main() -> None:
     encoder = pretrain(Encoder())
     ids = torch.randint(0, VOCAB, (64, SEQ), generator=torch.Generator().manual_seed(2))  # int64 token ids
 
-    result = mpq.search(encoder, ids, budget=["32KB", "16MBOPs"], space=mpq.SearchSpace(bits=(3, 4, 6, 8)), loss="mse", probes=mpq.ProbeSettings(max_probes=16), progress=False, cache_dir=False)
+    result = mpq.search(
+        encoder,
+        ids,
+        budget=["32KB", "16MBOPs"],
+        space=mpq.SearchSpace(bits=(3, 4, 6, 8)),
+        loss="mse",
+        probes=mpq.ProbeSettings(max_probes=16),
+        progress=False,
+        cache_dir=False,
+    )
     print(f"sensitivity loss: {result.sensitivity.loss}; {len(result.plan.layers)} Linear layers quantized")
     for name, layer in result.plan.layers.items():
         s = result.sensitivity.layers[name]
         print(f"  {name:<18} W{layer.weight_bits}  Tr(H) = {s.hessian_trace:.3g} ± {s.hessian_trace_stderr:.2g}")
     report = result.report
-    print(f"plan: {report.plan.size_bytes:,} B, {report.plan.bops / 1e6:.1f} MBOPs, cosine similarity to FP32 embeddings {report.plan.cosine_to_fp32:.5f}")
+    print(
+        f"plan: {report.plan.size_bytes:,} B, {report.plan.bops / 1e6:.1f} MBOPs, cosine similarity to FP32 embeddings {report.plan.cosine_to_fp32:.5f}"
+    )
     for baseline in report.baselines:
-        print(f"  {baseline.name}: {baseline.size_bytes:,} B, cosine {baseline.cosine_to_fp32:.5f}, fits: {baseline.fits_budget}")
+        print(
+            f"  {baseline.name}: {baseline.size_bytes:,} B, cosine {baseline.cosine_to_fp32:.5f}, fits: {baseline.fits_budget}"
+        )
     print(f"FP32 (float embeddings included): {report.fp32.size_bytes:,} B")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings_s.items()))
 
     # The token table too (per-row widths; ids stay integers): more of the model shrinks for the same budget.
-    with_table = mpq.search(encoder, ids, budget=["32KB", "16MBOPs"], space=mpq.SearchSpace(bits=(3, 4, 6, 8)), loss="mse", quantize_embeddings=True,
-                            probes=mpq.ProbeSettings(max_probes=16), progress=False, cache_dir=False)
-    print(f"with --quantize-embeddings: tokens W{with_table.plan.layers['tokens'].weight_bits}, "
-          f"{with_table.report.plan.size_bytes:,} B, cosine {with_table.report.plan.cosine_to_fp32:.5f}")
+    with_table = mpq.search(
+        encoder,
+        ids,
+        budget=["32KB", "16MBOPs"],
+        space=mpq.SearchSpace(bits=(3, 4, 6, 8)),
+        loss="mse",
+        quantize_embeddings=True,
+        probes=mpq.ProbeSettings(max_probes=16),
+        progress=False,
+        cache_dir=False,
+    )
+    print(
+        f"with --quantize-embeddings: tokens W{with_table.plan.layers['tokens'].weight_bits}, "
+        f"{with_table.report.plan.size_bytes:,} B, cosine {with_table.report.plan.cosine_to_fp32:.5f}"
+    )
 
 
 if __name__ == "__main__":

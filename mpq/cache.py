@@ -44,7 +44,9 @@ def max_bytes_from_environment() -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise MpqError(f"{MAX_BYTES_ENV}={text!r} is not a whole number of bytes; set it to e.g. 500000000, or 0 for no cap")
+        raise MpqError(
+            f"{MAX_BYTES_ENV}={text!r} is not a whole number of bytes; set it to e.g. 500000000, or 0 for no cap"
+        )
     return value
 
 
@@ -109,7 +111,9 @@ class Cache:
         except FileNotFoundError:
             return []
         except NotADirectoryError:
-            raise MpqError(f"cache folder {self.folder} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR") from None
+            raise MpqError(
+                f"cache folder {self.folder} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR"
+            ) from None
         found = []
         for name in names:
             match = ENTRY_NAME.match(name)
@@ -176,5 +180,9 @@ def open_cache(cache_dir) -> Cache:
     if cache_dir is False:
         return Cache(None)
     folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    check_writable_folder(folder, "the cache folder", "choose another with --cache-dir (cache_dir=), or run without a cache (--no-cache, cache_dir=False)")
+    check_writable_folder(
+        folder,
+        "the cache folder",
+        "choose another with --cache-dir (cache_dir=), or run without a cache (--no-cache, cache_dir=False)",
+    )
     return Cache(folder)

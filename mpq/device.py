@@ -52,11 +52,12 @@ def resolve_device(spec, model=None, label: str = "device") -> torch.device:
     index = int(text.split(":")[1]) if ":" in text else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise MpqError(f"{shown}: only {count} CUDA device{'s are' if count != 1 else ' is'} visible (cuda:0 to cuda:{count - 1}); use one of them or {cpu}")
+        raise MpqError(
+            f"{shown}: only {count} CUDA device{'s are' if count != 1 else ' is'} visible (cuda:0 to cuda:{count - 1}); use one of them or {cpu}"
+        )
     return torch.device("cuda", index)
 
 
 def drawn_on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A tensor drawn from a CPU generator, moved to `device` (the same draws on every device)."""
     return t if t.device == device else t.to(device)
-

@@ -64,7 +64,9 @@ def write_bytes_atomic(path: "str | Path", data: bytes) -> None:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     except OSError as exc:
-        raise MpqError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): free some space or choose another folder") from None
+        raise MpqError(
+            f"cannot write {path} ({exc.strerror or type(exc).__name__}): free some space or choose another folder"
+        ) from None
 
 
 def check_writable_folder(folder: Path, what: str, how: str) -> None:
@@ -79,7 +81,9 @@ def check_writable_folder(folder: Path, what: str, how: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise MpqError(f"cannot write {what} {folder}: {existing} does not take new files ({exc.strerror or type(exc).__name__}); {how}") from None
+        raise MpqError(
+            f"cannot write {what} {folder}: {existing} does not take new files ({exc.strerror or type(exc).__name__}); {how}"
+        ) from None
 
 
 def write_text_atomic(path: "str | Path", text: str) -> None:

@@ -42,7 +42,9 @@ class _Quiet:
 
 
 @contextmanager
-def bar(total: float | None, desc: str, progress: bool | None = None, unit: str = "it", initial: float = 0) -> Iterator["tqdm | _Quiet"]:
+def bar(
+    total: float | None, desc: str, progress: bool | None = None, unit: str = "it", initial: float = 0
+) -> Iterator["tqdm | _Quiet"]:
     """A tqdm bar on stderr (count, rate, ETA) when `enabled(progress)`, else an object that does nothing.
     Both have `update(n)`, `set_postfix_str(text)` and `n` (the count so far)."""
     if not enabled(progress):

@@ -81,7 +81,14 @@ def part_hessian(args) -> dict:
     model, fit = fit_views()
     base = rss_mb()
     started = time.perf_counter()
-    sens = mpq.analyze(model, fit, metric="hessian", probes=mpq.ProbeSettings(min_probes=args.probes, max_probes=args.probes, max_seconds=1e6), cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        model,
+        fit,
+        metric="hessian",
+        probes=mpq.ProbeSettings(min_probes=args.probes, max_probes=args.probes, max_seconds=1e6),
+        cache_dir=False,
+        progress=False,
+    )
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "base_mb": base, "peak_mb": rss_mb(), "probes": args.probes, **_traces(sens)}
 
@@ -108,21 +115,49 @@ def part_pyhessian(args) -> dict:
     engine = PyHessian(folded, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
     samples = [engine.trace(maxIter=1)[0] for _ in range(args.pyhessian_iters)]
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "base_mb": base, "peak_mb": rss_mb(), "samples": [float(s) for s in samples], "mean": float(np.mean(samples)),
-            "var": float(np.var(samples, ddof=1))}
+    return {
+        "seconds": seconds,
+        "base_mb": base,
+        "peak_mb": rss_mb(),
+        "samples": [float(s) for s in samples],
+        "mean": float(np.mean(samples)),
+        "var": float(np.var(samples, ddof=1)),
+    }
 
 
 def _traces(sens) -> dict:
     layers = list(sens.layers.values())
-    return {"trace": [s.hessian_trace for s in layers], "stderr": [s.hessian_trace_stderr for s in layers], "estimator": sorted({s.estimator for s in layers})}
+    return {
+        "trace": [s.hessian_trace for s in layers],
+        "stderr": [s.hessian_trace_stderr for s in layers],
+        "estimator": sorted({s.estimator for s in layers}),
+    }
 
 
-PARTS = {"forward_backward": part_forward_backward, "gauss_newton": part_gauss_newton, "hessian": part_hessian, "pyhessian": part_pyhessian}
+PARTS = {
+    "forward_backward": part_forward_backward,
+    "gauss_newton": part_gauss_newton,
+    "hessian": part_hessian,
+    "pyhessian": part_pyhessian,
+}
 
 
 def run_part(name: str, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--part", name, "--probes", str(args.probes), "--pyhessian-iters", str(args.pyhessian_iters)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--part",
+            name,
+            "--probes",
+            str(args.probes),
+            "--pyhessian-iters",
+            str(args.pyhessian_iters),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(name, {k: v for k, v in result.items() if not isinstance(v, list)}, flush=True)
     return result
@@ -130,7 +165,12 @@ def run_part(name: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--probes", type=int, default=8, help="per-layer Hutchinson probes per layer, from which its seconds to 5%% are projected")
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=8,
+        help="per-layer Hutchinson probes per layer, from which its seconds to 5%% are projected",
+    )
     parser.add_argument("--pyhessian-iters", type=int, default=8)
     parser.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args()

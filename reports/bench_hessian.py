@@ -34,7 +34,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpq.inputs.graph import prepare_model
-from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, _rademacher, hutchinson_traces, probe_batches, probe_generator
+from mpq.sensitivity.hessian import (
+    HessianTraces,
+    ProbeProblem,
+    _rademacher,
+    hutchinson_traces,
+    probe_batches,
+    probe_generator,
+)
 from mpq.sensitivity.hvp import hessian_vector_product
 from mpq.sensitivity.settings import ProbeSettings
 
@@ -104,7 +111,9 @@ class Case:
         for w in weights:
             w.requires_grad_(True)
         keys = [f"{n}.weight" for n in names]
-        return ProbeProblem(self.model, keys, weights, self.x, self.y, F.cross_entropy, probe_batches(len(self.x), settings), settings)
+        return ProbeProblem(
+            self.model, keys, weights, self.x, self.y, F.cross_entropy, probe_batches(len(self.x), settings), settings
+        )
 
     def channels(self) -> list[int]:
         return [self.model.get_submodule(n).weight.shape[0] for n in self.names]
@@ -123,7 +132,9 @@ def hvp_costs(case: Case, batch_size: int, repeats: int) -> dict[str, float]:
         torch.autograd.grad(F.cross_entropy(case.model(x), y), problem.weights)
 
     def hvp(method):
-        return lambda: hessian_vector_product(case.model, problem.keys, problem.weights, x, y, F.cross_entropy, vs, method)
+        return lambda: hessian_vector_product(
+            case.model, problem.keys, problem.weights, x, y, F.cross_entropy, vs, method
+        )
 
     variants = {"forward+backward": forward_backward, "rev-rev": hvp("rev-rev"), "fwd-rev": hvp("fwd-rev")}
     times = {k: [] for k in variants}
@@ -221,8 +232,13 @@ def memory_probe(method: str, chunk: int, batch: int, probing: str) -> dict:
 
 
 def measured_memory(method: str, chunk: int, batch: int, probing: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", method, str(chunk), str(batch), probing],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", method, str(chunk), str(batch), probing],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -234,7 +250,10 @@ def timed_sensitivity(ranks: int, probes: int) -> tuple[float, dict]:
     if ranks == 1:
         command, env = [str(BIN / "mpq"), *args], {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     else:
-        command, env = [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "-m", "mpq.cli.main", *args], {**os.environ, "OMP_NUM_THREADS": "1"}
+        command, env = (
+            [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "-m", "mpq.cli.main", *args],
+            {**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return time.perf_counter() - start, json.loads(out.stdout)
@@ -276,8 +295,11 @@ NOTES = """## Notes: what was tried, what was kept
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
-            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+        *["| " + " | ".join(str(c) for c in row) + " |" for row in rows],
+    ]
 
 
 def hvp_section(cases: list[Case], repeats: int) -> list[str]:
@@ -285,8 +307,15 @@ def hvp_section(cases: list[Case], repeats: int) -> list[str]:
     for case in cases:
         t = hvp_costs(case, 8, repeats)
         fb = t["forward+backward"]
-        rows.append([f"{case.name}, batch 8", f"{fb:.3f}", f"{t['rev-rev']:.3f} ({t['rev-rev'] / fb:.2f}x)",
-                     f"{t['fwd-rev']:.3f} ({t['fwd-rev'] / fb:.2f}x)", f"{t['rev-rev'] / t['fwd-rev']:.2f}"])
+        rows.append(
+            [
+                f"{case.name}, batch 8",
+                f"{fb:.3f}",
+                f"{t['rev-rev']:.3f} ({t['rev-rev'] / fb:.2f}x)",
+                f"{t['fwd-rev']:.3f} ({t['fwd-rev'] / fb:.2f}x)",
+                f"{t['rev-rev'] / t['fwd-rev']:.2f}",
+            ]
+        )
         print(rows[-1], flush=True)
     return [
         "## 1. One Hessian-vector product against one forward+backward",
@@ -311,20 +340,45 @@ def tolerance_section(case: Case, run: ProbeRun, cap: int, engine: HessianTraces
     negative = [case.names[i] for i in np.flatnonzero(engine.trace + 2 * engine.stderr <= 0)]
     q = lambda rel: np.quantile(np.where(np.isfinite(rel), rel, 1e9), [0.5, 0.9])  # noqa: E731
     rows = [
-        ["per-layer (the default)", f"{engine.stop_reason}", f"{engine.probes}", f"{hvps} per-layer", f"{engine.seconds:.0f}",
-         f"{int(_reached(rel_pl).sum())} of {len(rel_pl)}", f"{q(rel_pl)[0]:.1%}"],
-        ["all-layers", "every layer under 5%" if reached_all else "cap", f"{reached_all or len(run.values)}", f"{reached_all or len(run.values)} whole",
-         f"{(run.seconds[:reached_all] if reached_all else run.seconds).sum():.0f}", f"{int(_reached(rel_all).sum())} of {len(rel_all)}", f"{q(rel_all)[0]:.1%}"],
+        [
+            "per-layer (the default)",
+            f"{engine.stop_reason}",
+            f"{engine.probes}",
+            f"{hvps} per-layer",
+            f"{engine.seconds:.0f}",
+            f"{int(_reached(rel_pl).sum())} of {len(rel_pl)}",
+            f"{q(rel_pl)[0]:.1%}",
+        ],
+        [
+            "all-layers",
+            "every layer under 5%" if reached_all else "cap",
+            f"{reached_all or len(run.values)}",
+            f"{reached_all or len(run.values)} whole",
+            f"{(run.seconds[:reached_all] if reached_all else run.seconds).sum():.0f}",
+            f"{int(_reached(rel_all).sum())} of {len(rel_all)}",
+            f"{q(rel_all)[0]:.1%}",
+        ],
     ]
     probes = engine.layer_probes
     return [
         f"## 2. Probes and seconds to {TOL:.0%} relative standard error",
         "",
-        f"{case.name}, batch 8, fwd-rev. Per-layer: the engine (`hutchinson_traces`, `probing=\"per-layer\"`, min 8 probes, cap {engine_cap}),",
+        f'{case.name}, batch 8, fwd-rev. Per-layer: the engine (`hutchinson_traces`, `probing="per-layer"`, min 8 probes, cap {engine_cap}),',
         f"each layer probed until its own standard error is under {TOL:.0%} of its trace. All-layers: one HVP per probe for every",
         f"layer, the engine's probe sequence and stopping rule replayed up to {cap} probes.",
         "",
-        *table(["probing", "stopped by", "probes (most of a layer)", "HVPs", "seconds", "layers under 5%", "median relative stderr"], rows),
+        *table(
+            [
+                "probing",
+                "stopped by",
+                "probes (most of a layer)",
+                "HVPs",
+                "seconds",
+                "layers under 5%",
+                "median relative stderr",
+            ],
+            rows,
+        ),
         "",
         f"Per-layer probes used per layer: min {probes.min()}, median {int(np.median(probes))}, max {probes.max()}.",
         "Layers whose trace is clearly not positive (trace + 2 stderr <= 0 after per-layer probing; no probe count brings them",
@@ -344,8 +398,19 @@ def equal_error_section(case: Case, run: ProbeRun, engine: HessianTraces, t_laye
     t_all = run.seconds.mean()
     all_seconds = float(np.ceil(need_all[ok].max()) * t_all)
     pl_seconds = float((np.ceil(np.maximum(need_pl[ok], 8)) * t_layer[ok]).sum())
-    rows = [[case.names[i], f"{trace[i]:.3g}", f"{var_pl[i]:.3g}", f"{var_all[i]:.3g}", f"{var_all[i] / max(var_pl[i], 1e-300):.0f}",
-             f"{t_layer[i]:.2f}", f"{np.ceil(need_pl[i]):.0f}", f"{np.ceil(need_all[i]):.0f}"] for i in np.flatnonzero(ok)]
+    rows = [
+        [
+            case.names[i],
+            f"{trace[i]:.3g}",
+            f"{var_pl[i]:.3g}",
+            f"{var_all[i]:.3g}",
+            f"{var_all[i] / max(var_pl[i], 1e-300):.0f}",
+            f"{t_layer[i]:.2f}",
+            f"{np.ceil(need_pl[i]):.0f}",
+            f"{np.ceil(need_all[i]):.0f}",
+        ]
+        for i in np.flatnonzero(ok)
+    ]
     return [
         "## 3. Per-layer (HAWQ-V2) against all-layer probing, at equal standard error",
         "",
@@ -354,7 +419,19 @@ def equal_error_section(case: Case, run: ProbeRun, engine: HessianTraces, t_laye
         "is the per-layer probe's). Probes needed for 5%: n = var / (0.05 trace)^2 (per-layer at least 8, the engine's minimum).",
         f"t_l: one per-layer HVP of layer l; one all-layer HVP: {t_all:.2f} s (sum of t_l: {t_layer.sum():.2f} s).",
         "",
-        *table(["layer", "trace", "var per-layer", "var all-layers", "var ratio", "t_l s", "probes per-layer", "probes all-layers"], rows),
+        *table(
+            [
+                "layer",
+                "trace",
+                "var per-layer",
+                "var all-layers",
+                "var ratio",
+                "t_l s",
+                "probes per-layer",
+                "probes all-layers",
+            ],
+            rows,
+        ),
         "",
         f"- all-layer probing, every one of these layers to 5%: max_l n_all,l = {np.ceil(need_all[ok].max()):.0f} probes x {t_all:.2f} s = **{all_seconds:.0f} s**",
         f"- per-layer probing, each layer to 5% on its own: sum_l n_pl,l t_l = **{pl_seconds:.0f} s**",
@@ -380,7 +457,15 @@ def batch_section(results: dict[str, dict[int, tuple]], default_rows: list[list]
         "Default model: probes at batch 8 and batch 32, per-layer work-normalized variance",
         "(seconds per probe x variance per probe; lower reaches a given standard error sooner):",
         "",
-        *table(["batch", "s per probe", "median over layers of (s x var) / batch-8 value", "layers where it is lower than at batch 8"], default_rows),
+        *table(
+            [
+                "batch",
+                "s per probe",
+                "median over layers of (s x var) / batch-8 value",
+                "layers where it is lower than at batch 8",
+            ],
+            default_rows,
+        ),
         "",
     ]
 
@@ -395,8 +480,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--probes", type=int, default=64, help="cap of all-layer probes on the default model")
-    parser.add_argument("--per-layer-probes", type=int, default=32, help="cap of per-layer probes of each layer on the default model")
-    parser.add_argument("--big-batch-probes", type=int, default=16, help="batch-32 probes on the default model (0: skip)")
+    parser.add_argument(
+        "--per-layer-probes", type=int, default=32, help="cap of per-layer probes of each layer on the default model"
+    )
+    parser.add_argument(
+        "--big-batch-probes", type=int, default=16, help="batch-32 probes on the default model (0: skip)"
+    )
     parser.add_argument("--rank-probes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-probe", nargs=4)
@@ -443,35 +532,85 @@ def main() -> None:
         big = all_layer_probes(default, ProbeSettings(batch_size=32), args.big_batch_probes)
         base = run.seconds.mean() * run.values.var(axis=0, ddof=1)
         other = big.seconds.mean() * big.values.var(axis=0, ddof=1)
-        default_rows.append([32, f"{big.seconds.mean():.2f}", f"{np.median(other / base):.2f}", f"{int((other < base).sum())} of {len(base)}"])
+        default_rows.append(
+            [
+                32,
+                f"{big.seconds.mean():.2f}",
+                f"{np.median(other / base):.2f}",
+                f"{int((other < base).sum())} of {len(base)}",
+            ]
+        )
     text += batch_section({"small CNN": small_results}, default_rows)
     save(text, quick)
     print("batches done", time.perf_counter() - started, flush=True)
 
     memory_rows = []
-    for probing, method, chunk, batch in [("all-layers", "rev-rev", 0, 8), ("all-layers", "fwd-rev", 0, 8), ("all-layers", "fwd-rev", 4, 8),
-                                          ("all-layers", "fwd-rev", 2, 8), ("all-layers", "fwd-rev", 0, 32), ("all-layers", "fwd-rev", 4, 32),
-                                          ("per-layer", "fwd-rev", 0, 8), ("per-layer", "rev-rev", 0, 8)]:
+    for probing, method, chunk, batch in [
+        ("all-layers", "rev-rev", 0, 8),
+        ("all-layers", "fwd-rev", 0, 8),
+        ("all-layers", "fwd-rev", 4, 8),
+        ("all-layers", "fwd-rev", 2, 8),
+        ("all-layers", "fwd-rev", 0, 32),
+        ("all-layers", "fwd-rev", 4, 32),
+        ("per-layer", "fwd-rev", 0, 8),
+        ("per-layer", "rev-rev", 0, 8),
+    ]:
         m = measured_memory(method, chunk, batch, probing)
-        memory_rows.append([probing, method, batch, chunk or "-", f"{m['before_mib']:.0f}", f"{m['peak_mib']:.0f}", f"{m['peak_mib'] - m['before_mib']:.0f}"])
+        memory_rows.append(
+            [
+                probing,
+                method,
+                batch,
+                chunk or "-",
+                f"{m['before_mib']:.0f}",
+                f"{m['peak_mib']:.0f}",
+                f"{m['peak_mib'] - m['before_mib']:.0f}",
+            ]
+        )
         print(memory_rows[-1], flush=True)
-    text += ["## 5. Peak memory", "", "A fresh process per row (`--memory-probe`): peak RSS (VmHWM) after loading the model and data, and after one probe",
-             "(per-layer probing: one HVP for every layer, one after another).", "",
-             *table(["probing", "hvp", "batch", "chunk", "RSS before MiB", "peak RSS MiB", "probe's increase MiB"], memory_rows), ""]
+    text += [
+        "## 5. Peak memory",
+        "",
+        "A fresh process per row (`--memory-probe`): peak RSS (VmHWM) after loading the model and data, and after one probe",
+        "(per-layer probing: one HVP for every layer, one after another).",
+        "",
+        *table(
+            ["probing", "hvp", "batch", "chunk", "RSS before MiB", "peak RSS MiB", "probe's increase MiB"], memory_rows
+        ),
+        "",
+    ]
     save(text, quick)
 
     probes = args.rank_probes if not quick else 2
     one_s, one = timed_sensitivity(1, probes)
     two_s, two = timed_sensitivity(2, probes)
-    diff = max(abs(one["layers"][k]["hessian_trace"] - two["layers"][k]["hessian_trace"]) / max(one["layers"][k]["hessian_trace_stderr"], 1e-30) for k in one["layers"])
-    text += ["## 6. Two ranks (torchrun, gloo) against one process, the same probes", "",
-             f"`mpq sensitivity --max-probes {probes} --tol 1e-6 --no-cache` (per-layer probing; whole command: load, FP32 targets, probes):", "",
-             *table(["run", "wall s", "ratio"], [[f"1 process, {THREADS} threads", f"{one_s:.1f}", "1.00"],
-                                                ["`torchrun --nproc-per-node 2`, 1 thread each", f"{two_s:.1f}", f"{two_s / one_s:.2f}"]]),
-             "", f"Largest difference of a layer's trace between the two, in units of its standard error: {diff:.1e} "
-             "(the same probes; float32 rounding only: 1 and 2 threads sum in different orders).", ""]
+    diff = max(
+        abs(one["layers"][k]["hessian_trace"] - two["layers"][k]["hessian_trace"])
+        / max(one["layers"][k]["hessian_trace_stderr"], 1e-30)
+        for k in one["layers"]
+    )
+    text += [
+        "## 6. Two ranks (torchrun, gloo) against one process, the same probes",
+        "",
+        f"`mpq sensitivity --max-probes {probes} --tol 1e-6 --no-cache` (per-layer probing; whole command: load, FP32 targets, probes):",
+        "",
+        *table(
+            ["run", "wall s", "ratio"],
+            [
+                [f"1 process, {THREADS} threads", f"{one_s:.1f}", "1.00"],
+                ["`torchrun --nproc-per-node 2`, 1 thread each", f"{two_s:.1f}", f"{two_s / one_s:.2f}"],
+            ],
+        ),
+        "",
+        f"Largest difference of a layer's trace between the two, in units of its standard error: {diff:.1e} "
+        "(the same probes; float32 rounding only: 1 and 2 threads sum in different orders).",
+        "",
+    ]
     text += [NOTES]
-    text += [f"Total benchmark time: {time.perf_counter() - started:.0f} s; command line: `python reports/bench_hessian.py {' '.join(sys.argv[1:])}`.", ""]
+    text += [
+        f"Total benchmark time: {time.perf_counter() - started:.0f} s; command line: `python reports/bench_hessian.py {' '.join(sys.argv[1:])}`.",
+        "",
+    ]
     print("\n".join(text))
     save(text, quick)
 

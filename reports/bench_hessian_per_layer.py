@@ -79,7 +79,16 @@ def main() -> None:
     for w in weights:
         w.requires_grad_(True)
     settings = ProbeSettings(batch_size=8, probing="per-layer")
-    problem = ProbeProblem(model, [f"{n}.weight" for n in names], weights, data.x, data.y, F.cross_entropy, probe_batches(len(data.x), settings), settings)
+    problem = ProbeProblem(
+        model,
+        [f"{n}.weight" for n in names],
+        weights,
+        data.x,
+        data.y,
+        F.cross_entropy,
+        probe_batches(len(data.x), settings),
+        settings,
+    )
     seconds = method_seconds(problem, args.repeats)
     print(seconds, flush=True)
     sample = [0, 6, 13, 20, 27, 34, 41, 49]
@@ -88,10 +97,27 @@ def main() -> None:
         fixed = per_layer_values(problem, layer, args.probes, fixed_batch=True)
         engine = per_layer_values(problem, layer, args.probes, fixed_batch=False)
         var_fixed, var_engine = fixed.var(ddof=1), engine.var(ddof=1)
-        rows.append([names[layer], f"{engine.mean():.4g}", f"{var_fixed:.3g}", f"{var_engine:.3g}", f"{var_engine / max(var_fixed, 1e-300):.1f}",
-                     f"{np.sqrt(var_fixed / args.probes) / abs(fixed.mean()):.1%}", f"{np.sqrt(var_engine / args.probes) / abs(engine.mean()):.1%}"])
+        rows.append(
+            [
+                names[layer],
+                f"{engine.mean():.4g}",
+                f"{var_fixed:.3g}",
+                f"{var_engine:.3g}",
+                f"{var_engine / max(var_fixed, 1e-300):.1f}",
+                f"{np.sqrt(var_fixed / args.probes) / abs(fixed.mean()):.1%}",
+                f"{np.sqrt(var_engine / args.probes) / abs(engine.mean()):.1%}",
+            ]
+        )
         print(rows[-1], flush=True)
-    header = ["layer", "trace (engine probes)", "var, fixed batch", "var, batch i mod B", "ratio", "rel. stderr, fixed batch", "rel. stderr, engine"]
+    header = [
+        "layer",
+        "trace (engine probes)",
+        "var, fixed batch",
+        "var, batch i mod B",
+        "ratio",
+        "rel. stderr, fixed batch",
+        "rel. stderr, engine",
+    ]
     lines = [
         "# Per-layer Hutchinson probing on the default model",
         "",

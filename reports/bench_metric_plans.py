@@ -30,9 +30,15 @@ def main() -> None:
     model, data = build_model(), load_views()
     prepared = prepare_model(model, data.x[:2])
     reference = fp32_reference(prepared, data, 25, cache)
-    lines = ["# The plans each metric picks", "", f"`python reports/bench_metric_plans.py --metrics {args.metrics}`: EfficientNet-Lite0, 200 views, "
-             "default quantizer, 8-bit activations; hessian with 16 probes per layer.", "",
-             "| metric | budget | trace margin | size (B) | KL(FP32‖q) | agreement |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "# The plans each metric picks",
+        "",
+        f"`python reports/bench_metric_plans.py --metrics {args.metrics}`: EfficientNet-Lite0, 200 views, "
+        "default quantizer, 8-bit activations; hessian with 16 probes per layer.",
+        "",
+        "| metric | budget | trace margin | size (B) | KL(FP32‖q) | agreement |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for metric in args.metrics.split(","):
         probing = {"max_probes": 16, "max_seconds": 5000} if metric == "hessian" else {}
         sens = mpq.analyze(prepared, data, metric=metric, cache_dir=args.cache_dir, progress=False, **probing)
@@ -40,8 +46,12 @@ def main() -> None:
             for margin in (0.0, 2.0):
                 plan = mpq.solve(sens, budget, trace_margin=margin)
                 calibration = plan_calibration(prepared, plan, data, reference, 25, cache)
-                m = measure_plan(prepared, plan, data, reference, f"{metric} {budget}", 25, cache, calibration=calibration)
-                lines.append(f"| {metric} | {budget} | {margin:g} | {m.size_bytes:,} | {m.kl_to_fp32:.4f} | {100 * m.fp32_agreement:.1f}% |")
+                m = measure_plan(
+                    prepared, plan, data, reference, f"{metric} {budget}", 25, cache, calibration=calibration
+                )
+                lines.append(
+                    f"| {metric} | {budget} | {margin:g} | {m.size_bytes:,} | {m.kl_to_fp32:.4f} | {100 * m.fp32_agreement:.1f}% |"
+                )
                 print(lines[-1], flush=True)
     (HERE / "metric_plans.md").write_text("\n".join(lines) + "\n")
 

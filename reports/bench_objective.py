@@ -58,7 +58,9 @@ def greedy_plans(prepared, table, act_bits: dict[str, int | None]) -> dict[str, 
     layers = prepared.graph.by_name
 
     def size(w: dict[str, int]) -> float:
-        return model_costs(prepared.graph.layers, {n: LayerPlan(w[n], act_bits[n]).choice for n in names}, prepared.graph.float_bytes)["size_bytes"]
+        return model_costs(
+            prepared.graph.layers, {n: LayerPlan(w[n], act_bits[n]).choice for n in names}, prepared.graph.float_bytes
+        )["size_bytes"]
 
     def layer_bytes(n: str, b: int) -> float:
         return model_costs([layers[n]], {n: LayerPlan(b, act_bits[n]).choice}, 0)["size_bytes"]
@@ -71,8 +73,15 @@ def greedy_plans(prepared, table, act_bits: dict[str, int | None]) -> dict[str, 
         current = size(widths)
         while left and current <= left[0][1]:
             plans[left.pop(0)[0]] = dict(widths)
-        steps = [((kl(n, widths[n] - 1) - kl(n, widths[n])) / max(layer_bytes(n, widths[n]) - layer_bytes(n, widths[n] - 1), 1e-9), n)
-                 for n in names if widths[n] > BITS[0]]
+        steps = [
+            (
+                (kl(n, widths[n] - 1) - kl(n, widths[n]))
+                / max(layer_bytes(n, widths[n]) - layer_bytes(n, widths[n] - 1), 1e-9),
+                n,
+            )
+            for n in names
+            if widths[n] > BITS[0]
+        ]
         if not left or not steps:
             break
         widths[min(steps)[1]] -= 1
@@ -83,35 +92,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plans", type=int, default=20, help="random 4 MB plans for the Spearman column")
     parser.add_argument("--metrics", default="kl_anchored,kl_quadratic,gauss_newton,hessian,output_kl")
-    parser.add_argument("--anchor-sweep", action=argparse.BooleanOptionalAction, default=True, help=f"also kl_anchored at {ANCHOR_SWEEP} anchor samples")
-    parser.add_argument("--cache-dir", default=None, help="a cache to reuse (default: a fresh one, so every metric's seconds are measured)")
+    parser.add_argument(
+        "--anchor-sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also kl_anchored at {ANCHOR_SWEEP} anchor samples",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="a cache to reuse (default: a fresh one, so every metric's seconds are measured)",
+    )
     args = parser.parse_args()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="mpq-objective-")
     cache = Cache(Path(cache_dir))
     model, data = build_model(), load_views()
     fit, held = held_out_split(data)
     prepared = prepare_model(model, fit.x[:2])
-    fit_reference, held_reference = fp32_reference(prepared, fit, BATCH, cache), fp32_reference(prepared, held, BATCH, cache)
+    fit_reference, held_reference = (
+        fp32_reference(prepared, fit, BATCH, cache),
+        fp32_reference(prepared, held, BATCH, cache),
+    )
 
     sensitivities, seconds = {}, {}
     for metric in args.metrics.split(","):
         started = time.perf_counter()
         # each metric in a cache of its own, so that none reads another's estimate (kl_anchored's includes kl_quadratic's)
-        sensitivities[metric] = mpq.analyze(prepared, fit, metric=metric, cache_dir=Path(cache_dir) / metric, progress=False)
+        sensitivities[metric] = mpq.analyze(
+            prepared, fit, metric=metric, cache_dir=Path(cache_dir) / metric, progress=False
+        )
         seconds[metric] = time.perf_counter() - started
         print(f"{metric}: {seconds[metric]:.1f} s", flush=True)
     first = sensitivities[next(iter(sensitivities))]
     calibration = plan_calibration(prepared, mpq.solve(first, "4MB"), fit, fit_reference, BATCH, cache)
 
     def measured(widths: dict[str, int], acts: dict[str, int | None], name: str, on=(held, held_reference)):
-        plan = Plan(layers={n: LayerPlan(b, acts[n]) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
+        plan = Plan(
+            layers={n: LayerPlan(b, acts[n]) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint}
+        )
         return measure_plan(prepared, plan, on[0], on[1], name, BATCH, cache, calibration=calibration)
 
     rows = []  # (objective, budget, size, kl, agreement)
     for metric, sens in sensitivities.items():
         for budget in BUDGETS:
             plan = mpq.solve(sens, budget)
-            m = measured({n: lp.weight_bits for n, lp in plan.layers.items()}, {n: lp.act_bits for n, lp in plan.layers.items()}, f"{metric} {budget}")
+            m = measured(
+                {n: lp.weight_bits for n, lp in plan.layers.items()},
+                {n: lp.act_bits for n, lp in plan.layers.items()},
+                f"{metric} {budget}",
+            )
             rows.append((metric, budget, m.size_bytes, m.kl_to_fp32, m.fp32_agreement))
             print(rows[-1], flush=True)
     acts = {n: lp.act_bits for n, lp in mpq.solve(first, "4MB").layers.items()}
@@ -127,11 +156,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     base = mpq.solve(first, "4MB")
     randoms = [random_plan(prepared, base, BITS, rng) for _ in range(args.plans)]
-    random_kl = [measured({n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}").kl_to_fp32 for i, p in enumerate(randoms)]
-    fit_kl = [measured({n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}", (fit, fit_reference)).kl_to_fp32 for i, p in enumerate(randoms)]
+    random_kl = [
+        measured({n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}").kl_to_fp32
+        for i, p in enumerate(randoms)
+    ]
+    fit_kl = [
+        measured(
+            {n: lp.weight_bits for n, lp in p.layers.items()}, acts, f"random {i}", (fit, fit_reference)
+        ).kl_to_fp32
+        for i, p in enumerate(randoms)
+    ]
     omegas = {metric: [plan_omega(sens, p, 0.0, False) for p in randoms] for metric, sens in sensitivities.items()}
     rho = {metric: (spearmanr(o, random_kl)[0], spearmanr(o, fit_kl)[0]) for metric, o in omegas.items()}
-    sweep = anchor_sweep(prepared, fit, cache_dir, randoms, random_kl, fit_kl, measured, acts) if args.anchor_sweep else []
+    sweep = (
+        anchor_sweep(prepared, fit, cache_dir, randoms, random_kl, fit_kl, measured, acts) if args.anchor_sweep else []
+    )
     write_report(rows, seconds, rho, randoms, (random_kl, fit_kl), prepared, args, sweep)
 
 
@@ -139,11 +178,25 @@ def anchor_sweep(prepared, fit, cache_dir, randoms, random_kl, fit_kl, measured,
     """kl_anchored at each count of ANCHOR_SWEEP anchor samples: (count, held-out KL per budget, both Spearmans, r range)."""
     rows = []
     for count in ANCHOR_SWEEP:
-        sens = mpq.analyze(prepared, fit, metric="kl_anchored", probes=ProbeSettings(anchor_samples=count), cache_dir=Path(cache_dir) / "sweep", progress=False)
-        kls = [measured({n: lp.weight_bits for n, lp in mpq.solve(sens, b).layers.items()}, acts, f"anchored {count} {b}").kl_to_fp32 for b in BUDGETS]
+        sens = mpq.analyze(
+            prepared,
+            fit,
+            metric="kl_anchored",
+            probes=ProbeSettings(anchor_samples=count),
+            cache_dir=Path(cache_dir) / "sweep",
+            progress=False,
+        )
+        kls = [
+            measured(
+                {n: lp.weight_bits for n, lp in mpq.solve(sens, b).layers.items()}, acts, f"anchored {count} {b}"
+            ).kl_to_fp32
+            for b in BUDGETS
+        ]
         omegas = [plan_omega(sens, p, 0.0, False) for p in randoms]
         ratios = [s.details["anchor_ratio"] for s in sens.layers.values()]
-        rows.append((count, kls, spearmanr(omegas, random_kl)[0], spearmanr(omegas, fit_kl)[0], min(ratios), max(ratios)))
+        rows.append(
+            (count, kls, spearmanr(omegas, random_kl)[0], spearmanr(omegas, fit_kl)[0], min(ratios), max(ratios))
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -152,7 +205,12 @@ def write_report(rows, seconds, rho, randoms, random_kls, prepared, args, sweep)
     random_kl, fit_kl = random_kls
     kl = {(o, b): k for o, b, _, k, _ in rows}
     objectives = list(dict.fromkeys(o for o, *_ in rows))
-    sizes = [model_costs(prepared.graph.layers, {n: lp.choice for n, lp in p.layers.items()}, prepared.graph.float_bytes)["size_bytes"] for p in randoms]
+    sizes = [
+        model_costs(prepared.graph.layers, {n: lp.choice for n, lp in p.layers.items()}, prepared.graph.float_bytes)[
+            "size_bytes"
+        ]
+        for p in randoms
+    ]
     lines = [
         "# The objective: which metric's plans come closest to a measured greedy search",
         "",
@@ -162,7 +220,8 @@ def write_report(rows, seconds, rho, randoms, random_kls, prepared, args, sweep)
         "5 photos; default quantizer, 8-bit activations, widths 4-8. Seconds: each metric's `mpq.analyze` on the 150 views; the "
         "greedy search's are those of its measured table (output_kl's) plus the greedy steps.",
         "",
-        "| objective | seconds | " + " | ".join(f"KL at {b}" for b in BUDGETS)
+        "| objective | seconds | "
+        + " | ".join(f"KL at {b}" for b in BUDGETS)
         + f" | Spearman(Ω, held-out KL), {len(randoms)} random plans | Spearman(Ω, KL on the fit views) |",
         "|---|---:|" + "---:|" * len(BUDGETS) + "---:|---:|",
     ]
@@ -171,22 +230,42 @@ def write_report(rows, seconds, rho, randoms, random_kls, prepared, args, sweep)
         for b in BUDGETS:
             k, g = kl.get((o, b)), kl.get((GREEDY, b))
             cells.append("—" if k is None else f"{k:.4f}" + (f" ({k / g:.2f}x)" if g and o != GREEDY else ""))
-        lines.append(f"| {o} | {seconds.get(o, float('nan')):.1f} | " + " | ".join(cells) + (f" | {rho[o][0]:.3f} | {rho[o][1]:.3f} |" if o in rho else " | — | — |"))
-    lines += ["", "In brackets: the plan's KL over the greedy plan's at the same budget (under 1: better than greedy).", "",
-              f"Random plans: sizes {min(sizes):,.0f}-{max(sizes):,.0f} B, held-out KL {min(random_kl):.4f}-{max(random_kl):.4f}, "
-              f"KL on the fit views {min(fit_kl):.4f}-{max(fit_kl):.4f}. The plans' own KL on the fit views ranks their held-out KL at "
-              f"Spearman {spearmanr(fit_kl, random_kl)[0]:.3f}: no Ω learned on the fit views can be expected to rank 5 held-out photos much better.", "",
-              "Every plan:", "", "| objective | budget | size (B) | KL(FP32‖q), held out | agreement |", "|---|---|---:|---:|---:|"]
+        lines.append(
+            f"| {o} | {seconds.get(o, float('nan')):.1f} | "
+            + " | ".join(cells)
+            + (f" | {rho[o][0]:.3f} | {rho[o][1]:.3f} |" if o in rho else " | — | — |")
+        )
+    lines += [
+        "",
+        "In brackets: the plan's KL over the greedy plan's at the same budget (under 1: better than greedy).",
+        "",
+        f"Random plans: sizes {min(sizes):,.0f}-{max(sizes):,.0f} B, held-out KL {min(random_kl):.4f}-{max(random_kl):.4f}, "
+        f"KL on the fit views {min(fit_kl):.4f}-{max(fit_kl):.4f}. The plans' own KL on the fit views ranks their held-out KL at "
+        f"Spearman {spearmanr(fit_kl, random_kl)[0]:.3f}: no Ω learned on the fit views can be expected to rank 5 held-out photos much better.",
+        "",
+        "Every plan:",
+        "",
+        "| objective | budget | size (B) | KL(FP32‖q), held out | agreement |",
+        "|---|---|---:|---:|---:|",
+    ]
     lines += [f"| {o} | {b} | {s:,} | {k:.4f} | {100 * a:.1f}% |" for o, b, s, k, a in rows]
     if sweep:
         greedy = {b: kl[(GREEDY, b)] for b in BUDGETS if (GREEDY, b) in kl}
-        lines += ["", "kl_anchored by the number of samples its one-layer KLs are measured on (`anchor_samples`, default "
-                  f"{ProbeSettings().anchor_samples}); KL held out, in brackets over the greedy plan's:", "",
-                  "| anchor samples | " + " | ".join(f"KL at {b}" for b in BUDGETS) + " | Spearman, held out | Spearman, fit views | r_l, min-max |",
-                  "|---:|" + "---:|" * len(BUDGETS) + "---:|---:|---:|"]
+        lines += [
+            "",
+            "kl_anchored by the number of samples its one-layer KLs are measured on (`anchor_samples`, default "
+            f"{ProbeSettings().anchor_samples}); KL held out, in brackets over the greedy plan's:",
+            "",
+            "| anchor samples | "
+            + " | ".join(f"KL at {b}" for b in BUDGETS)
+            + " | Spearman, held out | Spearman, fit views | r_l, min-max |",
+            "|---:|" + "---:|" * len(BUDGETS) + "---:|---:|---:|",
+        ]
         for count, kls, held_rho, fit_rho, low, high in sweep:
             cells = [f"{k:.4f}" + (f" ({k / greedy[b]:.2f}x)" if b in greedy else "") for b, k in zip(BUDGETS, kls)]
-            lines.append(f"| {count} | " + " | ".join(cells) + f" | {held_rho:.3f} | {fit_rho:.3f} | {low:.2f}-{high:.2f} |")
+            lines.append(
+                f"| {count} | " + " | ".join(cells) + f" | {held_rho:.3f} | {fit_rho:.3f} | {low:.2f}-{high:.2f} |"
+            )
     (HERE / "objective.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -48,8 +48,10 @@ MCT_BITS = (8, 7, 6, 5, 4)  # mpq's default candidate widths (--bits 4,5,6,7,8)
 def import_mct(torchvision_dir: str):
     """Declare torchvision's two operator schemas (torchvision's own: csrc/ops/nms.cpp and
     csrc/ops/quantized/cpu/qnms_kernel.cpp), put the unpacked torchvision on the path, import MCT."""
-    for op, schema in (("torchvision::nms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
-                       ("torchvision::qnms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")):
+    for op, schema in (
+        ("torchvision::nms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
+        ("torchvision::qnms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
+    ):
         try:
             torch.library.define(op, schema)
         except RuntimeError:  # already declared (a torchvision whose extension loads)
@@ -70,8 +72,9 @@ def mct_tpc(imx500_v1, bits=MCT_BITS):
     cloned at each width. IMX500's own list is (8, 4, 2)."""
     base, _imx500_list, default = imx500_v1.get_op_quantization_configs()
     configs = [base.clone_and_edit(attr_to_edit={"kernel_attr": {"weights_n_bits": b}}) for b in bits]
-    return imx500_v1.generate_tpc(default_config=default, base_config=base, mixed_precision_cfg_list=configs,
-                                  name="imx500_v1_mpq_widths")
+    return imx500_v1.generate_tpc(
+        default_config=default, base_config=base, mixed_precision_cfg_list=configs, name="imx500_v1_mpq_widths"
+    )
 
 
 class PadConv(nn.Module):
@@ -82,8 +85,9 @@ class PadConv(nn.Module):
     def __init__(self, c: nn.Conv2d):
         super().__init__()
         self.pad = c.static_padding
-        self.conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
-                              c.groups, c.bias is not None)
+        self.conv = nn.Conv2d(
+            c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, c.bias is not None
+        )
         self.conv.load_state_dict(c.state_dict(), strict=False)
 
     def forward(self, x):
@@ -110,8 +114,14 @@ def mct_layer_bits(qmodel, wrapper_type, mpq_layers) -> dict[str, int]:
     for name, module in qmodel.named_modules():
         if not isinstance(module, wrapper_type):
             continue
-        stem = next((name[: len(name) - len(suffix)] for suffix in ("_conv_bn", "_bn", "_conv", "")
-                     if name.endswith(suffix) and name[: len(name) - len(suffix)] in by_fx), name)
+        stem = next(
+            (
+                name[: len(name) - len(suffix)]
+                for suffix in ("_conv_bn", "_bn", "_conv", "")
+                if name.endswith(suffix) and name[: len(name) - len(suffix)] in by_fx
+            ),
+            name,
+        )
         layer = by_fx.get(stem)
         if layer is None:
             raise SystemExit(f"MCT layer {name!r} has no mpq layer (looked for {stem!r})")
@@ -132,7 +142,7 @@ def logits_of(model, x, batch=25):
     with torch.no_grad():
         outs = []
         for i in range(0, len(x), batch):
-            out = model(x[i:i + batch])
+            out = model(x[i : i + batch])
             outs.append(out[0] if isinstance(out, (list, tuple)) else out)
         return torch.cat(outs).float()
 
@@ -140,8 +150,11 @@ def logits_of(model, x, batch=25):
 def compare(logits, ref, labels):
     """mpq's measures (mpq/verify/measure.py): KL(FP32 || q) batch mean, argmax agreement, top-1."""
     kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(ref, 1), log_target=True, reduction="batchmean"))
-    return {"kl": kl, "agreement": float((logits.argmax(1) == ref.argmax(1)).float().mean()),
-            "top1": float((logits.argmax(1) == labels).float().mean())}
+    return {
+        "kl": kl,
+        "agreement": float((logits.argmax(1) == ref.argmax(1)).float().mean()),
+        "top1": float((logits.argmax(1) == labels).float().mean()),
+    }
 
 
 def kernel_bytes(plan, layers) -> float:
@@ -158,7 +171,7 @@ def relative_se(values) -> float:
 def sum_of_traces(sens):
     """Sum of the per-layer traces and its standard error (layers' errors taken as independent)."""
     t = sum(s.hessian_trace for s in sens.layers.values())
-    se = math.sqrt(sum(s.hessian_trace_stderr ** 2 for s in sens.layers.values()))
+    se = math.sqrt(sum(s.hessian_trace_stderr**2 for s in sens.layers.values()))
     return t, se
 
 
@@ -167,12 +180,22 @@ def sum_of_traces(sens):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="development run: 2+2 photos, few probes; writes peers-quick.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="development run: 2+2 photos, few probes; writes peers-quick.md"
+    )
     parser.add_argument("--calib-photos", type=int, default=None, help="photos 0..N-1 calibrate (default 15; quick 2)")
-    parser.add_argument("--eval-photos", type=int, default=None, help="the last N photos are held out (default 5; quick 2)")
-    parser.add_argument("--pyhessian-iters", type=int, default=None, help="PyHessian Hutchinson iterations (default 12; quick 3)")
-    parser.add_argument("--mct-images", type=int, default=None, help="MCT's mixed-precision num_of_images (default MCT's 32; quick 4)")
-    parser.add_argument("--max-probes", type=int, default=None, help="mpq's probes per layer (default mpq's 32; quick 4)")
+    parser.add_argument(
+        "--eval-photos", type=int, default=None, help="the last N photos are held out (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--pyhessian-iters", type=int, default=None, help="PyHessian Hutchinson iterations (default 12; quick 3)"
+    )
+    parser.add_argument(
+        "--mct-images", type=int, default=None, help="MCT's mixed-precision num_of_images (default MCT's 32; quick 4)"
+    )
+    parser.add_argument(
+        "--max-probes", type=int, default=None, help="mpq's probes per layer (default mpq's 32; quick 4)"
+    )
     parser.add_argument("--torchvision-dir", default="/tmp/mpq-peers-tv")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -194,7 +217,7 @@ def main() -> None:
     if calib_photos + eval_photos > 20:
         raise SystemExit("calibration and held-out photos overlap: at most 20 together")
     calib = mpq.Dataset(x=views.x[: 10 * calib_photos], y=views.y[: 10 * calib_photos])
-    held = mpq.Dataset(x=views.x[200 - 10 * eval_photos:], y=views.y[200 - 10 * eval_photos:])
+    held = mpq.Dataset(x=views.x[200 - 10 * eval_photos :], y=views.y[200 - 10 * eval_photos :])
     prepared = as_prepared(model, calib)
     layers = prepared.graph.layers
     ref_held = logits_of(model, held.x)
@@ -204,7 +227,9 @@ def main() -> None:
 
     # 1. mpq's own plan at 4 MB
     t0 = time.perf_counter()
-    result = mpq.search(model, calib, budget=f"{BUDGET_BYTES}B", probes=probes, eval_data=held, cache_dir=cache_dir, progress=False)
+    result = mpq.search(
+        model, calib, budget=f"{BUDGET_BYTES}B", probes=probes, eval_data=held, cache_dir=cache_dir, progress=False
+    )
     mpq_s = time.perf_counter() - t0
     mpq_plan, mpq_m, sens = result.plan, result.report.plan, result.sensitivity
     log(f"mpq search: {mpq_s:.1f} s, {mpq_m.size_bytes:,} B, KL {mpq_m.kl_to_fp32:.4f}")
@@ -220,13 +245,19 @@ def main() -> None:
 
         def representative():
             for i in range(0, len(calib.x), 10):
-                yield [calib.x[i:i + 10]]
+                yield [calib.x[i : i + 10]]
 
-        core = mctlib.core.CoreConfig(mixed_precision_config=mctlib.core.MixedPrecisionQuantizationConfig(num_of_images=mct_images))
+        core = mctlib.core.CoreConfig(
+            mixed_precision_config=mctlib.core.MixedPrecisionQuantizationConfig(num_of_images=mct_images)
+        )
         t0 = time.perf_counter()
         qmodel, info = mctlib.ptq.pytorch_post_training_quantization(
-            mct_model, representative, target_resource_utilization=mctlib.core.ResourceUtilization(weights_memory=BUDGET_BYTES),
-            core_config=core, target_platform_capabilities=tpc)
+            mct_model,
+            representative,
+            target_resource_utilization=mctlib.core.ResourceUtilization(weights_memory=BUDGET_BYTES),
+            core_config=core,
+            target_platform_capabilities=tpc,
+        )
         mct["seconds"] = time.perf_counter() - t0
         mct["bits"] = mct_layer_bits(qmodel, wrapper, layers)
         ru = info.final_resource_utilization
@@ -262,7 +293,7 @@ def main() -> None:
     weight_names = {f"{layer.name}.weight" for layer in layers}
     for name, p in folded.named_parameters():
         p.requires_grad_(name in weight_names)
-    loader = [(calib.x[i:i + 10], calib.y[i:i + 10]) for i in range(0, len(calib.x), 10)]
+    loader = [(calib.x[i : i + 10], calib.y[i : i + 10]) for i in range(0, len(calib.x), 10)]
     torch.manual_seed(0)
     t0 = time.perf_counter()
     ph = PyHessian(folded, nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
@@ -271,16 +302,32 @@ def main() -> None:
     ph_mean, ph_rse = float(np.mean(vhv)), relative_se(vhv)
     log(f"PyHessian: {ph_iters} iterations, {ph_s:.1f} s, trace {ph_mean:.4g} ± {100 * ph_rse:.1f}%")
     t0 = time.perf_counter()  # mpq's Tr(H) engine (the search's own metric, kl_quadratic, is no trace)
-    tr = mpq.analyze(model, calib, metric="gauss_newton", probes=probes, cache_dir=tempfile.mkdtemp(prefix="mpq-peers-gn-"), progress=False)
+    tr = mpq.analyze(
+        model,
+        calib,
+        metric="gauss_newton",
+        probes=probes,
+        cache_dir=tempfile.mkdtemp(prefix="mpq-peers-gn-"),
+        progress=False,
+    )
     tr_s = time.perf_counter() - t0
     hess_t, hess_se = sum_of_traces(tr)
     other = "hessian"  # per-layer Hutchinson (HAWQ-V2), a few probes per layer
     other_probes = ProbeSettings(min_probes=min(8, max_probes), max_probes=min(8, max_probes))
     t0 = time.perf_counter()
-    other_sens = mpq.analyze(model, calib, metric=other, probes=other_probes, cache_dir=tempfile.mkdtemp(prefix="mpq-peers-other-"), progress=False)
+    other_sens = mpq.analyze(
+        model,
+        calib,
+        metric=other,
+        probes=other_probes,
+        cache_dir=tempfile.mkdtemp(prefix="mpq-peers-other-"),
+        progress=False,
+    )
     other_s = time.perf_counter() - t0
     other_t, other_se = sum_of_traces(other_sens)
-    log(f"mpq gauss_newton: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {tr_s:.1f} s; {other} {other_t:.4g} ± {100 * other_se / other_t:.1f}% in {other_s:.1f} s")
+    log(
+        f"mpq gauss_newton: {hess_t:.4g} ± {100 * hess_se / hess_t:.1f}% in {tr_s:.1f} s; {other} {other_t:.4g} ± {100 * other_se / other_t:.1f}% in {other_s:.1f} s"
+    )
 
     write_report(out_path, locals())
     log(f"wrote {out_path}")
@@ -296,12 +343,20 @@ def write_report(path: Path, v: dict) -> None:
     title = "# A peer side by side: Sony MCT and PyHessian beside mpq"
     lines = [title + (" — QUICK DEVELOPMENT RUN (not the benchmark)" if q else ""), ""]
     if q:
-        lines += ["**Quick run** (`--quick`): few photos, few probes and iterations, on a shared 2-core machine with other work running. "
-                  "Its numbers show that the script runs end to end; they are not results, and its wall times are not timings.", ""]
+        lines += [
+            "**Quick run** (`--quick`): few photos, few probes and iterations, on a shared 2-core machine with other work running. "
+            "Its numbers show that the script runs end to end; they are not results, and its wall times are not timings.",
+            "",
+        ]
     lines += [
         f"Command: `{v['command']}`  ",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}, torch {torch.__version__}, "
-        f"mpq {mpq_version()}" + (f", MCT {mct['version']} (torchvision {mct['tv']} unpacked beside, see the script)" if mct_error is None else "")
+        f"mpq {mpq_version()}"
+        + (
+            f", MCT {mct['version']} (torchvision {mct['tv']} unpacked beside, see the script)"
+            if mct_error is None
+            else ""
+        )
         + f"; run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
         f"Model: EfficientNet-Lite0 (mpq's default). Data: the 200 views of 20 foolbox photos, split **by photo**: photos 0–{calib_photos - 1} "
         f"({10 * calib_photos} views) calibrate every tool (mpq's sensitivity and quantizer, MCT's statistics and mixed-precision search, "
@@ -326,12 +381,16 @@ def write_report(path: Path, v: dict) -> None:
             f"{100 * mv.fp32_agreement:.1f}% | {100 * mv.top1:.1f}% | (MCT's above) |",
         ]
         for plan, m, s in v["rows_extra"]:
-            lines.append(f"| mpq at MCT's plan's bytes ({mv.size_bytes:,} B) | {m.size_bytes:,} | {kernel_bytes(plan, layers):,.0f} | {m.kl_to_fp32:.4f} | "
-                         f"{100 * m.fp32_agreement:.1f}% | {100 * m.top1:.1f}% | {s:.2f} s solve on the same sensitivity |")
+            lines.append(
+                f"| mpq at MCT's plan's bytes ({mv.size_bytes:,} B) | {m.size_bytes:,} | {kernel_bytes(plan, layers):,.0f} | {m.kl_to_fp32:.4f} | "
+                f"{100 * m.fp32_agreement:.1f}% | {100 * m.top1:.1f}% | {s:.2f} s solve on the same sensitivity |"
+            )
     for b in v["result"].report.baselines:
         if b.name.startswith("uniform W6") or b.name.startswith("uniform W8"):
-            lines.append(f"| {b.name} (mpq's quantizer) | {b.size_bytes:,} | – | {b.kl_to_fp32:.4f} | {100 * b.fp32_agreement:.1f}% | "
-                         f"{100 * b.top1:.1f}% | – |")
+            lines.append(
+                f"| {b.name} (mpq's quantizer) | {b.size_bytes:,} | – | {b.kl_to_fp32:.4f} | {100 * b.fp32_agreement:.1f}% | "
+                f"{100 * b.top1:.1f}% | – |"
+            )
     lines.append("")
     if mct_error is not None:
         lines += [f"**MCT did not run**: `{mct_error}`", ""]
@@ -397,8 +456,11 @@ def write_report(path: Path, v: dict) -> None:
         "",
         f"At equal relative standard error (Hutchinson's error falls as 1/√probes, so seconds scale as SE⁻²; extrapolated, not run): "
         f"PyHessian would need about {ph_at_mpq:,.0f} s to reach mpq `{sens.metric}`'s {100 * hess_rse:.1f}% on the sum"
-        + (f", and mpq `{sens.metric}` about {mpq_at_ph:,.0f} s to reach PyHessian's {100 * ph_rse:.1f}%. " if hess_rse > ph_rse else
-           f"; mpq `{sens.metric}` is below PyHessian's {100 * ph_rse:.1f}% in its one pass over the views. ")
+        + (
+            f", and mpq `{sens.metric}` about {mpq_at_ph:,.0f} s to reach PyHessian's {100 * ph_rse:.1f}%. "
+            if hess_rse > ph_rse
+            else f"; mpq `{sens.metric}` is below PyHessian's {100 * ph_rse:.1f}% in its one pass over the views. "
+        )
         + "The comparison flatters PyHessian on what it gives: its one number "
         "cannot allocate bits; per layer, the whole-model probe's cross-layer terms add variance (reports/hessian-hutchinson.md measured 4–8,000× "
         "on this model), which is why mpq estimates each layer's own block.",
@@ -408,18 +470,23 @@ def write_report(path: Path, v: dict) -> None:
         mv, own = mct["verify"], mct["own"]
         better = []
         if own["kl"] < mpq_m.kl_to_fp32:
-            better.append(f"MCT's own quantized model is closer to FP32 on the held-out views (KL {own['kl']:.4f} against mpq's {mpq_m.kl_to_fp32:.4f}), "
-                          f"though it counts {mv.size_bytes - mpq_m.size_bytes:+,} B more as deployed")
+            better.append(
+                f"MCT's own quantized model is closer to FP32 on the held-out views (KL {own['kl']:.4f} against mpq's {mpq_m.kl_to_fp32:.4f}), "
+                f"though it counts {mv.size_bytes - mpq_m.size_bytes:+,} B more as deployed"
+            )
         if mct["seconds"] < v["mpq_s"]:
             better.append(f"MCT finished faster ({mct['seconds']:.0f} s against {v['mpq_s']:.0f} s)")
         eq = v["rows_extra"][0][1] if v["rows_extra"] else mpq_m
         if mv.kl_to_fp32 < eq.kl_to_fp32:
-            better.append(f"MCT's allocation under mpq's quantizer beats mpq's at equal bytes (KL {mv.kl_to_fp32:.6f} against {eq.kl_to_fp32:.6f})")
+            better.append(
+                f"MCT's allocation under mpq's quantizer beats mpq's at equal bytes (KL {mv.kl_to_fp32:.6f} against {eq.kl_to_fp32:.6f})"
+            )
         lines += [
             "## What MCT does better, if anything (from this run's numbers)",
             "",
-            ("- " + "\n- ".join(better)) if better else
-            "- On this run, nothing measured here: mpq's plan is at least as close to FP32 at no more bytes, and no slower.",
+            ("- " + "\n- ".join(better))
+            if better
+            else "- On this run, nothing measured here: mpq's plan is at least as close to FP32 at no more bytes, and no slower.",
             "- What MCT has that mpq does not: quantizers for every op's output (adds, pooling, activations), not only the layers' inputs; "
             "a target-platform description (TPC) that fixes fusing, SIMD widths and supported widths per op; activation-memory, total-memory "
             "and BOPs targets in the same search; GPTQ, QAT and pruning behind the same model reader; exports for the IMX500 toolchain.",

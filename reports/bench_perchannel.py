@@ -57,8 +57,14 @@ def solve_both(problem, cbc_limit: float) -> dict:
     row = {"binaries": binary_variables(problem)}
     with Clock() as t:
         solution, reduction = solve_presolved(problem)
-    row.update(presolved=solution.objective, presolve_wall=t.wall, presolve_cpu=t.cpu, lower_bound=reduction.lower_bound,
-               after_presolve=binary_variables(reduction.problem), costs=solution.costs)
+    row.update(
+        presolved=solution.objective,
+        presolve_wall=t.wall,
+        presolve_cpu=t.cpu,
+        lower_bound=reduction.lower_bound,
+        after_presolve=binary_variables(reduction.problem),
+        costs=solution.costs,
+    )
     with Clock() as t:
         try:
             full = solve_problem(problem, time_limit_s=cbc_limit).objective
@@ -74,7 +80,9 @@ def resnet50_layers() -> list[LayerInfo]:
 
     def conv(name, cin, cout, k, hw):
         params = cout * cin * k * k
-        layers.append(LayerInfo(name, "conv2d", (cout, cin, k, k), (cin, hw, hw), (cout, hw, hw), params, cout, params * hw * hw))
+        layers.append(
+            LayerInfo(name, "conv2d", (cout, cin, k, k), (cin, hw, hw), (cout, hw, hw), params, cout, params * hw * hw)
+        )
 
     conv("conv1", 3, 64, 7, 112)
     cin = 64
@@ -129,21 +137,34 @@ def table(rows: list[tuple[str, dict]], cbc_limit: float) -> list[str]:
 def measured_row(name: str, plan, report) -> str:
     m = report.plan
     top1 = "-" if m.top1 is None else f"{m.top1:.1%}"
-    return (f"| {name} | {plan.predicted['size_bytes']:,} | {m.size_bytes:,} | {m.bops / 1e9:.2f} | {top1} | {m.fp32_agreement:.1%} | "
-            f"{m.kl_to_fp32:.4f} | {plan.predicted['omega']:.4g} |")
+    return (
+        f"| {name} | {plan.predicted['size_bytes']:,} | {m.size_bytes:,} | {m.bops / 1e9:.2f} | {top1} | {m.fp32_agreement:.1%} | "
+        f"{m.kl_to_fp32:.4f} | {plan.predicted['omega']:.4g} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-probes", type=int, default=8)
     parser.add_argument("--budget", default="4MB")
-    parser.add_argument("--cbc-limit", type=float, default=300.0, help="seconds CBC alone may take on each whole program")
-    parser.add_argument("--cache-dir", default=os.environ.get("MPQ_CACHE_DIR") or str(Path(tempfile.gettempdir()) / "mpq-bench-cache"))
+    parser.add_argument(
+        "--cbc-limit", type=float, default=300.0, help="seconds CBC alone may take on each whole program"
+    )
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get("MPQ_CACHE_DIR") or str(Path(tempfile.gettempdir()) / "mpq-bench-cache")
+    )
     args = parser.parse_args()
 
     model, data = build_model(), load_views()
     with Clock() as analyze:
-        sensitivity = mpq.analyze(model, data, max_probes=args.max_probes, min_probes=args.max_probes, cache_dir=args.cache_dir, progress=False)
+        sensitivity = mpq.analyze(
+            model,
+            data,
+            max_probes=args.max_probes,
+            min_probes=args.max_probes,
+            cache_dir=args.cache_dir,
+            progress=False,
+        )
     probes = max(s.probes for s in sensitivity.layers.values())
     layers = [s.layer for s in sensitivity.layers.values()]
     budget = parse_budget(args.budget)
@@ -151,7 +172,12 @@ def main() -> None:
     rows = []
     for group in (1, 8, 16):
         problem = build_channel_problem(layers, sensitivity.float_bytes, [budget], BITS, (8,), omega, group).problem
-        rows.append((f"EfficientNet-Lite0, {args.budget}, groups of {group} ({len(problem.layers):,} groups)", solve_both(problem, args.cbc_limit)))
+        rows.append(
+            (
+                f"EfficientNet-Lite0, {args.budget}, groups of {group} ({len(problem.layers):,} groups)",
+                solve_both(problem, args.cbc_limit),
+            )
+        )
         print(rows[-1])
     synthetic_text, synthetic = synthetic_resnet50(args.cbc_limit)
     rows.append(("synthetic ResNet50, 27,560 channels x 4 widths", synthetic))
@@ -181,7 +207,9 @@ def main() -> None:
         "",
         "Binaries: one per channel group and width, after dropping dominated choices; after presolve: what CBC still sees "
         "after Lagrangian reduced-cost fixing (mpq.solver.presolve). 'presolve + CBC' is what `mpq.solve(..., granularity=\"channel\")` "
-        "runs; 'CBC alone' the same program handed whole to CBC (gap 0) with a time limit. Synthetic: " + synthetic_text + ".",
+        "runs; 'CBC alone' the same program handed whole to CBC (gap 0) with a time limit. Synthetic: "
+        + synthetic_text
+        + ".",
         "",
         *table(rows, args.cbc_limit),
         "",

@@ -47,7 +47,13 @@ def channel_omega(sens, widths: dict[str, int], margin: float) -> float:
     for n, b in widths.items():
         s = sens.layers[n]
         per_channel_params = s.layer.params / len(s.channel_trace)
-        total += float((np.maximum(s.channel_trace + margin * s.channel_trace_stderr, 0) / per_channel_params * s.channel_quant_error[b]).sum())
+        total += float(
+            (
+                np.maximum(s.channel_trace + margin * s.channel_trace_stderr, 0)
+                / per_channel_params
+                * s.channel_quant_error[b]
+            ).sum()
+        )
     return total
 
 
@@ -64,7 +70,11 @@ def plot(rows: list[dict], path: Path, panels: list[tuple[str, str, float]]) -> 
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     for ax, (key, label, rho) in zip(axes[0], panels):
-        for kind, style in (("random", dict(color="tab:blue", marker="o", label="random plans in [3.5, 4] MB")), ("plan", dict(color="tab:red", marker="*", s=160, label="the metrics' 4 MB plans")), ("uniform", dict(color="tab:green", marker="s", label="uniform W6A8"))):
+        for kind, style in (
+            ("random", dict(color="tab:blue", marker="o", label="random plans in [3.5, 4] MB")),
+            ("plan", dict(color="tab:red", marker="*", s=160, label="the metrics' 4 MB plans")),
+            ("uniform", dict(color="tab:green", marker="s", label="uniform W6A8")),
+        ):
             pts = [r for r in rows if r["kind"] == kind or (kind == "plan" and r["kind"].endswith(" plan"))]
             ax.scatter([r[key] for r in pts], [r["kl"] for r in pts], **style)
         ax.set_xscale("log")
@@ -82,22 +92,36 @@ def layer_section(prepared, sensitivities: dict) -> list[str]:
     """One layer at a time: each predictor's Ω_l(b) against the measured one-layer KL (output_kl), by layer kind."""
     measured = sensitivities["output_kl"]
     kinds = {layer.name: layer.kind for layer in prepared.graph.layers}
-    lines = ["", "One layer quantized at a time (the rest FP32, no activation quantization): each predictor's Ω_l(b) against the measured "
-             "KL (output_kl's Ω), over the 50 layers × widths 4-8. The ratio predictor / measured is only meaningful up to one "
-             "scale per predictor (Tr(H)/n·‖ΔW‖² has no ½ and uses the labels' loss), so the table gives its median per layer kind "
-             "and the spread; Spearman ρ over all 250 (layer, width) pairs.", "",
-             "| predictor | ρ with one-layer KL | median ratio, depthwise convs | median ratio, other layers | ratio 10th-90th percentile |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "One layer quantized at a time (the rest FP32, no activation quantization): each predictor's Ω_l(b) against the measured "
+        "KL (output_kl's Ω), over the 50 layers × widths 4-8. The ratio predictor / measured is only meaningful up to one "
+        "scale per predictor (Tr(H)/n·‖ΔW‖² has no ½ and uses the labels' loss), so the table gives its median per layer kind "
+        "and the spread; Spearman ρ over all 250 (layer, width) pairs.",
+        "",
+        "| predictor | ρ with one-layer KL | median ratio, depthwise convs | median ratio, other layers | ratio 10th-90th percentile |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for metric in (m for m in ("hessian", "kl_quadratic", "fisher", "output_mse") if m in sensitivities):
-        pairs = [(sensitivities[metric].layers[n].omega(b), measured.layers[n].omega(b), kinds[n]) for n in kinds for b in WIDTHS]
+        pairs = [
+            (sensitivities[metric].layers[n].omega(b), measured.layers[n].omega(b), kinds[n])
+            for n in kinds
+            for b in WIDTHS
+        ]
         ratios = np.array([p / m for p, m, _ in pairs])
         by_kind = lambda depthwise: float(np.median([p / m for p, m, k in pairs if ("depthwise" in k) == depthwise]))  # noqa: E731
-        lines.append(f"| {metric} | {spearmanr([p for p, _, _ in pairs], [m for _, m, _ in pairs])[0]:.3f} | {by_kind(True):.3g} | {by_kind(False):.3g} | "
-                     f"{np.percentile(ratios, 10):.3g}-{np.percentile(ratios, 90):.3g} |")
+        lines.append(
+            f"| {metric} | {spearmanr([p for p, _, _ in pairs], [m for _, m, _ in pairs])[0]:.3f} | {by_kind(True):.3g} | {by_kind(False):.3g} | "
+            f"{np.percentile(ratios, 10):.3g}-{np.percentile(ratios, 90):.3g} |"
+        )
     return lines
 
 
 PREDICTORS = {
-    "hessian": [("omega2", 2.0, "Ω = Tr(H)/n·‖ΔW‖², trace margin 2 (the default)"), ("omega0", 0.0, "Ω = Tr(H)/n·‖ΔW‖², margin 0 (plain HAWQ-V2)")],
+    "hessian": [
+        ("omega2", 2.0, "Ω = Tr(H)/n·‖ΔW‖², trace margin 2 (the default)"),
+        ("omega0", 0.0, "Ω = Tr(H)/n·‖ΔW‖², margin 0 (plain HAWQ-V2)"),
+    ],
     "kl_quadratic": [("klq0", 0.0, "kl_quadratic Ω = ½E[δᵀMδ], margin 0"), ("klq2", 2.0, "kl_quadratic Ω, margin 2")],
     "output_kl": [("okl", 0.0, "output_kl Ω: sum of measured one-layer KLs")],
     "fisher": [("fisher2", 2.0, "fisher Ω = Tr(F)/n·‖ΔW‖², margin 2")],
@@ -111,8 +135,16 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quantizer", default="default", help="quantizer preset (mpq.quantizer.PRESETS)")
-    parser.add_argument("--loss", default=None, help="the sensitivity loss (mpq.sensitivity.losses: labels, fp32, kl ...; default: labels)")
-    parser.add_argument("--metrics", default="hessian,kl_quadratic,output_kl", help="comma-separated sensitivity metrics to compare (hessian first)")
+    parser.add_argument(
+        "--loss",
+        default=None,
+        help="the sensitivity loss (mpq.sensitivity.losses: labels, fp32, kl ...; default: labels)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default="hessian,kl_quadratic,output_kl",
+        help="comma-separated sensitivity metrics to compare (hessian first)",
+    )
     parser.add_argument("--cache-dir", default=str(default_cache_dir()))
     args = parser.parse_args()
     metrics = args.metrics.split(",")
@@ -125,8 +157,19 @@ def main() -> None:
     sensitivities, seconds = {}, {}
     for metric in metrics:
         started = time.perf_counter()
-        probing = {"max_probes": args.probes, "max_seconds": MAX_SECONDS} if metric in ("hessian", "fisher") else {}  # the others probe nothing
-        sensitivities[metric] = mpq.analyze(prepared, data, cache_dir=args.cache_dir, progress=False, quantizer=quantizer, loss=args.loss, metric=metric, **probing)
+        probing = (
+            {"max_probes": args.probes, "max_seconds": MAX_SECONDS} if metric in ("hessian", "fisher") else {}
+        )  # the others probe nothing
+        sensitivities[metric] = mpq.analyze(
+            prepared,
+            data,
+            cache_dir=args.cache_dir,
+            progress=False,
+            quantizer=quantizer,
+            loss=args.loss,
+            metric=metric,
+            **probing,
+        )
         took = time.perf_counter() - started
         seconds[metric] = f"{took:.0f} s" if took > 5 else "from the cache"
         print(f"{metric}: {seconds[metric]}", flush=True)
@@ -135,31 +178,60 @@ def main() -> None:
     reference = fp32_reference(prepared, data, BATCH, cache)
     calibration = plan_calibration(prepared, optimal, data, reference, BATCH, cache, quantizer)
     rng = np.random.default_rng(args.seed)
-    plans = [(f"{m} plan", {n: lp.weight_bits for n, lp in mpq.solve(sensitivities[m], "4MB").layers.items()}) for m in metrics]
+    plans = [
+        (f"{m} plan", {n: lp.weight_bits for n, lp in mpq.solve(sensitivities[m], "4MB").layers.items()})
+        for m in metrics
+    ]
     plans += [("uniform", {n: 6 for n in optimal.layers})]
-    plans += [("random", {n: lp.weight_bits for n, lp in random_plan(prepared, optimal, WIDTHS, rng).layers.items()}) for _ in range(args.plans)]
+    plans += [
+        ("random", {n: lp.weight_bits for n, lp in random_plan(prepared, optimal, WIDTHS, rng).layers.items()})
+        for _ in range(args.plans)
+    ]
     predictors = [(key, m, margin, label) for m in metrics for key, margin, label in PREDICTORS[m]]
     rows = []
     for i, (kind, widths) in enumerate(plans):
         plan = Plan(layers={n: LayerPlan(b, 8) for n, b in widths.items()}, model={"fingerprint": prepared.fingerprint})
         m = measure_plan(prepared, plan, data, reference, kind, BATCH, cache, calibration=calibration)
-        row = dict(kind=kind, size=m.size_bytes, werr=weight_error(sens, widths), chan2=channel_omega(sens, widths, 2.0), kl=m.kl_to_fp32, agreement=m.fp32_agreement, top1=m.top1, mean_bits=float(np.mean(list(widths.values()))))
+        row = dict(
+            kind=kind,
+            size=m.size_bytes,
+            werr=weight_error(sens, widths),
+            chan2=channel_omega(sens, widths, 2.0),
+            kl=m.kl_to_fp32,
+            agreement=m.fp32_agreement,
+            top1=m.top1,
+            mean_bits=float(np.mean(list(widths.values()))),
+        )
         row.update({key: plan_omega(sensitivities[metric], plan, margin) for key, metric, margin, _ in predictors})
         rows.append(row)
         print(i, kind, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     names = {key: label for key, _, _, label in predictors}
-    names.update({"werr": "Σ ‖Q(W)−W‖²/n, no trace (control)", "chan2": "per-channel Ω = Σ_c Tr(H_c)/n_c·‖ΔW_c‖², margin 2"})
+    names.update(
+        {"werr": "Σ ‖Q(W)−W‖²/n, no trace (control)", "chan2": "per-channel Ω = Σ_c Tr(H_c)/n_c·‖ΔW_c‖², margin 2"}
+    )
     kl = [r["kl"] for r in rows]
     randoms = [r for r in rows if r["kind"] == "random"]
-    rho = {key: (spearmanr([r[key] for r in rows], kl)[0], spearmanr([r[key] for r in randoms], [r["kl"] for r in randoms])[0],
-                 spearmanr([r[key] for r in rows], [1 - r["agreement"] for r in rows])[0], pearsonr(np.log([r[key] for r in rows]), np.log(kl))[0]) for key in names}
+    rho = {
+        key: (
+            spearmanr([r[key] for r in rows], kl)[0],
+            spearmanr([r[key] for r in randoms], [r["kl"] for r in randoms])[0],
+            spearmanr([r[key] for r in rows], [1 - r["agreement"] for r in rows])[0],
+            pearsonr(np.log([r[key] for r in rows]), np.log(kl))[0],
+        )
+        for key in names
+    }
     suffix = f"-{args.loss}" if args.loss else ""
-    plot(rows, HERE / f"proxy-fidelity{suffix}.png", [(k, names[k], rho[k][0]) for k in ("omega2", "klq0", "okl") if k in names])
+    plot(
+        rows,
+        HERE / f"proxy-fidelity{suffix}.png",
+        [(k, names[k], rho[k][0]) for k in ("omega2", "klq0", "okl") if k in names],
+    )
     lines = [
         "# Proxy fidelity: does Ω predict the measured damage?",
         "",
         f"`python reports/bench_proxy.py --plans {args.plans} --probes {args.probes} --quantizer {args.quantizer} --metrics {args.metrics}"
-        + (f" --loss {args.loss}" if args.loss else "") + f"`: EfficientNet-Lite0, 200 views, "
+        + (f" --loss {args.loss}" if args.loss else "")
+        + f"`: EfficientNet-Lite0, 200 views, "
         f"the quantizer preset `{args.quantizer}` ({calibration.quantizer.describe()}), 8-bit activations. Hessian traces from "
         f"per-layer Hutchinson probing ({min(s.probes for s in sens.layers.values())}-{max(s.probes for s in sens.layers.values())} probes per layer, "
         f"at most {args.probes}, sensitivity loss {sens.loss}). {len(randoms)} random plans "
@@ -168,23 +240,40 @@ def main() -> None:
         f"{len(rows)} plans in all.",
         "",
         "Seconds to compute each metric on the 200 views in this run (2 CPU cores): "
-        + ", ".join(f"{m} {seconds[m]}" for m in metrics) + ". Each metric's time measured alone, with its command: README, \"Proxy fidelity\".",
+        + ", ".join(f"{m} {seconds[m]}" for m in metrics)
+        + '. Each metric\'s time measured alone, with its command: README, "Proxy fidelity".',
         "",
         "| predictor | Spearman ρ with KL(FP32‖q), all plans | ρ, random plans only | ρ with disagreement (1 − agreement) | Pearson r, log predictor vs log KL |",
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {names[k]} | {v[0]:.3f} | {v[1]:.3f} | {v[2]:.3f} | {v[3]:.3f} |" for k, v in rho.items()]
-    lines += ["", "Each metric's own 4 MB plan, measured:", "", "| metric | size (B) | KL | agreement | top-1 | random plans with a larger KL |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Each metric's own 4 MB plan, measured:",
+        "",
+        "| metric | size (B) | KL | agreement | top-1 | random plans with a larger KL |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows[: len(metrics)]:
-        lines.append(f"| {r['kind'][:-5]} | {r['size']:,} | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% | {sum(x['kl'] > r['kl'] for x in randoms)} of {len(randoms)} |")
+        lines.append(
+            f"| {r['kind'][:-5]} | {r['size']:,} | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% | {sum(x['kl'] > r['kl'] for x in randoms)} of {len(randoms)} |"
+        )
     if "output_kl" in sensitivities:
         lines += layer_section(prepared, sensitivities)
     lines += ["", f"![Ω against KL](proxy-fidelity{suffix}.png)", ""]
     keys = [k for k in ("omega2", "klq0", "okl", "werr") if k in names]
-    lines += ["| plan | size (B) | mean bits | " + " | ".join(names[k].split(":")[0].split(",")[0] for k in keys) + " | KL | agreement | top-1 |",
-              "|---|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|"]
+    lines += [
+        "| plan | size (B) | mean bits | "
+        + " | ".join(names[k].split(":")[0].split(",")[0] for k in keys)
+        + " | KL | agreement | top-1 |",
+        "|---|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: r["kl"]):
-        lines.append(f"| {r['kind']} | {r['size']:,} | {r['mean_bits']:.2f} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + f" | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% |")
+        lines.append(
+            f"| {r['kind']} | {r['size']:,} | {r['mean_bits']:.2f} | "
+            + " | ".join(f"{r[k]:.4g}" for k in keys)
+            + f" | {r['kl']:.4f} | {100 * r['agreement']:.1f}% | {100 * (r['top1'] or 0):.1f}% |"
+        )
     lines.append("")
     (HERE / f"proxy_fidelity{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines))

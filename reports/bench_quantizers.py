@@ -47,24 +47,42 @@ def label(q: Quantizer) -> str:
     return f"A {q.act_observer}, W {q.weight_clip}, bias corr. {'on' if q.bias_correction else 'off'}"
 
 
-def measure_setting(model, prepared, data, reference, quantizer: Quantizer, probes: int, cache: Cache, cache_dir: Path) -> dict[str, object]:
-    sens = mpq.analyze(prepared, data, max_probes=probes, max_seconds=MAX_SECONDS, cache_dir=cache_dir, progress=False, quantizer=quantizer)
+def measure_setting(
+    model, prepared, data, reference, quantizer: Quantizer, probes: int, cache: Cache, cache_dir: Path
+) -> dict[str, object]:
+    sens = mpq.analyze(
+        prepared,
+        data,
+        max_probes=probes,
+        max_seconds=MAX_SECONDS,
+        cache_dir=cache_dir,
+        progress=False,
+        quantizer=quantizer,
+    )
     plan = mpq.solve(sens, "4MB")
     plans = {f"W{b}A8": uniform_plan(prepared, b, 8) for b in UNIFORM} | {"mpq 4MB": plan}
     calibration = plan_calibration(prepared, plan, data, reference, BATCH, cache)
-    return {name: measure_plan(prepared, p, data, reference, name, BATCH, cache, calibration=calibration) for name, p in plans.items()}, plan
+    return {
+        name: measure_plan(prepared, p, data, reference, name, BATCH, cache, calibration=calibration)
+        for name, p in plans.items()
+    }, plan
 
 
 def held_out(prepared, data, plan4, quantizer: Quantizer, cache: Cache) -> dict[str, tuple[object, object]]:
     """(in-sample, held-out) measurements on the views of photos 11-20 (views 100-199)."""
     half = len(data) // 2
     calib, evaluated = Dataset(x=data.x[:half], y=data.y[:half]), Dataset(x=data.x[half:], y=data.y[half:])
-    ref_calib, ref_eval = fp32_reference(prepared, calib, BATCH, cache), fp32_reference(prepared, evaluated, BATCH, cache)
+    ref_calib, ref_eval = (
+        fp32_reference(prepared, calib, BATCH, cache),
+        fp32_reference(prepared, evaluated, BATCH, cache),
+    )
     own = calibrate(prepared, evaluated, ref_eval.input_ranges, quantizer, BATCH, cache)
     other = calibrate(prepared, calib, ref_calib.input_ranges, quantizer, BATCH, cache)
     plans = {"W6A8": uniform_plan(prepared, 6, 8), "W4A8": uniform_plan(prepared, 4, 8), "mpq 4MB": plan4}
     return {
-        name: tuple(measure_plan(prepared, p, evaluated, ref_eval, name, BATCH, cache, calibration=c) for c in (own, other))
+        name: tuple(
+            measure_plan(prepared, p, evaluated, ref_eval, name, BATCH, cache, calibration=c) for c in (own, other)
+        )
         for name, p in plans.items()
     }
 
@@ -90,7 +108,10 @@ def main() -> None:
         results[q], plans4[q] = measure_setting(model, prepared, data, reference, q, args.probes, cache, cache_dir)
         seconds[q] = time.perf_counter() - start
         print(label(q), {k: round(m.kl_to_fp32, 4) for k, m in results[q].items()}, f"{seconds[q]:.0f} s", flush=True)
-    score = {q: (geometric_mean(m.kl_to_fp32 for m in r.values()), -sum(m.fp32_agreement for m in r.values()) / len(r)) for q, r in results.items()}
+    score = {
+        q: (geometric_mean(m.kl_to_fp32 for m in r.values()), -sum(m.fp32_agreement for m in r.values()) / len(r))
+        for q, r in results.items()
+    }
     best = min(SETTINGS, key=lambda q: score[q])
     configs = list(next(iter(results.values())))
     lines = [

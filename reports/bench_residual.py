@@ -53,7 +53,10 @@ def encoder(samples: int = 96):
 
 NETWORKS = {
     "CurvedBlock (GELU, LayerNorm, softmax attention)": (curved_block, CURVED_LAYERS),
-    "TorchEncoder (nn.TransformerEncoderLayer)": (encoder, ["encoder.self_attn.out_proj", "encoder.linear1", "encoder.linear2", "head"]),
+    "TorchEncoder (nn.TransformerEncoderLayer)": (
+        encoder,
+        ["encoder.self_attn.out_proj", "encoder.linear1", "encoder.linear2", "head"],
+    ),
 }
 
 
@@ -103,8 +106,10 @@ def report(title: str, make, names: list[str], timed: bool) -> None:
         var_r = per_probe_variance([p.residual for p in parts])
         h, g = float(whole.hessian.trace()), float(whole.gauss_newton.trace())
         ratio = f"{var_h / var_r:.3g}" if var_r > 1e-12 * var_h else "∞ (R = 0)"
-        row = (f"| {name} | {h:.4g} | {g:.4g} | {h - g:.3g} | {np.sqrt(var_h) / h:.2f} | {np.sqrt(var_r) / h:.2f} | {ratio} | "
-               f"{probes_to_tol(var_h, h)} | {probes_to_tol(var_r, h)} | {float(gn.stderr[i]) / h:.3f} |")
+        row = (
+            f"| {name} | {h:.4g} | {g:.4g} | {h - g:.3g} | {np.sqrt(var_h) / h:.2f} | {np.sqrt(var_r) / h:.2f} | {ratio} | "
+            f"{probes_to_tol(var_h, h)} | {probes_to_tol(var_r, h)} | {float(gn.stderr[i]) / h:.3f} |"
+        )
         if timed:
             row += f" {seconds_per_probe(model, name, x, y, False, settings):.4f} | {seconds_per_probe(model, name, x, y, True, settings):.4f} |"
         print(row)
@@ -122,14 +127,20 @@ def default_model_test(views: int = 16) -> None:
     settings = ProbeSettings()
     gn = gauss_newton_traces(prepared.folded, names, x, y, settings, progress=False)
     test = residual_test(prepared.folded, names, x, y, F.cross_entropy, gn, settings)
-    print(f"\nEfficientNet-Lite0 (BatchNorm folded), Tr(G) over {views} views, the test on views {test.samples}: "
-          f"{int(test.needs.sum())} of {len(names)} layers need the residual; largest √n‖Rv‖/Tr(G) {test.ratio.max():.3g}")
+    print(
+        f"\nEfficientNet-Lite0 (BatchNorm folded), Tr(G) over {views} views, the test on views {test.samples}: "
+        f"{int(test.needs.sum())} of {len(names)} layers need the residual; largest √n‖Rv‖/Tr(G) {test.ratio.max():.3g}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time", action="store_true", help="also time one product of each kind (run on a quiet machine)")
-    parser.add_argument("--default-model", action="store_true", help="also run the residual test on the built-in EfficientNet-Lite0")
+    parser.add_argument(
+        "--time", action="store_true", help="also time one product of each kind (run on a quiet machine)"
+    )
+    parser.add_argument(
+        "--default-model", action="store_true", help="also run the residual test on the built-in EfficientNet-Lite0"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     for title, (make, names) in NETWORKS.items():

@@ -31,15 +31,36 @@ def timed_search(code: Path, budget: str, cache: Path, out: Path) -> float:
     """Seconds of `mpq search --budget BUDGET` run with the mpq package of the checkout `code`."""
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mpq.cli", "search", "--budget", budget, "--cache-dir", str(cache), "--out", str(out), "--quiet"],
-                   check=True, capture_output=True, cwd=code, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpq.cli",
+            "search",
+            "--budget",
+            budget,
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=code,
+        env=env,
+    )
     return time.perf_counter() - start
 
 
 def three_runs(code: Path, work: Path) -> tuple[tuple[float, float, float], list[dict]]:
     """The seconds of the three runs, and the 4 MB and 3.5 MB runs' report.json."""
     cache = work / "cache"
-    seconds = timed_search(code, "4MB", cache, work / "cold"), timed_search(code, "4MB", cache, work / "warm"), timed_search(code, "3.5MB", cache, work / "other")
+    seconds = (
+        timed_search(code, "4MB", cache, work / "cold"),
+        timed_search(code, "4MB", cache, work / "warm"),
+        timed_search(code, "3.5MB", cache, work / "other"),
+    )
     return seconds, [json.loads((work / name / "report.json").read_text()) for name in ("cold", "other")]
 
 
@@ -47,10 +68,14 @@ def plan_rows(label: str, reports: list[dict]) -> list[str]:
     rows = []
     for budget, report in zip(("4MB", "3.5MB"), reports):
         m, metric = report["measured"], report["metrics"]
-        rows.append(f"| {label} | {budget} | {m['size_bytes']:,} | {metric['kl_to_fp32']:.4f} | {100 * metric['fp32_agreement']:.1f}% | {100 * metric['top1']:.1f}% |")
+        rows.append(
+            f"| {label} | {budget} | {m['size_bytes']:,} | {metric['kl_to_fp32']:.4f} | {100 * metric['fp32_agreement']:.1f}% | {100 * metric['top1']:.1f}% |"
+        )
     fitting = [b for b in reports[0]["baselines"] if b["size_bytes"] <= 4_000_000]
     best = min(fitting, key=lambda b: b["kl_to_fp32"])
-    rows.append(f"| {label}: best uniform that fits 4 MB ({best['name']}) | 4MB | {best['size_bytes']:,} | {best['kl_to_fp32']:.4f} | {100 * best['fp32_agreement']:.1f}% | {100 * best['top1']:.1f}% |")
+    rows.append(
+        f"| {label}: best uniform that fits 4 MB ({best['name']}) | 4MB | {best['size_bytes']:,} | {best['kl_to_fp32']:.4f} | {100 * best['fp32_agreement']:.1f}% | {100 * best['top1']:.1f}% |"
+    )
     return rows
 
 
@@ -93,15 +118,25 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     old_tree = work / "old-code"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.old],
+        check=True,
+        capture_output=True,
+    )
     try:
         old, old_reports = three_runs(old_tree, work / "old")
         new, new_reports = three_runs(ROOT, work / "new")
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=False, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=False, capture_output=True
+        )
         shutil.rmtree(work, ignore_errors=True)
     hvp, fb = hvp_over_forward_backward()
-    names = ("cold `mpq search --budget 4MB` (empty cache)", "warm `mpq search --budget 4MB` (same cache)", "`mpq search --budget 3.5MB` after the 4MB run")
+    names = (
+        "cold `mpq search --budget 4MB` (empty cache)",
+        "warm `mpq search --budget 4MB` (same cache)",
+        "`mpq search --budget 3.5MB` after the 4MB run",
+    )
     text = [
         "# mpq search: cold and warm, old code beside new, and the cost of a Hessian-vector product",
         "",

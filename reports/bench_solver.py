@@ -70,7 +70,10 @@ def exact_by_bytes(problem: Problem, sizes: list[Budget]) -> list[float]:
 def model_problems(sensitivity, prepared, budgets: list[list[Budget]], act_bits, bits=(4, 5, 6, 7, 8)) -> list[Problem]:
     layers = [s.layer for s in sensitivity.layers.values()]
     omega = lambda name, c: sensitivity.layers[name].omega(c.weight_bits, 2.0)  # noqa: E731
-    return [build_problem(layers, sensitivity.float_bytes, b, bits, act_bits, omega, {}, prepared.graph.act_tie_groups) for b in budgets]
+    return [
+        build_problem(layers, sensitivity.float_bytes, b, bits, act_bits, omega, {}, prepared.graph.act_tie_groups)
+        for b in budgets
+    ]
 
 
 def sweep_start(problem: Problem) -> float:
@@ -90,7 +93,9 @@ def hawq_problems() -> list[tuple[str, Problem]]:
             write_table(table, c["network"])
             kind = KIND[c["constraint"]]
             budget = parse_budget(budget_text(kind, limit(c["network"], kind, c["budget_fraction_r"])))
-            problems.append((f"HAWQ-V3 {c['network']} {c['constraint']} r={c['budget_fraction_r']}", read_table(table, [budget])))
+            problems.append(
+                (f"HAWQ-V3 {c['network']} {c['constraint']} r={c['budget_fraction_r']}", read_table(table, [budget]))
+            )
     return problems
 
 
@@ -102,8 +107,10 @@ def random_problems() -> list[tuple[str, Problem]]:
 
 def rows_table(rows: list[dict]) -> list[str]:
     dp = "exact" in rows[0]
-    lines = ["| problem | CBC s | HiGHS s | HiGHS / CBC | same Ω | same plan |" + (" CBC = DP | HiGHS = DP |" if dp else ""),
-             "|---|---:|---:|---:|---|---|" + ("---|---|" if dp else "")]
+    lines = [
+        "| problem | CBC s | HiGHS s | HiGHS / CBC | same Ω | same plan |" + (" CBC = DP | HiGHS = DP |" if dp else ""),
+        "|---|---:|---:|---:|---|---|" + ("---|---|" if dp else ""),
+    ]
     yes = lambda v: "yes" if v else "NO"  # noqa: E731
     for r in rows:
         c, h = r["cbc"][0], r["highs"][0]
@@ -130,8 +137,14 @@ def main() -> None:
 
     base = model_problems(sensitivity, prepared, [[parse_budget("6MB")]], 8)[0]
     low = sweep_start(base)
-    sizes = [Budget("size_bytes", float(math.floor(v)), f"{math.floor(v)}B") for v in torch.linspace(low, 6e6, POINTS).tolist()]
-    sweep_rows = [compare(f"W4-8 A8, {b.limit / 1e6:.3f} MB", p, i) for i, (b, p) in enumerate(zip(sizes, model_problems(sensitivity, prepared, [[b] for b in sizes], 8)))]
+    sizes = [
+        Budget("size_bytes", float(math.floor(v)), f"{math.floor(v)}B")
+        for v in torch.linspace(low, 6e6, POINTS).tolist()
+    ]
+    sweep_rows = [
+        compare(f"W4-8 A8, {b.limit / 1e6:.3f} MB", p, i)
+        for i, (b, p) in enumerate(zip(sizes, model_problems(sensitivity, prepared, [[b] for b in sizes], 8)))
+    ]
     start = time.perf_counter()
     exact = exact_by_bytes(base, sizes)
     dp_seconds = time.perf_counter() - start
@@ -140,11 +153,15 @@ def main() -> None:
 
     both = model_problems(sensitivity, prepared, [[parse_budget("6MB")]], (4, 8), bits=(2, 3, 4, 5, 6, 7, 8))[0]
     bops_mid = (smallest_cost(both, "bops") + 8 * 8 * sum(s.layer.macs for s in sensitivity.layers.values())) / 2
-    act_sizes = [Budget("size_bytes", float(math.floor(v)), f"{math.floor(v)}B") for v in torch.linspace(2e6, 6e6, 10).tolist()]
+    act_sizes = [
+        Budget("size_bytes", float(math.floor(v)), f"{math.floor(v)}B") for v in torch.linspace(2e6, 6e6, 10).tolist()
+    ]
     act_budgets = [[b, Budget("bops", bops_mid, f"{bops_mid / 1e9:.3f}GBOPs")] for b in act_sizes]
     act_rows = [
         compare(f"W2-8 A4/8, {b[0].limit / 1e6:.2f} MB + {bops_mid / 1e9:.1f} GBOPs", p, i)
-        for i, (b, p) in enumerate(zip(act_budgets, model_problems(sensitivity, prepared, act_budgets, (4, 8), bits=(2, 3, 4, 5, 6, 7, 8))))
+        for i, (b, p) in enumerate(
+            zip(act_budgets, model_problems(sensitivity, prepared, act_budgets, (4, 8), bits=(2, 3, 4, 5, 6, 7, 8)))
+        )
     ]
     hawq_rows = [compare(name, p, i) for i, (name, p) in enumerate(hawq_problems())]
     random_rows = [compare(name, p, i) for i, (name, p) in enumerate(random_problems())]
@@ -163,7 +180,9 @@ def main() -> None:
         "",
         "| problems | count | CBC s (total) | HiGHS s (total) | HiGHS / CBC | same optimum |",
         "|---|---:|---:|---:|---:|---|",
-        summary(f"EfficientNet-Lite0 per-layer, {POINTS}-point size sweep {low / 1e6:.3f}–6 MB (W4..8, A8)", sweep_rows),
+        summary(
+            f"EfficientNet-Lite0 per-layer, {POINTS}-point size sweep {low / 1e6:.3f}–6 MB (W4..8, A8)", sweep_rows
+        ),
         summary("EfficientNet-Lite0, W2..8 × A4/8 (act ties, two stages), size + BOPs", act_rows),
         summary("HAWQ-V3 published problems (ResNet18/50; size, BOPs, latency)", hawq_rows),
         summary("random, 100–1000 layers × 7 widths, size + BOPs", random_rows),
@@ -210,10 +229,17 @@ def per_channel_section(sensitivity) -> list[str]:
     from mpq.solver.presolve import binary_variables, solve_presolved
 
     layers = [s.layer for s in sensitivity.layers.values()]
-    default = build_channel_problem(layers, sensitivity.float_bytes, [parse_budget("4MB")], BITS, (8,), channel_omega(sensitivity, 2.0), 1).problem
+    default = build_channel_problem(
+        layers, sensitivity.float_bytes, [parse_budget("4MB")], BITS, (8,), channel_omega(sensitivity, 2.0), 1
+    ).problem
     synthetic_text, synthetic = synthetic_resnet50_problem()
     rows = []
-    for i, (name, problem) in enumerate([("EfficientNet-Lite0 per channel, W4-8, 4 MB", default), ("synthetic ResNet50 per channel, W2/4/6/8", synthetic)]):
+    for i, (name, problem) in enumerate(
+        [
+            ("EfficientNet-Lite0 per channel, W4-8, 4 MB", default),
+            ("synthetic ResNet50 per channel, W2/4/6/8", synthetic),
+        ]
+    ):
         seconds, objective, after = {}, {}, None
         for solver in SOLVERS if i % 2 == 0 else SOLVERS[::-1]:
             start = time.perf_counter()
@@ -221,7 +247,9 @@ def per_channel_section(sensitivity) -> list[str]:
             seconds[solver], objective[solver] = time.perf_counter() - start, solution.objective
             after = binary_variables(reduction.problem) if reduction else binary_variables(problem)
         same = abs(objective["cbc"] - objective["highs"]) <= SAME * abs(objective["highs"])
-        rows.append(f"| {name} | {binary_variables(problem):,} | {after:,} | {seconds['cbc']:.1f} | {seconds['highs']:.1f} | {'yes' if same else 'NO'} |")
+        rows.append(
+            f"| {name} | {binary_variables(problem):,} | {after:,} | {seconds['cbc']:.1f} | {seconds['highs']:.1f} | {'yes' if same else 'NO'} |"
+        )
         print(rows[-1], flush=True)
     return [
         "## Per-channel problems",
@@ -243,7 +271,9 @@ def verified_sweep(model, data, low: float) -> list[str]:
     work = Path(tempfile.mkdtemp())
     try:
         start = time.perf_counter()
-        result = mpq.pareto(model, data, f"{low / 1e6:.3f}MB:6MB:{POINTS}", verify_points=VERIFY, max_probes=PROBES, progress=False)
+        result = mpq.pareto(
+            model, data, f"{low / 1e6:.3f}MB:6MB:{POINTS}", verify_points=VERIFY, max_probes=PROBES, progress=False
+        )
         seconds = time.perf_counter() - start
         paths = write_pareto(work, result)
         shutil.copy(paths[2], HERE / "pareto-efficientnet-lite0.png")
@@ -254,7 +284,7 @@ def verified_sweep(model, data, low: float) -> list[str]:
     lines = [
         "## The Pareto front of the default model, measured",
         "",
-        f"`mpq.pareto(model, data, \"{low / 1e6:.3f}MB:6MB:{POINTS}\", verify_points={VERIFY}, max_probes={PROBES})` — the same as "
+        f'`mpq.pareto(model, data, "{low / 1e6:.3f}MB:6MB:{POINTS}", verify_points={VERIFY}, max_probes={PROBES})` — the same as '
         f"`mpq pareto --budget {low / 1e6:.3f}MB:6MB:{POINTS} --verify-points {VERIFY} --max-probes {PROBES}`: {seconds:.0f} s in all "
         f"(sensitivity {result.timings_s['sensitivity']:.1f} s, {POINTS} solves {result.timings_s['solve']:.1f} s, "
         f"{VERIFY} points and {len(result.uniform)} uniform widths measured on 200 views {result.timings_s['verify']:.0f} s).",
@@ -269,16 +299,29 @@ def verified_sweep(model, data, low: float) -> list[str]:
     for p in verified:
         fitting = [u for u in result.uniform if u.measured.size_bytes <= p.budget.limit]
         u = max(fitting, key=lambda u: u.measured.size_bytes) if fitting else None
-        ucells = f"{u.name} | {u.measured.size_bytes / 1e6:.3f} MB | {100 * u.measured.fp32_agreement:.1f}% | {u.measured.kl_to_fp32:.4f}" if u else "none | | |"
+        ucells = (
+            f"{u.name} | {u.measured.size_bytes / 1e6:.3f} MB | {100 * u.measured.fp32_agreement:.1f}% | {u.measured.kl_to_fp32:.4f}"
+            if u
+            else "none | | |"
+        )
         lines.append(
             f"| {p.budget.text} | {p.measured.size_bytes / 1e6:.3f} MB | {100 * p.measured.fp32_agreement:.1f}% | {p.measured.kl_to_fp32:.4f} | {ucells} |"
         )
     zero = [n for n, s in result.sensitivity.layers.items() if s.bounded_trace(2.0) == 0]
     if zero:
-        lines += ["", f"Layers whose bounded trace max(Tr + 2·stderr, 0) is 0 at {PROBES} probes, so that Ω is the same at every width "
-                  f": {', '.join(zero)}. Among plans of least Ω the solver's last stage takes the most weight bits, so they get "
-                  "the widest width the budget leaves over."]
-    lines += ["", "All points (pareto.csv of this run: [pareto-efficientnet-lite0.csv](pareto-efficientnet-lite0.csv)):", "", pareto_table(result), ""]
+        lines += [
+            "",
+            f"Layers whose bounded trace max(Tr + 2·stderr, 0) is 0 at {PROBES} probes, so that Ω is the same at every width "
+            f": {', '.join(zero)}. Among plans of least Ω the solver's last stage takes the most weight bits, so they get "
+            "the widest width the budget leaves over.",
+        ]
+    lines += [
+        "",
+        "All points (pareto.csv of this run: [pareto-efficientnet-lite0.csv](pareto-efficientnet-lite0.csv)):",
+        "",
+        pareto_table(result),
+        "",
+    ]
     return lines
 
 

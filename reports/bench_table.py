@@ -43,7 +43,9 @@ def write_table(path: Path, layers: int, seed: int = 0) -> int:
         for b in BITS:
             size = params * b // 8
             uniform6 += size if b == 6 else 0
-            lines.append(f"block{i}.conv,{b},8,{trace * params * 4.0 ** -b:.6g},{size},{params * b * 8 * 100},{params * b * 1e-10:.6g}")
+            lines.append(
+                f"block{i}.conv,{b},8,{trace * params * 4.0**-b:.6g},{size},{params * b * 8 * 100},{params * b * 1e-10:.6g}"
+            )
     path.write_text("\n".join(lines) + "\n")
     return uniform6
 
@@ -68,7 +70,9 @@ def time_build(path: Path, budget: str) -> float:
 
 def old_read_table(rev: str):
     """read_table of mpq/solver/table.py as it was at git revision `rev`."""
-    source = subprocess.run(["git", "show", f"{rev}:mpq/solver/table.py"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{rev}:mpq/solver/table.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "old_table.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("old_table", path)
@@ -106,29 +110,42 @@ def main() -> None:
             build_s = time_build(table, budget)
             solve_s, solver_line = run_solve(table, budget, Path(folder) / f"out-{n}")
             rows.append((n, 5 * n, budget, read_s, old_s, build_s, solve_s, solver_line))
-            print(f"N={n}: read_table {read_s:.3f} s" + (f" (at {args.compare_rev}: {old_s:.2f} s)" if old else "") + f", checks and model build {build_s:.2f} s, mpq solve {solve_s:.2f} s; {solver_line}", flush=True)
+            print(
+                f"N={n}: read_table {read_s:.3f} s"
+                + (f" (at {args.compare_rev}: {old_s:.2f} s)" if old else "")
+                + f", checks and model build {build_s:.2f} s, mpq solve {solve_s:.2f} s; {solver_line}",
+                flush=True,
+            )
     if args.quick:
         return
     lines = [
         "# `mpq solve --table` on large tables",
         "",
-        (f"Measured by `python reports/bench_table.py{' --compare-rev ' + args.compare_rev if args.compare_rev else ''}` "
-         f"(Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores shared with other jobs, so"),
+        (
+            f"Measured by `python reports/bench_table.py{' --compare-rev ' + args.compare_rev if args.compare_rev else ''}` "
+            f"(Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores shared with other jobs, so"
+        ),
         "absolute seconds vary by about 2x between runs; the ratios hold) in one run.",
         "Synthetic tables of N layers x 5 choices (W4..W8 at A8), seeded; budget: the bytes of uniform W6.",
         "`read_table`: best of 3 in-process; `mpq solve`: wall time of `python -m mpq.cli solve --table T --budget B --out O`",
         "as a subprocess (interpreter start, imports, parsing, the model build, HiGHS, plan.json).",
         "",
-        "| layers | rows | budget | read_table (s) |" + (f" read_table at {args.compare_rev} (s) |" if old else "") + " checks + model build (s) | mpq solve (s) | its solver line |",
+        "| layers | rows | budget | read_table (s) |"
+        + (f" read_table at {args.compare_rev} (s) |" if old else "")
+        + " checks + model build (s) | mpq solve (s) | its solver line |",
         "|---:|---:|---:|---:|" + ("---:|" if old else "") + "---:|---:|---|",
     ]
     for n, r, budget, read_s, old_s, build_s, solve_s, solver_line in rows:
-        lines.append(f"| {n:,} | {r:,} | {budget} | {read_s:.3f} |" + (f" {old_s:.2f} |" if old else "") + f" {build_s:.2f} | {solve_s:.2f} | {solver_line} |")
+        lines.append(
+            f"| {n:,} | {r:,} | {budget} | {read_s:.3f} |"
+            + (f" {old_s:.2f} |" if old else "")
+            + f" {build_s:.2f} | {solve_s:.2f} | {solver_line} |"
+        )
     lines += [
         "",
         "The table used to be read in O(layers x rows): each layer's choices, Omega and costs were gathered by a",
         "scan of every row. It is now one pass over the rows into per-layer dicts (`problem_from_rows`). The checks",
-        "(`check_feasible`) and the PuLP model (`build_program`) were already linear: \"checks + model build\" is",
+        '(`check_feasible`) and the PuLP model (`build_program`) were already linear: "checks + model build" is',
         "timed in-process. The solver line's seconds (printed by `mpq solve`) are the model build plus HiGHS; the",
         "rest of `mpq solve` is interpreter start and imports (nearly all of it at 1,000 layers), reading, the checks and plan.json.",
         "",

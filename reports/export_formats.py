@@ -65,7 +65,9 @@ def main() -> None:
     start = time.perf_counter()
     onnx_logits = run_onnx(work / "plan.onnx", data.x, BATCH)
     onnx_s = time.perf_counter() - start
-    ao_file = mpq.export_plan(model, result.plan, data, work / "plan.torchao.json", format="torchao", cache_dir=args.cache_dir)
+    ao_file = mpq.export_plan(
+        model, result.plan, data, work / "plan.torchao.json", format="torchao", cache_dir=args.cache_dir
+    )
     from torchao.quantization import quantize_
 
     from mpq.export.torchao_config import load_torchao_config

@@ -84,12 +84,18 @@ def compare_search(name: str, model, data, budget: str, devices: list[str], prob
     kl_rel = abs(kl_a - kl_b) / max(abs(kl_a), 1e-6)  # a KL near 0 (float noise) compares absolutely
     same = _widths(a.plan) == _widths(b.plan)
     return {
-        "case": name, "layers": len(a.plan.layers), "same_widths": same,
-        "trace_rel": rel, "kl": (kl_a, kl_b), "kl_rel": kl_rel,
+        "case": name,
+        "layers": len(a.plan.layers),
+        "same_widths": same,
+        "trace_rel": rel,
+        "kl": (kl_a, kl_b),
+        "kl_rel": kl_rel,
         "agreement": (a.report.plan.fp32_agreement, b.report.plan.fp32_agreement),
-        "seconds": (t0, t1), "gpu_mib": _peak_gpu_mib(b.report),
+        "seconds": (t0, t1),
+        "gpu_mib": _peak_gpu_mib(b.report),
         "ok": same and rel <= TRACE_RTOL and kl_rel <= KL_RTOL,
-        "plan": b.plan, "result": b,
+        "plan": b.plan,
+        "result": b,
     }
 
 
@@ -101,10 +107,32 @@ def cli_check(work: Path, devices: list[str]) -> dict:
     plans, seconds = [], []
     for i, device in enumerate(devices):
         out = work / f"cli-{i}-{device.replace(':', '')}"
-        command = [sys.executable, "-m", "mpq.cli.main", "search", "--model", str(ROOT / "tests/user_models.py") + ":mlp", "--data", str(data),
-                   "--budget", "1KB", "--out", str(out), "--no-cache", "--quiet", "--device", device]
+        command = [
+            sys.executable,
+            "-m",
+            "mpq.cli.main",
+            "search",
+            "--model",
+            str(ROOT / "tests/user_models.py") + ":mlp",
+            "--data",
+            str(data),
+            "--budget",
+            "1KB",
+            "--out",
+            str(out),
+            "--no-cache",
+            "--quiet",
+            "--device",
+            device,
+        ]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
         seconds.append(time.perf_counter() - start)
         if done.returncode != 0:
             return {"case": "mlp (CLI)", "ok": False, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
@@ -114,7 +142,13 @@ def cli_check(work: Path, devices: list[str]) -> dict:
     def widths(layers: dict) -> dict:
         return {n: (v["weight_bits"], v["act_bits"]) for n, v in layers.items()}
 
-    return {"case": "mlp (CLI, one process each)", "layers": len(a), "same_widths": widths(a) == widths(b), "ok": widths(a) == widths(b), "seconds": tuple(seconds)}
+    return {
+        "case": "mlp (CLI, one process each)",
+        "layers": len(a),
+        "same_widths": widths(a) == widths(b),
+        "ok": widths(a) == widths(b),
+        "seconds": tuple(seconds),
+    }
 
 
 def export_check(model, plan, data, devices: list[str], work: Path) -> list[str]:
@@ -128,10 +162,14 @@ def export_check(model, plan, data, devices: list[str], work: Path) -> list[str]
                 mpq.export_plan(model, plan, data, path, format=fmt, cache_dir=False, device=device)
                 files.append(path.read_bytes())
             except Exception as exc:  # noqa: BLE001 - the report says what failed
-                lines.append(f"- export {fmt} on {device}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+                lines.append(
+                    f"- export {fmt} on {device}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                )
         if len(files) == 2:
             a, b = files
-            lines.append(f"- export {fmt}: written on both; {len(a):,} and {len(b):,} bytes; byte-identical: {'yes' if a == b else 'no'}")
+            lines.append(
+                f"- export {fmt}: written on both; {len(a):,} and {len(b):,} bytes; byte-identical: {'yes' if a == b else 'no'}"
+            )
     x = data[0] if isinstance(data, tuple) else data
     outputs = []
     for device in devices:
@@ -140,10 +178,14 @@ def export_check(model, plan, data, devices: list[str], work: Path) -> list[str]
             with torch.no_grad():
                 outputs.append(quantized(x.to(device)).float().cpu())
         except Exception as exc:  # noqa: BLE001
-            lines.append(f"- quantize_ on {device}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            lines.append(
+                f"- quantize_ on {device}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            )
     if len(outputs) == 2:
         a, b = outputs
-        lines.append(f"- quantize_: logits on both devices differ by at most {float((a - b).abs().max()):.3g} (largest |logit| {float(a.abs().max()):.3g})")
+        lines.append(
+            f"- quantize_: logits on both devices differ by at most {float((a - b).abs().max()):.3g} (largest |logit| {float(a.abs().max()):.3g})"
+        )
     return lines
 
 
@@ -166,7 +208,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cpu,cuda", help="the two devices compared (default cpu,cuda)")
     parser.add_argument("--cases", default="mlp,cnn,gpt2,efficientnet")
-    parser.add_argument("--budget-s", type=float, default=330.0, help="skip a case when less than its expected time is left of this (default 330)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=330.0,
+        help="skip a case when less than its expected time is left of this (default 330)",
+    )
     parser.add_argument("--out", default=str(ROOT / "reports" / "gpu_check.md"))
     args = parser.parse_args()
     devices = args.devices.split(",")
@@ -201,13 +248,26 @@ def main() -> int:
         x, y = torch.randn(48, 3, 32, 32, generator=g), torch.randint(0, 16, (48,), generator=g)
         row = attempt("cnn", lambda: compare_search("cnn", small_convnet(), (x, y), "3KB", devices, few))
         if "plan" in row:
-            notes += ["cnn exports and quantize_ (the plan of the second device):", *export_check(small_convnet(), row["plan"], (x, y), devices, work)]
+            notes += [
+                "cnn exports and quantize_ (the plan of the second device):",
+                *export_check(small_convnet(), row["plan"], (x, y), devices, work),
+            ]
     if "gpt2" in cases:
         try:
             import transformers  # noqa: F401
 
             model, data = gpt2_case(work)
-            attempt("gpt2", lambda: compare_search("gpt2-style (tests/hf_models.py)", model, data, "150KB", devices, mpq.ProbeSettings(min_probes=4, max_probes=4, max_seconds=1e9)))
+            attempt(
+                "gpt2",
+                lambda: compare_search(
+                    "gpt2-style (tests/hf_models.py)",
+                    model,
+                    data,
+                    "150KB",
+                    devices,
+                    mpq.ProbeSettings(min_probes=4, max_probes=4, max_seconds=1e9),
+                ),
+            )
         except ImportError as exc:
             notes.append(f"gpt2 skipped: {exc}")
     if "efficientnet" in cases:
@@ -218,7 +278,12 @@ def main() -> int:
             if left() < 150:
                 notes.append(f"efficientnet skipped: {left():.0f} s left of --budget-s")
             else:
-                attempt("efficientnet", lambda: compare_search("EfficientNet-Lite0 (default model, 200 views)", model, data, "4MB", devices, few))
+                attempt(
+                    "efficientnet",
+                    lambda: compare_search(
+                        "EfficientNet-Lite0 (default model, 200 views)", model, data, "4MB", devices, few
+                    ),
+                )
         except ImportError as exc:
             notes.append(f"efficientnet skipped: {exc}")
     write_report(Path(args.out), rows, notes, devices, time.perf_counter() - started)
@@ -229,18 +294,24 @@ def write_report(path: Path, rows: list[dict], notes: list[str], devices: list[s
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"
 
     def fmt(v) -> str:
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        return (
+            "–"
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        )
 
     a, b = devices
     lines = [
         f"# The same search on {a} and {b} (issue 14)",
         "",
-        (f"Measured by `python reports/gpu_check.py{'' if devices == ['cpu', 'cuda'] else ' --devices ' + ','.join(devices)}` "
-        f"(the `device` tool's command is in the script's docstring): {gpu}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-        f"cuDNN TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (PyTorch's default), TF32 matmuls "
-        f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}. Same settings on both sides (probes fixed, no cache); "
-        f"widths must be identical, the largest relative trace difference at most {TRACE_RTOL:g}, the plan's KL to FP32 within {KL_RTOL:g}. "
-        f"Total {total:.0f} s."),
+        (
+            f"Measured by `python reports/gpu_check.py{'' if devices == ['cpu', 'cuda'] else ' --devices ' + ','.join(devices)}` "
+            f"(the `device` tool's command is in the script's docstring): {gpu}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+            f"cuDNN TF32 convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (PyTorch's default), TF32 matmuls "
+            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}. Same settings on both sides (probes fixed, no cache); "
+            f"widths must be identical, the largest relative trace difference at most {TRACE_RTOL:g}, the plan's KL to FP32 within {KL_RTOL:g}. "
+            f"Total {total:.0f} s."
+        ),
         "",
         f"| case | layers | same widths | max rel. trace diff | plan KL ({a} / {b}) | agreement ({a} / {b}) | seconds {a} | seconds {b} | speed-up | GPU peak MiB | ok |",
         "|---|---:|---|---:|---|---|---:|---:|---:|---:|---|",

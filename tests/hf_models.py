@@ -22,8 +22,20 @@ def train_tokenizer(text: str):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([text], vocab_size=VOCAB, min_frequency=2, special_tokens=["<|endoftext|>", "<pad>", "<mask>"], show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<pad>", mask_token="<mask>", unk_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        [text],
+        vocab_size=VOCAB,
+        min_frequency=2,
+        special_tokens=["<|endoftext|>", "<pad>", "<mask>"],
+        show_progress=False,
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        unk_token="<|endoftext|>",
+    )
 
 
 def token_windows(tokenizer, text: str, seq: int = SEQ) -> torch.Tensor:
@@ -51,12 +63,25 @@ def causal_lm(kind: str, tokenizer, windows: torch.Tensor, steps: int = 150):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    special = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    special = {
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4, **special))
     else:
-        config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **special)
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+            **special,
+        )
         model = LlamaForCausalLM(config)
     _train(model, windows, steps, lambda m, b: m(input_ids=b, labels=b).loss)
     return model
@@ -67,14 +92,23 @@ def bert_encoder(tokenizer, windows: torch.Tensor, steps: int = 150):
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = BertForMaskedLM(config)
 
     def masked_loss(m, batch):
         mask = torch.rand(batch.shape, generator=torch.Generator().manual_seed(int(batch.sum()))) < 0.15
         labels = torch.where(mask, batch, torch.full_like(batch, -100))
-        return m(input_ids=torch.where(mask, torch.full_like(batch, tokenizer.mask_token_id), batch), labels=labels).loss
+        return m(
+            input_ids=torch.where(mask, torch.full_like(batch, tokenizer.mask_token_id), batch), labels=labels
+        ).loss
 
     _train(model, windows, steps, masked_loss)
     encoder = BertModel(config)  # with its pooler (which the masked LM lacks), so that the saved folder is complete

@@ -69,8 +69,14 @@ def relu_conv(seed: int = 0, samples: int = 160):
     """(model, x, y): a ReLU/ReLU6 CNN with max pooling (piecewise linear after every layer)."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU6(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, groups=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
     ).eval()
     x = torch.randn(samples, 3, 10, 10)
     with torch.no_grad():

@@ -62,7 +62,7 @@ def test_solver_with_graph_ties_equals_brute_force(block, block_data):
     prepared = prepare_model(block, block_data[0][:2])
     graph = prepared.graph
     rng = random.Random(0)
-    table = {(layer.name, b): rng.uniform(0.1, 1.0) * 4.0 ** -b for layer in graph.layers for b in (2, 4, 8)}
+    table = {(layer.name, b): rng.uniform(0.1, 1.0) * 4.0**-b for layer in graph.layers for b in (2, 4, 8)}
     omega = lambda name, c: table[name, c.weight_bits] + 0.3 * table[name, c.act_bits]  # noqa: E731
     all_8 = {layer.name: Choice(8, 8) for layer in graph.layers}
     tied = 0
@@ -85,7 +85,9 @@ def test_solver_with_graph_ties_equals_brute_force(block, block_data):
 
 
 def _problem(graph, budgets, omega, ties=True):
-    return build_problem(graph.layers, graph.float_bytes, budgets, (2, 4, 8), (4, 8), omega, None, graph.act_tie_groups if ties else None)
+    return build_problem(
+        graph.layers, graph.float_bytes, budgets, (2, 4, 8), (4, 8), omega, None, graph.act_tie_groups if ties else None
+    )
 
 
 def test_api_solve_with_act_choices_and_pins(block, block_data):
@@ -95,9 +97,21 @@ def test_api_solve_with_act_choices_and_pins(block, block_data):
     assert {lp.act_bits for lp in wide.layers.values()} == {8}  # Omega ignores act bits: widest when free
     assert wide.settings.space.act_bits == (4, 8) and "chosen by cost only" in wide.settings.act_choice_note
     all_8 = sum(layer.macs * 64 for layer in (s.layer for s in sensitivity.layers.values()))
-    plan = mpq.solve(sensitivity, f"{0.5 * all_8!r}BOPs", bits=(2, 4, 8), act_bits=(4, 8), keep={"conv2": 8}, keep_first=8, keep_last=8)
+    plan = mpq.solve(
+        sensitivity,
+        f"{0.5 * all_8!r}BOPs",
+        bits=(2, 4, 8),
+        act_bits=(4, 8),
+        keep={"conv2": 8},
+        keep_first=8,
+        keep_last=8,
+    )
     assert plan.layers["conv1"].act_bits == plan.layers["downsample.0"].act_bits
-    assert (plan.layers["stem"].weight_bits, plan.layers["conv2"].weight_bits, plan.layers["fc"].weight_bits) == (8, 8, 8)
+    assert (plan.layers["stem"].weight_bits, plan.layers["conv2"].weight_bits, plan.layers["fc"].weight_bits) == (
+        8,
+        8,
+        8,
+    )
     assert 4 in {lp.act_bits for lp in plan.layers.values()}  # the BOPs budget pushes some act widths down
     assert plan.predicted["bops"] <= 0.5 * all_8
     assert plan.settings.keep == {"conv2": 8, "stem": 8, "fc": 8}
@@ -107,7 +121,9 @@ def test_api_act_bits_forms_and_unknown_pin(block, block_data):
     sensitivity = mpq.analyze(block, block_data, max_probes=2, min_probes=2, cache_dir=False, progress=False)
     assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=None).layers.values()} == {None}
     assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=6).layers.values()} == {6}
-    assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=[None, 8]).layers.values()} == {None}  # float is widest
+    assert {lp.act_bits for lp in mpq.solve(sensitivity, "1GB", act_bits=[None, 8]).layers.values()} == {
+        None
+    }  # float is widest
     with pytest.raises(MpqError, match="activation widths \\[4, 99\\] must be whole numbers"):
         mpq.solve(sensitivity, "1GB", act_bits=(4, 99))
     with pytest.raises(MpqError, match="did you mean conv1"):
@@ -122,10 +138,30 @@ def test_cli_act_bits_list_and_unknown_keep_exits_2_before_any_hessian_work(tmp_
     from mpq.cli.main import main
     from mpq.cli.parser import build_parser
 
-    args = build_parser().parse_args(["search", "--budget", "4MB", "--act-bits", "4,8,none", "--keep", "fc=8", "--keep-first", "8"])
+    args = build_parser().parse_args(
+        ["search", "--budget", "4MB", "--act-bits", "4,8,none", "--keep", "fc=8", "--keep-first", "8"]
+    )
     assert (args.act_bits, args.keep, args.keep_first, args.keep_last) == ((4, 8, None), ["fc=8"], 8, None)
     assert build_parser().parse_args(["search", "--budget", "4MB"]).act_bits == (8,)
     np.savez(tmp_path / "d.npz", x=block_data[0].numpy(), y=block_data[1].numpy())
     model = f"{__file__}:ResBlockNet"
-    status = main(["search", "--model", model, "--data", str(tmp_path / "d.npz"), "--budget", "1GB", "--keep", "conv9=8", "--no-cache", "--out", str(tmp_path / "o")])
-    assert status == 2 and "cannot keep conv9: no quantizable layer has that name; did you mean conv" in capsys.readouterr().err
+    status = main(
+        [
+            "search",
+            "--model",
+            model,
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--budget",
+            "1GB",
+            "--keep",
+            "conv9=8",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert (
+        status == 2
+        and "cannot keep conv9: no quantizable layer has that name; did you mean conv" in capsys.readouterr().err
+    )

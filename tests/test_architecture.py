@@ -17,7 +17,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpq"
 # stage -> rank; a module may import only stages of lower rank, or its own stage.
 STAGES = {
     "errors": 0,  # shared by every stage: errors, then files, progress, versions and the cache
-    "files": 0.2, "progress": 0.2, "versions": 0.2, "device": 0.2,
+    "files": 0.2,
+    "progress": 0.2,
+    "versions": 0.2,
+    "device": 0.2,
     "cache": 0.5,
     "inputs": 1,
     "models": 1.5,  # the built-in model (mpq.models.efficientnet_lite0) and its data
@@ -27,7 +30,8 @@ STAGES = {
     "plan": 5,
     "solver": 6,
     "verify": 7,
-    "export": 8, "report": 8,
+    "export": 8,
+    "report": 8,
     "api": 9,
     "cli": 10,
 }
@@ -50,7 +54,12 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("mpq.") or a.name == "mpq"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (node.module == "mpq" or node.module.startswith("mpq.")):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and (node.module == "mpq" or node.module.startswith("mpq."))
+        ):
             found.add(node.module)
     return found
 
@@ -101,7 +110,10 @@ PRINTS = re.compile(r"\bprint\(|sys\.stderr|sys\.stdout")
 
 def test_only_cli_and_progress_write_to_the_terminal():
     writers = [
-        f"{name}:{i}" for name, path in modules().items() if not (name.startswith("mpq.cli") or name == "mpq.progress")
-        for i, line in enumerate(path.read_text().splitlines(), 1) if PRINTS.search(line)
+        f"{name}:{i}"
+        for name, path in modules().items()
+        if not (name.startswith("mpq.cli") or name == "mpq.progress")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if PRINTS.search(line)
     ]
     assert not writers, f"library modules write to the terminal (use mpq.progress): {writers}"

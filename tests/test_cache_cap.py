@@ -100,8 +100,13 @@ def test_cache_info_and_clear_report_real_numbers(tmp_path, capsys, monkeypatch)
     status, out, err = run_cli(capsys, "cache", "info", "--cache-dir", folder, "--json")
     assert status == 0 and err == ""
     assert json.loads(out) == {
-        "folder": str(folder), "entries": 4, "bytes": total, "max_bytes": DEFAULT_MAX_BYTES,
-        "oldest": iso(T0), "newest": iso(T0 + 600), "kinds": {"fp32": 3, "sensitivity": 1},
+        "folder": str(folder),
+        "entries": 4,
+        "bytes": total,
+        "max_bytes": DEFAULT_MAX_BYTES,
+        "oldest": iso(T0),
+        "newest": iso(T0 + 600),
+        "kinds": {"fp32": 3, "sensitivity": 1},
     }
     status, out, _ = run_cli(capsys, "cache", "info", "--cache-dir", folder)
     assert status == 0
@@ -131,6 +136,9 @@ def test_cache_commands_refuse_a_file_as_the_folder(tmp_path, capsys):
     (tmp_path / "f").write_text("")
     status, out, err = run_cli(capsys, "cache", "info", "--cache-dir", tmp_path / "f")
     assert status == 2 and out == ""
-    assert err == f"mpq: error: cache folder {tmp_path / 'f'} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR\n"
+    assert (
+        err
+        == f"mpq: error: cache folder {tmp_path / 'f'} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR\n"
+    )
     status, _, err = run_cli(capsys, "cache", "purge")
     assert status == 2 and "invalid choice: 'purge'" in err

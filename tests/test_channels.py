@@ -97,8 +97,9 @@ def test_channel_groups_cover_the_layer_and_the_last_may_be_shorter(tiny_setup):
     _, _, sensitivity = tiny_setup
     fc = sensitivity.layers["fc"].layer  # 4 output channels
     assert [(g.start, g.stop) for g in channel_groups(fc, 3)] == [(0, 3), (3, 4)]
-    assert [(c.start, c.stop, c.weight_bits) for c in storage_chunks([ChannelRun(0, 3, 4), ChannelRun(3, 7, 8)], 2)] == [
-        (0, 2, 4), (2, 3, 4), (3, 4, 8), (4, 6, 8), (6, 7, 8)]
+    assert [
+        (c.start, c.stop, c.weight_bits) for c in storage_chunks([ChannelRun(0, 3, 4), ChannelRun(3, 7, 8)], 2)
+    ] == [(0, 2, 4), (2, 3, 4), (3, 4, 8), (4, 6, 8), (6, 7, 8)]
 
 
 def test_per_channel_optimum_is_at_most_the_layer_tied_optimum(tiny_setup):
@@ -249,12 +250,20 @@ def _plan_with(channel_bits, weight_bits=8, **extra) -> dict:
     [
         ([], 8, "non-empty list"),
         ([{"channels": [1, 4], "weight_bits": 8}], 8, "starts at 1 instead of 0"),
-        ([{"channels": [0, 2], "weight_bits": 8}, {"channels": [3, 4], "weight_bits": 4}], 8, "starts at 3 instead of 2"),
-        ([{"channels": [0, 3], "weight_bits": 8}, {"channels": [2, 4], "weight_bits": 4}], 8, "starts at 2 instead of 3"),
+        (
+            [{"channels": [0, 2], "weight_bits": 8}, {"channels": [3, 4], "weight_bits": 4}],
+            8,
+            "starts at 3 instead of 2",
+        ),
+        (
+            [{"channels": [0, 3], "weight_bits": 8}, {"channels": [2, 4], "weight_bits": 4}],
+            8,
+            "starts at 2 instead of 3",
+        ),
         ([{"channels": [0, 0], "weight_bits": 8}], 8, "holds no channel"),
         ([{"channels": [0, 4], "weight_bits": 17}], 8, "not a width from 1 to 16"),
         ([{"channels": [0, 4], "weight_bits": 0}], 8, "not a width from 1 to 16"),
-        ([{"channels": "0-4", "weight_bits": 8}], 8, "needs \"channels\": [start, stop]"),
+        ([{"channels": "0-4", "weight_bits": 8}], 8, 'needs "channels": [start, stop]'),
         ([{"channels": [0, 2], "weight_bits": 4}, {"channels": [2, 4], "weight_bits": 6}], 8, "not the widest"),
         ("all", 8, "non-empty list"),
     ],
@@ -267,7 +276,11 @@ def test_malformed_channel_bits_are_one_sentence_errors(channel_bits, weight_bit
 
 def test_channel_bits_must_cover_the_layers_channels(tiny_setup):
     model, data, _ = tiny_setup
-    widths = {"conv1": LayerPlan(8, 8), "conv2": LayerPlan(8, 8), "fc": LayerPlan(8, 8, channel_bits=(ChannelRun(0, 3, 8),), channel_group=1)}
+    widths = {
+        "conv1": LayerPlan(8, 8),
+        "conv2": LayerPlan(8, 8),
+        "fc": LayerPlan(8, 8, channel_bits=(ChannelRun(0, 3, 8),), channel_group=1),
+    }
     with pytest.raises(MpqError, match="channel_bits of layer fc cover 3 output channels but the layer has 4"):
         mpq.verify(model, Plan(layers=widths), data, cache_dir=False)
     with pytest.raises(MpqError, match="channel_group 0 is not a positive"):
@@ -295,8 +308,27 @@ def test_cli_search_with_channel_granularity_writes_channel_bits(tmp_path, capsy
     from helpers import USER_MODELS, mlp_data
 
     data = mlp_data(tmp_path / "d.npz")
-    args = ["search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "290B", "--bits", "4,8", "--no-cache", "--quiet",
-            "--max-probes", "3", "--out", tmp_path / "out", "--granularity", "channel", "--channel-group", "3"]
+    args = [
+        "search",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--budget",
+        "290B",
+        "--bits",
+        "4,8",
+        "--no-cache",
+        "--quiet",
+        "--max-probes",
+        "3",
+        "--out",
+        tmp_path / "out",
+        "--granularity",
+        "channel",
+        "--channel-group",
+        "3",
+    ]
     status, out, err = run_cli(capsys, *args)
     assert status == 0, err
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())

@@ -19,7 +19,21 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusa
 
 def _search(tmp_path, capsys, name: str, *device: str) -> dict:
     out = tmp_path / name
-    status, _, err = run_cli(capsys, "search", "--model", MLP, "--data", tmp_path / "d.npz", "--budget", "1KB", "--out", out, "--no-cache", "--quiet", *device)
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        MLP,
+        "--data",
+        tmp_path / "d.npz",
+        "--budget",
+        "1KB",
+        "--out",
+        out,
+        "--no-cache",
+        "--quiet",
+        *device,
+    )
     assert status == 0, err
     return json.loads((out / "plan.json").read_text())
 
@@ -40,7 +54,9 @@ def test_api_device_cpu(tmp_path):
     model = mlp()
     plain = mpq.search(model, (x, y), "1KB", cache_dir=False, progress=False)
     on_cpu = mpq.search(model, (x, y), "1KB", cache_dir=False, progress=False, device="cpu")
-    assert {n: lp.weight_bits for n, lp in on_cpu.plan.layers.items()} == {n: lp.weight_bits for n, lp in plain.plan.layers.items()}
+    assert {n: lp.weight_bits for n, lp in on_cpu.plan.layers.items()} == {
+        n: lp.weight_bits for n, lp in plain.plan.layers.items()
+    }
     assert on_cpu.report.plan.kl_to_fp32 == pytest.approx(plain.report.plan.kl_to_fp32)
     quantized = mpq.quantize_(model, on_cpu.plan, (x, y), cache_dir=False, device=torch.device("cpu"))
     assert next(quantized.parameters()).device.type == "cpu"
@@ -61,7 +77,10 @@ def test_resolve_device():
 @NO_GPU
 def test_api_refuses_cuda_without_a_gpu():
     x = torch.randn(8, 6)
-    for verb in (lambda: mpq.analyze(mlp(), x, device="cuda", cache_dir=False), lambda: mpq.search(mlp(), x, "1KB", device="cuda:1", cache_dir=False)):
+    for verb in (
+        lambda: mpq.analyze(mlp(), x, device="cuda", cache_dir=False),
+        lambda: mpq.search(mlp(), x, "1KB", device="cuda:1", cache_dir=False),
+    ):
         with pytest.raises(MpqError, match=r"no CUDA device is visible here .*; use device='cpu'$"):
             verb()
 
@@ -80,4 +99,7 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path, capsys, command):
     }[command]
     status, out, err = run_cli(capsys, command, *rest, "--model", MLP, "--data", tmp_path / "d.npz", "--device", "cuda")
     assert status == 2 and out == ""
-    assert err.strip() == "mpq: error: --device cuda: no CUDA device is visible here (torch.cuda.is_available() is False); use --device cpu"
+    assert (
+        err.strip()
+        == "mpq: error: --device cuda: no CUDA device is visible here (torch.cuda.is_available() is False); use --device cpu"
+    )

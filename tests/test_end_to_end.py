@@ -21,9 +21,13 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(workdir, default_model_cache):
-    result = run_mpq("search", "--budget", "4MB", "--max-probes", "8", "--out", str(workdir / "out4"), cache_dir=default_model_cache)
+    result = run_mpq(
+        "search", "--budget", "4MB", "--max-probes", "8", "--out", str(workdir / "out4"), cache_dir=default_model_cache
+    )
     assert result.returncode == 0, result.stderr
-    return json.loads((workdir / "out4" / "report.json").read_text()), json.loads((workdir / "out4" / "plan.json").read_text())
+    return json.loads((workdir / "out4" / "report.json").read_text()), json.loads(
+        (workdir / "out4" / "plan.json").read_text()
+    )
 
 
 def test_search_4mb_writes_a_verified_plan_that_beats_uniform(first_run, workdir):
@@ -53,7 +57,16 @@ def test_the_4mb_plan_carries_typed_settings_that_load_back_equal(first_run, wor
 
 
 def test_second_budget_reuses_the_cached_sensitivity(first_run, workdir, default_model_cache):
-    result = run_mpq("search", "--budget", "3.5MB", "--max-probes", "8", "--out", str(workdir / "out35"), cache_dir=default_model_cache)
+    result = run_mpq(
+        "search",
+        "--budget",
+        "3.5MB",
+        "--max-probes",
+        "8",
+        "--out",
+        str(workdir / "out35"),
+        cache_dir=default_model_cache,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((workdir / "out35" / "report.json").read_text())
     assert report["measured"]["size_bytes"] <= 3_500_000

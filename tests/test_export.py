@@ -15,7 +15,9 @@ from mpq.verify.apply import pack_bits, pack_model, unpack_bits, unpack_model
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_bit_packing_round_trips_and_takes_ceil_n_b_over_8_bytes(bits):
-    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (1001,), generator=torch.Generator().manual_seed(bits)).to(torch.int8)
+    codes = torch.randint(
+        -(2 ** (bits - 1)), 2 ** (bits - 1), (1001,), generator=torch.Generator().manual_seed(bits)
+    ).to(torch.int8)
     packed = pack_bits(codes, bits)
     assert packed.dtype == torch.uint8
     assert packed.numel() == math.ceil(1001 * bits / 8)
@@ -34,7 +36,9 @@ def test_predicted_size_equals_exported_bytes(tiny_model, tiny_data):
     plan = mixed_plan(prepared)
     act = {"conv1": ActQuantParams(0.05, 10, 8), "fc": ActQuantParams(0.02, 0, 6)}
     packed = pack_model(prepared.folded, plan, act)
-    predicted = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)
+    predicted = model_costs(
+        prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes
+    )
     # conv1: 54 weights at 3 bits -> 21 B + 3 scales + 3 folded biases + act params (8 B)
     # conv2: 54 at 5 bits -> 34 B + 2 scales + 2 biases; fc: 32 at 8 bits -> 32 B + 4 + 4 + 8
     expected = (21 + 12 + 12 + 8) + (34 + 8 + 8) + (32 + 16 + 16 + 8)
@@ -90,7 +94,10 @@ def test_search_leaves_room_for_the_packed_files_header(tmp_path):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
-    data = (torch.randn(32, 64, generator=torch.Generator().manual_seed(1)), torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2)))
+    data = (
+        torch.randn(32, 64, generator=torch.Generator().manual_seed(1)),
+        torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2)),
+    )
     options = dict(bits=(2, 4, 8), max_probes=4, cache_dir=False, progress=False)
     loose = mpq.search(model, data, "1MB", **options)
     assert loose.plan.settings.container_reserve_bytes == 0  # W8 everywhere and its header fit anyway

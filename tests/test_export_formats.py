@@ -33,7 +33,10 @@ def tiny(tiny_model, tiny_data):
     x, y = tiny_data
     data = Dataset(x=x, y=y)
     prepared = prepare_model(tiny_model, x[:2])
-    plan = Plan(layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 6)}, model={"fingerprint": prepared.fingerprint})
+    plan = Plan(
+        layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 6)},
+        model={"fingerprint": prepared.fingerprint},
+    )
     reference = fp32_reference(prepared, data, 8, Cache(None))
     packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, 8))
     return prepared, data, plan, packed, packed_logits(prepared, packed, data, 8)
@@ -41,7 +44,9 @@ def tiny(tiny_model, tiny_data):
 
 def test_packed_file_is_the_counted_tensor_bytes_plus_its_header(tiny, tmp_path):
     prepared, data, plan, packed, _ = tiny
-    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.mpqpack", format="packed", cache_dir=False, eval_split=0)
+    result = mpq.export_plan(
+        prepared.original, plan, data, tmp_path / "tiny.mpqpack", format="packed", cache_dir=False, eval_split=0
+    )
     raw = (tmp_path / "tiny.mpqpack").read_bytes()
     (header_length,) = struct.unpack("<I", raw[8:12])
     # the same tensor bytes as test_predicted_size_equals_exported_bytes: (21+12+12+8) + (34+8+8) + (32+16+16+8)
@@ -52,7 +57,10 @@ def test_packed_file_is_the_counted_tensor_bytes_plus_its_header(tiny, tmp_path)
     stored = read_packed(tmp_path / "tiny.mpqpack")
     assert stored.header_bytes == 12 + header_length and stored.tensor_bytes == 175
     assert stored.packed.layers == packed.layers
-    assert all(torch.equal(stored.packed.tensors[k], t) and stored.packed.tensors[k].dtype == t.dtype for k, t in packed.tensors.items())
+    assert all(
+        torch.equal(stored.packed.tensors[k], t) and stored.packed.tensors[k].dtype == t.dtype
+        for k, t in packed.tensors.items()
+    )
 
 
 def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
@@ -63,7 +71,10 @@ def test_load_packed_reproduces_the_evaluator_exactly(tiny, tmp_path):
         logits = torch.cat([rebuilt(x) for x, _ in data.batches(8)])
     assert torch.equal(logits, evaluator_logits)
     conv2 = prepared.folded.conv2.weight  # the default quantizer: MSE-clipped weights, corrected biases
-    assert torch.equal(rebuilt.conv2.weight, fake_quantize_weight(conv2, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(conv2, 5)))
+    assert torch.equal(
+        rebuilt.conv2.weight,
+        fake_quantize_weight(conv2, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(conv2, 5)),
+    )
     assert torch.equal(rebuilt.conv2.bias, packed.tensors["conv2.bias"])
     assert not torch.allclose(packed.tensors["conv2.bias"], prepared.folded.conv2.bias, atol=1e-6)  # bias-corrected
     # the fake-quantized inputs matter: without the hooks the logits differ
@@ -97,10 +108,23 @@ def test_cli_export_of_a_plan_for_another_model_exits_2_with_one_line(tiny, tmp_
     plan.model = {"fingerprint": "0" * 64}
     plan.save(tmp_path / "plan.json")
     model_spec, data_spec = _write_tiny_specs(tmp_path, tiny_data)
-    args = [MPQ, "export", str(tmp_path / "plan.json"), "--out", str(tmp_path / "x.mpqpack"), "--model", model_spec, "--data", data_spec, "--no-cache"]
+    args = [
+        MPQ,
+        "export",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "x.mpqpack"),
+        "--model",
+        model_spec,
+        "--data",
+        data_spec,
+        "--no-cache",
+    ]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mpq: error: this plan was made for another model")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "mpq: error: this plan was made for another model"
+    )
     assert not (tmp_path / "x.mpqpack").exists()
 
 
@@ -109,8 +133,22 @@ def test_cli_export_packed_prints_the_measured_bytes(tmp_path, tiny_data):
     from mpq.inputs.specs import load_model_spec
 
     prepared = prepare_model(load_model_spec(model_spec), tiny_data[0][:2])
-    Plan(layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(4, 8), "fc": LayerPlan(4, 8)}, model={"fingerprint": prepared.fingerprint}).save(tmp_path / "plan.json")
-    args = [MPQ, "export", str(tmp_path / "plan.json"), "--out", str(tmp_path / "x.mpqpack"), "--model", model_spec, "--data", data_spec, "--no-cache"]
+    Plan(
+        layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(4, 8), "fc": LayerPlan(4, 8)},
+        model={"fingerprint": prepared.fingerprint},
+    ).save(tmp_path / "plan.json")
+    args = [
+        MPQ,
+        "export",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "x.mpqpack"),
+        "--model",
+        model_spec,
+        "--data",
+        data_spec,
+        "--no-cache",
+    ]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     size = (tmp_path / "x.mpqpack").stat().st_size
@@ -125,7 +163,9 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     from mpq.export.onnx_qdq import run_onnx
 
     prepared, data, plan, packed, evaluator_logits = tiny
-    result = mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False, eval_split=0)
+    result = mpq.export_plan(
+        prepared.original, plan, data, tmp_path / "tiny.onnx", format="onnx", cache_dir=False, eval_split=0
+    )
     model = onnx.load(str(tmp_path / "tiny.onnx"))
     assert result.file_bytes == (tmp_path / "tiny.onnx").stat().st_size
     inits = {i.name: i for i in model.graph.initializer}
@@ -141,7 +181,9 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     for name in ("conv1", "fc"):
         assert np.array_equal(array(f"{name}.output_bias"), packed.tensors[f"{name}.bias"].numpy())
         input_scale = float(packed.tensors[f"{name}.input_scale"][0])
-        assert np.allclose(array(f"{name}.output_scale"), input_scale * packed.tensors[f"{name}.weight_scale"].numpy(), rtol=1e-6)
+        assert np.allclose(
+            array(f"{name}.output_scale"), input_scale * packed.tensors[f"{name}.weight_scale"].numpy(), rtol=1e-6
+        )
     ops = [n.op_type for n in model.graph.node]
     # conv1 and fc (quantized inputs) in integers; conv2 (float input) through DequantizeLinear weights
     assert ops.count("ConvInteger") == 1 and ops.count("MatMulInteger") == 1 and ops.count("Conv") == 1
@@ -152,7 +194,10 @@ def test_onnx_qdq_carries_the_widths_and_matches_the_evaluator_in_onnxruntime(ti
     logits = run_onnx(tmp_path / "tiny.onnx", data.x, batch_size=8)
     assert torch.allclose(logits, evaluator_logits, atol=1e-5)
     # conv1's output is computed in integers and rescaled, bit for bit as the evaluator does it
-    assert torch.equal(_onnx_node_output(tmp_path / "tiny.onnx", "conv1/Add", data.x[:8]), _torch_output(prepared, packed, "conv1", data.x[:8]))
+    assert torch.equal(
+        _onnx_node_output(tmp_path / "tiny.onnx", "conv1/Add", data.x[:8]),
+        _torch_output(prepared, packed, "conv1", data.x[:8]),
+    )
 
 
 def _onnx_node_output(path, node_name: str, x: torch.Tensor) -> torch.Tensor:
@@ -184,16 +229,33 @@ def test_torchao_export_names_every_layer_with_its_width_and_reproduces_the_eval
     from mpq.export.torchao_config import load_torchao_config
 
     prepared, data, plan, packed, evaluator_logits = tiny
-    mpq.export_plan(prepared.original, plan, data, tmp_path / "tiny.torchao.json", format="torchao", cache_dir=False, eval_split=0)
+    mpq.export_plan(
+        prepared.original, plan, data, tmp_path / "tiny.torchao.json", format="torchao", cache_dir=False, eval_split=0
+    )
     saved = json.loads((tmp_path / "tiny.torchao.json").read_text())["layers"]
-    assert {n: (e["weight_bits"], e["act_bits"]) for n, e in saved.items()} == {"conv1": (3, 8), "conv2": (5, None), "fc": (8, 6)}
+    assert {n: (e["weight_bits"], e["act_bits"]) for n, e in saved.items()} == {
+        "conv1": (3, 8),
+        "conv2": (5, None),
+        "fc": (8, 6),
+    }
     config = load_torchao_config(tmp_path / "tiny.torchao.json")
     assert type(config).__name__ == "FqnToConfig" and set(config.fqn_to_config) == {"conv1", "conv2", "fc"}
     model = prepare_model(prepared.original, data.x[:2]).folded
     quantize_(model, config, filter_fn=None)
-    assert [model.get_submodule(n).weight.target_dtype for n in ("conv1", "conv2", "fc")] == [torch.int3, torch.int5, torch.int8]
+    assert [model.get_submodule(n).weight.target_dtype for n in ("conv1", "conv2", "fc")] == [
+        torch.int3,
+        torch.int5,
+        torch.int8,
+    ]
     # the evaluator's weights (MSE-clipped scales) and bias-corrected biases
-    assert torch.equal(model.conv2.weight.dequantize(), fake_quantize_weight(prepared.folded.conv2.weight, 5, WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(prepared.folded.conv2.weight, 5)))
+    assert torch.equal(
+        model.conv2.weight.dequantize(),
+        fake_quantize_weight(
+            prepared.folded.conv2.weight,
+            5,
+            WEIGHT_CLIPS[DEFAULT_QUANTIZER.weight_clip].ratios(prepared.folded.conv2.weight, 5),
+        ),
+    )
     assert torch.equal(model.conv2.bias, packed.tensors["conv2.bias"])
     with torch.inference_mode():
         logits = torch.cat([model(x) for x, _ in data.batches(8)])
@@ -208,9 +270,16 @@ def test_onnx_stores_2_bit_weights_as_int2_and_4_bit_inputs_clipped(tiny_model, 
     x, y = tiny_data
     data = Dataset(x=x, y=y)
     prepared = prepare_model(tiny_model, x[:2])
-    plan = Plan(layers={"conv1": LayerPlan(2, 8), "conv2": LayerPlan(4, 4), "fc": LayerPlan(7, 8)}, model={"fingerprint": prepared.fingerprint})
-    packed = pack_plan(prepared, plan, plan_calibration(prepared, plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8))
-    result = mpq.export_plan(tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False, eval_split=0)
+    plan = Plan(
+        layers={"conv1": LayerPlan(2, 8), "conv2": LayerPlan(4, 4), "fc": LayerPlan(7, 8)},
+        model={"fingerprint": prepared.fingerprint},
+    )
+    packed = pack_plan(
+        prepared, plan, plan_calibration(prepared, plan, data, fp32_reference(prepared, data, 8, Cache(None)), 8)
+    )
+    result = mpq.export_plan(
+        tiny_model, plan, data, tmp_path / "narrow.onnx", format="onnx", cache_dir=False, eval_split=0
+    )
     assert "1 layers as INT2, 1 layers as INT4, 1 layers as INT8" in result.summary()
     model = onnx.load(str(tmp_path / "narrow.onnx"))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 25

@@ -75,7 +75,9 @@ def test_quantize_with_the_export_gives_the_evaluators_logits(net, tmp_path):
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     model, prepared, data, plan, packed, evaluator = net
-    result = mpq.export_plan(model, plan, data, tmp_path / "net.torchao.json", format="torchao", cache_dir=False, eval_split=0)  # calibrated on all of data, as the evaluator
+    result = mpq.export_plan(
+        model, plan, data, tmp_path / "net.torchao.json", format="torchao", cache_dir=False, eval_split=0
+    )  # calibrated on all of data, as the evaluator
     assert result.file_bytes == (tmp_path / "net.torchao.json").stat().st_size
     folded, logits = _apply(model, data, tmp_path / "net.torchao.json")
     assert torch.equal(logits, evaluator)  # integer execution: bit for bit
@@ -121,7 +123,13 @@ def test_the_file_is_json_with_each_layers_tensors_and_damage_is_refused(net, tm
     assert document["schema"] == "mpq.torchao/1"
     stem = document["layers"]["stem"]
     assert stem["channel_bits"] == [[0, 3, 3], [3, 8, 6]] and stem["module"] == "Conv2d"
-    assert set(stem["tensors"]) == {"weight_codes", "weight_scale", "bias", "input_scale", "input_zero_point"}  # the bias from BatchNorm folding
+    assert set(stem["tensors"]) == {
+        "weight_codes",
+        "weight_scale",
+        "bias",
+        "input_scale",
+        "input_zero_point",
+    }  # the bias from BatchNorm folding
     # the codes as packed: 3 channels x 27 weights at 3 bits (chunks of 2 channels), 5 x 27 at 6 bits
     assert stem["tensors"]["weight_codes"]["shape"] == [packed.tensors["stem.weight_codes"].numel()]
     document["layers"]["dw"]["tensors"]["weight_scale"]["dtype"] = "object"

@@ -37,32 +37,72 @@ def files(tmp_path) -> Path:
 
 
 def search(files: Path, *args) -> list[str]:
-    return ["search", "--model", MLP, "--data", files / "ok.npz", "--budget", "1KB", "--out", files / "out", "--cache-dir", files / "cache", *args]
+    return [
+        "search",
+        "--model",
+        MLP,
+        "--data",
+        files / "ok.npz",
+        "--budget",
+        "1KB",
+        "--out",
+        files / "out",
+        "--cache-dir",
+        files / "cache",
+        *args,
+    ]
 
 
 CASES = {
-    "labels out of range": (lambda f: [*search(f), "--data", f / "labels_7.npz"], "labels y reach 7 but the model has 4 outputs"),
+    "labels out of range": (
+        lambda f: [*search(f), "--data", f / "labels_7.npz"],
+        "labels y reach 7 but the model has 4 outputs",
+    ),
     "negative labels": (lambda f: [*search(f), "--data", f / "labels_negative.npz"], "labels y hold -1"),
     "empty dataset": (lambda f: [*search(f), "--data", f / "empty.npz"], "the data holds no samples"),
     "string array": (lambda f: [*search(f), "--data", f / "strings.npz"], "holds <U1 values: save numbers"),
     "corrupt image": (lambda f: ["sensitivity", "--data", f / "images", "--no-plot"], "cannot read image .*broken.jpg"),
-    "probing time for one probe": (lambda f: [*search(f), "--metric", "hessian", "--max-seconds", "0.0001", "--no-cache"], "a standard error needs two: raise --max-seconds"),
+    "probing time for one probe": (
+        lambda f: [*search(f), "--metric", "hessian", "--max-seconds", "0.0001", "--no-cache"],
+        "a standard error needs two: raise --max-seconds",
+    ),
     "loss gives NaN": (lambda f: [*search(f), "--loss", f"{f}/losses.py:nan", "--no-cache"], "losses.py:nan is nan"),
-    "loss raises": (lambda f: [*search(f), "--loss", f"{f}/losses.py:raises", "--no-cache"], "raised ValueError on the data \\(boom\\)"),
-    "loss not a scalar": (lambda f: [*search(f), "--loss", f"{f}/losses.py:vector", "--no-cache"], "returned \\(8,\\), not one number"),
-    "data function raises": (lambda f: [*search(f), "--data", f"{f}/datafn.py:raises"], "raised RuntimeError while giving the data: no data here"),
+    "loss raises": (
+        lambda f: [*search(f), "--loss", f"{f}/losses.py:raises", "--no-cache"],
+        "raised ValueError on the data \\(boom\\)",
+    ),
+    "loss not a scalar": (
+        lambda f: [*search(f), "--loss", f"{f}/losses.py:vector", "--no-cache"],
+        "returned \\(8,\\), not one number",
+    ),
+    "data function raises": (
+        lambda f: [*search(f), "--data", f"{f}/datafn.py:raises"],
+        "raised RuntimeError while giving the data: no data here",
+    ),
     "model file exits": (lambda f: [*search(f), "--model", f"{f}/exits.py:model"], "called sys.exit\\(0\\)"),
     "eval batch of 0": (lambda f: [*search(f), "--eval-batch-size", "0"], "--eval-batch-size: 0 must be 1 or more"),
-    "latency batch of 0": (lambda f: [*search(f), "--budget", "1ms", "--device", "arm-cortex-a76", "--latency-batch", "0"], "--latency-batch: 0 must be 1 or more"),
+    "latency batch of 0": (
+        lambda f: [*search(f), "--budget", "1ms", "--device", "arm-cortex-a76", "--latency-batch", "0"],
+        "--latency-batch: 0 must be 1 or more",
+    ),
     "seed below 0": (lambda f: [*search(f), "--seed", "-1"], "seed=-1 must be a whole number"),
-    "seed beyond 64 bits": (lambda f: [*search(f), "--seed", str(2**70)], "must be a whole number from 0 to 2\\*\\*63 - 1"),
+    "seed beyond 64 bits": (
+        lambda f: [*search(f), "--seed", str(2**70)],
+        "must be a whole number from 0 to 2\\*\\*63 - 1",
+    ),
     "trace margin nan": (lambda f: [*search(f), "--trace-margin", "nan"], "trace_margin must be a finite number"),
     "out in /proc": (lambda f: [*search(f), "--out", "/proc/mpq-out"], "cannot create output folder /proc/mpq-out"),
-    "cache in /proc": (lambda f: [*search(f), "--cache-dir", "/proc/mpq-cache"], "cannot write the cache folder /proc/mpq-cache"),
+    "cache in /proc": (
+        lambda f: [*search(f), "--cache-dir", "/proc/mpq-cache"],
+        "cannot write the cache folder /proc/mpq-cache",
+    ),
     "cache is a file": (lambda f: [*search(f), "--cache-dir", f / "ok.npz"], "the cache folder .* is a file"),
     "cuda without a GPU": (lambda f: [*search(f), "--device", "cuda"], "--device cuda: no CUDA device is visible here"),
     "cuda:1 without a GPU": (lambda f: [*search(f), "--device", "cuda:1"], "--device cuda:1: no CUDA device"),
-    "a device that is none": (lambda f: ["sensitivity", "--model", MLP, "--data", f / "ok.npz", "--device", "tpu", "--no-plot"], "--device tpu is not a device to run on"),
+    "a device that is none": (
+        lambda f: ["sensitivity", "--model", MLP, "--data", f / "ok.npz", "--device", "tpu", "--no-plot"],
+        "--device tpu is not a device to run on",
+    ),
 }
 
 
@@ -123,7 +163,10 @@ def test_deeply_nested_plan_is_refused(tmp_path):
 def test_one_bit_plans_are_refused_by_verify_and_export(saved_plan, tmp_path):
     model, data, stored = saved_plan
     plan = mpq.Plan.load(damaged(tmp_path, stored, _one_bit))
-    for action in (lambda: mpq.verify(model, plan, data), lambda: mpq.export_plan(model, plan, data, tmp_path / "m.bin")):
+    for action in (
+        lambda: mpq.verify(model, plan, data),
+        lambda: mpq.export_plan(model, plan, data, tmp_path / "m.bin"),
+    ):
         with pytest.raises(MpqError, match="supports only 2 to 8"):
             action()
     assert not (tmp_path / "m.bin").exists()

@@ -59,8 +59,14 @@ def test_drawing_the_tail_classes_is_unbiased_and_its_standard_error_is_the_draw
     spread less than the independent ones the standard error assumes)."""
     net, x, y = relu_net
     exact, rows = exact_block_traces(net, x, y)
-    runs = [gauss_newton_traces(net, NAMES, x, y, ProbeSettings(batch_size=16, seed=s), progress=False) for s in range(SEEDS)]
-    for got, want in ((np.array([r.trace for r in runs]), exact), *((np.array([r.channel_trace[i] for r in runs]), rows[i]) for i in range(len(NAMES)))):
+    runs = [
+        gauss_newton_traces(net, NAMES, x, y, ProbeSettings(batch_size=16, seed=s), progress=False)
+        for s in range(SEEDS)
+    ]
+    for got, want in (
+        (np.array([r.trace for r in runs]), exact),
+        *((np.array([r.channel_trace[i] for r in runs]), rows[i]) for i in range(len(NAMES))),
+    ):
         assert np.all(np.abs(got.mean(axis=0) - want) <= 3 * got.std(axis=0, ddof=1) / np.sqrt(SEEDS) + 1e-12)
     spread, se = np.array([r.trace for r in runs]).std(axis=0, ddof=1), np.array([r.stderr for r in runs]).mean(axis=0)
     assert np.all((se > 0.8 * spread) & (se < 3 * spread)), (se, spread)
@@ -76,7 +82,9 @@ def test_with_every_class_exact_there_is_no_draw_error(relu_net):
 
 def test_the_metric_in_the_api_and_its_losses(relu_net):
     net, x, y = relu_net
-    sens = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(batch_size=16), cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        net, (x, y), metric="gauss_newton", probes=ProbeSettings(batch_size=16), cache_dir=False, progress=False
+    )
     assert sens.metric == "gauss_newton" and all(s.hessian_trace > 0 for s in sens.layers.values())
     assert mpq.solve(sens, "300B").predicted["size_bytes"] <= 300
     with pytest.raises(MpqError, match="curvature of a softmax loss: use --loss labels, fp32 or kl"):
@@ -87,11 +95,15 @@ def test_the_default_metric_is_the_first_of_kl_anchored_gauss_newton_hessian_tha
     net, x, y = relu_net
     quick = {"cache_dir": False, "progress": False, "probes": ProbeSettings(max_probes=4, min_probes=2)}
     assert mpq.analyze(net, (x, y), **quick).metric == "kl_anchored"
-    assert mpq.analyze(net, (x, y), activations=True, **quick).metric == "gauss_newton"  # kl_anchored has no inputs' sensitivity
+    assert (
+        mpq.analyze(net, (x, y), activations=True, **quick).metric == "gauss_newton"
+    )  # kl_anchored has no inputs' sensitivity
     assert mpq.analyze(net, (x, y), loss="labels", **quick).metric == "gauss_newton"  # a named loss other than kl
     assert mpq.analyze(net, (x, y), loss="mse", **quick).metric == "hessian"  # not a softmax's loss
     torch.manual_seed(0)
-    per_position = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU(), nn.Conv1d(4, 5, 1)).eval()  # [batch, classes, positions]
+    per_position = nn.Sequential(
+        nn.Conv1d(3, 4, 3), nn.ReLU(), nn.Conv1d(4, 5, 1)
+    ).eval()  # [batch, classes, positions]
     assert mpq.analyze(per_position, torch.randn(12, 3, 8), loss="fp32", **quick).metric == "hessian"
     with pytest.raises(MpqError, match=r"outputs of \[batch, classes\], not 3-dimensional"):
         mpq.analyze(per_position, torch.randn(12, 3, 8), metric="gauss_newton", **quick)
@@ -99,9 +111,20 @@ def test_the_default_metric_is_the_first_of_kl_anchored_gauss_newton_hessian_tha
 
 def test_a_cap_that_stops_the_draws_above_the_tolerance_is_said_in_one_line(relu_net):
     net, x, y = relu_net
-    sens = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(tol=0.001, max_probes=4), cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        net,
+        (x, y),
+        metric="gauss_newton",
+        probes=ProbeSettings(tol=0.001, max_probes=4),
+        cache_dir=False,
+        progress=False,
+    )
     short = sens.stopped_short()
     assert short is not None and short.cap == "max_probes"
     assert short.line().endswith("at the 4-probe cap: raise --max-probes or --max-seconds")
-    easy = mpq.analyze(net, (x, y), metric="gauss_newton", probes=ProbeSettings(tol=0.5), cache_dir=False, progress=False)
-    assert easy.stopped_short() is None and all(s.hessian_trace_stderr < 0.5 * s.hessian_trace for s in easy.layers.values())
+    easy = mpq.analyze(
+        net, (x, y), metric="gauss_newton", probes=ProbeSettings(tol=0.5), cache_dir=False, progress=False
+    )
+    assert easy.stopped_short() is None and all(
+        s.hessian_trace_stderr < 0.5 * s.hessian_trace for s in easy.layers.values()
+    )

@@ -69,7 +69,10 @@ def test_budget_grammar(text, kind, limit):
     assert budget.kind == kind and budget.limit == pytest.approx(limit)
 
 
-@pytest.mark.parametrize("text, message", [("4XB", "unknown budget unit"), ("0MB", "positive"), ("MB", "cannot read"), ("-1MB", "must be a positive number")])
+@pytest.mark.parametrize(
+    "text, message",
+    [("4XB", "unknown budget unit"), ("0MB", "positive"), ("MB", "cannot read"), ("-1MB", "must be a positive number")],
+)
 def test_bad_budgets_say_what_to_do(text, message):
     with pytest.raises(MpqError, match=message):
         parse_budget(text)

@@ -50,7 +50,9 @@ def x():
 @pytest.fixture(scope="module")
 def searched(x):
     quantizer = mpq.Quantizer(group_size=GROUP)
-    return mpq.search(group_net(), x, "4.5bpw", space=WEIGHT_ONLY, quantizer=quantizer, probes=PROBES, cache_dir=False, progress=False)
+    return mpq.search(
+        group_net(), x, "4.5bpw", space=WEIGHT_ONLY, quantizer=quantizer, probes=PROBES, cache_dir=False, progress=False
+    )
 
 
 def test_group_scales_are_per_group_of_the_flattened_channel_weights():
@@ -59,7 +61,10 @@ def test_group_scales_are_per_group_of_the_flattened_channel_weights():
     for weight in (conv, linear):
         for bits in (2, 4, 8):
             q = quantize_weight(weight, bits, group_size=GROUP)
-            assert q.scale.shape == (weight.shape[0], math.ceil(weight[0].numel() / GROUP)) and q.scale.dtype == torch.float32
+            assert (
+                q.scale.shape == (weight.shape[0], math.ceil(weight[0].numel() / GROUP))
+                and q.scale.dtype == torch.float32
+            )
             assert torch.equal(q.dequantize(), loop_quantize(weight, bits, GROUP))
     # one group as large as the channel is per-channel quantization, bit for bit
     assert torch.equal(quantize_weight(linear, 4, group_size=128).dequantize(), quantize_weight(linear, 4).dequantize())
@@ -79,7 +84,9 @@ def test_omega_uses_the_group_wise_quantizer(searched, x):
         for bits in (2, 4, 8):
             assert ratios[name][bits].shape == (weight.shape[0], math.ceil(weight[0].numel() / GROUP))
             expected = float(channel_quant_error(weight, bits, ratios[name][bits], GROUP).sum())
-            assert s.quant_error[bits] == pytest.approx(expected, rel=1e-6)  # float32 error, summed per channel in float64
+            assert s.quant_error[bits] == pytest.approx(
+                expected, rel=1e-6
+            )  # float32 error, summed per channel in float64
     assert searched.sensitivity.quantizer.group_size == GROUP
 
 
@@ -89,13 +96,23 @@ def test_predicted_bytes_and_bits_per_weight_are_those_of_the_exported_file(sear
     assert len(set(layers.values())) > 1, layers  # mixed widths, so the test is not of one width only
     written = mpq.export_plan(group_net(), plan, x, tmp_path / "plan.mpq")
     stored = read_packed(tmp_path / "plan.mpq")
-    assert stored.file_bytes == (tmp_path / "plan.mpq").stat().st_size == plan.predicted["size_bytes"] + stored.header_bytes
+    assert (
+        stored.file_bytes
+        == (tmp_path / "plan.mpq").stat().st_size
+        == plan.predicted["size_bytes"] + stored.header_bytes
+    )
     assert written.counted_bytes == plan.predicted["size_bytes"] == searched.report.plan.size_bytes
     tensors = stored.packed.tensors
-    bits = sum(8 * tensors[f"{n}.{p}"].numel() * tensors[f"{n}.{p}"].element_size() for n in plan.layers for p in ("weight_codes", "weight_scale"))
+    bits = sum(
+        8 * tensors[f"{n}.{p}"].numel() * tensors[f"{n}.{p}"].element_size()
+        for n in plan.layers
+        for p in ("weight_codes", "weight_scale")
+    )
     weights = sum(math.prod(meta["weight_shape"]) for meta in stored.packed.layers.values())
     assert plan.predicted["bits_per_weight"] == searched.report.plan.bits_per_weight == bits / weights <= 4.5
-    assert tensors["fc2.weight_scale"].shape == (48, 3) and tensors["fc2.weight_scale"].dtype == torch.float32  # 80 = 32 + 32 + 16
+    assert (
+        tensors["fc2.weight_scale"].shape == (48, 3) and tensors["fc2.weight_scale"].dtype == torch.float32
+    )  # 80 = 32 + 32 + 16
     assert tensors["depthwise.weight_scale"].shape == (8, 1)  # 9 weights per channel: one (short) group
 
 
@@ -132,7 +149,14 @@ def test_the_solver_is_exact_under_a_bits_per_weight_and_a_byte_budget(searched,
 
 def test_a_plan_exactly_at_its_bits_per_weight_fits():
     net = linear_net()
-    sensitivity = mpq.analyze(net, torch.randn(16, 64), probes=PROBES, quantizer=mpq.Quantizer(group_size=GROUP), cache_dir=False, progress=False)
+    sensitivity = mpq.analyze(
+        net,
+        torch.randn(16, 64),
+        probes=PROBES,
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        cache_dir=False,
+        progress=False,
+    )
     # every input is a multiple of 32: uniform W4 is exactly 4 + 32/32 = 5 bits per weight
     plan = mpq.solve(sensitivity, "5bpw", space=mpq.SearchSpace(bits=(4, 8), act_bits=None))
     assert {lp.weight_bits for lp in plan.layers.values()} == {4} and plan.predicted["bits_per_weight"] == 5.0
@@ -151,7 +175,9 @@ def test_bits_per_weight_grammar_and_format():
 def test_weight_only_baselines_are_group_wise_at_the_plan_group_size(searched):
     report = searched.report
     names = [b.name for b in report.baselines]
-    assert names[0] == "uniform W8 g32" and "uniform W2 g32" in names and "uniform W4 g32" not in names  # W4 g32 is 5 bpw > 4.5
+    assert (
+        names[0] == "uniform W8 g32" and "uniform W2 g32" in names and "uniform W4 g32" not in names
+    )  # W4 g32 is 5 bpw > 4.5
     assert all(b.fits_budget == (b.bits_per_weight <= 4.5) for b in report.baselines)
     assert report.weight_only is None  # a weight-only plan is its own float-activation reference
     assert json.loads(json.dumps(report.to_json()))["measured"]["bits_per_weight"] == report.plan.bits_per_weight
@@ -160,10 +186,20 @@ def test_weight_only_baselines_are_group_wise_at_the_plan_group_size(searched):
 def test_quantized_activations_get_a_weight_only_reference_and_the_advice(x):
     from mpq.report.summary import next_steps
 
-    result = mpq.search(group_net(), x, "5.5bpw", space=mpq.SearchSpace(bits=(4, 8)), quantizer=mpq.Quantizer(group_size=GROUP), probes=PROBES,
-                        cache_dir=False, progress=False)
+    result = mpq.search(
+        group_net(),
+        x,
+        "5.5bpw",
+        space=mpq.SearchSpace(bits=(4, 8)),
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        probes=PROBES,
+        cache_dir=False,
+        progress=False,
+    )
     reference = result.report.weight_only
-    assert reference.name == "uniform W8 g32" and reference.bits_per_weight == result.report.baselines[0].bits_per_weight
+    assert (
+        reference.name == "uniform W8 g32" and reference.bits_per_weight == result.report.baselines[0].bits_per_weight
+    )
     w8a8 = result.report.baselines[0]
     assert w8a8.name == "uniform W8A8 g32"
     capped = [s for s in next_steps(result.sensitivity, result.plan, result.report) if "farther from FP32" in s]
@@ -172,10 +208,21 @@ def test_quantized_activations_get_a_weight_only_reference_and_the_advice(x):
     if capped:
         assert "`--act-bits none`" in capped[0]
     # 2-bit inputs: far from FP32 whatever the weights, and the advice says so
-    narrow = mpq.search(group_net(), x, "5.5bpw", space=mpq.SearchSpace(bits=(4, 8), act_bits=2), quantizer=mpq.Quantizer(group_size=GROUP), probes=PROBES,
-                        cache_dir=False, progress=False)
+    narrow = mpq.search(
+        group_net(),
+        x,
+        "5.5bpw",
+        space=mpq.SearchSpace(bits=(4, 8), act_bits=2),
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        probes=PROBES,
+        cache_dir=False,
+        progress=False,
+    )
     steps = next_steps(narrow.sensitivity, narrow.plan, narrow.report)
-    assert any(s.startswith("Activation quantization caps the result: uniform W8A2 g32 is") and "`--act-bits none`" in s for s in steps), steps
+    assert any(
+        s.startswith("Activation quantization caps the result: uniform W8A2 g32 is") and "`--act-bits none`" in s
+        for s in steps
+    ), steps
 
 
 def test_torchao_intx_weight_only_config_reproduces_the_evaluator(tmp_path):
@@ -185,13 +232,25 @@ def test_torchao_intx_weight_only_config_reproduces_the_evaluator(tmp_path):
 
     from mpq.export.torchao_config import load_intx_config
 
-    result = mpq.search(net, x, "4.8bpw", space=mpq.SearchSpace(bits=(2, 4, 8), act_bits=None), quantizer=mpq.Quantizer(group_size=GROUP),
-                        probes=PROBES, cache_dir=False, progress=False)
+    result = mpq.search(
+        net,
+        x,
+        "4.8bpw",
+        space=mpq.SearchSpace(bits=(2, 4, 8), act_bits=None),
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        probes=PROBES,
+        cache_dir=False,
+        progress=False,
+    )
     mpq.export_plan(net, result.plan, x, tmp_path / "plan.torchao.json", format="torchao")
     modules = json.loads((tmp_path / "plan.torchao.modules.json").read_text())["modules"]
     for name, lp in result.plan.layers.items():
-        assert modules[name] == {"module": "Linear", "weight_bits": lp.weight_bits, "group_size": GROUP,
-                                 "torchao": f"IntxWeightOnlyConfig(weight_dtype=torch.int{lp.weight_bits}, granularity=PerGroup(group_size=32), mapping_type=SYMMETRIC)"}
+        assert modules[name] == {
+            "module": "Linear",
+            "weight_bits": lp.weight_bits,
+            "group_size": GROUP,
+            "torchao": f"IntxWeightOnlyConfig(weight_dtype=torch.int{lp.weight_bits}, granularity=PerGroup(group_size=32), mapping_type=SYMMETRIC)",
+        }
     evaluator = mpq.quantize_(net, result.plan, x)
     with torch.no_grad():
         expected = evaluator(x)
@@ -208,20 +267,36 @@ def test_torchao_intx_weight_only_config_reproduces_the_evaluator(tmp_path):
     # torchao's own scales (max|W| / ((2^b - 1) / 2), no clipping search, no bias correction): the plan's widths, not its numbers
     agreement = float((outputs[False].argmax(1) == expected.argmax(1)).float().mean())
     cosine = float(torch.nn.functional.cosine_similarity(outputs[False], expected, dim=1).mean())
-    print(f"torchao's own scales against the evaluator: argmax agreement {agreement:.4f}, mean cosine {cosine:.4f}, "
-          f"widths {sorted(lp.weight_bits for lp in result.plan.layers.values())}")
+    print(
+        f"torchao's own scales against the evaluator: argmax agreement {agreement:.4f}, mean cosine {cosine:.4f}, "
+        f"widths {sorted(lp.weight_bits for lp in result.plan.layers.values())}"
+    )
     assert agreement >= 0.5 and cosine >= 0.9, (agreement, cosine)
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "group size 0 must be a power of two of at least 8"),
-    ("-32", "group size -32 must be a power of two"),
-    ("48", "group size 48 must be a power of two"),
-    ("4", "group size 4 must be a power of two of at least 8"),
-    ("big", "'big' is not a whole number of weights"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "group size 0 must be a power of two of at least 8"),
+        ("-32", "group size -32 must be a power of two"),
+        ("48", "group size 48 must be a power of two"),
+        ("4", "group size 4 must be a power of two of at least 8"),
+        ("big", "'big' is not a whole number of weights"),
+    ],
+)
 def test_bad_group_sizes_exit_2_with_one_sentence(capsys, tmp_path, value, message):
-    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--budget", "4bpw", "--group-size", value, "--out", tmp_path)
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        f"{USER_MODELS}:group_net",
+        "--budget",
+        "4bpw",
+        "--group-size",
+        value,
+        "--out",
+        tmp_path,
+    )
     assert status == 2 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("mpq: error")] == [err.strip().splitlines()[-1]]
     with pytest.raises(MpqError, match="power of two"):
@@ -236,11 +311,24 @@ def test_onnx_refuses_group_wise_plans(searched, x, tmp_path):
 def test_pareto_sweeps_bits_per_weight(x, tmp_path):
     from mpq.report.pareto_files import pareto_csv, write_pareto
 
-    result = mpq.pareto(group_net(), x, "3bpw:5bpw:3", also_budgets="12KB", space=WEIGHT_ONLY, quantizer=mpq.Quantizer(group_size=GROUP), probes=PROBES,
-                        verify_points=1, cache_dir=False, progress=False)
+    result = mpq.pareto(
+        group_net(),
+        x,
+        "3bpw:5bpw:3",
+        also_budgets="12KB",
+        space=WEIGHT_ONLY,
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        probes=PROBES,
+        verify_points=1,
+        cache_dir=False,
+        progress=False,
+    )
     assert result.kind == "bits_per_weight" and [p.budget.text for p in result.points] == ["3bpw", "4bpw", "5bpw"]
     for point in result.feasible_points:
-        assert point.plan.predicted["bits_per_weight"] <= point.budget.limit and point.plan.predicted["size_bytes"] <= 12000
+        assert (
+            point.plan.predicted["bits_per_weight"] <= point.budget.limit
+            and point.plan.predicted["size_bytes"] <= 12000
+        )
     measured = [p for p in result.points if p.measured is not None]
     assert measured and measured[0].measured.bits_per_weight == measured[0].plan.predicted["bits_per_weight"]
     assert [u.name for u in result.uniform] == ["uniform W2 g32", "uniform W4 g32", "uniform W8 g32"]
@@ -253,28 +341,83 @@ def test_cli_search_with_group_size_and_bpw_budget(capsys, tmp_path):
     import numpy as np
 
     np.savez(tmp_path / "x.npz", x=torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(3)).numpy())
-    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz", "--act-bits", "none", "--bits", "2,4,8",
-                               "--group-size", "32", "--budget", "4.5bpw", "--budget", "20KB", "--max-probes", "2", "--out", tmp_path / "out", "--no-cache", "--quiet")
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        f"{USER_MODELS}:group_net",
+        "--data",
+        tmp_path / "x.npz",
+        "--act-bits",
+        "none",
+        "--bits",
+        "2,4,8",
+        "--group-size",
+        "32",
+        "--budget",
+        "4.5bpw",
+        "--budget",
+        "20KB",
+        "--max-probes",
+        "2",
+        "--out",
+        tmp_path / "out",
+        "--no-cache",
+        "--quiet",
+    )
     assert status == 0, err
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [b["kind"] for b in plan["budgets"]] == ["bits_per_weight", "size_bytes"] and plan["recipe"]["group-size"] == 32
+    assert [b["kind"] for b in plan["budgets"]] == ["bits_per_weight", "size_bytes"] and plan["recipe"][
+        "group-size"
+    ] == 32
     assert report["measured"]["bits_per_weight"] == plan["predicted"]["bits_per_weight"] <= 4.5
-    assert report["measured"]["size_bytes"] == plan["predicted"]["size_bytes"] and report["quantizer"]["group_size"] == 32
+    assert (
+        report["measured"]["size_bytes"] == plan["predicted"]["size_bytes"] and report["quantizer"]["group_size"] == 32
+    )
     assert "bits per quantized weight" in (tmp_path / "out" / "report.md").read_text()
     # verify keeps the plan's group size even with another quantizer
-    status, _, err = run_cli(capsys, "verify", tmp_path / "out" / "plan.json", "--model", f"{USER_MODELS}:group_net", "--data", tmp_path / "x.npz",
-                               "--weight-clip", "minmax", "--out", tmp_path / "v", "--no-cache", "--quiet")
+    status, _, err = run_cli(
+        capsys,
+        "verify",
+        tmp_path / "out" / "plan.json",
+        "--model",
+        f"{USER_MODELS}:group_net",
+        "--data",
+        tmp_path / "x.npz",
+        "--weight-clip",
+        "minmax",
+        "--out",
+        tmp_path / "v",
+        "--no-cache",
+        "--quiet",
+    )
     assert status == 0, err
     verified = json.loads((tmp_path / "v" / "report.json").read_text())
-    assert verified["quantizer"]["group_size"] == 32 and verified["measured"]["size_bytes"] == plan["predicted"]["size_bytes"]
+    assert (
+        verified["quantizer"]["group_size"] == 32
+        and verified["measured"]["size_bytes"] == plan["predicted"]["size_bytes"]
+    )
 
 
 def test_per_channel_widths_with_group_scales_are_counted_exactly(x, tmp_path):
     space = mpq.SearchSpace(bits=(2, 4, 8), act_bits=8, granularity="channel", channel_group=4)
-    result = mpq.search(group_net(), x, ["12KB", "5bpw"], space=space, quantizer=mpq.Quantizer(group_size=GROUP), probes=PROBES, cache_dir=False, progress=False)
+    result = mpq.search(
+        group_net(),
+        x,
+        ["12KB", "5bpw"],
+        space=space,
+        quantizer=mpq.Quantizer(group_size=GROUP),
+        probes=PROBES,
+        cache_dir=False,
+        progress=False,
+    )
     assert any(len({r.weight_bits for r in lp.channel_bits}) > 1 for lp in result.plan.layers.values())
     stored = mpq.export_plan(group_net(), result.plan, x, tmp_path / "plan.mpq")
     assert stored.counted_bytes == result.plan.predicted["size_bytes"] == result.report.plan.size_bytes
-    assert stored.file_bytes == (tmp_path / "plan.mpq").stat().st_size == read_packed(tmp_path / "plan.mpq").header_bytes + stored.counted_bytes
+    assert (
+        stored.file_bytes
+        == (tmp_path / "plan.mpq").stat().st_size
+        == read_packed(tmp_path / "plan.mpq").header_bytes + stored.counted_bytes
+    )
     assert result.plan.predicted["bits_per_weight"] == result.report.plan.bits_per_weight <= 5

@@ -204,7 +204,9 @@ def test_an_unreachable_latency_budget_exits_3_naming_the_least_latency(tmp_path
     write_table(table, "resnet18")
     assert all(v[4]["latency_s"] < v[8]["latency_s"] for v in layer_costs("resnet18").values())
     least = limit("resnet18", "latency_s", 0.0)  # so the least latency is every layer at 4 bits
-    done = run_mpq("solve", "--table", str(table), "--budget", f"{least * 0.99 * 1e3!r}ms", "--out", str(tmp_path / "out"))
+    done = run_mpq(
+        "solve", "--table", str(table), "--budget", f"{least * 0.99 * 1e3!r}ms", "--out", str(tmp_path / "out")
+    )
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     named = done.stderr.split("smallest that can be met is ")[1].split(";")[0]

@@ -24,24 +24,40 @@ def halves():
 
 def test_plan_is_calibrated_on_data_and_measured_on_eval_data(halves):
     (calibration, held_out), model = halves, mlp()
-    result = mpq.search(model, calibration, "1KB", eval_data=held_out, probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    result = mpq.search(
+        model,
+        calibration,
+        "1KB",
+        eval_data=held_out,
+        probes=mpq.ProbeSettings(max_probes=2),
+        cache_dir=False,
+        progress=False,
+    )
     report, plan = result.report, result.plan
     assert report.plan.n_eval == 32 and any("measured on 32 held-out samples" in n for n in report.notes)
     prepared, cal, evl = as_prepared(model, as_dataset(calibration)), as_dataset(calibration), as_dataset(held_out)
     fitted = plan_calibration(prepared, plan, cal, fp32_reference(prepared, cal, 25, mpq.cache.Cache(None)))
     logits = packed_logits(prepared, pack_plan(prepared, plan, fitted), evl, 25)
     fp32 = fp32_reference(prepared, evl, 25, mpq.cache.Cache(None)).logits
-    expected_kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(fp32, 1), log_target=True, reduction="batchmean"))
+    expected_kl = float(
+        F.kl_div(F.log_softmax(logits, 1), F.log_softmax(fp32, 1), log_target=True, reduction="batchmean")
+    )
     assert report.plan.kl_to_fp32 == pytest.approx(expected_kl, rel=1e-6)
     assert report.fp32.top1 == pytest.approx(float((fp32.argmax(1) == held_out[1]).float().mean()))
     in_sample = mpq.verify(model, plan, calibration, cache_dir=False, eval_split=0)
-    assert in_sample.plan.kl_to_fp32 != pytest.approx(report.plan.kl_to_fp32) and any("in-sample" in n for n in in_sample.notes)
+    assert in_sample.plan.kl_to_fp32 != pytest.approx(report.plan.kl_to_fp32) and any(
+        "in-sample" in n for n in in_sample.notes
+    )
 
 
 def test_without_eval_data_a_seeded_quarter_is_held_out_and_fits_on_the_rest(halves):
     (calibration, _), model = halves, mlp()
-    result = mpq.search(model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
-    assert result.report.plan.n_eval == 8 and any("a seeded split of --data" in n and "8 of 32 samples held out" in n for n in result.report.notes)
+    result = mpq.search(
+        model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False
+    )
+    assert result.report.plan.n_eval == 8 and any(
+        "a seeded split of --data" in n and "8 of 32 samples held out" in n for n in result.report.notes
+    )
     fit, held = held_out_split(as_dataset(calibration))
     assert len(fit) == 24 and len(held) == 8 and not set(map(tuple, fit.x.tolist())) & set(map(tuple, held.x.tolist()))
     again = mpq.verify(model, result.plan, calibration, cache_dir=False)  # the same split: the same numbers
@@ -56,12 +72,17 @@ def test_quantize_and_export_calibrate_on_the_part_verification_fits_on(halves, 
     """Without eval_split, mpq.quantize_ gives, on the held-out samples, exactly the logits mpq.search verified;
     eval_split=0 calibrates on all of the data (other logits)."""
     (calibration, _), model = halves, mlp()
-    result = mpq.search(model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    result = mpq.search(
+        model, calibration, "1KB", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False
+    )
     fit, held = held_out_split(as_dataset(calibration))
     prepared = as_prepared(model, fit)
     fitted = plan_calibration(prepared, result.plan, fit, fp32_reference(prepared, fit, 25, mpq.cache.Cache(None)))
     verified = packed_logits(prepared, pack_plan(prepared, result.plan, fitted), held, 25)
-    by_default, on_all = mpq.quantize_(model, result.plan, calibration, cache_dir=False), mpq.quantize_(model, result.plan, calibration, cache_dir=False, eval_split=0)
+    by_default, on_all = (
+        mpq.quantize_(model, result.plan, calibration, cache_dir=False),
+        mpq.quantize_(model, result.plan, calibration, cache_dir=False, eval_split=0),
+    )
     with torch.inference_mode():
         assert torch.equal(by_default(held.x).float(), verified)
         assert not torch.equal(on_all(held.x).float(), verified)
@@ -79,16 +100,44 @@ def test_eval_data_that_does_not_fit_the_model_fails_before_any_work(halves, tmp
     calibration, _ = halves
     np.savez(tmp_path / "cal.npz", x=calibration[0].numpy(), y=calibration[1].numpy())
     np.savez(tmp_path / "wrong.npz", x=np.zeros((8, 5), np.float32))
-    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", tmp_path / "cal.npz", "--eval-data", tmp_path / "wrong.npz",
-                             "--budget", "1KB", "--out", tmp_path / "out", "--no-cache")
-    assert status == 2 and err.startswith("mpq: error: the model cannot run on the data (inputs of shape (5,)") and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        tmp_path / "cal.npz",
+        "--eval-data",
+        tmp_path / "wrong.npz",
+        "--budget",
+        "1KB",
+        "--out",
+        tmp_path / "out",
+        "--no-cache",
+    )
+    assert (
+        status == 2
+        and err.startswith("mpq: error: the model cannot run on the data (inputs of shape (5,)")
+        and len(err.strip().splitlines()) == 1
+    )
     with pytest.raises(MpqError, match="labels y reach 9"):
-        mpq.search(mlp(), calibration, "1KB", eval_data=(calibration[0], torch.full((32,), 9)), cache_dir=False, progress=False)
+        mpq.search(
+            mlp(), calibration, "1KB", eval_data=(calibration[0], torch.full((32,), 9)), cache_dir=False, progress=False
+        )
 
 
 def test_pareto_points_are_measured_on_eval_data(halves):
     (calibration, held_out), model = halves, mlp()
-    result = mpq.pareto(model, calibration, "600B,1KB", eval_data=held_out, verify_points="all", probes=mpq.ProbeSettings(max_probes=2), cache_dir=False, progress=False)
+    result = mpq.pareto(
+        model,
+        calibration,
+        "600B,1KB",
+        eval_data=held_out,
+        verify_points="all",
+        probes=mpq.ProbeSettings(max_probes=2),
+        cache_dir=False,
+        progress=False,
+    )
     measured = [p.measured for p in result.points if p.measured is not None]
     assert measured and all(m.n_eval == 32 for m in measured) and all(m.fits_budget for m in measured)
     assert all(u.measured.n_eval == 32 for u in result.uniform)
@@ -101,5 +150,7 @@ def test_one_rule_decides_whether_a_plan_fits_its_budgets():
     assert within_budgets({"size_bytes": 900}, [size], latency_known=False)
     assert not within_budgets({"bops": 1.0}, [size], latency_known=False)  # a cost it lacks cannot be shown to hold
     assert within_budgets({"size_bytes": 900}, [size, latency], latency_known=False)  # no latency model: not checked
-    assert not within_budgets({"size_bytes": 900}, [size, latency], latency_known=True)  # a model without this plan's latency
+    assert not within_budgets(
+        {"size_bytes": 900}, [size, latency], latency_known=True
+    )  # a model without this plan's latency
     assert within_budgets({"size_bytes": 900, "latency_s": 0.001}, [size, latency], latency_known=True)

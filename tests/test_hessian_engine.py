@@ -69,16 +69,43 @@ def test_a_loss_that_torch_func_cannot_trace_falls_back_to_reverse_over_reverse(
 
 def test_two_ranks_under_torchrun_give_the_numbers_of_one_process(tmp_path):
     data = mlp_data(tmp_path / "d.npz", n=40)
-    command = [TORCHRUN, "--nproc-per-node", "2", "-m", "mpq.cli.main", "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", str(data),
-               "--metric", "hessian", "--max-probes", "30", "--tol", "0.1",
-               "--json", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    command = [
+        TORCHRUN,
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mpq.cli.main",
+        "sensitivity",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        str(data),
+        "--metric",
+        "hessian",
+        "--max-probes",
+        "30",
+        "--tol",
+        "0.1",
+        "--json",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)  # one JSON document: only rank 0 printed
     assert result["probes"] <= 30
     assert len(list((tmp_path / "cache").glob("sensitivity-*.json"))) == 1
 
-    one = mpq.analyze(load_model_spec(f"{USER_MODELS}:mlp"), load_data_spec(str(data)), metric="hessian", max_probes=30, tol=0.1, cache_dir=False, progress=False)
+    one = mpq.analyze(
+        load_model_spec(f"{USER_MODELS}:mlp"),
+        load_data_spec(str(data)),
+        metric="hessian",
+        max_probes=30,
+        tol=0.1,
+        cache_dir=False,
+        progress=False,
+    )
     assert len({layer.probes for layer in one.layers.values()}) > 1  # per-layer probing: layers stopped apart
     assert result["stop_reason"] == one.stop_reason
     for name, layer in one.layers.items():
@@ -93,7 +120,9 @@ def test_per_layer_probes_are_the_quadratic_forms_of_the_exact_diagonal_blocks(m
     x, y = mlp_xy
     prepared = prepare_model(mlp(), x[:2])
     names = [layer.name for layer in prepared.graph.layers]
-    settings = ProbeSettings(min_probes=6, max_probes=6, batch_size=len(x), seed=3, probing="per-layer")  # one batch: all of x
+    settings = ProbeSettings(
+        min_probes=6, max_probes=6, batch_size=len(x), seed=3, probing="per-layer"
+    )  # one batch: all of x
     found = hutchinson_traces(prepared.folded, names, x, y, settings, progress=False)
     blocks = [exact_hessian(prepared.folded, f"{n}.weight", x, y).double() for n in names]
     weights = [prepared.folded.get_submodule(n).weight for n in names]
@@ -119,7 +148,14 @@ def test_each_layer_is_probed_until_its_own_standard_error_is_under_tol(mlp_xy):
     assert len(set(found.layer_probes.tolist())) > 1 and found.probes == found.layer_probes.max()
     # the same probes, fewer each: one probe short of its count, each layer was still above the tolerance
     for i, n in enumerate(found.layer_probes):
-        fewer = hutchinson_traces(prepared.folded, names, x, y, ProbeSettings(tol=1e-9, min_probes=n - 1, max_probes=n - 1, batch_size=32, seed=0), progress=False)
+        fewer = hutchinson_traces(
+            prepared.folded,
+            names,
+            x,
+            y,
+            ProbeSettings(tol=1e-9, min_probes=n - 1, max_probes=n - 1, batch_size=32, seed=0),
+            progress=False,
+        )
         assert fewer.stderr[i] > 0.1 * fewer.trace[i]
 
 

@@ -30,7 +30,10 @@ def saved(tmp_path_factory):
     windows = hf_models.token_windows(tokenizer, text)
     (root / "train.txt").write_text(text[:40000])
     (root / "held_out.txt").write_text(text[-20000:])
-    folders = {kind: hf_models.save(hf_models.causal_lm(kind, tokenizer, windows), tokenizer, root / kind) for kind in ("gpt2", "llama")}
+    folders = {
+        kind: hf_models.save(hf_models.causal_lm(kind, tokenizer, windows), tokenizer, root / kind)
+        for kind in ("gpt2", "llama")
+    }
     folders["bert"] = hf_models.save(hf_models.bert_encoder(tokenizer, windows), tokenizer, root / "bert")
     return root, folders
 
@@ -43,8 +46,24 @@ def _text(root, model, name="train.txt", samples=48):
 def test_gpt2_from_its_folder_through_search_with_text_data(saved, capsys, tmp_path):
     root, folders = saved
     status, out, err = run_cli(
-        capsys, "search", "--model", f"hf:{folders['gpt2']}", "--data", root / "train.txt", "--eval-data", root / "held_out.txt",
-        "--seq-len", hf_models.SEQ, "--budget", "150KB", "--max-probes", 4, "--out", tmp_path, "--no-cache", "--quiet",
+        capsys,
+        "search",
+        "--model",
+        f"hf:{folders['gpt2']}",
+        "--data",
+        root / "train.txt",
+        "--eval-data",
+        root / "held_out.txt",
+        "--seq-len",
+        hf_models.SEQ,
+        "--budget",
+        "150KB",
+        "--max-probes",
+        4,
+        "--out",
+        tmp_path,
+        "--no-cache",
+        "--quiet",
     )
     assert status == 0, err
     plan, report = (json.loads((tmp_path / name).read_text()) for name in ("plan.json", "report.json"))
@@ -85,7 +104,9 @@ def test_every_export_reproduces_the_evaluator(saved, kind, tmp_path):
 
     mpq.export_plan(model, result.plan, data, tmp_path / "m.mpqpack", cache_dir=False)
     with torch.no_grad():
-        assert torch.equal(mpq.load_packed(tmp_path / "m.mpqpack", model.inner)(data.x), evaluator)  # token ids, named inputs restored
+        assert torch.equal(
+            mpq.load_packed(tmp_path / "m.mpqpack", model.inner)(data.x), evaluator
+        )  # token ids, named inputs restored
 
     exported = mpq.export_plan(model, result.plan, data, tmp_path / "m.onnx", format="onnx", cache_dir=False)
     assert exported.file_bytes == (tmp_path / "m.onnx").stat().st_size
@@ -114,14 +135,18 @@ def test_bert_with_default_attention_is_an_encoder_measured_by_cosine(saved):
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=hf_models.SEQ, return_tensors="pt")
     labels = torch.arange(40) % 3
     result = mpq.search(model, (encoded, labels), "250KB", probes=PROBES, cache_dir=False, progress=False)
-    assert result.sensitivity.loss == "mse"  # hidden states: an output-fidelity loss, never cross-entropy against the labels
+    assert (
+        result.sensitivity.loss == "mse"
+    )  # hidden states: an output-fidelity loss, never cross-entropy against the labels
     assert result.report.outputs.embeddings and result.report.plan.cosine_to_fp32 > 0.99
     fp32_top1, plan_top1 = result.report.fp32.top1, result.report.plan.top1  # the labels' nearest-class-centroid top-1
     assert fp32_top1 > 1 / 3 and abs(plan_top1 - fp32_top1) <= 0.1
     assert model.config._attn_implementation == "sdpa"  # the user's model is left as it was
     with pytest.raises(MpqError, match="embeddings"):
         mpq.analyze(model, encoded, loss="labels", cache_dir=False, progress=False)
-    pooled = mpq.search(mpq.ModelAdapter(model, pooling="mean"), encoded, "250KB", probes=PROBES, cache_dir=False, progress=False)
+    pooled = mpq.search(
+        mpq.ModelAdapter(model, pooling="mean"), encoded, "250KB", probes=PROBES, cache_dir=False, progress=False
+    )
     assert pooled.report.fp32.size_bytes == result.report.fp32.size_bytes
     assert set(pooled.plan.layers) == set(result.plan.layers)
 
@@ -132,7 +157,11 @@ def test_named_inputs_from_npz_and_jsonl_records(saved, tmp_path):
     records = [{"text": t, "label": i % 2} for i, t in enumerate(hf_models.corpus().split("\n\n")[:12])]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     data = load_data_spec(str(tmp_path / "r.jsonl"), model=model, seq_len=16)
-    assert data.input_names == ("input_ids", "attention_mask") and data.x.shape == (12, 2, 16)  # what this tokenizer gives
+    assert data.input_names == ("input_ids", "attention_mask") and data.x.shape == (
+        12,
+        2,
+        16,
+    )  # what this tokenizer gives
     assert data.y.tolist() == [i % 2 for i in range(12)]
     np.savez(tmp_path / "ids.npz", input_ids=data.x[:, 0].numpy(), attention_mask=data.x[:, 1].numpy())
     from_npz = load_data_spec(str(tmp_path / "ids.npz"))
@@ -166,20 +195,57 @@ def test_hf_faults_exit_2_with_one_line(saved, capsys, tmp_path, case, expected)
     (root / "user.py").write_text("import torch\nnet = torch.nn.Linear(4, 2)\n")
     seq = {"too_long": ["--seq-len", 65], "no_seq_len": []}.get(case, ["--seq-len", 16])
     device = ["--device", "cuda"] if case == "cuda" else []
-    status, out, err = run_cli(capsys, "search", "--model", model, "--data", root / "train.txt", *seq, *device, "--budget", "1MB", "--out", tmp_path / "o", "--no-cache")
+    status, out, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        model,
+        "--data",
+        root / "train.txt",
+        *seq,
+        *device,
+        "--budget",
+        "1MB",
+        "--out",
+        tmp_path / "o",
+        "--no-cache",
+    )
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert status == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("budget", ["4.25bpw", "155KB"])
-def test_llama_weight_only_group_wise_plan_beats_every_fitting_uniform_on_held_out_text(saved, capsys, tmp_path, budget):
+def test_llama_weight_only_group_wise_plan_beats_every_fitting_uniform_on_held_out_text(
+    saved, capsys, tmp_path, budget
+):
     """Issue 14's first done-when: a causal LM given only as hf:DIR and text, through a bits-per-weight and a byte budget."""
     root, folders = saved
     status, _, err = run_cli(
-        capsys, "search", "--model", f"hf:{folders['llama']}", "--data", root / "train.txt", "--eval-data", root / "held_out.txt",
-        "--seq-len", hf_models.SEQ, "--budget", budget, "--group-size", 32, "--act-bits", "none", "--bits", "2,3,4,5,6,8",
-        "--max-probes", 6, "--out", tmp_path, "--no-cache", "--quiet",
+        capsys,
+        "search",
+        "--model",
+        f"hf:{folders['llama']}",
+        "--data",
+        root / "train.txt",
+        "--eval-data",
+        root / "held_out.txt",
+        "--seq-len",
+        hf_models.SEQ,
+        "--budget",
+        budget,
+        "--group-size",
+        32,
+        "--act-bits",
+        "none",
+        "--bits",
+        "2,3,4,5,6,8",
+        "--max-probes",
+        6,
+        "--out",
+        tmp_path,
+        "--no-cache",
+        "--quiet",
     )
     assert status == 0, err
     report = json.loads((tmp_path / "report.json").read_text())
@@ -200,7 +266,9 @@ def test_llama_weight_only_group_wise_plan_beats_every_fitting_uniform_on_held_o
     folded = copy.deepcopy(prepared.folded)
     quantize_(folded, load_intx_config(tmp_path / "plan.torchao.json"), filter_fn=None)
     with torch.no_grad():
-        assert torch.equal(folded(data.x), expected(data.x))  # IntxWeightOnlyConfig(group_size=32) carrying mpq's scales: bit for bit
+        assert torch.equal(
+            folded(data.x), expected(data.x)
+        )  # IntxWeightOnlyConfig(group_size=32) carrying mpq's scales: bit for bit
 
 
 def test_probing_the_output_leaves_a_training_mode_model_as_it_was():

@@ -20,7 +20,9 @@ from tests.helpers import USER_MODELS, mlp_data, run_cli
 BITS = (3, 6)
 
 
-def exact_omegas(model: nn.Module, name: str, x: torch.Tensor, delta: dict[str, torch.Tensor]) -> tuple[float, np.ndarray]:
+def exact_omegas(
+    model: nn.Module, name: str, x: torch.Tensor, delta: dict[str, torch.Tensor]
+) -> tuple[float, np.ndarray]:
     """½ mean_x δᵀMδ for the layer's whole change, and per output channel c for the change of channel c only."""
     module = model.get_submodule(name)
     keys = [f"{name}.{k}" for k in delta]
@@ -97,7 +99,13 @@ def test_estimates_agree_with_the_exact_quadratic_form(case):
         for b in BITS:
             whole, channels = exact_omegas(model, name, x, deltas[b])
             assert whole > 0
-            assert abs(result.omega[name][b] - whole) <= 3 * result.stderr[name][b], (name, b, result.omega[name][b], whole, result.stderr[name][b])
+            assert abs(result.omega[name][b] - whole) <= 3 * result.stderr[name][b], (
+                name,
+                b,
+                result.omega[name][b],
+                whole,
+                result.stderr[name][b],
+            )
             assert result.stderr[name][b] < 0.15 * whole
             # per channel: each channel's own form; 3-sigma in total, and each channel within 30%
             assert result.channel_omega[name][b].shape == channels.shape
@@ -122,7 +130,10 @@ def test_bias_correction_enters_through_the_bias_change():
 def test_omega_predicts_the_measured_kl_of_a_small_error():
     """KL(p‖q) = ½δᵀMδ + O(δ³): at 8 bits the estimate is the measured KL to within its standard error and 10%."""
     torch.manual_seed(2)
-    model, x = DepthwiseNet().double().eval(), torch.randn(32, 2, 5, 5, dtype=torch.float64)  # float64: a KL of 1e-9 is below float32's rounding
+    model, x = (
+        DepthwiseNet().double().eval(),
+        torch.randn(32, 2, 5, 5, dtype=torch.float64),
+    )  # float64: a KL of 1e-9 is below float32's rounding
     result = kl_quadratic_omegas(model, ["conv"], x, (8,), draws=200, seed=0)
     delta = parameter_deltas(model.conv, (8,), None, None)[8]
     quantized = {f"conv.{k}": getattr(model.conv, k).detach() + v for k, v in delta.items()}
@@ -147,15 +158,50 @@ def test_analyze_and_solve_with_kl_quadratic(tiny_model, tiny_data):
 
 def test_cli_sensitivity_json_with_kl_quadratic(tmp_path, capsys):
     data = mlp_data(tmp_path / "d.npz")
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--json", "--cache-dir", tmp_path / "c", "--plot", tmp_path / "s.png")
+    status, out, err = run_cli(
+        capsys,
+        "sensitivity",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--metric",
+        "kl_quadratic",
+        "--json",
+        "--cache-dir",
+        tmp_path / "c",
+        "--plot",
+        tmp_path / "s.png",
+    )
     assert status == 0, err
     doc = json.loads(out)
     assert doc["metric"] == "kl_quadratic" and doc["loss"] == "kl"
     layer = next(iter(doc["layers"].values()))
     assert layer["kl_quadratic"]["4"] > layer["kl_quadratic"]["8"] > 0 and layer["samples"] == 32
     assert (tmp_path / "s.png").stat().st_size > 10_000  # the chart of Omega at W4 with error bars
-    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "kl_quadratic", "--act-bits", "4,8", "--budget", "1KB", "--cache-dir", tmp_path / "c", "--out", tmp_path / "o")
-    assert status == 2 and err.strip().startswith("mpq: error: the kl_quadratic metric covers weights only") and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--metric",
+        "kl_quadratic",
+        "--act-bits",
+        "4,8",
+        "--budget",
+        "1KB",
+        "--cache-dir",
+        tmp_path / "c",
+        "--out",
+        tmp_path / "o",
+    )
+    assert (
+        status == 2
+        and err.strip().startswith("mpq: error: the kl_quadratic metric covers weights only")
+        and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -170,14 +216,26 @@ def test_kl_anchored_is_kl_quadratic_scaled_to_the_measured_one_layer_kl_at_4_bi
     prepared = prepare_model(tiny_model, x[:2])
     data = mpq.Dataset(x)
     plain = mpq.analyze(prepared, data, metric="kl_quadratic", quantizer="minmax", progress=False)
-    anchored = mpq.analyze(prepared, data, metric="kl_anchored", quantizer="minmax", probes=mpq.ProbeSettings(anchor_samples=32), progress=False)
+    anchored = mpq.analyze(
+        prepared,
+        data,
+        metric="kl_anchored",
+        quantizer="minmax",
+        probes=mpq.ProbeSettings(anchor_samples=32),
+        progress=False,
+    )
     model = prepared.folded
     anchors = x[anchor_indices(len(x), 32)]
     assert len(anchors) == 32 and anchor_indices(len(x), 32)[-1] == 39
     log_p = F.log_softmax(model(anchors).detach().double(), 1)
     for name, s in anchored.layers.items():
         weight = model.get_submodule(name).weight
-        log_q = F.log_softmax(functional_call(model, {f"{name}.weight": fake_quantize_weight(weight, ANCHOR_BITS)}, (anchors,)).detach().double(), 1)
+        log_q = F.log_softmax(
+            functional_call(model, {f"{name}.weight": fake_quantize_weight(weight, ANCHOR_BITS)}, (anchors,))
+            .detach()
+            .double(),
+            1,
+        )
         kl = float((log_p.exp() * (log_p - log_q)).sum(1).mean())
         assert s.omega(ANCHOR_BITS) == pytest.approx(kl, rel=1e-6)
         ratio = s.details["anchor_ratio"]

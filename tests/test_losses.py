@@ -71,10 +71,41 @@ def test_custom_loss_from_spec_equals_the_same_function_and_mse_scaled():
 
 def test_loss_is_recorded_in_sensitivity_json_and_report(tmp_path, capsys):
     data = mlp_data(tmp_path / "d.npz", labels=False)
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--loss", "kl", "--json", "--max-probes", "3", "--no-cache", "--quiet")
+    status, out, err = run_cli(
+        capsys,
+        "sensitivity",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--loss",
+        "kl",
+        "--json",
+        "--max-probes",
+        "3",
+        "--no-cache",
+        "--quiet",
+    )
     assert status == 0, err
     assert json.loads(out)["loss"] == "kl"
-    status, _, err = run_cli(capsys, "search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "2KB", "--out", tmp_path / "o", "--metric", "hessian", "--max-probes", "3", "--no-cache", "--quiet")
+    status, _, err = run_cli(
+        capsys,
+        "search",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--budget",
+        "2KB",
+        "--out",
+        tmp_path / "o",
+        "--metric",
+        "hessian",
+        "--max-probes",
+        "3",
+        "--no-cache",
+        "--quiet",
+    )
     assert status == 0, err
     assert "sensitivity loss: fp32" in json.loads((tmp_path / "o" / "report.json").read_text())["notes"]
     assert "Sensitivity loss: fp32" in (tmp_path / "o" / "report.md").read_text()

@@ -30,7 +30,9 @@ from tests.test_act_ties import ResBlockNet
 from tests.user_models import mlp
 
 
-def exact_hessian(model: nn.Module, param: str, x: torch.Tensor, target: torch.Tensor, loss_fn=F.cross_entropy) -> torch.Tensor:
+def exact_hessian(
+    model: nn.Module, param: str, x: torch.Tensor, target: torch.Tensor, loss_fn=F.cross_entropy
+) -> torch.Tensor:
     """The Hessian of loss_fn(model(x), target) w.r.t. one named parameter, flattened to [n, n]."""
     value = model.get_parameter(param).detach()
 
@@ -57,10 +59,17 @@ def test_input_traces_match_exact_hessian_of_the_input_perturbation(tiny_model, 
         traces = hutchinson_traces(wrapper, wrapper.names, x, y, settings, progress=False)
         exact = [float(torch.trace(exact_hessian(wrapper, f"{name}.weight", x, y))) for name in wrapper.names]
     for g, name in enumerate(wrapper.names):
-        assert abs(traces.trace[g] - exact[g]) <= 3 * traces.stderr[g], (name, traces.trace[g], exact[g], traces.stderr[g])
+        assert abs(traces.trace[g] - exact[g]) <= 3 * traces.stderr[g], (
+            name,
+            traces.trace[g],
+            exact[g],
+            traces.stderr[g],
+        )
     # the perturbation shared by the batch has the trace of the Hessian w.r.t. the batched input itself:
     # Tr ∇²_δ L = (1/B) Σ_i Tr ∇²_{x_i} loss_i = Tr ∇²_x L
-    model_input = torch.autograd.functional.hessian(lambda inp: F.cross_entropy(prepared.folded(inp), y), x, vectorize=True)
+    model_input = torch.autograd.functional.hessian(
+        lambda inp: F.cross_entropy(prepared.folded(inp), y), x, vectorize=True
+    )
     assert exact[0] == pytest.approx(float(torch.trace(model_input.reshape(x.numel(), x.numel()))), rel=1e-5)
     assert not prepared.folded._forward_pre_hooks and not prepared.folded.conv2._forward_pre_hooks  # hooks removed
 
@@ -70,7 +79,9 @@ def test_layers_reading_one_tensor_share_one_input_trace_and_split_its_omega():
     model = ResBlockNet().eval()
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(6, 3, 4, 4, generator=g), torch.randint(0, 5, (6,), generator=g)
-    sens = mpq.analyze(model, (x, y), activations=True, tol=0.02, max_probes=200, batch_size=len(x), cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        model, (x, y), activations=True, tol=0.02, max_probes=200, batch_size=len(x), cache_dir=False, progress=False
+    )
     conv1, down = sens.layers["conv1"].activation, sens.layers["downsample.0"].activation
     assert conv1.group == ["conv1", "downsample.0"] and conv1.trace == down.trace
     folded = prepare_model(model, x[:2]).folded
@@ -80,7 +91,9 @@ def test_layers_reading_one_tensor_share_one_input_trace_and_split_its_omega():
         out = folded.conv2(torch.relu(folded.conv1(h)))
         return F.cross_entropy(folded.fc(torch.relu(out + folded.downsample(h)).mean(dim=(2, 3))), y)
 
-    exact = float(torch.trace(torch.autograd.functional.hessian(loss, torch.zeros(8, 4, 4), vectorize=True).reshape(128, 128)))
+    exact = float(
+        torch.trace(torch.autograd.functional.hessian(loss, torch.zeros(8, 4, 4), vectorize=True).reshape(128, 128))
+    )
     assert abs(conv1.trace - exact) <= 3 * conv1.trace_stderr, (conv1.trace, exact, conv1.trace_stderr)
     whole = conv1.trace / conv1.elements * conv1.quant_error[4]
     assert sens.layers["conv1"].act_omega(4) + sens.layers["downsample.0"].act_omega(4) == pytest.approx(whole)
@@ -100,11 +113,17 @@ def test_channel_traces_of_a_linear_network_match_exact_blocks(mlp_xy, probing):
     for i, name in enumerate(names):
         block = exact_hessian(prepared.folded, f"{name}.weight", x, y)
         per_channel = torch.diagonal(block).reshape(prepared.graph.layers[i].out_channels, -1).sum(dim=1).numpy()
-        assert np.all(np.abs(traces.channel_trace[i] - per_channel) <= 3 * traces.channel_stderr[i] + 1e-9), (name, traces.channel_trace[i], per_channel)
+        assert np.all(np.abs(traces.channel_trace[i] - per_channel) <= 3 * traces.channel_stderr[i] + 1e-9), (
+            name,
+            traces.channel_trace[i],
+            per_channel,
+        )
 
 
 def test_default_tolerance_leaves_every_standard_error_under_ten_percent(mlp_xy):
-    sens = mpq.analyze(mlp(), mlp_xy, loss="mse", max_probes=1000, cache_dir=False, progress=False)  # tol 0.05, batches of 8
+    sens = mpq.analyze(
+        mlp(), mlp_xy, loss="mse", max_probes=1000, cache_dir=False, progress=False
+    )  # tol 0.05, batches of 8
     assert sens.stop_reason == "tolerance"
     for s in sens.layers.values():
         assert 0 < s.hessian_trace_stderr < 0.1 * s.hessian_trace
@@ -121,7 +140,9 @@ def test_sum_over_layers_agrees_with_pyhessian_whole_model_trace(tiny_model, tin
     for name, p in only_weights.named_parameters():
         p.requires_grad_(name in {f"{n}.weight" for n in names})
     torch.manual_seed(5)  # PyHessian's probes come from torch's global generator
-    probes = np.array(pyhessian.hessian(only_weights, nn.CrossEntropyLoss(), data=(x, y), cuda=False).trace(maxIter=400, tol=0.0))
+    probes = np.array(
+        pyhessian.hessian(only_weights, nn.CrossEntropyLoss(), data=(x, y), cuda=False).trace(maxIter=400, tol=0.0)
+    )
     assert len(probes) == 400
     theirs, their_stderr = probes.mean(), probes.std(ddof=1) / np.sqrt(len(probes))
     ours, our_stderr = traces.trace.sum(), traces.stderr.sum()  # the sum's stderr is at most the sum of stderrs
@@ -130,7 +151,9 @@ def test_sum_over_layers_agrees_with_pyhessian_whole_model_trace(tiny_model, tin
 
 def test_fisher_is_the_mean_of_squared_per_sample_gradients(tiny_model, tiny_data):
     x, y = tiny_data
-    sens = mpq.analyze(tiny_model, (x, y), metric="fisher", activations=True, batch_size=5, cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        tiny_model, (x, y), metric="fisher", activations=True, batch_size=5, cache_dir=False, progress=False
+    )
     folded = prepare_model(tiny_model, x[:2]).folded
     names = ["conv1", "conv2", "fc"]
     weights = [folded.get_submodule(n).weight for n in names]
@@ -153,14 +176,25 @@ def test_fisher_is_the_mean_of_squared_per_sample_gradients(tiny_model, tiny_dat
 
 def test_eigenvalue_is_the_top_eigenvalue_of_the_exact_block(tiny_model, tiny_data):
     x, y = tiny_data
-    sens = mpq.analyze(tiny_model, (x, y), metric="eigenvalue", activations=True, batch_size=len(x), max_probes=500, cache_dir=False, progress=False)
+    sens = mpq.analyze(
+        tiny_model,
+        (x, y),
+        metric="eigenvalue",
+        activations=True,
+        batch_size=len(x),
+        max_probes=500,
+        cache_dir=False,
+        progress=False,
+    )
     prepared = prepare_model(tiny_model, x[:2])
     for name, s in sens.layers.items():
         top = float(torch.linalg.eigvalsh(exact_hessian(prepared.folded, f"{name}.weight", x, y).double())[-1])
         assert s.details["top_eigenvalue"] == pytest.approx(top, rel=1e-2), name
         assert s.omega(4) == pytest.approx(top * s.quant_error[4], rel=1e-2)  # Ω = λ_max ||Q_b(W) − W||²
     groups = input_groups(prepared.graph.layers, [])
-    with perturbed_inputs(prepared.folded, groups, [prepared.graph.by_name[g[0]].input_shape for g in groups]) as wrapper:
+    with perturbed_inputs(
+        prepared.folded, groups, [prepared.graph.by_name[g[0]].input_shape for g in groups]
+    ) as wrapper:
         for g, name in zip(groups, wrapper.names):
             top = float(torch.linalg.eigvalsh(exact_hessian(wrapper, f"{name}.weight", x, y).double())[-1])
             assert sens.layers[g[0]].activation.details["top_eigenvalue"] == pytest.approx(top, rel=1e-2), g
@@ -214,22 +248,42 @@ def test_output_kl_is_the_measured_kl_of_quantizing_one_layer_with_the_plans_qua
     prepared = prepare_model(tiny_model, x[:2])
     quantizer = Quantizer(act_observer="minmax", weight_clip="mse", bias_correction=True)
     sens = mpq.analyze(prepared, (x, y), metric="output_kl", cache_dir=False, progress=False, quantizer=quantizer)
-    calibration = calibrate(prepared, mpq.Dataset(x, y), fp32_reference(prepared, mpq.Dataset(x, y), 25, Cache(None)).input_ranges, quantizer)
+    calibration = calibrate(
+        prepared,
+        mpq.Dataset(x, y),
+        fp32_reference(prepared, mpq.Dataset(x, y), 25, Cache(None)).input_ranges,
+        quantizer,
+    )
     folded = prepared.folded
     widths = [3] * folded.conv2.weight.shape[0]
     with torch.no_grad():
         quantized = copy.deepcopy(folded)
-        quantized.conv2.weight.copy_(calibration.weight("conv2", folded.conv2.weight, widths).dequantize().reshape(folded.conv2.weight.shape))
+        quantized.conv2.weight.copy_(
+            calibration.weight("conv2", folded.conv2.weight, widths).dequantize().reshape(folded.conv2.weight.shape)
+        )
         quantized.conv2.bias.copy_(calibration.bias("conv2", folded.conv2.bias, widths))
         assert not torch.equal(quantized.conv2.bias, folded.conv2.bias)  # bias correction moved it
-        kl = float(F.kl_div(F.log_softmax(quantized(x), 1), F.log_softmax(folded(x), 1), log_target=True, reduction="batchmean"))
+        kl = float(
+            F.kl_div(
+                F.log_softmax(quantized(x), 1), F.log_softmax(folded(x), 1), log_target=True, reduction="batchmean"
+            )
+        )
     layer = sens.layers["conv2"]
     assert layer.omega(3) == pytest.approx(kl, rel=1e-3) and layer.details["output_kl"]["3"] == layer.omega(3)
     assert layer.omega(3) > layer.omega(8) > 0
 
 
 def _layer(name: str) -> LayerInfo:
-    return LayerInfo(name=name, kind="linear", weight_shape=(16, 16), input_shape=(16,), output_shape=(16,), params=256, bias_params=0, macs=256)
+    return LayerInfo(
+        name=name,
+        kind="linear",
+        weight_shape=(16, 16),
+        input_shape=(16,),
+        output_shape=(16,),
+        params=256,
+        bias_params=0,
+        macs=256,
+    )
 
 
 def _constructed_sensitivity(input_traces: dict[str, float]) -> Sensitivity:
@@ -238,11 +292,21 @@ def _constructed_sensitivity(input_traces: dict[str, float]) -> Sensitivity:
     for name, trace in input_traces.items():
         error = {b: 4.0**-b for b in range(2, 9)}
         layers[name] = LayerSensitivity(
-            layer=_layer(name), hessian_trace=1.0, hessian_trace_stderr=0.0, probes=8, quant_error=error,
-            channel_trace=np.full(16, 1 / 16), channel_trace_stderr=np.zeros(16), channel_quant_error={b: np.full(16, e / 16) for b, e in error.items()},
-            activation=ActivationSensitivity(group=[name], trace=trace, trace_stderr=0.0, probes=8, elements=16, quant_error=dict(error)),
+            layer=_layer(name),
+            hessian_trace=1.0,
+            hessian_trace_stderr=0.0,
+            probes=8,
+            quant_error=error,
+            channel_trace=np.full(16, 1 / 16),
+            channel_trace_stderr=np.zeros(16),
+            channel_quant_error={b: np.full(16, e / 16) for b, e in error.items()},
+            activation=ActivationSensitivity(
+                group=[name], trace=trace, trace_stderr=0.0, probes=8, elements=16, quant_error=dict(error)
+            ),
         )
-    return Sensitivity("fp", "data", "labels", layers, float_bytes=0, settings=ProbeSettings(), seconds=0.0, stop_reason="tolerance")
+    return Sensitivity(
+        "fp", "data", "labels", layers, float_bytes=0, settings=ProbeSettings(), seconds=0.0, stop_reason="tolerance"
+    )
 
 
 def test_solver_gives_narrow_activations_to_the_least_sensitive_inputs():
@@ -251,7 +315,9 @@ def test_solver_gives_narrow_activations_to_the_least_sensitive_inputs():
     plan = mpq.solve(sens, "49152BOPs", bits=(8,), act_bits=(4, 8), trace_margin=0)
     assert {n: lp.act_bits for n, lp in plan.layers.items()} == {"a": 8, "b": 4, "c": 8, "d": 4}
     assert plan.settings.act_sensitivity is True and "by sensitivity" in plan.settings.act_choice_note
-    expected = sum(s.omega(8) for s in sens.layers.values()) + sum(sens.layers[n].act_omega(a) for n, a in zip("abcd", (8, 4, 8, 4)))
+    expected = sum(s.omega(8) for s in sens.layers.values()) + sum(
+        sens.layers[n].act_omega(a) for n, a in zip("abcd", (8, 4, 8, 4))
+    )
     assert plan.predicted["omega"] == pytest.approx(expected)
     by_cost = mpq.solve(sens, "49152BOPs", bits=(8,), act_bits=(4, 8), trace_margin=0, act_sensitivity=False)
     assert by_cost.settings.act_sensitivity is False and "cost only" in by_cost.settings.act_choice_note
@@ -271,12 +337,29 @@ def test_one_activation_width_leaves_the_plan_as_before():
 def test_cli_sensitivity_metric_json_and_chart(tmp_path, capsys):
     data = mlp_data(tmp_path / "d.npz")
     chart = tmp_path / "charts" / "s.png"
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "fisher", "--activations", "--json", "--plot", chart, "--no-cache", "--quiet")
+    status, out, err = run_cli(
+        capsys,
+        "sensitivity",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--metric",
+        "fisher",
+        "--activations",
+        "--json",
+        "--plot",
+        chart,
+        "--no-cache",
+        "--quiet",
+    )
     assert status == 0, err
     result = json.loads(out)
     assert result["schema"] == "mpq.sensitivity/1" and result["metric"] == "fisher" and result["stop_reason"] == "exact"
     layer = result["layers"]["head"]
     assert layer["hessian_trace"] > 0 and layer["probes"] == 32 and layer["activation"]["elements"] == 8
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {chart}" in err
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "curvature", "--no-cache")
+    status, out, err = run_cli(
+        capsys, "sensitivity", "--model", f"{USER_MODELS}:mlp", "--data", data, "--metric", "curvature", "--no-cache"
+    )
     assert status == 2 and "invalid choice: 'curvature'" in err

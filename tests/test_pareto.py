@@ -23,8 +23,12 @@ SWEEP = "120B:240B:13"  # the tiny model needs 132 B at 2 bits and 236 B at 8 bi
 
 @pytest.fixture
 def sweep(tiny_model, tiny_data, tmp_path, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "pareto-cache"  # shared: later sweeps read the sensitivity and measurements
-    result = mpq.pareto(tiny_model, tiny_data, SWEEP, bits=BITS, max_probes=4, verify_points=3, cache_dir=cache, progress=False)
+    cache = (
+        tmp_path_factory.getbasetemp() / "pareto-cache"
+    )  # shared: later sweeps read the sensitivity and measurements
+    result = mpq.pareto(
+        tiny_model, tiny_data, SWEEP, bits=BITS, max_probes=4, verify_points=3, cache_dir=cache, progress=False
+    )
     return result, tmp_path
 
 
@@ -48,7 +52,9 @@ def test_every_point_is_the_optimum_at_its_budget_and_omega_never_rises(sweep, t
     assert all("132 B" in p.infeasible_reason for p in result.points[:2])
     for point in feasible:
         assert point.plan.predicted["size_bytes"] <= point.budget.limit
-        assert point.plan.predicted["omega"] == pytest.approx(brute_force_omega(prepared, result.sensitivity, point.budget.limit, 2.0), rel=1e-9)
+        assert point.plan.predicted["omega"] == pytest.approx(
+            brute_force_omega(prepared, result.sensitivity, point.budget.limit, 2.0), rel=1e-9
+        )
         assert point.plan.solver["proven_optimal"]
     omegas = [p.plan.predicted["omega"] for p in feasible]
     assert all(a >= b for a, b in zip(omegas, omegas[1:]))
@@ -98,7 +104,13 @@ def test_sweep_budgets_from_ranges_and_lists():
     assert all(mpq.parse_budget(b.text).limit == b.limit for b in sizes)
     assert [b.limit for b in parse_sweep("10GBOPs:40GBOPs:4")] == [10e9, 20e9, 30e9, 40e9]
     assert [b.text for b in parse_sweep("3MB,1MB,2MB")] == ["1MB", "2MB", "3MB"]
-    for bad, message in [("2MB:20GBOPs", "one kind"), ("2MB,20GBOPs", "one kind"), ("1ms:2ms", "sizes"), ("2MB:6MB:1", "at least 2 steps"), ("6MB:2MB", "smaller to the larger")]:
+    for bad, message in [
+        ("2MB:20GBOPs", "one kind"),
+        ("2MB,20GBOPs", "one kind"),
+        ("1ms:2ms", "sizes"),
+        ("2MB:6MB:1", "at least 2 steps"),
+        ("6MB:2MB", "smaller to the larger"),
+    ]:
         with pytest.raises(MpqError, match=message):
             parse_sweep(bad)
     assert verified_indices(11, 3) == [0, 5, 10] and verified_indices(2, 6) == [0, 1]
@@ -107,9 +119,34 @@ def test_sweep_budgets_from_ranges_and_lists():
 
 def test_cli_writes_the_files_and_exits_3_when_no_point_can_be_met(tmp_path, capsys):
     data = mlp_data(tmp_path / "d.npz", n=24)
-    common = ["pareto", "--model", f"{USER_MODELS}:mlp", "--data", data, "--bits", "2,8", "--max-probes", "2", "--quiet",
-              "--cache-dir", tmp_path / "cache", "--solver", "highs"]
-    status, out, err = run_cli(capsys, *common, "--budget", "100B,250B,400B", "--also-budget", "1MBOPs", "--verify-points", "all", "--out", tmp_path / "out")
+    common = [
+        "pareto",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--bits",
+        "2,8",
+        "--max-probes",
+        "2",
+        "--quiet",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--solver",
+        "highs",
+    ]
+    status, out, err = run_cli(
+        capsys,
+        *common,
+        "--budget",
+        "100B,250B,400B",
+        "--also-budget",
+        "1MBOPs",
+        "--verify-points",
+        "all",
+        "--out",
+        tmp_path / "out",
+    )
     assert status == 0, err
     rows = list(csv.DictReader((tmp_path / "out" / "pareto.csv").open()))
     assert [r["feasible"] for r in rows[:3]] == ["False", "True", "True"] and len(rows) == 3 + 2

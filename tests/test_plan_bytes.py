@@ -36,7 +36,19 @@ def keys(value) -> set[str]:
 
 
 def solve_in_subprocess(table: Path, out: Path, solver: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mpq.cli", "solve", "--table", str(table), "--out", str(out), "--solver", solver, *ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "mpq.cli",
+        "solve",
+        "--table",
+        str(table),
+        "--out",
+        str(out),
+        "--solver",
+        solver,
+        *ARGS,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -48,8 +60,19 @@ def test_two_runs_write_byte_identical_plans(tmp_path):
     one, two = (tmp_path / "one" / "plan.json").read_bytes(), (tmp_path / "two" / "plan.json").read_bytes()
     assert one == two
     plan = json.loads(one)
-    assert {n: e["weight_bits"] for n, e in plan["layers"].items()} == {"a": 4, "b": 4, "c": 8, "d": 6}  # Omega 1 + 2 + 0.3 + 0.2
-    assert plan["solver"] == {"name": "highs", "status": "optimal", "proven_optimal": True, "gap": 0.0, "time_limit_s": 600.0}
+    assert {n: e["weight_bits"] for n, e in plan["layers"].items()} == {
+        "a": 4,
+        "b": 4,
+        "c": 8,
+        "d": 6,
+    }  # Omega 1 + 2 + 0.3 + 0.2
+    assert plan["solver"] == {
+        "name": "highs",
+        "status": "optimal",
+        "proven_optimal": True,
+        "gap": 0.0,
+        "time_limit_s": 600.0,
+    }
     assert plan["settings"]["solver"] == {"name": "highs", "time_limit_s": 600.0}
     # the seconds are on the terminal, not in the plan
     assert re.search(r"^solver: highs, proven optimal, relative gap 0, \d+\.\d\d s$", first.stdout, flags=re.MULTILINE)
@@ -62,7 +85,9 @@ def test_cbc_plans_are_byte_identical_and_record_cbc(tmp_path, capsys):
     table.write_text(TABLE)
     plans = []
     for name in ("one", "two"):
-        status, out, err = run_cli(capsys, "solve", "--table", table, "--out", tmp_path / name, "--solver", "cbc", *ARGS)
+        status, out, err = run_cli(
+            capsys, "solve", "--table", table, "--out", tmp_path / name, "--solver", "cbc", *ARGS
+        )
         assert (status, err) == (0, "")
         assert re.search(r"^solver: cbc, proven optimal, relative gap 0, \d+\.\d\d s$", out, flags=re.MULTILINE)
         plans.append((tmp_path / name / "plan.json").read_bytes())

@@ -32,7 +32,9 @@ def test_a_bar_writes_to_stderr_only_when_asked(capsys):
 
 
 def hessian_run(model, data, flag):
-    return mpq.analyze(model, data, metric="hessian", max_probes=4, min_probes=2, batch_size=8, cache_dir=False, progress=flag)
+    return mpq.analyze(
+        model, data, metric="hessian", max_probes=4, min_probes=2, batch_size=8, cache_dir=False, progress=flag
+    )
 
 
 def test_a_hessian_run_shows_its_probes_and_target_only_when_asked(tiny_model, tiny_data, capsys):
@@ -48,8 +50,17 @@ def test_a_hessian_run_shows_its_probes_and_target_only_when_asked(tiny_model, t
         assert [s.hessian_trace for s in a.layers.values()] == [s.hessian_trace for s in b.layers.values()]
 
 
-@pytest.mark.parametrize("command", [["verify", "plan.json"], ["export", "plan.json", "--out", "m.bin"], ["profile", "--out", "t.csv"],
-                                     ["sensitivity"], ["search", "--budget", "4MB"], ["pareto", "--budget", "2MB:4MB"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["verify", "plan.json"],
+        ["export", "plan.json", "--out", "m.bin"],
+        ["profile", "--out", "t.csv"],
+        ["sensitivity"],
+        ["search", "--budget", "4MB"],
+        ["pareto", "--budget", "2MB:4MB"],
+    ],
+)
 def test_every_command_that_runs_a_model_takes_quiet_and_verbose(command):
     parse = build_parser().parse_args
     assert progress_arg(parse(command)) is None

@@ -15,16 +15,29 @@ from mpq.verify.proxy import FLOOR, random_plan
 
 
 def plan_size(prepared, plan) -> float:
-    return model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes)["size_bytes"]
+    return model_costs(
+        prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes
+    )["size_bytes"]
 
 
 def test_proxy_check_measures_random_plans_within_the_budget(tiny_model, tiny_data, tmp_path):
-    result = mpq.search(tiny_model, tiny_data, "200B", bits=(2, 3, 4, 6, 8), max_probes=4, cache_dir=False, progress=False, proxy_plans=6)
+    result = mpq.search(
+        tiny_model,
+        tiny_data,
+        "200B",
+        bits=(2, 3, 4, 6, 8),
+        max_probes=4,
+        cache_dir=False,
+        progress=False,
+        proxy_plans=6,
+    )
     check = result.report.proxy
     assert [p.kind for p in check.points] == ["mpq plan"] + ["random"] * 6
     assert check.points[0].kl_to_fp32 == pytest.approx(result.report.plan.kl_to_fp32)
     assert all(FLOOR * 200 <= p.size_bytes <= 200 for p in check.points[1:])
-    assert check.spearman == pytest.approx(spearmanr([p.omega for p in check.points], [p.kl_to_fp32 for p in check.points])[0])
+    assert check.spearman == pytest.approx(
+        spearmanr([p.omega for p in check.points], [p.kl_to_fp32 for p in check.points])[0]
+    )
     # the searched plan has the least Omega of all (the solver's optimum at this budget)
     assert check.points[0].omega <= min(p.omega for p in check.points[1:]) + 1e-12
     paths = write_outputs(tmp_path, result.sensitivity, result.plan, result.report)

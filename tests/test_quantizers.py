@@ -13,7 +13,16 @@ from mpq.inputs.graph import prepare_model
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.affine import affine_params, channel_quant_error
 from mpq.quant.calibration import calibrate, weight_clip_ratios
-from mpq.quant.observers import ACT_OBSERVERS, AciqActObserver, InputHistogram, MseActObserver, MseWeightClip, PercentileActObserver, aciq_alpha, clipped_channel_error
+from mpq.quant.observers import (
+    ACT_OBSERVERS,
+    AciqActObserver,
+    InputHistogram,
+    MseActObserver,
+    MseWeightClip,
+    PercentileActObserver,
+    aciq_alpha,
+    clipped_channel_error,
+)
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import fp32_reference
 from mpq.report.markdown import write_outputs
@@ -110,8 +119,12 @@ def test_bias_correction_zeroes_the_mean_output_shift_over_the_calibration_data(
     prepared, data = tiny_prepared
     plan = Plan(layers={"conv1": LayerPlan(3, 8), "conv2": LayerPlan(2, 8), "fc": LayerPlan(3, 8)})
     reference = fp32_reference(prepared, data, 8, Cache(None))
-    corrected = pack_plan(prepared, plan, calibrate(prepared, data, reference.input_ranges, Quantizer("minmax", "mse", True), 7))
-    plain = pack_plan(prepared, plan, calibrate(prepared, data, reference.input_ranges, Quantizer("minmax", "mse", False), 7))
+    corrected = pack_plan(
+        prepared, plan, calibrate(prepared, data, reference.input_ranges, Quantizer("minmax", "mse", True), 7)
+    )
+    plain = pack_plan(
+        prepared, plan, calibrate(prepared, data, reference.input_ranges, Quantizer("minmax", "mse", False), 7)
+    )
     inputs = layer_inputs(prepared, data)
     rebuilt = unpack_model(prepared.folded, corrected)[0]
     for name in ("conv1", "conv2", "fc"):
@@ -125,11 +138,17 @@ def test_bias_correction_zeroes_the_mean_output_shift_over_the_calibration_data(
             uncorrected = (layer.weight.double() - fp32.weight.double()) @ x.mean(dim=0)
         else:
             conv = lambda w, b: F.conv2d(x, w.double(), b.double(), fp32.stride, fp32.padding)  # noqa: E731
-            shift = (conv(layer.weight, corrected.tensors[f"{name}.bias"]) - conv(fp32.weight, fp32.bias)).mean(dim=(0, 2, 3))
-            uncorrected = (conv(layer.weight, plain.tensors[f"{name}.bias"]) - conv(fp32.weight, fp32.bias)).mean(dim=(0, 2, 3))
+            shift = (conv(layer.weight, corrected.tensors[f"{name}.bias"]) - conv(fp32.weight, fp32.bias)).mean(
+                dim=(0, 2, 3)
+            )
+            uncorrected = (conv(layer.weight, plain.tensors[f"{name}.bias"]) - conv(fp32.weight, fp32.bias)).mean(
+                dim=(0, 2, 3)
+            )
         assert torch.allclose(shift, torch.zeros_like(shift), atol=1e-6), name
         assert uncorrected.abs().max() > 1e-3, name  # there was a shift to correct
-        assert torch.allclose(plain.tensors[f"{name}.bias"].double() - corrected.tensors[f"{name}.bias"].double(), uncorrected, atol=1e-6)
+        assert torch.allclose(
+            plain.tensors[f"{name}.bias"].double() - corrected.tensors[f"{name}.bias"].double(), uncorrected, atol=1e-6
+        )
 
 
 def test_mixed_channel_widths_take_each_channels_clip_ratio_and_bias_shift_at_its_width(tiny_prepared):
@@ -155,8 +174,12 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
     for name, s in sens.layers.items():
         w = prepared.folded.get_submodule(name).weight
         for bits in (2, 4, 8):
-            assert s.quant_error[bits] == pytest.approx(float(channel_quant_error(w, bits, ratios[name][bits]).sum()), rel=1e-6)
-    minmax = mpq.analyze(prepared, data, max_probes=4, min_probes=4, cache_dir=False, progress=False, quantizer="minmax")
+            assert s.quant_error[bits] == pytest.approx(
+                float(channel_quant_error(w, bits, ratios[name][bits]).sum()), rel=1e-6
+            )
+    minmax = mpq.analyze(
+        prepared, data, max_probes=4, min_probes=4, cache_dir=False, progress=False, quantizer="minmax"
+    )
     assert all(sens.layers[n].quant_error[3] < minmax.layers[n].quant_error[3] for n in sens.layers)
     plan = mpq.solve(sens, "200B", bits=(2, 4, 8))
     assert plan.settings.quantizer == sens.quantizer
@@ -164,8 +187,14 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
     assert report.quantizer == sens.quantizer and report.to_json()["quantizer"]["weight_clip"] == "mse"
     # report.md names the quantizer, embeds layers.png, and shows a Pareto plot found beside it
     write_outputs(tmp_path, sens, plan, report)
-    assert "Quantizer: activation ranges percentile, weight clipping mse, bias correction on" in (tmp_path / "report.md").read_text()
-    assert "![layers](layers.png)" in (tmp_path / "report.md").read_text() and "pareto" not in (tmp_path / "report.md").read_text()
+    assert (
+        "Quantizer: activation ranges percentile, weight clipping mse, bias correction on"
+        in (tmp_path / "report.md").read_text()
+    )
+    assert (
+        "![layers](layers.png)" in (tmp_path / "report.md").read_text()
+        and "pareto" not in (tmp_path / "report.md").read_text()
+    )
     (tmp_path / "pareto.png").write_bytes((tmp_path / "layers.png").read_bytes())
     write_outputs(tmp_path, sens, plan, report)
     assert "![pareto.png](pareto.png)" in (tmp_path / "report.md").read_text()

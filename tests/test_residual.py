@@ -13,7 +13,9 @@ from tests.helpers import mlp_data, run_cli
 from tests.residual_models import CURVED_LAYERS, FLAT_AFTER, curved_block, exact_blocks, relu_conv, relu_mlp
 
 MODELS = "tests/residual_models.py"
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap over CPU flash attention
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:There is a performance drop:UserWarning"
+)  # vmap over CPU flash attention
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,7 +53,9 @@ def test_a_relu_network_needs_no_residual_and_its_gauss_newton_traces_are_the_he
     for name, s in sens.layers.items():
         assert s.estimator == GAUSS_NEWTON and s.details["residual_test_ratio"] == 0.0  # R v is exactly zero
         assert torch.allclose(exact[name].residual, torch.zeros(()), atol=1e-6)
-        assert s.hessian_trace_stderr < 0.1 * s.hessian_trace  # a channel's spread over samples is wider (docs/sensitivity.md)
+        assert (
+            s.hessian_trace_stderr < 0.1 * s.hessian_trace
+        )  # a channel's spread over samples is wider (docs/sensitivity.md)
     assert sens.stop_reason == "exact" and sens.stopped_short() is None
 
 
@@ -64,7 +68,10 @@ def curved():
 def test_the_residual_is_found_exactly_where_the_network_is_curved_after_the_layer(curved):
     _, _, _, sens, exact = curved
     for name, blocks in exact.items():
-        residual, hessian = float(blocks.residual.trace()), float(blocks.hessian.trace())  # exact Tr(H) − Tr(G), G = Jᵀ∇²ℓJ
+        residual, hessian = (
+            float(blocks.residual.trace()),
+            float(blocks.hessian.trace()),
+        )  # exact Tr(H) − Tr(G), G = Jᵀ∇²ℓJ
         assert (abs(residual) > 1e-2 * hessian) == (name not in FLAT_AFTER)
         assert abs(residual) < 1e-5 * hessian or name not in FLAT_AFTER
     needing = {name for name, s in sens.layers.items() if s.estimator == WITH_RESIDUAL}
@@ -79,7 +86,9 @@ def test_gauss_newton_plus_residual_agrees_with_the_exact_hessian_blocks(curved)
         g = s.details["gauss_newton_trace"]
         assert abs(g - float(exact[name].gauss_newton.trace())) <= 3 * s.details["gauss_newton_trace_stderr"], name
         assert s.hessian_trace == pytest.approx(g + s.details["residual_trace"])
-        assert s.hessian_trace_stderr == pytest.approx(np.hypot(s.details["gauss_newton_trace_stderr"], s.details["residual_trace_stderr"]))
+        assert s.hessian_trace_stderr == pytest.approx(
+            np.hypot(s.details["gauss_newton_trace_stderr"], s.details["residual_trace_stderr"])
+        )
 
 
 def test_the_kl_loss_has_no_residual_at_the_fp32_weights(curved):
@@ -92,12 +101,32 @@ def test_without_double_backward_the_residual_is_skipped_with_one_note(tmp_path,
     model, x, y = curved_block(samples=8, sdpa=True)  # F.scaled_dot_product_attention: CPU flash attention
     sens = analyzed(model, x, y)
     assert {s.estimator for s in sens.layers.values()} == {SKIPPED}
-    assert len(sens.notes) == 1 and 'attn_implementation="eager"' in sens.notes[0] and "derivative for aten::" in sens.notes[0]
-    with pytest.raises(mpq.MpqError, match='no second derivatives .*attn_implementation="eager".*--metric gauss_newton'):
-        mpq.analyze(model, (x, y), metric="hessian", cache_dir=False, progress=False)  # Hutchinson needs them: one sentence, exit 2
+    assert (
+        len(sens.notes) == 1
+        and 'attn_implementation="eager"' in sens.notes[0]
+        and "derivative for aten::" in sens.notes[0]
+    )
+    with pytest.raises(
+        mpq.MpqError, match='no second derivatives .*attn_implementation="eager".*--metric gauss_newton'
+    ):
+        mpq.analyze(
+            model, (x, y), metric="hessian", cache_dir=False, progress=False
+        )  # Hutchinson needs them: one sentence, exit 2
     data = tmp_path / "d.npz"
     np.savez(data, x=x.numpy(), y=y.numpy())
-    status, out, err = run_cli(capsys, "sensitivity", "--model", f"{MODELS}:sdpa_model", "--data", data, "--metric", "hessian", "--no-plot", "--quiet", "--no-cache")
+    status, out, err = run_cli(
+        capsys,
+        "sensitivity",
+        "--model",
+        f"{MODELS}:sdpa_model",
+        "--data",
+        data,
+        "--metric",
+        "hessian",
+        "--no-plot",
+        "--quiet",
+        "--no-cache",
+    )
     assert status == 2 and err.count("\n") == 1 and err.startswith("mpq: error: this model has no second derivatives")
 
 
@@ -105,14 +134,28 @@ def test_a_cap_says_in_one_line_above_the_table_how_many_layers_it_stopped(tmp_p
     model, x, y = curved_block()
     data = tmp_path / "d.npz"
     np.savez(data, x=x.numpy(), y=y.numpy())
-    args = ("sensitivity", "--model", f"{MODELS}:curved_model", "--data", data, "--metric", "gauss_newton", "--no-plot", "--quiet", "--no-cache")
+    args = (
+        "sensitivity",
+        "--model",
+        f"{MODELS}:curved_model",
+        "--data",
+        data,
+        "--metric",
+        "gauss_newton",
+        "--no-plot",
+        "--quiet",
+        "--no-cache",
+    )
     status, out, _ = run_cli(capsys, *args, "--max-seconds", "0.001")
     assert status == 0
     lines = out.splitlines()
     line = "6 of 8 layers stopped above the 5% tolerance at the 0.001 s cap: raise --max-seconds or --max-probes"
     assert lines[1] == line and lines[3].startswith("| layer |") and "| estimator |" in lines[3]
     status, out, _ = run_cli(capsys, *args, "--max-probes", "2", "--json")
-    assert json.loads(out)["stopped_short"] == "6 of 8 layers stopped above the 5% tolerance at the 2-probe cap: raise --max-probes or --max-seconds"
+    assert (
+        json.loads(out)["stopped_short"]
+        == "6 of 8 layers stopped above the 5% tolerance at the 2-probe cap: raise --max-probes or --max-seconds"
+    )
 
 
 def test_the_line_is_in_the_search_output_and_report_md(tmp_path, capsys):
@@ -120,11 +163,29 @@ def test_the_line_is_in_the_search_output_and_report_md(tmp_path, capsys):
 
     data = mlp_data(tmp_path / "d.npz")
     out = tmp_path / "out"
-    args = ("search", "--model", f"{USER_MODELS}:mlp", "--data", data, "--budget", "300B", "--bits", "2,4,8", "--metric", "hessian", "--out", out, "--quiet", "--no-cache")
+    args = (
+        "search",
+        "--model",
+        f"{USER_MODELS}:mlp",
+        "--data",
+        data,
+        "--budget",
+        "300B",
+        "--bits",
+        "2,4,8",
+        "--metric",
+        "hessian",
+        "--out",
+        out,
+        "--quiet",
+        "--no-cache",
+    )
     status, stdout, err = run_cli(capsys, *args, "--max-probes", "2", "--tol", "0.001")
     assert status == 0, err
     line = next(line for line in stdout.splitlines() if "stopped above" in line)
-    assert line.endswith("layers stopped above the 0.1% tolerance at the 2-probe cap: raise --max-probes or --max-seconds")
+    assert line.endswith(
+        "layers stopped above the 0.1% tolerance at the 2-probe cap: raise --max-probes or --max-seconds"
+    )
     md = (out / "report.md").read_text().splitlines()
     at = md.index(line)
     assert md[at + 2].startswith("| layer |") and "| hutchinson |" in md[at + 4]

@@ -19,11 +19,20 @@ def random_problem(rng: random.Random, n_layers: int, kinds: list[str], ties: bo
     omega, costs = {}, {}
     for name in names:
         base = rng.uniform(0.1, 10.0)
-        omega[name] = {c: base * rng.uniform(0.5, 1.5) * 4.0 ** -c.weight_bits for c in CHOICES}
+        omega[name] = {c: base * rng.uniform(0.5, 1.5) * 4.0**-c.weight_bits for c in CHOICES}
         size = rng.randint(10, 1000)
         macs = rng.randint(100, 10000)
-        costs[name] = {c: {"size_bytes": size * c.weight_bits / 8 + 4, "bops": macs * c.weight_bits * 8.0} for c in CHOICES}
-    problem = Problem(layers=names, choices={n: CHOICES for n in names}, omega=omega, costs=costs, fixed_costs={"size_bytes": 100.0, "bops": 0.0}, budgets=[])
+        costs[name] = {
+            c: {"size_bytes": size * c.weight_bits / 8 + 4, "bops": macs * c.weight_bits * 8.0} for c in CHOICES
+        }
+    problem = Problem(
+        layers=names,
+        choices={n: CHOICES for n in names},
+        omega=omega,
+        costs=costs,
+        fixed_costs={"size_bytes": 100.0, "bops": 0.0},
+        budgets=[],
+    )
     if ties:
         problem.tie_groups = [names[0:2], names[3:6]]
     for kind in kinds:
@@ -94,7 +103,7 @@ def pair_problem(rng: random.Random, kinds: list[str], ties: bool, act_ties: boo
     omega, costs = {}, {}
     for name in names:
         w_base, a_base = rng.uniform(0.1, 10.0), rng.uniform(0.1, 10.0)
-        omega[name] = {c: w_base * 4.0 ** -c.weight_bits + a_base * 4.0 ** -c.act_bits for c in PAIRS}
+        omega[name] = {c: w_base * 4.0**-c.weight_bits + a_base * 4.0**-c.act_bits for c in PAIRS}
         size, macs, seconds = rng.randint(10, 1000), rng.randint(100, 10000), rng.uniform(1e-4, 1e-3)
         costs[name] = {
             c: {
@@ -104,7 +113,15 @@ def pair_problem(rng: random.Random, kinds: list[str], ties: bool, act_ties: boo
             }
             for c in PAIRS
         }
-    problem = Problem(layers=names, choices={n: PAIRS for n in names}, omega=omega, costs=costs, fixed_costs={"size_bytes": 50.0}, budgets=[], keep=keep)
+    problem = Problem(
+        layers=names,
+        choices={n: PAIRS for n in names},
+        omega=omega,
+        costs=costs,
+        fixed_costs={"size_bytes": 50.0},
+        budgets=[],
+        keep=keep,
+    )
     if ties:
         problem.tie_groups = [["layer1", "layer2"]]
     if act_ties:
@@ -136,7 +153,9 @@ def test_act_ties_pins_and_several_budgets_equal_brute_force(seed):
     problem = pair_problem(rng, kinds, ties=seed % 2 == 0, act_ties=True, keep=keep)
     candidates = list(admissible(problem))
     for kind in KINDS:  # the least reachable cost respects every tie and pin
-        assert smallest_cost(problem, kind) == pytest.approx(min(total_costs(problem, c)[kind] for c in candidates), rel=1e-12)
+        assert smallest_cost(problem, kind) == pytest.approx(
+            min(total_costs(problem, c)[kind] for c in candidates), rel=1e-12
+        )
     feasible = [c for c in candidates if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)]
     best = min(sum(problem.omega[n][c[n]] for n in problem.layers) for c in feasible)
     solution = solve_problem(problem)
@@ -155,7 +174,10 @@ def test_act_ties_change_the_optimum_and_bind_only_act_bits():
         low = smallest_cost(free, "bops")
         high = total_costs(free, {n: Choice(8, 8) for n in free.layers})["bops"]
         budgets = [Budget("bops", low + fraction * (high - low), "x")]
-        a, b = solve_problem(Problem(**{**tied.__dict__, "budgets": budgets})), solve_problem(Problem(**{**free.__dict__, "budgets": budgets}))
+        a, b = (
+            solve_problem(Problem(**{**tied.__dict__, "budgets": budgets})),
+            solve_problem(Problem(**{**free.__dict__, "budgets": budgets})),
+        )
         assert a.choices["layer0"].act_bits == a.choices["layer2"].act_bits
         assert a.choices["layer3"].act_bits == a.choices["layer4"].act_bits
         assert a.objective >= b.objective - 1e-12
@@ -164,7 +186,19 @@ def test_act_ties_change_the_optimum_and_bind_only_act_bits():
     # weight widths inside an act tie group stay free: some solution ties acts with different weights
     assert any(
         s.choices[x].weight_bits != s.choices[y].weight_bits
-        for s in [solve_problem(Problem(**{**tied.__dict__, "budgets": [Budget("bops", total_costs(tied, {n: Choice(8, 8) for n in tied.layers})["bops"] * f, "y")]})) for f in (0.3, 0.5, 0.7)]
+        for s in [
+            solve_problem(
+                Problem(
+                    **{
+                        **tied.__dict__,
+                        "budgets": [
+                            Budget("bops", total_costs(tied, {n: Choice(8, 8) for n in tied.layers})["bops"] * f, "y")
+                        ],
+                    }
+                )
+            )
+            for f in (0.3, 0.5, 0.7)
+        ]
         for x, y in tied.act_tie_groups
     )
 
@@ -178,7 +212,9 @@ def test_keep_outside_the_candidates_is_a_user_error():
 
 def test_act_tied_layers_with_no_common_act_width_are_a_user_error():
     problem = pair_problem(random.Random(2), [], ties=False, act_ties=True, keep={})
-    problem.choices = dict(problem.choices, layer2=[c for c in PAIRS if c.act_bits == 4], layer0=[c for c in PAIRS if c.act_bits == 8])
+    problem.choices = dict(
+        problem.choices, layer2=[c for c in PAIRS if c.act_bits == 4], layer0=[c for c in PAIRS if c.act_bits == 8]
+    )
     with pytest.raises(MpqError, match="no activation width in common"):
         solve_problem(problem)
 
@@ -186,9 +222,13 @@ def test_act_tied_layers_with_no_common_act_width_are_a_user_error():
 def test_omega_ties_go_to_the_widest_activations_the_budgets_allow():
     rng = random.Random(5)
     problem = pair_problem(rng, ["size_bytes", "bops"], ties=False, act_ties=True, keep={})
-    problem.omega = {n: {c: rng.uniform(0.1, 1.0) * 4.0 ** -c.weight_bits for c in PAIRS} for n in problem.layers}
-    problem.omega = {n: {c: problem.omega[n][Choice(c.weight_bits, 4)] for c in PAIRS} for n in problem.layers}  # Omega ignores act bits
-    feasible = [c for c in admissible(problem) if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)]
+    problem.omega = {n: {c: rng.uniform(0.1, 1.0) * 4.0**-c.weight_bits for c in PAIRS} for n in problem.layers}
+    problem.omega = {
+        n: {c: problem.omega[n][Choice(c.weight_bits, 4)] for c in PAIRS} for n in problem.layers
+    }  # Omega ignores act bits
+    feasible = [
+        c for c in admissible(problem) if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)
+    ]
     value = lambda c: sum(problem.omega[n][c[n]] for n in problem.layers)  # noqa: E731
     best = min(value(c) for c in feasible)
     widest = max(sum(c[n].act_bits for n in problem.layers) for c in feasible if value(c) <= best * (1 + 1e-12))

@@ -24,7 +24,9 @@ def test_both_solvers_equal_brute_force_with_several_budgets_and_ties(seed, solv
     rng = random.Random(300 + seed)
     kinds = [list(KINDS[:2]), list(KINDS)][seed % 2]  # 2 or 3 budgets
     problem = pair_problem(rng, kinds, ties=True, act_ties=seed % 3 != 0, keep={"layer3": 8} if seed == 4 else {})
-    feasible = [c for c in admissible(problem) if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)]
+    feasible = [
+        c for c in admissible(problem) if all(total_costs(problem, c)[b.kind] <= b.limit for b in problem.budgets)
+    ]
     best = min(sum(problem.omega[n][c[n]] for n in problem.layers) for c in feasible)
     solution = solve_problem(problem, solver=solver)
     assert solution.objective == pytest.approx(best, rel=1e-9)
@@ -46,8 +48,16 @@ def hard_problem(n_layers: int = 300, seed: int = 3) -> Problem:
         base = rng.uniform(0.1, 10)
         omega[name] = {c: base * rng.uniform(0.5, 1.5) * 2.0**-c.weight_bits for c in WIDTHS}
         size, macs = rng.randint(1000, 100000), rng.randint(1000, 100000)
-        costs[name] = {c: {"size_bytes": float(size * c.weight_bits // 8 + rng.randint(0, 50)), "bops": float(macs * c.weight_bits * 8)} for c in WIDTHS}
-    problem = Problem(layers=names, choices={n: WIDTHS for n in names}, omega=omega, costs=costs, fixed_costs={}, budgets=[])
+        costs[name] = {
+            c: {
+                "size_bytes": float(size * c.weight_bits // 8 + rng.randint(0, 50)),
+                "bops": float(macs * c.weight_bits * 8),
+            }
+            for c in WIDTHS
+        }
+    problem = Problem(
+        layers=names, choices={n: WIDTHS for n in names}, omega=omega, costs=costs, fixed_costs={}, budgets=[]
+    )
     for kind in ("size_bytes", "bops"):
         low, high = smallest_cost(problem, kind), total_costs(problem, {n: Choice(8, 8) for n in names})[kind]
         problem.budgets.append(Budget(kind, low + 0.4 * (high - low), kind))
@@ -66,7 +76,13 @@ def test_a_time_limit_returns_the_best_plan_found_with_its_gap(hard, solver):
     assert optimum.proven_optimal
     solution = solve_problem(problem, time_limit_s=0.2, solver=solver)
     assert (solution.status, solution.proven_optimal, solution.time_limit_s) == ("feasible", False, 0.2)
-    assert solution.solver_json() == {"name": solver, "status": "feasible", "proven_optimal": False, "gap": solution.gap, "time_limit_s": 0.2}
+    assert solution.solver_json() == {
+        "name": solver,
+        "status": "feasible",
+        "proven_optimal": False,
+        "gap": solution.gap,
+        "time_limit_s": 0.2,
+    }
     assert solution.objective >= optimum.objective * (1 - 1e-12)
     # the solver's lower bound lies below the optimum, so its gap bounds the plan's true distance from it
     assert solution.gap >= (solution.objective - optimum.objective) / solution.objective - 1e-9
@@ -86,12 +102,34 @@ def test_unknown_solver_and_bad_time_limit_are_user_errors():
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_plan_json_records_the_solver(tmp_path, capsys, solver):
     table = tmp_path / "t.csv"
-    table.write_text("layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s\na,4,8,1.0,500,,\na,8,8,0.1,1000,,\nb,4,8,2.0,500,,\nb,8,8,0.2,1000,,\n")
-    status = main(["solve", "--table", str(table), "--budget", "1600B", "--solver", solver, "--time-limit", "30", "--out", str(tmp_path / "out")])
+    table.write_text(
+        "layer,weight_bits,act_bits,omega,size_bytes,bops,latency_s\na,4,8,1.0,500,,\na,8,8,0.1,1000,,\nb,4,8,2.0,500,,\nb,8,8,0.2,1000,,\n"
+    )
+    status = main(
+        [
+            "solve",
+            "--table",
+            str(table),
+            "--budget",
+            "1600B",
+            "--solver",
+            solver,
+            "--time-limit",
+            "30",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 0
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert {n: e["weight_bits"] for n, e in plan["layers"].items()} == {"a": 4, "b": 8}
-    assert plan["solver"] == {"name": solver, "status": "optimal", "proven_optimal": True, "gap": 0.0, "time_limit_s": 30.0}
+    assert plan["solver"] == {
+        "name": solver,
+        "status": "optimal",
+        "proven_optimal": True,
+        "gap": 0.0,
+        "time_limit_s": 30.0,
+    }
     assert f"solver: {solver}, proven optimal, relative gap 0" in capsys.readouterr().out
 
 
@@ -106,7 +144,9 @@ def wide_problem(seed: int, n_layers: int = 50) -> Problem:
         trace, params = 10 ** rng.uniform(-6, 0), int(10 ** rng.uniform(2, 4.5))
         omega[name] = {c: trace * params * rng.uniform(0.9, 1.1) * 4.0**-c.weight_bits for c in widths}
         costs[name] = {c: {"size_bytes": float(-(-params * c.weight_bits // 8) + 8)} for c in widths}
-    return Problem(layers=names, choices={n: widths for n in names}, omega=omega, costs=costs, fixed_costs={}, budgets=[])
+    return Problem(
+        layers=names, choices={n: widths for n in names}, omega=omega, costs=costs, fixed_costs={}, budgets=[]
+    )
 
 
 def least_omega_by_bytes(problem: Problem, capacity: int) -> np.ndarray:
@@ -131,4 +171,7 @@ def test_both_solvers_reach_the_exact_optimum_when_omega_spans_six_decades(seed)
         limit = int(low + fraction * (high - low))
         problem.budgets = [Budget("size_bytes", float(limit), f"{limit}B")]
         for solver in SOLVERS:
-            assert solve_problem(problem, solver=solver).objective == pytest.approx(exact[limit], rel=1e-9), (solver, limit)
+            assert solve_problem(problem, solver=solver).objective == pytest.approx(exact[limit], rel=1e-9), (
+                solver,
+                limit,
+            )

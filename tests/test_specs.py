@@ -14,7 +14,12 @@ from tests.user_models import MLP, mlp
 
 
 def test_file_spec_calls_the_factory_with_typed_model_args():
-    assert parse_model_args(["width=12", "depth=3", "bias=false", "name=x"]) == {"width": 12, "depth": 3, "bias": False, "name": "x"}
+    assert parse_model_args(["width=12", "depth=3", "bias=false", "name=x"]) == {
+        "width": 12,
+        "depth": 3,
+        "bias": False,
+        "name": "x",
+    }
     assert parse_model_args(["rate=0.5"]) == {"rate": 0.5}
     model = load_model_spec(f"{USER_MODELS}:mlp", parse_model_args(["width=12", "depth=3", "bias=false"]))
     assert type(model).__name__ == "MLP" and not model.training

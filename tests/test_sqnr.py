@@ -31,7 +31,16 @@ def test_layer_sqnr_matches_direct_sums(tiny_model, tiny_data):
     packed = pack_plan(prepared, plan, calibration)
     rows = {r.name: r for r in layer_sqnr(prepared, packed, x, batch_size=10)}
     w = prepared.folded.conv1.weight.detach().double()
-    noise = (w - calibration.weight("conv1", prepared.folded.conv1.weight, [3] * prepared.folded.conv1.weight.shape[0]).dequantize().double()).pow(2).sum()
+    noise = (
+        (
+            w
+            - calibration.weight("conv1", prepared.folded.conv1.weight, [3] * prepared.folded.conv1.weight.shape[0])
+            .dequantize()
+            .double()
+        )
+        .pow(2)
+        .sum()
+    )
     assert rows["conv1"].weight_sqnr_db == pytest.approx(10 * math.log10(float(w.pow(2).sum() / noise)))
     assert rows["fc"].weight_sqnr_db > rows["conv2"].weight_sqnr_db > rows["conv1"].weight_sqnr_db
     assert rows["conv2"].input_sqnr_db is None
@@ -39,12 +48,16 @@ def test_layer_sqnr_matches_direct_sums(tiny_model, tiny_data):
     act = packed.tensors
     scale, zp = float(act["conv1.input_scale"][0]), int(act["conv1.input_zero_point"][0])
     xq = (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
-    assert rows["conv1"].input_sqnr_db == pytest.approx(sqnr_db(float(x.double().pow(2).sum()), float((x - xq).double().pow(2).sum())), rel=1e-6)
+    assert rows["conv1"].input_sqnr_db == pytest.approx(
+        sqnr_db(float(x.double().pow(2).sum()), float((x - xq).double().pow(2).sum())), rel=1e-6
+    )
     assert rows["fc"].input_sqnr_db < rows["conv1"].input_sqnr_db  # 4 bits against 8
     # fc is the last layer: its output SQNR is that of the quantized model's logits against FP32's
     with torch.no_grad():
         fp32, quantized = prepared.folded(x).double(), fake_quant_model(prepared.folded, packed)(x).double()
-    assert rows["fc"].output_sqnr_db == pytest.approx(sqnr_db(float(fp32.pow(2).sum()), float((fp32 - quantized).pow(2).sum())), rel=1e-6)
+    assert rows["fc"].output_sqnr_db == pytest.approx(
+        sqnr_db(float(fp32.pow(2).sum()), float((fp32 - quantized).pow(2).sum())), rel=1e-6
+    )
 
 
 def test_report_md_carries_the_sqnr_table(tiny_model, tiny_data):
@@ -66,7 +79,10 @@ def test_the_sqnr_table_is_read_back_from_the_cache_as_it_was_measured(tiny_mode
     (entry,) = tmp_path.glob("layer-sqnr-*.json")
     assert measured[1].input_sqnr_db is None and all(math.isfinite(r.output_sqnr_db) for r in measured)
     entry.write_text(entry.read_text().replace('"conv1"', '"conv1 read from the cache"'))
-    assert verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr[0].name == "conv1 read from the cache"
+    assert (
+        verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr[0].name
+        == "conv1 read from the cache"
+    )
     entry.write_text(entry.read_text().replace('"conv1 read from the cache"', '"conv1"'))
     again = verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr
     assert again == measured

@@ -51,11 +51,17 @@ def test_plan_is_the_brute_force_optimum_with_groups(tmp_path, capsys):
     best = min(
         (sum(problem.omega[n][c] for n, c in zip(problem.layers, combo)), combo)
         for combo in itertools.product(*(problem.choices[n] for n in problem.layers))
-        if combo[0].weight_bits == combo[1].weight_bits and total_costs(problem, dict(zip(problem.layers, combo)))["size_bytes"] <= 2600
+        if combo[0].weight_bits == combo[1].weight_bits
+        and total_costs(problem, dict(zip(problem.layers, combo)))["size_bytes"] <= 2600
     )
     assert widths(plan) == {n: (c.weight_bits, c.act_bits) for n, c in zip(problem.layers, best[1])}
     assert widths(plan) == {"a": (4, 8), "b": (4, 8), "c": (8, None)}  # omega 1.0 + 2.0 + 0.3
-    assert plan["schema"] == "mpq.plan/1" and plan["predicted"] == {"size_bytes": 2000, "bops": 4000.0, "latency_s": 0.005, "omega": 3.3}
+    assert plan["schema"] == "mpq.plan/1" and plan["predicted"] == {
+        "size_bytes": 2000,
+        "bops": 4000.0,
+        "latency_s": 0.005,
+        "omega": 3.3,
+    }
     assert "| c | 8 | float | 0.3 |" in capsys.readouterr().out
 
 
@@ -66,9 +72,15 @@ def test_without_the_group_the_optimum_splits_the_pair(tmp_path):
 
 
 def test_three_budgets_at_once_all_hold(tmp_path):
-    status, plan = solve_cli(tmp_path, write(tmp_path, ROWS), "--budget", "3000B", "--budget", "5KBOPs", "--budget", "4.6ms")
+    status, plan = solve_cli(
+        tmp_path, write(tmp_path, ROWS), "--budget", "3000B", "--budget", "5KBOPs", "--budget", "4.6ms"
+    )
     assert status == 0
-    assert plan["predicted"]["size_bytes"] <= 3000 and plan["predicted"]["bops"] <= 5000 and plan["predicted"]["latency_s"] <= 0.0046
+    assert (
+        plan["predicted"]["size_bytes"] <= 3000
+        and plan["predicted"]["bops"] <= 5000
+        and plan["predicted"]["latency_s"] <= 0.0046
+    )
     # every single 8-bit layer breaks one budget: a or b at 8 with c at 4 bits makes 4.5 ms but the group
     # lifts both (5.5 ms); c at 8 makes 5 ms; so all 4-bit, though 3000 B and 5 KBOPs would allow more
     assert widths(plan) == {"a": (4, 8), "b": (4, 8), "c": (4, None)}
@@ -87,7 +99,11 @@ def test_keep_first_and_last_and_by_name(tmp_path):
     "rows, header, message",
     [
         (ROWS, HEADER.replace(",bops", ""), "lacks the column(s) bops"),
-        ([*ROWS[:3], "b,8,8,zero,1000,2000,0.002,g", *ROWS[4:]], HEADER, "table.csv line 5: omega 'zero' is not a number"),
+        (
+            [*ROWS[:3], "b,8,8,zero,1000,2000,0.002,g", *ROWS[4:]],
+            HEADER,
+            "table.csv line 5: omega 'zero' is not a number",
+        ),
         ([*ROWS[:5], "c,8,,0.3,1000,2000,fast,"], HEADER, "line 7: latency_s 'fast' is not a number"),
         ([*ROWS[:5], "c,eight,,0.3,1000,2000,0.003,"], HEADER, "line 7: weight_bits 'eight' is not a whole number"),
         ([*ROWS, "c,8,,0.5,900,2000,0.003,"], HEADER, "line 8: layer c with W8Af repeats line 7"),
@@ -127,7 +143,12 @@ def test_unreachable_budget_exits_3_with_the_least_that_can_be_met(tmp_path, cap
 
 def test_budgets_reachable_alone_but_not_together_exit_3(tmp_path, capsys):
     # 1000 B needs both layers at 4 bits (8000 BOPs); 2000 BOPs needs both at 8 bits (2000 B)
-    rows = ["a,4,8,1,500,4000,0.001,", "a,8,8,0,1000,1000,0.002,", "b,4,8,1,500,4000,0.001,", "b,8,8,0,1000,1000,0.002,"]
+    rows = [
+        "a,4,8,1,500,4000,0.001,",
+        "a,8,8,0,1000,1000,0.002,",
+        "b,4,8,1,500,4000,0.001,",
+        "b,8,8,0,1000,1000,0.002,",
+    ]
     status, plan = solve_cli(tmp_path, write(tmp_path, rows), "--budget", "1000B", "--budget", "2000BOPs")
     err = capsys.readouterr().err
     assert status == 3 and plan is None

@@ -29,7 +29,7 @@ def heavy(i: int) -> bool:
 
 def omega(i: int, bits: int) -> float:
     scale = 1000 * (1 + (i % 7) / 10) if heavy(i) else 1 + (i % 5) / 10
-    return scale * params(i) * 4.0 ** -bits
+    return scale * params(i) * 4.0**-bits
 
 
 def write_table(path: Path, layers: int) -> Path:
@@ -60,7 +60,11 @@ def test_a_2000_layer_table_parses_in_order_with_every_choice(table):
     assert problem.layers == [f"L{i}" for i in range(N)]
     assert all(problem.choices[n] == [Choice(b, 8) for b in BITS] for n in problem.layers)
     assert problem.omega["L1234"][Choice(6, 8)] == omega(1234, 6)
-    assert problem.costs["L1999"][Choice(5, 8)] == {"size_bytes": params(1999) * 5 // 8, "bops": params(1999) * 5 * 64, "latency_s": params(1999) * 5 * 1e-9}
+    assert problem.costs["L1999"][Choice(5, 8)] == {
+        "size_bytes": params(1999) * 5 // 8,
+        "bops": params(1999) * 5 * 64,
+        "latency_s": params(1999) * 5 * 1e-9,
+    }
 
 
 def test_the_budget_that_fits_heavy_layers_at_w8_gives_exactly_that(table, tmp_path):
@@ -68,7 +72,9 @@ def test_the_budget_that_fits_heavy_layers_at_w8_gives_exactly_that(table, tmp_p
     more Omega than it saves (an exchange argument), so this is the one optimum."""
     budget = size(N, lambda i: 8 if heavy(i) else 4)
     out = tmp_path / "out"
-    assert main(["solve", "--table", str(table), "--budget", f"{budget}B", "--budget", "1TBOPs", "--out", str(out)]) == 0
+    assert (
+        main(["solve", "--table", str(table), "--budget", f"{budget}B", "--budget", "1TBOPs", "--out", str(out)]) == 0
+    )
     plan = json.loads((out / "plan.json").read_text())
     assert {n: e["weight_bits"] for n, e in plan["layers"].items()} == {f"L{i}": 8 if heavy(i) else 4 for i in range(N)}
     assert plan["predicted"]["size_bytes"] == budget

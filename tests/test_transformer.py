@@ -21,9 +21,13 @@ def test_encoder_search_with_label_free_loss_mixes_widths_and_keeps_embeddings_c
     layers = prepared.graph.layers
     assert len(layers) == 12 and {l.kind for l in layers} == {"linear"}
     assert prepared.graph.layer("blocks.0.attn.q").input_shape == (8, 16)  # per token: [seq, dim]
-    uniform = lambda bits: model_costs(layers, {l.name: Choice(bits, 8) for l in layers}, prepared.graph.float_bytes)["size_bytes"]
+    uniform = lambda bits: model_costs(layers, {l.name: Choice(bits, 8) for l in layers}, prepared.graph.float_bytes)[
+        "size_bytes"
+    ]
     budget = f"{int((uniform(4) + uniform(8)) / 2)}B"
-    result = mpq.search(model, TOKENS, budget=budget, bits=(4, 8), loss="mse", max_probes=12, cache_dir=False, progress=False)
+    result = mpq.search(
+        model, TOKENS, budget=budget, bits=(4, 8), loss="mse", max_probes=12, cache_dir=False, progress=False
+    )
     assert result.sensitivity.loss == "mse"
     widths = [lp.weight_bits for lp in result.plan.layers.values()]
     assert set(widths) == {4, 8}
@@ -65,7 +69,17 @@ def test_embedding_trace_matches_the_exact_hessian():
 
 def test_quantized_embeddings_are_packed_per_row_and_measured_as_predicted():
     model = tiny_encoder()
-    result = mpq.search(model, TOKENS, budget="7KB", bits=(2, 4, 8), loss="mse", quantize_embeddings=True, max_probes=8, cache_dir=False, progress=False)
+    result = mpq.search(
+        model,
+        TOKENS,
+        budget="7KB",
+        bits=(2, 4, 8),
+        loss="mse",
+        quantize_embeddings=True,
+        max_probes=8,
+        cache_dir=False,
+        progress=False,
+    )
     tokens = result.plan.layers["tokens"]
     assert tokens.act_bits is None and tokens.weight_bits in (2, 4, 8)
     assert result.sensitivity.layers["tokens"].layer.kind == "embedding"
@@ -78,6 +92,16 @@ def test_quantized_embeddings_are_packed_per_row_and_measured_as_predicted():
 def test_user_model_is_left_as_it_was():
     model = tiny_encoder().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    mpq.search(model, TOKENS, budget="7KB", bits=(2, 4, 8), loss="mse", quantize_embeddings=True, max_probes=3, cache_dir=False, progress=False)
+    mpq.search(
+        model,
+        TOKENS,
+        budget="7KB",
+        bits=(2, 4, 8),
+        loss="mse",
+        quantize_embeddings=True,
+        max_probes=3,
+        cache_dir=False,
+        progress=False,
+    )
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

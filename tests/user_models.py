@@ -73,14 +73,19 @@ def torch_encoder() -> TorchEncoder:
 def token_batches():
     """A DataLoader-like iterable of (ids, labels) batches of integer token ids."""
     generator = torch.Generator().manual_seed(0)
-    return [(torch.randint(0, 50, (8, 8), generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(3)]
+    return [
+        (torch.randint(0, 50, (8, 8), generator=generator), torch.randint(0, 3, (8,), generator=generator))
+        for _ in range(3)
+    ]
 
 
 class MLP(nn.Module):
     def __init__(self, width: int = 8, depth: int = 2, bias: bool = True) -> None:
         super().__init__()
         sizes = [6] + [width] * depth
-        self.layers = nn.Sequential(*(nn.Sequential(nn.Linear(a, b, bias=bias), nn.Tanh()) for a, b in zip(sizes, sizes[1:])))
+        self.layers = nn.Sequential(
+            *(nn.Sequential(nn.Linear(a, b, bias=bias), nn.Tanh()) for a, b in zip(sizes, sizes[1:]))
+        )
         self.head = nn.Linear(width, 4)
 
     def forward(self, x):

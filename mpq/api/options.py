@@ -30,7 +30,8 @@ def folded(verb: str, cls, given, keywords: dict, param: str):
         return given or cls()
     warnings.warn(
         f"mpq.{verb}({', '.join(f'{k}=' for k in mine)}...) is deprecated: pass {param}=mpq.{cls.__name__}({', '.join(f'{k}=...' for k in mine)})",
-        DeprecationWarning, stacklevel=4,
+        DeprecationWarning,
+        stacklevel=4,
     )
     try:
         return replace(given or cls(), **mine)
@@ -60,7 +61,13 @@ SOLVE_KEYWORDS = field_names(SearchSpace) | {"time_limit_s"}  # the flat keyword
 SEARCH_KEYWORDS = field_names(ProbeSettings) | SOLVE_KEYWORDS
 
 
-def search_configs(verb: str, space, probes, solver, keywords: dict) -> tuple[SearchSpace, ProbeSettings, SolverSettings]:
+def search_configs(
+    verb: str, space, probes, solver, keywords: dict
+) -> tuple[SearchSpace, ProbeSettings, SolverSettings]:
     """The configs of a verb that analyzes and solves (search, pareto), legacy keywords folded in."""
     check_known(verb, keywords, SEARCH_KEYWORDS)
-    return search_space(verb, space, keywords), probe_settings(verb, probes, keywords), solver_settings(verb, solver, keywords)
+    return (
+        search_space(verb, space, keywords),
+        probe_settings(verb, probes, keywords),
+        solver_settings(verb, solver, keywords),
+    )

@@ -44,13 +44,25 @@ from mpq.verify.pareto import ParetoPoint, ParetoResult, UniformPoint
 from mpq.verify.report import Measurement
 
 
-def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, group_size: int | None) -> list[str | None]:
+def _reachable(
+    prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, group_size: int | None
+) -> list[str | None]:
     """Per budget, None when each budget alone can be met, else the BudgetInfeasible message (no Hessian work)."""
     graph = prepared.graph
     reasons = []
     for budget in budgets:
         try:
-            problem = build_problem(graph.layers, graph.float_bytes, [budget, *fixed], bits, act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, group_size=group_size)
+            problem = build_problem(
+                graph.layers,
+                graph.float_bytes,
+                [budget, *fixed],
+                bits,
+                act_bits,
+                lambda n, c: 0.0,
+                pins,
+                graph.act_tie_groups,
+                group_size=group_size,
+            )
             check_feasible(problem)
             reasons.append(None)
         except BudgetInfeasible as exc:
@@ -58,16 +70,28 @@ def _reachable(prepared: PreparedModel, budgets: list[Budget], fixed: list[Budge
     return reasons
 
 
-def uniform_points(prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequence[int], act_bits: int | None, trace_margin: float) -> list[UniformPoint]:
+def uniform_points(
+    prepared: PreparedModel, sensitivity: Sensitivity, bits: Sequence[int], act_bits: int | None, trace_margin: float
+) -> list[UniformPoint]:
     """Every candidate weight width for every layer (scales at the sensitivity's group size): predicted size, BOPs,
     bits per weight and total Omega."""
     points = []
     group = sensitivity.quantizer.group_size
     for b in sorted(set(bits)):
         plan = uniform_plan(prepared, b, act_bits, group)
-        costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes, group_size=group)
+        costs = model_costs(
+            prepared.graph.layers,
+            {n: lp.choice for n, lp in plan.layers.items()},
+            prepared.graph.float_bytes,
+            group_size=group,
+        )
         omega = plan_omega(sensitivity, plan, trace_margin, inputs=False)
-        predicted = {"size_bytes": int(costs["size_bytes"]), "bops": costs["bops"], "bits_per_weight": costs["bits_per_weight"], "omega": omega}
+        predicted = {
+            "size_bytes": int(costs["size_bytes"]),
+            "bops": costs["bops"],
+            "bits_per_weight": costs["bits_per_weight"],
+            "omega": omega,
+        }
         points.append(UniformPoint(b, act_bits, predicted, group_size=group))
     return points
 
@@ -116,18 +140,38 @@ def pareto(
     if all(reasons):
         raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
     t0 = time.perf_counter()
-    sensitivity = analyze(prepared, data, probes=probes, metric=metric, quantizer=quantizer, loss=loss, cache_dir=cache_dir, progress=progress)
+    sensitivity = analyze(
+        prepared,
+        data,
+        probes=probes,
+        metric=metric,
+        quantizer=quantizer,
+        loss=loss,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     t1 = time.perf_counter()
-    points = [_solve_point(sensitivity, b, fixed, reason, replace(space, keep=pins, keep_first=None, keep_last=None), solver) for b, reason in zip(sweep, reasons)]
+    points = [
+        _solve_point(sensitivity, b, fixed, reason, replace(space, keep=pins, keep_first=None, keep_last=None), solver)
+        for b, reason in zip(sweep, reasons)
+    ]
     if not any(p.feasible for p in points):
-        raise BudgetInfeasible(f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}")
+        raise BudgetInfeasible(
+            f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}"
+        )
     t2 = time.perf_counter()
-    note(f"pareto: solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)", progress)
+    note(
+        f"pareto: solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)", progress
+    )
     widest_act = acts[-1]
     uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
     feasible = [p for p in points if p.feasible]
     chosen = [feasible[i] for i in verified_indices(len(feasible), verify_points)]
-    fp32 = _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer, held_out) if chosen else {}
+    fp32 = (
+        _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer, held_out)
+        if chosen
+        else {}
+    )
     return ParetoResult(
         kind=sweep[0].kind,
         points=points,
@@ -156,7 +200,14 @@ def pareto(
     )
 
 
-def _solve_point(sensitivity: Sensitivity, budget: Budget, fixed: list[Budget], reason: str | None, space: SearchSpace, solver: SolverSettings) -> ParetoPoint:
+def _solve_point(
+    sensitivity: Sensitivity,
+    budget: Budget,
+    fixed: list[Budget],
+    reason: str | None,
+    space: SearchSpace,
+    solver: SolverSettings,
+) -> ParetoPoint:
     if reason:
         return ParetoPoint(budget, None, reason)
     start = time.perf_counter()
@@ -167,8 +218,17 @@ def _solve_point(sensitivity: Sensitivity, budget: Budget, fixed: list[Budget], 
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
 
 
-def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoint], batch_size: int, cache_dir, progress: bool | None, quantizer: Quantizer,
-             eval_data=None) -> dict:
+def _measure(
+    prepared,
+    data,
+    chosen: list[ParetoPoint],
+    uniform: list[UniformPoint],
+    batch_size: int,
+    cache_dir,
+    progress: bool | None,
+    quantizer: Quantizer,
+    eval_data=None,
+) -> dict:
     """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer` fitted on
     `data`, measured on `eval_data` or else on `data`); the FP32 summary."""
     cache = open_cache(cache_dir)
@@ -186,7 +246,9 @@ def _measure(prepared, data, chosen: list[ParetoPoint], uniform: list[UniformPoi
     with bar(len(chosen) + len(uniform), "pareto: measuring", progress, unit="plan") as shown:
         for point in chosen:
             point.measured = measured(point.plan, f"mpq plan at {point.budget.text}", shown)
-            fits = within_budgets(point.measured.costs, point.plan.budgets, latency_known=False)  # a sweep has no latency model
+            fits = within_budgets(
+                point.measured.costs, point.plan.budgets, latency_known=False
+            )  # a sweep has no latency model
             point.measured = replace(point.measured, fits_budget=fits)
         for u in uniform:
             u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits, u.group_size), u.name, shown)

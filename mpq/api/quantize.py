@@ -23,7 +23,17 @@ from mpq.verify.apply import fake_quant_model
 from mpq.verify.measure import packed_for
 
 
-def quantize_(model, plan: Plan, data, *, batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None, device=None, eval_split: float = EVAL_SPLIT) -> nn.Module:
+def quantize_(
+    model,
+    plan: Plan,
+    data,
+    *,
+    batch_size: int = 25,
+    cache_dir=None,
+    quantizer: "str | Quantizer | None" = None,
+    device=None,
+    eval_split: float = EVAL_SPLIT,
+) -> nn.Module:
     """A fake-quantized copy of `model` with `plan` applied, calibrated on `data`, in eval mode.
 
     `data`: what calibrates the activation ranges, clipping and bias correction (an mpq.Dataset, a tensor

@@ -51,8 +51,12 @@ def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets
         if over <= 0:
             break
         try:
-            tighter = solve_within([replace(b, limit=b.limit - reserve - int(over)) if b.kind == "size_bytes" else b for b in budgets])
-        except BudgetInfeasible:  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
+            tighter = solve_within(
+                [replace(b, limit=b.limit - reserve - int(over)) if b.kind == "size_bytes" else b for b in budgets]
+            )
+        except (
+            BudgetInfeasible
+        ):  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
             break
         plan, reserve = tighter, reserve + int(over)
     return replace(plan, budgets=list(budgets), settings=replace(plan.settings, container_reserve_bytes=reserve))
@@ -65,7 +69,11 @@ def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
     from mpq.verify.apply import pack_model
 
     acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
-    return container_bytes(pack_model(prepared.folded, plan, acts, group_size=plan.group_size), prepared.fingerprint, ModelInputs.of(prepared, data))
+    return container_bytes(
+        pack_model(prepared.folded, plan, acts, group_size=plan.group_size),
+        prepared.fingerprint,
+        ModelInputs.of(prepared, data),
+    )
 
 
 def search(
@@ -121,24 +129,74 @@ def search(
     if space.granularity == "channel":
         zero = lambda group, b: 0.0  # noqa: E731
         problem = build_channel_problem(
-            graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, zero, space.channel_group, pins, graph.act_tie_groups, quantizer.group_size
+            graph.layers,
+            graph.float_bytes,
+            budgets,
+            space.bits,
+            space.act_bits,
+            zero,
+            space.channel_group,
+            pins,
+            graph.act_tie_groups,
+            quantizer.group_size,
         ).problem
     else:
-        problem = build_problem(graph.layers, graph.float_bytes, budgets, space.bits, space.act_bits, lambda n, c: 0.0, pins, graph.act_tie_groups, latency, quantizer.group_size)
+        problem = build_problem(
+            graph.layers,
+            graph.float_bytes,
+            budgets,
+            space.bits,
+            space.act_bits,
+            lambda n, c: 0.0,
+            pins,
+            graph.act_tie_groups,
+            latency,
+            quantizer.group_size,
+        )
     check_feasible(problem)
     if proxy_plans:
         check_proxy_request(proxy_plans, budgets, space.granularity)
     t0 = time.perf_counter()
     activations = space.several_act_widths and space.act_sensitivity is not False
-    sensitivity = analyze(prepared, data, probes=probes, metric=metric, quantizer=quantizer, loss=loss, activations=activations, cache_dir=cache_dir, progress=progress)
+    sensitivity = analyze(
+        prepared,
+        data,
+        probes=probes,
+        metric=metric,
+        quantizer=quantizer,
+        loss=loss,
+        activations=activations,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     t1 = time.perf_counter()
     solve_within = lambda b: solve(sensitivity, b, space=space, solver=solver, latency=latency)  # noqa: E731
     plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
     t2 = time.perf_counter()
-    report = verify(prepared, plan, data, batch_size=eval_batch_size, cache_dir=cache_dir, latency=latency, progress=progress, eval_data=held_out, eval_split=0)
+    report = verify(
+        prepared,
+        plan,
+        data,
+        batch_size=eval_batch_size,
+        cache_dir=cache_dir,
+        latency=latency,
+        progress=progress,
+        eval_data=held_out,
+        eval_split=0,
+    )
     t3 = time.perf_counter()
     if proxy_plans:
-        report.proxy = proxy_check(prepared, sensitivity, plan, data, proxy_plans, batch_size=eval_batch_size, cache=open_cache(cache_dir), progress=progress, eval_data=held_out)
+        report.proxy = proxy_check(
+            prepared,
+            sensitivity,
+            plan,
+            data,
+            proxy_plans,
+            batch_size=eval_batch_size,
+            cache=open_cache(cache_dir),
+            progress=progress,
+            eval_data=held_out,
+        )
     report.peak_memory_bytes = process_peak_memory()  # after the sensitivity and the proxy check too
     report.timings_s = {
         "prepare": t0 - start,
@@ -149,7 +207,9 @@ def search(
         "total": time.perf_counter() - start,
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
-    report.notes.append(f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else ""))
+    report.notes.append(
+        f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
+    )
     if plan.settings.latency is not None and plan.settings.latency.note:
         report.notes.append(plan.settings.latency.note)
     report.notes.append(solver_note(plan.solver, t2 - t1))

@@ -37,7 +37,13 @@ from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import default_metric, metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.solver.build import build_problem, candidate_choices
-from mpq.solver.channels import build_channel_problem, channel_omega, check_channel_metric, layer_plans, plan_layer_costs
+from mpq.solver.channels import (
+    build_channel_problem,
+    channel_omega,
+    check_channel_metric,
+    layer_plans,
+    plan_layer_costs,
+)
 from mpq.solver.omega import choice_omega
 from mpq.solver.pins import resolve_keep
 from mpq.solver.presolve import binary_variables, solve_presolved
@@ -96,8 +102,20 @@ def analyze(
     prepared, data = prepared_on(model, data, quantize_embeddings, device)
     resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)
     if metric is None:
-        metric = default_metric(resolved.name, loss is not None, output_dims(prepared, data), prepared.outputs.embeddings, activations)
-    return analyze_prepared(prepared, data, settings, open_cache(cache_dir), progress, resolved, metric, activations, resolve_quantizer(quantizer))
+        metric = default_metric(
+            resolved.name, loss is not None, output_dims(prepared, data), prepared.outputs.embeddings, activations
+        )
+    return analyze_prepared(
+        prepared,
+        data,
+        settings,
+        open_cache(cache_dir),
+        progress,
+        resolved,
+        metric,
+        activations,
+        resolve_quantizer(quantizer),
+    )
 
 
 def _act_widths_by_sensitivity(sensitivity: Sensitivity, space: SearchSpace) -> bool:
@@ -130,7 +148,9 @@ def solve(
     Raises BudgetInfeasible, naming the smallest budget that can be met, when none fits.
     """
     if not isinstance(sensitivity, Sensitivity):
-        raise MpqError(f"mpq.solve() takes the result of mpq.analyze(model, data) first, not {type(sensitivity).__name__}")
+        raise MpqError(
+            f"mpq.solve() takes the result of mpq.analyze(model, data) first, not {type(sensitivity).__name__}"
+        )
     check_known("solve", legacy, SOLVE_KEYWORDS)
     space = search_space("solve", space, legacy)
     solver = solver_settings("solve", solver, legacy)
@@ -144,26 +164,60 @@ def solve(
     group = sensitivity.quantizer.group_size
     if space.granularity == "channel":
         if latency is not None:
-            raise MpqError("latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model")
+            raise MpqError(
+                "latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model"
+            )
         omega = channel_omega(sensitivity, space.trace_margin)
-        channel_problem = build_channel_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, space.channel_group, pins, sensitivity.act_tie_groups, group)
+        channel_problem = build_channel_problem(
+            layers,
+            sensitivity.float_bytes,
+            budgets,
+            space.bits,
+            space.act_bits,
+            omega,
+            space.channel_group,
+            pins,
+            sensitivity.act_tie_groups,
+            group,
+        )
         solution, reduction = solve_presolved(channel_problem.problem, solver.time_limit_s, solver.name)
         layers = layer_plans(channel_problem, solution)
         after = binary_variables(reduction.problem) if reduction else channel_problem.binary_variables
         channels = ChannelSearch(channel_problem.binary_variables, channel_problem.dropped_choices, after)
     else:
         omega = lambda name, c: choice_omega(sensitivity.layers[name], c, space.trace_margin, by_sensitivity)  # noqa: E731
-        problem = build_problem(layers, sensitivity.float_bytes, budgets, space.bits, space.act_bits, omega, pins, sensitivity.act_tie_groups, latency, group)
+        problem = build_problem(
+            layers,
+            sensitivity.float_bytes,
+            budgets,
+            space.bits,
+            space.act_bits,
+            omega,
+            pins,
+            sensitivity.act_tie_groups,
+            latency,
+            group,
+        )
         solution = solve_problem(problem, solver.time_limit_s, solver.name)
         if latency is not None:
-            latency_source = _latency_source(layers, candidate_choices(layers, space.bits, space.act_bits, pins), latency)
+            latency_source = _latency_source(
+                layers, candidate_choices(layers, space.bits, space.act_bits, pins), latency
+            )
         layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
     if group is not None:
         layers = {n: replace(lp, granularity="group") for n, lp in layers.items()}
     settings = PlanSettings(
-        space=space, solver=solver, probes=sensitivity.settings, quantizer=sensitivity.quantizer, metric=sensitivity.metric, loss=sensitivity.loss,
-        keep=pins, act_sensitivity=by_sensitivity, act_tie_groups=sensitivity.act_tie_groups if space.several_act_widths else (),
-        latency=latency_source, channels=channels,
+        space=space,
+        solver=solver,
+        probes=sensitivity.settings,
+        quantizer=sensitivity.quantizer,
+        metric=sensitivity.metric,
+        loss=sensitivity.loss,
+        keep=pins,
+        act_sensitivity=by_sensitivity,
+        act_tie_groups=sensitivity.act_tie_groups if space.several_act_widths else (),
+        latency=latency_source,
+        channels=channels,
     )
     infos = [s.layer for s in sensitivity.layers.values()]
     weight_bits = sum(plan_layer_costs(x, layers[x.name], group)["weight_bits"] for x in infos)
@@ -193,8 +247,19 @@ def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
 
 
 def verify(
-    model, plan: Plan, data, *, baseline_bits: Iterable[int] | None = None, batch_size: int = 25, cache_dir=None, latency=None,
-    quantizer: "str | Quantizer | None" = None, progress: bool | None = None, eval_data=None, eval_split: float = EVAL_SPLIT, device=None,
+    model,
+    plan: Plan,
+    data,
+    *,
+    baseline_bits: Iterable[int] | None = None,
+    batch_size: int = 25,
+    cache_dir=None,
+    latency=None,
+    quantizer: "str | Quantizer | None" = None,
+    progress: bool | None = None,
+    eval_data=None,
+    eval_split: float = EVAL_SPLIT,
+    device=None,
 ) -> Report:
     """Apply `plan` with fake quantization and measure it, FP32, uniform W8 and fitting uniform widths.
     `progress`: a bar over the models measured on stderr (None: only when stderr is a terminal).
@@ -219,11 +284,27 @@ def verify(
     prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
     act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
     if baseline_bits is None:
-        baseline_bits = plan.settings.space.bits if plan.settings is not None and plan.settings.source == "search" else SearchSpace().bits
+        baseline_bits = (
+            plan.settings.space.bits
+            if plan.settings is not None and plan.settings.source == "search"
+            else SearchSpace().bits
+        )
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
     data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
-    report = verify_prepared(prepared, plan, data, tuple(baseline_bits), act_bits, batch_size, open_cache(cache_dir), latency, chosen, progress, held_out)
+    report = verify_prepared(
+        prepared,
+        plan,
+        data,
+        tuple(baseline_bits),
+        act_bits,
+        batch_size,
+        open_cache(cache_dir),
+        latency,
+        chosen,
+        progress,
+        held_out,
+    )
     report.notes += [latency_note] if latency_note else []
     if prepared.graph.uncalled:
         report.notes.append(
@@ -241,4 +322,3 @@ def _verify_latency(plan: Plan, latency) -> tuple:
         return (None if source is None else latency_model(source.spec, source.batch)), None
     except MpqError as exc:
         return None, f"latency not predicted: the plan's latency model cannot be loaded ({exc})"
-

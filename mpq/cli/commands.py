@@ -40,9 +40,24 @@ def run_search(args) -> int:
     out = writable_folder(args.out)
     model, data = load_inputs(args)
     space = search_space(args)
-    result = mpq.search(model, data, budgets, space=space, solver=solver_settings(args), latency=latency, quantizer=quantizer_arg(args, False), proxy_plans=args.proxy_check, eval_batch_size=args.eval_batch_size, eval_data=eval_data_arg(args, model), eval_split=args.eval_split, **analyze_options(args))
+    result = mpq.search(
+        model,
+        data,
+        budgets,
+        space=space,
+        solver=solver_settings(args),
+        latency=latency,
+        quantizer=quantizer_arg(args, False),
+        proxy_plans=args.proxy_check,
+        eval_batch_size=args.eval_batch_size,
+        eval_data=eval_data_arg(args, model),
+        eval_split=args.eval_split,
+        **analyze_options(args),
+    )
     result.plan.recipe = getattr(args, "recipe", None)  # `mpq search --config plan.json` repeats this run
-    paths = write_outputs(out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None))
+    paths = write_outputs(
+        out, result.sensitivity, result.plan, result.report, command=getattr(args, "command_line", None)
+    )
     if args.json:
         _print_json(plan=result.plan.to_json(), report=result.report.to_json(), files=[str(p) for p in paths])
         return 0
@@ -69,15 +84,30 @@ def run_pareto(args) -> int:
     out = writable_folder(args.out)
     model, data = load_inputs(args)
     space = search_space(args)
-    result = mpq.pareto(model, data, budgets, also_budgets=fixed, space=space, solver=solver_settings(args), verify_points=args.verify_points,
-                        eval_batch_size=args.eval_batch_size, quantizer=quantizer_arg(args, False), eval_data=eval_data_arg(args, model), eval_split=args.eval_split, **analyze_options(args))
+    result = mpq.pareto(
+        model,
+        data,
+        budgets,
+        also_budgets=fixed,
+        space=space,
+        solver=solver_settings(args),
+        verify_points=args.verify_points,
+        eval_batch_size=args.eval_batch_size,
+        quantizer=quantizer_arg(args, False),
+        eval_data=eval_data_arg(args, model),
+        eval_split=args.eval_split,
+        **analyze_options(args),
+    )
     paths = write_pareto(out, result)
     if args.json:
         _print_json(pareto=result.to_json(), files=[str(p) for p in paths])
         return 0
     print(pareto_table(result))
     print()
-    print(f"solved {len(result.points)} points in {result.timings_s['solve']:.1f} s; wrote " + ", ".join(str(p) for p in paths))
+    print(
+        f"solved {len(result.points)} points in {result.timings_s['solve']:.1f} s; wrote "
+        + ", ".join(str(p) for p in paths)
+    )
     return 0
 
 
@@ -139,7 +169,18 @@ def run_verify(args) -> int:
     plan = mpq.Plan.load(args.plan)
     out = writable_folder(args.out)
     model, data = load_inputs(args)
-    report = mpq.verify(model, plan, data, batch_size=args.eval_batch_size, cache_dir=False if args.no_cache else args.cache_dir, latency=latency_arg(args), quantizer=quantizer_arg(args, True), progress=progress_arg(args), eval_data=eval_data_arg(args, model), eval_split=args.eval_split)
+    report = mpq.verify(
+        model,
+        plan,
+        data,
+        batch_size=args.eval_batch_size,
+        cache_dir=False if args.no_cache else args.cache_dir,
+        latency=latency_arg(args),
+        quantizer=quantizer_arg(args, True),
+        progress=progress_arg(args),
+        eval_data=eval_data_arg(args, model),
+        eval_split=args.eval_split,
+    )
     write_json_atomic(created(out) / "report.json", report.to_json())
     if args.json:
         _print_json(report=report.to_json(), files=[str(out / "report.json")])
@@ -162,7 +203,9 @@ def run_profile(args) -> int:
         raise MpqError("--warmup must be 0 or more")
     if (args.device or "").startswith("cuda"):
         compute_device(args)  # a GPU that is not visible is refused as by every command
-        raise MpqError(f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, --threads); run it with --device cpu")
+        raise MpqError(
+            f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, --threads); run it with --device cpu"
+        )
     args.device = "cpu"  # auto too: the CPU is what it times
     model, data = load_inputs(args)
     prepared = as_prepared(model, data)
@@ -173,7 +216,9 @@ def run_profile(args) -> int:
         result = profile_prepared(prepared, args.batch, args.repeats, args.warmup, example=data.x[:1])
     finally:
         torch.set_num_threads(threads)
-    command = f"mpq profile --batch {args.batch} --repeats {args.repeats} --warmup {args.warmup}" + (f" --threads {args.threads}" if args.threads else "")
+    command = f"mpq profile --batch {args.batch} --repeats {args.repeats} --warmup {args.warmup}" + (
+        f" --threads {args.threads}" if args.threads else ""
+    )
     write_profile(result, args.out, command)
     if args.json:
         _print_json(profile=result.to_json(), files=[args.out])
@@ -189,9 +234,25 @@ def run_export(args) -> int:
     plan = mpq.Plan.load(args.plan)
     model, data = load_inputs(args)
     cache_dir = False if args.no_cache else args.cache_dir
-    result = mpq.export_plan(model, plan, data, args.out, format=args.format, batch_size=args.batch_size, cache_dir=cache_dir, quantizer=quantizer_arg(args, True), eval_split=args.eval_split)
+    result = mpq.export_plan(
+        model,
+        plan,
+        data,
+        args.out,
+        format=args.format,
+        batch_size=args.batch_size,
+        cache_dir=cache_dir,
+        quantizer=quantizer_arg(args, True),
+        eval_split=args.eval_split,
+    )
     if args.json:
-        written = {"format": result.format, "path": str(result.path), "file_bytes": result.file_bytes, "counted_bytes": result.counted_bytes, "notes": list(result.notes)}
+        written = {
+            "format": result.format,
+            "path": str(result.path),
+            "file_bytes": result.file_bytes,
+            "counted_bytes": result.counted_bytes,
+            "notes": list(result.notes),
+        }
         _print_json(export=written, files=[str(result.path)])
         return 0
     print(result.summary())

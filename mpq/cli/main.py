@@ -21,7 +21,9 @@ def _join_ranks(args) -> None:
     each rank on cuda:LOCAL_RANK; gloo on the CPU); other commands refuse."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if args.command != "sensitivity":
-            raise MpqError(f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one process with the same --cache-dir reuses its traces")
+            raise MpqError(
+                f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one process with the same --cache-dir reuses its traces"
+            )
         from mpq.cli.parser import compute_device
         from mpq.sensitivity.distributed import join_from_environment
 
@@ -35,14 +37,26 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(expand_config(parser, argv))
         args.command_line = "mpq " + shlex.join(argv)  # for report.md's summary
         args.recipe = recipe_of(parser, args) if args.command in RECIPE_COMMANDS else None  # what plan.json records
-        handler = {"search": run_search, "pareto": run_pareto, "solve": run_solve, "sensitivity": run_sensitivity, "verify": run_verify, "export": run_export, "profile": run_profile, "cache": run_cache}[args.command]
+        handler = {
+            "search": run_search,
+            "pareto": run_pareto,
+            "solve": run_solve,
+            "sensitivity": run_sensitivity,
+            "verify": run_verify,
+            "export": run_export,
+            "profile": run_profile,
+            "cache": run_cache,
+        }[args.command]
         _join_ranks(args)
         return handler(args)
     except MpqError as exc:
         print(f"mpq: error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them", file=sys.stderr)
+        print(
+            "mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -22,7 +22,16 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 RECIPE_COMMANDS = ("search", "pareto")
-NOT_RECORDED = {"config", "json", "quiet", "verbose", "command", "out", "cache_dir", "no_cache"}  # where a run writes, not what it searches
+NOT_RECORDED = {
+    "config",
+    "json",
+    "quiet",
+    "verbose",
+    "command",
+    "out",
+    "cache_dir",
+    "no_cache",
+}  # where a run writes, not what it searches
 
 
 def _actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -39,7 +48,9 @@ def read_recipe(path: str) -> dict:
     try:
         data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise MpqError(f"{path} is not a valid {'JSON' if file.suffix == '.json' else 'TOML'} recipe ({first_line(exc)}); fix it or give the options on the command line") from None
+        raise MpqError(
+            f"{path} is not a valid {'JSON' if file.suffix == '.json' else 'TOML'} recipe ({first_line(exc)}); fix it or give the options on the command line"
+        ) from None
     if file.suffix == ".json":
         if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
             raise MpqError(f"{path} records no recipe: give a recipe .toml, or a plan.json written by `mpq search`")
@@ -49,12 +60,19 @@ def read_recipe(path: str) -> dict:
 
 def recipe_tokens(sub: argparse.ArgumentParser, recipe: dict, where: str) -> list[str]:
     """The command-line tokens a recipe stands for, checked against the subcommand's options."""
-    by_name = {s.lstrip("-").replace("-", "_"): a for a in _actions(sub).values() if a.dest != "config" for s in a.option_strings}
+    by_name = {
+        s.lstrip("-").replace("-", "_"): a
+        for a in _actions(sub).values()
+        if a.dest != "config"
+        for s in a.option_strings
+    }
     tokens: list[str] = []
     for key, value in recipe.items():
         action = by_name.get(str(key).replace("-", "_"))
         if action is None:
-            raise MpqError(f"{where} names {key!r}, which is not an option of `mpq {sub.prog.split()[-1]}`: see `{sub.prog} --help`")
+            raise MpqError(
+                f"{where} names {key!r}, which is not an option of `mpq {sub.prog.split()[-1]}`: see `{sub.prog} --help`"
+            )
         tokens += _tokens(action, value, key, where)
     return tokens
 

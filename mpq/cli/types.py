@@ -63,7 +63,9 @@ def act_bits_type(text: str) -> tuple[int | None, ...]:
         try:
             widths.append(int(item))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of widths such as 4,8, or 'none'"
+            ) from None
     if not widths:
         raise argparse.ArgumentTypeError("give at least one activation width, e.g. 8 or 4,8, or 'none'")
     return tuple(widths)
@@ -78,7 +80,9 @@ def group_size_type(text: str) -> int | None:
     try:
         return check_group_size(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of weights such as 32, 64 or 128, or 'none'") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of weights such as 32, 64 or 128, or 'none'"
+        ) from None
     except MpqError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

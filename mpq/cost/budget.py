@@ -123,9 +123,13 @@ def format_cost(kind: str, value: float, round_up: bool = False) -> str:
 
 def as_budgets(budget) -> list[Budget]:
     """One budget or a list of them, each a string such as "4MB" or a Budget."""
-    items = [budget] if isinstance(budget, (str, Budget)) else list(budget) if isinstance(budget, (list, tuple)) else None
+    items = (
+        [budget] if isinstance(budget, (str, Budget)) else list(budget) if isinstance(budget, (list, tuple)) else None
+    )
     if not items or not all(isinstance(b, (str, Budget)) for b in items):
-        raise MpqError(f"budget must be a string with a unit such as \"4MB\", \"20GBOPs\", \"2.5ms\" or \"4.25bpw\" (or a list of them), not {budget!r}")
+        raise MpqError(
+            f'budget must be a string with a unit such as "4MB", "20GBOPs", "2.5ms" or "4.25bpw" (or a list of them), not {budget!r}'
+        )
     return [parse_budget(b) for b in items]
 
 

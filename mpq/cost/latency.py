@@ -23,7 +23,9 @@ def device_model(spec: "str | Path", batch: int | None = None) -> Roofline:
     path = Path(spec)
     if path.suffix != ".toml":
         if str(spec) not in shipped_devices():
-            raise MpqError(f"unknown device {str(spec)!r}: name one of {', '.join(shipped_devices())}, or give a device .toml file")
+            raise MpqError(
+                f"unknown device {str(spec)!r}: name one of {', '.join(shipped_devices())}, or give a device .toml file"
+            )
         path = DEVICES_DIR / f"{spec}.toml"
     return Roofline(load_device(path), _batch(1 if batch is None else batch), str(spec))
 
@@ -42,7 +44,9 @@ def latency_model(spec, batch: int | None = None) -> "LatencyTable | Roofline | 
     if spec is None or isinstance(spec, (LatencyTable, Roofline)):
         return spec
     if not isinstance(spec, (str, Path)):
-        raise MpqError(f"latency must be a device name, a device .toml or a latency table .csv, not {type(spec).__name__}")
+        raise MpqError(
+            f"latency must be a device name, a device .toml or a latency table .csv, not {type(spec).__name__}"
+        )
     if Path(spec).suffix == ".csv":
         return read_latency_table(spec, None if batch is None else _batch(batch))
     return device_model(spec, batch)
@@ -55,7 +59,9 @@ def covered_choices(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
         covered[layer.name] = [c for c in choices[layer.name] if latency.covers(layer, c)]
         if not covered[layer.name]:
             labels = ", ".join(c.label() for c in choices[layer.name])
-            raise MpqError(f"{latency.lacks(layer)} at any candidate width ({labels}): give widths it has (--bits, --act-bits), or measure this model with `mpq profile --out FILE.csv`")
+            raise MpqError(
+                f"{latency.lacks(layer)} at any candidate width ({labels}): give widths it has (--bits, --act-bits), or measure this model with `mpq profile --out FILE.csv`"
+            )
     return covered
 
 
@@ -69,6 +75,14 @@ def coverage_note(layers: list[LayerInfo], choices: dict[str, list[Choice]], lat
     if not dropped:
         return None
     everywhere = [c.label() for c, names in dropped.items() if len(names) == len(layers)]
-    partly = [f"{c.label()} on {len(names)} of {len(layers)} layers (e.g. {names[0]})" for c, names in dropped.items() if len(names) < len(layers)]
+    partly = [
+        f"{c.label()} on {len(names)} of {len(layers)} layers (e.g. {names[0]})"
+        for c, names in dropped.items()
+        if len(names) < len(layers)
+    ]
     parts = ([f"{', '.join(everywhere)} on any layer"] if everywhere else []) + partly
-    return f"{latency.describe()} has no latency for " + "; ".join(parts) + ": those choices were not offered to the solver"
+    return (
+        f"{latency.describe()} has no latency for "
+        + "; ".join(parts)
+        + ": those choices were not offered to the solver"
+    )

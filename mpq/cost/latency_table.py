@@ -65,9 +65,29 @@ class LayerKey:
 def layer_key(layer: LayerInfo, batch: int) -> LayerKey:
     """The table key of a measured layer at `batch` samples."""
     if layer.kind == "linear":
-        return LayerKey("linear", layer.weight_shape[1], layer.weight_shape[0], "", "", 1, _dims(layer.input_shape[:-1]), _dims(layer.output_shape[:-1]), batch)
+        return LayerKey(
+            "linear",
+            layer.weight_shape[1],
+            layer.weight_shape[0],
+            "",
+            "",
+            1,
+            _dims(layer.input_shape[:-1]),
+            _dims(layer.output_shape[:-1]),
+            batch,
+        )
     if layer.kind == "embedding":
-        return LayerKey("embedding", layer.weight_shape[0], layer.weight_shape[1], "", "", 1, _dims(layer.input_shape), _dims(layer.output_shape[:-1]), batch)
+        return LayerKey(
+            "embedding",
+            layer.weight_shape[0],
+            layer.weight_shape[1],
+            "",
+            "",
+            1,
+            _dims(layer.input_shape),
+            _dims(layer.output_shape[:-1]),
+            batch,
+        )
     return LayerKey(
         kind=layer.kind,
         in_channels=layer.input_shape[0],
@@ -102,8 +122,23 @@ def table_text(rows: list[LatencyRow], comments: list[str]) -> str:
     writer.writerow(COLUMNS + ("backend",))
     for r in rows:
         k = r.key
-        writer.writerow([k.kind, k.in_channels, k.out_channels, k.kernel, k.stride, k.groups, k.input_hw, k.output_hw, k.batch,
-                         r.choice.weight_bits, _act_text(r.choice), f"{r.latency_s:.9g}", r.backend])
+        writer.writerow(
+            [
+                k.kind,
+                k.in_channels,
+                k.out_channels,
+                k.kernel,
+                k.stride,
+                k.groups,
+                k.input_hw,
+                k.output_hw,
+                k.batch,
+                r.choice.weight_bits,
+                _act_text(r.choice),
+                f"{r.latency_s:.9g}",
+                r.backend,
+            ]
+        )
     return out.getvalue()
 
 
@@ -136,7 +171,11 @@ def _row(where: str, record: dict[str, str]) -> LatencyRow:
         output_hw=cell["output_hw"],
         batch=_int(where, "batch", cell["batch"]),
     )
-    weight_bits = FLOAT_WIDTH if cell["weight_bits"] == str(FLOAT_WIDTH) else parse_width(cell["weight_bits"], f"{where}: weight_bits")
+    weight_bits = (
+        FLOAT_WIDTH
+        if cell["weight_bits"] == str(FLOAT_WIDTH)
+        else parse_width(cell["weight_bits"], f"{where}: weight_bits")
+    )
     act = cell["act_bits"].lower()
     act_bits = None if act in ("", "none", "float") else parse_width(cell["act_bits"], f"{where}: act_bits")
     try:
@@ -159,7 +198,7 @@ def _data_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     lines, device = [], ""
     for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith(DEVICE_PREFIX) and not device:
-            device = line[len(DEVICE_PREFIX):].strip()
+            device = line[len(DEVICE_PREFIX) :].strip()
         if line.strip() and not line.startswith("#"):
             lines.append((number, line))
     return lines, device
@@ -181,11 +220,15 @@ class LatencyTable:
     def latency_s(self, layer: LayerInfo, choice: Choice) -> float:
         key = layer_key(layer, self.batch)
         if (key, choice) not in self.latencies:
-            raise MpqError(f"latency table {self.path} has no row for layer {layer.name} ({key.describe()}) at {choice.label()}: measure this model with `mpq profile --out FILE.csv` or choose widths the table has")
+            raise MpqError(
+                f"latency table {self.path} has no row for layer {layer.name} ({key.describe()}) at {choice.label()}: measure this model with `mpq profile --out FILE.csv` or choose widths the table has"
+            )
         return self.latencies[key, choice]
 
     def lacks(self, layer: LayerInfo) -> str:
-        return f"latency table {self.path} has no row for layer {layer.name} ({layer_key(layer, self.batch).describe()})"
+        return (
+            f"latency table {self.path} has no row for layer {layer.name} ({layer_key(layer, self.batch).describe()})"
+        )
 
     def to_json(self) -> dict:
         return {"source": "table", "spec": self.path, "sha256": self.sha256, "device": self.device, "batch": self.batch}
@@ -203,14 +246,18 @@ def read_latency_table(path: "str | Path", batch: int | None = None) -> LatencyT
     reader = csv.DictReader([line for _, line in lines])
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise MpqError(f"latency table {path} lacks the column(s) {', '.join(missing)}; its header must read {','.join(COLUMNS)}")
+        raise MpqError(
+            f"latency table {path} lacks the column(s) {', '.join(missing)}; its header must read {','.join(COLUMNS)}"
+        )
     latencies: dict[tuple[LayerKey, Choice], float] = {}
     first_line: dict[tuple[LayerKey, Choice], int] = {}
     for (number, _), record in zip(lines[1:], reader):
         where = f"{path} line {number}"
         row = _row(where, record)
         if (row.key, row.choice) in latencies:
-            raise MpqError(f"{where}: {row.key.describe()} at {row.choice.label()} repeats line {first_line[row.key, row.choice]}; give each once")
+            raise MpqError(
+                f"{where}: {row.key.describe()} at {row.choice.label()} repeats line {first_line[row.key, row.choice]}; give each once"
+            )
         latencies[row.key, row.choice] = row.latency_s
         first_line[row.key, row.choice] = number
     if not latencies:
@@ -220,5 +267,7 @@ def read_latency_table(path: "str | Path", batch: int | None = None) -> LatencyT
         raise MpqError(f"latency table {path} has rows for batches {batches}: choose one with --latency-batch")
     chosen = batches[0] if batch is None else batch
     if chosen not in batches:
-        raise MpqError(f"latency table {path} has no rows for batch {chosen} (it has {batches}): profile at that batch or choose one of those")
+        raise MpqError(
+            f"latency table {path} has no rows for batch {chosen} (it has {batches}): profile at that batch or choose one of those"
+        )
     return LatencyTable(str(path), device, chosen, latencies, hashlib.sha256(path.read_bytes()).hexdigest())

@@ -73,7 +73,9 @@ def layer_bops(layer: LayerInfo, choice: Choice) -> float:
     return float(layer.macs * choice.weight_bits * (choice.act_bits or FLOAT_BITS))
 
 
-def layer_costs(layer: LayerInfo, choice: Choice, latency=None, group_size: int | None = None, weights: int | None = None) -> dict[str, float]:
+def layer_costs(
+    layer: LayerInfo, choice: Choice, latency=None, group_size: int | None = None, weights: int | None = None
+) -> dict[str, float]:
     """All modelled costs of a choice, by budget kind; latency_s too when a latency model (mpq.cost.latency) is given;
     bits_per_weight (the layer's share: its code and scale bits over `weights`, all the quantized layers' weights) when
     `weights` is given."""
@@ -85,7 +87,9 @@ def layer_costs(layer: LayerInfo, choice: Choice, latency=None, group_size: int 
     return costs
 
 
-def model_costs(layers: list[LayerInfo], choices: dict[str, Choice], float_bytes: int, latency=None, group_size: int | None = None) -> dict[str, float]:
+def model_costs(
+    layers: list[LayerInfo], choices: dict[str, Choice], float_bytes: int, latency=None, group_size: int | None = None
+) -> dict[str, float]:
     """Costs of the whole model under one choice per layer (latency: the sum over its quantizable layers;
     bits_per_weight: the code and scale bits of all layers over their weights, one exact division)."""
     totals = {"size_bytes": float(float_bytes), "bops": 0.0} | ({"latency_s": 0.0} if latency is not None else {})
@@ -93,5 +97,7 @@ def model_costs(layers: list[LayerInfo], choices: dict[str, Choice], float_bytes
         for kind, value in layer_costs(layer, choices[layer.name], latency, group_size).items():
             totals[kind] += value
     if layers:
-        totals["bits_per_weight"] = per_weight(sum(layer_weight_bits(x, choices[x.name], group_size) for x in layers), layers)
+        totals["bits_per_weight"] = per_weight(
+            sum(layer_weight_bits(x, choices[x.name], group_size) for x in layers), layers
+        )
     return totals

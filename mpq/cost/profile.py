@@ -55,7 +55,9 @@ def _fp32(module: nn.Module, layer: LayerInfo, x: torch.Tensor) -> Callable[[], 
 def _quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     """Symmetric per-output-channel int8 codes as a torch quantized tensor."""
     scales = (weight.detach().abs().flatten(1).amax(dim=1) / 127).clamp(min=1e-8).double()
-    return torch.quantize_per_channel(weight.detach(), scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+    return torch.quantize_per_channel(
+        weight.detach(), scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8
+    )
 
 
 def _quint8(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,9 @@ def _conv_padding(module: nn.Module, layer: LayerInfo) -> tuple[tuple[int, ...],
     for size_in, size_out, kernel, stride, dilation in dims:
         total = (size_out - 1) * stride + dilation * (kernel - 1) + 1 - size_in
         if total < 0:
-            raise ValueError(f"cannot match the output size {size_out} from input {size_in} with kernel {kernel}, stride {stride}")
+            raise ValueError(
+                f"cannot match the output size {size_out} from input {size_in} with kernel {kernel}, stride {stride}"
+            )
         padding.append(total // 2)
         extra.append(total % 2)
     return tuple(padding), [v for e in reversed(extra) for v in (0, e)]
@@ -94,8 +98,16 @@ def _int8_static(module: nn.Module, layer: LayerInfo, x: torch.Tensor) -> Callab
     elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
         padding, extra = _conv_padding(module, layer)
         cls = nnq.Conv1d if isinstance(module, nn.Conv1d) else nnq.Conv2d
-        quantized = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, padding,
-                        module.dilation, module.groups, module.bias is not None)
+        quantized = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+        )
         x_in = torch.nn.functional.pad(x, extra) if any(extra) else x
         if x_in.dim() == 4:  # NHWC is the quantized engines' own layout; NCHW would be converted on every call
             x_in = x_in.contiguous(memory_format=torch.channels_last)
@@ -229,7 +241,11 @@ class ProfileResult:
     seconds: float = 0.0
 
     def comments(self, command: str) -> list[str]:
-        return [f"device: {self.device}", f"measured by: {command}", "latency_s: median wall time of one call, eager PyTorch"]
+        return [
+            f"device: {self.device}",
+            f"measured by: {command}",
+            "latency_s: median wall time of one call, eager PyTorch",
+        ]
 
     def covered(self, choice: Choice) -> list[LayerInfo]:
         keys = {r.key for r in self.rows if r.choice == choice}
@@ -237,12 +253,32 @@ class ProfileResult:
 
     def to_json(self) -> dict:
         """What `mpq profile --json` prints: the device, the batch, every row (as in the CSV table) and the failures."""
-        rows = [{**asdict(r.key), "weight_bits": r.choice.weight_bits, "act_bits": r.choice.act_bits, "latency_s": r.latency_s, "backend": r.backend} for r in self.rows]
-        return {"device": self.device, "batch": self.batch, "seconds": self.seconds, "model_fp32_s": self.model_fp32_s, "rows": rows, "failures": self.failures}
+        rows = [
+            {
+                **asdict(r.key),
+                "weight_bits": r.choice.weight_bits,
+                "act_bits": r.choice.act_bits,
+                "latency_s": r.latency_s,
+                "backend": r.backend,
+            }
+            for r in self.rows
+        ]
+        return {
+            "device": self.device,
+            "batch": self.batch,
+            "seconds": self.seconds,
+            "model_fp32_s": self.model_fp32_s,
+            "rows": rows,
+            "failures": self.failures,
+        }
 
     def summary(self) -> str:
-        lines = [f"device: {self.device}; batch {self.batch}; {len(self.rows)} rows; profiling took {self.seconds:.1f} s", "",
-                 "| widths | kernels (rows per kernel) | layers covered | sum over the model's layers |", "|---|---|---:|---:|"]
+        lines = [
+            f"device: {self.device}; batch {self.batch}; {len(self.rows)} rows; profiling took {self.seconds:.1f} s",
+            "",
+            "| widths | kernels (rows per kernel) | layers covered | sum over the model's layers |",
+            "|---|---|---:|---:|",
+        ]
         latency = {(r.key, r.choice): r.latency_s for r in self.rows}
         for choice in dict.fromkeys(k.choice for k in kernels()):
             covered = self.covered(choice)
@@ -251,13 +287,20 @@ class ProfileResult:
             names = ", ".join(f"{name} ({count})" for name, count in used.items()) or "-"
             names += " (Linear layers only)" if any(k.linear_only for k in kernels() if k.choice == choice) else ""
             label = "FP32" if choice.weight_bits == FLOAT_WIDTH else choice.label()
-            lines.append(f"| {label} | {names} | {len(covered)} of {len(self.layers)} | {f'{total * 1e3:.3f} ms' if covered else '-'} |")
-        lines += ["", f"whole FP32 model forward at batch {self.batch}: {self.model_fp32_s * 1e3:.3f} ms (the table has its "
-                  "quantizable layers only; activations, pooling, additions are not in it)"]
+            lines.append(
+                f"| {label} | {names} | {len(covered)} of {len(self.layers)} | {f'{total * 1e3:.3f} ms' if covered else '-'} |"
+            )
+        lines += [
+            "",
+            f"whole FP32 model forward at batch {self.batch}: {self.model_fp32_s * 1e3:.3f} ms (the table has its "
+            "quantizable layers only; activations, pooling, additions are not in it)",
+        ]
         for name, reasons in self.failures.items():
             example, reason = next(iter(reasons.items()))
             lines.append(f"{name}: no rows for {len(reasons)} layer(s), e.g. {example}: {reason}")
-        lines.append("other widths (2-7-bit weights with quantized inputs, sub-8-bit inputs) have no native kernel here: no rows")
+        lines.append(
+            "other widths (2-7-bit weights with quantized inputs, sub-8-bit inputs) have no native kernel here: no rows"
+        )
         return "\n".join(lines)
 
 
@@ -275,7 +318,13 @@ def _distinct_layers(prepared: PreparedModel, batch: int) -> dict[LayerKey, tupl
     return distinct
 
 
-def profile_prepared(prepared: PreparedModel, batch: int = 1, repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, example: torch.Tensor | None = None) -> ProfileResult:
+def profile_prepared(
+    prepared: PreparedModel,
+    batch: int = 1,
+    repeats: int = DEFAULT_REPEATS,
+    warmup: int = DEFAULT_WARMUP,
+    example: torch.Tensor | None = None,
+) -> ProfileResult:
     """Time every distinct layer of the (BatchNorm-folded) model with every kernel that runs it here.
 
     `example`: one real input sample, repeated to `batch` for the whole-model FP32 time (none: not timed).
@@ -285,7 +334,9 @@ def profile_prepared(prepared: PreparedModel, batch: int = 1, repeats: int = DEF
     distinct = _distinct_layers(prepared, batch)
     fastest: dict[tuple[LayerKey, Choice], LatencyRow] = {}
     failures: dict[str, dict[str, str]] = {}
-    inputs = {key: torch.randn((batch, *layer.input_shape), generator=generator) for key, (layer, _) in distinct.items()}
+    inputs = {
+        key: torch.randn((batch, *layer.input_shape), generator=generator) for key, (layer, _) in distinct.items()
+    }
     with warnings.catch_warnings():  # torch.ao warns that quantized tensors are deprecated
         warnings.simplefilter("ignore", UserWarning)
         for kernel in kernels():
@@ -309,7 +360,9 @@ def profile_prepared(prepared: PreparedModel, batch: int = 1, repeats: int = DEF
         with module_calls_visible():
             model_fp32_s = median_seconds(lambda: prepared.folded(x), repeats, warmup)
     device = f"{cpu_name()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
-    return ProfileResult(rows, list(prepared.graph.layers), batch, device, failures, model_fp32_s, time.perf_counter() - start)
+    return ProfileResult(
+        rows, list(prepared.graph.layers), batch, device, failures, model_fp32_s, time.perf_counter() - start
+    )
 
 
 def write_profile(result: ProfileResult, path: "str | Path", command: str) -> None:

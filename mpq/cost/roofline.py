@@ -72,8 +72,16 @@ def shipped_devices() -> list[str]:
 
 def _positive(where: str, data: dict, key: str, allow_zero: bool = False) -> float:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise MpqError(f"{where}: {key} must be a positive number" + (" or 0" if allow_zero else "") + f", not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        raise MpqError(
+            f"{where}: {key} must be a positive number" + (" or 0" if allow_zero else "") + f", not {value!r}"
+        )
     return float(value)
 
 
@@ -84,7 +92,12 @@ def _kernel(where: str, data: dict) -> Kernel:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= FLOAT_BITS:
             raise MpqError(f"{where}: {key} must be a width from 1 to 32 (32 = float), not {value!r}")
         bits[key] = value
-    return Kernel(str(data.get("name", f"W{bits['weight_bits']}A{bits['act_bits']}")), bits["weight_bits"], bits["act_bits"], _positive(where, data, "ops_per_s"))
+    return Kernel(
+        str(data.get("name", f"W{bits['weight_bits']}A{bits['act_bits']}")),
+        bits["weight_bits"],
+        bits["act_bits"],
+        _positive(where, data, "ops_per_s"),
+    )
 
 
 def load_device(path: "str | Path") -> DeviceSpec:
@@ -102,7 +115,9 @@ def load_device(path: "str | Path") -> DeviceSpec:
     return DeviceSpec(
         name=str(data.get("name", path.stem)),
         memory_bandwidth_bytes_per_s=_positive(str(path), data, "memory_bandwidth_bytes_per_s"),
-        layer_overhead_s=_positive(str(path), {"layer_overhead_s": data.get("layer_overhead_s", 0.0)}, "layer_overhead_s", allow_zero=True),
+        layer_overhead_s=_positive(
+            str(path), {"layer_overhead_s": data.get("layer_overhead_s", 0.0)}, "layer_overhead_s", allow_zero=True
+        ),
         kernels=tuple(_kernel(f"{path} kernel {i + 1}", k) for i, k in enumerate(kernels)),
         source=str(data.get("source", "")),
         description=str(data.get("description", "")),
@@ -115,7 +130,9 @@ def roofline_bytes(layer: LayerInfo, choice: Choice, batch: int) -> int:
     if layer.kind == "embedding":
         return math.ceil(batch * out * choice.weight_bits / 8) + batch * out * 4
     act = choice.act_bits or FLOAT_BITS
-    return math.ceil(layer.params * choice.weight_bits / 8) + math.ceil(batch * (math.prod(layer.input_shape) + out) * act / 8)
+    return math.ceil(layer.params * choice.weight_bits / 8) + math.ceil(
+        batch * (math.prod(layer.input_shape) + out) * act / 8
+    )
 
 
 @dataclass
@@ -138,11 +155,18 @@ class Roofline:
         return max(compute, memory) + self.device.layer_overhead_s
 
     def lacks(self, layer: LayerInfo) -> str:
-        widths = ", ".join(f"W{k.weight_bits}A{k.act_bits if k.act_bits < FLOAT_BITS else 'f'}" for k in self.device.kernels)
+        widths = ", ".join(
+            f"W{k.weight_bits}A{k.act_bits if k.act_bits < FLOAT_BITS else 'f'}" for k in self.device.kernels
+        )
         return f"device {self.device.name} has no kernel for layer {layer.name}'s candidate widths (its kernels hold up to {widths})"
 
     def to_json(self) -> dict:
-        return {"source": "roofline", "spec": self.spec or self.device.name, "device": self.device.name, "batch": self.batch}
+        return {
+            "source": "roofline",
+            "spec": self.spec or self.device.name,
+            "device": self.device.name,
+            "batch": self.batch,
+        }
 
     def describe(self) -> str:
         return f"roofline of {self.device.name}, batch {self.batch}"

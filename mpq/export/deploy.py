@@ -36,13 +36,24 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        lines = [f"wrote {self.path} ({self.format}): {self.file_bytes:,} bytes on disk; the plan counts {self.counted_bytes:,} bytes"]
+        lines = [
+            f"wrote {self.path} ({self.format}): {self.file_bytes:,} bytes on disk; the plan counts {self.counted_bytes:,} bytes"
+        ]
         return "\n".join(lines + list(self.notes))
 
 
 def export_plan(
-    model, plan: Plan, data, path: "str | Path", *, format: str = "packed", batch_size: int = 25, cache_dir=None, quantizer: "str | Quantizer | None" = None,
-    device=None, eval_split: float = EVAL_SPLIT,
+    model,
+    plan: Plan,
+    data,
+    path: "str | Path",
+    *,
+    format: str = "packed",
+    batch_size: int = 25,
+    cache_dir=None,
+    quantizer: "str | Quantizer | None" = None,
+    device=None,
+    eval_split: float = EVAL_SPLIT,
 ) -> ExportResult:
     """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify) on `device` (as in mpq.verify; None:
@@ -51,7 +62,9 @@ def export_plan(
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     if format == "onnx" and plan.group_size is not None:
-        raise MpqError(f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao")
+        raise MpqError(
+            f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao"
+        )
     data = as_dataset(data)  # the packed file and ONNX record its input shape
     prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device, eval_split)
     path = Path(path)
@@ -60,7 +73,9 @@ def export_plan(
 
         stored = save_packed(packed, path, prepared.fingerprint, ModelInputs.of(prepared, data))
         note = f"container overhead {stored.header_bytes:,} bytes (header); tensors {stored.tensor_bytes:,} bytes"
-        return ExportResult(format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes)))
+        return ExportResult(
+            format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes))
+        )
     if format == "onnx":
         from mpq.export.onnx_qdq import export_onnx
 
@@ -76,4 +91,7 @@ def export_plan(
 
 def _over_budget(plan: Plan, file_bytes: int) -> tuple[str, ...]:
     limits = [b for b in plan.budgets if b.kind == "size_bytes" and file_bytes > b.limit]
-    return tuple(f"note: the file exceeds the {b.text} budget by {math.ceil(file_bytes - b.limit):,} bytes of header; search with a budget that much smaller" for b in limits)
+    return tuple(
+        f"note: the file exceeds the {b.text} budget by {math.ceil(file_bytes - b.limit):,} bytes of header; search with a budget that much smaller"
+        for b in limits
+    )

@@ -71,8 +71,15 @@ def _export_float(model: nn.Module, example: torch.Tensor):
     # no constant folding: an nn.Linear on a [batch, positions, features] input exports as Transpose(weight) ->
     # MatMul, and folding would replace its `<module name>.weight` initializer by an unnamed transposed copy
     torch.onnx.export(
-        model, example, buffer, dynamo=False, opset_version=EXPORT_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes=axes, do_constant_folding=False,
+        model,
+        example,
+        buffer,
+        dynamo=False,
+        opset_version=EXPORT_OPSET,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes=axes,
+        do_constant_folding=False,
     )
     return onnx.load_from_string(buffer.getvalue())
 
@@ -94,7 +101,9 @@ def _int_tensor(name: str, values: np.ndarray, bits: int):
     per_byte = 8 // storage
     padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
     padded[: flat.size] = flat.astype(np.uint8) & ((1 << storage) - 1)
-    raw = (padded.reshape(-1, per_byte).astype(np.uint16) << (storage * np.arange(per_byte, dtype=np.uint16))).sum(axis=1)
+    raw = (padded.reshape(-1, per_byte).astype(np.uint16) << (storage * np.arange(per_byte, dtype=np.uint16))).sum(
+        axis=1
+    )
     return helper.make_tensor(name, elem, list(values.shape), raw.astype(np.uint8).tobytes(), raw=True)
 
 
@@ -107,7 +116,13 @@ def _weight_nodes(layer: str, codes: np.ndarray, scale: np.ndarray, bits: int) -
         numpy_helper.from_array(scale.astype(np.float32), f"{layer}.weight_scale"),
         _int_tensor(f"{layer}.weight_zero_point", np.zeros(codes.shape[0], dtype=np.int8), bits),
     ]
-    node = helper.make_node("DequantizeLinear", [i.name for i in inits], [f"{layer}.weight_dq"], name=f"{layer}/weight/DequantizeLinear", axis=0)
+    node = helper.make_node(
+        "DequantizeLinear",
+        [i.name for i in inits],
+        [f"{layer}.weight_dq"],
+        name=f"{layer}/weight/DequantizeLinear",
+        axis=0,
+    )
     return inits, [node], node.output[0]
 
 
@@ -119,14 +134,28 @@ def _input_codes(layer: str, source: str, scale: float, zero_point: int, bits: i
         numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{layer}.input_scale"),
         helper.make_tensor(f"{layer}.input_zero_point", TensorProto.UINT8, [], [zero_point]),
     ]
-    nodes = [helper.make_node("QuantizeLinear", [source, inits[0].name, inits[1].name], [f"{layer}.input_q"], name=f"{layer}/input/QuantizeLinear")]
+    nodes = [
+        helper.make_node(
+            "QuantizeLinear",
+            [source, inits[0].name, inits[1].name],
+            [f"{layer}.input_q"],
+            name=f"{layer}/input/QuantizeLinear",
+        )
+    ]
     codes = nodes[0].output[0]
     if bits < 8:
         inits += [
             helper.make_tensor(f"{layer}.input_qmin", TensorProto.UINT8, [], [0]),
             helper.make_tensor(f"{layer}.input_qmax", TensorProto.UINT8, [], [2**bits - 1]),
         ]
-        nodes.append(helper.make_node("Clip", [codes, f"{layer}.input_qmin", f"{layer}.input_qmax"], [f"{layer}.input_q_narrow"], name=f"{layer}/input/Clip"))
+        nodes.append(
+            helper.make_node(
+                "Clip",
+                [codes, f"{layer}.input_qmin", f"{layer}.input_qmax"],
+                [f"{layer}.input_q_narrow"],
+                name=f"{layer}/input/Clip",
+            )
+        )
         codes = nodes[-1].output[0]
     return inits, nodes, codes
 
@@ -141,30 +170,50 @@ def _integer_layer_nodes(node, layer: str, codes: np.ndarray, packed: PackedMode
     inits.append(_int_tensor(f"{layer}.weight_codes", codes, meta["weight_bits"]))
     weight = inits[-1].name
     if _storage_bits(meta["weight_bits"]) < 8:
-        nodes.append(helper.make_node("Cast", [weight], [f"{layer}.weight_int8"], name=f"{layer}/weight/Cast", to=TensorProto.INT8))
+        nodes.append(
+            helper.make_node(
+                "Cast", [weight], [f"{layer}.weight_int8"], name=f"{layer}/weight/Cast", to=TensorProto.INT8
+            )
+        )
         weight = nodes[-1].output[0]
     acc = f"{layer}.accumulator"
     if node.op_type == "Conv":
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        nodes.append(helper.make_node("ConvInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/ConvInteger", **attributes))
+        nodes.append(
+            helper.make_node(
+                "ConvInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/ConvInteger", **attributes
+            )
+        )
         channel_shape = [1, codes.shape[0]] + [1] * (codes.ndim - 2)
     else:
         gemm = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if gemm.get("transA", 0) or gemm.get("alpha", 1.0) != 1.0 or gemm.get("beta", 1.0) != 1.0:
-            raise RuntimeError(f"layer {layer}: the exported Gemm has transA/alpha/beta set; cannot rewrite it in integers")
+            raise RuntimeError(
+                f"layer {layer}: the exported Gemm has transA/alpha/beta set; cannot rewrite it in integers"
+            )
         if gemm.get("transB", 0) or node.op_type == "MatMul":
-            nodes.append(helper.make_node("Transpose", [weight], [f"{layer}.weight_t"], name=f"{layer}/weight/Transpose", perm=[1, 0]))
+            nodes.append(
+                helper.make_node(
+                    "Transpose", [weight], [f"{layer}.weight_t"], name=f"{layer}/weight/Transpose", perm=[1, 0]
+                )
+            )
             weight = nodes[-1].output[0]
-        nodes.append(helper.make_node("MatMulInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/MatMulInteger"))
+        nodes.append(
+            helper.make_node("MatMulInteger", [q, weight, inits[1].name], [acc], name=f"{layer}/MatMulInteger")
+        )
         channel_shape = [codes.shape[0]]
     scale = combined_scale(params, packed.tensors[f"{layer}.weight_scale"]).numpy().reshape(channel_shape)
     inits.append(numpy_helper.from_array(scale, f"{layer}.output_scale"))
-    nodes.append(helper.make_node("Cast", [acc], [f"{layer}.accumulator_float"], name=f"{layer}/Cast", to=TensorProto.FLOAT))
+    nodes.append(
+        helper.make_node("Cast", [acc], [f"{layer}.accumulator_float"], name=f"{layer}/Cast", to=TensorProto.FLOAT)
+    )
     bias = packed.tensors.get(f"{layer}.bias") if node.op_type != "MatMul" else None
     scaled = node.output[0] if bias is None else f"{layer}.scaled"
     nodes.append(helper.make_node("Mul", [f"{layer}.accumulator_float", inits[-1].name], [scaled], name=f"{layer}/Mul"))
     if bias is not None:
-        inits.append(numpy_helper.from_array(bias.numpy().astype(np.float32).reshape(channel_shape), f"{layer}.output_bias"))
+        inits.append(
+            numpy_helper.from_array(bias.numpy().astype(np.float32).reshape(channel_shape), f"{layer}.output_bias")
+        )
         nodes.append(helper.make_node("Add", [scaled, inits[-1].name], [node.output[0]], name=f"{layer}/Add"))
     return inits, nodes
 
@@ -178,24 +227,34 @@ def _layer_of(node, by_weight: dict[str, str], transposed: dict[str, str]) -> st
     return None
 
 
-def _patched(node, by_weight: dict[str, str], transposed: dict[str, str], packed: PackedModel, act_params) -> tuple[list, list]:
+def _patched(
+    node, by_weight: dict[str, str], transposed: dict[str, str], packed: PackedModel, act_params
+) -> tuple[list, list]:
     """The initializers and nodes that replace `node`: itself when it computes no quantized layer."""
-    if node.op_type == "Transpose" and node.input and node.input[0] in by_weight:  # a Linear's weight on its way to MatMul
+    if (
+        node.op_type == "Transpose" and node.input and node.input[0] in by_weight
+    ):  # a Linear's weight on its way to MatMul
         layer = by_weight[node.input[0]]
         if layer in act_params:
             return [], []  # MatMulInteger transposes the codes itself
         meta = packed.layers[layer]
         codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()
-        inits, nodes, node.input[0] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
+        inits, nodes, node.input[0] = _weight_nodes(
+            layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"]
+        )
         return inits, nodes + [node]
     layer = _layer_of(node, by_weight, transposed)
     if layer is None or (node.op_type == "MatMul" and layer not in act_params):
         return [], [node]
     meta = packed.layers[layer]
-    codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()  # per-channel widths: all fit the widest
+    codes = unpack_codes(
+        packed.tensors[f"{layer}.weight_codes"], meta
+    ).numpy()  # per-channel widths: all fit the widest
     if layer in act_params:
         return _integer_layer_nodes(node, layer, codes, packed, act_params[layer])
-    inits, nodes, node.input[1] = _weight_nodes(layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"])
+    inits, nodes, node.input[1] = _weight_nodes(
+        layer, codes, packed.tensors[f"{layer}.weight_scale"].numpy(), meta["weight_bits"]
+    )
     return inits, nodes + [node]
 
 
@@ -204,7 +263,9 @@ def _weight_names(model: nn.Module, layer: str) -> list[str]:
     return [f"{module}.weight" for module in (layer, *tied_modules(model, layer))]
 
 
-def _dequantized_for_other_readers(nodes: list, inits: list, float_weights: set[str], by_weight: dict[str, str], packed: PackedModel) -> tuple[list, list]:
+def _dequantized_for_other_readers(
+    nodes: list, inits: list, float_weights: set[str], by_weight: dict[str, str], packed: PackedModel
+) -> tuple[list, list]:
     """DequantizeLinear nodes for the nodes that still read a quantized layer's float weight (a Gather of an
     embedding tied to an LM head: it reads the quantized weight, as in the evaluator), those nodes rewired to them."""
     from onnx import helper, numpy_helper
@@ -219,13 +280,26 @@ def _dequantized_for_other_readers(nodes: list, inits: list, float_weights: set[
             codes = unpack_codes(packed.tensors[f"{layer}.weight_codes"], meta).numpy()
             if f"{layer}.weight_codes" not in existing:
                 new_inits.append(_int_tensor(f"{layer}.weight_codes", codes, meta["weight_bits"]))
-            new_inits.append(numpy_helper.from_array(packed.tensors[f"{layer}.weight_scale"].numpy().astype(np.float32), f"{layer}.shared_weight_scale"))
-            new_inits.append(_int_tensor(f"{layer}.shared_weight_zero_point", np.zeros(codes.shape[0], dtype=np.int8), meta["weight_bits"]))
+            new_inits.append(
+                numpy_helper.from_array(
+                    packed.tensors[f"{layer}.weight_scale"].numpy().astype(np.float32), f"{layer}.shared_weight_scale"
+                )
+            )
+            new_inits.append(
+                _int_tensor(
+                    f"{layer}.shared_weight_zero_point", np.zeros(codes.shape[0], dtype=np.int8), meta["weight_bits"]
+                )
+            )
             outputs[layer] = f"{layer}.shared_weight_dq"
-            new_nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{layer}.weight_codes", f"{layer}.shared_weight_scale", f"{layer}.shared_weight_zero_point"], [outputs[layer]],
-                name=f"{layer}/shared_weight/DequantizeLinear", axis=0,
-            ))
+            new_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{layer}.weight_codes", f"{layer}.shared_weight_scale", f"{layer}.shared_weight_zero_point"],
+                    [outputs[layer]],
+                    name=f"{layer}/shared_weight/DequantizeLinear",
+                    axis=0,
+                )
+            )
         node.input[i] = outputs[layer]
     return new_inits, new_nodes
 
@@ -237,16 +311,24 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
 
     for name, meta in packed.layers.items():
         if meta["weight_bits"] > 8 or (meta["act_bits"] or 0) > 8:
-            raise MpqError(f"layer {name} is wider than 8 bits, which ONNX QDQ cannot carry; make the plan with widths up to 8")
+            raise MpqError(
+                f"layer {name} is wider than 8 bits, which ONNX QDQ cannot carry; make the plan with widths up to 8"
+            )
     embeddings = [n for n in packed.layers if isinstance(folded.get_submodule(n), nn.Embedding)]
     if embeddings:
-        raise MpqError(f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without --quantize-embeddings")
+        raise MpqError(
+            f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without --quantize-embeddings"
+        )
     rebuilt, act_params = unpack_model(folded, packed)
     model = _export_float(rebuilt.eval().cpu(), example.cpu())  # traced on the CPU, whatever device the model ran on
     graph = model.graph
     by_weight = {name: layer for layer in packed.layers for name in _weight_names(rebuilt, layer)}
     float_weights = {init.name for init in graph.initializer if init.name in by_weight}
-    transposed = {n.output[0]: by_weight[n.input[0]] for n in graph.node if n.op_type == "Transpose" and n.input and n.input[0] in by_weight}
+    transposed = {
+        n.output[0]: by_weight[n.input[0]]
+        for n in graph.node
+        if n.op_type == "Transpose" and n.input and n.input[0] in by_weight
+    }
     new_inits, new_nodes = [], []
     for node in graph.node:
         inits, nodes = _patched(node, by_weight, transposed, packed, act_params)
@@ -287,5 +369,7 @@ def run_onnx(path: "str | Path", x: torch.Tensor, batch_size: int = 25) -> torch
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)]
+    outputs = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size].numpy()})[0] for i in range(0, len(x), batch_size)
+    ]
     return torch.from_numpy(np.concatenate(outputs))

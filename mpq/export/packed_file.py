@@ -45,7 +45,20 @@ FORMAT = "mpq.packed/1"
 MAGIC = b"MPQPACK1"
 PREFIX_BYTES = len(MAGIC) + 4
 EXAMPLE_BATCH = 2
-DTYPES = {str(d).removeprefix("torch."): d for d in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -61,18 +74,36 @@ class ModelInputs:
     @classmethod
     def of(cls, prepared: PreparedModel, data: Dataset) -> "ModelInputs":
         adapted = isinstance(prepared.original, ModelAdapter)
-        return cls(tuple(data.x.shape[1:]), str(data.x.dtype).removeprefix("torch."), prepared.input_names, prepared.outputs if adapted else None)
+        return cls(
+            tuple(data.x.shape[1:]),
+            str(data.x.dtype).removeprefix("torch."),
+            prepared.input_names,
+            prepared.outputs if adapted else None,
+        )
 
     def to_json(self) -> dict:
-        adapter = {"adapter": {"input_names": list(self.input_names), "outputs": self.outputs.to_json()}} if self.outputs is not None else {}
-        return {"input_shape": list(self.shape)} | ({"input_dtype": self.dtype} if self.dtype != "float32" else {}) | adapter
+        adapter = (
+            {"adapter": {"input_names": list(self.input_names), "outputs": self.outputs.to_json()}}
+            if self.outputs is not None
+            else {}
+        )
+        return (
+            {"input_shape": list(self.shape)}
+            | ({"input_dtype": self.dtype} if self.dtype != "float32" else {})
+            | adapter
+        )
 
     @classmethod
     def from_json(cls, header: dict) -> "ModelInputs":
         adapter = header.get("adapter")
         if adapter is None:
             return cls(tuple(header["input_shape"]), header.get("input_dtype", "float32"))
-        return cls(tuple(header["input_shape"]), header.get("input_dtype", "float32"), tuple(adapter["input_names"]), Outputs(**adapter["outputs"]))
+        return cls(
+            tuple(header["input_shape"]),
+            header.get("input_dtype", "float32"),
+            tuple(adapter["input_names"]),
+            Outputs(**adapter["outputs"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -135,7 +166,11 @@ def _decode_tensors(data: bytes, offset: int, entries: list) -> dict[str, torch.
         chunk = bytearray(data[offset : offset + size])
         if len(chunk) != size:
             raise ValueError(f"tensor {name} is cut short")
-        tensors[name] = torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
+        tensors[name] = (
+            torch.frombuffer(chunk, dtype=torch.uint8).view(dtype).reshape(shape)
+            if size
+            else torch.empty(shape, dtype=dtype)
+        )
         offset += size
     if offset != len(data):
         raise ValueError(f"{len(data) - offset} bytes follow the last tensor")
@@ -148,15 +183,21 @@ def read_packed(path: "str | Path") -> PackedFile:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise MpqError(f"cannot read packed file {path}: {exc.strerror}; write one with `mpq export PLAN --format packed`") from None
+        raise MpqError(
+            f"cannot read packed file {path}: {exc.strerror}; write one with `mpq export PLAN --format packed`"
+        ) from None
     if data[: len(MAGIC)] != MAGIC:
-        raise MpqError(f"{path} is not an mpq packed export (it does not start with {MAGIC!r}); export it again with `mpq export`")
+        raise MpqError(
+            f"{path} is not an mpq packed export (it does not start with {MAGIC!r}); export it again with `mpq export`"
+        )
     try:
         (length,) = struct.unpack("<I", data[len(MAGIC) : PREFIX_BYTES])
         header = json.loads(zlib.decompress(data[PREFIX_BYTES : PREFIX_BYTES + length]))
         tensors = _decode_tensors(data, PREFIX_BYTES + length, header["tensors"])
         packed = PackedModel(tensors=tensors, layers=header["layers"])
-        return PackedFile(packed, header["model_fingerprint"], ModelInputs.from_json(header), len(data), PREFIX_BYTES + length)
+        return PackedFile(
+            packed, header["model_fingerprint"], ModelInputs.from_json(header), len(data), PREFIX_BYTES + length
+        )
     except (struct.error, zlib.error, ValueError, KeyError, TypeError) as exc:
         raise MpqError(f"{path} is a damaged mpq packed export ({exc}); export it again with `mpq export`") from None
 
@@ -172,7 +213,11 @@ def load_packed(path: "str | Path", model: nn.Module) -> nn.Module:
     inputs = stored.inputs
     model = restore(model, inputs.input_names, inputs.outputs)  # wrapped as it was when the plan was applied
     if model_fingerprint(model) != stored.model_fingerprint:
-        raise MpqError(f"{path} was exported from another model (its fingerprint differs): export the plan for this model")
-    example = torch.zeros((EXAMPLE_BATCH, *inputs.shape), dtype=DTYPES.get(inputs.dtype, torch.float32), device=model_device(model))
+        raise MpqError(
+            f"{path} was exported from another model (its fingerprint differs): export the plan for this model"
+        )
+    example = torch.zeros(
+        (EXAMPLE_BATCH, *inputs.shape), dtype=DTYPES.get(inputs.dtype, torch.float32), device=model_device(model)
+    )
     folded, _ = fold_batchnorm(model, example)
     return fake_quant_model(folded, stored.packed)

@@ -62,14 +62,20 @@ def _import_torchao():
 
         from mpq.export import torchao_layers
     except ImportError:
-        raise MpqError("the torchao export needs torchao: pip install torchao (it must not pull another torch)") from None
+        raise MpqError(
+            "the torchao export needs torchao: pip install torchao (it must not pull another torch)"
+        ) from None
     return FqnToConfig, torchao_layers
 
 
 def _encode(tensor: torch.Tensor) -> dict:
     array = tensor.detach().contiguous().numpy()
     dtype = next(name for name, t in DTYPES.items() if array.dtype == t)
-    return {"dtype": dtype, "shape": list(array.shape), "base64": base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii")}
+    return {
+        "dtype": dtype,
+        "shape": list(array.shape),
+        "base64": base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii"),
+    }
 
 
 def _decode(entry: dict) -> torch.Tensor:
@@ -87,8 +93,17 @@ def torchao_file(prepared_folded: nn.Module, packed: PackedModel) -> dict:
     layers = {}
     for name, meta in packed.layers.items():
         tensors = {k: _encode(packed.tensors[f"{name}.{k}"]) for k in LAYER_TENSORS if f"{name}.{k}" in packed.tensors}
-        layers[name] = {"module": type(modules[name]).__name__, **meta, "tensors": tensors, "tied": tied_modules(prepared_folded, name)}  # they read its quantized table, as the evaluator's do
-    return {"schema": SCHEMA, "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)", "layers": layers}
+        layers[name] = {
+            "module": type(modules[name]).__name__,
+            **meta,
+            "tensors": tensors,
+            "tied": tied_modules(prepared_folded, name),
+        }  # they read its quantized table, as the evaluator's do
+    return {
+        "schema": SCHEMA,
+        "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)",
+        "layers": layers,
+    }
 
 
 def _with_tied(configs: dict, layers: dict, untied) -> dict:
@@ -113,7 +128,9 @@ def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "
         "quantize_(model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)"
     ]
     if weight_only:
-        notes.append(f"weight-only: also torchao's own IntxWeightOnlyConfig per module with load_intx_config(path); the module map is {module_map_path(path)}")
+        notes.append(
+            f"weight-only: also torchao's own IntxWeightOnlyConfig per module with load_intx_config(path); the module map is {module_map_path(path)}"
+        )
     return TorchaoExport(Path(path), len(text.encode("utf-8")), tuple(notes))
 
 
@@ -129,10 +146,27 @@ def module_map(prepared_folded: nn.Module, packed: PackedModel) -> dict:
     modules = quantizable_modules(prepared_folded, embeddings=True)
     entries = {}
     for name, meta in packed.layers.items():
-        config = None if meta.get("channel_bits") else intx_config(meta["weight_shape"], meta["weight_bits"], meta.get("group_size"))
-        how = describe(config) if config is not None else "mpq.export.torchao_layers.MpqLayerConfig (mpq's dequantized weight: torchao's blocks cannot hold these groups or widths)"
-        entries[name] = {"module": type(modules[name]).__name__, "weight_bits": meta["weight_bits"], "group_size": meta.get("group_size"), "torchao": how}
-    return {"schema": "mpq.torchao-modules/1", "load": "mpq.export.torchao_config.load_intx_config(<the .torchao.json file>)", "modules": entries}
+        config = (
+            None
+            if meta.get("channel_bits")
+            else intx_config(meta["weight_shape"], meta["weight_bits"], meta.get("group_size"))
+        )
+        how = (
+            describe(config)
+            if config is not None
+            else "mpq.export.torchao_layers.MpqLayerConfig (mpq's dequantized weight: torchao's blocks cannot hold these groups or widths)"
+        )
+        entries[name] = {
+            "module": type(modules[name]).__name__,
+            "weight_bits": meta["weight_bits"],
+            "group_size": meta.get("group_size"),
+            "torchao": how,
+        }
+    return {
+        "schema": "mpq.torchao-modules/1",
+        "load": "mpq.export.torchao_config.load_intx_config(<the .torchao.json file>)",
+        "modules": entries,
+    }
 
 
 def read_torchao_file(path: "str | Path") -> dict[str, dict]:
@@ -175,8 +209,18 @@ def load_torchao_config(path: "str | Path", *, integer: bool = True):
             codes = unpack_codes(tensors["weight_codes"], meta)
             params = None
             if meta["act_bits"]:
-                params = ActQuantParams(float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"]))
-        configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], int(meta["weight_bits"]), tensors.get("bias"), params, integer, meta.get("group_size"))
+                params = ActQuantParams(
+                    float(tensors["input_scale"][0]), int(tensors["input_zero_point"][0]), int(meta["act_bits"])
+                )
+        configs[name] = layers_module.MpqLayerConfig(
+            codes,
+            tensors["weight_scale"],
+            int(meta["weight_bits"]),
+            tensors.get("bias"),
+            params,
+            integer,
+            meta.get("group_size"),
+        )
     return FqnToConfig(_with_tied(configs, layers, lambda c: replace(c, bias=None, input=None)))
 
 
@@ -192,7 +236,9 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
     for name, layer in layers.items():
         meta, tensors = layer["meta"], layer["tensors"]
         if meta["act_bits"]:
-            raise MpqError(f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none")
+            raise MpqError(
+                f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none"
+            )
         with _damaged(path, name):
             codes = unpack_codes(tensors["weight_codes"], meta)
         group, bits, bias = meta.get("group_size"), int(meta["weight_bits"]), tensors.get("bias")
@@ -200,5 +246,7 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
         if config is None:
             configs[name] = layers_module.MpqLayerConfig(codes, tensors["weight_scale"], bits, bias, None, True, group)
         else:
-            configs[name] = torchao_intx.carried(config, codes, tensors["weight_scale"], bias, group) if carry_scales else config
+            configs[name] = (
+                torchao_intx.carried(config, codes, tensors["weight_scale"], bias, group) if carry_scales else config
+            )
     return FqnToConfig(_with_tied(configs, layers, lambda c: replace(c, bias=None) if hasattr(c, "bias") else c))

@@ -58,23 +58,44 @@ class CarriedIntxWeightOnlyConfig(IntxWeightOnlyConfig):
     group_size: int | None = None
 
 
-def carried(config: IntxWeightOnlyConfig, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, group_size: int | None) -> CarriedIntxWeightOnlyConfig:
+def carried(
+    config: IntxWeightOnlyConfig,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int | None,
+) -> CarriedIntxWeightOnlyConfig:
     # intx_choose_qparams_algorithm None: torchao takes the given scale instead of choosing one
     return CarriedIntxWeightOnlyConfig(
-        weight_dtype=config.weight_dtype, granularity=config.granularity, mapping_type=config.mapping_type, intx_choose_qparams_algorithm=None,
-        codes=codes, scale=scale, bias=bias, group_size=group_size,
+        weight_dtype=config.weight_dtype,
+        granularity=config.granularity,
+        mapping_type=config.mapping_type,
+        intx_choose_qparams_algorithm=None,
+        codes=codes,
+        scale=scale,
+        bias=bias,
+        group_size=group_size,
     )
 
 
 def _apply_carried(module: nn.Module, config: CarriedIntxWeightOnlyConfig, parameter_name: str = "weight") -> nn.Module:
     bits = int(str(config.weight_dtype).removeprefix("torch.int"))
     if tuple(config.codes.shape) != tuple(module.weight.shape):
-        raise ValueError(f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}")
+        raise ValueError(
+            f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}"
+        )
     device = module.weight.device  # the file's tensors are read on the CPU; the module may be on a GPU
-    module.weight = nn.Parameter(QuantizedWeight(config.codes.to(device), config.scale.to(device), bits, config.group_size).dequantize(), requires_grad=False)
+    module.weight = nn.Parameter(
+        QuantizedWeight(config.codes.to(device), config.scale.to(device), bits, config.group_size).dequantize(),
+        requires_grad=False,
+    )
     scale = config.scale.to(device, torch.float32).reshape(config.codes.shape[0], -1)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: codes 0 either way, and no 0 * (1 / 0)
-    module = _intx_weight_only_transform(module, config, custom_scale=scale, custom_zero_point=torch.zeros_like(scale, dtype=torch.int8))
+    scale = torch.where(
+        scale > 0, scale, torch.ones_like(scale)
+    )  # an all-zero group: codes 0 either way, and no 0 * (1 / 0)
+    module = _intx_weight_only_transform(
+        module, config, custom_scale=scale, custom_zero_point=torch.zeros_like(scale, dtype=torch.int8)
+    )
     if config.bias is not None:
         module.bias = nn.Parameter(config.bias.to(device, torch.float32).clone(), requires_grad=False)
     return module

@@ -45,7 +45,11 @@ from torchao.quantization.transform_module import register_quantize_module_handl
 from mpq.quant.affine import ActQuantParams, QuantizedWeight
 from mpq.verify.apply import FakeQuantInput, IntegerLayer, combined_scale, exact_accumulator
 
-TORCHAO_TENSOR_MODULES = (nn.Linear, nn.Conv2d, nn.Embedding)  # torchao 0.18 computes with IntxUnpackedToInt8Tensor for these
+TORCHAO_TENSOR_MODULES = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.Embedding,
+)  # torchao 0.18 computes with IntxUnpackedToInt8Tensor for these
 
 
 @dataclass
@@ -75,7 +79,9 @@ def torchao_block(shape: "tuple[int, ...]", group_size: int | None) -> tuple[int
     return (1, group_size) if shape[1] % group_size == 0 else None
 
 
-def torchao_weight(codes: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None = None) -> IntxUnpackedToInt8Tensor | None:
+def torchao_weight(
+    codes: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None = None
+) -> IntxUnpackedToInt8Tensor | None:
     """mpq's codes and scales as torchao's IntxUnpackedToInt8Tensor (symmetric: zero point 0); None where torchao_block is."""
     block = torchao_block(tuple(codes.shape), group_size)
     if block is None:
@@ -83,7 +89,13 @@ def torchao_weight(codes: torch.Tensor, scale: torch.Tensor, bits: int, group_si
     blocks = tuple(size // b for size, b in zip(codes.shape, block))
     scale = scale.to(torch.float32).reshape(blocks)
     return IntxUnpackedToInt8Tensor(
-        codes.to(torch.int8), scale, torch.zeros(blocks, dtype=torch.int8, device=codes.device), getattr(torch, f"int{bits}"), block, torch.float32, None,
+        codes.to(torch.int8),
+        scale,
+        torch.zeros(blocks, dtype=torch.int8, device=codes.device),
+        getattr(torch, f"int{bits}"),
+        block,
+        torch.float32,
+        None,
     )
 
 
@@ -109,7 +121,9 @@ class IntegerExecution:
 
 def _apply(module: nn.Module, config: MpqLayerConfig) -> nn.Module:
     if tuple(config.codes.shape) != tuple(module.weight.shape):
-        raise ValueError(f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}")
+        raise ValueError(
+            f"the exported weight has shape {tuple(config.codes.shape)}, the module's {tuple(module.weight.shape)}"
+        )
     device = module.weight.device  # the file's tensors are read on the CPU; the module may be on a GPU
     codes, scale = config.codes.to(device), config.scale.to(device)
     weight = torchao_weight(codes, scale, config.weight_bits, config.group_size)
@@ -128,7 +142,13 @@ def _apply(module: nn.Module, config: MpqLayerConfig) -> nn.Module:
         else:
             module.register_forward_pre_hook(FakeQuantInput(config.input))
     original = module.extra_repr
-    module.extra_repr = types.MethodType(lambda self: f"{original()}, mpq: int{config.weight_bits} weights" + (f", {config.input.bits}-bit input" if config.input else ""), module)
+    module.extra_repr = types.MethodType(
+        lambda self: (
+            f"{original()}, mpq: int{config.weight_bits} weights"
+            + (f", {config.input.bits}-bit input" if config.input else "")
+        ),
+        module,
+    )
     return module
 
 

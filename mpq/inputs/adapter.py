@@ -78,19 +78,29 @@ def _tensor_of(output, field: str | None) -> torch.Tensor:
 def choose_outputs(model: nn.Module, output, pooling: str | None = None, field: str | None = None) -> Outputs:
     """The Outputs of a model from one forward pass's `output` (a tensor, tuple, dict or ModelOutput)."""
     if field is not None and not isinstance(_tensor_of(output, field), torch.Tensor):
-        raise MpqError(f"the model's output has no tensor {field!r}: name one of {', '.join(_tensor_fields(output)) or 'its fields'}")
+        raise MpqError(
+            f"the model's output has no tensor {field!r}: name one of {', '.join(_tensor_fields(output)) or 'its fields'}"
+        )
     if field is None and not isinstance(output, torch.Tensor):
         field = next((f for f in LOGIT_FIELDS + HIDDEN_FIELDS if isinstance(_field(output, f), torch.Tensor)), None)
         if field is None and not (isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)):
-            raise MpqError(f"the model returns a {type(output).__name__} with no logits or last_hidden_state: return one tensor, or name its field (--model-arg output=NAME)")
+            raise MpqError(
+                f"the model returns a {type(output).__name__} with no logits or last_hidden_state: return one tensor, or name its field (--model-arg output=NAME)"
+            )
     kind = "embeddings" if field in HIDDEN_FIELDS else "logits"
     if pooling not in (None, "none") and kind != "embeddings":
-        raise MpqError(f"pooling={pooling} applies to hidden states (embeddings), but the model returns {field or 'logits'}: drop the pooling")
-    return Outputs(kind=kind, field=field, pooling=pooling or "none", causal_lm=kind == "logits" and is_causal_lm(model))
+        raise MpqError(
+            f"pooling={pooling} applies to hidden states (embeddings), but the model returns {field or 'logits'}: drop the pooling"
+        )
+    return Outputs(
+        kind=kind, field=field, pooling=pooling or "none", causal_lm=kind == "logits" and is_causal_lm(model)
+    )
 
 
 def _tensor_fields(output) -> list[str]:
-    items = output.items() if isinstance(output, Mapping) else vars(output).items() if hasattr(output, "__dict__") else ()
+    items = (
+        output.items() if isinstance(output, Mapping) else vars(output).items() if hasattr(output, "__dict__") else ()
+    )
     return [k for k, v in items if isinstance(v, torch.Tensor)]
 
 
@@ -98,7 +108,12 @@ def is_causal_lm(model: nn.Module) -> bool:
     """A transformers model that generates text from its own logits (GPT-2, LLaMA, ...): not an encoder-decoder."""
     config = getattr(model, "config", None)
     can_generate = getattr(model, "can_generate", None)
-    return bool(callable(can_generate) and can_generate() and config is not None and not getattr(config, "is_encoder_decoder", False))
+    return bool(
+        callable(can_generate)
+        and can_generate()
+        and config is not None
+        and not getattr(config, "is_encoder_decoder", False)
+    )
 
 
 class ModelAdapter(nn.Module):
@@ -109,8 +124,13 @@ class ModelAdapter(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, input_names: tuple[str, ...] | None = None, outputs: Outputs | None = None,
-        pooling: str | None = None, field: str | None = None, folder=None,
+        self,
+        model: nn.Module,
+        input_names: tuple[str, ...] | None = None,
+        outputs: Outputs | None = None,
+        pooling: str | None = None,
+        field: str | None = None,
+        folder=None,
     ) -> None:
         super().__init__()
         object.__setattr__(self, "inner", model)  # not a child: the adapter shares its tree instead
@@ -143,7 +163,11 @@ class ModelAdapter(nn.Module):
         if self.outputs.pooling == "cls" or hidden.dim() < 3:
             return hidden[:, 0] if hidden.dim() == 3 else hidden
         if self.outputs.pooling == "mean":
-            weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if mask is None else mask.to(hidden.dtype)
+            weights = (
+                torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+                if mask is None
+                else mask.to(hidden.dtype)
+            )
             return (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
         return hidden
 
@@ -188,7 +212,11 @@ def is_transformers_model(model: nn.Module) -> bool:
 
 def conv1d_modules(model: nn.Module) -> list[str]:
     """Names of transformers' Conv1D layers (GPT-2's attention and MLP): y = x @ W + b, W shaped [in, out]."""
-    return [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.")]
+    return [
+        name
+        for name, m in model.named_modules()
+        if type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.")
+    ]
 
 
 def as_linear(conv1d: nn.Module) -> nn.Linear:
@@ -230,7 +258,9 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
     pooling = field = folder = None
     if isinstance(model, ModelAdapter):
         if model.input_names is not None and model.input_names != input_names:
-            raise MpqError(f"the model takes inputs {', '.join(model.input_names) or 'x'} but the data holds {', '.join(input_names) or 'one tensor x'}: give data with those inputs")
+            raise MpqError(
+                f"the model takes inputs {', '.join(model.input_names) or 'x'} but the data holds {', '.join(input_names) or 'one tensor x'}: give data with those inputs"
+            )
         if model.complete:
             return model
         pooling, field, folder, model = model.pooling, model.field, model.folder, model.inner

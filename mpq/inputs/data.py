@@ -26,31 +26,47 @@ class Dataset:
     y: torch.Tensor | None = None
     description: str = ""
     input_names: tuple[str, ...] = ()  # several named inputs stacked along dimension 1 of x
-    groups: torch.Tensor | None = None  # per sample, what it was cut from (a photo's views): split by group, never within
+    groups: torch.Tensor | None = (
+        None  # per sample, what it was cut from (a photo's views): split by group, never within
+    )
     held_out_seed: int | None = None  # set on the part mpq.inputs.split.held_out_split held out, with its seed
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
-            raise MpqError(f"data x (and y) must be tensors, not {type(self.x).__name__}: build mpq.Dataset(x=torch.tensor(...), y=...)")
+            raise MpqError(
+                f"data x (and y) must be tensors, not {type(self.x).__name__}: build mpq.Dataset(x=torch.tensor(...), y=...)"
+            )
         if self.x.dim() < 2:
-            raise MpqError(f"data x has shape {tuple(self.x.shape)}: it needs a sample dimension first and at least one feature dimension")
+            raise MpqError(
+                f"data x has shape {tuple(self.x.shape)}: it needs a sample dimension first and at least one feature dimension"
+            )
         if len(self.x) == 0:
-            raise MpqError("the data holds no samples: give at least a few inputs (mpq calibrates and measures on them)")
+            raise MpqError(
+                "the data holds no samples: give at least a few inputs (mpq calibrates and measures on them)"
+            )
         if self.x.is_floating_point() and not torch.isfinite(self.x).all():
             raise MpqError("data x contains NaN or Inf: clean or drop those samples first")
         if self.y is not None:
             if self.y.dim() != 1 or len(self.y) != len(self.x):
-                raise MpqError(f"labels y have shape {tuple(self.y.shape)}: give one integer label per sample ({len(self.x)})")
+                raise MpqError(
+                    f"labels y have shape {tuple(self.y.shape)}: give one integer label per sample ({len(self.x)})"
+                )
             if self.y.is_floating_point() or self.y.dtype == torch.bool or self.y.is_complex():
                 raise MpqError(f"labels y must be integers (class indices), not {self.y.dtype}")
             if len(self.y) and int(self.y.min()) < 0:
-                raise MpqError(f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions")
+                raise MpqError(
+                    f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions"
+                )
             self.y = self.y.long()
         self.input_names = tuple(self.input_names)
-        if self.groups is not None and (not isinstance(self.groups, torch.Tensor) or self.groups.shape != (len(self.x),)):
+        if self.groups is not None and (
+            not isinstance(self.groups, torch.Tensor) or self.groups.shape != (len(self.x),)
+        ):
             raise MpqError(f"data groups must be a tensor of one group id per sample ({len(self.x)})")
         if self.input_names and (self.x.dim() < 2 or self.x.shape[1] != len(self.input_names)):
-            raise MpqError(f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs {', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs")
+            raise MpqError(
+                f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs {', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs"
+            )
 
     def __len__(self) -> int:
         return len(self.x)
@@ -63,14 +79,28 @@ class Dataset:
 
     def subset(self, indices: torch.Tensor, description: str, held_out_seed: int | None = None) -> "Dataset":
         take = lambda t: None if t is None else t[indices.to(t.device)]  # noqa: E731
-        return Dataset(x=self.x[indices], y=take(self.y), description=description, input_names=self.input_names, groups=take(self.groups), held_out_seed=held_out_seed)
+        return Dataset(
+            x=self.x[indices],
+            y=take(self.y),
+            description=description,
+            input_names=self.input_names,
+            groups=take(self.groups),
+            held_out_seed=held_out_seed,
+        )
 
     def to(self, device) -> Dataset:
         """This data with x and y on `device` (itself when they are there already); groups stay on the CPU."""
         if self.x.device == device and (self.y is None or self.y.device == device):
             return self
         y = None if self.y is None else self.y.to(device)
-        return Dataset(x=self.x.to(device), y=y, description=self.description, input_names=self.input_names, groups=self.groups, held_out_seed=self.held_out_seed)
+        return Dataset(
+            x=self.x.to(device),
+            y=y,
+            description=self.description,
+            input_names=self.input_names,
+            groups=self.groups,
+            held_out_seed=self.held_out_seed,
+        )
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -99,15 +129,23 @@ def named_inputs(inputs, source, y: torch.Tensor | None = None) -> Dataset:
         raise MpqError(f"{source} holds no inputs: give x, or named inputs such as input_ids and attention_mask")
     for name, value in inputs.items():
         if not isinstance(value, torch.Tensor):
-            raise MpqError(f"input {name!r} in {source} is a {type(value).__name__}: give every named input as a tensor")
+            raise MpqError(
+                f"input {name!r} in {source} is a {type(value).__name__}: give every named input as a tensor"
+            )
     shapes = {name: tuple(t.shape) for name, t in inputs.items()}
     if len(set(shapes.values())) > 1:
-        raise MpqError(f"the named inputs in {source} differ in shape ({', '.join(f'{n} {s}' for n, s in shapes.items())}): give inputs of one shape, e.g. padded to one length")
+        raise MpqError(
+            f"the named inputs in {source} differ in shape ({', '.join(f'{n} {s}' for n, s in shapes.items())}): give inputs of one shape, e.g. padded to one length"
+        )
     kinds = {t.is_floating_point() for t in inputs.values()}
     if len(kinds) > 1:
-        raise MpqError(f"the named inputs in {source} mix floats and integers: give one kind (token ids and masks as integers)")
+        raise MpqError(
+            f"the named inputs in {source} mix floats and integers: give one kind (token ids and masks as integers)"
+        )
     x = torch.stack([_as_input(t, source) for t in inputs.values()], dim=1)
-    return Dataset(x=x, y=y, description=f"{source} ({len(x)} samples of {', '.join(inputs)})", input_names=tuple(inputs))
+    return Dataset(
+        x=x, y=y, description=f"{source} ({len(x)} samples of {', '.join(inputs)})", input_names=tuple(inputs)
+    )
 
 
 def load_npz(path: Path) -> Dataset:
@@ -115,7 +153,9 @@ def load_npz(path: Path) -> Dataset:
         arrays = np.load(path, allow_pickle=False)
         arrays = {name: arrays[name] for name in arrays.files}
     except Exception as exc:
-        raise MpqError(f"cannot read {path} as a .npz file ({exc}): save it with numpy.savez(path, x=..., y=...)") from None
+        raise MpqError(
+            f"cannot read {path} as a .npz file ({exc}): save it with numpy.savez(path, x=..., y=...)"
+        ) from None
     tensors = {name: _tensor(a, name, path) for name, a in arrays.items()}
     if "x" not in tensors:
         return named_inputs(tensors, path)
@@ -126,7 +166,9 @@ def load_npz(path: Path) -> Dataset:
 def _tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
     """A numeric array as a tensor; MpqError for strings, objects and other kinds torch cannot hold."""
     if array.dtype.kind not in "biuf":
-        raise MpqError(f"array {name} in {path} holds {array.dtype} values: save numbers (floats for inputs, integers for token ids and labels)")
+        raise MpqError(
+            f"array {name} in {path} holds {array.dtype} values: save numbers (floats for inputs, integers for token ids and labels)"
+        )
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -144,7 +186,9 @@ def load_pt(path: Path) -> Dataset:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MpqError(f"cannot read {path} as tensors ({type(exc).__name__}): save it with torch.save({{'x': x, 'y': y}}, path)") from None
+        raise MpqError(
+            f"cannot read {path} as tensors ({type(exc).__name__}): save it with torch.save({{'x': x, 'y': y}}, path)"
+        ) from None
     if isinstance(data, dict) and data and "x" not in data and all(isinstance(k, str) for k in data):
         return named_inputs(data, path)
     if not isinstance(data, dict) or not isinstance(data.get("x"), torch.Tensor):
@@ -166,7 +210,9 @@ def from_batches(batches, source: str) -> Dataset:
         else:
             x, y = batch, None
         if not isinstance(x, torch.Tensor) or (y is not None and not isinstance(y, torch.Tensor)):
-            raise MpqError(f"{source} yields {type(batch).__name__} batches: yield tensors x or tuples (x, y) of tensors")
+            raise MpqError(
+                f"{source} yields {type(batch).__name__} batches: yield tensors x or tuples (x, y) of tensors"
+            )
         xs.append(x)
         ys.append(y)
     if not xs:
@@ -176,7 +222,9 @@ def from_batches(batches, source: str) -> Dataset:
     try:
         x = torch.cat(xs)
     except RuntimeError:
-        raise MpqError(f"{source} yields batches of different sample shapes ({tuple(xs[0].shape[1:])}, ...): give one shape") from None
+        raise MpqError(
+            f"{source} yields batches of different sample shapes ({tuple(xs[0].shape[1:])}, ...): give one shape"
+        ) from None
     y = None if ys[0] is None else torch.cat(ys)
     return Dataset(x=_as_input(x, source), y=y, description=f"{source} ({len(x)} samples)")
 
@@ -197,7 +245,9 @@ def preprocess_torchvision(image, size: int = 224, resize: int = 256) -> torch.T
     return (crop / 255.0 - mean) / std
 
 
-def five_crops(image, size: int = 224, resize: int = 256, crops: str = "five", resample: str = "bicubic", scale=(127.0, 128.0)) -> list[torch.Tensor]:
+def five_crops(
+    image, size: int = 224, resize: int = 256, crops: str = "five", resample: str = "bicubic", scale=(127.0, 128.0)
+) -> list[torch.Tensor]:
     """The centre (and, with crops="five", the four corner) crops of the resized image, CHW floats:
     (x - scale[0]) / scale[1], or the RGB values 0-255 as they are with scale=None."""
     from PIL import Image
@@ -249,7 +299,12 @@ def load_image_folder(path: Path, transform: str = "imagenet") -> Dataset:
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if classes:
-        files = [(f, label) for label, d in enumerate(classes) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [
+            (f, label)
+            for label, d in enumerate(classes)
+            for f in sorted(d.iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
     else:
         files = [(f, None) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:

@@ -45,7 +45,16 @@ def _as_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
         if isinstance(padding, str):
             return None
         kernel = tuple(weight.shape[2:])
-        module = _CONV[node.target](weight.shape[1] * groups, weight.shape[0], kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+        module = _CONV[node.target](
+            weight.shape[1] * groups,
+            weight.shape[0],
+            kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias is not None,
+        )
     module.weight = weight
     if bias is not None:
         module.bias = bias
@@ -80,7 +89,9 @@ def _pickled_members(archive: zipfile.ZipFile) -> list[str]:
     for config in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
         folder = config.rpartition("/")[0]
         entries = json.loads(archive.read(config)).get("config", {})
-        pickled += [f"{folder}/{e['path_name']}" for e in entries.values() if isinstance(e, dict) and e.get("use_pickle")]
+        pickled += [
+            f"{folder}/{e['path_name']}" for e in entries.values() if isinstance(e, dict) and e.get("use_pickle")
+        ]
     return pickled
 
 
@@ -92,13 +103,24 @@ def check_only_tensors(path: Path) -> None:
             for member in _pickled_members(archive):
                 try:
                     torch.load(io.BytesIO(archive.read(member)), weights_only=True)
-                except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError, ValueError, EOFError, KeyError):
+                except (
+                    pickle.UnpicklingError,
+                    RuntimeError,
+                    AttributeError,
+                    ModuleNotFoundError,
+                    TypeError,
+                    ValueError,
+                    EOFError,
+                    KeyError,
+                ):
                     raise MpqError(
                         f"{path} holds {member}, pickled data beyond plain tensors that would run code when loaded, so mpq does not load it: "
                         "save the program again with torch.export.save and tensor inputs only, or give the Python model as --model file.py:factory --weights state_dict.pth"
                     ) from None
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
-        raise MpqError(f"cannot read {path} as a torch.export archive ({type(exc).__name__}): save it with torch.export.save") from None
+        raise MpqError(
+            f"cannot read {path} as a torch.export archive ({type(exc).__name__}): save it with torch.export.save"
+        ) from None
 
 
 def load_exported(path: Path) -> nn.Module:
@@ -108,5 +130,7 @@ def load_exported(path: Path) -> nn.Module:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
-        raise MpqError(f"cannot load {path} as a torch.export program ({type(exc).__name__}): save it with torch.export.save") from None
+        raise MpqError(
+            f"cannot load {path} as a torch.export program ({type(exc).__name__}): save it with torch.export.save"
+        ) from None
     return modules_from_calls(program.module())

@@ -188,7 +188,10 @@ class _LeafTracer(torch.fx.Tracer):
 
 def _is_shape_query(node: torch.fx.Node) -> bool:
     return (node.op == "call_method" and node.target in ("size", "dim")) or (
-        node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+        node.op == "call_function"
+        and node.target is getattr
+        and len(node.args) > 1
+        and node.args[1] in ("shape", "ndim")
     )
 
 
@@ -247,7 +250,9 @@ def shared_input_groups(model: nn.Module, layer_names: list[str]) -> list[list[s
     return sorted((g for g in groups if len(g) > 1), key=lambda g: order[g[0]])
 
 
-def analyze_graph(model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None, embeddings: bool = False) -> ModelGraph:
+def analyze_graph(
+    model: nn.Module, example: torch.Tensor, folded_batchnorms: list[str] | None = None, embeddings: bool = False
+) -> ModelGraph:
     """Measure the quantizable layers of an (already folded) model with one forward pass."""
     modules = quantizable_modules(model, embeddings)
     calls = _record_calls(model, example)
@@ -296,7 +301,11 @@ def _untied(layers: list[LayerInfo], modules: dict[str, nn.Module]) -> list[Laye
 def tied_modules(model: nn.Module, layer: str) -> list[str]:
     """The other modules whose weight is layer's tensor (an embedding tied to an LM head)."""
     weight = model.get_submodule(layer).weight
-    return [name for name, module in model.named_modules(remove_duplicate=False) if name != layer and getattr(module, "weight", None) is weight]
+    return [
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if name != layer and getattr(module, "weight", None) is weight
+    ]
 
 
 def float_tensors(model: nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
@@ -321,7 +330,11 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, t in sorted(list(model.state_dict().items())):
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.detach().float().cpu().numpy().tobytes())
+        digest.update(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.detach().float().cpu().numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -353,6 +366,10 @@ def prepare_model(model: nn.Module, example: torch.Tensor, embeddings: bool = Fa
     graph = analyze_graph(folded, example, folded_names, embeddings)
     adapted = isinstance(model, ModelAdapter)
     return PreparedModel(
-        original=model, folded=folded, graph=graph, fingerprint=model_fingerprint(model),
-        outputs=model.outputs if adapted else Outputs(), input_names=model.input_names if adapted else (),
+        original=model,
+        folded=folded,
+        graph=graph,
+        fingerprint=model_fingerprint(model),
+        outputs=model.outputs if adapted else Outputs(),
+        input_names=model.input_names if adapted else (),
     )

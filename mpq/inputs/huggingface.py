@@ -46,26 +46,47 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
     model_args = dict(model_args or {})
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
     if unknown:
-        raise MpqError(f"--model-arg {unknown[0]} does not apply to hf: models: use pooling=cls|mean|none or output=FIELD")
+        raise MpqError(
+            f"--model-arg {unknown[0]} does not apply to hf: models: use pooling=cls|mean|none or output=FIELD"
+        )
     if not (folder / "config.json").is_file():
         raise MpqError(f"{folder} has no config.json: give a folder written by model.save_pretrained(folder)")
     transformers = _transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
-        raise MpqError(f"cannot read {folder}/config.json ({type(exc).__name__}): save the model again with save_pretrained") from None
-    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")):
-        raise MpqError(f"{folder} holds a config but no weights (model.safetensors): save them with model.save_pretrained({str(folder)!r})")
+        raise MpqError(
+            f"cannot read {folder}/config.json ({type(exc).__name__}): save the model again with save_pretrained"
+        ) from None
+    if not any(
+        (folder / name).is_file()
+        for name in (
+            "model.safetensors",
+            "pytorch_model.bin",
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+        )
+    ):
+        raise MpqError(
+            f"{folder} holds a config but no weights (model.safetensors): save them with model.save_pretrained({str(folder)!r})"
+        )
     architecture = (getattr(config, "architectures", None) or [None])[0]
     model_class = getattr(transformers, architecture, None) if architecture else None
     model_class = model_class or transformers.AutoModel
     try:
         model, info = model_class.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            folder,
+            local_files_only=True,
+            trust_remote_code=False,
+            dtype=torch.float32,
+            attn_implementation="eager",
+            output_loading_info=True,
         )
     except Exception as exc:
         first = first_line(exc)
-        raise MpqError(f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained") from None
+        raise MpqError(
+            f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained"
+        ) from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise MpqError(
@@ -80,7 +101,9 @@ def load_tokenizer(folder: Path):
     try:
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception:
-        raise MpqError(f"{folder} has no tokenizer, which text data needs: save one there with tokenizer.save_pretrained, or give token ids as .npz (input_ids, attention_mask)") from None
+        raise MpqError(
+            f"{folder} has no tokenizer, which text data needs: save one there with tokenizer.save_pretrained, or give token ids as .npz (input_ids, attention_mask)"
+        ) from None
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -97,14 +120,18 @@ def load_text(path: Path, model: nn.Module, seq_len: int | None) -> Dataset:
     """Text tokenized with the tokenizer saved beside an hf: model (see the module docstring)."""
     folder = getattr(model, "folder", None)
     if folder is None:
-        raise MpqError(f"text data ({path.name}) is tokenized with the model's own tokenizer: give the model as --model hf:DIR, or token ids as .npz")
+        raise MpqError(
+            f"text data ({path.name}) is tokenized with the model's own tokenizer: give the model as --model hf:DIR, or token ids as .npz"
+        )
     if not path.is_file():
         raise MpqError(f"data file {path} does not exist; check the path")
     if seq_len is None:
         raise MpqError("text data needs --seq-len N: the number of tokens per sample")
     longest = max_positions(model)
     if longest is not None and seq_len > longest:
-        raise MpqError(f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: give --seq-len {longest} or less")
+        raise MpqError(
+            f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: give --seq-len {longest} or less"
+        )
     tokenizer = load_tokenizer(folder)
     if path.suffix == ".txt":
         return _windows(path, tokenizer, seq_len)
@@ -115,7 +142,9 @@ def _windows(path: Path, tokenizer, seq_len: int) -> Dataset:
     ids = torch.tensor(tokenizer(path.read_text(encoding="utf-8", errors="replace"))["input_ids"], dtype=torch.long)
     count = len(ids) // seq_len
     if count == 0:
-        raise MpqError(f"{path} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}: give more text or a shorter --seq-len")
+        raise MpqError(
+            f"{path} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}: give more text or a shorter --seq-len"
+        )
     x = ids[: count * seq_len].reshape(count, seq_len)
     return named_inputs({"input_ids": x}, f"{path} ({count} windows of {seq_len} tokens)")
 
@@ -128,16 +157,16 @@ def _records(path: Path, tokenizer, seq_len: int) -> Dataset:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise MpqError(f"line {number} of {path} is not JSON: give one object per line, {{\"text\": ...}}") from None
+            raise MpqError(f'line {number} of {path} is not JSON: give one object per line, {{"text": ...}}') from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise MpqError(f"line {number} of {path} has no string \"text\": give one object per line, {{\"text\": ...}}")
+            raise MpqError(f'line {number} of {path} has no string "text": give one object per line, {{"text": ...}}')
         texts.append(record["text"])
         labels.append(record.get("label"))
     if not texts:
-        raise MpqError(f"{path} holds no records: give one JSON object per line, {{\"text\": ...}}")
+        raise MpqError(f'{path} holds no records: give one JSON object per line, {{"text": ...}}')
     with_labels = [label is not None for label in labels]
     if any(with_labels) and not all(with_labels):
-        raise MpqError(f"some lines of {path} have a \"label\" and some do not: label every line, or none")
+        raise MpqError(f'some lines of {path} have a "label" and some do not: label every line, or none')
     if all(with_labels) and not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
         raise MpqError(f"the labels in {path} must be integers (class indices)")
     if tokenizer.pad_token is None:

@@ -31,23 +31,35 @@ def as_dataset(data) -> Dataset:
         if isinstance(data[0], Mapping):
             return named_inputs(data[0], "the data", y=data[1])
         return Dataset(x=data[0], y=data[1])
-    raise MpqError(f"data must be an mpq.Dataset, a tensor of inputs, a dict of named inputs, or an (x, y) tuple, not {type(data).__name__}")
+    raise MpqError(
+        f"data must be an mpq.Dataset, a tensor of inputs, a dict of named inputs, or an (x, y) tuple, not {type(data).__name__}"
+    )
 
 
 def _check_finite_weights(model: nn.Module) -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise MpqError(f"model tensor {name} contains NaN or Inf: load trained weights (or fix training) before quantizing")
+            raise MpqError(
+                f"model tensor {name} contains NaN or Inf: load trained weights (or fix training) before quantizing"
+            )
 
 
 def _check_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), module_calls_visible():
         output = model(example)
     if not isinstance(output, torch.Tensor) or output.dim() < 2:
-        what = type(output).__name__ if not isinstance(output, torch.Tensor) else f"a tensor of shape {tuple(output.shape)}"
-        raise MpqError(f"the model returns {what}: return one tensor shaped [batch, outputs...] (logits or embeddings), or wrap it in mpq.ModelAdapter(model, field=NAME)")
+        what = (
+            type(output).__name__
+            if not isinstance(output, torch.Tensor)
+            else f"a tensor of shape {tuple(output.shape)}"
+        )
+        raise MpqError(
+            f"the model returns {what}: return one tensor shaped [batch, outputs...] (logits or embeddings), or wrap it in mpq.ModelAdapter(model, field=NAME)"
+        )
     if output.is_floating_point() and not torch.isfinite(output).all():
-        raise MpqError("the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights")
+        raise MpqError(
+            "the model's outputs on the data contain NaN or Inf: check the data's scale and the model's weights"
+        )
     return output
 
 
@@ -74,7 +86,9 @@ def _described(data: Dataset) -> str:
 def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
     """`data` (e.g. held-out evaluation data) checked against an already prepared model as the first data was."""
     if data.input_names != prepared.input_names:
-        raise MpqError(f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with {', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs")
+        raise MpqError(
+            f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with {', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs"
+        )
     with _model_runs_on(data):
         output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH].to(prepared.device))
     if not prepared.outputs.embeddings:
@@ -88,7 +102,9 @@ def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
         return
     classes, top = output.shape[1], int(labels.max())
     if top >= classes:
-        raise MpqError(f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, or drop y to use the model's own predictions")
+        raise MpqError(
+            f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, or drop y to use the model's own predictions"
+        )
 
 
 def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.device | None = None) -> PreparedModel:
@@ -110,7 +126,9 @@ def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.de
     if not prepared.outputs.embeddings:
         check_labels(output, data.y)
     if not prepared.graph.layers:
-        raise MpqError("the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize")
+        raise MpqError(
+            "the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize"
+        )
     return prepared
 
 
@@ -142,7 +160,9 @@ def check_eval_split(value) -> float:
     return float(value)
 
 
-def split_for_measurement(prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT) -> tuple[Dataset, Dataset | None]:
+def split_for_measurement(
+    prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT
+) -> tuple[Dataset, Dataset | None]:
     """The data to fit on (sensitivity, calibration) and the data to measure on: `eval_data` when given, else a
     seeded `eval_split` of `data` held out by group (mpq.inputs.split.held_out_split); None: measure in-sample."""
     data = data.to(prepared.device)

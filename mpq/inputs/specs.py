@@ -61,7 +61,9 @@ def _import_file(target: str, what: str):
         loader_spec.loader.exec_module(module)
     except SystemExit as exc:
         del sys.modules[module_name]
-        raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a program; put its script part under if __name__ == \"__main__\":") from None
+        raise MpqError(
+            f'importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a program; put its script part under if __name__ == "__main__":'
+        ) from None
     except Exception as exc:
         del sys.modules[module_name]
         raise MpqError(f"importing {target} failed ({type(exc).__name__}: {first_line(exc)}); fix that file") from None
@@ -74,13 +76,17 @@ def call_user(function, spec: str, what: str, arguments: dict | None = None):
     try:
         return function(**(arguments or {}))
     except SystemExit as exc:
-        raise MpqError(f"{spec} called sys.exit({exc.code}) while giving the {what}: return the {what} instead") from None
+        raise MpqError(
+            f"{spec} called sys.exit({exc.code}) while giving the {what}: return the {what} instead"
+        ) from None
     except MpqError:
         raise
     except TypeError as exc:
         if arguments is None:
             raise MpqError(f"{spec} raised TypeError while giving the {what}: {first_line(exc)}") from None
-        raise MpqError(f"calling {spec} with {arguments or 'no arguments'} failed ({first_line(exc)}); pass its arguments with --model-arg key=value") from None
+        raise MpqError(
+            f"calling {spec} with {arguments or 'no arguments'} failed ({first_line(exc)}); pass its arguments with --model-arg key=value"
+        ) from None
     except Exception as exc:
         raise MpqError(f"{spec} raised {type(exc).__name__} while giving the {what}: {first_line(exc)}") from None
 
@@ -91,9 +97,13 @@ def _import_module(target: str, what: str):
     except ImportError as exc:
         raise MpqError(f"cannot import {target!r} for the {what} ({exc}); check the spelling or install it") from None
     except SystemExit as exc:
-        raise MpqError(f"importing {target} called sys.exit({exc.code}): a {what} module must define the {what}, not run a program") from None
+        raise MpqError(
+            f"importing {target} called sys.exit({exc.code}): a {what} module must define the {what}, not run a program"
+        ) from None
     except Exception as exc:
-        raise MpqError(f"importing {target} failed ({type(exc).__name__}: {first_line(exc)}); fix that module") from None
+        raise MpqError(
+            f"importing {target} failed ({type(exc).__name__}: {first_line(exc)}); fix that module"
+        ) from None
 
 
 def parse_value(text: str):
@@ -150,9 +160,13 @@ def _build(spec: str, model_args: dict) -> nn.Module:
     if not isinstance(obj, nn.Module) and callable(obj):
         obj = call_user(obj, spec, "model", model_args)
     elif model_args:
-        raise MpqError(f"{spec} is not callable, so --model-arg cannot be passed to it; drop --model-arg or name a function")
+        raise MpqError(
+            f"{spec} is not callable, so --model-arg cannot be passed to it; drop --model-arg or name a function"
+        )
     if not isinstance(obj, nn.Module):
-        raise MpqError(f"{spec} gives a {type(obj).__name__}, not a torch.nn.Module: point --model at a module or a function returning one")
+        raise MpqError(
+            f"{spec} gives a {type(obj).__name__}, not a torch.nn.Module: point --model at a module or a function returning one"
+        )
     return obj
 
 
@@ -163,11 +177,15 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
     except FileNotFoundError:
         raise MpqError(f"weights file {path} does not exist; check the path") from None
     except Exception as exc:
-        raise MpqError(f"cannot read {path} as a state dict with weights_only=True ({type(exc).__name__}); save model.state_dict() with torch.save") from None
+        raise MpqError(
+            f"cannot read {path} as a state dict with weights_only=True ({type(exc).__name__}); save model.state_dict() with torch.save"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise MpqError(f"{path} holds a {type(state).__name__}, not a state dict; save model.state_dict() with torch.save")
+        raise MpqError(
+            f"{path} holds a {type(state).__name__}, not a state dict; save model.state_dict() with torch.save"
+        )
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -175,7 +193,9 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
         raise MpqError(f"{path} does not fit the model ({detail}); check --model-arg or the factory") from None
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys[:3], result.unexpected_keys[:3]
-        raise MpqError(f"{path} does not fit the model (missing {missing}, unexpected {unexpected}); check --model-arg or the factory")
+        raise MpqError(
+            f"{path} does not fit the model (missing {missing}, unexpected {unexpected}); check --model-arg or the factory"
+        )
     return model
 
 
@@ -183,8 +203,10 @@ def load_model_spec(spec: str, model_args: dict | None = None, weights: "str | P
     """The model named by `spec` (see the module docstring), weights loaded, in eval mode."""
     if spec.startswith(PREFIX):
         if weights is not None:
-            raise MpqError("--weights applies to a Python factory; an hf: folder holds its own weights (save_pretrained)")
-        return load_pretrained(spec[len(PREFIX):], model_args)
+            raise MpqError(
+                "--weights applies to a Python factory; an hf: folder holds its own weights (save_pretrained)"
+            )
+        return load_pretrained(spec[len(PREFIX) :], model_args)
     path = Path(spec)
     if path.suffix == ".pt2" or (":" not in spec and path.suffix in TORCHSCRIPT_SUFFIXES):
         if model_args:
@@ -197,7 +219,9 @@ def load_model_spec(spec: str, model_args: dict | None = None, weights: "str | P
     return model.eval()
 
 
-def load_data_spec(spec: str, transform: str = "imagenet", model: nn.Module | None = None, seq_len: int | None = None) -> Dataset:
+def load_data_spec(
+    spec: str, transform: str = "imagenet", model: nn.Module | None = None, seq_len: int | None = None
+) -> Dataset:
     """A .npz or .pt file (x, optional y), a folder of images, text for an hf: `model`, or `module:attr`
     (see the module docstring)."""
     path = Path(spec)
@@ -213,12 +237,20 @@ def load_data_spec(spec: str, transform: str = "imagenet", model: nn.Module | No
         return load_image_folder(path, transform)
     if ":" in spec:
         obj = import_attr(spec, "data")
-        data = call_user(obj, spec, "data") if callable(obj) and not isinstance(obj, (Dataset, torch.Tensor)) and not hasattr(obj, "__iter__") else obj
+        data = (
+            call_user(obj, spec, "data")
+            if callable(obj) and not isinstance(obj, (Dataset, torch.Tensor)) and not hasattr(obj, "__iter__")
+            else obj
+        )
         if isinstance(data, Dataset):
             return data
         if isinstance(data, torch.Tensor):
             return Dataset(x=data, description=spec)
         if hasattr(data, "__iter__"):
             return call_user(lambda: from_batches(data, spec), spec, "data")
-        raise MpqError(f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable of (x, y) batches")
-    raise MpqError(f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function")
+        raise MpqError(
+            f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable of (x, y) batches"
+        )
+    raise MpqError(
+        f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function"
+    )

@@ -25,6 +25,12 @@ def held_out_split(data: "Dataset", fraction: float = EVAL_SPLIT, seed: int = 0)
     order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))]
     is_held = torch.isin(groups, order[:held])
     what = "groups" if data.groups is not None else "samples"
-    fit = data.subset(torch.nonzero(~is_held).flatten(), f"{data.description}, {len(ids) - held} of {len(ids)} {what} (fit)")
-    measured = data.subset(torch.nonzero(is_held).flatten(), f"{data.description}, {held} of {len(ids)} {what} held out (seed {seed})", seed)
+    fit = data.subset(
+        torch.nonzero(~is_held).flatten(), f"{data.description}, {len(ids) - held} of {len(ids)} {what} (fit)"
+    )
+    measured = data.subset(
+        torch.nonzero(is_held).flatten(),
+        f"{data.description}, {held} of {len(ids)} {what} held out (seed {seed})",
+        seed,
+    )
     return fit, measured

@@ -44,4 +44,9 @@ def load_views() -> Dataset:
             xs += [crop, torch.flip(crop, dims=[2])]
             ys += [label, label]
             photos += [photo, photo]
-    return Dataset(x=torch.stack(xs), y=torch.tensor(ys), description=f"20 foolbox ImageNet photos x 10 views ({len(xs)})", groups=torch.tensor(photos))
+    return Dataset(
+        x=torch.stack(xs),
+        y=torch.tensor(ys),
+        description=f"20 foolbox ImageNet photos x 10 views ({len(xs)})",
+        groups=torch.tensor(photos),
+    )

@@ -42,6 +42,7 @@ __all__ = ["Plan", "LayerPlan", "ChannelRun", "PlanSettings", "SearchSpace", "So
 
 SCHEMA = "mpq.plan/1"
 
+
 @dataclass
 class Plan:
     """Per-module widths plus what they were chosen for (model fingerprint, budgets, predictions)."""
@@ -50,10 +51,16 @@ class Plan:
     model: dict = field(default_factory=dict)
     budgets: list[Budget] = field(default_factory=list)
     predicted: dict = field(default_factory=dict)
-    settings: PlanSettings | None = None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
+    settings: PlanSettings | None = (
+        None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
+    )
     solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
-    versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy when it was made (mpq.versions)
-    recipe: dict | None = None  # the options of the `mpq search` run that made it (mpq.cli.recipe): --config plan.json repeats it
+    versions: dict = field(
+        default_factory=versions
+    )  # of mpq, torch, numpy, pulp, highspy when it was made (mpq.versions)
+    recipe: dict | None = (
+        None  # the options of the `mpq search` run that made it (mpq.cli.recipe): --config plan.json repeats it
+    )
 
     @property
     def quantizer(self) -> Quantizer:
@@ -84,7 +91,7 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict, source: str = "plan") -> "Plan":
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise MpqError(f"{source} is not an mpq plan (expected \"schema\": \"{SCHEMA}\"); make one with `mpq search`")
+            raise MpqError(f'{source} is not an mpq plan (expected "schema": "{SCHEMA}"); make one with `mpq search`')
         try:
             layers = {name: layer_from_json(name, entry) for name, entry in data["layers"].items()}
             budgets = [Budget.from_json(b) for b in data.get("budgets", [])]
@@ -97,11 +104,21 @@ class Plan:
                 raise TypeError("recipe must be an object")
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise MpqError(f"{source} is malformed ({exc}); make a new one with `mpq search`") from None
-        plan = cls(layers=layers, model=data.get("model", {}), budgets=budgets, predicted=data.get("predicted", {}),
-                   settings=settings_from_json(data.get("settings", {})), solver=data.get("solver", {}), versions=made_with, recipe=recipe)
+        plan = cls(
+            layers=layers,
+            model=data.get("model", {}),
+            budgets=budgets,
+            predicted=data.get("predicted", {}),
+            settings=settings_from_json(data.get("settings", {})),
+            solver=data.get("solver", {}),
+            versions=made_with,
+            recipe=recipe,
+        )
         stated = {entry.get("group_size") for entry in data["layers"].values()}
         if stated - {plan.group_size}:
-            raise MpqError(f"{source} is malformed (its layers' group_size {sorted(stated, key=str)} differs from its quantizer's, {plan.group_size}); make a new one with `mpq search`")
+            raise MpqError(
+                f"{source} is malformed (its layers' group_size {sorted(stated, key=str)} differs from its quantizer's, {plan.group_size}); make a new one with `mpq search`"
+            )
         return plan
 
     @classmethod
@@ -116,11 +133,15 @@ class Plan:
             raise MpqError(f"{path} is not valid JSON (truncated?); make a new plan with `mpq search`") from None
         plan = cls.from_json(data, source=str(path))
         if not isinstance(plan.model.get("fingerprint"), str) or not plan.model["fingerprint"]:
-            raise MpqError(f"{path} names no model fingerprint, so mpq cannot tell which model it was made for: make the plan with `mpq search` (or `mpq solve --table`)")
+            raise MpqError(
+                f"{path} names no model fingerprint, so mpq cannot tell which model it was made for: make the plan with `mpq search` (or `mpq solve --table`)"
+            )
         return plan
 
 
 def _versions_from_json(data) -> dict[str, str | None]:
-    if not isinstance(data, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()):
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()
+    ):
         raise ValueError(f'"versions" must map package names to version strings, not {data!r}')
     return dict(data)

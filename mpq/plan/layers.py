@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from mpq.cost.layer_cost import Choice
 from mpq.quant.widths import PLAN_MAX_BITS, PLAN_MIN_BITS, is_plan_width
 
-GRANULARITIES = ("channel", "tensor", "group")  # of the weight scales: per output channel, per tensor, per group of weights
+GRANULARITIES = (
+    "channel",
+    "tensor",
+    "group",
+)  # of the weight scales: per output channel, per tensor, per group of weights
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,11 @@ class LayerPlan:
 
 def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
     """The layer's plan.json entry; with a group size (the plan's quantizer's), "granularity": "group" and "group_size"."""
-    entry = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "granularity": "group" if group_size else lp.granularity}
+    entry = {
+        "weight_bits": lp.weight_bits,
+        "act_bits": lp.act_bits,
+        "granularity": "group" if group_size else lp.granularity,
+    }
     if group_size:
         entry["group_size"] = group_size
     if lp.channel_bits:
@@ -78,23 +86,34 @@ def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
     return entry
 
 
-
 def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
     """Runs that start at channel 0 and follow one another without gap or overlap, widths PLAN_MIN_BITS to PLAN_MAX_BITS."""
     if not isinstance(items, list) or not items:
-        raise ValueError(f"layer {name}: channel_bits must be a non-empty list of {{\"channels\": [start, stop], \"weight_bits\": b}}")
+        raise ValueError(
+            f'layer {name}: channel_bits must be a non-empty list of {{"channels": [start, stop], "weight_bits": b}}'
+        )
     runs, expected = [], 0
     for item in items:
         channels = item.get("channels") if isinstance(item, dict) else None
-        if not (isinstance(channels, list) and len(channels) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in channels)):
-            raise ValueError(f"layer {name}: channel_bits entry {item!r} needs \"channels\": [start, stop] with whole numbers")
+        if not (
+            isinstance(channels, list)
+            and len(channels) == 2
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in channels)
+        ):
+            raise ValueError(
+                f'layer {name}: channel_bits entry {item!r} needs "channels": [start, stop] with whole numbers'
+            )
         start, stop = channels
         if start != expected:
-            raise ValueError(f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] starts at {start} instead of {expected}")
+            raise ValueError(
+                f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] starts at {start} instead of {expected}"
+            )
         if stop <= start:
             raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] holds no channel")
         if not is_plan_width(item.get("weight_bits")):
-            raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
+            raise ValueError(
+                f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}"
+            )
         runs.append(ChannelRun(start, stop, item["weight_bits"]))
         expected = stop
     return tuple(runs)
@@ -104,19 +123,27 @@ def layer_from_json(name: str, entry: dict) -> LayerPlan:
     weight_bits, act_bits = entry["weight_bits"], entry.get("act_bits")
     granularity = entry.get("granularity", "channel")
     if not is_plan_width(weight_bits):
-        raise ValueError(f"layer {name}: weight_bits {weight_bits!r} is not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
+        raise ValueError(
+            f"layer {name}: weight_bits {weight_bits!r} is not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}"
+        )
     if act_bits is not None and not is_plan_width(act_bits):
-        raise ValueError(f"layer {name}: act_bits {act_bits!r} is not null or a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}")
+        raise ValueError(
+            f"layer {name}: act_bits {act_bits!r} is not null or a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}"
+        )
     if granularity not in GRANULARITIES:
         raise ValueError(f"layer {name}: granularity {granularity!r} is not one of {GRANULARITIES}")
     if (granularity == "group") != ("group_size" in entry):
-        raise ValueError(f"layer {name}: granularity \"group\" and \"group_size\" come together")
+        raise ValueError(f'layer {name}: granularity "group" and "group_size" come together')
     if "channel_bits" not in entry:
         return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity)
     runs = _runs_from_json(name, entry["channel_bits"])
     if max(r.weight_bits for r in runs) != weight_bits:
-        raise ValueError(f"layer {name}: weight_bits {weight_bits} is not the widest of its channel_bits ({max(r.weight_bits for r in runs)})")
+        raise ValueError(
+            f"layer {name}: weight_bits {weight_bits} is not the widest of its channel_bits ({max(r.weight_bits for r in runs)})"
+        )
     group = entry.get("channel_group")
     if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):
         raise ValueError(f"layer {name}: channel_group {group!r} is not a positive whole number")
-    return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity, channel_bits=runs, channel_group=group)
+    return LayerPlan(
+        weight_bits=weight_bits, act_bits=act_bits, granularity=granularity, channel_bits=runs, channel_group=group
+    )

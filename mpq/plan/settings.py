@@ -39,8 +39,13 @@ def act_widths(act_bits) -> tuple[int | None, ...]:
     items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
     if not items:
         raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
-    if any(a is not None and (isinstance(a, bool) or not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS) for a in items):
-        raise MpqError(f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs")
+    if any(
+        a is not None and (isinstance(a, bool) or not isinstance(a, int) or not MIN_BITS <= a <= MAX_BITS)
+        for a in items
+    ):
+        raise MpqError(
+            f"activation widths {items} must be whole numbers from {MIN_BITS} to {MAX_BITS}, or None for float inputs"
+        )
     return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
@@ -57,7 +62,7 @@ def _pins(keep) -> dict[str, int]:
     if keep is None:
         return {}
     if not isinstance(keep, dict) or not all(isinstance(k, str) for k in keep):
-        raise MpqError(f"keep must map layer names to weight widths, e.g. {{\"fc\": 8}}, not {keep!r}")
+        raise MpqError(f'keep must map layer names to weight widths, e.g. {{"fc": 8}}, not {keep!r}')
     return {name: check_bits(bits) for name, bits in keep.items()}
 
 
@@ -99,18 +104,26 @@ class SearchSpace(_Record):
         object.__setattr__(self, "act_bits", act_widths(self.act_bits))
         object.__setattr__(self, "keep", _pins(self.keep))
         if self.granularity not in WIDTH_GRANULARITIES:
-            raise MpqError(f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one width per layer) or channel")
+            raise MpqError(
+                f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one width per layer) or channel"
+            )
         group = self.channel_group
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-            raise MpqError(f"channel group {group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)")
+            raise MpqError(
+                f"channel group {group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)"
+            )
         if self.granularity == "layer" and group != 1:
-            raise MpqError("a channel group applies to per-channel widths only: add --granularity channel (granularity=\"channel\")")
+            raise MpqError(
+                'a channel group applies to per-channel widths only: add --granularity channel (granularity="channel")'
+            )
         for name in ("keep_first", "keep_last"):
             if getattr(self, name) is not None:
                 check_bits(getattr(self, name))
         margin = self.trace_margin
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-            raise MpqError(f"trace_margin must be a finite number of standard errors, 0 or more (e.g. 2), not {margin!r}")
+            raise MpqError(
+                f"trace_margin must be a finite number of standard errors, 0 or more (e.g. 2), not {margin!r}"
+            )
         if self.act_sensitivity not in (None, True, False):
             raise MpqError(f"act_sensitivity must be None, True or False, not {self.act_sensitivity!r}")
 
@@ -120,8 +133,14 @@ class SearchSpace(_Record):
 
     def to_json(self) -> dict:
         return {
-            "bits": list(self.bits), "act_bits": list(self.act_bits), "granularity": self.granularity, "channel_group": self.channel_group,
-            "keep": dict(self.keep), "keep_first": self.keep_first, "keep_last": self.keep_last, "trace_margin": self.trace_margin,
+            "bits": list(self.bits),
+            "act_bits": list(self.act_bits),
+            "granularity": self.granularity,
+            "channel_group": self.channel_group,
+            "keep": dict(self.keep),
+            "keep_first": self.keep_first,
+            "keep_last": self.keep_last,
+            "trace_margin": self.trace_margin,
             "act_sensitivity": self.act_sensitivity,
         }
 
@@ -139,9 +158,10 @@ class SolverSettings(_Record):
         if self.name not in SOLVERS:
             raise MpqError(f"unknown solver {self.name!r}: use one of {', '.join(SOLVERS)}")
         limit = self.time_limit_s
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0
+        ):
             raise MpqError(f"the solver's time limit must be a positive number of seconds, not {limit!r}")
-
 
 
 @dataclass(frozen=True)
@@ -208,7 +228,14 @@ class PlanSettings:
         return ACT_SENSITIVITY_NOTE if self.act_sensitivity else ACT_CHOICE_NOTE
 
     def to_json(self) -> dict:
-        typed = {"space": self.space, "solver": self.solver, "probes": self.probes, "quantizer": self.quantizer, "latency": self.latency, "channels": self.channels}
+        typed = {
+            "space": self.space,
+            "solver": self.solver,
+            "probes": self.probes,
+            "quantizer": self.quantizer,
+            "latency": self.latency,
+            "channels": self.channels,
+        }
         out = {"source": self.source}
         for f in fields(self):
             if f.name == "source":
@@ -229,9 +256,17 @@ class PlanSettings:
             raise MpqError(f"the plan's settings {data!r} are not an object; make a new plan with `mpq search`")
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise MpqError(f"the plan's settings hold unknown keys ({', '.join(unknown)}): it was written by another mpq version; make a new plan with `mpq search`")
-        readers = {"space": SearchSpace.from_json, "solver": SolverSettings.from_json, "probes": _probes_from_json, "quantizer": Quantizer.from_json,
-                   "latency": LatencySource.from_json, "channels": ChannelSearch.from_json}
+            raise MpqError(
+                f"the plan's settings hold unknown keys ({', '.join(unknown)}): it was written by another mpq version; make a new plan with `mpq search`"
+            )
+        readers = {
+            "space": SearchSpace.from_json,
+            "solver": SolverSettings.from_json,
+            "probes": _probes_from_json,
+            "quantizer": Quantizer.from_json,
+            "latency": LatencySource.from_json,
+            "channels": ChannelSearch.from_json,
+        }
         values = {}
         for key, value in data.items():
             name = names[key]
@@ -251,7 +286,9 @@ def _known_keys(cls, data, what: str) -> dict:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise MpqError(f"the plan's {what} setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`")
+        raise MpqError(
+            f"the plan's {what} setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`"
+        )
     return dict(data)
 
 

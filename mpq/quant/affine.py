@@ -57,7 +57,9 @@ class QuantizedWeight:
         return (rows.to(torch.float32) * scale).reshape(self.codes.shape)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> QuantizedWeight:
+def quantize_weight(
+    weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None
+) -> QuantizedWeight:
     """Symmetric quantization of a weight (dim 0 = output channels), one scale per output channel or per group of
     `group_size` weights; the scale spans `clip_ratio` (one per scale; None = 1, min-max) of its largest magnitude."""
     return quantize_weight_channels(weight, [bits] * weight.shape[0], clip_ratio, group_size)
@@ -79,15 +81,21 @@ def quantize_weight_channels(
     rows = weight.detach().reshape(out, per_channel)
     codes = torch.clamp(torch.round(rows / _spread(safe, per_channel, group_size)), -qmax - 1, qmax)
     scale = scale.reshape(out) if group_size is None else scale
-    return QuantizedWeight(codes=codes.to(torch.int8).reshape(weight.shape), scale=scale, bits=max(bits), group_size=group_size)
+    return QuantizedWeight(
+        codes=codes.to(torch.int8).reshape(weight.shape), scale=scale, bits=max(bits), group_size=group_size
+    )
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
+def fake_quantize_weight(
+    weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None
+) -> torch.Tensor:
     """Q_b(W) as a float tensor."""
     return quantize_weight(weight, bits, clip_ratio, group_size).dequantize().to(weight.dtype)
 
 
-def channel_quant_error(weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
+def channel_quant_error(
+    weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None
+) -> torch.Tensor:
     """||Q_b(W_c) - W_c||^2 for every output channel c (its groups' errors summed)."""
     diff = fake_quantize_weight(weight, bits, clip_ratio, group_size) - weight.detach()
     return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)

@@ -37,7 +37,11 @@ class MeanInputPatch:
         # The layer is linear in its input (padding included), so the batch's gradient is that of one input, the batch's sum.
         with torch.enable_grad():
             y = self.layer(x.detach().sum(0, keepdim=True))
-            per_position = y.reshape(1, -1, y.shape[-1]).mean(dim=1) if self.channel_last else y.reshape(1, y.shape[1], -1).mean(dim=2)
+            per_position = (
+                y.reshape(1, -1, y.shape[-1]).mean(dim=1)
+                if self.channel_last
+                else y.reshape(1, y.shape[1], -1).mean(dim=2)
+            )
             (grad,) = torch.autograd.grad(per_position.sum(), self.layer.weight)
         self.total += grad.double()
         self.samples += x.shape[0]

@@ -24,7 +24,14 @@ from torch import nn
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
-from mpq.quant.affine import ActQuantParams, QuantizedWeight, affine_params, grouped, quantize_weight, quantize_weight_channels
+from mpq.quant.affine import (
+    ActQuantParams,
+    QuantizedWeight,
+    affine_params,
+    grouped,
+    quantize_weight,
+    quantize_weight_channels,
+)
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
 from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
@@ -76,16 +83,24 @@ def weight_clip_ratios(
 
     if clip == "minmax":
         return {n: {b: ratios(n, b) for b in ALL_BITS} for n in names}
-    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | ({"group_size": group_size} if group_size else {})
+    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | (
+        {"group_size": group_size} if group_size else {}
+    )
     cached = cache.load("weight-clip", key)
     if cached is None:
         cached = {n: {str(b): ratios(n, b).tolist() for b in ALL_BITS} for n in names}
         cache.save("weight-clip", key, cached)
-    return {n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()}
+    return {
+        n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()
+    }
 
 
 def input_histograms(
-    prepared: PreparedModel, data: Dataset, input_ranges: dict[str, tuple[float, float]], batch_size: int, cache: Cache = Cache(None)
+    prepared: PreparedModel,
+    data: Dataset,
+    input_ranges: dict[str, tuple[float, float]],
+    batch_size: int,
+    cache: Cache = Cache(None),
 ) -> dict[str, InputHistogram]:
     """Each layer's input histogram over the data, HISTOGRAM_BINS equal bins over its min-max range."""
     names = list(input_ranges)
@@ -107,13 +122,28 @@ def input_histograms(
 
 
 def bias_shifts(
-    prepared: PreparedModel, data: Dataset, clip_ratios: dict[str, dict[int, torch.Tensor]], clip: str, batch_size: int, cache: Cache = Cache(None),
+    prepared: PreparedModel,
+    data: Dataset,
+    clip_ratios: dict[str, dict[int, torch.Tensor]],
+    clip: str,
+    batch_size: int,
+    cache: Cache = Cache(None),
     group_size: int | None = None,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """{layer: {bits: E[Q_b(W) x - W x] per output channel}} for every layer with a bias and every width 2-8."""
     modules = quantizable_modules(prepared.folded, embeddings=True)
-    names = [n for n in clip_ratios if getattr(modules[n], "bias", None) is not None and not isinstance(modules[n], nn.Embedding)]
-    key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names, "clip": clip, "clipper": repr(WEIGHT_CLIPS[clip])}
+    names = [
+        n
+        for n in clip_ratios
+        if getattr(modules[n], "bias", None) is not None and not isinstance(modules[n], nn.Embedding)
+    ]
+    key = {
+        "model": prepared.fingerprint,
+        "data": data.fingerprint(),
+        "layers": names,
+        "clip": clip,
+        "clipper": repr(WEIGHT_CLIPS[clip]),
+    }
     key |= {"group_size": group_size} if group_size else {}
     cached = cache.load("bias-shift", key)
     if cached is None:
@@ -123,10 +153,15 @@ def bias_shifts(
         for n in names:
             weight = modules[n].weight
             cached[n] = {
-                str(b): output_shift(weight, quantize_weight(weight, b, clip_ratios[n][b], group_size).dequantize(), patches[n].mean).tolist() for b in ALL_BITS
+                str(b): output_shift(
+                    weight, quantize_weight(weight, b, clip_ratios[n][b], group_size).dequantize(), patches[n].mean
+                ).tolist()
+                for b in ALL_BITS
             }
         cache.save("bias-shift", key, cached)
-    return {n: {int(b): torch.tensor(s, dtype=torch.float64) for b, s in per_bits.items()} for n, per_bits in cached.items()}
+    return {
+        n: {int(b): torch.tensor(s, dtype=torch.float64) for b, s in per_bits.items()} for n, per_bits in cached.items()
+    }
 
 
 @dataclass
@@ -190,8 +225,19 @@ def calibrate(
 ) -> Calibration:
     """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges (mpq.verify.measure.fp32_reference)."""
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
-    histograms = {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
-    shifts = bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.group_size) if quantizer.bias_correction else {}
+    histograms = (
+        {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
+    )
+    shifts = (
+        bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.group_size)
+        if quantizer.bias_correction
+        else {}
+    )
     return Calibration(
-        quantizer=quantizer, clip_ratios=ratios, input_ranges=dict(input_ranges), histograms=histograms, shifts=shifts, data_fingerprint=data.fingerprint()
+        quantizer=quantizer,
+        clip_ratios=ratios,
+        input_ranges=dict(input_ranges),
+        histograms=histograms,
+        shifts=shifts,
+        data_fingerprint=data.fingerprint(),
     )

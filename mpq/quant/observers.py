@@ -158,7 +158,11 @@ def aciq_alpha(bits: int, distribution: str = "laplace") -> float:
     2^bits levels: argmin_alpha of the expected clipping + rounding MSE (2.83, 3.89, 5.03 for a
     Laplace at 2, 3, 4 bits; 1.71, 2.15, 2.55 for a Gaussian)."""
     mse = _laplace_clip_mse if distribution == "laplace" else _gauss_clip_mse
-    return float(optimize.minimize_scalar(lambda a: mse(a, 2**bits), bounds=(0.1, 40.0), method="bounded", options={"xatol": 1e-6}).x)
+    return float(
+        optimize.minimize_scalar(
+            lambda a: mse(a, 2**bits), bounds=(0.1, 40.0), method="bounded", options={"xatol": 1e-6}
+        ).x
+    )
 
 
 @dataclass(frozen=True)
@@ -185,12 +189,21 @@ class AciqActObserver:
         mu = (n @ x) / total
         deviation = np.abs(np.append(x, 0.0) - mu)
         weights = np.append(n, hist.zeros)
-        scale = (weights @ deviation) / total if self.distribution == "laplace" else math.sqrt((weights @ deviation**2) / total)
+        scale = (
+            (weights @ deviation) / total
+            if self.distribution == "laplace"
+            else math.sqrt((weights @ deviation**2) / total)
+        )
         alpha = aciq_alpha(bits, self.distribution) * scale
         return _with_zero(max(hist.lo, mu - alpha), min(hist.hi, mu + alpha))
 
 
-ACT_OBSERVERS = {"minmax": MinMaxActObserver(), "percentile": PercentileActObserver(), "mse": MseActObserver(), "aciq": AciqActObserver()}
+ACT_OBSERVERS = {
+    "minmax": MinMaxActObserver(),
+    "percentile": PercentileActObserver(),
+    "mse": MseActObserver(),
+    "aciq": AciqActObserver(),
+}
 
 
 def _channels(weight: torch.Tensor) -> torch.Tensor:
@@ -238,7 +251,9 @@ class MseWeightClip:
         chunk = max(1, CHUNK_ELEMENTS // w.numel())  # candidates evaluated at once, memory bounded
         for k in range(0, grid.shape[1], chunk):
             s = scale[:, k : k + chunk, None]  # [channels, candidates, 1]
-            errors.append((torch.clamp(torch.round(w[:, None, :] / s), -qmax - 1, qmax) * s - w[:, None, :]).pow(2).sum(dim=2))
+            errors.append(
+                (torch.clamp(torch.round(w[:, None, :] / s), -qmax - 1, qmax) * s - w[:, None, :]).pow(2).sum(dim=2)
+            )
         best = torch.cat(errors, dim=1).argmin(dim=1)
         return grid.gather(1, best[:, None]).squeeze(1)
 

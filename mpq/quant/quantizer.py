@@ -34,8 +34,15 @@ def check_group_size(group_size) -> int | None:
     """`group_size` if None or a power of two of at least MIN_GROUP_SIZE, else an MpqError saying what to give."""
     if group_size is None:
         return None
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < MIN_GROUP_SIZE or group_size & (group_size - 1):
-        raise MpqError(f"group size {group_size!r} must be a power of two of at least {MIN_GROUP_SIZE}, e.g. 32, 64 or 128 (or none for one scale per output channel)")
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int)
+        or group_size < MIN_GROUP_SIZE
+        or group_size & (group_size - 1)
+    ):
+        raise MpqError(
+            f"group size {group_size!r} must be a power of two of at least {MIN_GROUP_SIZE}, e.g. 32, 64 or 128 (or none for one scale per output channel)"
+        )
     return group_size
 
 
@@ -51,16 +58,24 @@ class Quantizer:
 
     def __post_init__(self) -> None:
         if self.act_observer not in ACT_OBSERVER_NAMES:
-            raise MpqError(f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVER_NAMES)}")
+            raise MpqError(
+                f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVER_NAMES)}"
+            )
         if self.weight_clip not in WEIGHT_CLIP_NAMES:
-            raise MpqError(f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIP_NAMES)}")
+            raise MpqError(
+                f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIP_NAMES)}"
+            )
         if not isinstance(self.bias_correction, bool):
             raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
         check_group_size(self.group_size)
 
     def to_json(self) -> dict:
         """Its fields; group_size only when set, so that the JSON of per-channel quantizers is as before."""
-        fields = {"act_observer": self.act_observer, "weight_clip": self.weight_clip, "bias_correction": self.bias_correction}
+        fields = {
+            "act_observer": self.act_observer,
+            "weight_clip": self.weight_clip,
+            "bias_correction": self.bias_correction,
+        }
         return fields | ({"group_size": self.group_size} if self.group_size is not None else {})
 
     @classmethod
@@ -69,7 +84,9 @@ class Quantizer:
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
         unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size"})
         if unknown:
-            raise MpqError(f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`")
+            raise MpqError(
+                f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`"
+            )
         return cls(**data)
 
     def describe(self) -> str:
@@ -106,6 +123,13 @@ def resolve_quantizer(
     elif quantizer is None:
         quantizer = DEFAULT_QUANTIZER
     elif not isinstance(quantizer, Quantizer):
-        raise MpqError(f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}")
-    overrides = {"act_observer": act_observer, "weight_clip": weight_clip, "bias_correction": bias_correction, "group_size": group_size}
+        raise MpqError(
+            f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}"
+        )
+    overrides = {
+        "act_observer": act_observer,
+        "weight_clip": weight_clip,
+        "bias_correction": bias_correction,
+        "group_size": group_size,
+    }
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})

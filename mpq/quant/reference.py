@@ -28,7 +28,9 @@ def top1(logits: torch.Tensor, labels: torch.Tensor | None) -> float | None:
     return None if labels is None else float((logits.argmax(dim=1) == labels).float().mean())
 
 
-def task_top1(prepared: PreparedModel, data: Dataset, outputs: torch.Tensor, fp32_outputs: torch.Tensor) -> float | None:
+def task_top1(
+    prepared: PreparedModel, data: Dataset, outputs: torch.Tensor, fp32_outputs: torch.Tensor
+) -> float | None:
     """Top-1 against the data's labels (None without them). Logits: the argmax. Embeddings (one integer label
     per sample): the nearest class centroid, a classifier that needs no head: each class's centroid is the mean
     of its samples' unit-length FP32 embeddings (flattened), and a sample gets the class whose centroid is the
@@ -77,7 +79,13 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     if cached is not None:
         logits = torch.tensor(cached["logits"], device=prepared.device)
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
-        return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=task_top1(prepared, data, logits, logits), perplexity=lm_perplexity(prepared, logits, data))
+        return Fp32Reference(
+            logits=logits,
+            input_ranges=ranges,
+            size_bytes=size,
+            top1=task_top1(prepared, data, logits, logits),
+            perplexity=lm_perplexity(prepared, logits, data),
+        )
     observers = {name: MinMaxObserver() for name in names}
 
     def observing(obs):
@@ -91,4 +99,10 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
         logits = run_batches(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
     cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
-    return Fp32Reference(logits=logits, input_ranges=ranges, size_bytes=size, top1=task_top1(prepared, data, logits, logits), perplexity=lm_perplexity(prepared, logits, data))
+    return Fp32Reference(
+        logits=logits,
+        input_ranges=ranges,
+        size_bytes=size,
+        top1=task_top1(prepared, data, logits, logits),
+        perplexity=lm_perplexity(prepared, logits, data),
+    )

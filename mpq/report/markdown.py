@@ -29,7 +29,11 @@ def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | No
 
 def _input_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None] | None:
     act = sensitivity.layers[name].activation
-    return None if act is None else metric_of(sensitivity.metric).shown(act.trace, act.trace_stderr, act.details, act.measured_omega)
+    return (
+        None
+        if act is None
+        else metric_of(sensitivity.metric).shown(act.trace, act.trace_stderr, act.details, act.measured_omega)
+    )
 
 
 def _pm(value: tuple[float, float | None] | None) -> str:
@@ -51,7 +55,9 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
     trustworthy; above it, the table_preamble lines."""
     label = metric_of(sensitivity.metric).label
     inputs = sensitivity.has_activations
-    head = f"| layer | kind | params | {label} ± error | probes | estimator |" + (f" input {label} ± error |" if inputs else "")
+    head = f"| layer | kind | params | {label} ± error | probes | estimator |" + (
+        f" input {label} ± error |" if inputs else ""
+    )
     rule = "|---|---|---:|---:|---:|---|" + ("---:|" if inputs else "")
     if plan is not None:
         head += " W | A | Ω |"
@@ -96,11 +102,23 @@ def comparison_table(report: Report) -> str:
     logits = not report.outputs.embeddings
     ppl = report.fp32.perplexity is not None
     latency = bool(report.latency_model)
-    columns = ["model", "size", "fits budget", "top-1" if logits else "top-1 (nearest FP32 class centroid)"] + (["agreement with FP32", "KL(FP32‖q)"] if logits else []) + ["cosine to FP32"]
+    columns = (
+        ["model", "size", "fits budget", "top-1" if logits else "top-1 (nearest FP32 class centroid)"]
+        + (["agreement with FP32", "KL(FP32‖q)"] if logits else [])
+        + ["cosine to FP32"]
+    )
     columns += (["perplexity"] if ppl else []) + ["bits per weight"] + (["predicted latency"] if latency else [])
-    fp32 = ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)] + (["100.0%", "0"] if logits else []) + ["1"]
+    fp32 = (
+        ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)]
+        + (["100.0%", "0"] if logits else [])
+        + ["1"]
+    )
     fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + ["32"] + (["-"] if latency else [])
-    lines = ["| " + " | ".join(columns) + " |", "|---|---:|---|" + "---:|" * (len(columns) - 3), "| " + " | ".join(fp32) + " |"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|---|---:|---|" + "---:|" * (len(columns) - 3),
+        "| " + " | ".join(fp32) + " |",
+    ]
     rows: list[Measurement] = [report.plan, *report.baselines]
     if report.weight_only is not None:
         rows.append(replace(report.weight_only, name=f"{report.weight_only.name} (float activations, for reference)"))
@@ -123,7 +141,11 @@ def latency_line(plan: Plan) -> str:
     limits = [b.text for b in plan.budgets if b.kind == "latency_s"]
     source = plan.settings.latency
     where = f"{'table ' + source.spec if source.source == 'table' else 'roofline of ' + (source.device or '?')}, batch {source.batch}"
-    return f"predicted latency {format_cost('latency_s', predicted)}" + (f" within {', '.join(limits)}" if limits else "") + f" ({where})"
+    return (
+        f"predicted latency {format_cost('latency_s', predicted)}"
+        + (f" within {', '.join(limits)}" if limits else "")
+        + f" ({where})"
+    )
 
 
 def _db(value: float | None) -> str:
@@ -132,9 +154,14 @@ def _db(value: float | None) -> str:
 
 def sqnr_table(report: Report) -> str:
     """Markdown table: per layer the SQNR (dB) of its weights, its input quantizer and its output vs FP32."""
-    lines = ["| layer | W | A | weight SQNR (dB) | input SQNR (dB) | output SQNR vs FP32 (dB) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| layer | W | A | weight SQNR (dB) | input SQNR (dB) | output SQNR vs FP32 (dB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in report.layer_sqnr:
-        lines.append(f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | {_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |")
+        lines.append(
+            f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | {_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,7 +187,12 @@ def plot_proxy(check: "ProxyCheck", path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     randoms, plan = check.points[1:], check.points[0]
-    ax.scatter([p.omega for p in randoms], [p.kl_to_fp32 for p in randoms], color="tab:blue", label="random plans, same size budget")
+    ax.scatter(
+        [p.omega for p in randoms],
+        [p.kl_to_fp32 for p in randoms],
+        color="tab:blue",
+        label="random plans, same size budget",
+    )
     ax.scatter([plan.omega], [plan.kl_to_fp32], color="tab:red", marker="*", s=180, label="mpq plan")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -182,16 +214,22 @@ def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
     x = range(len(names))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.22), 7), sharex=True)
     top.bar(x, [plan.layers[n].mean_weight_bits() for n in names], color="tab:blue")
-    top.set_ylabel("weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else ""))
+    top.set_ylabel(
+        "weight bits" + (" (mean over channels)" if any(lp.channel_bits for lp in plan.layers.values()) else "")
+    )
     top.set_title(f"mpq plan: widths and sensitivities ({sensitivity.metric}) per layer")
     warned = {n for n, s in sensitivity.layers.items() if s.warning(sensitivity.settings.tol)}
-    _bars(bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, metric_of(sensitivity.metric).label)
+    _bars(
+        bottom, sensitivity, [_layer_value(sensitivity, n) for n in names], warned, metric_of(sensitivity.metric).label
+    )
     bottom.set_xticks(list(x))
     bottom.set_xticklabels(names, rotation=90, fontsize=6)
     _save_figure(fig, path)
 
 
-def _bars(ax, sensitivity: Sensitivity, values: list[tuple[float, float | None] | None], warned: set[str], ylabel: str) -> None:
+def _bars(
+    ax, sensitivity: Sensitivity, values: list[tuple[float, float | None] | None], warned: set[str], ylabel: str
+) -> None:
     """Log-scale bars with error bars; a value that is not positive is drawn at the floor, hatched."""
     names = list(sensitivity.layers)
     shown = [v for v in values if v is not None and v[0] > 0]
@@ -221,13 +259,19 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     names = list(sensitivity.layers)
     label = metric_of(sensitivity.metric).label
     panels = 2 if sensitivity.has_activations else 1
-    fig, axes = plt.subplots(panels, 1, figsize=(max(8, len(names) * 0.22), 3.2 * panels + 1.5), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(max(8, len(names) * 0.22), 3.2 * panels + 1.5), sharex=True, squeeze=False
+    )
     tol = sensitivity.settings.tol
     warned = {n for n, s in sensitivity.layers.items() if s.warning(tol)}
     _bars(axes[0][0], sensitivity, [_layer_value(sensitivity, n) for n in names], warned, f"weights: {label}")
-    axes[0][0].set_title(f"mpq sensitivity ({sensitivity.metric}, loss {sensitivity.loss}); red: estimate not trustworthy")
+    axes[0][0].set_title(
+        f"mpq sensitivity ({sensitivity.metric}, loss {sensitivity.loss}); red: estimate not trustworthy"
+    )
     if panels == 2:
-        warned = {n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(sensitivity.metric, tol)}
+        warned = {
+            n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(sensitivity.metric, tol)
+        }
         _bars(axes[1][0], sensitivity, [_input_value(sensitivity, n) for n in names], warned, f"inputs: {label}")
     bottom = axes[-1][0]
     bottom.set_xticks(range(len(names)))
@@ -242,7 +286,9 @@ OPTIONAL_PLOTS = {  # written by other commands into the same folder; report.md 
 }
 
 
-def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = (), command: str | None = None) -> str:
+def markdown_report(
+    sensitivity: Sensitivity, plan: Plan, report: Report, plots: tuple[str, ...] = (), command: str | None = None
+) -> str:
     """report.md, opening with its summary (mpq.report.summary; `command`: the command line that made it, if known);
     `plots` names optional plot files (OPTIONAL_PLOTS) present beside it."""
     budgets = ", ".join(b.text for b in plan.budgets)
@@ -259,7 +305,8 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         + "; activations: "
         f"{(space.act_bits[0] if len(space.act_bits) == 1 else list(space.act_bits)) or 'float'}"
         + (f" ({plan.settings.act_choice_note})" if plan.settings.act_choice_note else "")
-        + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
+        + f". Sensitivity loss: {sensitivity.loss}; metric: {sensitivity.metric}"
+        + (" (weights and inputs)" if sensitivity.has_activations else "")
         + "; "
         f"{_probes_text(sensitivity)} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
@@ -268,7 +315,12 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
         f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}"
-        + (f"; {report.plan.bits_per_weight:.4f} bits per quantized weight (codes and scales)" if report.plan.bits_per_weight is not None else "") + ".",
+        + (
+            f"; {report.plan.bits_per_weight:.4f} bits per quantized weight (codes and scales)"
+            if report.plan.bits_per_weight is not None
+            else ""
+        )
+        + ".",
         "",
         *([latency_line(plan) + ".", ""] if "latency_s" in plan.predicted else []),
         "## Plan against FP32 and uniform widths",
@@ -284,7 +336,14 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
         "",
     ]
     if report.proxy is not None:
-        parts += ["## Does Ω predict?", "", report.proxy.summary() + " (`--proxy-check`).", "", f"![{PROXY_PLOT}]({PROXY_PLOT})", ""]
+        parts += [
+            "## Does Ω predict?",
+            "",
+            report.proxy.summary() + " (`--proxy-check`).",
+            "",
+            f"![{PROXY_PLOT}]({PROXY_PLOT})",
+            "",
+        ]
     for name in plots:
         if not (name == PROXY_PLOT and report.proxy is not None):
             parts += [f"{OPTIONAL_PLOTS[name]}:", "", f"![{name}]({name})", ""]
@@ -313,7 +372,9 @@ def markdown_report(sensitivity: Sensitivity, plan: Plan, report: Report, plots:
     return "\n".join(parts)
 
 
-def write_outputs(out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report, command: str | None = None) -> list[Path]:
+def write_outputs(
+    out_dir: Path, sensitivity: Sensitivity, plan: Plan, report: Report, command: str | None = None
+) -> list[Path]:
     """plan.json, report.json, report.md and layers.png (and the proxy check's plot), each written atomically;
     `command`: the command line report.md's summary names (None: the Python call)."""
     out_dir.mkdir(parents=True, exist_ok=True)

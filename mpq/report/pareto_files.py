@@ -14,11 +14,31 @@ from mpq.verify.pareto import ParetoResult
 from mpq.verify.report import Measurement
 
 CSV_COLUMNS = (
-    "config", "budget", "budget_limit", "feasible", "size_bytes", "bops", "omega", "verified",
-    "measured_size_bytes", "measured_bops", "fp32_agreement", "kl_to_fp32", "top1", "cosine_to_fp32",
-    "proven_optimal", "gap", "solve_seconds", "bits_per_weight", "measured_bits_per_weight",
+    "config",
+    "budget",
+    "budget_limit",
+    "feasible",
+    "size_bytes",
+    "bops",
+    "omega",
+    "verified",
+    "measured_size_bytes",
+    "measured_bops",
+    "fp32_agreement",
+    "kl_to_fp32",
+    "top1",
+    "cosine_to_fp32",
+    "proven_optimal",
+    "gap",
+    "solve_seconds",
+    "bits_per_weight",
+    "measured_bits_per_weight",
 )
-AXIS_UNITS = {"size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)), "bops": BOPS_PREFIXES, "bits_per_weight": PER_WEIGHT_PREFIXES}
+AXIS_UNITS = {
+    "size_bytes": (("MB", 1e6), ("kB", 1e3), ("B", 1.0)),
+    "bops": BOPS_PREFIXES,
+    "bits_per_weight": PER_WEIGHT_PREFIXES,
+}
 AXIS_NAMES = {"size_bytes": "size", "bops": "bit operations", "bits_per_weight": "bits per weight"}
 
 
@@ -26,8 +46,14 @@ def _measured_cells(m: Measurement | None) -> dict:
     if m is None:
         return {"verified": False}
     return {
-        "verified": True, "measured_size_bytes": m.size_bytes, "measured_bops": m.bops, "fp32_agreement": m.fp32_agreement,
-        "kl_to_fp32": m.kl_to_fp32, "top1": m.top1, "cosine_to_fp32": m.cosine_to_fp32, "measured_bits_per_weight": m.bits_per_weight,
+        "verified": True,
+        "measured_size_bytes": m.size_bytes,
+        "measured_bops": m.bops,
+        "fp32_agreement": m.fp32_agreement,
+        "kl_to_fp32": m.kl_to_fp32,
+        "top1": m.top1,
+        "cosine_to_fp32": m.cosine_to_fp32,
+        "measured_bits_per_weight": m.bits_per_weight,
     }
 
 
@@ -35,7 +61,13 @@ def csv_rows(result: ParetoResult) -> list[dict]:
     """One row per sweep point ("mpq"), then one per uniform width ("uniform W4A8" ...)."""
     rows = []
     for p in result.points:
-        row = {"config": "mpq", "budget": p.budget.text, "budget_limit": p.budget.limit, "feasible": p.feasible, "solve_seconds": round(p.solve_seconds, 4)}
+        row = {
+            "config": "mpq",
+            "budget": p.budget.text,
+            "budget_limit": p.budget.limit,
+            "feasible": p.feasible,
+            "solve_seconds": round(p.solve_seconds, 4),
+        }
         if p.plan is not None:
             row |= {k: p.plan.predicted.get(k) for k in ("size_bytes", "bops", "omega", "bits_per_weight")}
             row |= {"proven_optimal": p.plan.solver.get("proven_optimal"), "gap": p.plan.solver.get("gap")}
@@ -56,7 +88,10 @@ def pareto_csv(result: ParetoResult) -> str:
 
 def pareto_table(result: ParetoResult) -> str:
     """Markdown table: per point its budget, predicted size, BOPs and Omega, and what was measured."""
-    lines = ["| config | budget | size | BOPs | Ω | agreement with FP32 | KL(FP32‖q) | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| config | budget | size | BOPs | Ω | agreement with FP32 | KL(FP32‖q) | top-1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in csv_rows(result):
         if not row["feasible"]:
             lines.append(f"| mpq | {row['budget']} | infeasible | | | | | |")
@@ -71,7 +106,10 @@ def pareto_table(result: ParetoResult) -> str:
 
 def _axis(result: ParetoResult) -> tuple[str, float]:
     """The x-axis label and scale: the largest unit that keeps the largest point >= 1."""
-    largest = max([p.plan.predicted[result.kind] for p in result.feasible_points] + [u.predicted[result.kind] for u in result.uniform])
+    largest = max(
+        [p.plan.predicted[result.kind] for p in result.feasible_points]
+        + [u.predicted[result.kind] for u in result.uniform]
+    )
     unit, scale = next(((u, f) for u, f in AXIS_UNITS[result.kind] if largest >= f), AXIS_UNITS[result.kind][-1])
     return AXIS_NAMES[result.kind] + f" ({unit})", scale
 
@@ -91,21 +129,57 @@ def plot_pareto(result: ParetoResult, path: Path) -> None:
     fig, axes = plt.subplots(panels, 1, figsize=(7, 3 + 2.4 * panels), sharex=True, squeeze=False)
     axes = axes[:, 0]
     omega_ax = axes[0]
-    omega_ax.plot([p.plan.predicted[result.kind] / scale for p in feasible], [p.plan.predicted["omega"] for p in feasible], "o-", ms=3, color="tab:blue", label="mpq (predicted)")
-    omega_ax.plot([u.predicted[result.kind] / scale for u in result.uniform], [u.predicted["omega"] for u in result.uniform], "s", color="tab:red", label="uniform")
+    omega_ax.plot(
+        [p.plan.predicted[result.kind] / scale for p in feasible],
+        [p.plan.predicted["omega"] for p in feasible],
+        "o-",
+        ms=3,
+        color="tab:blue",
+        label="mpq (predicted)",
+    )
+    omega_ax.plot(
+        [u.predicted[result.kind] / scale for u in result.uniform],
+        [u.predicted["omega"] for u in result.uniform],
+        "s",
+        color="tab:red",
+        label="uniform",
+    )
     for u in result.uniform:
-        omega_ax.annotate(f"W{u.weight_bits}", (u.predicted[result.kind] / scale, u.predicted["omega"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        omega_ax.annotate(
+            f"W{u.weight_bits}",
+            (u.predicted[result.kind] / scale, u.predicted["omega"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
     omega_ax.set_yscale("log")
     omega_ax.set_ylabel("predicted total Ω")
-    omega_ax.set_title(f"mpq Pareto front ({len(feasible)} of {len(result.points)} budgets feasible, {len(verified)} measured)")
+    omega_ax.set_title(
+        f"mpq Pareto front ({len(feasible)} of {len(result.points)} budgets feasible, {len(verified)} measured)"
+    )
     omega_ax.legend(fontsize=8)
     if panels == 3:
-        for ax, metric, ylabel in ((axes[1], "fp32_agreement", "agreement with FP32 (%)"), (axes[2], "kl_to_fp32", "KL(FP32‖q)")):
+        for ax, metric, ylabel in (
+            (axes[1], "fp32_agreement", "agreement with FP32 (%)"),
+            (axes[2], "kl_to_fp32", "KL(FP32‖q)"),
+        ):
             factor = 100 if metric == "fp32_agreement" else 1
             mx = [getattr(p.measured, result.kind) / scale for p in verified]
-            ax.plot(mx, [factor * getattr(p.measured, metric) for p in verified], "o-", color="tab:blue", label="mpq (measured)")
+            ax.plot(
+                mx,
+                [factor * getattr(p.measured, metric) for p in verified],
+                "o-",
+                color="tab:blue",
+                label="mpq (measured)",
+            )
             ux = [getattr(u.measured, result.kind) / scale for u in measured_uniform]
-            ax.plot(ux, [factor * getattr(u.measured, metric) for u in measured_uniform], "s", color="tab:red", label="uniform (measured)")
+            ax.plot(
+                ux,
+                [factor * getattr(u.measured, metric) for u in measured_uniform],
+                "s",
+                color="tab:red",
+                label="uniform (measured)",
+            )
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)
         axes[2].set_yscale("log")

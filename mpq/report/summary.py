@@ -47,18 +47,28 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     measured = report.plan
     warnings = sensitivity.warnings()
     if uniform is not None and report.distance(uniform) <= report.distance(measured):
-        steps.append(f"A uniform plan wins ({uniform.name}): Ω does not rank the widths well here. Try a measured metric "
-                     "(`--metric output_kl` or `--metric kl_quadratic`), or `--proxy-check 20` to see how well Ω predicts KL; "
-                     f"meanwhile {uniform.name} is the better choice at this budget.")
+        steps.append(
+            f"A uniform plan wins ({uniform.name}): Ω does not rank the widths well here. Try a measured metric "
+            "(`--metric output_kl` or `--metric kl_quadratic`), or `--proxy-check 20` to see how well Ω predicts KL; "
+            f"meanwhile {uniform.name} is the better choice at this budget."
+        )
     if sensitivity.stop_reason in ("max_probes", "max_seconds"):
         limit = "--max-probes" if sensitivity.stop_reason == "max_probes" else "--max-seconds"
-        steps.append(f"Probing stopped at `{limit}` before every layer's estimate was within `--tol {sensitivity.settings.tol:g}` "
-                     f"of it: raise `{limit}`" + (" (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them)."
-                                                  if metric_of(sensitivity.metric).checkpointed else "."))
+        steps.append(
+            f"Probing stopped at `{limit}` before every layer's estimate was within `--tol {sensitivity.settings.tol:g}` "
+            f"of it: raise `{limit}`"
+            + (
+                " (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them)."
+                if metric_of(sensitivity.metric).checkpointed
+                else "."
+            )
+        )
     if warnings:
         names = ", ".join(list(warnings)[:3]) + (", …" if len(warnings) > 3 else "")
-        steps.append(f"{len(warnings)} layer(s) have estimates not to be trusted ({names}; see Warnings): more probes "
-                     "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt.")
+        steps.append(
+            f"{len(warnings)} layer(s) have estimates not to be trusted ({names}; see Warnings): more probes "
+            "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt."
+        )
     w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
     act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
     ours = report.distance(measured)
@@ -67,12 +77,16 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
         steps.append(capped)
     elif w8 is not None and any(a is not None for a in act_bits) and ours > 0 and report.distance(w8) >= ACT_CAP * ours:
         what = report.distance_name
-        steps.append(f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
-                     f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
-                     "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone.")
+        steps.append(
+            f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
+            f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
+            "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone."
+        )
     if not steps:
-        steps.append("Nothing stands out. To see what a little more or less size buys, sweep the budget: "
-                     "`mpq pareto --budget LOW:HIGH` (docs/pareto.md); `mpq export` writes the plan for deployment.")
+        steps.append(
+            "Nothing stands out. To see what a little more or less size buys, sweep the budget: "
+            "`mpq pareto --budget LOW:HIGH` (docs/pareto.md); `mpq export` writes the plan for deployment."
+        )
     return steps
 
 
@@ -87,9 +101,11 @@ def _activations_cap(report: Report, w8: Measurement | None) -> str | None:
     if far <= 0 or far < WEIGHT_ONLY_GAP * near:
         return None
     ratio = f"{far / near:.0f}×" if near > 0 else "infinitely"
-    return (f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) than {weight_only.name} with "
-            f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try weight-only widths: `--act-bits none` "
-            "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another activation observer (`--act-observer mse`).")
+    return (
+        f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) than {weight_only.name} with "
+        f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try weight-only widths: `--act-bits none` "
+        "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another activation observer (`--act-observer mse`)."
+    )
 
 
 def api_call(plan: Plan) -> str:
@@ -102,7 +118,10 @@ def api_call(plan: Plan) -> str:
 def summary(sensitivity: Sensitivity, plan: Plan, report: Report, command: str | None = None) -> list[str]:
     """The lines of report.md's `## Summary` section."""
     made_by = f"`{command}`" if command else f"`{api_call(plan)}` (Python API)"
-    budgets = ", ".join(f"{b.text} ({b.limit:,.0f} bytes)" if b.kind == "size_bytes" else b.text for b in plan.budgets) or "none"
+    budgets = (
+        ", ".join(f"{b.text} ({b.limit:,.0f} bytes)" if b.kind == "size_bytes" else b.text for b in plan.budgets)
+        or "none"
+    )
     uniform = best_uniform(report)
     lines = [
         "## Summary",
@@ -110,7 +129,9 @@ def summary(sensitivity: Sensitivity, plan: Plan, report: Report, command: str |
         f"- Made by: {made_by}",
         f"- Budget: {budgets}",
         f"- The plan: {_measured(report, report.plan)}",
-        f"- Best uniform plan that fits: {uniform.name}, {_measured(report, uniform)}" if uniform else "- Best uniform plan that fits: none fits the budget",
+        f"- Best uniform plan that fits: {uniform.name}, {_measured(report, uniform)}"
+        if uniform
+        else "- Best uniform plan that fits: none fits the budget",
         f"- Result: {_verdict(report, uniform)}",
         "",
         "What to try next:",

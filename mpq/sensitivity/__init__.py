@@ -12,8 +12,11 @@ import importlib
 from pathlib import Path
 
 _NAMES = {
-    "analyze_prepared": "mpq.sensitivity.analysis", "CACHE_KINDS": "mpq.sensitivity.analysis", "REFERENCE_BATCH": "mpq.sensitivity.analysis",
-    "Sensitivity": "mpq.sensitivity.result", "LayerSensitivity": "mpq.sensitivity.result",
+    "analyze_prepared": "mpq.sensitivity.analysis",
+    "CACHE_KINDS": "mpq.sensitivity.analysis",
+    "REFERENCE_BATCH": "mpq.sensitivity.analysis",
+    "Sensitivity": "mpq.sensitivity.result",
+    "LayerSensitivity": "mpq.sensitivity.result",
     "ProbeSettings": "mpq.sensitivity.settings",
 }
 
@@ -22,7 +25,9 @@ __all__ = sorted(_NAMES)
 
 def __getattr__(name: str):
     if name.startswith("__") or (Path(__file__).parent / f"{name}.py").exists():
-        raise AttributeError(f"module 'mpq.sensitivity' has no attribute {name!r}")  # a submodule: the import system loads it
+        raise AttributeError(
+            f"module 'mpq.sensitivity' has no attribute {name!r}"
+        )  # a submodule: the import system loads it
     module = importlib.import_module(_NAMES.get(name, "mpq.sensitivity.analysis"))
     try:
         value = getattr(module, name)

@@ -125,7 +125,9 @@ def perturbed_inputs(model: nn.Module, groups: list[list[str]], shapes: list[tup
 
     for group, delta in zip(groups, wrapper.delta):
         for name in group:
-            handles.append(model.get_submodule(name).register_forward_pre_hook(lambda m, a, d=delta: add_delta(m, a, d)))
+            handles.append(
+                model.get_submodule(name).register_forward_pre_hook(lambda m, a, d=delta: add_delta(m, a, d))
+            )
     try:
         yield wrapper
     finally:
@@ -141,14 +143,21 @@ def act_quant_params(ranges: dict[str, tuple[float, float]], name: str, bits: in
 
 
 def input_quant_errors(
-    model: nn.Module, layer_names: list[str], ranges: dict[str, tuple[float, float]], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25
+    model: nn.Module,
+    layer_names: list[str],
+    ranges: dict[str, tuple[float, float]],
+    x: torch.Tensor,
+    bits: tuple[int, ...],
+    batch_size: int = 25,
 ) -> dict[str, dict[int, float]]:
     """{layer: {a: E_i ||Q_a(x_i) − x_i||²}}, x_i the layer's input for sample i, Q_a the verifier's quantizer."""
     sums = {n: np.zeros(len(bits)) for n in layer_names}
 
     def record(name: str, inputs: torch.Tensor) -> None:
         for j, b in enumerate(bits):
-            sums[name][j] += float((act_quant_params(ranges, name, b).fake_quantize(inputs) - inputs).double().pow(2).sum())
+            sums[name][j] += float(
+                (act_quant_params(ranges, name, b).fake_quantize(inputs) - inputs).double().pow(2).sum()
+            )
 
     handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: record(n, a[0])) for n in layer_names]
     try:

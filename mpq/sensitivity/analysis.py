@@ -23,7 +23,13 @@ from mpq.inputs.graph import PreparedModel, module_calls_visible
 from mpq.quant.calibration import bias_shifts, weight_clip_ratios
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
-from mpq.sensitivity.activation import ActivationSensitivity, act_quant_params, input_groups, input_quant_errors, perturbed_inputs
+from mpq.sensitivity.activation import (
+    ActivationSensitivity,
+    act_quant_params,
+    input_groups,
+    input_quant_errors,
+    perturbed_inputs,
+)
 from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.error import ALL_BITS, channel_error_table
 from mpq.sensitivity.hessian import HessianTraces
@@ -38,11 +44,24 @@ from mpq.sensitivity.stopping import KnownPart, capped_layers
 REFERENCE_BATCH = 25  # samples per forward pass of the FP32 reference (ranges) and measured errors
 
 
-CACHE_KINDS = {"weights": ("sensitivity", "hessian-checkpoint"), "inputs": ("activation-sensitivity", "activation-checkpoint")}
+CACHE_KINDS = {
+    "weights": ("sensitivity", "hessian-checkpoint"),
+    "inputs": ("activation-sensitivity", "activation-checkpoint"),
+}
 
 
 def _cached_curvature(
-    what: str, key: dict, metric: Metric, model, names: list[str], data: Dataset, targets, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss
+    what: str,
+    key: dict,
+    metric: Metric,
+    model,
+    names: list[str],
+    data: Dataset,
+    targets,
+    settings: ProbeSettings,
+    cache: Cache,
+    progress: bool,
+    loss: Loss,
 ) -> tuple[HessianTraces, dict[str, list], bool]:
     """(traces, the metric's per-layer fields, whether from the cache); a Hutchinson estimate is
     checkpointed after every probe and resumed by the next run."""
@@ -73,38 +92,101 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
 
 def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, cache: Cache) -> dict:
     """The quantizer's bias shifts per layer and width (mpq.quant.calibration.bias_shifts), {} without bias correction."""
-    return bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size) if quantizer.bias_correction else {}
+    return (
+        bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size)
+        if quantizer.bias_correction
+        else {}
+    )
 
 
-def _cached_kl_quadratic(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, shifts, key: dict, settings: ProbeSettings, cache: Cache, progress: bool) -> tuple[KlQuadratic, bool]:
+def _cached_kl_quadratic(
+    prepared: PreparedModel,
+    data: Dataset,
+    quantizer: Quantizer,
+    ratios,
+    shifts,
+    key: dict,
+    settings: ProbeSettings,
+    cache: Cache,
+    progress: bool,
+) -> tuple[KlQuadratic, bool]:
     """The kl_quadratic estimate for the quantizer's weights (clip `ratios`, bias correction: `shifts()`), cached; and whether it came from the cache."""
     names = key["layers"]
     # under kl_quadratic's name and without kl_anchored's setting for every quadratic metric: kl_anchored scales the same estimate
     settings_key = {k: v for k, v in key["settings"].items() if k != "anchor_samples"}
-    full_key = {**key, "settings": settings_key, "metric": "kl_quadratic", "quantizer": quantizer.to_json(), "draws": DRAWS, "bits": list(ALL_BITS)}
+    full_key = {
+        **key,
+        "settings": settings_key,
+        "metric": "kl_quadratic",
+        "quantizer": quantizer.to_json(),
+        "draws": DRAWS,
+        "bits": list(ALL_BITS),
+    }
     cached = cache.load("kl-quadratic", full_key)
     from_cache = cached is not None
     if cached is None:
-        result = kl_quadratic_omegas(prepared.folded, names, data.x, ALL_BITS, ratios, shifts(), settings.batch_size, DRAWS, settings.seed, progress, quantizer.group_size)
+        result = kl_quadratic_omegas(
+            prepared.folded,
+            names,
+            data.x,
+            ALL_BITS,
+            ratios,
+            shifts(),
+            settings.batch_size,
+            DRAWS,
+            settings.seed,
+            progress,
+            quantizer.group_size,
+        )
         cached = {
-            "omega": result.omega, "stderr": result.stderr, "samples": result.samples, "draws": result.draws, "seconds": result.seconds,
-            "channel_omega": {n: {b: c.tolist() for b, c in per_width.items()} for n, per_width in result.channel_omega.items()},
+            "omega": result.omega,
+            "stderr": result.stderr,
+            "samples": result.samples,
+            "draws": result.draws,
+            "seconds": result.seconds,
+            "channel_omega": {
+                n: {b: c.tolist() for b, c in per_width.items()} for n, per_width in result.channel_omega.items()
+            },
         }
         cache.save("kl-quadratic", full_key, cached)
     per_width = lambda table, cast: {n: {int(b): cast(v) for b, v in t.items()} for n, t in table.items()}  # noqa: E731
     return KlQuadratic(
-        omega=per_width(cached["omega"], float), stderr=per_width(cached["stderr"], float),
-        channel_omega=per_width(cached["channel_omega"], np.asarray), samples=cached["samples"], draws=cached["draws"], seconds=cached["seconds"],
+        omega=per_width(cached["omega"], float),
+        stderr=per_width(cached["stderr"], float),
+        channel_omega=per_width(cached["channel_omega"], np.asarray),
+        samples=cached["samples"],
+        draws=cached["draws"],
+        seconds=cached["seconds"],
     ), from_cache
 
 
-def _cached_anchor_kls(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, shifts, key: dict, samples: int, cache: Cache, progress: bool) -> dict[str, float]:
+def _cached_anchor_kls(
+    prepared: PreparedModel,
+    data: Dataset,
+    quantizer: Quantizer,
+    ratios,
+    shifts,
+    key: dict,
+    samples: int,
+    cache: Cache,
+    progress: bool,
+) -> dict[str, float]:
     """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples (mpq.sensitivity.anchor), cached."""
     names = key["layers"]
-    anchor_key = {k: v for k, v in key.items() if k not in ("metric", "settings")} | {"quantizer": quantizer.to_json(), "bits": ANCHOR_BITS, "samples": samples}
+    anchor_key = {k: v for k, v in key.items() if k not in ("metric", "settings")} | {
+        "quantizer": quantizer.to_json(),
+        "bits": ANCHOR_BITS,
+        "samples": samples,
+    }
     cached = cache.load("kl-anchor", anchor_key)
     if cached is None:
-        deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), (ANCHOR_BITS,), ratios.get(name), shifts().get(name), quantizer.group_size)  # noqa: E731
+        deltas = lambda name: parameter_deltas(
+            prepared.folded.get_submodule(name),
+            (ANCHOR_BITS,),
+            ratios.get(name),
+            shifts().get(name),
+            quantizer.group_size,
+        )  # noqa: E731
         x = data.x[anchor_indices(len(data), samples).to(data.x.device)]
         errors = weight_output_errors(prepared.folded, names, x, (ANCHOR_BITS,), REFERENCE_BATCH, progress, deltas)
         cached = {n: errors[n][ANCHOR_BITS].kl for n in names}
@@ -115,7 +197,10 @@ def _cached_anchor_kls(prepared: PreparedModel, data: Dataset, quantizer: Quanti
 def _measured_fields(errors: dict[int, OutputError], metric: OutputMSE) -> tuple[dict[int, float], dict]:
     """(Omega per width: the output MSE or KL the metric names, the JSON fields)."""
     omega = {b: getattr(e, metric.field) for b, e in errors.items()}
-    return omega, {metric.name: {str(b): v for b, v in omega.items()}, "output_sqnr_db": {str(b): finite(e.sqnr_db) for b, e in errors.items()}}
+    return omega, {
+        metric.name: {str(b): v for b, v in omega.items()},
+        "output_sqnr_db": {str(b): finite(e.sqnr_db) for b, e in errors.items()},
+    }
 
 
 def _per_layer(details: dict[str, list], i: int) -> dict:
@@ -123,7 +208,15 @@ def _per_layer(details: dict[str, list], i: int) -> dict:
 
 
 def _activation_sensitivities(
-    prepared: PreparedModel, data: Dataset, settings: ProbeSettings, cache: Cache, progress: bool, loss: Loss, metric: Metric, key: dict, targets
+    prepared: PreparedModel,
+    data: Dataset,
+    settings: ProbeSettings,
+    cache: Cache,
+    progress: bool,
+    loss: Loss,
+    metric: Metric,
+    key: dict,
+    targets,
 ) -> dict[str, ActivationSensitivity]:
     """Every quantizable input's sensitivity under `metric` (see mpq.sensitivity.activation)."""
     from mpq.quant.reference import fp32_reference
@@ -143,19 +236,34 @@ def _activation_sensitivities(
     act_key = {**key, "metric": metric.name, "inputs": groups}
     if metric.kind == "measured":
         params = lambda name, bits: act_quant_params(ranges, name, bits)  # noqa: E731
-        measured = _cached_output_errors(cache, {**act_key, "bits": list(ALL_BITS)}, lambda: input_output_errors(prepared.folded, groups, params, data.x, ALL_BITS, REFERENCE_BATCH))
+        measured = _cached_output_errors(
+            cache,
+            {**act_key, "bits": list(ALL_BITS)},
+            lambda: input_output_errors(prepared.folded, groups, params, data.x, ALL_BITS, REFERENCE_BATCH),
+        )
         nan = float("nan")
         estimates = [(nan, nan, 0, *_measured_fields(m, metric)) for m in measured]
     else:
         with perturbed_inputs(prepared.folded, groups, shapes) as wrapper:
-            traces, details, _ = _cached_curvature("inputs", act_key, metric, wrapper, wrapper.names, data, targets, settings, cache, progress, loss)
-        estimates = [(float(traces.trace[g]), float(traces.stderr[g]), traces.probes_of(g), None, _per_layer(details, g)) for g in range(len(groups))]
+            traces, details, _ = _cached_curvature(
+                "inputs", act_key, metric, wrapper, wrapper.names, data, targets, settings, cache, progress, loss
+            )
+        estimates = [
+            (float(traces.trace[g]), float(traces.stderr[g]), traces.probes_of(g), None, _per_layer(details, g))
+            for g in range(len(groups))
+        ]
     result = {}
     for group, shape, (trace, stderr, probes, measured_omega, fields) in zip(groups, shapes, estimates):
         for name in group:
             result[name] = ActivationSensitivity(
-                group=group, trace=trace, trace_stderr=stderr, probes=probes, elements=math.prod(shape),
-                quant_error=errors[name], measured_omega=measured_omega, details=fields,
+                group=group,
+                trace=trace,
+                trace_stderr=stderr,
+                probes=probes,
+                elements=math.prod(shape),
+                quant_error=errors[name],
+                measured_omega=measured_omega,
+                details=fields,
             )
     return result
 
@@ -163,7 +271,9 @@ def _activation_sensitivities(
 def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
     """A standard error needs two probes: when the time cap stopped some layer before, say what to raise."""
     fewest = min(traces.probes_of(i) for i in range(len(traces.layer_names)))
-    if fewest < 2 and traces.stop_reason == "max_seconds":  # (an exact estimate, e.g. gauss_newton over every class, needs no probes)
+    if (
+        fewest < 2 and traces.stop_reason == "max_seconds"
+    ):  # (an exact estimate, e.g. gauss_newton over every class, needs no probes)
         raise MpqError(
             f"the probing stopped after {settings.max_seconds:g} s with {fewest} probe(s) of some layer, and a standard error needs two: "
             "raise --max-seconds (max_seconds=), or lower --batch-size"
@@ -177,7 +287,9 @@ def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
         return traces.capped
     if traces.layer_probes is None:  # no per-layer probe counts: not a Hutchinson estimate, no cap to name
         return np.zeros(len(traces.layer_names), dtype=bool)
-    return capped_layers(KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason)
+    return capped_layers(
+        KnownPart.none(len(traces.layer_names)), traces.trace, traces.stderr, settings.tol, traces.stop_reason
+    )
 
 
 def output_dims(prepared: PreparedModel, data: Dataset) -> int:
@@ -206,8 +318,14 @@ def analyze_prepared(
     embeddings = prepared.outputs.embeddings
     name, metric = metric, metric_of(metric)
     if activations and not metric.inputs:
-        raise MpqError(f"the {name} metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity")
-    loss = resolve_loss(metric.fixed_loss, data.y is not None, embeddings) if metric.fixed_loss else (loss or resolve_loss(None, data.y is not None, embeddings))
+        raise MpqError(
+            f"the {name} metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or use another --metric for the inputs' sensitivity"
+        )
+    loss = (
+        resolve_loss(metric.fixed_loss, data.y is not None, embeddings)
+        if metric.fixed_loss
+        else (loss or resolve_loss(None, data.y is not None, embeddings))
+    )
     if metric.kind == "curvature":  # the measured and quadratic metrics do not use the loss
         metric.check_loss(loss.name, output_dims(prepared, data))
         loss.check(prepared.folded, data)
@@ -224,30 +342,47 @@ def analyze_prepared(
     targets = functools.cache(lambda: loss.targets_for(prepared.folded, data))  # computed once, when needed
     nan = float("nan")
     no_traces = lambda seconds, reason: HessianTraces(  # noqa: E731
-        layer_names=names, trace=np.full(len(names), nan), stderr=np.full(len(names), nan), probes=0,
+        layer_names=names,
+        trace=np.full(len(names), nan),
+        stderr=np.full(len(names), nan),
+        probes=0,
         channel_trace=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
         channel_stderr=[np.full(layer.out_channels, nan) for layer in prepared.graph.layers],
-        seconds=seconds, stop_reason=reason,
+        seconds=seconds,
+        stop_reason=reason,
     )
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
     shifts = functools.cache(lambda: _bias_shifts(prepared, data, quantizer, ratios, cache))  # once, when needed
     quadratic = None
     if metric.kind == "quadratic":
-        quadratic, from_cache = _cached_kl_quadratic(prepared, data, quantizer, ratios, shifts, key, settings, cache, progress)
+        quadratic, from_cache = _cached_kl_quadratic(
+            prepared, data, quantizer, ratios, shifts, key, settings, cache, progress
+        )
         unscaled, anchors = quadratic, {}
         if metric.anchored:
             started = time.perf_counter()
-            anchor_kls = _cached_anchor_kls(prepared, data, quantizer, ratios, shifts, key, settings.anchor_samples, cache, progress)
+            anchor_kls = _cached_anchor_kls(
+                prepared, data, quantizer, ratios, shifts, key, settings.anchor_samples, cache, progress
+            )
             anchors = {n: (kl, anchor_ratio(kl, quadratic.omega[n][ANCHOR_BITS])) for n, kl in anchor_kls.items()}
             quadratic = quadratic.scaled({n: r for n, (_, r) in anchors.items()})
             quadratic.seconds += time.perf_counter() - started
         traces, details = no_traces(quadratic.seconds, "measured"), {}
     elif metric.kind == "measured":
         started = time.perf_counter()
-        def measure() -> list[dict[int, OutputError]]:  # every layer measured once (a comprehension over the call measured all of them per layer)
+
+        def measure() -> list[
+            dict[int, OutputError]
+        ]:  # every layer measured once (a comprehension over the call measured all of them per layer)
             deltas = None
             if metric.uses_quantizer:  # the quantizer's weights and corrected bias
-                deltas = lambda name: parameter_deltas(prepared.folded.get_submodule(name), ALL_BITS, ratios.get(name), shifts().get(name), quantizer.group_size)  # noqa: E731
+                deltas = lambda name: parameter_deltas(
+                    prepared.folded.get_submodule(name),
+                    ALL_BITS,
+                    ratios.get(name),
+                    shifts().get(name),
+                    quantizer.group_size,
+                )  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
 
@@ -255,10 +390,16 @@ def analyze_prepared(
         measured = _cached_output_errors(cache, {**key, **quantizer_key, "bits": list(ALL_BITS)}, measure)
         traces, details, from_cache = no_traces(time.perf_counter() - started, "measured"), {}, False
     else:
-        traces, details, from_cache = _cached_curvature("weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss)
+        traces, details, from_cache = _cached_curvature(
+            "weights", key, metric, prepared.folded, names, data, targets, settings, cache, progress, loss
+        )
         _check_two_probes(traces, settings)
     capped = _capped(traces, settings)
-    inputs = _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets) if activations else {}
+    inputs = (
+        _activation_sensitivities(prepared, data, settings, cache, progress, loss, metric, key, targets)
+        if activations
+        else {}
+    )
     errors = channel_error_table(prepared.folded, names, clip_ratios=ratios, group_size=quantizer.group_size)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
@@ -268,9 +409,12 @@ def analyze_prepared(
         elif quadratic is not None:
             measured_omega, measured_stderr = quadratic.omega[layer.name], quadratic.stderr[layer.name]
             channel_measured = quadratic.channel_omega[layer.name]
-            fields = {"kl_quadratic": {str(b): v for b, v in unscaled.omega[layer.name].items()},
-                      "kl_quadratic_stderr": {str(b): v for b, v in unscaled.stderr[layer.name].items()},
-                      "samples": quadratic.samples, "draws": quadratic.draws}
+            fields = {
+                "kl_quadratic": {str(b): v for b, v in unscaled.omega[layer.name].items()},
+                "kl_quadratic_stderr": {str(b): v for b, v in unscaled.stderr[layer.name].items()},
+                "samples": quadratic.samples,
+                "draws": quadratic.draws,
+            }
             if layer.name in anchors:
                 fields |= {"anchor_kl": anchors[layer.name][0], "anchor_ratio": anchors[layer.name][1]}
         else:

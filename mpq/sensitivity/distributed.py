@@ -65,7 +65,9 @@ def local_device(device: torch.device) -> torch.device:
     if local >= torch.cuda.device_count():
         from mpq.errors import MpqError
 
-        raise MpqError(f"torchrun's LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible; start at most that many processes per node")
+        raise MpqError(
+            f"torchrun's LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible; start at most that many processes per node"
+        )
     return torch.device("cuda", local)
 
 

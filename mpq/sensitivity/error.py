@@ -25,6 +25,12 @@ def channel_error_table(
     """{layer: {bits: per-channel squared error}}."""
     ratio = lambda name, b: None if clip_ratios is None else clip_ratios[name][b]  # noqa: E731
     return {
-        name: {b: channel_quant_error(model.get_submodule(name).weight, b, ratio(name, b), group_size).double().cpu().numpy() for b in bits}
+        name: {
+            b: channel_quant_error(model.get_submodule(name).weight, b, ratio(name, b), group_size)
+            .double()
+            .cpu()
+            .numpy()
+            for b in bits
+        }
         for name in layer_names
     }

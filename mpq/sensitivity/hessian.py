@@ -65,9 +65,13 @@ class HessianTraces:
     stop_reason: str
     resumed_from: int = 0  # probes read from a checkpoint of an interrupted run
     layer_probes: np.ndarray | None = None  # [layers] probes each layer's estimate used (None: `probes` each)
-    capped: np.ndarray | None = None  # [layers] bool: a cap (max_probes, max_seconds) stopped it above tolerance (None: none)
+    capped: np.ndarray | None = (
+        None  # [layers] bool: a cap (max_probes, max_seconds) stopped it above tolerance (None: none)
+    )
     notes: list[str] = field(default_factory=list)  # what the estimate could not do, one sentence each
-    sample_trace: np.ndarray | None = field(default=None, repr=False)  # [samples, layers] for means over samples (in memory only)
+    sample_trace: np.ndarray | None = field(
+        default=None, repr=False
+    )  # [samples, layers] for means over samples (in memory only)
 
     def probes_of(self, i: int) -> int:
         return int(self.layer_probes[i]) if self.layer_probes is not None else self.probes
@@ -199,7 +203,11 @@ class RunningSums:
             )
         except (KeyError, TypeError, ValueError):
             return None
-        if [len(c) for c in sums.channel_sum] != channels or [len(c) for c in sums.channel_sq] != channels or len(sums.counts) != len(channels):
+        if (
+            [len(c) for c in sums.channel_sum] != channels
+            or [len(c) for c in sums.channel_sq] != channels
+            or len(sums.counts) != len(channels)
+        ):
             return None
         sums.resumed_from = sums.probes
         return sums
@@ -247,10 +255,14 @@ class ProbeProblem:
             hvs = self._hvp(x, target, self.keys, self.weights, vs)
         else:
             hvs = [self.layer_hvp(x, target, i, v) if on else None for i, (v, on) in enumerate(zip(vs, active))]
-        return np.concatenate([
-            (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().cpu().numpy() if hv is not None else np.full(v.shape[0], np.nan)
-            for v, hv in zip(vs, hvs)
-        ])
+        return np.concatenate(
+            [
+                (v * hv.detach()).reshape(v.shape[0], -1).sum(dim=1).double().cpu().numpy()
+                if hv is not None
+                else np.full(v.shape[0], np.nan)
+                for v, hv in zip(vs, hvs)
+            ]
+        )
 
     def layer_hvp(self, x, target, i: int, v: torch.Tensor) -> torch.Tensor:
         """H_ii v_i: the product with layer i's weight block, the other weights held constant."""
@@ -265,7 +277,9 @@ class ProbeProblem:
 
     def _hvp(self, x, target, keys, weights, vs) -> list[torch.Tensor]:
         try:
-            return hessian_vector_product(self.model, keys, weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size)
+            return hessian_vector_product(
+                self.model, keys, weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size
+            )
         except (RuntimeError, NotImplementedError) as exc:
             if self.method != "fwd-rev":
                 raise

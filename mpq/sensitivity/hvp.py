@@ -31,7 +31,9 @@ from mpq.errors import MpqError
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def rev_rev(model: nn.Module, names: list[str], weights: list[torch.Tensor], x, target, loss_fn: LossFn, vs) -> list[torch.Tensor]:
+def rev_rev(
+    model: nn.Module, names: list[str], weights: list[torch.Tensor], x, target, loss_fn: LossFn, vs
+) -> list[torch.Tensor]:
     """grad_W (grad_W L . v), the weights requiring grad (and nothing else in the model)."""
     loss = loss_fn(model(x), target)
     grads = torch.autograd.grad(loss, weights, create_graph=True)
@@ -40,7 +42,9 @@ def rev_rev(model: nn.Module, names: list[str], weights: list[torch.Tensor], x, 
     return list(torch.autograd.grad(grads, weights, grad_outputs=vs, allow_unused=True, materialize_grads=True))
 
 
-def fwd_rev(model: nn.Module, names: list[str], weights: list[torch.Tensor], x, target, loss_fn: LossFn, vs) -> list[torch.Tensor]:
+def fwd_rev(
+    model: nn.Module, names: list[str], weights: list[torch.Tensor], x, target, loss_fn: LossFn, vs
+) -> list[torch.Tensor]:
     """The jvp of W -> grad_W L along v, L evaluated by functional_call with W in place of the weights."""
 
     def loss_of(ws: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -62,7 +66,7 @@ class NoSecondDerivative(MpqError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(
-            f"this model has no second derivatives ({detail}): load a Hugging Face model with attn_implementation=\"eager\" "
+            f'this model has no second derivatives ({detail}): load a Hugging Face model with attn_implementation="eager" '
             "(or avoid the op), or use --metric gauss_newton or fisher, which need first derivatives only"
         )
 
@@ -92,7 +96,9 @@ def hessian_vector_product(
     try:
         return _chunked(product, model, names, weights, x, target, loss_fn, vs, chunk_size)
     except (RuntimeError, NotImplementedError) as exc:
-        missing = NoSecondDerivative.of(exc) if method == "rev-rev" else None  # fwd-rev's failures fall back to rev-rev (ProbeProblem)
+        missing = (
+            NoSecondDerivative.of(exc) if method == "rev-rev" else None
+        )  # fwd-rev's failures fall back to rev-rev (ProbeProblem)
         if missing is None:
             raise
         raise missing from None

@@ -52,11 +52,16 @@ class KlQuadratic:
     def scaled(self, factors: dict[str, float]) -> "KlQuadratic":
         """Every layer's Ω, standard error and channels' Ω times its factor (mpq.sensitivity.anchor)."""
         times = lambda table: {n: {b: v * factors[n] for b, v in t.items()} for n, t in table.items()}  # noqa: E731
-        return KlQuadratic(times(self.omega), times(self.stderr), times(self.channel_omega), self.samples, self.draws, self.seconds)
+        return KlQuadratic(
+            times(self.omega), times(self.stderr), times(self.channel_omega), self.samples, self.draws, self.seconds
+        )
 
 
 def parameter_deltas(
-    module: nn.Module, bits: tuple[int, ...], clip_ratios: dict[int, torch.Tensor] | None, shifts: dict[int, torch.Tensor] | None,
+    module: nn.Module,
+    bits: tuple[int, ...],
+    clip_ratios: dict[int, torch.Tensor] | None,
+    shifts: dict[int, torch.Tensor] | None,
     group_size: int | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """{b: {"weight": Q_b(W) − W, "bias": corrected bias − bias}} (no bias entry for a layer without one)."""
@@ -64,7 +69,10 @@ def parameter_deltas(
     deltas = {}
     for b in bits:
         ratio = None if clip_ratios is None else clip_ratios[b]
-        delta = {"weight": quantize_weight(weight, b, ratio, group_size).dequantize().to(weight.dtype).reshape(weight.shape) - weight}
+        delta = {
+            "weight": quantize_weight(weight, b, ratio, group_size).dequantize().to(weight.dtype).reshape(weight.shape)
+            - weight
+        }
         bias = getattr(module, "bias", None)
         if bias is not None and not isinstance(module, nn.Embedding):
             new_bias = corrected_bias(bias.detach(), shifts[b]) if shifts and b in shifts else bias.detach()
@@ -106,9 +114,11 @@ def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
     """Forward x with every named layer's input and output kept; returns (logits, inputs, outputs)."""
     inputs, outputs, handles = {}, {}, []
     for name, m in modules.items():
+
         def hook(mod, args, out, name=name):
             inputs[name] = args[0].detach()
             outputs[name] = out
+
         handles.append(m.register_forward_hook(hook))
     try:
         with module_calls_visible():
@@ -136,7 +146,10 @@ def kl_quadratic_omegas(
     started = time.perf_counter()
     model.eval()
     modules = {n: model.get_submodule(n) for n in layer_names}
-    deltas = {n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), group_size) for n, m in modules.items()}
+    deltas = {
+        n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), group_size)
+        for n, m in modules.items()
+    }
     generator = torch.Generator().manual_seed(seed)
     sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
     sum_fourth = {n: {b: 0.0 for b in bits} for n in layer_names}
@@ -148,7 +161,13 @@ def kl_quadratic_omegas(
             # every draw's gradients at the layer outputs first (the weights' are not asked for), then each layer's
             # output change once per width: only one ΔY is alive at a time, not every layer's at every width
             grads_per_draw = [
-                torch.autograd.grad(logits, [outputs[n] for n in layer_names], rademacher_cotangent(p, generator).to(logits.dtype), retain_graph=True, allow_unused=True)
+                torch.autograd.grad(
+                    logits,
+                    [outputs[n] for n in layer_names],
+                    rademacher_cotangent(p, generator).to(logits.dtype),
+                    retain_graph=True,
+                    allow_unused=True,
+                )
                 for _ in range(draws)
             ]
             with torch.no_grad():

@@ -29,7 +29,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _kl_to_fp32(output: torch.Tensor, fp32_output: torch.Tensor) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(output, dim=1), F.log_softmax(fp32_output, dim=1), log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(output, dim=1), F.log_softmax(fp32_output, dim=1), log_target=True, reduction="batchmean"
+    )
 
 
 def _mean_squared_error(output: torch.Tensor, fp32_output: torch.Tensor) -> torch.Tensor:
@@ -52,23 +54,34 @@ class Loss:
         outputs = fp32_outputs(model, data.x, batch_size)
         return outputs.argmax(dim=1) if self.target == "fp32_classes" else outputs
 
-
     def check(self, model: torch.nn.Module, data: Dataset, samples: int = 8) -> None:
         """MpqError unless the loss gives one finite number on the first samples (before any expensive work)."""
         x = data.x[:samples]
         with torch.no_grad():
             output = model(x)
-            target = data.y[:samples] if self.target == "labels" else output.argmax(dim=1) if self.target == "fp32_classes" else output
+            target = (
+                data.y[:samples]
+                if self.target == "labels"
+                else output.argmax(dim=1)
+                if self.target == "fp32_classes"
+                else output
+            )
             try:
                 value = self.fn(output, target)
             except Exception as exc:  # the user's function, or a built-in one on data it cannot take
                 first = first_line(exc)
-                raise MpqError(f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, target) that returns a scalar tensor") from None
+                raise MpqError(
+                    f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, target) that returns a scalar tensor"
+                ) from None
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise MpqError(f"the loss {self.name} returned {shape}, not one number: reduce it over the batch (e.g. .mean())")
+            raise MpqError(
+                f"the loss {self.name} returned {shape}, not one number: reduce it over the batch (e.g. .mean())"
+            )
         if not torch.isfinite(value).all():
-            raise MpqError(f"the loss {self.name} is {float(value)} on the first {len(x)} samples: check the loss and the data's scale")
+            raise MpqError(
+                f"the loss {self.name} is {float(value)} on the first {len(x)} samples: check the loss and the data's scale"
+            )
 
 
 def fp32_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25) -> torch.Tensor:
@@ -83,14 +96,18 @@ def resolve_loss(loss: "str | LossFn | None", has_labels: bool, embeddings: bool
     """The Loss named by `loss` (None: `labels` with labels, `fp32` without; `mse` for a model whose outputs
     are embeddings, whatever its labels: cross-entropy over hidden dimensions means nothing); MpqError on a bad name."""
     if embeddings and loss in SOFTMAX_LOSSES:
-        raise MpqError(f"the model outputs embeddings (hidden states), over which --loss {loss} means nothing: use --loss mse, or a model with a classifier head")
+        raise MpqError(
+            f"the model outputs embeddings (hidden states), over which --loss {loss} means nothing: use --loss mse, or a model with a classifier head"
+        )
     if loss is None:
         loss = "mse" if embeddings else "labels" if has_labels else "fp32"
     if callable(loss):
         name = f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}"
         return Loss(name, loss, "labels" if has_labels else "fp32_outputs")
     if not isinstance(loss, str):
-        raise MpqError(f"loss must be one of {', '.join(BUILT_IN)}, module:callable, or a function, not {type(loss).__name__}")
+        raise MpqError(
+            f"loss must be one of {', '.join(BUILT_IN)}, module:callable, or a function, not {type(loss).__name__}"
+        )
     if loss == "labels":
         if not has_labels:
             raise MpqError("loss 'labels' needs integer labels y in the data: add y, or use --loss fp32 (or mse/kl)")

@@ -45,7 +45,9 @@ EIGEN_TOL = 1e-3  # power iteration stops when |λ_k − λ_{k−1}| <= EIGEN_TO
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _per_sample_squared_grads(model: nn.Module, names: list[str], x: torch.Tensor, t: torch.Tensor, loss_fn: LossFn) -> list[torch.Tensor]:
+def _per_sample_squared_grads(
+    model: nn.Module, names: list[str], x: torch.Tensor, t: torch.Tensor, loss_fn: LossFn
+) -> list[torch.Tensor]:
     """Per named weight: [samples, out_channels] of Σ_{j in channel} (∂loss(model(x_i), t_i)/∂W_j)²."""
     params = {f"{n}.weight": model.get_submodule(n).weight.detach() for n in names}
 
@@ -84,7 +86,9 @@ GN_EXACT_CLASSES = 2  # gauss_newton: each sample's most probable classes, summe
 GN_DRAWS = 2  # classes drawn from the rest per sample: two give each sample's own draw variance, (s_a − s_b)²/2
 
 
-def _class_picks(p: torch.Tensor, exact: int, draws: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_picks(
+    p: torch.Tensor, exact: int, draws: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(classes, weights), each [samples, picks]: the `exact` most probable classes with weights p_c, then
     `draws` classes from the rest, each weighted m/draws (m the rest's mass), so that Σ_k w_k s(c_k) is
     unbiased for Σ_c p_c s(c). The draws are systematic: the classes at the points (u + j)/draws of the
@@ -99,7 +103,10 @@ def _class_picks(p: torch.Tensor, exact: int, draws: int, generator: torch.Gener
     mass = rest.sum(dim=1, keepdim=True)
     cdf = torch.where(mass > 0, rest, torch.ones_like(rest)).cumsum(dim=1)
     cdf = cdf / cdf[:, -1:]
-    points = (drawn_on(torch.rand(len(p), 1, generator=generator, dtype=torch.float64), p.device) + torch.arange(draws, dtype=torch.float64, device=p.device)) / draws
+    points = (
+        drawn_on(torch.rand(len(p), 1, generator=generator, dtype=torch.float64), p.device)
+        + torch.arange(draws, dtype=torch.float64, device=p.device)
+    ) / draws
     drawn = torch.searchsorted(cdf, points, right=True).clamp_(max=p.shape[1] - 1)
     return torch.cat([classes, drawn], 1), torch.cat([weights, (mass.to(p.dtype) / draws).expand(-1, draws)], 1)
 
@@ -138,12 +145,26 @@ def gauss_newton_traces(
     weights = [model.get_submodule(n).weight for n in layer_names]
     sums = _DrawSums.zeros(len(x), [w.shape[0] for w in weights])
     rounds, stop_reason = 0, "exact"
-    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), "gauss-newton", progress, unit="sample") as shown:
+    with (
+        weights_requiring_grad(model, weights),
+        module_calls_visible(),
+        bar(len(x), "gauss-newton", progress, unit="sample") as shown,
+    ):
         chosen = np.arange(len(x))
         while len(chosen):
             for start in range(0, len(chosen), settings.batch_size):
                 index = chosen[start : start + settings.batch_size]
-                _add_draws(model, layer_names, x[torch.as_tensor(index)], index, sums, rounds == 0, exact_classes, draws, generator)
+                _add_draws(
+                    model,
+                    layer_names,
+                    x[torch.as_tensor(index)],
+                    index,
+                    sums,
+                    rounds == 0,
+                    exact_classes,
+                    draws,
+                    generator,
+                )
                 shown.update(len(index))
             rounds += 1
             trace, stderr = sums.estimate()
@@ -154,7 +175,10 @@ def gauss_newton_traces(
             if time.perf_counter() - started >= settings.max_seconds:
                 stop_reason = "max_seconds"
                 break
-            stop_reason, chosen = "max_probes", _noisiest(sums, unsure, settings.max_probes)  # "max_probes" if no sample is left to draw for
+            stop_reason, chosen = (
+                "max_probes",
+                _noisiest(sums, unsure, settings.max_probes),
+            )  # "max_probes" if no sample is left to draw for
             if hasattr(shown, "total"):
                 shown.total += len(chosen)
     n = len(x)
@@ -191,7 +215,15 @@ class _DrawSums:
     @classmethod
     def zeros(cls, samples: int, channels: list[int]) -> "_DrawSums":
         z = lambda: [np.zeros((samples, c)) for c in channels]  # noqa: E731
-        return cls(z(), np.zeros(samples), np.zeros(samples, dtype=np.int64), np.zeros((samples, len(channels))), np.zeros((samples, len(channels))), z(), z())
+        return cls(
+            z(),
+            np.zeros(samples),
+            np.zeros(samples, dtype=np.int64),
+            np.zeros((samples, len(channels))),
+            np.zeros((samples, len(channels))),
+            z(),
+            z(),
+        )
 
     def _mean_drawn(self, total: np.ndarray) -> np.ndarray:
         count = np.maximum(self.draws, 1).reshape(-1, *([1] * (total.ndim - 1)))
@@ -213,7 +245,9 @@ class _DrawSums:
 
     def layer_values(self) -> np.ndarray:
         """[samples, layers]: each sample's estimate of its share of every layer's trace."""
-        return np.stack([e.sum(axis=1) for e in self.exact], axis=1) + self.mass[:, None] * self._mean_drawn(self.layer_sum)
+        return np.stack([e.sum(axis=1) for e in self.exact], axis=1) + self.mass[:, None] * self._mean_drawn(
+            self.layer_sum
+        )
 
     def layer_variances(self) -> np.ndarray:
         return self._variance(self.layer_sum, self.layer_sq)
@@ -223,14 +257,18 @@ class _DrawSums:
         return self.layer_values().sum(axis=0) / n, np.sqrt(self.layer_variances().sum(axis=0)) / n
 
 
-def _add_draws(model, layer_names, xb, index: np.ndarray, sums: _DrawSums, first: bool, exact_classes: int, draws: int, generator) -> None:
+def _add_draws(
+    model, layer_names, xb, index: np.ndarray, sums: _DrawSums, first: bool, exact_classes: int, draws: int, generator
+) -> None:
     """One round of draws for the samples `index`, and in the first round the exactly summed classes too."""
     with torch.no_grad():
         p = torch.softmax(model(xb).float(), dim=1)
     classes, weights = _class_picks(p, exact_classes, draws, generator)
     exact = min(exact_classes, p.shape[1])
     columns = range(classes.shape[1]) if first else range(exact, classes.shape[1])
-    picks = [_per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in columns]
+    picks = [
+        _per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in columns
+    ]
     weights = weights.double().cpu().numpy()
     if first:
         sums.mass[index] = weights[:, exact] * draws if exact < p.shape[1] else 0.0
@@ -272,7 +310,11 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
     sums = RunningSums.zeros([w.shape[0] for w in weights])
     per_sample_layer = np.zeros((len(x), len(weights)))
     started = time.perf_counter()
-    with weights_requiring_grad(model, weights), module_calls_visible(), bar(len(x), label, progress, unit="sample") as shown:
+    with (
+        weights_requiring_grad(model, weights),
+        module_calls_visible(),
+        bar(len(x), label, progress, unit="sample") as shown,
+    ):
         for start in range(0, len(x), settings.batch_size):
             stop = start + settings.batch_size
             for i, per_sample in enumerate(squares(x[start:stop], targets[start:stop])):
@@ -295,7 +337,9 @@ def _mean_over_samples(model, layer_names, x, targets, settings, progress, squar
     )
 
 
-def power_iteration(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_iter: int, tol: float = EIGEN_TOL) -> tuple[float, float, int]:
+def power_iteration(
+    apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, max_iter: int, tol: float = EIGEN_TOL
+) -> tuple[float, float, int]:
     """(λ, |λ_k − λ_{k−1}|, iterations): the dominant eigenvalue of the symmetric map `apply`, by
     Rayleigh quotients λ_k = v_kᵀ A v_k with v_{k+1} = A v_k / ||A v_k||."""
     v = v / v.norm()
@@ -315,7 +359,13 @@ def power_iteration(apply: Callable[[torch.Tensor], torch.Tensor], v: torch.Tens
 
 
 def top_block_eigenvalue(
-    model: nn.Module, weight: torch.Tensor, x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn, generator: torch.Generator, max_iter: int
+    model: nn.Module,
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: LossFn,
+    generator: torch.Generator,
+    max_iter: int,
 ) -> tuple[float, float, int]:
     """(λ_max, last change, iterations) of the Hessian block of loss_fn(model(x), target) for `weight`
     (which alone requires grad)."""
@@ -363,7 +413,9 @@ def top_eigenvalues(
         with module_calls_visible(), bar(len(weights), "eigenvalue", progress, unit="layer") as shown:
             for w in weights:
                 w.requires_grad_(True)
-                found.append(top_block_eigenvalue(model, w, x[batch], targets[batch], loss_fn, generator, settings.max_probes))
+                found.append(
+                    top_block_eigenvalue(model, w, x[batch], targets[batch], loss_fn, generator, settings.max_probes)
+                )
                 w.requires_grad_(False)
                 shown.update(1)
     finally:
@@ -384,4 +436,8 @@ def top_eigenvalues(
         seconds=time.perf_counter() - started,
         stop_reason="tolerance" if converged else "max_probes",
     )
-    return traces, {"top_eigenvalue": eigenvalues.tolist(), "eigenvalue_change": changes.tolist(), "iterations": [f[2] for f in found]}
+    return traces, {
+        "top_eigenvalue": eigenvalues.tolist(),
+        "eigenvalue_change": changes.tolist(),
+        "iterations": [f[2] for f in found],
+    }

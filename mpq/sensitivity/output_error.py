@@ -35,7 +35,9 @@ class OutputError:
     kl: float = float("nan")  # KL(FP32 ‖ quantized) of the softmax outputs, per sample
 
 
-def _output_error(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int) -> OutputError:
+def _output_error(
+    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int
+) -> OutputError:
     signal = noise = kl = 0.0
     with torch.inference_mode(), module_calls_visible():
         for start in range(0, len(x), batch_size):
@@ -49,7 +51,13 @@ def _output_error(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
 
 
 def weight_output_errors(
-    model: nn.Module, layer_names: list[str], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25, progress: bool | None = None, deltas=None
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    bits: tuple[int, ...],
+    batch_size: int = 25,
+    progress: bool | None = None,
+    deltas=None,
 ) -> dict[str, dict[int, OutputError]]:
     """{layer: {bits: output error with only that layer's weights quantized}}; `deltas(layer)` gives
     {bits: {param: change}} (mpq.sensitivity.kl_quadratic.parameter_deltas), else min-max weights."""
@@ -67,13 +75,20 @@ def weight_output_errors(
                     replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
                 else:
                     replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
-                errors[name][b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
+                errors[name][b] = _output_error(
+                    lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size
+                )
             shown.update(1)
     return errors
 
 
 def input_output_errors(
-    model: nn.Module, groups: list[list[str]], params: Callable[[str, int], ActQuantParams], x: torch.Tensor, bits: tuple[int, ...], batch_size: int = 25
+    model: nn.Module,
+    groups: list[list[str]],
+    params: Callable[[str, int], ActQuantParams],
+    x: torch.Tensor,
+    bits: tuple[int, ...],
+    batch_size: int = 25,
 ) -> list[dict[int, OutputError]]:
     """Per group of layers reading one input: {bits: output error with only that input quantized};
     params(layer, bits) is the layer's activation quantizer."""
@@ -85,7 +100,9 @@ def input_output_errors(
         for b in bits:
             quantizers = {name: params(name, b) for name in group}
             handles = [
-                model.get_submodule(name).register_forward_pre_hook(lambda m, args, q=q: (q.fake_quantize(args[0]), *args[1:]))
+                model.get_submodule(name).register_forward_pre_hook(
+                    lambda m, args, q=q: (q.fake_quantize(args[0]), *args[1:])
+                )
                 for name, q in quantizers.items()
             ]
             try:

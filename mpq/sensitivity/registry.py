@@ -43,18 +43,26 @@ class Metric:
     checkpointed: ClassVar[bool] = False  # an unfinished estimate is saved after every probe and resumed
     fixed_loss: ClassVar[str | None] = None  # the loss the metric is defined with, whatever --loss says
     uses_quantizer: ClassVar[bool] = True  # its Omega depends on the quantizer's clipping and bias correction
-    estimator: ClassVar[str] = "measured"  # how a layer's number is estimated (a layer's own `estimator` field may say more)
+    estimator: ClassVar[str] = (
+        "measured"  # how a layer's number is estimated (a layer's own `estimator` field may say more)
+    )
     cache_tag: ClassVar[str | None] = None  # a version of the estimator, in the cache key, when its numbers changed
-    anchored: ClassVar[bool] = False  # a quadratic Omega scaled per layer to one measured one-layer KL (mpq.sensitivity.anchor)
+    anchored: ClassVar[bool] = (
+        False  # a quadratic Omega scaled per layer to one measured one-layer KL (mpq.sensitivity.anchor)
+    )
 
-    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict[str, list]]:
+    def traces(
+        self, model, names, x, targets, settings, progress, loss_fn, checkpoint
+    ) -> tuple[HessianTraces, dict[str, list]]:
         raise TypeError(f"{self.name} is not a curvature metric")
 
     def why_not(self, loss_name: str, output_dims: int) -> str | None:
         """Why the metric is not defined for this loss and these outputs (None: it is; most metrics take any)."""
         return None
 
-    def suits_default(self, loss_name: str, loss_named: bool, output_dims: int, embeddings: bool, activations: bool) -> bool:
+    def suits_default(
+        self, loss_name: str, loss_named: bool, output_dims: int, embeddings: bool, activations: bool
+    ) -> bool:
         """Whether the metric can be the default here: defined for the loss and outputs, and for the inputs when they are analyzed too."""
         return self.why_not(loss_name, output_dims) is None and (self.inputs or not activations)
 
@@ -90,7 +98,9 @@ class HessianTrace(Metric):
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
         from mpq.sensitivity.hessian import hutchinson_traces
 
-        return hutchinson_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint), {}
+        return hutchinson_traces(
+            model, names, x, targets, settings, progress, loss_fn=loss_fn, checkpoint=checkpoint
+        ), {}
 
 
 class FisherTrace(Metric):
@@ -201,7 +211,11 @@ class KLQuadratic(Metric):
 
     def warning(self, trace, stderr, tol, details):
         omega, stderr = details["kl_quadratic"][str(CHART_BITS)], details["kl_quadratic_stderr"][str(CHART_BITS)]
-        return f"relative stderr {stderr / omega:.0%} at W{CHART_BITS} above tolerance" if omega > 0 and stderr > tol * omega else None
+        return (
+            f"relative stderr {stderr / omega:.0%} at W{CHART_BITS} above tolerance"
+            if omega > 0 and stderr > tol * omega
+            else None
+        )
 
 
 class KLAnchored(KLQuadratic):
@@ -218,14 +232,28 @@ class KLAnchored(KLQuadratic):
 
 
 METRICS: dict[str, Metric] = {
-    m.name: m for m in (HessianTrace(), FisherTrace(), GaussNewtonTrace(), TopEigenvalue(), OutputMSE(), OutputKL(), KLQuadratic(), KLAnchored())
+    m.name: m
+    for m in (
+        HessianTrace(),
+        FisherTrace(),
+        GaussNewtonTrace(),
+        TopEigenvalue(),
+        OutputMSE(),
+        OutputKL(),
+        KLQuadratic(),
+        KLAnchored(),
+    )
 }
 
 
 def default_metric(loss_name: str, loss_named: bool, output_dims: int, embeddings: bool, activations: bool) -> str:
     """The metric used when none is named: the first of DEFAULT_METRICS that suits the loss (`loss_named`: the user
     chose it), the model's outputs and whether the inputs are analyzed too."""
-    return next(m for m in DEFAULT_METRICS if METRICS[m].suits_default(loss_name, loss_named, output_dims, embeddings, activations))
+    return next(
+        m
+        for m in DEFAULT_METRICS
+        if METRICS[m].suits_default(loss_name, loss_named, output_dims, embeddings, activations)
+    )
 
 
 def metric_of(name: str) -> Metric:

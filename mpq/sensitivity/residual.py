@@ -46,7 +46,14 @@ import torch
 from torch import nn
 
 from mpq.progress import note
-from mpq.sensitivity.hessian import HessianTraces, ProbeProblem, _rademacher, hutchinson_traces, probe_generator, weights_requiring_grad
+from mpq.sensitivity.hessian import (
+    HessianTraces,
+    ProbeProblem,
+    _rademacher,
+    hutchinson_traces,
+    probe_generator,
+    weights_requiring_grad,
+)
 from mpq.sensitivity.hvp import NoSecondDerivative
 from mpq.sensitivity.metrics import LossFn, gauss_newton_traces
 from mpq.sensitivity.settings import ProbeSettings
@@ -55,7 +62,11 @@ from mpq.sensitivity.stopping import KnownPart
 DETECT_SAMPLES = 2  # samples the residual test runs on
 ZERO_RTOL = 1e-4  # R_ll is zero when √n ‖R_ll v‖ is under this share of Tr(G_ll)
 TEST_STREAM = 1  # the test's vectors: probe_generator's stream 1, independent of the probes'
-GAUSS_NEWTON, WITH_RESIDUAL, SKIPPED = "gauss-newton", "gauss-newton+residual", "gauss-newton (residual skipped)"  # estimators
+GAUSS_NEWTON, WITH_RESIDUAL, SKIPPED = (
+    "gauss-newton",
+    "gauss-newton+residual",
+    "gauss-newton (residual skipped)",
+)  # estimators
 SKIPPED_NOTE = (
     "residual Tr(R) skipped, so the traces are Tr(G) alone, equal to Tr(H) only where the network is piecewise linear after the layer: "
     'this model has no second derivatives ({detail}); load a Hugging Face model with attn_implementation="eager" to measure it'
@@ -67,7 +78,9 @@ def contracted_output(output: torch.Tensor, gbar: torch.Tensor) -> torch.Tensor:
     return (output * gbar).sum() / len(output)
 
 
-def output_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, batch_size: int) -> torch.Tensor:
+def output_gradients(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, batch_size: int
+) -> torch.Tensor:
     """ḡ_i = ∂ℓ_i/∂f_i of every sample: n · ∂L/∂f of the batch-mean loss L, batch by batch."""
     parts = []
     for start in range(0, len(x), batch_size):
@@ -98,7 +111,9 @@ def _test_samples(gauss_newton: HessianTraces) -> np.ndarray:
     return np.argsort(-relative, kind="stable")[:DETECT_SAMPLES]
 
 
-def residual_test(model, names: list[str], x, targets, loss_fn: LossFn, gauss_newton: HessianTraces, settings: ProbeSettings) -> ResidualTest:
+def residual_test(
+    model, names: list[str], x, targets, loss_fn: LossFn, gauss_newton: HessianTraces, settings: ProbeSettings
+) -> ResidualTest:
     """One product R_ll v per layer on the test samples (see the module docstring)."""
     samples = _test_samples(gauss_newton)
     index = torch.as_tensor(samples, dtype=torch.long)
@@ -106,21 +121,29 @@ def residual_test(model, names: list[str], x, targets, loss_fn: LossFn, gauss_ne
     gbar = output_gradients(model, xs, targets[index], loss_fn, len(xs))
     scale = gauss_newton.sample_trace[samples].mean(axis=0)
     weights = [model.get_submodule(n).weight for n in names]
-    problem = ProbeProblem(model, [f"{n}.weight" for n in names], weights, xs, gbar, contracted_output, [torch.arange(len(xs))], settings)
+    problem = ProbeProblem(
+        model, [f"{n}.weight" for n in names], weights, xs, gbar, contracted_output, [torch.arange(len(xs))], settings
+    )
     generator = probe_generator(settings.seed, 0, TEST_STREAM)
     ratio = np.zeros(len(names))
     with weights_requiring_grad(model, weights):
         for i, w in enumerate(weights):
-            bound = math.sqrt(w.numel()) * float(problem.layer_hvp(xs, gbar, i, _rademacher(w.shape, generator, w.device)).double().norm())
+            bound = math.sqrt(w.numel()) * float(
+                problem.layer_hvp(xs, gbar, i, _rademacher(w.shape, generator, w.device)).double().norm()
+            )
             ratio[i] = bound / scale[i] if scale[i] > 0 else (0.0 if bound == 0 else math.inf)
     return ResidualTest(ratio, samples.tolist())
 
 
-def residual_traces(model, names: list[str], x, targets, loss_fn: LossFn, known: KnownPart, settings: ProbeSettings, progress) -> HessianTraces:
+def residual_traces(
+    model, names: list[str], x, targets, loss_fn: LossFn, known: KnownPart, settings: ProbeSettings, progress
+) -> HessianTraces:
     """Tr(R_ll) per named layer and channel by per-layer Hutchinson probing of the contracted output,
     the tolerance on the sum with `known` (the layers' Gauss-Newton traces)."""
     gbar = output_gradients(model, x, targets, loss_fn, settings.batch_size)
-    return hutchinson_traces(model, names, x, gbar, settings, progress, loss_fn=contracted_output, known=known, label="residual")
+    return hutchinson_traces(
+        model, names, x, gbar, settings, progress, loss_fn=contracted_output, known=known, label="residual"
+    )
 
 
 @dataclass
@@ -146,40 +169,66 @@ class _Parts:
         }
 
 
-def _combined(gauss_newton: HessianTraces, test: ResidualTest, flagged: list[int], residual: HessianTraces | None, seconds: float) -> tuple[HessianTraces, dict[str, list]]:
+def _combined(
+    gauss_newton: HessianTraces, test: ResidualTest, flagged: list[int], residual: HessianTraces | None, seconds: float
+) -> tuple[HessianTraces, dict[str, list]]:
     """Tr(G) + Tr(R) on the flagged layers (and channels), standard errors combined in quadrature."""
     n = len(gauss_newton.layer_names)
     parts = _Parts([GAUSS_NEWTON] * n, np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64), test.ratio)
     trace, stderr = gauss_newton.trace.copy(), gauss_newton.stderr.copy()
-    channel_trace, channel_stderr = [c.copy() for c in gauss_newton.channel_trace], [c.copy() for c in gauss_newton.channel_stderr]
+    channel_trace, channel_stderr = (
+        [c.copy() for c in gauss_newton.channel_trace],
+        [c.copy() for c in gauss_newton.channel_stderr],
+    )
     capped = np.zeros(n, dtype=bool) if gauss_newton.capped is None else gauss_newton.capped.copy()
     for j, i in enumerate(flagged):
         parts.estimator[i] = WITH_RESIDUAL
-        parts.residual_trace[i], parts.residual_stderr[i], parts.residual_probes[i] = residual.trace[j], residual.stderr[j], residual.probes_of(j)
+        parts.residual_trace[i], parts.residual_stderr[i], parts.residual_probes[i] = (
+            residual.trace[j],
+            residual.stderr[j],
+            residual.probes_of(j),
+        )
         trace[i] += residual.trace[j]
         stderr[i] = math.hypot(stderr[i], residual.stderr[j])
         channel_trace[i] = channel_trace[i] + residual.channel_trace[j]
         channel_stderr[i] = np.hypot(channel_stderr[i], residual.channel_stderr[j])
         capped[i] = capped[i] or residual.capped[j]
     traces = replace(
-        gauss_newton, trace=trace, stderr=stderr, channel_trace=channel_trace, channel_stderr=channel_stderr, seconds=seconds,
-        stop_reason=residual.stop_reason if residual is not None else gauss_newton.stop_reason, capped=capped, sample_trace=None,
+        gauss_newton,
+        trace=trace,
+        stderr=stderr,
+        channel_trace=channel_trace,
+        channel_stderr=channel_stderr,
+        seconds=seconds,
+        stop_reason=residual.stop_reason if residual is not None else gauss_newton.stop_reason,
+        capped=capped,
+        sample_trace=None,
     )
     return traces, parts.details(gauss_newton)
 
 
-def _skipped(gauss_newton: HessianTraces, missing: NoSecondDerivative, seconds: float, progress) -> tuple[HessianTraces, dict[str, list]]:
+def _skipped(
+    gauss_newton: HessianTraces, missing: NoSecondDerivative, seconds: float, progress
+) -> tuple[HessianTraces, dict[str, list]]:
     """Tr(G) alone, with the note that says why."""
     n = len(gauss_newton.layer_names)
     text = SKIPPED_NOTE.format(detail=missing.detail)
     note(f"gauss_newton: {text}", progress)
     nan = np.full(n, np.nan)
     parts = _Parts([SKIPPED] * n, nan, nan, np.zeros(n, dtype=np.int64), nan)
-    return replace(gauss_newton, seconds=seconds, notes=[*gauss_newton.notes, text], sample_trace=None), parts.details(gauss_newton)
+    return replace(gauss_newton, seconds=seconds, notes=[*gauss_newton.notes, text], sample_trace=None), parts.details(
+        gauss_newton
+    )
 
 
 def gauss_newton_hessian_traces(
-    model: nn.Module, names: list[str], x: torch.Tensor, targets: torch.Tensor, settings: ProbeSettings, progress, loss_fn: LossFn
+    model: nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    settings: ProbeSettings,
+    progress,
+    loss_fn: LossFn,
 ) -> tuple[HessianTraces, dict[str, list]]:
     """Tr(H_ll) = Tr(G_ll) on every layer, + Tr(R_ll) on those the ResidualTest finds curved after them, with the
     per-layer fields `estimator`, `gauss_newton_trace[_stderr]`, `residual_trace[_stderr]`, `residual_probes`,

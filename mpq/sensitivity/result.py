@@ -92,7 +92,11 @@ class StoppedShort:
 
     def line(self) -> str:
         """The one line the terminal, --json and report.md show above the sensitivity table."""
-        at, options = (f"{self.limit:g} s", "--max-seconds or --max-probes") if self.cap == "max_seconds" else (f"{self.limit:g}-probe", "--max-probes or --max-seconds")
+        at, options = (
+            (f"{self.limit:g} s", "--max-seconds or --max-probes")
+            if self.cap == "max_seconds"
+            else (f"{self.limit:g}-probe", "--max-probes or --max-seconds")
+        )
         return f"{len(self.layers)} of {self.total} layers stopped above the {self.tol * 100:g}% tolerance at the {at} cap: raise {options}"
 
 

@@ -42,7 +42,9 @@ class ProbeSettings:
         if not number(self.tol) or not 0 < self.tol < 1:
             raise MpqError(f"tol={self.tol!r} must lie between 0 and 1 (e.g. 0.05 for 5%)")
         if not (whole(self.max_probes) and whole(self.min_probes)) or self.max_probes < 2 or self.min_probes < 2:
-            raise MpqError("max_probes and min_probes must be whole numbers of at least 2 (a standard error needs two probes)")
+            raise MpqError(
+                "max_probes and min_probes must be whole numbers of at least 2 (a standard error needs two probes)"
+            )
         object.__setattr__(self, "min_probes", min(self.min_probes, self.max_probes))
         if not number(self.max_seconds) or self.max_seconds <= 0:
             raise MpqError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds")
@@ -61,5 +63,3 @@ class ProbeSettings:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
-
-

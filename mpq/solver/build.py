@@ -14,7 +14,9 @@ from mpq.plan.settings import act_widths
 from mpq.quant.widths import check_bits
 from mpq.solver.problem import Problem
 
-LATENCY_HOW = "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"
+LATENCY_HOW = (
+    "give latency= a device name (e.g. 'nvidia-t4'), a device .toml or a latency table .csv from `mpq profile`"
+)
 
 
 def check_latency_budgets(budgets: list[Budget], latency, how: str = LATENCY_HOW) -> None:
@@ -24,12 +26,16 @@ def check_latency_budgets(budgets: list[Budget], latency, how: str = LATENCY_HOW
         raise MpqError(f"budget {latency_budget.text} is a latency: {how}")
 
 
-def candidate_choices(layers: list[LayerInfo], bits: Iterable[int], acts: tuple[int | None, ...], keep: dict[str, int]) -> dict[str, list[Choice]]:
+def candidate_choices(
+    layers: list[LayerInfo], bits: Iterable[int], acts: tuple[int | None, ...], keep: dict[str, int]
+) -> dict[str, list[Choice]]:
     """Every (weight width, activation width) pair per layer; a kept layer gets its kept width;
     an embedding's input is integer ids: never an input quantizer."""
     pairs = lambda widths, acts: [Choice(check_bits(w), a) for w in sorted(set(widths)) for a in acts]  # noqa: E731
     return {
-        layer.name: pairs([keep[layer.name]] if layer.name in keep else bits, (None,) if layer.kind == "embedding" else acts)
+        layer.name: pairs(
+            [keep[layer.name]] if layer.name in keep else bits, (None,) if layer.kind == "embedding" else acts
+        )
         for layer in layers
     }
 
@@ -61,8 +67,12 @@ def build_problem(
         layers=[layer.name for layer in layers],
         choices=choices,
         omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
-        costs={layer.name: {c: layer_costs(layer, c, latency, group_size, weights) for c in choices[layer.name]} for layer in layers},
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0} | ({"latency_s": 0.0} if latency is not None else {}),
+        costs={
+            layer.name: {c: layer_costs(layer, c, latency, group_size, weights) for c in choices[layer.name]}
+            for layer in layers
+        },
+        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0}
+        | ({"latency_s": 0.0} if latency is not None else {}),
         budgets=budgets,
         act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
         keep=dict(keep),

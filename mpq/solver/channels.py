@@ -30,7 +30,16 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mpq.cost.budget import Budget
-from mpq.cost.layer_cost import ACT_QUANT_PARAM_BYTES, FLOAT_BITS, FLOAT_BYTES, Choice, layer_bops, layer_size_bytes, layer_weight_bits, weight_bytes
+from mpq.cost.layer_cost import (
+    ACT_QUANT_PARAM_BYTES,
+    FLOAT_BITS,
+    FLOAT_BYTES,
+    Choice,
+    layer_bops,
+    layer_size_bytes,
+    layer_weight_bits,
+    weight_bytes,
+)
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
@@ -72,12 +81,17 @@ class ChannelProblem:
 def check_channel_metric(space: SearchSpace, metric: str | None) -> None:
     """Per-channel widths need a per-channel Omega, which the measured metrics do not have."""
     if space.granularity == "channel" and metric is not None and not metric_of(metric).per_channel:
-        raise MpqError(f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel")
+        raise MpqError(
+            f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel"
+        )
 
 
 def channel_groups(layer: LayerInfo, group_size: int) -> list[ChannelGroup]:
     """Consecutive groups of `group_size` output channels; the last may be shorter."""
-    return [ChannelGroup(layer.name, s, min(s + group_size, layer.out_channels)) for s in range(0, layer.out_channels, group_size)]
+    return [
+        ChannelGroup(layer.name, s, min(s + group_size, layer.out_channels))
+        for s in range(0, layer.out_channels, group_size)
+    ]
 
 
 def chunk_size_bytes(layer: LayerInfo, start: int, stop: int, weight_bits: int, group_size: int | None = None) -> int:
@@ -92,7 +106,9 @@ def chunk_bops(layer: LayerInfo, start: int, stop: int, weight_bits: int, act_bi
     return float(layer.macs * (stop - start) // layer.out_channels * weight_bits * (act_bits or FLOAT_BITS))
 
 
-def group_costs(layer: LayerInfo, group: ChannelGroup, choice: Choice, group_size: int | None, weights: int) -> dict[str, float]:
+def group_costs(
+    layer: LayerInfo, group: ChannelGroup, choice: Choice, group_size: int | None, weights: int
+) -> dict[str, float]:
     """Size, BOPs and bits-per-weight share of one channel group (`weights`: of all layers); group 0 carries the
     layer's input quantizer bytes."""
     act = ACT_QUANT_PARAM_BYTES if choice.act_bits and group.start == 0 else 0
@@ -107,12 +123,20 @@ def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, group_size: int | None = N
     """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per channel."""
     if not lp.channel_bits:
         bits = layer_weight_bits(layer, lp.choice, group_size)
-        return {"size_bytes": float(layer_size_bytes(layer, lp.choice, group_size)), "bops": layer_bops(layer, lp.choice), "weight_bits": bits}
+        return {
+            "size_bytes": float(layer_size_bytes(layer, lp.choice, group_size)),
+            "bops": layer_bops(layer, lp.choice),
+            "weight_bits": bits,
+        }
     chunks = lp.chunks(layer.out_channels)
     size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits, group_size) for c in chunks)
     bits = sum(8 * weight_bytes(layer, c.stop - c.start, c.weight_bits, group_size) for c in chunks)
     bops = sum(chunk_bops(layer, r.start, r.stop, r.weight_bits, lp.act_bits) for r in lp.runs(layer.out_channels))
-    return {"size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)), "bops": bops, "weight_bits": bits}
+    return {
+        "size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)),
+        "bops": bops,
+        "weight_bits": bits,
+    }
 
 
 def build_channel_problem(
@@ -141,7 +165,9 @@ def build_channel_problem(
         for group in channel_groups(layer, group_size):
             unit = group.unit
             groups[unit] = group
-            candidates = [Choice(w, a) for w in ([keep[layer.name]] if layer.name in keep else widths) for a in layer_acts]
+            candidates = [
+                Choice(w, a) for w in ([keep[layer.name]] if layer.name in keep else widths) for a in layer_acts
+            ]
             omegas[unit] = {c: omega(group, c.weight_bits) for c in candidates}
             costs[unit] = {c: group_costs(layer, group, c, weight_group_size, weights) for c in candidates}
             choices[unit] = drop_dominated(candidates, omegas[unit], costs[unit])
@@ -149,7 +175,11 @@ def build_channel_problem(
     first_unit = {layer.name: ChannelGroup(layer.name, 0, min(group_size, layer.out_channels)).unit for layer in layers}
     ties = []
     if len(acts) > 1:
-        ties = [[g.unit for g in channel_groups(layer, group_size)] for layer in layers if layer.out_channels > group_size and layer.kind != "embedding"]
+        ties = [
+            [g.unit for g in channel_groups(layer, group_size)]
+            for layer in layers
+            if layer.out_channels > group_size and layer.kind != "embedding"
+        ]
         ties += [[first_unit[name] for name in group] for group in act_tie_groups or []]
     problem = Problem(
         layers=list(groups),

@@ -79,7 +79,9 @@ def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun:
         start = time.perf_counter()
         with warnings.catch_warnings():  # PuLP 3 warns that its bundled CBC goes away in PuLP 4 (pinned below 4)
             warnings.simplefilter("ignore", DeprecationWarning)
-            program.solve(pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s, logPath=log_path))
+            program.solve(
+                pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s, logPath=log_path)
+            )
         seconds = time.perf_counter() - start
         with open(log_path, errors="replace") as f:
             log = f.read()
@@ -122,6 +124,10 @@ def run_solver(program: pulp.LpProblem, solver: str = DEFAULT_SOLVER, time_limit
 
 def solver_note(solver: dict, seconds: float) -> str:
     """One line for report.md/report.json: which solver, whether it proved optimality, its gap and seconds."""
-    proof = "proven optimal" if solver.get("proven_optimal") else f"stopped by the time limit of {solver.get('time_limit_s')} s, not proven optimal"
+    proof = (
+        "proven optimal"
+        if solver.get("proven_optimal")
+        else f"stopped by the time limit of {solver.get('time_limit_s')} s, not proven optimal"
+    )
     gap = solver.get("gap")
     return f"solver: {solver.get('name')}, {proof}, relative gap {'unknown' if gap is None else f'{gap:.3g}'}, {seconds:.2f} s"

@@ -20,8 +20,10 @@ def choice_omega(s: LayerSensitivity, choice: Choice, margin: float, inputs: boo
 
 def layer_plan_omega(s: LayerSensitivity, lp: LayerPlan, margin: float, inputs: bool) -> float:
     """The layer's Omega as the plan's search counted it: layer-wise, or summed over its channels."""
-    weights = s.omega(lp.weight_bits, margin) if not lp.channel_bits else sum(
-        float(s.channel_omega(r.weight_bits, margin)[r.start : r.stop].sum()) for r in lp.channel_bits
+    weights = (
+        s.omega(lp.weight_bits, margin)
+        if not lp.channel_bits
+        else sum(float(s.channel_omega(r.weight_bits, margin)[r.start : r.stop].sum()) for r in lp.channel_bits)
     )
     return weights + (s.act_omega(lp.act_bits, margin) if inputs else 0.0)
 

@@ -23,7 +23,11 @@ def parse_keep(text: str) -> tuple[str, int]:
 def _known(name: str, layers: list[str]) -> str:
     if name not in layers:
         close = difflib.get_close_matches(name, layers, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; the layers are {', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}"
+        hint = (
+            f"; did you mean {close[0]}?"
+            if close
+            else f"; the layers are {', '.join(layers[:4])}{', ...' if len(layers) > 4 else ''}"
+        )
         raise MpqError(f"cannot keep {name}: no quantizable layer has that name{hint}")
     return name
 

@@ -39,14 +39,22 @@ def binary_variables(problem: Problem) -> int:
     return sum(len(cs) for cs in problem.choices.values())
 
 
-def drop_dominated(choices: list[Choice], omega: dict[Choice, float], costs: dict[Choice, dict[str, float]]) -> list[Choice]:
+def drop_dominated(
+    choices: list[Choice], omega: dict[Choice, float], costs: dict[Choice, dict[str, float]]
+) -> list[Choice]:
     """The choices that no other choice of the same activation width beats or equals in Omega and every cost
     (of equal ones, the first is kept)."""
 
     def dominates(j: Choice, k: Choice) -> bool:
-        return j.act_bits == k.act_bits and omega[j] <= omega[k] and all(costs[j][kind] <= costs[k][kind] for kind in costs[k])
+        return (
+            j.act_bits == k.act_bits
+            and omega[j] <= omega[k]
+            and all(costs[j][kind] <= costs[k][kind] for kind in costs[k])
+        )
 
-    return [k for k in choices if not any(dominates(j, k) and (j < k or not dominates(k, j)) for j in choices if j != k)]
+    return [
+        k for k in choices if not any(dominates(j, k) and (j < k or not dominates(k, j)) for j in choices if j != k)
+    ]
 
 
 @dataclass
@@ -79,10 +87,15 @@ def _lower_hull(points: list[tuple[float, float, Choice]]) -> list[tuple[float, 
 
 def _greedy(problem: Problem, kind: str, room: float) -> tuple[float, dict[str, Choice]]:
     """(mu, a feasible plan): the LP relaxation's multiplier and the greedy's integer plan (see module doc)."""
-    hulls = {u: _lower_hull([(problem.costs[u][c][kind], problem.omega[u][c], c) for c in problem.choices[u]]) for u in problem.layers}
+    hulls = {
+        u: _lower_hull([(problem.costs[u][c][kind], problem.omega[u][c], c) for c in problem.choices[u]])
+        for u in problem.layers
+    }
     plan = {u: hull[0][2] for u, hull in hulls.items()}
     room -= sum(hull[0][0] for hull in hulls.values())
-    edges = [((h[i][1] - h[i + 1][1]) / (h[i + 1][0] - h[i][0]), u, i) for u, h in hulls.items() for i in range(len(h) - 1)]
+    edges = [
+        ((h[i][1] - h[i + 1][1]) / (h[i + 1][0] - h[i][0]), u, i) for u, h in hulls.items() for i in range(len(h) - 1)
+    ]
     edges.sort(key=lambda e: -e[0])
     mu, blocked = 0.0, set()
     for rate, u, i in edges:
@@ -107,7 +120,9 @@ def lagrangian_reduction(problem: Problem) -> Reduction | None:
     room = budget.limit - problem.fixed_costs.get(kind, 0.0)
     mu, plan = _greedy(problem, kind, room)
     incumbent = sum(problem.omega[u][c] for u, c in plan.items())
-    priced = {u: {c: problem.omega[u][c] + mu * problem.costs[u][c][kind] for c in problem.choices[u]} for u in problem.layers}
+    priced = {
+        u: {c: problem.omega[u][c] + mu * problem.costs[u][c][kind] for c in problem.choices[u]} for u in problem.layers
+    }
     least = {u: min(p.values()) for u, p in priced.items()}
     lower_bound = sum(least.values()) - mu * room
     gap = incumbent - lower_bound
@@ -133,7 +148,9 @@ def lagrangian_reduction(problem: Problem) -> Reduction | None:
     return Reduction(reduced, fixed, lower_bound, incumbent, mu, dropped)
 
 
-def solve_presolved(problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER) -> tuple[Solution, Reduction | None]:
+def solve_presolved(
+    problem: Problem, time_limit_s: float | None = None, solver: str = DEFAULT_SOLVER
+) -> tuple[Solution, Reduction | None]:
     """solve_problem's answer (proven optimal unless `time_limit_s` stops `solver` first), with the Lagrangian
     reduction applied first where it applies; also the reduction (None where it did not apply)."""
     check_feasible(problem)
@@ -152,7 +169,15 @@ def solve_presolved(problem: Problem, time_limit_s: float | None = None, solver:
         if exceeds(budget, costs[budget.kind]):
             raise RuntimeError(f"the reduced program returned a plan over budget {budget.text}: {costs[budget.kind]}")
     objective = sum(problem.omega[u][c] for u, c in choices.items())
-    solved = Solution(choices=choices, objective=objective, costs=costs, status="Optimal", seconds=time.perf_counter() - start, solver=solver, time_limit_s=time_limit_s)
+    solved = Solution(
+        choices=choices,
+        objective=objective,
+        costs=costs,
+        status="Optimal",
+        seconds=time.perf_counter() - start,
+        solver=solver,
+        time_limit_s=time_limit_s,
+    )
     if rest is not None:  # the reduced program's solver status stands for the whole (the fixed units are exact)
         solved = replace(solved, status=rest.status, proven_optimal=rest.proven_optimal, gap=rest.gap)
     return solved, reduction

@@ -64,7 +64,13 @@ class Solution:
 
     def solver_json(self) -> dict:
         """What plan.json records about the solve (no wall time: a plan stays byte-identical for a seed)."""
-        return {"name": self.solver, "status": self.status, "proven_optimal": self.proven_optimal, "gap": self.gap, "time_limit_s": self.time_limit_s}
+        return {
+            "name": self.solver,
+            "status": self.status,
+            "proven_optimal": self.proven_optimal,
+            "gap": self.gap,
+            "time_limit_s": self.time_limit_s,
+        }
 
 
 def total_costs(problem: Problem, choices: dict[str, Choice]) -> dict[str, float]:
@@ -139,7 +145,9 @@ def _check_well_formed(problem: Problem) -> None:
     for budget in problem.budgets:
         for name in problem.layers:
             if any(budget.kind not in problem.costs[name][c] for c in problem.choices[name]):
-                raise MpqError(f"budget {budget.text} needs a {budget.kind} cost for every layer, and layer {name} has none")
+                raise MpqError(
+                    f"budget {budget.text} needs a {budget.kind} cost for every layer, and layer {name} has none"
+                )
     for group in problem.tie_groups:
         if any(set(problem.choices[n]) != set(problem.choices[group[0]]) for n in group):
             raise MpqError(f"layers {', '.join(group)} must take equal bits but have different candidate widths")
@@ -205,7 +213,10 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
     for j, budget in enumerate(problem.budgets):
         unit = budget.limit / ROW_SCALE
         spent = pulp.lpSum(problem.costs[name][c][budget.kind] / unit * var for (name, c), var in x.items())
-        program += spent <= (budget.limit - problem.fixed_costs.get(budget.kind, 0.0)) / unit, f"budget_{j}_{budget.kind}"
+        program += (
+            spent <= (budget.limit - problem.fixed_costs.get(budget.kind, 0.0)) / unit,
+            f"budget_{j}_{budget.kind}",
+        )
     index = {name: i for i, name in enumerate(problem.layers)}
     for group in problem.tie_groups:
         first = group[0]
@@ -219,7 +230,10 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
                 at_a = lambda name: pulp.lpSum(x[name, c] for c in problem.choices[name] if c.act_bits == a)  # noqa: E731
                 program += at_a(first) == at_a(other), f"act_tie_{index[first]}_{index[other]}_A{a or 'f'}"
     for name, bits in problem.keep.items():
-        program += pulp.lpSum(x[name, c] for c in problem.choices[name] if c.weight_bits == bits) == 1, f"keep_{index[name]}_W{bits}"
+        program += (
+            pulp.lpSum(x[name, c] for c in problem.choices[name] if c.weight_bits == bits) == 1,
+            f"keep_{index[name]}_W{bits}",
+        )
     return program, x
 
 
@@ -231,7 +245,9 @@ def act_width_is_free(problem: Problem) -> bool:
 def weight_width_ties(problem: Problem) -> bool:
     """Whether some layer has two weight widths of equal Omega at one activation width (e.g. a bounded trace
     of 0), so that least total Omega alone does not say which to take."""
-    return any(len({(problem.omega[name][c], c.act_bits) for c in cs}) < len(cs) for name, cs in problem.choices.items())
+    return any(
+        len({(problem.omega[name][c], c.act_bits) for c in cs}) < len(cs) for name, cs in problem.choices.items()
+    )
 
 
 def _tie_breaks(problem: Problem, x: dict) -> list[tuple[str, pulp.LpAffineExpression]]:
@@ -283,11 +299,16 @@ def solve_problem(problem: Problem, time_limit_s: float | None = None, solver: s
     program, x = build_program(problem)
     run = run_solver(program, solver, time_limit_s)
     if run.status == INFEASIBLE:
-        least = ", ".join(f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind), round_up=True)}" for b in problem.budgets)
+        least = ", ".join(
+            f"{b.text} alone needs {format_cost(b.kind, smallest_cost(problem, b.kind), round_up=True)}"
+            for b in problem.budgets
+        )
         raise BudgetInfeasible(f"no plan meets all budgets at once ({least}); loosen one of them")
     if not run.has_solution:
         if time_limit_s is not None:
-            raise MpqError(f"the solver ({solver}) found no plan within the time limit of {time_limit_s:g} s; raise the time limit")
+            raise MpqError(
+                f"the solver ({solver}) found no plan within the time limit of {time_limit_s:g} s; raise the time limit"
+            )
         raise RuntimeError(f"the integer program ended with status {run.status}")
     choices = _chosen(problem, x)
     kept = "least_total_omega"

@@ -36,10 +36,14 @@ def _unit(text: str) -> str:
 def _sweep_kind(budgets: list[Budget]) -> str:
     kinds = {b.kind for b in budgets}
     if len(kinds) > 1:
-        raise MpqError(f"the budgets of one sweep must be of one kind, not {' and '.join(sorted(kinds))}; give others with --also-budget")
+        raise MpqError(
+            f"the budgets of one sweep must be of one kind, not {' and '.join(sorted(kinds))}; give others with --also-budget"
+        )
     kind = kinds.pop()
     if kind not in SWEEP_KINDS:
-        raise MpqError(f"a sweep runs over sizes (e.g. 2MB:6MB), BOPs (e.g. 10GBOPs:40GBOPs) or bits per weight (e.g. 3bpw:6bpw), not {kind}")
+        raise MpqError(
+            f"a sweep runs over sizes (e.g. 2MB:6MB), BOPs (e.g. 10GBOPs:40GBOPs) or bits per weight (e.g. 3bpw:6bpw), not {kind}"
+        )
     return kind
 
 
@@ -79,7 +83,7 @@ def verified_indices(count: int, wanted: "int | str") -> list[int]:
     if wanted == "all":
         return list(range(count))
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 0:
-        raise MpqError(f"verify_points={wanted!r} must be a whole number of points (0 or more) or \"all\"")
+        raise MpqError(f'verify_points={wanted!r} must be a whole number of points (0 or more) or "all"')
     if wanted == 0 or count == 0:
         return []
     if wanted == 1:

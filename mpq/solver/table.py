@@ -85,7 +85,9 @@ def read_rows(path: "str | Path") -> list[TableRow]:
             header = [h.strip() for h in reader.fieldnames or []]
             missing = [c for c in COLUMNS if c not in header]
             if missing:
-                raise MpqError(f"{path} lacks the column(s) {', '.join(missing)}; the header must read {','.join(COLUMNS)}[,group]")
+                raise MpqError(
+                    f"{path} lacks the column(s) {', '.join(missing)}; the header must read {','.join(COLUMNS)}[,group]"
+                )
             reader.fieldnames = header
             rows = []
             for record in reader:
@@ -113,12 +115,16 @@ def problem_from_rows(path: "str | Path", rows: list[TableRow], budgets: list[Bu
         where = f"{path} line {row.line}"
         lines = line_of.setdefault(row.layer, {})
         if row.choice in lines:
-            raise MpqError(f"{where}: layer {row.layer} with {row.choice.label()} repeats line {lines[row.choice]}; give each choice once")
+            raise MpqError(
+                f"{where}: layer {row.layer} with {row.choice.label()} repeats line {lines[row.choice]}; give each choice once"
+            )
         lines[row.choice] = row.line
         if row.layer not in group_of:
             group_of[row.layer] = (row.group, row.line)
         elif group_of[row.layer][0] != row.group:
-            raise MpqError(f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line {group_of[row.layer][1]}; give all its rows one group")
+            raise MpqError(
+                f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line {group_of[row.layer][1]}; give all its rows one group"
+            )
         omega.setdefault(row.layer, {})[row.choice] = row.omega
         costs.setdefault(row.layer, {})[row.choice] = row.costs
     layers = list(line_of)
@@ -154,6 +160,11 @@ def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution)
         model={"table": str(path), "fingerprint": digest, "layers": len(problem.layers)},
         budgets=problem.budgets,
         predicted=predicted,
-        settings=PlanSettings(source="table", solver=SolverSettings(name=solution.solver, time_limit_s=solution.time_limit_s), keep=problem.keep, tie_groups=problem.tie_groups),
+        settings=PlanSettings(
+            source="table",
+            solver=SolverSettings(name=solution.solver, time_limit_s=solution.time_limit_s),
+            keep=problem.keep,
+            tie_groups=problem.tie_groups,
+        ),
         solver=solution.solver_json(),
     )

@@ -109,12 +109,18 @@ def pack_model(
         tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
         tensors[f"{name}.weight_scale"] = q.scale.detach().cpu().clone()
         if getattr(module, "bias", None) is not None:
-            tensors[f"{name}.bias"] = (biases[name] if name in biases else module.bias.detach().to(torch.float32)).cpu().clone()
+            tensors[f"{name}.bias"] = (
+                (biases[name] if name in biases else module.bias.detach().to(torch.float32)).cpu().clone()
+            )
         if lp.act_bits:
             params = act_params[name]
             tensors[f"{name}.input_scale"] = torch.tensor([params.scale], dtype=torch.float32)
             tensors[f"{name}.input_zero_point"] = torch.tensor([params.zero_point], dtype=torch.int32)
-        layers[name] = {"weight_bits": lp.weight_bits, "act_bits": lp.act_bits, "weight_shape": list(module.weight.shape)}
+        layers[name] = {
+            "weight_bits": lp.weight_bits,
+            "act_bits": lp.act_bits,
+            "weight_shape": list(module.weight.shape),
+        }
         if group_size is not None:
             layers[name]["group_size"] = group_size
         if lp.channel_bits:
@@ -129,7 +135,9 @@ def dequantized_weight(packed: PackedModel, name: str) -> torch.Tensor:
     """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do it)."""
     meta = packed.layers[name]
     codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
-    return QuantizedWeight(codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")).dequantize()
+    return QuantizedWeight(
+        codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")
+    ).dequantize()
 
 
 def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict[str, ActQuantParams]]:
@@ -151,8 +159,13 @@ def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict
 def input_quantizers(packed: PackedModel) -> dict[str, ActQuantParams]:
     """{layer: its input's quantizer} for every layer with a quantized input."""
     return {
-        name: ActQuantParams(float(packed.tensors[f"{name}.input_scale"][0]), int(packed.tensors[f"{name}.input_zero_point"][0]), meta["act_bits"])
-        for name, meta in packed.layers.items() if meta["act_bits"]
+        name: ActQuantParams(
+            float(packed.tensors[f"{name}.input_scale"][0]),
+            int(packed.tensors[f"{name}.input_zero_point"][0]),
+            meta["act_bits"],
+        )
+        for name, meta in packed.layers.items()
+        if meta["act_bits"]
     }
 
 

@@ -40,9 +40,13 @@ EVALUATOR = "integer-accumulation/2"  # in measurement cache keys: a new evaluat
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
-
 def fitted_and_held_out(
-    prepared: PreparedModel, data: Dataset, eval_data: Dataset | None, quantizer: Quantizer, batch_size: int, cache: Cache
+    prepared: PreparedModel,
+    data: Dataset,
+    eval_data: Dataset | None,
+    quantizer: Quantizer,
+    batch_size: int,
+    cache: Cache,
 ) -> tuple[Calibration, Dataset, Fp32Reference]:
     """`quantizer` fitted on `data`, and what measurements compare against: `eval_data` and its FP32
     reference when given, else `data` itself (in-sample) and the reference the fit used."""
@@ -86,7 +90,14 @@ def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
 
 
 def packed_for(
-    model, plan: Plan, data, batch_size: int, cache_dir, quantizer: "str | Quantizer | None", device=None, eval_split: float = EVAL_SPLIT
+    model,
+    plan: Plan,
+    data,
+    batch_size: int,
+    cache_dir,
+    quantizer: "str | Quantizer | None",
+    device=None,
+    eval_split: float = EVAL_SPLIT,
 ) -> tuple[PreparedModel, PackedModel]:
     """`plan` applied to `model` as verification applies it: plan and model checked, the plan's quantizer (or
     `quantizer`) fitted on `device` on the part of `data` that mpq.verify and mpq.search fit on (all of it less
@@ -101,7 +112,9 @@ def packed_for(
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     chosen = plan_quantizer(plan, None if quantizer is None else resolve_quantizer(quantizer))
-    return prepared, pack_plan(prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen))
+    return prepared, pack_plan(
+        prepared, plan, plan_calibration(prepared, plan, data, reference, batch_size, cache, chosen)
+    )
 
 
 def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
@@ -132,11 +145,15 @@ def measure_plan(
     key = measurement_key(prepared, plan, data, calibration)
     cached = cache.load("measurement", key)
     if cached is not None:
-        result = Measurement(**{**cached, "name": name, "latency_s": latency_s, "bits_per_weight": packed.bits_per_weight})
+        result = Measurement(
+            **{**cached, "name": name, "latency_s": latency_s, "bits_per_weight": packed.bits_per_weight}
+        )
     else:
         result = _measured(prepared, packed, data, reference, name, bops, batch_size)
         result.latency_s = latency_s
-    result.fits_budget = within_budgets(result.costs, budgets, latency is not None)  # the budgets are not part of the cache key
+    result.fits_budget = within_budgets(
+        result.costs, budgets, latency is not None
+    )  # the budgets are not part of the cache key
     if cached is None:
         cache.save("measurement", key, result.to_json())
     return result
@@ -145,7 +162,10 @@ def measure_plan(
 def measurement_key(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration) -> dict:
     """What a measurement of `plan` on `data` depends on: the model, the data, the plan's widths, the evaluator and the fitted quantizer."""
     key = {
-        "model": prepared.fingerprint, "data": data.fingerprint(), "plan": plan.to_json()["layers"], "evaluator": EVALUATOR,
+        "model": prepared.fingerprint,
+        "data": data.fingerprint(),
+        "plan": plan.to_json()["layers"],
+        "evaluator": EVALUATOR,
         "quantizer": calibration.quantizer.to_json(),
     }
     if calibration.data_fingerprint != key["data"]:  # calibrated on other data than it is evaluated on
@@ -153,7 +173,9 @@ def measurement_key(prepared: PreparedModel, plan: Plan, data: Dataset, calibrat
     return key
 
 
-def plan_sqnr(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration, batch_size: int, cache: Cache) -> list[LayerSqnr]:
+def plan_sqnr(
+    prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration, batch_size: int, cache: Cache
+) -> list[LayerSqnr]:
     """The plan's per-layer SQNR table (mpq.verify.sqnr) on the first SQNR_SAMPLES samples of `data`, cached."""
     key = {**measurement_key(prepared, plan, data, calibration), "samples": SQNR_SAMPLES}
     cached = cache.load("layer-sqnr", key)
@@ -164,7 +186,15 @@ def plan_sqnr(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: C
     return rows
 
 
-def _measured(prepared: PreparedModel, packed: PackedModel, data: Dataset, reference: Fp32Reference, name: str, bops: float, batch_size: int) -> Measurement:
+def _measured(
+    prepared: PreparedModel,
+    packed: PackedModel,
+    data: Dataset,
+    reference: Fp32Reference,
+    name: str,
+    bops: float,
+    batch_size: int,
+) -> Measurement:
     """The model rebuilt from `packed`, run on `data` and compared with the FP32 `reference`."""
     logits = packed_logits(prepared, packed, data, batch_size)
     log_q = F.log_softmax(logits, dim=1)
@@ -177,24 +207,30 @@ def _measured(prepared: PreparedModel, packed: PackedModel, data: Dataset, refer
         fp32_agreement=float((logits.argmax(1) == reference.logits.argmax(1)).float().mean()),
         kl_to_fp32=float(F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")),
         n_eval=len(data),
-        cosine_to_fp32=float(F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()),
+        cosine_to_fp32=float(
+            F.cosine_similarity(logits.flatten(1).double(), reference.logits.flatten(1).double(), dim=1).mean()
+        ),
         perplexity=lm_perplexity(prepared, logits, data),
         bits_per_weight=packed.bits_per_weight,
     )
 
 
-def uniform_plan(prepared: PreparedModel, weight_bits: int, act_bits: int | None, group_size: int | None = None) -> Plan:
+def uniform_plan(
+    prepared: PreparedModel, weight_bits: int, act_bits: int | None, group_size: int | None = None
+) -> Plan:
     """Every layer at `weight_bits` (inputs at `act_bits`), its weight scales per group of `group_size` (None: per channel)."""
     granularity = "channel" if group_size is None else "group"
     layers = {
-        layer.name: LayerPlan(weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits, granularity=granularity)
+        layer.name: LayerPlan(
+            weight_bits=weight_bits, act_bits=None if layer.kind == "embedding" else act_bits, granularity=granularity
+        )
         for layer in prepared.graph.layers
     }
     return Plan(layers=layers, model={"fingerprint": prepared.fingerprint})
 
 
 def uniform_name(weight_bits: int, act_bits: int | None, group_size: int | None) -> str:
-    """"uniform W4A8", "uniform W4" (float inputs), "uniform W4 g128" (scales per group of 128 weights)."""
+    """ "uniform W4A8", "uniform W4" (float inputs), "uniform W4 g128" (scales per group of 128 weights)."""
     return f"uniform W{weight_bits}" + (f"A{act_bits}" if act_bits else "") + (f" g{group_size}" if group_size else "")
 
 
@@ -206,8 +242,15 @@ def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str
     return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
 
 
-def _fits(prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None, group_size: int | None = None) -> bool:
-    costs = model_costs(prepared.graph.layers, {n: lp.choice for n, lp in plan.layers.items()}, prepared.graph.float_bytes, group_size=group_size)
+def _fits(
+    prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None, group_size: int | None = None
+) -> bool:
+    costs = model_costs(
+        prepared.graph.layers,
+        {n: lp.choice for n, lp in plan.layers.items()},
+        prepared.graph.float_bytes,
+        group_size=group_size,
+    )
     return within_budgets(costs | _predicted_latency(prepared, plan, latency), budgets, latency is not None)
 
 
@@ -216,7 +259,11 @@ def check_quantizable(plan: Plan) -> None:
     if not isinstance(plan, Plan):
         raise MpqError(f"plan must be an mpq.Plan (mpq.Plan.load(path) reads one), not {type(plan).__name__}")
     for lp in plan.layers.values():
-        for bits in [lp.weight_bits, *(r.weight_bits for r in lp.channel_bits or ()), *([lp.act_bits] if lp.act_bits is not None else [])]:
+        for bits in [
+            lp.weight_bits,
+            *(r.weight_bits for r in lp.channel_bits or ()),
+            *([lp.act_bits] if lp.act_bits is not None else []),
+        ]:
             check_bits(bits)
 
 
@@ -226,11 +273,15 @@ def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
         raise MpqError("this plan was made for another model (its fingerprint differs): run `mpq search` on this model")
     unknown = sorted(set(plan.layers) - set(prepared.graph.by_name))
     if unknown:
-        raise MpqError(f"the plan names layers this model lacks ({', '.join(unknown[:3])}): it was made for another model")
+        raise MpqError(
+            f"the plan names layers this model lacks ({', '.join(unknown[:3])}): it was made for another model"
+        )
     for name, lp in plan.layers.items():
         channels = prepared.graph.by_name[name].out_channels
         if lp.channel_bits and lp.channel_bits[-1].stop != channels:
-            raise MpqError(f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the layer has {channels}: it was made for another model")
+            raise MpqError(
+                f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the layer has {channels}: it was made for another model"
+            )
 
 
 def verify_prepared(
@@ -254,14 +305,22 @@ def verify_prepared(
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     note = _measured_on(len(data), eval_data)
-    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, plan_quantizer(plan, quantizer), batch_size, cache)
+    calibration, data, reference = fitted_and_held_out(
+        prepared, data, eval_data, plan_quantizer(plan, quantizer), batch_size, cache
+    )
     group = calibration.group_size
-    uniforms = {bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)}
-    uniforms = {bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency, group)}
+    uniforms = {
+        bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)
+    }
+    uniforms = {
+        bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency, group)
+    }
     weight_only = uniform_plan(prepared, 8, None, group) if act_bits else None
 
     def measure(candidate: Plan, name: str) -> Measurement:
-        return measure_plan(prepared, candidate, data, reference, name, batch_size, cache, plan.budgets, latency, calibration)
+        return measure_plan(
+            prepared, candidate, data, reference, name, batch_size, cache, plan.budgets, latency, calibration
+        )
 
     with bar(1 + len(uniforms) + (weight_only is not None), "verify", progress, unit="model") as shown:
         shown.set_postfix_str("mpq plan")
@@ -279,8 +338,15 @@ def verify_prepared(
             shown.update(1)
     sqnr = plan_sqnr(prepared, plan, data, calibration, batch_size, cache)
     return Report(
-        plan=measured, fp32=reference, baselines=baselines, timings_s={"verify": time.perf_counter() - start}, layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {}, quantizer=calibration.quantizer, notes=[note], weight_only=weight_only,
+        plan=measured,
+        fp32=reference,
+        baselines=baselines,
+        timings_s={"verify": time.perf_counter() - start},
+        layer_sqnr=sqnr,
+        latency_model=latency.to_json() if latency is not None else {},
+        quantizer=calibration.quantizer,
+        notes=[note],
+        weight_only=weight_only,
         outputs=prepared.outputs,
     )
 

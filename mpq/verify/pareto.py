@@ -79,8 +79,13 @@ class ParetoResult:
                 for p in self.points
             ],
             "uniform": [
-                {"name": u.name, "weight_bits": u.weight_bits, "act_bits": u.act_bits, "predicted": u.predicted,
-                 "measured": u.measured.to_json() if u.measured else None}
+                {
+                    "name": u.name,
+                    "weight_bits": u.weight_bits,
+                    "act_bits": u.act_bits,
+                    "predicted": u.predicted,
+                    "measured": u.measured.to_json() if u.measured else None,
+                }
                 for u in self.uniform
             ],
             "timings_s": self.timings_s,

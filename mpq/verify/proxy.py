@@ -26,7 +26,6 @@ from mpq.verify.report import ProxyCheck, ProxyPoint
 FLOOR = 0.875  # random plans spend at least this share of the size budget
 
 
-
 def check_proxy_request(plans: int, budgets, granularity: str) -> None:
     """Before any work: a proxy check needs >= 2 random plans, a size budget and layer-wise widths."""
     if plans < 2:
@@ -39,7 +38,9 @@ def size_limit(plan: Plan) -> float:
     """The plan's size budget; MpqError for a plan without one or with per-channel widths."""
     sizes = [b.limit for b in plan.budgets if b.kind == "size_bytes"]
     if not sizes or any(lp.channel_bits for lp in plan.layers.values()):
-        raise MpqError("the proxy check needs a layer-wise plan with a size budget (e.g. --budget 4MB, --granularity layer)")
+        raise MpqError(
+            "the proxy check needs a layer-wise plan with a size budget (e.g. --budget 4MB, --granularity layer)"
+        )
     return min(sizes)
 
 
@@ -52,7 +53,9 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
     def size() -> float:
         choices = {n: LayerPlan(widths[n], plan.layers[n].act_bits).choice for n in names}
-        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, group_size=plan.group_size)["size_bytes"]
+        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, group_size=plan.group_size)[
+            "size_bytes"
+        ]
 
     while size() > limit:
         n = names[int(rng.integers(len(names)))]
@@ -70,20 +73,40 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
     return Plan(layers=layers, model=plan.model, budgets=plan.budgets, settings=plan.settings)
 
 
-def proxy_check(prepared: PreparedModel, sensitivity: Sensitivity, plan: Plan, data, plans: int, seed: int = 0,
-                batch_size: int = 25, cache: Cache = Cache(None), progress: bool | None = None, eval_data=None) -> ProxyCheck:
+def proxy_check(
+    prepared: PreparedModel,
+    sensitivity: Sensitivity,
+    plan: Plan,
+    data,
+    plans: int,
+    seed: int = 0,
+    batch_size: int = 25,
+    cache: Cache = Cache(None),
+    progress: bool | None = None,
+    eval_data=None,
+) -> ProxyCheck:
     """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer fitted on `data`, measured on
     `eval_data`, else on `data`) and rank-correlate Omega with KL."""
-    check_proxy_request(plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer")
-    bits = plan.settings.space.bits if plan.settings is not None else tuple(sorted({lp.weight_bits for lp in plan.layers.values()}))
+    check_proxy_request(
+        plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer"
+    )
+    bits = (
+        plan.settings.space.bits
+        if plan.settings is not None
+        else tuple(sorted({lp.weight_bits for lp in plan.layers.values()}))
+    )
     rng = np.random.default_rng(seed)
     candidates = [("mpq plan", plan)] + [("random", random_plan(prepared, plan, bits, rng)) for _ in range(plans)]
-    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, plan_quantizer(plan), batch_size, cache)
+    calibration, data, reference = fitted_and_held_out(
+        prepared, data, eval_data, plan_quantizer(plan), batch_size, cache
+    )
     points = []
     with bar(len(candidates), "proxy check", progress, unit="plan") as shown:
         for kind, candidate in candidates:
             m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
-            points.append(ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement))
+            points.append(
+                ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement)
+            )
             shown.update(1)
     return ProxyCheck(points, spearman([p.omega for p in points], [p.kl_to_fp32 for p in points]), seed)
 

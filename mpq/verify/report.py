@@ -32,7 +32,9 @@ class Measurement:
     @property
     def costs(self) -> dict[str, float]:
         """The measured size and BOPs, and the predicted latency when there is one (mpq.cost.budget.within_budgets)."""
-        costs = {"size_bytes": self.size_bytes, "bops": self.bops} | ({"latency_s": self.latency_s} if self.latency_s is not None else {})
+        costs = {"size_bytes": self.size_bytes, "bops": self.bops} | (
+            {"latency_s": self.latency_s} if self.latency_s is not None else {}
+        )
         return costs | ({"bits_per_weight": self.bits_per_weight} if self.bits_per_weight is not None else {})
 
     def to_json(self) -> dict:
@@ -66,8 +68,12 @@ class Report:
     latency_model: dict = field(default_factory=dict)  # where predicted latencies come from (none: empty)
     quantizer: Quantizer = DEFAULT_QUANTIZER  # what the plan and the baselines were quantized with
     proxy: "ProxyCheck | None" = None  # random plans at the same size: does Omega predict? (mpq.verify.proxy)
-    versions: dict = field(default_factory=versions)  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
-    weight_only: Measurement | None = None  # uniform W8 with float inputs, when the plan quantizes inputs: the activations' cost
+    versions: dict = field(
+        default_factory=versions
+    )  # of mpq, torch, numpy, pulp, highspy that measured it (mpq.versions)
+    weight_only: Measurement | None = (
+        None  # uniform W8 with float inputs, when the plan quantizes inputs: the activations' cost
+    )
     outputs: Outputs = Outputs()  # what the model's outputs are: logits (agreement, KL) or embeddings (cosine)
     peak_memory_bytes: dict = field(default_factory=process_peak_memory)  # when it was measured (process_peak_memory)
 
@@ -81,29 +87,41 @@ class Report:
         return "1 − cosine" if self.outputs.embeddings else "KL"
 
     def to_json(self) -> dict:
-        predicted = {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}} if self.latency_model else {}
-        return {
-            "schema": "mpq.report/1",
-            "measured": {"size_bytes": self.plan.size_bytes, "bops": self.plan.bops, "bits_per_weight": self.plan.bits_per_weight},
-            "metrics": {
-                "top1": self.plan.top1,
-                "fp32_agreement": self.plan.fp32_agreement,
-                "kl_to_fp32": self.plan.kl_to_fp32,
-                "cosine_to_fp32": self.plan.cosine_to_fp32,
-                "n_eval": self.plan.n_eval,
-                **({"perplexity": self.plan.perplexity} if self.plan.perplexity is not None else {}),
-            },
-            "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1} | ({"perplexity": self.fp32.perplexity} if self.fp32.perplexity is not None else {}),
-            "outputs": self.outputs.to_json(),
-            "baselines": [b.to_json() for b in self.baselines],
-            "timings_s": self.timings_s,
-            "peak_memory_bytes": self.peak_memory_bytes,
-            "notes": self.notes,
-            "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
-            "quantizer": self.quantizer.to_json(),
-            "versions": dict(self.versions),
-        } | predicted | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {}) | (
-            {"weight_only_reference": self.weight_only.to_json()} if self.weight_only is not None else {}
+        predicted = (
+            {"predicted": {"latency_s": self.plan.latency_s, "latency_model": self.latency_model}}
+            if self.latency_model
+            else {}
+        )
+        return (
+            {
+                "schema": "mpq.report/1",
+                "measured": {
+                    "size_bytes": self.plan.size_bytes,
+                    "bops": self.plan.bops,
+                    "bits_per_weight": self.plan.bits_per_weight,
+                },
+                "metrics": {
+                    "top1": self.plan.top1,
+                    "fp32_agreement": self.plan.fp32_agreement,
+                    "kl_to_fp32": self.plan.kl_to_fp32,
+                    "cosine_to_fp32": self.plan.cosine_to_fp32,
+                    "n_eval": self.plan.n_eval,
+                    **({"perplexity": self.plan.perplexity} if self.plan.perplexity is not None else {}),
+                },
+                "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1}
+                | ({"perplexity": self.fp32.perplexity} if self.fp32.perplexity is not None else {}),
+                "outputs": self.outputs.to_json(),
+                "baselines": [b.to_json() for b in self.baselines],
+                "timings_s": self.timings_s,
+                "peak_memory_bytes": self.peak_memory_bytes,
+                "notes": self.notes,
+                "layer_sqnr": [row.to_json() for row in self.layer_sqnr],
+                "quantizer": self.quantizer.to_json(),
+                "versions": dict(self.versions),
+            }
+            | predicted
+            | ({"proxy_check": self.proxy.to_json()} if self.proxy is not None else {})
+            | ({"weight_only_reference": self.weight_only.to_json()} if self.weight_only is not None else {})
         )
 
 
@@ -134,9 +152,15 @@ class ProxyCheck:
         return sum(p.kl_to_fp32 > plan.kl_to_fp32 for p in self.points[1:])
 
     def to_json(self) -> dict:
-        return {"spearman_omega_kl": self.spearman, "seed": self.seed, "random_plans": len(self.points) - 1,
-                "points": [p.to_json() for p in self.points]}
+        return {
+            "spearman_omega_kl": self.spearman,
+            "seed": self.seed,
+            "random_plans": len(self.points) - 1,
+            "points": [p.to_json() for p in self.points],
+        }
 
     def summary(self) -> str:
-        return (f"Ω against measured KL over the plan and {len(self.points) - 1} random plans at the same size: Spearman ρ = "
-                f"{self.spearman:.2f}; {self.randoms_above} of {len(self.points) - 1} random plans have a larger KL than the plan")
+        return (
+            f"Ω against measured KL over the plan and {len(self.points) - 1} random plans at the same size: Spearman ρ = "
+            f"{self.spearman:.2f}; {self.randoms_above} of {len(self.points) - 1} random plans have a larger KL than the plan"
+        )

@@ -43,9 +43,14 @@ class LayerSqnr:
     def from_json(cls, row: dict) -> "LayerSqnr":
         """The row to_json wrote; a null SQNR is an exact signal (infinite), except a float input's (no quantizer: None)."""
         exact = lambda v: math.inf if v is None else float(v)  # noqa: E731
-        return cls(row["name"], row["weight_bits"], row["act_bits"], exact(row["weight_sqnr_db"]),
-                   None if not row["act_bits"] else exact(row["input_sqnr_db"]), exact(row["output_sqnr_db"]))
-
+        return cls(
+            row["name"],
+            row["weight_bits"],
+            row["act_bits"],
+            exact(row["weight_sqnr_db"]),
+            None if not row["act_bits"] else exact(row["input_sqnr_db"]),
+            exact(row["output_sqnr_db"]),
+        )
 
 
 class _Energies:
