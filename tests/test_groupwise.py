@@ -17,6 +17,7 @@ from mpq.export.packed_file import read_packed
 from mpq.inputs.graph import prepare_model
 from mpq.quant.affine import channel_quant_error, quantize_weight
 from mpq.quant.calibration import weight_clip_ratios
+from mpq.quant.formats import SymmetricInt
 from mpq.quant.observers import WEIGHT_CLIPS
 from mpq.solver.omega import choice_omega
 from tests.helpers import USER_MODELS, run_cli
@@ -78,7 +79,7 @@ def test_group_scales_are_per_group_of_the_flattened_channel_weights():
 
 def test_omega_uses_the_group_wise_quantizer(searched, x):
     prepared = prepare_model(group_net(), x[:2])
-    ratios = weight_clip_ratios(prepared, "mse", group_size=GROUP)
+    ratios = weight_clip_ratios(prepared, "mse", fmt=SymmetricInt(GROUP))
     for name, s in searched.sensitivity.layers.items():
         weight = prepared.folded.get_submodule(name).weight
         for bits in (2, 4, 8):
@@ -138,7 +139,7 @@ def test_the_solver_is_exact_under_a_bits_per_weight_and_a_byte_budget(searched,
     best = None
     for widths in itertools.product(WEIGHT_ONLY.bits, repeat=len(infos)):
         choices = {layer.name: Choice(w, None) for layer, w in zip(infos, widths)}
-        costs = model_costs(infos, choices, prepared.graph.float_bytes, group_size=GROUP)
+        costs = model_costs(infos, choices, prepared.graph.float_bytes, fmt=SymmetricInt(GROUP))
         if within_budgets(costs, budgets, latency_known=False):
             omega = sum(choice_omega(sensitivity.layers[n], c, 2.0, False) for n, c in choices.items())
             best = min(best or (math.inf, None), (omega, widths))

@@ -31,6 +31,7 @@ from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
+from mpq.quant.formats import WeightFormat
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.settings import ProbeSettings
@@ -45,7 +46,7 @@ from mpq.verify.report import Measurement
 
 
 def _reachable(
-    prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, group_size: int | None
+    prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, fmt: WeightFormat
 ) -> list[str | None]:
     """Per budget, None when each budget alone can be met, else the BudgetInfeasible message (no Hessian work)."""
     graph = prepared.graph
@@ -61,7 +62,7 @@ def _reachable(
                 lambda n, c: 0.0,
                 pins,
                 graph.act_tie_groups,
-                group_size=group_size,
+                fmt=fmt,
             )
             check_feasible(problem)
             reasons.append(None)
@@ -83,7 +84,7 @@ def uniform_points(
             prepared.graph.layers,
             {n: lp.choice for n, lp in plan.layers.items()},
             prepared.graph.float_bytes,
-            group_size=group,
+            fmt=sensitivity.quantizer.format,
         )
         omega = plan_omega(sensitivity, plan, trace_margin, inputs=False)
         predicted = {
@@ -136,7 +137,7 @@ def pareto(
     prepared, data = prepared_on(model, data, quantize_embeddings, device)
     data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
     pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
-    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).group_size)
+    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).format)
     if all(reasons):
         raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
     t0 = time.perf_counter()

@@ -70,7 +70,7 @@ def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
 
     acts = {n: ActQuantParams(1.0, 0, lp.act_bits) for n, lp in plan.layers.items() if lp.act_bits}
     return container_bytes(
-        pack_model(prepared.folded, plan, acts, group_size=plan.group_size),
+        pack_model(prepared.folded, plan, acts, fmt=plan.weight_format),
         prepared.fingerprint,
         ModelInputs.of(prepared, data),
     )
@@ -138,7 +138,7 @@ def search(
             space.channel_group,
             pins,
             graph.act_tie_groups,
-            quantizer.group_size,
+            quantizer.format,
         ).problem
     else:
         problem = build_problem(
@@ -151,7 +151,7 @@ def search(
             pins,
             graph.act_tie_groups,
             latency,
-            quantizer.group_size,
+            quantizer.format,
         )
     check_feasible(problem)
     if proxy_plans:

@@ -178,7 +178,7 @@ def solve(
             space.channel_group,
             pins,
             sensitivity.act_tie_groups,
-            group,
+            sensitivity.quantizer.format,
         )
         solution, reduction = solve_presolved(channel_problem.problem, solver.time_limit_s, solver.name)
         layers = layer_plans(channel_problem, solution)
@@ -196,7 +196,7 @@ def solve(
             pins,
             sensitivity.act_tie_groups,
             latency,
-            group,
+            sensitivity.quantizer.format,
         )
         solution = solve_problem(problem, solver.time_limit_s, solver.name)
         if latency is not None:
@@ -220,7 +220,7 @@ def solve(
         channels=channels,
     )
     infos = [s.layer for s in sensitivity.layers.values()]
-    weight_bits = sum(plan_layer_costs(x, layers[x.name], group)["weight_bits"] for x in infos)
+    weight_bits = sum(plan_layer_costs(x, layers[x.name], sensitivity.quantizer.format)["weight_bits"] for x in infos)
     return Plan(
         layers=layers,
         model={

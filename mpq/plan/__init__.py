@@ -35,6 +35,7 @@ from mpq.files import write_json_atomic
 from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_json, storage_chunks
 from mpq.plan.legacy import settings_from_json
 from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
+from mpq.quant.formats import WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.versions import versions
 
@@ -66,6 +67,11 @@ class Plan:
     def quantizer(self) -> Quantizer:
         """The quantizer the plan is verified and exported with (the default for a plan without settings)."""
         return self.settings.quantizer if self.settings is not None else DEFAULT_QUANTIZER
+
+    @property
+    def weight_format(self) -> WeightFormat:
+        """The format its weights are stored in: its quantizer's (mpq.quant.formats)."""
+        return self.quantizer.format
 
     @property
     def group_size(self) -> int | None:

@@ -29,13 +29,11 @@ from mpq.quant.affine import (
     QuantizedWeight,
     affine_params,
     grouped,
-    quantize_weight,
-    quantize_weight_channels,
 )
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
 from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-from mpq.quant.widths import ALL_BITS
 
 
 @contextmanager
@@ -68,27 +66,26 @@ def _pass_inputs(model: nn.Module, per_layer: dict[str, object], data: Dataset, 
 
 
 def weight_clip_ratios(
-    prepared: PreparedModel, clip: str, cache: Cache = Cache(None), group_size: int | None = None
+    prepared: PreparedModel, clip: str, cache: Cache = Cache(None), fmt: WeightFormat = PER_CHANNEL_INT
 ) -> dict[str, dict[int, torch.Tensor]]:
     """{layer: {bits: clip ratio per scale}} for every width 2-8: [out_channels], or [out_channels, groups] with
     a group size, each group's ratio chosen on its own weights (min-max: all ones, not cached)."""
     names = [layer.name for layer in prepared.graph.layers]
     modules = quantizable_modules(prepared.folded, embeddings=True)
-    clipper = WEIGHT_CLIPS[clip]
+    clipper = WEIGHT_CLIPS[clip if fmt.clipped else "minmax"]
+    group_size = fmt.group_size
 
     def ratios(name: str, bits: int) -> torch.Tensor:
         weight = modules[name].weight
         per_scale = clipper.ratios(grouped(weight, group_size), bits).cpu()  # kept on the CPU, as when cached
         return per_scale if group_size is None else per_scale.reshape(weight.shape[0], -1)
 
-    if clip == "minmax":
-        return {n: {b: ratios(n, b) for b in ALL_BITS} for n in names}
-    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | (
-        {"group_size": group_size} if group_size else {}
-    )
+    if clip == "minmax" or not fmt.clipped:
+        return {n: {b: ratios(n, b) for b in fmt.widths} for n in names}
+    key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | fmt.cache_fields()
     cached = cache.load("weight-clip", key)
     if cached is None:
-        cached = {n: {str(b): ratios(n, b).tolist() for b in ALL_BITS} for n in names}
+        cached = {n: {str(b): ratios(n, b).tolist() for b in fmt.widths} for n in names}
         cache.save("weight-clip", key, cached)
     return {
         n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()
@@ -128,7 +125,7 @@ def bias_shifts(
     clip: str,
     batch_size: int,
     cache: Cache = Cache(None),
-    group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """{layer: {bits: E[Q_b(W) x - W x] per output channel}} for every layer with a bias and every width 2-8."""
     modules = quantizable_modules(prepared.folded, embeddings=True)
@@ -144,7 +141,7 @@ def bias_shifts(
         "clip": clip,
         "clipper": repr(WEIGHT_CLIPS[clip]),
     }
-    key |= {"group_size": group_size} if group_size else {}
+    key |= fmt.cache_fields()
     cached = cache.load("bias-shift", key)
     if cached is None:
         patches = {n: MeanInputPatch(modules[n]) for n in names}
@@ -153,10 +150,8 @@ def bias_shifts(
         for n in names:
             weight = modules[n].weight
             cached[n] = {
-                str(b): output_shift(
-                    weight, quantize_weight(weight, b, clip_ratios[n][b], group_size).dequantize(), patches[n].mean
-                ).tolist()
-                for b in ALL_BITS
+                str(b): output_shift(weight, fmt.fake_quantize(weight, b, clip_ratios[n][b]), patches[n].mean).tolist()
+                for b in fmt.widths
             }
         cache.save("bias-shift", key, cached)
     return {
@@ -196,7 +191,7 @@ class Calibration:
 
     def weight(self, name: str, weight: torch.Tensor, widths: list[int]) -> QuantizedWeight:
         """The layer's weight quantized with output channel c at width widths[c]."""
-        return quantize_weight_channels(weight, widths, self.clip_ratio(name, widths), self.group_size)
+        return self.quantizer.format.quantize(weight, widths, self.clip_ratio(name, widths))
 
     def bias(self, name: str, bias: torch.Tensor, widths: list[int]) -> torch.Tensor:
         """The exported bias: corrected for the weight quantization's mean output shift when bias correction is on
@@ -224,12 +219,12 @@ def calibrate(
     cache: Cache = Cache(None),
 ) -> Calibration:
     """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges (mpq.verify.measure.fp32_reference)."""
-    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)
     histograms = (
         {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
     )
     shifts = (
-        bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.group_size)
+        bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.format)
         if quantizer.bias_correction
         else {}
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mpq.errors import MpqError
+from mpq.quant.formats import DEFAULT_FORMAT, WeightFormat, weight_format
 
 # the names of mpq.quant.observers' ACT_OBSERVERS and WEIGHT_CLIPS (tests/test_habits.py keeps them equal), here
 # so that a Quantizer and the `mpq` parser's choices need no torch
@@ -55,6 +56,7 @@ class Quantizer:
     weight_clip: str = "mse"
     bias_correction: bool = True
     group_size: int | None = None
+    weight_format: str = DEFAULT_FORMAT
 
     def __post_init__(self) -> None:
         if self.act_observer not in ACT_OBSERVER_NAMES:
@@ -68,6 +70,12 @@ class Quantizer:
         if not isinstance(self.bias_correction, bool):
             raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
         check_group_size(self.group_size)
+        self.format  # noqa: B018  (an unknown format name is an MpqError here)
+
+    @property
+    def format(self) -> WeightFormat:
+        """The weight format its codes and scales are stored in (mpq.quant.formats)."""
+        return weight_format(self.weight_format, self.group_size)
 
     def to_json(self) -> dict:
         """Its fields; group_size only when set, so that the JSON of per-channel quantizers is as before."""
@@ -76,13 +84,14 @@ class Quantizer:
             "weight_clip": self.weight_clip,
             "bias_correction": self.bias_correction,
         }
-        return fields | ({"group_size": self.group_size} if self.group_size is not None else {})
+        fields |= {"group_size": self.group_size} if self.group_size is not None else {}
+        return fields | ({"weight_format": self.weight_format} if self.weight_format != DEFAULT_FORMAT else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Quantizer":
         if not isinstance(data, dict):
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
-        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size"})
+        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size", "weight_format"})
         if unknown:
             raise MpqError(
                 f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`"
@@ -91,6 +100,7 @@ class Quantizer:
 
     def describe(self) -> str:
         groups = f", weight scales per group of {self.group_size}" if self.group_size is not None else ""
+        groups += f", weight format {self.weight_format}" if self.weight_format != DEFAULT_FORMAT else ""
         return (
             f"activation ranges {self.act_observer}, weight clipping {self.weight_clip}, "
             f"bias correction {'on' if self.bias_correction else 'off'}{groups}"
@@ -114,6 +124,7 @@ def resolve_quantizer(
     weight_clip: str | None = None,
     bias_correction: bool | None = None,
     group_size: int | None = None,
+    weight_format: str | None = None,
 ) -> Quantizer:
     """A preset name or Quantizer (None: the default), with any of its fields overridden (None: kept)."""
     if isinstance(quantizer, str):
@@ -131,5 +142,6 @@ def resolve_quantizer(
         "weight_clip": weight_clip,
         "bias_correction": bias_correction,
         "group_size": group_size,
+        "weight_format": weight_format,
     }
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})

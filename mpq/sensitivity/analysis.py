@@ -93,7 +93,7 @@ def _cached_output_errors(cache: Cache, key: dict, measure) -> list[dict[int, Ou
 def _bias_shifts(prepared: PreparedModel, data: Dataset, quantizer: Quantizer, ratios, cache: Cache) -> dict:
     """The quantizer's bias shifts per layer and width (mpq.quant.calibration.bias_shifts), {} without bias correction."""
     return (
-        bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.group_size)
+        bias_shifts(prepared, data, ratios, quantizer.weight_clip, REFERENCE_BATCH, cache, quantizer.format)
         if quantizer.bias_correction
         else {}
     )
@@ -136,7 +136,7 @@ def _cached_kl_quadratic(
             DRAWS,
             settings.seed,
             progress,
-            quantizer.group_size,
+            quantizer.format,
         )
         cached = {
             "omega": result.omega,
@@ -185,7 +185,7 @@ def _cached_anchor_kls(
             (ANCHOR_BITS,),
             ratios.get(name),
             shifts().get(name),
-            quantizer.group_size,
+            quantizer.format,
         )  # noqa: E731
         x = data.x[anchor_indices(len(data), samples).to(data.x.device)]
         errors = weight_output_errors(prepared.folded, names, x, (ANCHOR_BITS,), REFERENCE_BATCH, progress, deltas)
@@ -351,7 +351,7 @@ def analyze_prepared(
         seconds=seconds,
         stop_reason=reason,
     )
-    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.group_size)
+    ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)
     shifts = functools.cache(lambda: _bias_shifts(prepared, data, quantizer, ratios, cache))  # once, when needed
     quadratic = None
     if metric.kind == "quadratic":
@@ -381,7 +381,7 @@ def analyze_prepared(
                     ALL_BITS,
                     ratios.get(name),
                     shifts().get(name),
-                    quantizer.group_size,
+                    quantizer.format,
                 )  # noqa: E731
             errors = weight_output_errors(prepared.folded, names, data.x, ALL_BITS, REFERENCE_BATCH, progress, deltas)
             return [errors[n] for n in names]
@@ -400,7 +400,7 @@ def analyze_prepared(
         if activations
         else {}
     )
-    errors = channel_error_table(prepared.folded, names, clip_ratios=ratios, group_size=quantizer.group_size)
+    errors = channel_error_table(prepared.folded, names, clip_ratios=ratios, fmt=quantizer.format)
     layers = {}
     for i, layer in enumerate(prepared.graph.layers):
         measured_omega, measured_stderr, channel_measured = None, None, None

@@ -32,7 +32,7 @@ from torch.func import functional_call
 from mpq.device import drawn_on
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
-from mpq.quant.affine import quantize_weight
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.bias_correction import corrected_bias
 
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
@@ -62,17 +62,14 @@ def parameter_deltas(
     bits: tuple[int, ...],
     clip_ratios: dict[int, torch.Tensor] | None,
     shifts: dict[int, torch.Tensor] | None,
-    group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """{b: {"weight": Q_b(W) − W, "bias": corrected bias − bias}} (no bias entry for a layer without one)."""
     weight = module.weight.detach()
     deltas = {}
     for b in bits:
         ratio = None if clip_ratios is None else clip_ratios[b]
-        delta = {
-            "weight": quantize_weight(weight, b, ratio, group_size).dequantize().to(weight.dtype).reshape(weight.shape)
-            - weight
-        }
+        delta = {"weight": fmt.fake_quantize(weight, b, ratio).reshape(weight.shape) - weight}
         bias = getattr(module, "bias", None)
         if bias is not None and not isinstance(module, nn.Embedding):
             new_bias = corrected_bias(bias.detach(), shifts[b]) if shifts and b in shifts else bias.detach()
@@ -140,15 +137,14 @@ def kl_quadratic_omegas(
     draws: int = DRAWS,
     seed: int = 0,
     progress: bool | None = None,
-    group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> KlQuadratic:
     """Ω_l(b) of every named layer and width over the samples x (see the module docstring)."""
     started = time.perf_counter()
     model.eval()
     modules = {n: model.get_submodule(n) for n in layer_names}
     deltas = {
-        n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), group_size)
-        for n, m in modules.items()
+        n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), fmt) for n, m in modules.items()
     }
     generator = torch.Generator().manual_seed(seed)
     sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}

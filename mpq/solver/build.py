@@ -11,6 +11,7 @@ from mpq.cost.layer_cost import Choice, layer_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan.settings import act_widths
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.widths import check_bits
 from mpq.solver.problem import Problem
 
@@ -50,12 +51,12 @@ def build_problem(
     keep: "dict[str, int] | None" = None,
     act_tie_groups: "list[list[str]] | None" = None,
     latency=None,
-    group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> Problem:
     """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
     an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.cost.latency),
-    only the pairs it has a latency for, and latency_s costs. Sizes and bits per weight count the weight scales
-    of `group_size` (None: one per output channel)."""
+    only the pairs it has a latency for, and latency_s costs. Sizes and bits per weight are the bytes of the weight
+    format `fmt` (mpq.quant.formats)."""
     keep = keep or {}
     check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
@@ -68,7 +69,7 @@ def build_problem(
         choices=choices,
         omega={layer.name: {c: omega(layer.name, c) for c in choices[layer.name]} for layer in layers},
         costs={
-            layer.name: {c: layer_costs(layer, c, latency, group_size, weights) for c in choices[layer.name]}
+            layer.name: {c: layer_costs(layer, c, latency, fmt, weights) for c in choices[layer.name]}
             for layer in layers
         },
         fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0}

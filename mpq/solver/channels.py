@@ -43,6 +43,7 @@ from mpq.cost.layer_cost import (
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.plan.settings import SearchSpace
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity
@@ -94,11 +95,13 @@ def channel_groups(layer: LayerInfo, group_size: int) -> list[ChannelGroup]:
     ]
 
 
-def chunk_size_bytes(layer: LayerInfo, start: int, stop: int, weight_bits: int, group_size: int | None = None) -> int:
+def chunk_size_bytes(
+    layer: LayerInfo, start: int, stop: int, weight_bits: int, fmt: WeightFormat = PER_CHANNEL_INT
+) -> int:
     """Packed codes, scales and bias of output channels start .. stop - 1 at one width (no input quantizer)."""
     channels = stop - start
     bias = FLOAT_BYTES * channels if layer.bias_params else 0
-    return weight_bytes(layer, channels, weight_bits, group_size) + bias
+    return weight_bytes(layer, channels, weight_bits, fmt) + bias
 
 
 def chunk_bops(layer: LayerInfo, start: int, stop: int, weight_bits: int, act_bits: int | None) -> float:
@@ -107,30 +110,30 @@ def chunk_bops(layer: LayerInfo, start: int, stop: int, weight_bits: int, act_bi
 
 
 def group_costs(
-    layer: LayerInfo, group: ChannelGroup, choice: Choice, group_size: int | None, weights: int
+    layer: LayerInfo, group: ChannelGroup, choice: Choice, fmt: WeightFormat, weights: int
 ) -> dict[str, float]:
     """Size, BOPs and bits-per-weight share of one channel group (`weights`: of all layers); group 0 carries the
     layer's input quantizer bytes."""
     act = ACT_QUANT_PARAM_BYTES if choice.act_bits and group.start == 0 else 0
     return {
-        "size_bytes": float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits, group_size) + act),
+        "size_bytes": float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits, fmt) + act),
         "bops": chunk_bops(layer, group.start, group.stop, choice.weight_bits, choice.act_bits),
-        "bits_per_weight": 8 * weight_bytes(layer, group.stop - group.start, choice.weight_bits, group_size) / weights,
+        "bits_per_weight": 8 * weight_bytes(layer, group.stop - group.start, choice.weight_bits, fmt) / weights,
     }
 
 
-def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, group_size: int | None = None) -> dict[str, float]:
+def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, fmt: WeightFormat = PER_CHANNEL_INT) -> dict[str, float]:
     """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per channel."""
     if not lp.channel_bits:
-        bits = layer_weight_bits(layer, lp.choice, group_size)
+        bits = layer_weight_bits(layer, lp.choice, fmt)
         return {
-            "size_bytes": float(layer_size_bytes(layer, lp.choice, group_size)),
+            "size_bytes": float(layer_size_bytes(layer, lp.choice, fmt)),
             "bops": layer_bops(layer, lp.choice),
             "weight_bits": bits,
         }
     chunks = lp.chunks(layer.out_channels)
-    size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits, group_size) for c in chunks)
-    bits = sum(8 * weight_bytes(layer, c.stop - c.start, c.weight_bits, group_size) for c in chunks)
+    size = sum(chunk_size_bytes(layer, c.start, c.stop, c.weight_bits, fmt) for c in chunks)
+    bits = sum(8 * weight_bytes(layer, c.stop - c.start, c.weight_bits, fmt) for c in chunks)
     bops = sum(chunk_bops(layer, r.start, r.stop, r.weight_bits, lp.act_bits) for r in lp.runs(layer.out_channels))
     return {
         "size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)),
@@ -149,12 +152,12 @@ def build_channel_problem(
     group_size: int = 1,
     keep: "dict[str, int] | None" = None,
     act_tie_groups: "list[list[str]] | None" = None,
-    weight_group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> ChannelProblem:
     """One unit per channel group with every (weight width, activation width) pair; a kept layer's groups
     take its kept width; the groups of one layer (and layers reading one input) share the activation width
     when there are several to choose from. `omega(group, bits)` is the group's Omega;
-    `weight_group_size` is the quantizer's (weight scales per group of that many weights)."""
+    `fmt` the weights' format (mpq.quant.formats), whose bytes the sizes count."""
     keep = keep or {}
     widths = sorted({check_bits(b) for b in bits})
     groups: dict[str, ChannelGroup] = {}
@@ -169,7 +172,7 @@ def build_channel_problem(
                 Choice(w, a) for w in ([keep[layer.name]] if layer.name in keep else widths) for a in layer_acts
             ]
             omegas[unit] = {c: omega(group, c.weight_bits) for c in candidates}
-            costs[unit] = {c: group_costs(layer, group, c, weight_group_size, weights) for c in candidates}
+            costs[unit] = {c: group_costs(layer, group, c, fmt, weights) for c in candidates}
             choices[unit] = drop_dominated(candidates, omegas[unit], costs[unit])
             dropped += len(candidates) - len(choices[unit])
     first_unit = {layer.name: ChannelGroup(layer.name, 0, min(group_size, layer.out_channels)).unit for layer in layers}

@@ -23,7 +23,8 @@ from torch import nn
 
 from mpq.inputs.graph import float_tensors, quantizable_modules
 from mpq.plan import ChannelRun, Plan, storage_chunks
-from mpq.quant.affine import ActQuantParams, QuantizedWeight, quantize_weight_channels
+from mpq.quant.affine import ActQuantParams, QuantizedWeight
+from mpq.quant.formats import DEFAULT_FORMAT, PER_CHANNEL_INT, WeightFormat, weight_format
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -75,6 +76,15 @@ class PackedModel:
     def size_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def weight_format(self, name: str) -> WeightFormat:
+        """The format layer `name`'s weights are stored in."""
+        meta = self.layers[name]
+        return weight_format(meta.get("weight_format", DEFAULT_FORMAT), meta.get("group_size"))
+
+    def weight_scale(self, name: str) -> torch.Tensor:
+        """Layer `name`'s weight scales as float32, whatever type its format stores them in."""
+        return self.weight_format(name).scale_from_stored(self.tensors[f"{name}.weight_scale"])
+
     @property
     def bits_per_weight(self) -> float | None:
         """Bits of the quantized layers' codes and scales as stored, over their weight count (None: no layer quantized)."""
@@ -89,12 +99,12 @@ def pack_model(
     act_params: dict[str, ActQuantParams] | None = None,
     clip_ratios: dict[str, torch.Tensor] | None = None,
     biases: dict[str, torch.Tensor] | None = None,
-    group_size: int | None = None,
+    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> PackedModel:
     """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
     `clip_ratios` each layer's weight clip ratio per scale at its channels' widths (absent: min-max),
-    `biases` the biases to export in place of the model's (bias correction), `group_size` the weights'
-    scale groups (None: one scale per output channel)."""
+    `biases` the biases to export in place of the model's (bias correction), `fmt` the weights' format
+    (mpq.quant.formats: its codes and scales are what is packed)."""
     clip_ratios, biases = clip_ratios or {}, biases or {}
     modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
@@ -105,9 +115,9 @@ def pack_model(
     for name, lp in plan.layers.items():
         module = modules[name]
         out_channels = module.weight.shape[0]
-        q = quantize_weight_channels(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name), group_size)
+        q = fmt.quantize(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name))
         tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
-        tensors[f"{name}.weight_scale"] = q.scale.detach().cpu().clone()
+        tensors[f"{name}.weight_scale"] = fmt.stored_scale(q.scale.detach().cpu()).clone()
         if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = (
                 (biases[name] if name in biases else module.bias.detach().to(torch.float32)).cpu().clone()
@@ -121,8 +131,10 @@ def pack_model(
             "act_bits": lp.act_bits,
             "weight_shape": list(module.weight.shape),
         }
-        if group_size is not None:
-            layers[name]["group_size"] = group_size
+        if fmt.group_size is not None:
+            layers[name]["group_size"] = fmt.group_size
+        if fmt.name != DEFAULT_FORMAT:
+            layers[name]["weight_format"] = fmt.name
         if lp.channel_bits:
             layers[name]["channel_bits"] = [[r.start, r.stop, r.weight_bits] for r in lp.channel_bits]
             layers[name]["channel_group"] = lp.channel_group
@@ -135,9 +147,7 @@ def dequantized_weight(packed: PackedModel, name: str) -> torch.Tensor:
     """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do it)."""
     meta = packed.layers[name]
     codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
-    return QuantizedWeight(
-        codes, packed.tensors[f"{name}.weight_scale"], meta["weight_bits"], meta.get("group_size")
-    ).dequantize()
+    return QuantizedWeight(codes, packed.weight_scale(name), meta["weight_bits"], meta.get("group_size")).dequantize()
 
 
 def unpack_model(model: nn.Module, packed: PackedModel) -> tuple[nn.Module, dict[str, ActQuantParams]]:
@@ -240,7 +250,7 @@ def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
             continue
         device = module.weight.device
         codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
-        scale = combined_scale(params, packed.tensors[f"{name}.weight_scale"]).to(device)
+        scale = combined_scale(params, packed.weight_scale(name)).to(device)
         bias = packed.tensors.get(f"{name}.bias")
         layer = IntegerLayer(params, scale, None if bias is None else bias.to(device), exact_accumulator(params, codes))
         module.weight = nn.Parameter(codes.to(device, layer.accumulator), requires_grad=False)

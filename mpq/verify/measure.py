@@ -28,6 +28,7 @@ from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, lm_perplexity, run_batches, task_top1
 from mpq.quant.widths import check_bits
@@ -78,15 +79,15 @@ def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> 
     widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
     ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
     biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
-    return pack_model(prepared.folded, plan, act, ratios, biases, calibration.group_size)
+    return pack_model(prepared.folded, plan, act, ratios, biases, calibration.quantizer.format)
 
 
 def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
     """What a plan is verified and exported with: `quantizer` (None: the plan's own) at the plan's group size. The
     group size is part of how the plan is stored (its sizes and bits per weight count those scales), so another
     quantizer changes how ranges and scales are chosen, never the layout."""
-    chosen = quantizer or plan.quantizer
-    return chosen if chosen.group_size == plan.group_size else replace(chosen, group_size=plan.group_size)
+    chosen, own = quantizer or plan.quantizer, plan.quantizer
+    return replace(chosen, group_size=own.group_size, weight_format=own.weight_format)
 
 
 def packed_for(
@@ -243,13 +244,13 @@ def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str
 
 
 def _fits(
-    prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None, group_size: int | None = None
+    prepared: PreparedModel, plan: Plan, budgets: list[Budget], latency=None, fmt: WeightFormat = PER_CHANNEL_INT
 ) -> bool:
     costs = model_costs(
         prepared.graph.layers,
         {n: lp.choice for n, lp in plan.layers.items()},
         prepared.graph.float_bytes,
-        group_size=group_size,
+        fmt=fmt,
     )
     return within_budgets(costs | _predicted_latency(prepared, plan, latency), budgets, latency is not None)
 
@@ -313,7 +314,9 @@ def verify_prepared(
         bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)
     }
     uniforms = {
-        bits: u for bits, u in uniforms.items() if bits == 8 or _fits(prepared, u, plan.budgets, latency, group)
+        bits: u
+        for bits, u in uniforms.items()
+        if bits == 8 or _fits(prepared, u, plan.budgets, latency, calibration.quantizer.format)
     }
     weight_only = uniform_plan(prepared, 8, None, group) if act_bits else None
 

@@ -53,7 +53,7 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
     def size() -> float:
         choices = {n: LayerPlan(widths[n], plan.layers[n].act_bits).choice for n in names}
-        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, group_size=plan.group_size)[
+        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, fmt=plan.weight_format)[
             "size_bytes"
         ]
 
