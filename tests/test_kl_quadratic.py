@@ -20,6 +20,11 @@ from tests.helpers import USER_MODELS, mlp_data, run_cli
 BITS = (3, 6)
 
 
+
+def min_max_deltas(model, names, bits):
+    """Each layer's min-max weight change at each width, no bias correction."""
+    return {n: parameter_deltas(model.get_submodule(n), bits, None, None) for n in names}
+
 def exact_omegas(
     model: nn.Module, name: str, x: torch.Tensor, delta: dict[str, torch.Tensor]
 ) -> tuple[float, np.ndarray]:
@@ -92,7 +97,7 @@ def test_estimates_agree_with_the_exact_quadratic_form(case):
     else:
         model, x = TokenNet().eval(), torch.randint(0, 7, (6, 4))
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]
-    result = kl_quadratic_omegas(model, names, x, BITS, batch_size=4, draws=400, seed=3)
+    result = kl_quadratic_omegas(model, x, min_max_deltas(model, names, BITS), batch_size=4, draws=400, seed=3)
     assert result.samples == 6 and result.draws == 400
     for name in names:
         deltas = parameter_deltas(model.get_submodule(name), BITS, None, None)
@@ -118,8 +123,8 @@ def test_bias_correction_enters_through_the_bias_change():
     shift = {3: torch.full((4,), 0.05, dtype=torch.float64)}
     delta = parameter_deltas(model.conv, (3,), None, shift)[3]
     assert torch.allclose(delta["bias"], torch.full((4,), -0.05))  # corrected bias = bias − shift
-    plain = kl_quadratic_omegas(model, ["conv"], x, (3,), draws=400, seed=0)
-    shifted = kl_quadratic_omegas(model, ["conv"], x, (3,), shifts={"conv": shift}, draws=400, seed=0)
+    plain = kl_quadratic_omegas(model, x, min_max_deltas(model, ["conv"], (3,)), draws=400, seed=0)
+    shifted = kl_quadratic_omegas(model, x, {"conv": parameter_deltas(model.conv, (3,), None, shift)}, draws=400, seed=0)
     exact_plain, _ = exact_omegas(model, "conv", x, parameter_deltas(model.conv, (3,), None, None)[3])
     exact_shifted, _ = exact_omegas(model, "conv", x, delta)
     assert exact_plain != pytest.approx(exact_shifted, rel=0.05)
@@ -134,7 +139,7 @@ def test_omega_predicts_the_measured_kl_of_a_small_error():
         DepthwiseNet().double().eval(),
         torch.randn(32, 2, 5, 5, dtype=torch.float64),
     )  # float64: a KL of 1e-9 is below float32's rounding
-    result = kl_quadratic_omegas(model, ["conv"], x, (8,), draws=200, seed=0)
+    result = kl_quadratic_omegas(model, x, min_max_deltas(model, ["conv"], (8,)), draws=200, seed=0)
     delta = parameter_deltas(model.conv, (8,), None, None)[8]
     quantized = {f"conv.{k}": getattr(model.conv, k).detach() + v for k, v in delta.items()}
     with torch.no_grad():

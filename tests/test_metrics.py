@@ -23,6 +23,7 @@ from mpq.quant.quantizer import Quantizer
 from mpq.quant.reference import fp32_reference
 from mpq.sensitivity import LayerSensitivity, Sensitivity
 from mpq.sensitivity.activation import ActivationSensitivity, input_groups, perturbed_inputs
+from mpq.sensitivity.estimates import LayerEstimate, Trace
 from mpq.sensitivity.hessian import hutchinson_traces
 from mpq.sensitivity.settings import ProbeSettings
 from tests.helpers import USER_MODELS, mlp_data, run_cli
@@ -224,7 +225,9 @@ def test_output_mse_is_the_measured_output_error_of_quantizing_one_layer(tiny_mo
         handle.remove()
     assert layer.act_omega(None) == 0.0
     assert sens.layers["fc"].act_omega(4) == pytest.approx(float(F.mse_loss(output, reference)), rel=1e-6)
-    assert sens.to_json()["layers"]["fc"]["hessian_trace"] is None
+    written = sens.to_json()["layers"]["fc"]
+    assert "hessian_trace" not in written  # the record says what it holds: a measured Omega, no trace
+    assert written["omega"]["3"] == pytest.approx(float(sens.layers["fc"].omega(3)))
 
 
 @pytest.mark.parametrize("metric", ["output_mse", "output_kl"])
@@ -291,19 +294,12 @@ def _constructed_sensitivity(input_traces: dict[str, float]) -> Sensitivity:
     layers = {}
     for name, trace in input_traces.items():
         error = {b: 4.0**-b for b in range(2, 9)}
-        layers[name] = LayerSensitivity(
-            layer=_layer(name),
-            hessian_trace=1.0,
-            hessian_trace_stderr=0.0,
-            probes=8,
-            quant_error=error,
-            channel_trace=np.full(16, 1 / 16),
-            channel_trace_stderr=np.zeros(16),
-            channel_quant_error={b: np.full(16, e / 16) for b, e in error.items()},
-            activation=ActivationSensitivity(
-                group=[name], trace=trace, trace_stderr=0.0, probes=8, elements=16, quant_error=dict(error)
-            ),
+        estimate = LayerEstimate(trace=Trace(1.0, 0.0, 8, np.full(16, 1 / 16), np.zeros(16)))
+        activation = ActivationSensitivity(
+            group=[name], trace=trace, trace_stderr=0.0, probes=8, elements=16, quant_error=dict(error)
         )
+        channel_errors = {b: np.full(16, e / 16) for b, e in error.items()}
+        layers[name] = LayerSensitivity.of(_layer(name), "hessian", estimate, channel_errors, activation)
     return Sensitivity(
         "fp", "data", "labels", layers, float_bytes=0, settings=ProbeSettings(), seconds=0.0, stop_reason="tolerance"
     )

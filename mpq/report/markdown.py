@@ -12,7 +12,7 @@ from mpq.plan import LayerPlan, Plan
 from mpq.report.summary import summary
 from mpq.report.text import pct
 from mpq.sensitivity import Sensitivity
-from mpq.sensitivity.registry import HessianTrace, metric_of
+from mpq.sensitivity.registry import metric_of
 from mpq.solver.milp import solver_note
 from mpq.solver.omega import layer_plan_omega, searched_with
 from mpq.solver.problem import Problem, Solution
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def _layer_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None]:
     s = sensitivity.layers[name]
-    return metric_of(sensitivity.metric).shown(s.hessian_trace, s.hessian_trace_stderr, s.details, s.measured_omega)
+    return metric_of(sensitivity.metric).layer_shown(s)
 
 
 def _input_value(sensitivity: Sensitivity, name: str) -> tuple[float, float | None] | None:
@@ -80,7 +80,7 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
 def _probes_text(sensitivity: Sensitivity) -> str:
     """How many probes the estimates used: per layer (their range) for per-layer Hutchinson probing."""
     counts = [s.probes for s in sensitivity.layers.values()]
-    if not isinstance(metric_of(sensitivity.metric), HessianTrace):
+    if metric_of(sensitivity.metric).estimator != "hutchinson":
         return f"{max(counts)} probes/samples/iterations"
     if sensitivity.settings.probing == "per-layer":
         spread = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else f"{max(counts)}"
@@ -270,7 +270,7 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     )
     if panels == 2:
         warned = {
-            n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(sensitivity.metric, tol)
+            n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(metric_of(sensitivity.metric), tol)
         }
         _bars(axes[1][0], sensitivity, [_input_value(sensitivity, n) for n in names], warned, f"inputs: {label}")
     bottom = axes[-1][0]

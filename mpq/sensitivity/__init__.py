@@ -1,7 +1,7 @@
-"""HAWQ-V2 sensitivity: Omega_l(b) = Tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2, per layer and per channel.
+"""Sensitivity: Omega_l(b) of every layer at every width (and per channel) under one metric.
 
-The analysis itself (`analyze_prepared`: caching and the metrics together) is in
-mpq.sensitivity.analysis; this package gives its names lazily (PEP 562), so that importing a light
+The analysis itself (`analyze_prepared`: one context, the metric's estimate, the error tables) is in
+mpq.sensitivity.analysis, the metrics in mpq.sensitivity.registry; this package gives its names lazily (PEP 562), so that importing a light
 module of it (mpq.sensitivity.settings, mpq.sensitivity.registry: what the `mpq` parser needs) does
 not import torch.
 """

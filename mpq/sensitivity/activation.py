@@ -32,7 +32,6 @@ from torch import nn
 from mpq.device import model_device
 from mpq.inputs.graph import LayerInfo, module_calls_visible
 from mpq.quant.affine import ActQuantParams, MinMaxObserver
-from mpq.sensitivity.registry import metric_of
 
 
 @dataclass
@@ -57,8 +56,9 @@ class ActivationSensitivity:
         bounded = max(self.trace + margin * self.trace_stderr, 0.0)
         return bounded / self.elements * self.quant_error[bits] / len(self.group)
 
-    def warning(self, metric: str, tol: float) -> str | None:
-        return metric_of(metric).warning(self.trace, self.trace_stderr, tol, self.details)
+    def warning(self, metric, tol: float) -> str | None:
+        """Why the estimate is not to be trusted under `metric` (a registry Metric), or None."""
+        return metric.warning(self.trace, self.trace_stderr, tol, self.details)
 
     def to_json(self) -> dict:
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731

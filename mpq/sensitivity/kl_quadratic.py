@@ -128,24 +128,20 @@ def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
 
 def kl_quadratic_omegas(
     model: nn.Module,
-    layer_names: list[str],
     x: torch.Tensor,
-    bits: tuple[int, ...],
-    clip_ratios: dict[str, dict[int, torch.Tensor]] | None = None,
-    shifts: dict[str, dict[int, torch.Tensor]] | None = None,
+    deltas: dict[str, dict[int, dict[str, torch.Tensor]]],
     batch_size: int = 16,
     draws: int = DRAWS,
     seed: int = 0,
     progress: bool | None = None,
-    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> KlQuadratic:
-    """Ω_l(b) of every named layer and width over the samples x (see the module docstring)."""
+    """Ω_l(b) over the samples x of every layer and width of `deltas` ({layer: parameter_deltas(...)}; see the
+    module docstring)."""
     started = time.perf_counter()
     model.eval()
+    layer_names = list(deltas)
+    bits = tuple(next(iter(deltas.values()))) if deltas else ()
     modules = {n: model.get_submodule(n) for n in layer_names}
-    deltas = {
-        n: parameter_deltas(m, bits, (clip_ratios or {}).get(n), (shifts or {}).get(n), fmt) for n, m in modules.items()
-    }
     generator = torch.Generator().manual_seed(seed)
     sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
     sum_fourth = {n: {b: 0.0 for b in bits} for n in layer_names}

@@ -1,16 +1,18 @@
 """The sensitivity metrics behind `--metric`, one class per idea, and the registry that names them.
 
-Each metric says what Omega_l(b) is, how it is estimated, what a table shows for it and when an
-estimate is not to be trusted. Three kinds:
+Each metric is a strategy: `estimate(context)` gives every layer's estimate (mpq.sensitivity.estimates) from one
+AnalysisContext (mpq.sensitivity.context), and the metric says what Omega_l(b) is, what a table shows for it and
+when an estimate is not to be trusted. Three families, one base class each:
 
-    curvature  a trace-like T_l, Omega_l(b) = T_l / n_l * ||Q_b(W_l) - W_l||^2 (per channel the same
-               with the channel's weights): HessianTrace, FisherTrace, TopEigenvalue
-    measured   Omega_l(b) measured with only layer l quantized at b bits: OutputMSE, OutputKL
-               (whole layers: no per-channel Omega)
-    quadratic  Omega_l(b) = 1/2 E[delta^T M delta] in the layer's actual quantization error: KLQuadratic
+    CurvatureMetric  a trace-like T_l, Omega_l(b) = T_l / n_l * ||Q_b(W_l) - W_l||^2 (per channel the same
+                     with the channel's weights): HessianTrace, FisherTrace, GaussNewtonTrace, TopEigenvalue
+    MeasuredMetric   Omega_l(b) measured with only layer l quantized at b bits: OutputMSE, OutputKL
+                     (whole layers: no per-channel Omega)
+    QuadraticMetric  Omega_l(b) = 1/2 E[delta^T M delta] in the layer's actual quantization error: KLQuadratic,
+                     and KLAnchored, scaled per layer to one measured KL
 
-Code outside this module asks a Metric for what it needs (`metric_of(name).kind`, `.label`, ...) and
-never compares metric names.
+Code outside this module asks a Metric for what it needs (`metric_of(name).label`, `.estimate(...)`, ...) and
+never compares metric names or branches on a metric's family.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import TYPE_CHECKING, ClassVar
 from mpq.errors import MpqError
 
 if TYPE_CHECKING:
+    from mpq.sensitivity.context import AnalysisContext
+    from mpq.sensitivity.estimates import Estimates, LayerEstimate
     from mpq.sensitivity.hessian import HessianTraces
 
 # the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
@@ -33,28 +37,34 @@ DEFAULT_METRICS = ("kl_anchored", "gauss_newton", "hessian")
 
 
 class Metric:
-    """One sensitivity metric. Subclasses set the class attributes and, for curvatures, `traces`."""
+    """One sensitivity metric: `estimate` gives every layer's estimate; subclasses set the class attributes."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # the quantity a table shows, e.g. "Tr(H)"
-    kind: ClassVar[str]  # "curvature", "measured" or "quadratic"
     per_channel: ClassVar[bool] = True  # has a per-channel Omega (for --granularity channel)
     inputs: ClassVar[bool] = True  # can also give the inputs' sensitivity (activation widths)
     checkpointed: ClassVar[bool] = False  # an unfinished estimate is saved after every probe and resumed
     fixed_loss: ClassVar[str | None] = None  # the loss the metric is defined with, whatever --loss says
     uses_quantizer: ClassVar[bool] = True  # its Omega depends on the quantizer's clipping and bias correction
-    estimator: ClassVar[str] = (
-        "measured"  # how a layer's number is estimated (a layer's own `estimator` field may say more)
-    )
+    estimator: ClassVar[str] = "measured"  # how a layer's number is estimated (a layer's `estimator` may say more)
     cache_tag: ClassVar[str | None] = None  # a version of the estimator, in the cache key, when its numbers changed
-    anchored: ClassVar[bool] = (
-        False  # a quadratic Omega scaled per layer to one measured one-layer KL (mpq.sensitivity.anchor)
-    )
+    uses_loss: ClassVar[bool] = False  # its estimate is of the loss (checked against the model's outputs first)
 
-    def traces(
-        self, model, names, x, targets, settings, progress, loss_fn, checkpoint
-    ) -> tuple[HessianTraces, dict[str, list]]:
-        raise TypeError(f"{self.name} is not a curvature metric")
+    def estimate(self, ctx: AnalysisContext) -> Estimates:
+        """Every layer's estimate (in the graph's order)."""
+        raise NotImplementedError
+
+    def estimate_inputs(self, ctx: AnalysisContext, key: dict, groups, shapes, ranges) -> list[LayerEstimate]:
+        """Every input group's estimate (activation sensitivity), for metrics with `inputs`."""
+        raise NotImplementedError
+
+    def cache_fields(self) -> dict:
+        """What the shared cache key holds of the metric."""
+        return {"metric": self.name} | ({"estimator": self.cache_tag} if self.cache_tag else {})
+
+    def layer_shown(self, s) -> tuple[float, float | None]:
+        """The number a table or chart shows for one layer's LayerSensitivity `s`, and its error bar."""
+        return self.shown(s.trace.value, s.trace.stderr, s.details, s.omega_table)
 
     def why_not(self, loss_name: str, output_dims: int) -> str | None:
         """Why the metric is not defined for this loss and these outputs (None: it is; most metrics take any)."""
@@ -87,13 +97,40 @@ class Metric:
         return None
 
 
-class HessianTrace(Metric):
+class CurvatureMetric(Metric):
+    """T_l from `traces` (cached, mpq.sensitivity.curvature); Omega_l(b) = T_l / n_l * ||Q_b(W_l) - W_l||^2."""
+
+    uses_loss = True
+
+    def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint) -> tuple[HessianTraces, dict]:
+        raise NotImplementedError
+
+    def estimate(self, ctx):
+        from mpq.sensitivity.curvature import curvature_estimates
+
+        return curvature_estimates(self, ctx)
+
+    def estimate_inputs(self, ctx, key, groups, shapes, ranges):
+        import numpy as np
+
+        from mpq.sensitivity.activation import perturbed_inputs
+        from mpq.sensitivity.curvature import cached_traces, layer_traces
+
+        with perturbed_inputs(ctx.model, groups, shapes) as wrapper:
+            traces, details, _ = cached_traces(ctx, "inputs", key, self, wrapper, wrapper.names)
+        return layer_traces(traces, details, np.zeros(len(groups), dtype=bool))
+
+
+class HessianTrace(CurvatureMetric):
     """T_l = Tr(H_l), the loss Hessian's diagonal block, by Hutchinson probing (mpq.sensitivity.hessian),
     until every layer's standard error is under `tol` of its trace (HAWQ-V2)."""
 
-    name, label, kind, checkpointed = "hessian", "Tr(H)", "curvature", True
+    name, label, checkpointed = "hessian", "Tr(H)", True
     uses_quantizer = False
     estimator = "hutchinson"
+
+    def cache_fields(self) -> dict:
+        return {}  # the first metric keeps its earlier cache key
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
         from mpq.sensitivity.hessian import hutchinson_traces
@@ -103,11 +140,11 @@ class HessianTrace(Metric):
         ), {}
 
 
-class FisherTrace(Metric):
+class FisherTrace(CurvatureMetric):
     """T_l = Tr(F_l), F_l = (1/N) sum_i g_i g_i^T with g_i the gradient of sample i's loss: the empirical
     Fisher, exact over the data; its standard error is that of a mean over samples."""
 
-    name, label, kind = "fisher", "Tr(F)", "curvature"
+    name, label = "fisher", "Tr(F)"
     uses_quantizer = False
     estimator = "empirical fisher"
 
@@ -117,7 +154,7 @@ class FisherTrace(Metric):
         return fisher_traces(model, names, x, targets, settings, progress, loss_fn=loss_fn), {}
 
 
-class GaussNewtonTrace(Metric):
+class GaussNewtonTrace(CurvatureMetric):
     """T_l = Tr(H_l) = Tr(G_l) + Tr(R_l): G_l the Gauss-Newton block of the softmax loss (the "true" Fisher),
     from per-sample gradients of log p_c for each sample's most probable classes, summed exactly with
     weights p_c, and one class drawn from the rest (mpq.sensitivity.metrics.gauss_newton_traces); R_l the
@@ -125,7 +162,7 @@ class GaussNewtonTrace(Metric):
     by Hutchinson probing where it is not (mpq.sensitivity.residual). Cross-entropy (labels or FP32
     classes) and KL losses only."""
 
-    name, label, kind = "gauss_newton", "Tr(H)", "curvature"
+    name, label = "gauss_newton", "Tr(H)"
     uses_quantizer = False
     estimator, cache_tag = "gauss-newton", "residual/1"
     LOSSES: ClassVar[tuple[str, ...]] = ("labels", "fp32", "kl")
@@ -143,16 +180,16 @@ class GaussNewtonTrace(Metric):
         return None
 
 
-class TopEigenvalue(Metric):
+class TopEigenvalue(CurvatureMetric):
     """T_l = n_l * lambda_max(H_l), so Omega_l(b) = lambda_max(H_l) * ||Q_b(W_l) - W_l||^2 (HAWQ-V1), by power
     iteration on the layer's block; its "standard error" is n_l times the last change of the iterate."""
 
-    name, label, kind = "eigenvalue", "λ_max", "curvature"
+    name, label = "eigenvalue", "λ_max"
     uses_quantizer = False
     estimator = "power iteration"
 
     def traces(self, model, names, x, targets, settings, progress, loss_fn, checkpoint):
-        from mpq.sensitivity.metrics import top_eigenvalues
+        from mpq.sensitivity.eigenvalue import top_eigenvalues
 
         return top_eigenvalues(model, names, x, targets, settings, progress, loss_fn=loss_fn)
 
@@ -160,7 +197,7 @@ class TopEigenvalue(Metric):
         return details["top_eigenvalue"], details["eigenvalue_change"]
 
     def warning(self, trace, stderr, tol, details):
-        from mpq.sensitivity.metrics import EIGEN_TOL
+        from mpq.sensitivity.eigenvalue import EIGEN_TOL
 
         eigenvalue, change = details["top_eigenvalue"], details["eigenvalue_change"]
         if eigenvalue <= 0:
@@ -170,19 +207,38 @@ class TopEigenvalue(Metric):
         return None
 
 
-class OutputMSE(Metric):
-    """Omega_l(b) = mean squared change of the model's output, FP32 against layer l alone quantized at b
-    bits (plain weights); measured, one pass per layer and width (mpq.sensitivity.output_error)."""
+class MeasuredMetric(Metric):
+    """Omega_l(b) measured with layer l alone quantized at b bits (mpq.sensitivity.measured)."""
 
-    name, label, kind, per_channel = "output_mse", f"output MSE at W{CHART_BITS}", "measured", False
-    field: ClassVar[str] = "mse"  # the OutputError field that is Omega
-    uses_quantizer = False
+    per_channel = False
+    field: ClassVar[str]  # the OutputError field that is Omega
+
+    def estimate(self, ctx):
+        from mpq.sensitivity.measured import measured_estimates
+
+        return measured_estimates(self, ctx)
+
+    def estimate_inputs(self, ctx, key, groups, shapes, ranges):
+        from mpq.sensitivity.measured import measured_input_estimates
+
+        return measured_input_estimates(self, ctx, key, groups, ranges)
+
+    def layer_shown(self, s):
+        return s.omega_table[CHART_BITS], None
 
     def shown(self, trace, stderr, details, measured):
         return measured[CHART_BITS], None
 
     def warning(self, trace, stderr, tol, details):
         return None
+
+
+class OutputMSE(MeasuredMetric):
+    """Omega_l(b) = mean squared change of the model's output, FP32 against layer l alone quantized at b
+    bits (plain weights); measured, one pass per layer and width (mpq.sensitivity.output_error)."""
+
+    name, label, field = "output_mse", f"output MSE at W{CHART_BITS}", "mse"
+    uses_quantizer = False
 
 
 class OutputKL(OutputMSE):
@@ -194,13 +250,21 @@ class OutputKL(OutputMSE):
     uses_quantizer = True
 
 
-class KLQuadratic(Metric):
+class KLQuadratic(Metric):  # the QuadraticMetric family
     """Omega_l(b) = 1/2 E[delta^T M delta], the second-order KL to FP32 in the layer's actual change of
     output delta (clipping and bias correction included), M the softmax's Fisher; unbiased from one
     backward pass per draw for every layer, width and channel (mpq.sensitivity.kl_quadratic). Weights only."""
 
-    name, label, kind, inputs, fixed_loss = "kl_quadratic", f"½δᵀMδ at W{CHART_BITS}", "quadratic", False, "kl"
+    name, label, inputs, fixed_loss = "kl_quadratic", f"½δᵀMδ at W{CHART_BITS}", False, "kl"
     estimator = "sampled quadratic form"
+
+    def estimate(self, ctx):
+        from mpq.sensitivity.quadratic import quadratic_estimates
+
+        return quadratic_estimates(ctx)
+
+    def layer_shown(self, s):
+        return self.shown(float("nan"), float("nan"), s.details, s.omega_table)
 
     def suits_default(self, loss_name, loss_named, output_dims, embeddings, activations):
         """The KL of softmax outputs: not for embeddings, not when another loss was named, weights only."""
@@ -225,7 +289,11 @@ class KLAnchored(KLQuadratic):
 
     name, label = "kl_anchored", f"anchored ½δᵀMδ at W{CHART_BITS}"
     estimator = "sampled quadratic form, scaled to a measured one-layer KL"
-    anchored = True
+
+    def estimate(self, ctx):
+        from mpq.sensitivity.quadratic import anchored_estimates
+
+        return anchored_estimates(ctx)
 
     def shown(self, trace, stderr, details, measured):
         return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)] * details.get("anchor_ratio", 1.0)

@@ -11,39 +11,82 @@ import numpy as np
 from mpq.inputs.graph import LayerInfo
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.sensitivity.activation import ActivationSensitivity
-from mpq.sensitivity.hessian import HessianTraces
+from mpq.sensitivity.estimates import LayerEstimate, Trace, finite
 from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
 from mpq.sensitivity.stopping import CAPS
 
 
-def finite(value: float) -> float | None:
-    """JSON has no NaN or infinity: those are written as null."""
-    return value if math.isfinite(value) else None
-
-
 @dataclass
 class LayerSensitivity:
-    """One layer's Hessian trace (with standard error) and quantization errors per width.
-
-    Under another metric, `hessian_trace` holds the trace-like number Omega uses in its place (see
-    mpq.sensitivity.metrics; NaN for output_mse, whose Omega is `measured_omega`)."""
+    """One layer's sensitivity under a metric: Omega for every width (`omega_table`, with its standard error) and
+    per output channel, the quantization errors, and the trace-like T_l Omega comes from under a curvature metric
+    (`trace`; None under the measured and quadratic metrics, whose Omega is estimated directly)."""
 
     layer: LayerInfo
-    hessian_trace: float
-    hessian_trace_stderr: float
-    probes: int
+    metric: str
+    omega_table: dict[int, float]
     quant_error: dict[int, float]
-    channel_trace: np.ndarray
-    channel_trace_stderr: np.ndarray
     channel_quant_error: dict[int, np.ndarray] = field(repr=False)
-    metric: str = "hessian"
-    measured_omega: dict[int, float] | None = None  # output_mse, kl_quadratic: Omega(b) itself
-    measured_stderr: dict[int, float] | None = None  # kl_quadratic: the standard error of Omega(b)
-    channel_measured_omega: dict[int, np.ndarray] | None = field(default=None, repr=False)  # kl_quadratic: per channel
+    omega_stderr: dict[int, float] | None = None
+    channel_omega_table: dict[int, np.ndarray] | None = field(default=None, repr=False)  # None: no per-channel Omega
+    channel_omega_stderr: dict[int, np.ndarray] | None = field(default=None, repr=False)
+    trace: Trace | None = None
     details: dict = field(default_factory=dict)  # the metric's own fields, as written to JSON
     activation: ActivationSensitivity | None = None  # the input's sensitivity, when analyzed
     capped: bool = False  # a cap (max_probes, max_seconds) stopped its estimate above the tolerance
+
+    @classmethod
+    def of(cls, layer: LayerInfo, metric: str, estimate: LayerEstimate, errors: dict[int, np.ndarray], activation):
+        """The record of one layer's estimate; a trace T gives Omega(b) = T / n * err(b) (per channel with n_c)."""
+        quant_error = {b: float(e.sum()) for b, e in errors.items()}
+        tables = _trace_tables(layer, estimate.trace, quant_error, errors) if estimate.trace else {}
+        return cls(
+            layer=layer,
+            metric=metric,
+            omega_table=estimate.omega if estimate.omega is not None else tables["omega_table"],
+            quant_error=quant_error,
+            channel_quant_error=errors,
+            omega_stderr=estimate.omega_stderr if estimate.omega is not None else tables["omega_stderr"],
+            channel_omega_table=estimate.channel_omega if estimate.trace is None else tables["channel_omega_table"],
+            channel_omega_stderr=tables.get("channel_omega_stderr"),
+            trace=estimate.trace,
+            details=estimate.details,
+            activation=activation,
+            capped=estimate.capped,
+        )
+
+    @property
+    def probes(self) -> int:
+        return self.trace.probes if self.trace is not None else 0
+
+    @property
+    def hessian_trace(self) -> float:
+        """T_l of a curvature metric (Tr(H_l) for hessian and gauss_newton)."""
+        if self.trace is None:
+            raise AttributeError(f"the {self.metric} metric estimates Omega directly and has no trace: use omega(bits)")
+        return self.trace.value
+
+    @property
+    def hessian_trace_stderr(self) -> float:
+        return self.trace.stderr if self.trace is not None else float("nan")
+
+    @property
+    def channel_trace(self) -> np.ndarray:
+        return self.trace.channel
+
+    @property
+    def channel_trace_stderr(self) -> np.ndarray:
+        return self.trace.channel_stderr
+
+    @property
+    def measured_omega(self) -> dict[int, float] | None:
+        """Omega per width as a measured or quadratic metric estimated it (None under a curvature metric)."""
+        return self.omega_table if self.trace is None else None
+
+    @property
+    def measured_stderr(self) -> dict[int, float] | None:
+        return self.omega_stderr if self.trace is None else None
 
     @property
     def estimator(self) -> str:
@@ -51,33 +94,39 @@ class LayerSensitivity:
         (gauss_newton: gauss-newton, gauss-newton+residual, or gauss-newton (residual skipped))."""
         return self.details.get("estimator") or metric_of(self.metric).estimator
 
-    def bounded_trace(self, margin: float = 0.0) -> float:
-        """max(Tr + margin * stderr, 0): with margin > 0, the upper edge of the estimate's confidence
-        interval, so a layer whose trace is uncertain is not taken for an insensitive one."""
-        return max(self.hessian_trace + margin * self.hessian_trace_stderr, 0.0)
-
     def omega(self, bits: int, margin: float = 0.0) -> float:
-        """Tr(H_l)/n_l * ||Q_b(W_l) - W_l||^2, the trace bounded as in `bounded_trace` (output_mse: measured;
-        kl_quadratic: the estimate bounded the same way, max(Omega + margin * stderr, 0))."""
-        if self.measured_omega is not None:
-            stderr = self.measured_stderr[bits] if self.measured_stderr is not None else 0.0
-            return max(self.measured_omega[bits] + margin * stderr, 0.0)
-        return self.bounded_trace(margin) / self.layer.params * self.quant_error[bits]
+        """max(Omega(b) + margin * stderr, 0): with margin > 0, the upper edge of the estimate's confidence
+        interval, so a layer whose estimate is uncertain is not taken for an insensitive one."""
+        value = self.omega_table[bits]
+        if margin and self.omega_stderr is not None:
+            value = value + margin * self.omega_stderr[bits]
+        return max(value, 0.0)
 
     def channel_omega(self, bits: int, margin: float = 0.0) -> np.ndarray:
-        """Per output channel c: max(Tr(H_c) + margin * stderr_c, 0) / n_c * ||Q_b(W_c) - W_c||^2, n_c = params / channels
-        (kl_quadratic: the channel's own second-order term, no margin)."""
-        if self.channel_measured_omega is not None:
-            return self.channel_measured_omega[bits]
-        trace = np.maximum(self.channel_trace + margin * self.channel_trace_stderr, 0.0)
-        return trace / (self.layer.params / self.layer.out_channels) * self.channel_quant_error[bits]
+        """Per output channel c: max(Omega_c(b) + margin * stderr_c, 0) (no margin where the metric gives none)."""
+        table = self.channel_omega_table[bits]
+        if margin and self.channel_omega_stderr is not None:
+            table = table + margin * self.channel_omega_stderr[bits]
+        return np.maximum(table, 0.0)
 
     def act_omega(self, act_bits: int | None, margin: float = 0.0) -> float:
         """This layer's share of its input's Omega_act(a); 0 without activation sensitivity or for a float input."""
         return 0.0 if self.activation is None else self.activation.omega(act_bits, margin)
 
     def warning(self, tol: float) -> str | None:
-        return metric_of(self.metric).warning(self.hessian_trace, self.hessian_trace_stderr, tol, self.details)
+        trace, stderr = (self.trace.value, self.trace.stderr) if self.trace is not None else (math.nan, math.nan)
+        return metric_of(self.metric).warning(trace, stderr, tol, self.details)
+
+
+def _trace_tables(layer: LayerInfo, trace: Trace, quant_error: dict[int, float], errors: dict[int, np.ndarray]):
+    """Omega and its standard error per width and per channel from a trace: T / n * ||Q_b(W) - W||^2."""
+    per_channel = layer.params / layer.out_channels
+    return {
+        "omega_table": {b: trace.value / layer.params * e for b, e in quant_error.items()},
+        "omega_stderr": {b: trace.stderr / layer.params * e for b, e in quant_error.items()},
+        "channel_omega_table": {b: trace.channel / per_channel * e for b, e in errors.items()},
+        "channel_omega_stderr": {b: trace.channel_stderr / per_channel * e for b, e in errors.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -136,7 +185,7 @@ class Sensitivity:
     def warnings(self) -> dict[str, str]:
         found = {name: s.warning(self.settings.tol) for name, s in self.layers.items()}
         for name, s in self.layers.items():
-            note = s.activation and s.activation.warning(self.metric, self.settings.tol)
+            note = s.activation and s.activation.warning(metric_of(self.metric), self.settings.tol)
             if note:
                 found[name] = "; ".join(filter(None, [found[name], f"input: {note}"]))
         return {name: w for name, w in found.items() if w}
@@ -156,8 +205,8 @@ class Sensitivity:
             "layers": {
                 name: {
                     "params": s.layer.params,
-                    "hessian_trace": finite(s.hessian_trace),
-                    "hessian_trace_stderr": finite(s.hessian_trace_stderr),
+                    **_trace_json(s.trace),
+                    "omega": {str(b): finite(v) for b, v in s.omega_table.items()},
                     "probes": s.probes,
                     "warning": s.warning(self.settings.tol),
                     "estimator": s.estimator,
@@ -169,35 +218,8 @@ class Sensitivity:
         }
 
 
-def traces_to_json(traces: HessianTraces) -> dict:
-    return {
-        "trace": traces.trace.tolist(),
-        "stderr": traces.stderr.tolist(),
-        "probes": traces.probes,
-        "channel_trace": [c.tolist() for c in traces.channel_trace],
-        "channel_stderr": [c.tolist() for c in traces.channel_stderr],
-        "seconds": traces.seconds,
-        "stop_reason": traces.stop_reason,
-        "resumed_from": traces.resumed_from,
-        "layer_names": traces.layer_names,
-        **({"layer_probes": traces.layer_probes.tolist()} if traces.layer_probes is not None else {}),
-        **({"capped": traces.capped.tolist()} if traces.capped is not None else {}),
-        **({"notes": traces.notes} if traces.notes else {}),
-    }
-
-
-def traces_from_json(data: dict) -> HessianTraces:
-    return HessianTraces(
-        layer_names=data["layer_names"],
-        trace=np.array(data["trace"]),
-        stderr=np.array(data["stderr"]),
-        probes=data["probes"],
-        channel_trace=[np.array(c) for c in data["channel_trace"]],
-        channel_stderr=[np.array(c) for c in data["channel_stderr"]],
-        seconds=data["seconds"],
-        stop_reason=data["stop_reason"],
-        resumed_from=data.get("resumed_from", 0),
-        layer_probes=np.array(data["layer_probes"]) if "layer_probes" in data else None,
-        capped=np.array(data["capped"], dtype=bool) if "capped" in data else None,
-        notes=list(data.get("notes", [])),
-    )
+def _trace_json(trace: Trace | None) -> dict:
+    """A curvature metric's trace under the contract's names (traces of the block, not divided by params)."""
+    if trace is None:
+        return {}
+    return {"hessian_trace": finite(trace.value), "hessian_trace_stderr": finite(trace.stderr)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mpq.quant.formats import WeightFormat
+from mpq.quant.formats.base import WeightFormat
 
 SCALE_BYTES = 4  # float32
 

@@ -1,0 +1,105 @@
+"""Estimates of the quadratic metrics: kl_quadratic's ½E[δᵀMδ] in the quantizer's real change of each layer
+(mpq.sensitivity.kl_quadratic), and kl_anchored's scaling of it to one measured one-layer KL per layer
+(mpq.sensitivity.anchor). kl_quadratic's estimate is cached under its own name and shared by both."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mpq.quant.widths import ALL_BITS
+from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
+from mpq.sensitivity.context import REFERENCE_BATCH, AnalysisContext
+from mpq.sensitivity.estimates import Estimates, LayerEstimate
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas
+from mpq.sensitivity.output_error import weight_output_errors
+
+
+def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
+    """The kl_quadratic estimate for the quantizer's weights, cached; and whether it came from the cache."""
+    settings_key = {k: v for k, v in ctx.key["settings"].items() if k != "anchor_samples"}
+    full_key = {
+        **ctx.key,
+        "settings": settings_key,
+        "metric": "kl_quadratic",
+        "quantizer": ctx.quantizer.to_json(),
+        "draws": DRAWS,
+        "bits": list(ALL_BITS),
+    }
+    cached = ctx.cache.load("kl-quadratic", full_key)
+    from_cache = cached is not None
+    if cached is None:
+        deltas = {n: ctx.deltas(n, ALL_BITS) for n in ctx.names}
+        s = ctx.settings
+        result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, s.batch_size, DRAWS, s.seed, ctx.progress)
+        cached = {
+            "omega": result.omega,
+            "stderr": result.stderr,
+            "samples": result.samples,
+            "draws": result.draws,
+            "seconds": result.seconds,
+            "channel_omega": {n: {b: c.tolist() for b, c in t.items()} for n, t in result.channel_omega.items()},
+        }
+        ctx.cache.save("kl-quadratic", full_key, cached)
+    per_width = lambda table, cast: {n: {int(b): cast(v) for b, v in t.items()} for n, t in table.items()}  # noqa: E731
+    quadratic = KlQuadratic(
+        omega=per_width(cached["omega"], float),
+        stderr=per_width(cached["stderr"], float),
+        channel_omega=per_width(cached["channel_omega"], np.asarray),
+        samples=cached["samples"],
+        draws=cached["draws"],
+        seconds=cached["seconds"],
+    )
+    return quadratic, from_cache
+
+
+def cached_anchor_kls(ctx: AnalysisContext, samples: int) -> dict[str, float]:
+    """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples, cached."""
+    anchor_key = {k: v for k, v in ctx.key.items() if k not in ("metric", "settings")} | {
+        "quantizer": ctx.quantizer.to_json(),
+        "bits": ANCHOR_BITS,
+        "samples": samples,
+    }
+    cached = ctx.cache.load("kl-anchor", anchor_key)
+    if cached is None:
+        x = ctx.data.x[anchor_indices(len(ctx.data), samples).to(ctx.data.x.device)]
+        deltas = lambda name: ctx.deltas(name, (ANCHOR_BITS,))  # noqa: E731
+        args = (x, (ANCHOR_BITS,), REFERENCE_BATCH, ctx.progress, deltas)
+        errors = weight_output_errors(ctx.model, ctx.names, *args)
+        cached = {n: errors[n][ANCHOR_BITS].kl for n in ctx.names}
+        ctx.cache.save("kl-anchor", anchor_key, cached)
+    return {n: float(v) for n, v in cached.items()}
+
+
+def _layer_estimate(name: str, quadratic: KlQuadratic, unscaled: KlQuadratic) -> LayerEstimate:
+    details = {
+        "kl_quadratic": {str(b): v for b, v in unscaled.omega[name].items()},
+        "kl_quadratic_stderr": {str(b): v for b, v in unscaled.stderr[name].items()},
+        "samples": quadratic.samples,
+        "draws": quadratic.draws,
+    }
+    return LayerEstimate(quadratic.omega[name], quadratic.stderr[name], quadratic.channel_omega[name], None, details)
+
+
+def quadratic_estimates(ctx: AnalysisContext) -> Estimates:
+    """kl_quadratic: every layer's ½E[δᵀMδ] at every width and channel."""
+    quadratic, from_cache = cached_kl_quadratic(ctx)
+    layers = [_layer_estimate(n, quadratic, quadratic) for n in ctx.names]
+    return Estimates(layers, quadratic.seconds, "measured", from_cache)
+
+
+def anchored_estimates(ctx: AnalysisContext) -> Estimates:
+    """kl_anchored: kl_quadratic's estimate scaled per layer by r_l = KL_l(ANCHOR_BITS) / Ω_l(ANCHOR_BITS)."""
+    unscaled, from_cache = cached_kl_quadratic(ctx)
+    started = time.perf_counter()
+    kls = cached_anchor_kls(ctx, ctx.settings.anchor_samples)
+    ratios = {n: anchor_ratio(kl, unscaled.omega[n][ANCHOR_BITS]) for n, kl in kls.items()}
+    quadratic = unscaled.scaled(ratios)
+    quadratic.seconds += time.perf_counter() - started
+    layers = []
+    for name in ctx.names:
+        layer = _layer_estimate(name, quadratic, unscaled)
+        layer.details |= {"anchor_kl": kls[name], "anchor_ratio": ratios[name]}
+        layers.append(layer)
+    return Estimates(layers, quadratic.seconds, "measured", from_cache)
