@@ -24,7 +24,7 @@ def _join_ranks(args) -> None:
             raise MpqError(
                 f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one process with the same --cache-dir reuses its traces"
             )
-        from mpq.cli.parser import compute_device
+        from mpq.cli.translate import compute_device
         from mpq.sensitivity.distributed import join_from_environment
 
         join_from_environment(compute_device(args))
