@@ -205,7 +205,8 @@ def run_profile(args) -> int:
     if (args.device or "").startswith("cuda"):
         compute_device(args)  # a GPU that is not visible is refused as by every command
         raise MpqError(
-            f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, --threads); run it with --device cpu"
+            f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, "
+            "--threads); run it with --device cpu"
         )
     args.device = "cpu"  # auto too: the CPU is what it times
     model, data = load_inputs(args)

@@ -62,7 +62,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "--act-bits",
         type=act_bits_type,
         default=space.act_bits,
-        help=f"candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default {widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see --no-act-sensitivity), `mpq pareto` by cost",
+        help=(
+            "candidate activation widths, e.g. 4,8, or 'none' to keep activations in float (default "
+            f"{widths(space.act_bits)}); with several, `mpq search` chooses them by the inputs' sensitivity (see "
+            "--no-act-sensitivity), `mpq pareto` by cost"
+        ),
     )
     p.add_argument(
         "--trace-margin",
@@ -88,13 +92,19 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
         "--solver",
         choices=SOLVERS,
         default=DEFAULT_SOLVER,
-        help=f"the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default {DEFAULT_SOLVER}",
+        help=(
+            "the integer-program solver: highs (the highspy package) or cbc (bundled with PuLP); default "
+            f"{DEFAULT_SOLVER}"
+        ),
     )
     p.add_argument(
         "--time-limit",
         type=float,
         metavar="SECONDS",
-        help="stop the solver after SECONDS with the best plan found; plan.json records whether it is proven optimal and its gap (default: no limit)",
+        help=(
+            "stop the solver after SECONDS with the best plan found; plan.json records whether it is proven "
+            "optimal and its gap (default: no limit)"
+        ),
     )
 
 
@@ -103,7 +113,10 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--latency-device",
         metavar="NAME|FILE.toml",
-        help="latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a device .toml (mpq 0.1.0 took it as --device, which still works)",
+        help=(
+            "latency by a roofline model of a device: a shipped name (arm-cortex-a76, nvidia-t4, nvidia-a100) or a "
+            "device .toml (mpq 0.1.0 took it as --device, which still works)"
+        ),
     )
     p.add_argument(
         "--latency-table",
@@ -114,7 +127,10 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
         "--latency-batch",
         type=positive,
         metavar="N",
-        help="the batch latencies are looked up at (default: 1 for --latency-device, the table's batch for --latency-table)",
+        help=(
+            "the batch latencies are looked up at (default: 1 for --latency-device, the table's batch for "
+            "--latency-table)"
+        ),
     )
 
 
@@ -149,7 +165,11 @@ def add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> 
             "--group-size",
             type=group_size_type,
             metavar="G",
-            help="one float32 weight scale per group of G consecutive weights of an output channel (a power of two, e.g. 32, 64, 128; GPTQ/torchao style) instead of one per channel; sizes and bits per weight count the scales (default: none)",
+            help=(
+                "one float32 weight scale per group of G consecutive weights of an output channel (a power of two, "
+                "e.g. 32, 64, 128; GPTQ/torchao style) instead of one per channel; sizes and bits per weight count "
+                "the scales (default: none)"
+            ),
         )
 
 
@@ -157,20 +177,29 @@ def add_config(p: argparse.ArgumentParser) -> None:
     group(p, MODEL).add_argument(
         "--config",
         metavar="FILE",
-        help='take options from a recipe .toml, or repeat a run from the plan.json it wrote (its "recipe"); options on the command line take precedence (mpq.cli.recipe)',
+        help=(
+            'take options from a recipe .toml, or repeat a run from the plan.json it wrote (its "recipe"); options '
+            "on the command line take precedence (mpq.cli.recipe)"
+        ),
     )
 
 
 def add_eval_data(p: argparse.ArgumentParser) -> None:
     group(p, MODEL).add_argument(
         "--eval-data",
-        help="the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: a seeded --eval-split of --data (as the report says)",
+        help=(
+            "the data the plan is measured on, read like --data (the quantizer is calibrated on --data); default: "
+            "a seeded --eval-split of --data (as the report says)"
+        ),
     )
     group(p, MODEL).add_argument(
         "--eval-split",
         type=fraction,
         default=EVAL_SPLIT,
-        help=f"without --eval-data, the share of --data held out for measurement, whole groups (a photo's views) at a time, seed 0; 0 measures in-sample (default {EVAL_SPLIT})",
+        help=(
+            "without --eval-data, the share of --data held out for measurement, whole groups (a photo's views) at "
+            f"a time, seed 0; 0 measures in-sample (default {EVAL_SPLIT})"
+        ),
     )
 
 
@@ -178,29 +207,47 @@ def add_model_data(p: argparse.ArgumentParser) -> None:
     p = group(p, MODEL)
     p.add_argument(
         "--model",
-        help="package.module:attr or path/file.py:attr (an nn.Module or a function returning one), a torch.export .pt2 file, or hf:DIR (a transformers save_pretrained folder, offline); default: built-in EfficientNet-Lite0",
+        help=(
+            "package.module:attr or path/file.py:attr (an nn.Module or a function returning one), a torch.export "
+            ".pt2 file, or hf:DIR (a transformers save_pretrained folder, offline); default: built-in "
+            "EfficientNet-Lite0"
+        ),
     )
     p.add_argument(
         "--model-arg",
         action="append",
         metavar="KEY=VALUE",
-        help="keyword argument for the model function (int/float/bool/str); for hf: models pooling=cls|mean|none or output=FIELD; repeatable",
+        help=(
+            "keyword argument for the model function (int/float/bool/str); for hf: models pooling=cls|mean|none or "
+            "output=FIELD; repeatable"
+        ),
     )
     p.add_argument("--weights", help="state dict (.pth) to load into the model, read with weights_only=True")
     p.add_argument(
         "--data",
-        help=".npz/.pt with x (and integer labels y) or named inputs (input_ids, attention_mask, ...), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function returning a Dataset, tensor or DataLoader; default: the built-in 200 ImageNet views",
+        help=(
+            ".npz/.pt with x (and integer labels y) or named inputs (input_ids, attention_mask, ...), a folder of "
+            "images, text (.txt, .jsonl) for an hf: model, or module:function returning a Dataset, tensor or "
+            "DataLoader; default: the built-in 200 ImageNet views"
+        ),
     )
     p.add_argument(
         "--seq-len",
         type=positive,
-        help="tokens per sample of text data (.txt: windows of that many tokens; .jsonl: each record padded or cut to it)",
+        help=(
+            "tokens per sample of text data (.txt: windows of that many tokens; .jsonl: each record padded or cut "
+            "to it)"
+        ),
     )
     p.add_argument(
         "--transform",
         choices=("imagenet", "torchvision", "none"),
         default="imagenet",
-        help="for image folders: imagenet = EfficientNet-Lite's (resize 256 bicubic, centre crop 224, (x-127)/128); torchvision = torchvision's ImageNet evaluation transform (resize 256 bilinear, crop 224, x/255 normalized by the ImageNet mean and std); none = x/255 as is (default imagenet)",
+        help=(
+            "for image folders: imagenet = EfficientNet-Lite's (resize 256 bicubic, centre crop 224, (x-127)/128); "
+            "torchvision = torchvision's ImageNet evaluation transform (resize 256 bilinear, crop 224, x/255 "
+            "normalized by the ImageNet mean and std); none = x/255 as is (default imagenet)"
+        ),
     )
 
 
@@ -208,13 +255,14 @@ def add_probe_options(p: argparse.ArgumentParser) -> None:
     """The sensitivity group: how the estimates are probed, the metric and loss, and the cache; with
     --device, --quiet and --verbose."""
     _add_probing(group(p, PROBING))
+    _add_probe_engine(group(p, PROBING))
     _add_metric(group(p, PROBING))
     add_progress_options(p)
 
 
 def _add_probing(p) -> None:
-    """Tolerance, caps, batches, seed and the Hessian-vector product of the probing metrics."""
-    from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
+    """Tolerance, caps, batch and seed of the probing metrics."""
+    from mpq.sensitivity.settings import ProbeSettings
 
     d = ProbeSettings()
     p.add_argument(
@@ -241,17 +289,31 @@ def _add_probing(p) -> None:
         default=d.seed,
         help=f"seed of the probes (default {d.seed}); the same seed gives the same plan",
     )
+
+
+def _add_probe_engine(p) -> None:
+    """How the estimates are computed: the Hessian-vector product, per-layer probing, anchor samples, chunks."""
+    from mpq.sensitivity.settings import HVP_METHODS, PROBINGS, ProbeSettings
+
+    d = ProbeSettings()
     p.add_argument(
         "--hvp",
         choices=HVP_METHODS,
         default=d.hvp,
-        help=f"Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for losses torch.func cannot trace); default {d.hvp}",
+        help=(
+            "Hessian-vector product: fwd-rev (forward over reverse, faster) or rev-rev (reverse over reverse, for "
+            f"losses torch.func cannot trace); default {d.hvp}"
+        ),
     )
     p.add_argument(
         "--probing",
         choices=PROBINGS,
         default=d.probing,
-        help=f"per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance (far less variance, reports/hessian.md); all-layers: one product per probe for every layer; default {d.probing}",
+        help=(
+            "per-layer: one Hessian-vector product per layer and probe, each layer probed until its own tolerance "
+            "(far less variance, reports/hessian.md); all-layers: one product per probe for every layer; default "
+            f"{d.probing}"
+        ),
     )
     p.add_argument(
         "--anchor-samples",
@@ -263,7 +325,10 @@ def _add_probing(p) -> None:
         "--chunk-size",
         type=int,
         default=d.chunk_size,
-        help=f"samples per chunk of a probe's batch, to bound memory (default {d.chunk_size}: the whole batch at once); same result",
+        help=(
+            f"samples per chunk of a probe's batch, to bound memory (default {d.chunk_size}: the whole batch at "
+            "once); same result"
+        ),
     )
 
 
@@ -273,13 +338,26 @@ def _add_metric(p) -> None:
 
     p.add_argument(
         "--loss",
-        help="labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default without), mse or kl (to FP32 outputs), or module:callable loss(output, target)",
+        help=(
+            "labels (cross-entropy with y; default with labels), fp32 (cross-entropy to FP32 predictions; default "
+            "without), mse or kl (to FP32 outputs), or module:callable loss(output, target)"
+        ),
     )
     p.add_argument(
         "--metric",
         choices=tuple(METRICS),
         default=None,
-        help=f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_anchored for weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization error), kl_anchored (kl_quadratic scaled per layer to its measured one-layer KL at 4 bits)",
+        help=(
+            f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_anchored for "
+            "weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, "
+            "hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every "
+            "layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by "
+            "per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top "
+            "eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer "
+            "quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), "
+            "kl_quadratic (second-order KL to FP32 in the layer's actual quantization error), kl_anchored "
+            "(kl_quadratic scaled per layer to its measured one-layer KL at 4 bits)"
+        ),
     )
     p.add_argument(
         "--quantize-embeddings",

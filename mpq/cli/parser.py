@@ -90,7 +90,10 @@ def _search_command(sub) -> None:
         "--budget",
         action="append",
         required=True,
-        help="4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table), 4.25bpw (bits per quantized weight, scales included) ...; repeat for several (all must hold)",
+        help=(
+            "4MB, 3.5MiB, 500KB, 20GBOPs, 2.5ms (with --device or --latency-table), 4.25bpw (bits per quantized "
+            "weight, scales included) ...; repeat for several (all must hold)"
+        ),
     )
     add_search_options(search)
     group(search, BUDGET).add_argument(
@@ -99,7 +102,10 @@ def _search_command(sub) -> None:
         action="store_const",
         const=False,
         default=None,
-        help="with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' sensitivity",
+        help=(
+            "with several --act-bits, choose them by cost only (the widest the budgets allow), not by the inputs' "
+            "sensitivity"
+        ),
     )
     group(search, BUDGET).add_argument(
         "--granularity",
@@ -112,7 +118,10 @@ def _search_command(sub) -> None:
         type=count,
         default=0,
         metavar="N",
-        help="also measure N random plans at the same size budget and report how well Omega ranks them (Spearman rho of Omega and KL; N >= 2; default 0: off)",
+        help=(
+            "also measure N random plans at the same size budget and report how well Omega ranks them (Spearman "
+            "rho of Omega and KL; N >= 2; default 0: off)"
+        ),
     )
     group(search, BUDGET).add_argument(
         "--channel-group",
@@ -135,7 +144,10 @@ def _pareto_command(sub) -> None:
     group(sweep, SWEEP).add_argument(
         "--budget",
         required=True,
-        help="a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB, 10GBOPs:40GBOPs:20 or 3bpw:6bpw, or a list 2MB,3MB,4MB (sizes, BOPs or bits per weight)",
+        help=(
+            "a range LOW:HIGH[:STEPS] (default 30 steps), e.g. 2MB:6MB, 10GBOPs:40GBOPs:20 or 3bpw:6bpw, or a list "
+            "2MB,3MB,4MB (sizes, BOPs or bits per weight)"
+        ),
     )
     group(sweep, SWEEP).add_argument(
         "--also-budget",
@@ -254,7 +266,10 @@ def _export_command(sub) -> None:
         "--eval-split",
         type=fraction,
         default=EVAL_SPLIT,
-        help=f"calibrate, as `mpq search` and `mpq verify` did, on --data less this share they hold out for measurement (whole groups, seed 0); 0 calibrates on all of --data (default {EVAL_SPLIT})",
+        help=(
+            "calibrate, as `mpq search` and `mpq verify` did, on --data less this share they hold out for "
+            f"measurement (whole groups, seed 0); 0 calibrates on all of --data (default {EVAL_SPLIT})"
+        ),
     )
     group(export, OUTPUT).add_argument(
         "--cache-dir", help="where the FP32 calibration is cached (default ~/.cache/mpq or $MPQ_CACHE_DIR)"

@@ -72,7 +72,10 @@ def need_latency_model(budgets, latency) -> None:
     from mpq.cost.roofline import shipped_devices
     from mpq.solver.build import check_latency_budgets
 
-    how = f"pass --latency-device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv (written by `mpq profile`)"
+    how = (
+        f"pass --latency-device NAME ({', '.join(shipped_devices())}, or a .toml) or --latency-table FILE.csv "
+        "(written by `mpq profile`)"
+    )
     check_latency_budgets(budgets, latency, how)
 
 

@@ -272,17 +272,17 @@ def analyze_graph(
                 groups=getattr(mod, "groups", 1),
             )
     layers = _untied(list(seen.values()), modules)
-    remainder = float_tensors(model, [l.name for l in layers])
+    remainder = float_tensors(model, [layer.name for layer in layers])
     float_params = {name: tuple(t.shape) for name, t in remainder.items()}
     float_bytes = sum(t.numel() * t.element_size() for t in remainder.values())
     return ModelGraph(
         layers=layers,
         float_params=float_params,
         float_bytes=float_bytes,
-        flow=data_flow_graph(model, [l.name for l in layers]),
+        flow=data_flow_graph(model, [layer.name for layer in layers]),
         folded_batchnorms=folded_batchnorms or [],
         uncalled=[name for name in modules if name not in seen],
-        act_tie_groups=shared_input_groups(model, [l.name for l in layers]),
+        act_tie_groups=shared_input_groups(model, [layer.name for layer in layers]),
     )
 
 

@@ -72,10 +72,14 @@ def _search_section(sensitivity: Sensitivity, plan: Plan, report: Report) -> lis
         f"{_probes_text(sensitivity)} (stopped by {sensitivity.stop_reason})"
         + (" — read from cache." if sensitivity.from_cache else "."),
         "",
-        f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the baselines and the exports).",
+        (
+            f"Quantizer: {report.quantizer.describe()} (the same for Ω's quantization errors, the plan, the "
+            "baselines and the exports)."
+        ),
         "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
-        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω {plan.predicted['omega']:.4g}"
+        f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω "
+        f"{plan.predicted['omega']:.4g}"
         + (
             f"; {report.plan.bits_per_weight:.4f} bits per quantized weight (codes and scales)"
             if report.plan.bits_per_weight is not None
@@ -93,10 +97,14 @@ def _comparison_section(report: Report) -> list[str]:
         "",
         comparison_table(report),
         "",
-        f"Evaluated on {report.plan.n_eval} inputs. Baselines: uniform W8 and every candidate uniform width that fits the budget, "
+        f"Evaluated on {report.plan.n_eval} inputs. Baselines: uniform W8 and every candidate uniform width "
+        "that fits the budget, "
         "with the same activation settings.",
         "",
-        "Per layer: the weight width chosen (top) beside the Hessian trace per parameter with its standard error (bottom).",
+        (
+            "Per layer: the weight width chosen (top) beside the Hessian trace per parameter with its standard "
+            "error (bottom)."
+        ),
         "",
         "![layers](layers.png)",
         "",
@@ -134,7 +142,8 @@ def _layer_sections(sensitivity: Sensitivity, plan: Plan, report: Report) -> lis
             "## Per-layer SQNR",
             "",
             "10·log10(Σs² / Σ(s − s′)²) over the first inputs (mpq.verify.SQNR_SAMPLES): weights against the exported "
-            "weights; each input before and after its quantizer; each output against the FP32 model's (error accumulated so far).",
+            "weights; each input before and after its quantizer; each output against the FP32 model's (error "
+            "accumulated so far).",
             "",
             sqnr_table(report),
             "",

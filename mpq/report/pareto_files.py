@@ -99,7 +99,8 @@ def pareto_table(result: ParetoResult) -> str:
             continue
         kl = f"{row['kl_to_fp32']:.4f}" if row["verified"] else "-"
         lines.append(
-            f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | {format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
+            f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | "
+            f"{format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
             f"{pct(row.get('fp32_agreement'))} | {kl} | {pct(row.get('top1'))} |"
         )
     return "\n".join(lines)

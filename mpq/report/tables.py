@@ -60,7 +60,10 @@ def layer_table(sensitivity: Sensitivity, plan: Plan | None = None) -> str:
     lines = [*preamble, *([""] if preamble else []), head + " note |", rule + "---|"]
     warnings = sensitivity.warnings()
     for name, s in sensitivity.layers.items():
-        row = f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(layer_value(sensitivity, name))} | {s.probes} | {s.estimator} |"
+        row = (
+            f"| {name} | {s.layer.kind} | {s.layer.params:,} | {_pm(layer_value(sensitivity, name))} | {s.probes} "
+            f"| {s.estimator} |"
+        )
         if inputs:
             row += f" {_pm(input_value(sensitivity, name))} |"
         if plan is not None:
@@ -123,7 +126,10 @@ def latency_line(plan: Plan) -> str:
         return ""
     limits = [b.text for b in plan.budgets if b.kind == "latency_s"]
     source = plan.settings.latency
-    where = f"{'table ' + source.spec if source.source == 'table' else 'roofline of ' + (source.device or '?')}, batch {source.batch}"
+    where = (
+        f"{'table ' + source.spec if source.source == 'table' else 'roofline of ' + (source.device or '?')}, batch "
+        f"{source.batch}"
+    )
     return (
         f"predicted latency {format_cost('latency_s', predicted)}"
         + (f" within {', '.join(limits)}" if limits else "")
@@ -143,7 +149,8 @@ def sqnr_table(report: Report) -> str:
     ]
     for r in report.layer_sqnr:
         lines.append(
-            f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | {_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |"
+            f"| {r.name} | {r.weight_bits} | {r.act_bits or 'float'} | {_db(r.weight_sqnr_db)} | "
+            f"{_db(r.input_sqnr_db)} | {_db(r.output_sqnr_db)} |"
         )
     return "\n".join(lines)
 
