@@ -185,7 +185,7 @@ def _solve_command(sub) -> None:
 
 
 def _sensitivity_command(sub) -> None:
-    sens = _command(sub, "sensitivity", "per-layer Hessian traces with standard errors")
+    sens = _command(sub, "sensitivity", "per-layer sensitivities (by default kl_anchored) with standard errors")
     add_model_data(sens)
     group(sens, OUTPUT).add_argument(
         "--json", action="store_true", help="print the mpq.sensitivity/1 JSON instead of a table"

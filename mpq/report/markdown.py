@@ -45,7 +45,7 @@ def markdown_report(
         "",
         *summary(sensitivity, plan, report, command),
         *_search_section(sensitivity, plan, report),
-        *_comparison_section(report),
+        *_comparison_section(sensitivity, report),
         *_plot_sections(report, plots),
         *_layer_sections(sensitivity, plan, report),
     ]
@@ -91,7 +91,7 @@ def _search_section(sensitivity: Sensitivity, plan: Plan, report: Report) -> lis
     ]
 
 
-def _comparison_section(report: Report) -> list[str]:
+def _comparison_section(sensitivity: Sensitivity, report: Report) -> list[str]:
     return [
         "## Plan against FP32 and uniform widths",
         "",
@@ -102,8 +102,9 @@ def _comparison_section(report: Report) -> list[str]:
         "with the same activation settings.",
         "",
         (
-            "Per layer: the weight width chosen (top) beside the Hessian trace per parameter with its standard "
-            "error (bottom)."
+            "Per layer: the weight width chosen (top) beside its sensitivity "
+            f"({sensitivity.metric}: {metric_of(sensitivity.metric).label}) with its standard error where the metric "
+            "has one (bottom)."
         ),
         "",
         "![layers](layers.png)",

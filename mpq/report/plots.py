@@ -55,7 +55,7 @@ def plot_proxy(check: "ProxyCheck", path: Path) -> None:
 
 
 def plot_layers(sensitivity: Sensitivity, plan: Plan, path: Path) -> None:
-    """Bars: per-layer weight width, and per-layer trace with error bars (log scale; see plot_sensitivity)."""
+    """Bars: per-layer weight width, and per-layer sensitivity with error bars (log scale; see plot_sensitivity)."""
     import matplotlib
 
     matplotlib.use("Agg")
