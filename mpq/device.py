@@ -53,7 +53,8 @@ def resolve_device(spec, model=None, label: str = "device") -> torch.device:
     count = torch.cuda.device_count()
     if index >= count:
         raise MpqError(
-            f"{shown}: only {count} CUDA device{'s are' if count != 1 else ' is'} visible (cuda:0 to cuda:{count - 1}); use one of them or {cpu}"
+            f"{shown}: only {count} CUDA device{'s are' if count != 1 else ' is'} visible (cuda:0 to "
+            f"cuda:{count - 1}); use one of them or {cpu}"
         )
     return torch.device("cuda", index)
 

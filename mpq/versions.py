@@ -17,7 +17,8 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 @functools.lru_cache(maxsize=None)
 def mpq_version() -> str:
-    """mpq's version: the installed package's metadata, or pyproject.toml's in a source checkout that is not installed."""
+    """mpq's version: the installed package's metadata, or pyproject.toml's in a source checkout that is not
+    installed."""
     try:
         return metadata.version("mpq")
     except metadata.PackageNotFoundError:
@@ -36,7 +37,8 @@ def pyproject_version(path: Path = PYPROJECT) -> str:
 
 
 def versions() -> dict[str, str | None]:
-    """{"mpq": ..., "torch": ..., "numpy": ..., "pulp": ..., "highspy": ...}; None for a package not installed (a new dict each call)."""
+    """{"mpq": ..., "torch": ..., "numpy": ..., "pulp": ..., "highspy": ...}; None for a package not installed
+    (a new dict each call)."""
     return dict(_installed())
 
 

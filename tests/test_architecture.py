@@ -36,6 +36,8 @@ STAGES = {
     "cli": 10,
 }
 MAX_LINES = 400
+MAX_COLUMNS = 120  # pyproject.toml's ruff line-length
+MAX_FUNCTION_LINES = 60
 
 
 def module_name(path: Path) -> str:
@@ -103,6 +105,27 @@ def test_no_import_cycle():
 def test_modules_are_short():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_lines_are_narrow():
+    wide = [
+        f"{name}:{i} ({len(line)} columns)"
+        for name, path in modules().items()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if len(line) > MAX_COLUMNS
+    ]
+    assert not wide, f"lines over {MAX_COLUMNS} columns: {wide}"
+
+
+def test_functions_are_short():
+    long = [
+        f"{name}:{node.lineno} {node.name} ({n} lines)"
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
 PRINTS = re.compile(r"\bprint\(|sys\.stderr|sys\.stdout")

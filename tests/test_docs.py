@@ -123,3 +123,30 @@ def test_every_docs_page_is_linked_from_the_readme():
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in LINK.findall(README.read_text())}
     unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def named_in_architecture(path: Path, doc: str) -> bool:
+    """Whether docs/architecture.md names the module: by its path (`mpq/cli/parser.py`), its module name
+    (`mpq.cli.parser`), or by file name (`parser.py`) in its package's row of the package table."""
+    relative = path.relative_to(ROOT).as_posix()
+    dotted = relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    if relative in doc or re.search(rf"`{re.escape(dotted)}`", doc):
+        return True
+    package = path.parent.relative_to(ROOT / "mpq").as_posix()
+    rows = [line for line in doc.splitlines() if line.startswith("|")]
+    if package == ".":  # a top-level module: any row that names it
+        return any(f"`{path.name}`" in row for row in rows)
+    return any(row.split("|")[1].strip().startswith(f"`{package}/`") and f"`{path.name}`" in row for row in rows)
+
+
+def test_architecture_names_every_module():
+    doc = ARCHITECTURE.read_text()
+    missing = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "mpq").rglob("*.py"))
+        if path.read_text().strip() and not named_in_architecture(path, doc)  # empty __init__.py files aside
+    ]
+    assert not missing, f"docs/architecture.md does not name these modules: {missing}"

@@ -31,13 +31,6 @@ def test_layer_shapes_params_and_macs(tiny_model, tiny_data):
     assert layers["fc"].macs == 8 * 4
 
 
-def test_data_flow_graph_follows_the_model(tiny_model, tiny_data):
-    x, _ = tiny_data
-    flow = prepare_model(tiny_model, x[:2]).graph.flow
-    assert flow.graph["traced"]
-    assert set(flow.edges) == {("input", "conv1"), ("conv1", "conv2"), ("conv2", "fc"), ("fc", "output")}
-
-
 def test_weight_codes_stay_in_range_and_error_shrinks_with_bits():
     weight = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     errors = []

@@ -15,7 +15,10 @@ def add_cache_parser(sub) -> None:
     p.add_argument(
         "action",
         choices=("info", "clear"),
-        help="info: folder, entries, bytes, oldest and newest; clear: delete mpq's entries and say how many bytes were freed",
+        help=(
+            "info: folder, entries, bytes, oldest and newest; clear: delete mpq's entries and say how many bytes "
+            "were freed"
+        ),
     )
     p.add_argument("--cache-dir", help="the cache folder (default ~/.cache/mpq or $MPQ_CACHE_DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines of text")
@@ -53,7 +56,10 @@ def run_cache(args: argparse.Namespace) -> int:
         print(
             json.dumps(result)
             if args.json
-            else f"deleted {result['deleted_entries']} cache entries from {cache.folder}, freed {result['freed_bytes']:,} bytes"
+            else (
+                f"deleted {result['deleted_entries']} cache entries from {cache.folder}, freed "
+                f"{result['freed_bytes']:,} bytes"
+            )
         )
         return 0
     info = cache_info(cache)

@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from mpq.cli.parser import (
+from mpq.cli.paths import created, writable_folder
+from mpq.cli.translate import (
     analyze_options,
     compute_device,
-    created,
     eval_data_arg,
     latency_arg,
     load_inputs,
@@ -19,7 +19,6 @@ from mpq.cli.parser import (
     quantizer_arg,
     search_space,
     solver_settings,
-    writable_folder,
 )
 from mpq.errors import MpqError
 
@@ -32,7 +31,8 @@ def _print_json(**content) -> None:
 def run_search(args) -> int:
     import mpq
     from mpq.cost.budget import parse_budget
-    from mpq.report.markdown import comparison_table, latency_line, layer_table, write_outputs
+    from mpq.report.markdown import write_outputs
+    from mpq.report.tables import comparison_table, latency_line, layer_table
 
     budgets = [parse_budget(b) for b in args.budget]
     latency = latency_arg(args)
@@ -113,7 +113,7 @@ def run_pareto(args) -> int:
 
 def run_solve(args) -> int:
     from mpq.cost.budget import parse_budget
-    from mpq.report.markdown import solution_table
+    from mpq.report.tables import solution_table
     from mpq.solver.pins import resolve_keep
     from mpq.solver.problem import solve_problem
     from mpq.solver.table import plan_from_solution, read_table
@@ -138,7 +138,8 @@ def run_solve(args) -> int:
 
 def run_sensitivity(args) -> int:
     import mpq
-    from mpq.report.markdown import layer_table, plot_sensitivity
+    from mpq.report.plots import plot_sensitivity
+    from mpq.report.tables import layer_table
     from mpq.sensitivity.distributed import Ranks
 
     plot = None if args.no_plot else Path(args.plot)
@@ -164,7 +165,7 @@ def run_sensitivity(args) -> int:
 def run_verify(args) -> int:
     import mpq
     from mpq.files import write_json_atomic
-    from mpq.report.markdown import comparison_table
+    from mpq.report.tables import comparison_table
 
     plan = mpq.Plan.load(args.plan)
     out = writable_folder(args.out)
@@ -204,7 +205,8 @@ def run_profile(args) -> int:
     if (args.device or "").startswith("cuda"):
         compute_device(args)  # a GPU that is not visible is refused as by every command
         raise MpqError(
-            f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, --threads); run it with --device cpu"
+            f"--device {args.device}: mpq profile times the CPU's kernels (int8 and int4 CPU backends, "
+            "--threads); run it with --device cpu"
         )
     args.device = "cpu"  # auto too: the CPU is what it times
     model, data = load_inputs(args)

@@ -40,7 +40,7 @@ examples:
   mpq solve --table problem.csv --budget 4MB --budget 20GBOPs --keep fc=8 --solver cbc --json""",
     "sensitivity": """\
 examples:
-  mpq sensitivity                                           Hessian traces of the built-in model
+  mpq sensitivity                                           the default metric (kl_anchored) on the built-in model
   mpq sensitivity --model my_model.py:Net --data data.npz --metric fisher --json
   torchrun --nproc-per-node 2 -m mpq.cli.main sensitivity --model my_model.py:build --data calib.npz""",
     "verify": """\

@@ -22,9 +22,10 @@ def _join_ranks(args) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if args.command != "sensitivity":
             raise MpqError(
-                f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one process with the same --cache-dir reuses its traces"
+                f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one "
+                "process with the same --cache-dir reuses its traces"
             )
-        from mpq.cli.parser import compute_device
+        from mpq.cli.translate import compute_device
         from mpq.sensitivity.distributed import join_from_environment
 
         join_from_environment(compute_device(args))
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         print(
-            "mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same command resumes from them",
+            (
+                "mpq: interrupted; finished Hessian probes are kept in the cache (unless --no-cache) and the same "
+                "command resumes from them"
+            ),
             file=sys.stderr,
         )
         return 130

@@ -72,7 +72,8 @@ def act_bits_type(text: str) -> tuple[int | None, ...]:
 
 
 def group_size_type(text: str) -> int | None:
-    """--group-size: a power of two (mpq.quant.quantizer.check_group_size), or 'none' for one scale per output channel."""
+    """--group-size: a power of two (mpq.quant.quantizer.check_group_size), or 'none' for one scale per
+    output channel."""
     if text.strip().lower() in ("none", "channel", "off"):
         return None
     from mpq.quant.quantizer import check_group_size

@@ -6,7 +6,8 @@ ratios, activation ranges observed on the FP32 model over the data, bias-correct
 
     packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder
     onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights
-    torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig (one config per layer)
+    torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig
+                                        (one config per layer)
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ class ExportResult:
 
     def summary(self) -> str:
         lines = [
-            f"wrote {self.path} ({self.format}): {self.file_bytes:,} bytes on disk; the plan counts {self.counted_bytes:,} bytes"
+            (
+                f"wrote {self.path} ({self.format}): {self.file_bytes:,} bytes on disk; the plan counts "
+                f"{self.counted_bytes:,} bytes"
+            )
         ]
         return "\n".join(lines + list(self.notes))
 
 
-def export_plan(
+def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs/exports.md)
     model,
     plan: Plan,
     data,
@@ -58,12 +62,14 @@ def export_plan(
     """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify) on `device` (as in mpq.verify; None:
     where the model's parameters are), on the part of `data` verification fits on: all of it less the seeded
-    `eval_split` that mpq.verify and mpq.search hold out (0: all of it). The file is written from the CPU whatever the device."""
+    `eval_split` that mpq.verify and mpq.search hold out (0: all of it). The file is written from the CPU
+    whatever the device."""
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     if format == "onnx" and plan.group_size is not None:
         raise MpqError(
-            f"the ONNX export stores one weight scale per output channel, and this plan has one per group of {plan.group_size} weights: export it with --format packed or --format torchao"
+            "the ONNX export stores one weight scale per output channel, and this plan has one per group of "
+            f"{plan.group_size} weights: export it with --format packed or --format torchao"
         )
     data = as_dataset(data)  # the packed file and ONNX record its input shape
     prepared, packed = packed_for(model, plan, data, batch_size, cache_dir, quantizer, device, eval_split)
@@ -92,6 +98,9 @@ def export_plan(
 def _over_budget(plan: Plan, file_bytes: int) -> tuple[str, ...]:
     limits = [b for b in plan.budgets if b.kind == "size_bytes" and file_bytes > b.limit]
     return tuple(
-        f"note: the file exceeds the {b.text} budget by {math.ceil(file_bytes - b.limit):,} bytes of header; search with a budget that much smaller"
+        (
+            f"note: the file exceeds the {b.text} budget by {math.ceil(file_bytes - b.limit):,} bytes of header; "
+            "search with a budget that much smaller"
+        )
         for b in limits
     )

@@ -259,7 +259,8 @@ def _patched(
 
 
 def _weight_names(model: nn.Module, layer: str) -> list[str]:
-    """Every name of the layer's weight tensor: its own and those of modules tied to it (an embedding and an LM head)."""
+    """Every name of the layer's weight tensor: its own and those of modules tied to it (an embedding and an
+    LM head)."""
     return [f"{module}.weight" for module in (layer, *tied_modules(model, layer))]
 
 
@@ -317,7 +318,8 @@ def qdq_model(folded: nn.Module, packed: PackedModel, example: torch.Tensor):
     embeddings = [n for n in packed.layers if isinstance(folded.get_submodule(n), nn.Embedding)]
     if embeddings:
         raise MpqError(
-            f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without --quantize-embeddings"
+            f"ONNX export of quantized embeddings ({embeddings[0]}) is not built yet; make the plan without "
+            "--quantize-embeddings"
         )
     rebuilt, act_params = unpack_model(folded, packed)
     model = _export_float(rebuilt.eval().cpu(), example.cpu())  # traced on the CPU, whatever device the model ran on

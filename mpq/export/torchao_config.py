@@ -101,7 +101,10 @@ def torchao_file(prepared_folded: nn.Module, packed: PackedModel) -> dict:
         }  # they read its quantized table, as the evaluator's do
     return {
         "schema": SCHEMA,
-        "apply": "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)",
+        "apply": (
+            "torchao.quantization.quantize_(folded_model, mpq.export.torchao_config.load_torchao_config(path), "
+            "filter_fn=None)"
+        ),
         "layers": layers,
     }
 
@@ -123,13 +126,15 @@ def save_torchao_config(prepared_folded: nn.Module, packed: PackedModel, path: "
     mixed = sum(1 for meta in packed.layers.values() if meta.get("channel_bits"))
     inputs = sum(1 for meta in packed.layers.values() if meta["act_bits"])
     notes = [
-        f"{len(packed.layers)} layers as torchao IntxUnpackedToInt8Tensor weights (mpq's codes and scales; {mixed} with per-channel widths), "
+        f"{len(packed.layers)} layers as torchao IntxUnpackedToInt8Tensor weights (mpq's codes and scales; "
+        f"{mixed} with per-channel widths), "
         f"{inputs} with mpq's static input quantizer; apply to the BatchNorm-folded model with "
         "quantize_(model, mpq.export.torchao_config.load_torchao_config(path), filter_fn=None)"
     ]
     if weight_only:
         notes.append(
-            f"weight-only: also torchao's own IntxWeightOnlyConfig per module with load_intx_config(path); the module map is {module_map_path(path)}"
+            "weight-only: also torchao's own IntxWeightOnlyConfig per module with load_intx_config(path); the "
+            f"module map is {module_map_path(path)}"
         )
     return TorchaoExport(Path(path), len(text.encode("utf-8")), tuple(notes))
 
@@ -154,7 +159,10 @@ def module_map(prepared_folded: nn.Module, packed: PackedModel) -> dict:
         how = (
             describe(config)
             if config is not None
-            else "mpq.export.torchao_layers.MpqLayerConfig (mpq's dequantized weight: torchao's blocks cannot hold these groups or widths)"
+            else (
+                "mpq.export.torchao_layers.MpqLayerConfig (mpq's dequantized weight: torchao's blocks cannot hold "
+                "these groups or widths)"
+            )
         )
         entries[name] = {
             "module": type(modules[name]).__name__,
@@ -237,7 +245,8 @@ def load_intx_config(path: "str | Path", *, carry_scales: bool = True):
         meta, tensors = layer["meta"], layer["tensors"]
         if meta["act_bits"]:
             raise MpqError(
-                f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in float: apply it with load_torchao_config, or search with --act-bits none"
+                f"{path}: layer {name} quantizes its input, and torchao's IntxWeightOnlyConfig keeps inputs in "
+                "float: apply it with load_torchao_config, or search with --act-bits none"
             )
         with _damaged(path, name):
             codes = unpack_codes(tensors["weight_codes"], meta)

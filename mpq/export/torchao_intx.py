@@ -34,7 +34,8 @@ from mpq.quant.affine import QuantizedWeight
 
 
 def intx_config(shape: tuple[int, ...], weight_bits: int, group_size: int | None) -> IntxWeightOnlyConfig | None:
-    """torchao's IntxWeightOnlyConfig for a weight of `shape` at these widths and groups (None: its blocks cannot hold them)."""
+    """torchao's IntxWeightOnlyConfig for a weight of `shape` at these widths and groups (None: its blocks
+    cannot hold them)."""
     block = torchao_block(tuple(shape), group_size)
     if block is None or len(shape) != 2:
         return None
@@ -44,7 +45,10 @@ def intx_config(shape: tuple[int, ...], weight_bits: int, group_size: int | None
 
 def describe(config: IntxWeightOnlyConfig) -> str:
     """IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size=128), ...) as one readable line."""
-    return f"IntxWeightOnlyConfig(weight_dtype={config.weight_dtype}, granularity={config.granularity}, mapping_type={config.mapping_type.name})"
+    return (
+        f"IntxWeightOnlyConfig(weight_dtype={config.weight_dtype}, granularity={config.granularity}, "
+        f"mapping_type={config.mapping_type.name})"
+    )
 
 
 @dataclass

@@ -23,8 +23,9 @@ The handler puts the layer's own packed numbers into the module:
            this part is mpq's.
 
 How the layer computes (`integer`):
-  True   (per-channel scales) as the evaluator (mpq.verify.apply.IntegerLayer) and an integer engine: acc = layer(q_x - z, q)
-         on the tensor's qdata (exact in float32, float64 where a partial sum could reach 2^24), then
+  True   (per-channel scales) as the evaluator (mpq.verify.apply.IntegerLayer) and an integer engine:
+         acc = layer(q_x - z, q) on the tensor's qdata (exact in float32, float64 where a partial sum could
+         reach 2^24), then
          y = acc * (float32(s_x) * scale) + bias. Bit-identical to the evaluator's outputs.
   False  torchao's own eager kernels: the input fake-quantized, (q_x - z) * s_x, the weight dequantized
          by torchao, a float conv/linear + bias: the same numbers up to float rounding. Group-wise layers
@@ -82,7 +83,8 @@ def torchao_block(shape: "tuple[int, ...]", group_size: int | None) -> tuple[int
 def torchao_weight(
     codes: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None = None
 ) -> IntxUnpackedToInt8Tensor | None:
-    """mpq's codes and scales as torchao's IntxUnpackedToInt8Tensor (symmetric: zero point 0); None where torchao_block is."""
+    """mpq's codes and scales as torchao's IntxUnpackedToInt8Tensor (symmetric: zero point 0); None where
+    torchao_block is."""
     block = torchao_block(tuple(codes.shape), group_size)
     if block is None:
         return None

@@ -79,18 +79,21 @@ def choose_outputs(model: nn.Module, output, pooling: str | None = None, field: 
     """The Outputs of a model from one forward pass's `output` (a tensor, tuple, dict or ModelOutput)."""
     if field is not None and not isinstance(_tensor_of(output, field), torch.Tensor):
         raise MpqError(
-            f"the model's output has no tensor {field!r}: name one of {', '.join(_tensor_fields(output)) or 'its fields'}"
+            f"the model's output has no tensor {field!r}: name one of "
+            f"{', '.join(_tensor_fields(output)) or 'its fields'}"
         )
     if field is None and not isinstance(output, torch.Tensor):
         field = next((f for f in LOGIT_FIELDS + HIDDEN_FIELDS if isinstance(_field(output, f), torch.Tensor)), None)
         if field is None and not (isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)):
             raise MpqError(
-                f"the model returns a {type(output).__name__} with no logits or last_hidden_state: return one tensor, or name its field (--model-arg output=NAME)"
+                f"the model returns a {type(output).__name__} with no logits or last_hidden_state: return one "
+                "tensor, or name its field (--model-arg output=NAME)"
             )
     kind = "embeddings" if field in HIDDEN_FIELDS else "logits"
     if pooling not in (None, "none") and kind != "embeddings":
         raise MpqError(
-            f"pooling={pooling} applies to hidden states (embeddings), but the model returns {field or 'logits'}: drop the pooling"
+            f"pooling={pooling} applies to hidden states (embeddings), but the model returns "
+            f"{field or 'logits'}: drop the pooling"
         )
     return Outputs(
         kind=kind, field=field, pooling=pooling or "none", causal_lm=kind == "logits" and is_causal_lm(model)
@@ -173,12 +176,14 @@ class ModelAdapter(nn.Module):
 
 
 def _call(model: nn.Module, x: torch.Tensor, input_names: tuple[str, ...]) -> tuple[object, dict]:
-    """The model's output on `x` (its named inputs stacked along dimension 1, or one tensor), and the keyword arguments given."""
+    """The model's output on `x` (its named inputs stacked along dimension 1, or one tensor), and the keyword
+    arguments given."""
     kwargs = {name: x[:, i] for i, name in enumerate(input_names)}
     if _has_use_cache(model):
         kwargs["use_cache"] = False
     if "input_ids" in kwargs and "attention_mask" not in kwargs and _takes(model, "attention_mask"):
-        # what a tokenizer gives unpadded text; without it transformers looks for packed sequences (torch.diff), which ONNX lacks
+        # what a tokenizer gives unpadded text; without it transformers looks for packed sequences
+        # (torch.diff), which ONNX lacks
         kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
     return (model(**kwargs) if input_names else model(x, **kwargs)), kwargs
 
@@ -259,7 +264,8 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
     if isinstance(model, ModelAdapter):
         if model.input_names is not None and model.input_names != input_names:
             raise MpqError(
-                f"the model takes inputs {', '.join(model.input_names) or 'x'} but the data holds {', '.join(input_names) or 'one tensor x'}: give data with those inputs"
+                f"the model takes inputs {', '.join(model.input_names) or 'x'} but the data holds "
+                f"{', '.join(input_names) or 'one tensor x'}: give data with those inputs"
             )
         if model.complete:
             return model

@@ -1,4 +1,4 @@
-"""The quantizable layers of a model: BatchNorm folding, shapes, parameter counts, MACs, data flow.
+"""The quantizable layers of a model: BatchNorm folding, shapes, parameter counts, MACs, shared inputs.
 
 Layers are found on the real module tree (every Conv1d/Conv2d, depthwise included, and Linear,
 subclasses too) and measured with one real forward pass; nothing is rebuilt from attributes.
@@ -11,7 +11,6 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import networkx as nx
 import torch
 from torch import nn
 
@@ -55,12 +54,11 @@ class LayerInfo:
 
 @dataclass
 class ModelGraph:
-    """Quantizable layers in execution order, the float remainder, and the data-flow graph."""
+    """Quantizable layers in execution order, the float remainder, and the layers that read one input."""
 
     layers: list[LayerInfo]
     float_params: dict[str, tuple[int, ...]]
     float_bytes: int
-    flow: nx.DiGraph
     folded_batchnorms: list[str] = field(default_factory=list)
     # Linear/Conv modules never called as modules (e.g. nn.MultiheadAttention.out_proj, which it
     # applies functionally): they stay in float and count in float_bytes
@@ -73,10 +71,6 @@ class ModelGraph:
     @property
     def by_name(self) -> dict[str, LayerInfo]:
         return {layer.name: layer for layer in self.layers}
-
-    @property
-    def total_params(self) -> int:
-        return sum(layer.params for layer in self.layers)
 
 
 EMBEDDING_TYPES = (nn.Embedding,)  # quantized only on request (--quantize-embeddings), per row
@@ -186,50 +180,6 @@ class _LeafTracer(torch.fx.Tracer):
         return isinstance(m, QUANTIZABLE_TYPES) or super().is_leaf_module(m, qualname)
 
 
-def _is_shape_query(node: torch.fx.Node) -> bool:
-    return (node.op == "call_method" and node.target in ("size", "dim")) or (
-        node.op == "call_function"
-        and node.target is getattr
-        and len(node.args) > 1
-        and node.args[1] in ("shape", "ndim")
-    )
-
-
-def data_flow_graph(model: nn.Module, layer_names: list[str]) -> nx.DiGraph:
-    """Edges between quantizable layers (and "input"/"output") along the data flow.
-
-    Traced with torch.fx; a model fx cannot trace gets a chain in execution order and
-    graph attribute "traced" = False.
-    """
-    flow = nx.DiGraph(traced=True)
-    flow.add_nodes_from(["input", *layer_names, "output"])
-    try:
-        fx_graph = _LeafTracer().trace(model)
-    except Exception:  # fx cannot trace arbitrary Python control flow; fall back to execution order
-        flow.graph["traced"] = False
-        nx.add_path(flow, ["input", *layer_names, "output"])
-        return flow
-    wanted = set(layer_names)
-    nearest: dict[torch.fx.Node, set[str]] = {}
-    for node in fx_graph.nodes:
-        sources: set[str] = set()
-        for parent in node.all_input_nodes:
-            sources |= nearest[parent]
-        if _is_shape_query(node):
-            nearest[node] = set()  # x.size(0) feeds reshapes, not data
-        elif node.op == "placeholder":
-            nearest[node] = {"input"}
-        elif node.op == "call_module" and node.target in wanted:
-            flow.add_edges_from((s, node.target) for s in sources)
-            nearest[node] = {node.target}
-        elif node.op == "output":
-            flow.add_edges_from((s, "output") for s in sources)
-            nearest[node] = set()
-        else:
-            nearest[node] = sources
-    return flow
-
-
 def shared_input_groups(model: nn.Module, layer_names: list[str]) -> list[list[str]]:
     """Layers whose input is the same fx node, in execution order: one activation quantizer feeds them
     all, so they share activation bits (e.g. a ResNet downsample conv and its block's first conv).
@@ -272,17 +222,16 @@ def analyze_graph(
                 groups=getattr(mod, "groups", 1),
             )
     layers = _untied(list(seen.values()), modules)
-    remainder = float_tensors(model, [l.name for l in layers])
+    remainder = float_tensors(model, [layer.name for layer in layers])
     float_params = {name: tuple(t.shape) for name, t in remainder.items()}
     float_bytes = sum(t.numel() * t.element_size() for t in remainder.values())
     return ModelGraph(
         layers=layers,
         float_params=float_params,
         float_bytes=float_bytes,
-        flow=data_flow_graph(model, [l.name for l in layers]),
         folded_batchnorms=folded_batchnorms or [],
         uncalled=[name for name in modules if name not in seen],
-        act_tie_groups=shared_input_groups(model, [l.name for l in layers]),
+        act_tie_groups=shared_input_groups(model, [layer.name for layer in layers]),
     )
 
 

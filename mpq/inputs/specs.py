@@ -62,7 +62,10 @@ def _import_file(target: str, what: str):
     except SystemExit as exc:
         del sys.modules[module_name]
         raise MpqError(
-            f'importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a program; put its script part under if __name__ == "__main__":'
+            (
+                f"importing {target} called sys.exit({exc.code}): a {what} file must define the {what}, not run a "
+                'program; put its script part under if __name__ == "__main__":'
+            )
         ) from None
     except Exception as exc:
         del sys.modules[module_name]
@@ -85,7 +88,8 @@ def call_user(function, spec: str, what: str, arguments: dict | None = None):
         if arguments is None:
             raise MpqError(f"{spec} raised TypeError while giving the {what}: {first_line(exc)}") from None
         raise MpqError(
-            f"calling {spec} with {arguments or 'no arguments'} failed ({first_line(exc)}); pass its arguments with --model-arg key=value"
+            f"calling {spec} with {arguments or 'no arguments'} failed ({first_line(exc)}); pass its arguments "
+            "with --model-arg key=value"
         ) from None
     except Exception as exc:
         raise MpqError(f"{spec} raised {type(exc).__name__} while giving the {what}: {first_line(exc)}") from None
@@ -165,7 +169,8 @@ def _build(spec: str, model_args: dict) -> nn.Module:
         )
     if not isinstance(obj, nn.Module):
         raise MpqError(
-            f"{spec} gives a {type(obj).__name__}, not a torch.nn.Module: point --model at a module or a function returning one"
+            f"{spec} gives a {type(obj).__name__}, not a torch.nn.Module: point --model at a module or a "
+            "function returning one"
         )
     return obj
 
@@ -178,7 +183,8 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
         raise MpqError(f"weights file {path} does not exist; check the path") from None
     except Exception as exc:
         raise MpqError(
-            f"cannot read {path} as a state dict with weights_only=True ({type(exc).__name__}); save model.state_dict() with torch.save"
+            f"cannot read {path} as a state dict with weights_only=True ({type(exc).__name__}); save "
+            "model.state_dict() with torch.save"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -194,7 +200,8 @@ def load_weights(model: nn.Module, path: "str | Path") -> nn.Module:
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys[:3], result.unexpected_keys[:3]
         raise MpqError(
-            f"{path} does not fit the model (missing {missing}, unexpected {unexpected}); check --model-arg or the factory"
+            f"{path} does not fit the model (missing {missing}, unexpected {unexpected}); check --model-arg or "
+            "the factory"
         )
     return model
 
@@ -249,8 +256,10 @@ def load_data_spec(
         if hasattr(data, "__iter__"):
             return call_user(lambda: from_batches(data, spec), spec, "data")
         raise MpqError(
-            f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable of (x, y) batches"
+            f"{spec} gives a {type(data).__name__}: return an mpq.Dataset, a tensor of inputs, or an iterable "
+            "of (x, y) batches"
         )
     raise MpqError(
-        f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, text (.txt, .jsonl) for an hf: model, or module:function"
+        f"cannot read data {spec!r}: give a .npz or .pt file with x (and y), a folder of images, text (.txt, "
+        ".jsonl) for an hf: model, or module:function"
     )

@@ -8,7 +8,8 @@ import io
 from pathlib import Path
 
 from mpq.cost.budget import BOPS_PREFIXES, PER_WEIGHT_PREFIXES, format_bytes, format_cost
-from mpq.files import atomic_path, write_json_atomic, write_text_atomic
+from mpq.files import write_json_atomic, write_text_atomic
+from mpq.report.plots import save_figure
 from mpq.report.text import pct
 from mpq.verify.pareto import ParetoResult
 from mpq.verify.report import Measurement
@@ -98,7 +99,8 @@ def pareto_table(result: ParetoResult) -> str:
             continue
         kl = f"{row['kl_to_fp32']:.4f}" if row["verified"] else "-"
         lines.append(
-            f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | {format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
+            f"| {row['config']} | {row.get('budget', '')} | {format_bytes(row['size_bytes'])} | "
+            f"{format_cost('bops', row['bops'])} | {row['omega']:.4g} | "
             f"{pct(row.get('fp32_agreement'))} | {kl} | {pct(row.get('top1'))} |"
         )
     return "\n".join(lines)
@@ -115,21 +117,30 @@ def _axis(result: ParetoResult) -> tuple[str, float]:
 
 
 def plot_pareto(result: ParetoResult, path: Path) -> None:
-    """Predicted Omega (log), measured agreement with FP32 and KL (log) against size or BOPs; uniform widths as squares."""
+    """Predicted Omega (log), measured agreement with FP32 and KL (log) against size or BOPs; uniform widths as
+    squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     label, scale = _axis(result)
-    feasible = result.feasible_points
-    verified = [p for p in feasible if p.measured is not None]
-    measured_uniform = [u for u in result.uniform if u.measured is not None]
-    panels = 3 if verified or measured_uniform else 1
+    measured = any(p.measured is not None for p in result.feasible_points)
+    panels = 3 if measured or any(u.measured is not None for u in result.uniform) else 1
     fig, axes = plt.subplots(panels, 1, figsize=(7, 3 + 2.4 * panels), sharex=True, squeeze=False)
     axes = axes[:, 0]
-    omega_ax = axes[0]
-    omega_ax.plot(
+    _omega_panel(axes[0], result, scale)
+    if panels == 3:
+        _measured_panels(axes[1:], result, scale)
+    axes[-1].set_xlabel(label)
+    save_figure(fig, path)
+
+
+def _omega_panel(ax, result: ParetoResult, scale: float) -> None:
+    """The predicted total Omega of every feasible point, and of the uniform widths (annotated), log scale."""
+    feasible = result.feasible_points
+    verified = [p for p in feasible if p.measured is not None]
+    ax.plot(
         [p.plan.predicted[result.kind] / scale for p in feasible],
         [p.plan.predicted["omega"] for p in feasible],
         "o-",
@@ -137,7 +148,7 @@ def plot_pareto(result: ParetoResult, path: Path) -> None:
         color="tab:blue",
         label="mpq (predicted)",
     )
-    omega_ax.plot(
+    ax.plot(
         [u.predicted[result.kind] / scale for u in result.uniform],
         [u.predicted["omega"] for u in result.uniform],
         "s",
@@ -145,51 +156,49 @@ def plot_pareto(result: ParetoResult, path: Path) -> None:
         label="uniform",
     )
     for u in result.uniform:
-        omega_ax.annotate(
+        ax.annotate(
             f"W{u.weight_bits}",
             (u.predicted[result.kind] / scale, u.predicted["omega"]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=7,
         )
-    omega_ax.set_yscale("log")
-    omega_ax.set_ylabel("predicted total Ω")
-    omega_ax.set_title(
+    ax.set_yscale("log")
+    ax.set_ylabel("predicted total Ω")
+    ax.set_title(
         f"mpq Pareto front ({len(feasible)} of {len(result.points)} budgets feasible, {len(verified)} measured)"
     )
-    omega_ax.legend(fontsize=8)
-    if panels == 3:
-        for ax, metric, ylabel in (
-            (axes[1], "fp32_agreement", "agreement with FP32 (%)"),
-            (axes[2], "kl_to_fp32", "KL(FP32‖q)"),
-        ):
-            factor = 100 if metric == "fp32_agreement" else 1
-            mx = [getattr(p.measured, result.kind) / scale for p in verified]
-            ax.plot(
-                mx,
-                [factor * getattr(p.measured, metric) for p in verified],
-                "o-",
-                color="tab:blue",
-                label="mpq (measured)",
-            )
-            ux = [getattr(u.measured, result.kind) / scale for u in measured_uniform]
-            ax.plot(
-                ux,
-                [factor * getattr(u.measured, metric) for u in measured_uniform],
-                "s",
-                color="tab:red",
-                label="uniform (measured)",
-            )
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8)
-        axes[2].set_yscale("log")
-    axes[-1].set_xlabel(label)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:  # a unique temporary name: two runs with one --out never share it
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    ax.legend(fontsize=8)
+
+
+def _measured_panels(axes, result: ParetoResult, scale: float) -> None:
+    """Measured agreement with FP32 (%) and KL (log scale) of the measured points and uniform widths."""
+    verified = [p for p in result.feasible_points if p.measured is not None]
+    measured_uniform = [u for u in result.uniform if u.measured is not None]
+    for ax, metric, ylabel in (
+        (axes[0], "fp32_agreement", "agreement with FP32 (%)"),
+        (axes[1], "kl_to_fp32", "KL(FP32‖q)"),
+    ):
+        factor = 100 if metric == "fp32_agreement" else 1
+        mx = [getattr(p.measured, result.kind) / scale for p in verified]
+        ax.plot(
+            mx,
+            [factor * getattr(p.measured, metric) for p in verified],
+            "o-",
+            color="tab:blue",
+            label="mpq (measured)",
+        )
+        ux = [getattr(u.measured, result.kind) / scale for u in measured_uniform]
+        ax.plot(
+            ux,
+            [factor * getattr(u.measured, metric) for u in measured_uniform],
+            "s",
+            color="tab:red",
+            label="uniform (measured)",
+        )
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
 
 
 def write_pareto(out_dir: Path, result: ParetoResult) -> list[Path]:

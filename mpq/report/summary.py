@@ -15,7 +15,8 @@ WEIGHT_ONLY_GAP = 4.0  # uniform W8 with quantized inputs this many times farthe
 
 
 def best_uniform(report: Report) -> Measurement | None:
-    """The uniform baseline closest to FP32 (Report.distance) among those that fit the plan's budgets (None: none fits)."""
+    """The uniform baseline closest to FP32 (Report.distance) among those that fit the plan's budgets
+    (None: none fits)."""
     fitting = [m for m in report.baselines if m.fits_budget]
     return min(fitting, key=report.distance) if fitting else None
 
@@ -25,7 +26,10 @@ def _measured(report: Report, m: Measurement) -> str:
     ppl = f", perplexity {m.perplexity:.4g}" if m.perplexity is not None else ""
     if report.outputs.embeddings:
         return f"{format_bytes(m.size_bytes)}, cosine to FP32 {m.cosine_to_fp32:.5f}{top1}"
-    return f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 {pct(m.fp32_agreement)}{top1}{ppl}"
+    return (
+        f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 "
+        f"{pct(m.fp32_agreement)}{top1}{ppl}"
+    )
 
 
 def _verdict(report: Report, uniform: Measurement | None) -> str:
@@ -37,7 +41,10 @@ def _verdict(report: Report, uniform: Measurement | None) -> str:
     if ours < theirs:
         ratio = theirs / ours if ours > 0 else float("inf")
         return f"the plan's {what} is {ratio:.2g}× lower than {uniform.name}'s, the best uniform plan that fits"
-    return f"{uniform.name}, a uniform plan that fits, does as well as the plan or better ({what} {theirs:.4g} against {ours:.4g})"
+    return (
+        f"{uniform.name}, a uniform plan that fits, does as well as the plan or better ({what} {theirs:.4g} "
+        f"against {ours:.4g})"
+    )
 
 
 def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str]:
@@ -55,7 +62,8 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
     if sensitivity.stop_reason in ("max_probes", "max_seconds"):
         limit = "--max-probes" if sensitivity.stop_reason == "max_probes" else "--max-seconds"
         steps.append(
-            f"Probing stopped at `{limit}` before every layer's estimate was within `--tol {sensitivity.settings.tol:g}` "
+            f"Probing stopped at `{limit}` before every layer's estimate was within `--tol "
+            f"{sensitivity.settings.tol:g}` "
             f"of it: raise `{limit}`"
             + (
                 " (finished probes stay in the cache, unless `--no-cache`, and a rerun resumes from them)."
@@ -67,7 +75,8 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
         names = ", ".join(list(warnings)[:3]) + (", …" if len(warnings) > 3 else "")
         steps.append(
             f"{len(warnings)} layer(s) have estimates not to be trusted ({names}; see Warnings): more probes "
-            "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins one you doubt."
+            "(`--max-probes`, `--max-seconds`) or a larger `--batch-size` narrow them; `--keep NAME=8` pins "
+            "one you doubt."
         )
     w8 = next((m for m in report.baselines if m.name.startswith("uniform W8")), None)
     act_bits = plan.settings.space.act_bits if plan.settings is not None else ()
@@ -80,7 +89,8 @@ def next_steps(sensitivity: Sensitivity, plan: Plan, report: Report) -> list[str
         steps.append(
             f"Activation quantization caps the result: {w8.name} alone has {what} {report.distance(w8):.4g}, "
             f"{report.distance(w8) / ours:.0%} of the plan's, so narrower weights are not what costs most. "
-            "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` to see the weights alone."
+            "Try another activation observer (`--act-observer mse`, `--quantizer aciq`), or `--act-bits none` "
+            "to see the weights alone."
         )
     if not steps:
         steps.append(
@@ -102,9 +112,12 @@ def _activations_cap(report: Report, w8: Measurement | None) -> str | None:
         return None
     ratio = f"{far / near:.0f}×" if near > 0 else "infinitely"
     return (
-        f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) than {weight_only.name} with "
-        f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try weight-only widths: `--act-bits none` "
-        "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another activation observer (`--act-observer mse`)."
+        f"Activation quantization caps the result: {w8.name} is {ratio} farther from FP32 ({what} {far:.3g}) "
+        f"than {weight_only.name} with "
+        f"float activations ({near:.3g}), so even the widest weights cannot make up for the inputs. Try "
+        "weight-only widths: `--act-bits none` "
+        "(e.g. with `--group-size 128` and a `--budget` in bits per weight such as 4.25bpw), or another "
+        "activation observer (`--act-observer mse`)."
     )
 
 
