@@ -101,17 +101,18 @@ def _scalar_type(values: Sequence[Any]) -> GGUFValueType:
         return GGUFValueType.FLOAT32
     if kinds <= {str, bytes}:
         return GGUFValueType.STRING
-    if kinds <= {list, tuple}:
-        return GGUFValueType.ARRAY
     raise ValueError(f"GGUF metadata values must be bool, int, float, str or lists of one of them, got {kinds}")
 
 
 def typed_value(value: Any) -> GGUFValue:
     """A metadata value with its GGUF type: a GGUFValue as given, a numpy array as its dtype, a plain value
-    or list inferred (ints are UINT32 unless negative or wider, as llama.cpp's counts and token ids)."""
+    or list inferred (ints are UINT32 unless negative or wider, as llama.cpp's counts and token ids).
+    Arrays of arrays are refused: llama.cpp's reader rejects the whole file for one."""
     if isinstance(value, GGUFValue):
         if value.type == GGUFValueType.ARRAY and value.sub_type is None:  # fix the item type gguf-py would infer
-            return GGUFValue(value.value, value.type, _inferred_item_type(value.value))
+            value = GGUFValue(value.value, value.type, _inferred_item_type(value.value))
+        if value.sub_type == GGUFValueType.ARRAY:
+            raise ValueError("GGUF metadata arrays of arrays cannot be read by llama.cpp; flatten them")
         return value
     if isinstance(value, np.ndarray):
         if value.dtype not in _NUMPY_TYPES or value.ndim != 1:
