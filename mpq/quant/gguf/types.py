@@ -15,7 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from mpq.quant.gguf import kdequant, kquants, legacy
+import mpq.quant.gguf.kdequant as kdequant
+import mpq.quant.gguf.kquants as kquants
+import mpq.quant.gguf.legacy as legacy
 from mpq.quant.gguf.common import F32, bf16_bits, bf16_value, fp16_bits, fp16_value
 
 CHUNK_WEIGHTS = 1 << 20  # weights quantized per numpy pass: bounds the temporaries (~tens of MB)

@@ -53,7 +53,9 @@ TYPES = {
 
 
 def build_library(src: Path, out_dir: Path) -> Path:
-    (out_dir / "ggml-version.h").write_text('#pragma once\n#define GGML_VERSION "0.25.3"\n#define GGML_COMMIT "0c1e570"\n')
+    (out_dir / "ggml-version.h").write_text(
+        '#pragma once\n#define GGML_VERSION "0.25.3"\n#define GGML_COMMIT "0c1e570"\n'
+    )
     inc = [f"-I{src / 'ggml/include'}", f"-I{src / 'ggml/src'}", f"-I{out_dir}"]
     objs = []
     for name, compiler, extra in [
