@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from mpq.quant.gguf import GGUF_TYPES, GGMLType, dequantize, quantize, row_nbytes, tensor_nbytes, type_info
+from mpq.quant.gguf import (
+    GGUF_TYPES,
+    GGMLType,
+    dequantize,
+    llama_cpp_type,
+    quantize,
+    row_nbytes,
+    tensor_nbytes,
+    type_info,
+)
 
 FIXTURES = Path(__file__).parent / "data" / "gguf"
 FIXTURE_NAMES = ["gauss", "heavy", "special", "llm_bf16"]
@@ -133,3 +142,12 @@ def test_a_large_matrix_in_chunks_matches_row_by_row(monkeypatch):
     whole = quantize(x, "Q3_K")
     monkeypatch.setattr(types, "CHUNK_WEIGHTS", 1000)
     np.testing.assert_array_equal(quantize(x, "Q3_K"), whole)
+
+
+def test_llama_cpp_fallback_types():
+    """llama-quantize's substitutes for rows that the block does not divide (SmolLM2's rows are 576 wide)."""
+    assert [llama_cpp_type(t, 576).name for t in K_QUANTS] == ["Q8_0", "Q5_1", "Q5_0", "Q4_0", "Q4_0"]
+    assert [llama_cpp_type(t, 1536).name for t in K_QUANTS] == K_QUANTS
+    assert llama_cpp_type("Q4_K", 100) == GGMLType.F16
+    assert llama_cpp_type("Q8_0", 100) == GGMLType.F16
+    assert llama_cpp_type("BF16", 7) == GGMLType.BF16

@@ -116,6 +116,26 @@ def tensor_nbytes(ggml_type: GGMLType | str | int, shape: tuple[int, ...] | list
     return row_nbytes(ggml_type, int(shape[-1])) * prod(int(s) for s in shape[:-1])
 
 
+# llama.cpp's tensor_type_fallback (src/llama-quant.cpp): the type llama-quantize writes instead when a
+# row's length is not a multiple of the block size; F16 when the fallback's block does not divide it either.
+LLAMA_CPP_FALLBACK = {
+    GGMLType.Q2_K: GGMLType.Q4_0,
+    GGMLType.Q3_K: GGMLType.Q4_0,
+    GGMLType.Q4_K: GGMLType.Q5_0,
+    GGMLType.Q5_K: GGMLType.Q5_1,
+    GGMLType.Q6_K: GGMLType.Q8_0,
+}
+
+
+def llama_cpp_type(ggml_type: GGMLType | str | int, n: int) -> GGMLType:
+    """The type llama-quantize stores a tensor of rows of n weights in when asked for `ggml_type`."""
+    wanted = type_info(ggml_type).ggml_type
+    if n % GGUF_TYPES[wanted].block_size == 0:
+        return wanted
+    fallback = LLAMA_CPP_FALLBACK.get(wanted, wanted)
+    return fallback if n % GGUF_TYPES[fallback].block_size == 0 else GGMLType.F16
+
+
 def _as_float32(weights) -> np.ndarray:
     if hasattr(weights, "detach"):  # a torch tensor, read without importing torch
         weights = weights.detach().to("cpu").float().numpy()
