@@ -133,7 +133,7 @@ def hvp_costs(case: Case, batch_size: int, repeats: int) -> dict[str, float]:
 
     def hvp(method):
         return lambda: hessian_vector_product(
-            case.model, problem.keys, problem.weights, x, y, F.cross_entropy, vs, method
+            case.model, problem.keys, problem.weights, (x, y), F.cross_entropy, vs, method
         )
 
     variants = {"forward+backward": forward_backward, "rev-rev": hvp("rev-rev"), "fwd-rev": hvp("fwd-rev")}

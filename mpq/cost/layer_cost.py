@@ -8,7 +8,8 @@ Size of a quantized layer (BatchNorm folded into the bias; n weights):
   + 8 if its input is quantized (float32 scale + int32 zero point of the activation quantizer)
 Everything that stays in floating point (other parameters and buffers) adds its own bytes.
 Bits per weight of a plan (the bits_per_weight budget): the bits of its quantized layers' packed codes and
-scales as the weight format stores them, summed, divided by their weight count; biases, input quantizers and float tensors do not count.
+scales as the weight format stores them, summed, divided by their weight count; biases, input quantizers and float
+tensors do not count.
 BOPs of a layer: MACs * b_w * b_a, with b_a = 32 when the input stays in float (HAWQ-V3).
 Latency of a layer: from a latency model (mpq.cost.latency: a measured table or a device roofline), when given.
 """

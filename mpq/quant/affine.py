@@ -110,7 +110,8 @@ class ActQuantParams:
     bits: int
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """clamp(round(x / s) + z, 0, 2^b - 1) as floats; the division in float32, as onnxruntime's QuantizeLinear does it."""
+        """clamp(round(x / s) + z, 0, 2^b - 1) as floats; the division in float32, as onnxruntime's QuantizeLinear
+        does it."""
         scale = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
         return torch.clamp(torch.round(x.to(torch.float32) / scale) + self.zero_point, 0, 2**self.bits - 1)
 

@@ -34,7 +34,8 @@ class MeanInputPatch:
         self.samples = 0
 
     def add(self, x: torch.Tensor) -> None:
-        # The layer is linear in its input (padding included), so the batch's gradient is that of one input, the batch's sum.
+        # The layer is linear in its input (padding included), so the batch's gradient is that of one input, the
+        # batch's sum.
         with torch.enable_grad():
             y = self.layer(x.detach().sum(0, keepdim=True))
             per_position = (

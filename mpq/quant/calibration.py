@@ -218,7 +218,8 @@ def calibrate(
     batch_size: int = 25,
     cache: Cache = Cache(None),
 ) -> Calibration:
-    """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges (mpq.verify.measure.fp32_reference)."""
+    """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges
+    (mpq.verify.measure.fp32_reference)."""
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)
     histograms = (
         {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)

@@ -42,7 +42,8 @@ def check_group_size(group_size) -> int | None:
         or group_size & (group_size - 1)
     ):
         raise MpqError(
-            f"group size {group_size!r} must be a power of two of at least {MIN_GROUP_SIZE}, e.g. 32, 64 or 128 (or none for one scale per output channel)"
+            f"group size {group_size!r} must be a power of two of at least {MIN_GROUP_SIZE}, e.g. 32, 64 or 128 "
+            "(or none for one scale per output channel)"
         )
     return group_size
 
@@ -94,7 +95,8 @@ class Quantizer:
         unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size", "weight_format"})
         if unknown:
             raise MpqError(
-                f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with `mpq search`"
+                f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with "
+                "`mpq search`"
             )
         return cls(**data)
 
@@ -135,7 +137,8 @@ def resolve_quantizer(
         quantizer = DEFAULT_QUANTIZER
     elif not isinstance(quantizer, Quantizer):
         raise MpqError(
-            f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not {type(quantizer).__name__}"
+            f"quantizer must be a preset name ({', '.join(PRESETS)}) or an mpq.Quantizer, not "
+            f"{type(quantizer).__name__}"
         )
     overrides = {
         "act_observer": act_observer,

@@ -20,11 +20,13 @@ def check_bits(bits: int) -> int:
     """`bits` if mpq's quantizer supports it (2-8); otherwise an MpqError that says which widths to use."""
     if not is_plan_width(bits):
         raise MpqError(
-            f"width {bits!r} is outside {PLAN_MIN_BITS}-{PLAN_MAX_BITS} bits; mpq's quantizer supports {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}"
+            f"width {bits!r} is outside {PLAN_MIN_BITS}-{PLAN_MAX_BITS} bits; mpq's quantizer supports {MIN_BITS} "
+            f"to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}"
         )
     if not MIN_BITS <= bits <= MAX_BITS:
         raise MpqError(
-            f"width {bits} is a valid plan width ({PLAN_MIN_BITS}-{PLAN_MAX_BITS}) but mpq's quantizer supports only {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}"
+            f"width {bits} is a valid plan width ({PLAN_MIN_BITS}-{PLAN_MAX_BITS}) but mpq's quantizer supports "
+            f"only {MIN_BITS} to {MAX_BITS}: choose widths from {MIN_BITS} to {MAX_BITS}"
         )
     return bits
 

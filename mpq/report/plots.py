@@ -121,7 +121,9 @@ def plot_sensitivity(sensitivity: Sensitivity, path: Path) -> None:
     )
     if panels == 2:
         warned = {
-            n for n, s in sensitivity.layers.items() if s.activation and s.activation.warning(metric_of(sensitivity.metric), tol)
+            n
+            for n, s in sensitivity.layers.items()
+            if s.activation and s.activation.warning(metric_of(sensitivity.metric), tol)
         }
         _bars(axes[1][0], sensitivity, [input_value(sensitivity, n) for n in names], warned, f"inputs: {label}")
     bottom = axes[-1][0]

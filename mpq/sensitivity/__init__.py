@@ -1,7 +1,8 @@
 """Sensitivity: Omega_l(b) of every layer at every width (and per channel) under one metric.
 
 The analysis itself (`analyze_prepared`: one context, the metric's estimate, the error tables) is in
-mpq.sensitivity.analysis, the metrics in mpq.sensitivity.registry; this package gives its names lazily (PEP 562), so that importing a light
+mpq.sensitivity.analysis, the metrics in mpq.sensitivity.registry; this package gives its names lazily (PEP 562), so
+that importing a light
 module of it (mpq.sensitivity.settings, mpq.sensitivity.registry: what the `mpq` parser needs) does
 not import torch.
 """

@@ -66,7 +66,8 @@ def local_device(device: torch.device) -> torch.device:
         from mpq.errors import MpqError
 
         raise MpqError(
-            f"torchrun's LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible; start at most that many processes per node"
+            f"torchrun's LOCAL_RANK {local} has no GPU: {torch.cuda.device_count()} visible; start at most that "
+            "many processes per node"
         )
     return torch.device("cuda", local)
 
@@ -79,7 +80,8 @@ def join_from_environment(device: torch.device | None = None) -> Ranks:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
-        # left to the interpreter's exit, gloo's threads can abort a rank that ends first ("terminate called without an active exception")
+        # left to the interpreter's exit, gloo's threads can abort a rank that ends first ("terminate called
+        # without an active exception")
         atexit.register(dist.destroy_process_group)
     return Ranks.current()
 

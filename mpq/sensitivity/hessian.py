@@ -278,7 +278,7 @@ class ProbeProblem:
     def _hvp(self, x, target, keys, weights, vs) -> list[torch.Tensor]:
         try:
             return hessian_vector_product(
-                self.model, keys, weights, x, target, self.loss_fn, vs, self.method, self.settings.chunk_size
+                self.model, keys, weights, (x, target), self.loss_fn, vs, self.method, self.settings.chunk_size
             )
         except (RuntimeError, NotImplementedError) as exc:
             if self.method != "fwd-rev":
@@ -341,7 +341,7 @@ def _run_round(problem: ProbeProblem, sums: RunningSums, ranks: Ranks, known: Kn
     sums.seconds += max(float(values[-1]) for values in gathered)  # the same on every rank
 
 
-def hutchinson_traces(
+def hutchinson_traces(  # noqa: PLR0913  (six inputs, then keyword-only options)
     model: nn.Module,
     layer_names: list[str],
     x: torch.Tensor,

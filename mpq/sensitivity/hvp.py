@@ -66,7 +66,8 @@ class NoSecondDerivative(MpqError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(
-            f'this model has no second derivatives ({detail}): load a Hugging Face model with attn_implementation="eager" '
+            f"this model has no second derivatives ({detail}): load a Hugging Face model with "
+            'attn_implementation="eager" '
             "(or avoid the op), or use --metric gauss_newton or fisher, which need first derivatives only"
         )
 
@@ -81,20 +82,19 @@ def hessian_vector_product(
     model: nn.Module,
     names: list[str],
     weights: list[torch.Tensor],
-    x: torch.Tensor,
-    target: torch.Tensor,
+    batch: tuple[torch.Tensor, torch.Tensor],
     loss_fn: LossFn,
     vs: list[torch.Tensor],
     method: str = "fwd-rev",
     chunk_size: int = 0,
 ) -> list[torch.Tensor]:
-    """H v of the batch-mean loss over (x, target), summed over chunks of `chunk_size` (0: one chunk).
+    """H v of the batch-mean loss over `batch` (x, target), summed over chunks of `chunk_size` (0: one chunk).
 
     `names` are the weights' keys in model.state_dict() (for functional_call).
     """
     product = METHODS[method]
     try:
-        return _chunked(product, model, names, weights, x, target, loss_fn, vs, chunk_size)
+        return _chunked(product, model, names, weights, batch, loss_fn, vs, chunk_size)
     except (RuntimeError, NotImplementedError) as exc:
         missing = (
             NoSecondDerivative.of(exc) if method == "rev-rev" else None
@@ -104,7 +104,8 @@ def hessian_vector_product(
         raise missing from None
 
 
-def _chunked(product, model, names, weights, x, target, loss_fn: LossFn, vs, chunk_size: int) -> list[torch.Tensor]:
+def _chunked(product, model, names, weights, batch, loss_fn: LossFn, vs, chunk_size: int) -> list[torch.Tensor]:
+    x, target = batch
     n = len(x)
     size = chunk_size if 0 < chunk_size < n else n
     total: list[torch.Tensor] | None = None

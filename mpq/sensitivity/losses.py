@@ -71,7 +71,8 @@ class Loss:
             except Exception as exc:  # the user's function, or a built-in one on data it cannot take
                 first = first_line(exc)
                 raise MpqError(
-                    f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, target) that returns a scalar tensor"
+                    f"the loss {self.name} raised {type(exc).__name__} on the data ({first}): give a loss(output, "
+                    "target) that returns a scalar tensor"
                 ) from None
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -80,7 +81,8 @@ class Loss:
             )
         if not torch.isfinite(value).all():
             raise MpqError(
-                f"the loss {self.name} is {float(value)} on the first {len(x)} samples: check the loss and the data's scale"
+                f"the loss {self.name} is {float(value)} on the first {len(x)} samples: check the loss and the "
+                "data's scale"
             )
 
 
@@ -97,7 +99,8 @@ def resolve_loss(loss: "str | LossFn | None", has_labels: bool, embeddings: bool
     are embeddings, whatever its labels: cross-entropy over hidden dimensions means nothing); MpqError on a bad name."""
     if embeddings and loss in SOFTMAX_LOSSES:
         raise MpqError(
-            f"the model outputs embeddings (hidden states), over which --loss {loss} means nothing: use --loss mse, or a model with a classifier head"
+            f"the model outputs embeddings (hidden states), over which --loss {loss} means nothing: use --loss "
+            "mse, or a model with a classifier head"
         )
     if loss is None:
         loss = "mse" if embeddings else "labels" if has_labels else "fp32"

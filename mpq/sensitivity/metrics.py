@@ -139,46 +139,15 @@ def gauss_newton_traces(
     if draws < 2:
         raise ValueError("gauss_newton_traces needs at least 2 draws per sample for its standard error")
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(settings.seed)
     weights = [model.get_submodule(n).weight for n in layer_names]
+    drawer = _Drawer(model, list(layer_names), exact_classes, draws, torch.Generator().manual_seed(settings.seed))
     sums = _DrawSums.zeros(len(x), [w.shape[0] for w in weights])
-    rounds, stop_reason = 0, "exact"
     with (
         weights_requiring_grad(model, weights),
         module_calls_visible(),
         bar(len(x), "gauss-newton", progress, unit="sample") as shown,
     ):
-        chosen = np.arange(len(x))
-        while len(chosen):
-            for start in range(0, len(chosen), settings.batch_size):
-                index = chosen[start : start + settings.batch_size]
-                _add_draws(
-                    model,
-                    layer_names,
-                    x[torch.as_tensor(index)],
-                    index,
-                    sums,
-                    rounds == 0,
-                    exact_classes,
-                    draws,
-                    generator,
-                )
-                shown.update(len(index))
-            rounds += 1
-            trace, stderr = sums.estimate()
-            unsure = stderr > settings.tol * np.abs(trace)
-            if not unsure.any():
-                stop_reason = "exact" if rounds == 1 else "tolerance"
-                break
-            if time.perf_counter() - started >= settings.max_seconds:
-                stop_reason = "max_seconds"
-                break
-            stop_reason, chosen = (
-                "max_probes",
-                _noisiest(sums, unsure, settings.max_probes),
-            )  # "max_probes" if no sample is left to draw for
-            if hasattr(shown, "total"):
-                shown.total += len(chosen)
+        trace, stderr, unsure, stop_reason = _draw_rounds(drawer, x, sums, settings, shown, started)
     n = len(x)
     return HessianTraces(
         layer_names=list(layer_names),
@@ -192,6 +161,29 @@ def gauss_newton_traces(
         capped=unsure if stop_reason in CAPS else None,
         sample_trace=sums.layer_values(),
     )
+
+
+def _draw_rounds(drawer: _Drawer, x, sums: _DrawSums, settings: ProbeSettings, shown, started: float):
+    """Rounds of draws until every layer's standard error is under the tolerance or a cap stops them:
+    (trace, stderr, the layers still unsure, the stop reason)."""
+    rounds, chosen, stop_reason = 0, np.arange(len(x)), "exact"
+    while len(chosen):
+        for start in range(0, len(chosen), settings.batch_size):
+            index = chosen[start : start + settings.batch_size]
+            drawer.add(x[torch.as_tensor(index)], index, sums, rounds == 0)
+            shown.update(len(index))
+        rounds += 1
+        trace, stderr = sums.estimate()
+        unsure = stderr > settings.tol * np.abs(trace)
+        if not unsure.any():
+            return trace, stderr, unsure, "exact" if rounds == 1 else "tolerance"
+        if time.perf_counter() - started >= settings.max_seconds:
+            return trace, stderr, unsure, "max_seconds"
+        # "max_probes" when no sample is left to draw for
+        stop_reason, chosen = "max_probes", _noisiest(sums, unsure, settings.max_probes)
+        if hasattr(shown, "total"):
+            shown.total += len(chosen)
+    return trace, stderr, unsure, stop_reason
 
 
 GN_SHARE = 0.8  # a further round draws for the samples holding this share of the unsure layers' variance
@@ -255,32 +247,41 @@ class _DrawSums:
         return self.layer_values().sum(axis=0) / n, np.sqrt(self.layer_variances().sum(axis=0)) / n
 
 
-def _add_draws(
-    model, layer_names, xb, index: np.ndarray, sums: _DrawSums, first: bool, exact_classes: int, draws: int, generator
-) -> None:
-    """One round of draws for the samples `index`, and in the first round the exactly summed classes too."""
-    with torch.no_grad():
-        p = torch.softmax(model(xb).float(), dim=1)
-    classes, weights = _class_picks(p, exact_classes, draws, generator)
-    exact = min(exact_classes, p.shape[1])
-    columns = range(classes.shape[1]) if first else range(exact, classes.shape[1])
-    picks = [
-        _per_sample_squared_grads(model, layer_names, xb, classes[:, k], nn.functional.cross_entropy) for k in columns
-    ]
-    weights = weights.double().cpu().numpy()
-    if first:
-        sums.mass[index] = weights[:, exact] * draws if exact < p.shape[1] else 0.0
-    if exact < p.shape[1]:
-        sums.draws[index] += draws
-    for i, per_pick in enumerate(zip(*picks)):
-        s = torch.stack(per_pick, dim=1).double().cpu().numpy()  # [samples, picks, channels]
+@dataclass
+class _Drawer:
+    """What every round of draws uses: the model, its layers, the classes summed exactly and drawn per sample."""
+
+    model: nn.Module
+    layer_names: list[str]
+    exact_classes: int
+    draws: int
+    generator: torch.Generator
+
+    def add(self, xb, index: np.ndarray, sums: _DrawSums, first: bool) -> None:
+        """One round of draws for the samples `index`, and in the first round the exactly summed classes too."""
+        with torch.no_grad():
+            p = torch.softmax(self.model(xb).float(), dim=1)
+        classes, weights = _class_picks(p, self.exact_classes, self.draws, self.generator)
+        exact = min(self.exact_classes, p.shape[1])
+        columns = range(classes.shape[1]) if first else range(exact, classes.shape[1])
+        picks = [
+            _per_sample_squared_grads(self.model, self.layer_names, xb, classes[:, k], nn.functional.cross_entropy)
+            for k in columns
+        ]
+        weights = weights.double().cpu().numpy()
         if first:
-            sums.exact[i][index] = (s[:, :exact] * weights[:, :exact, None]).sum(axis=1)
-            s = s[:, exact:]
-        sums.channel_sum[i][index] += s.sum(axis=1)
-        sums.channel_sq[i][index] += (s**2).sum(axis=1)
-        sums.layer_sum[index, i] += s.sum(axis=2).sum(axis=1)
-        sums.layer_sq[index, i] += (s.sum(axis=2) ** 2).sum(axis=1)
+            sums.mass[index] = weights[:, exact] * self.draws if exact < p.shape[1] else 0.0
+        if exact < p.shape[1]:
+            sums.draws[index] += self.draws
+        for i, per_pick in enumerate(zip(*picks)):
+            s = torch.stack(per_pick, dim=1).double().cpu().numpy()  # [samples, picks, channels]
+            if first:
+                sums.exact[i][index] = (s[:, :exact] * weights[:, :exact, None]).sum(axis=1)
+                s = s[:, exact:]
+            sums.channel_sum[i][index] += s.sum(axis=1)
+            sums.channel_sq[i][index] += (s**2).sum(axis=1)
+            sums.layer_sum[index, i] += s.sum(axis=2).sum(axis=1)
+            sums.layer_sq[index, i] += (s.sum(axis=2) ** 2).sum(axis=1)
 
 
 def _noisiest(sums: _DrawSums, unsure: np.ndarray, max_draws: int) -> np.ndarray:

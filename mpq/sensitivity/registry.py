@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from mpq.sensitivity.estimates import Estimates, LayerEstimate
     from mpq.sensitivity.hessian import HessianTraces
 
-# the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not import torch
+# the estimators (torch) are imported when a metric runs, so that naming the metrics (the `mpq` parser) does not
+# import torch
 
 CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tables and charts show
 # The metric of mpq.analyze/search/pareto and the `mpq` commands when none is named: the first of these that
@@ -73,7 +74,8 @@ class Metric:
     def suits_default(
         self, loss_name: str, loss_named: bool, output_dims: int, embeddings: bool, activations: bool
     ) -> bool:
-        """Whether the metric can be the default here: defined for the loss and outputs, and for the inputs when they are analyzed too."""
+        """Whether the metric can be the default here: defined for the loss and outputs, and for the inputs when
+        they are analyzed too."""
         return self.why_not(loss_name, output_dims) is None and (self.inputs or not activations)
 
     def check_loss(self, loss_name: str, output_dims: int = 2) -> None:
@@ -174,9 +176,15 @@ class GaussNewtonTrace(CurvatureMetric):
 
     def why_not(self, loss_name: str, output_dims: int) -> str | None:
         if loss_name not in self.LOSSES:
-            return f"the gauss_newton metric is the curvature of a softmax loss: use --loss labels, fp32 or kl (not {loss_name}), or --metric hessian"
+            return (
+                "the gauss_newton metric is the curvature of a softmax loss: use --loss labels, fp32 or "
+                f"kl (not {loss_name}), or --metric hessian"
+            )
         if output_dims != 2:
-            return f"the gauss_newton metric takes outputs of [batch, classes], not {output_dims}-dimensional ones (e.g. a language model's per-position logits): use --metric hessian"
+            return (
+                f"the gauss_newton metric takes outputs of [batch, classes], not {output_dims}-dimensional "
+                "ones (e.g. a language model's per-position logits): use --metric hessian"
+            )
         return None
 
 

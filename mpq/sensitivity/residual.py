@@ -68,8 +68,10 @@ GAUSS_NEWTON, WITH_RESIDUAL, SKIPPED = (
     "gauss-newton (residual skipped)",
 )  # estimators
 SKIPPED_NOTE = (
-    "residual Tr(R) skipped, so the traces are Tr(G) alone, equal to Tr(H) only where the network is piecewise linear after the layer: "
-    'this model has no second derivatives ({detail}); load a Hugging Face model with attn_implementation="eager" to measure it'
+    "residual Tr(R) skipped, so the traces are Tr(G) alone, equal to Tr(H) only where the network is piecewise "
+    "linear after the layer: "
+    'this model has no second derivatives ({detail}); load a Hugging Face model with attn_implementation="eager" '
+    "to measure it"
 )
 
 
@@ -94,7 +96,8 @@ def output_gradients(
 
 @dataclass
 class ResidualTest:
-    """Per layer the ratio √n_l ‖R_ll v‖ / Tr(G_ll) on the test samples; the residual is needed where it exceeds ZERO_RTOL."""
+    """Per layer the ratio √n_l ‖R_ll v‖ / Tr(G_ll) on the test samples; the residual is needed where it exceeds
+    ZERO_RTOL."""
 
     ratio: np.ndarray  # [layers]
     samples: list[int]  # the samples it ran on

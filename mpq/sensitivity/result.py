@@ -146,7 +146,10 @@ class StoppedShort:
             if self.cap == "max_seconds"
             else (f"{self.limit:g}-probe", "--max-probes or --max-seconds")
         )
-        return f"{len(self.layers)} of {self.total} layers stopped above the {self.tol * 100:g}% tolerance at the {at} cap: raise {options}"
+        return (
+            f"{len(self.layers)} of {self.total} layers stopped above the {self.tol * 100:g}% tolerance at "
+            f"the {at} cap: raise {options}"
+        )
 
 
 @dataclass
