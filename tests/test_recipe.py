@@ -20,10 +20,11 @@ def plan_of(path):
 
 def test_a_toml_recipe_gives_the_plan_its_options_give(tmp_path, data, capsys):
     (tmp_path / "r.toml").write_text(
-        f'model = "{USER_MODELS}:mlp"\nbudget = ["1KB"]\nbits = [4, 8]\nmax-probes = 3\nno_cache = true\nno-act-sensitivity = true\nkeep = ["head=8"]\n'
+        'budget = ["1KB"]\nbits = [4, 8]\nmax-probes = 3\nno_cache = true\nno-act-sensitivity = true\nkeep = ["head=8"]\n'
     )
+    model = ["--model", f"{USER_MODELS}:mlp"]  # code comes only from the command line
     status, _, err = run_cli(
-        capsys, "search", "--config", tmp_path / "r.toml", "--data", data, "--out", tmp_path / "a", "--quiet"
+        capsys, "search", "--config", tmp_path / "r.toml", *model, "--data", data, "--out", tmp_path / "a", "--quiet"
     )
     assert status == 0, err
     flags = [
@@ -73,13 +74,22 @@ def test_a_plan_repeats_its_run_and_the_command_line_takes_precedence(tmp_path, 
     assert (
         recipe["budget"] == ["1KB"] and recipe["max-probes"] == 3 and not {"out", "no-cache", "cache-dir"} & set(recipe)
     )
+    model = ["--model", f"{USER_MODELS}:mlp"]  # the recipe's model is code: it comes from the command line
     status, _, err = run_cli(
-        capsys, "search", "--config", tmp_path / "a" / "plan.json", "--out", tmp_path / "b", "--quiet"
+        capsys, "search", "--config", tmp_path / "a" / "plan.json", *model, "--out", tmp_path / "b", "--quiet"
     )
     assert status == 0, err
     assert plan_of(tmp_path / "a" / "plan.json") == plan_of(tmp_path / "b" / "plan.json")
     status, _, err = run_cli(
-        capsys, "search", "--config", tmp_path / "a" / "plan.json", "--bits", "8", "--out", tmp_path / "c", "--quiet"
+        capsys,
+        "search",
+        f"--config={tmp_path / 'a' / 'plan.json'}",
+        *model,
+        "--bits",
+        "8",
+        "--out",
+        tmp_path / "c",
+        "--quiet",
     )
     assert status == 0 and set(
         json.loads((tmp_path / "c" / "plan.json").read_text())["settings"]["search_space"]["bits"]
