@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from mpq.errors import MpqError
+from mpq.errors import MpqError, first_line
 
 _aten = torch.ops.aten
 _LINEAR = {_aten.linear.default}
@@ -81,56 +80,74 @@ def modules_from_calls(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, gm.graph)  # a plain GraphModule: the exported one refuses .eval()/.train()
 
 
-def _pickled_members(archive: zipfile.ZipFile) -> list[str]:
-    """The members torch.export.load would unpickle: `.pt` files (sample inputs, legacy weights and
-    constants) and the weights and constants its JSON configs mark `use_pickle`."""
-    names = archive.namelist()
-    pickled = [n for n in names if n.endswith(".pt")]
-    for config in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
-        folder = config.rpartition("/")[0]
-        entries = json.loads(archive.read(config)).get("config", {})
-        pickled += [
-            f"{folder}/{e['path_name']}" for e in entries.values() if isinstance(e, dict) and e.get("use_pickle")
-        ]
-    return pickled
+_TENSOR_PREFIX = "tensor_"  # constants saved as raw bytes (torch.export.pt2_archive.constants)
 
 
-def check_only_tensors(path: Path) -> None:
-    """MpqError unless every pickle in the `.pt2` archive loads with weights_only=True: torch.export.load
-    unpickles them with weights_only=False, which would run any code a crafted file holds."""
+def _config_entries(archive: zipfile.ZipFile, config: str) -> list[tuple[str, dict]]:
     try:
-        with zipfile.ZipFile(path) as archive:
-            for member in _pickled_members(archive):
+        entries = json.loads(archive.read(config)).get("config", {})
+    except (ValueError, RecursionError, AttributeError):
+        raise ValueError(f"{config} is not a JSON object") from None
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ValueError(f"{config} does not map names to entries")
+    return list(entries.items())
+
+
+def _objects(archive: zipfile.ZipFile) -> list[str]:
+    """The weights and constants torch.export.load would build as Python objects rather than read as raw
+    tensor bytes: anything it unpickles (use_pickle, opaque objects with pickle.loads, TorchScript objects)."""
+    found = []
+    for config in (n for n in archive.namelist() if n.endswith(("_weights_config.json", "_constants_config.json"))):
+        constants = config.endswith("_constants_config.json")
+        for name, entry in _config_entries(archive, config):
+            path_name = str(entry.get("path_name", ""))
+            if entry.get("use_pickle") or (constants and not path_name.startswith(_TENSOR_PREFIX)):
+                found.append(f"{name} ({path_name})")
+    return found
+
+
+def _refusal(path: Path, what: str) -> MpqError:
+    return MpqError(
+        f"{path} holds {what}, which would be unpickled (running any code a crafted file holds), so mpq does not "
+        "load it: export a model whose weights and constants are plain tensors, or give the Python model as "
+        "--model file.py:factory --weights state_dict.pth"
+    )
+
+
+def check_only_tensors(path: Path, content: bytes) -> None:
+    """MpqError unless the `.pt2` archive `content` holds only plain tensors: no weight or constant that
+    torch.export.load would unpickle with weights_only=False or pickle.loads, and `.pt` members (sample
+    inputs, legacy weights) that load with weights_only=True, the way torch.export.load tries first."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            objects = _objects(archive)
+            if objects:
+                raise _refusal(path, f"{objects[0]}, a Python object")
+            for member in (n for n in archive.namelist() if n.endswith(".pt")):
                 try:
                     torch.load(io.BytesIO(archive.read(member)), weights_only=True)
-                except (
-                    pickle.UnpicklingError,
-                    RuntimeError,
-                    AttributeError,
-                    ModuleNotFoundError,
-                    TypeError,
-                    ValueError,
-                    EOFError,
-                    KeyError,
-                ):
-                    raise MpqError(
-                        f"{path} holds {member}, pickled data beyond plain tensors that would run code when loaded, so mpq does not load it: "
-                        "save the program again with torch.export.save and tensor inputs only, or give the Python model as --model file.py:factory --weights state_dict.pth"
-                    ) from None
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
+                except Exception:
+                    raise _refusal(path, f"{member}, pickled data beyond plain tensors") from None
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, RuntimeError) as exc:
         raise MpqError(
-            f"cannot read {path} as a torch.export archive ({type(exc).__name__}): save it with torch.export.save"
+            f"cannot read {path} as a torch.export archive ({first_line(exc)[:120]}): save it with torch.export.save"
         ) from None
 
 
 def load_exported(path: Path) -> nn.Module:
-    check_only_tensors(path)
+    if not path.is_file():
+        raise MpqError(f"model file {path} is not a regular file: give a .pt2 written by torch.export.save")
+    try:
+        content = path.read_bytes()  # checked and loaded from one read: the file cannot change in between
+    except OSError as exc:
+        raise MpqError(f"cannot read {path} ({exc.strerror}): check the path and its permissions") from None
+    check_only_tensors(path, content)
     # copying an exported graph (mpq works on copies) trips a deprecation inside torch's pytree
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(io.BytesIO(content))
+        return modules_from_calls(program.module())
     except Exception as exc:
         raise MpqError(
             f"cannot load {path} as a torch.export program ({type(exc).__name__}): save it with torch.export.save"
         ) from None
-    return modules_from_calls(program.module())
