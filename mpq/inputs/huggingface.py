@@ -24,6 +24,7 @@ from torch import nn
 from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import ModelAdapter
 from mpq.inputs.data import Dataset, named_inputs
+from mpq.inputs.hf_folder import check_fits, read_config, refuse_custom_code, weight_shapes
 
 PREFIX = "hf:"
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -41,7 +42,9 @@ def _transformers():
 
 
 def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> ModelAdapter:
-    """The model in `folder` (see the module docstring), in eval mode, wrapped to name its inputs and output."""
+    """The model in `folder` (see the module docstring), in eval mode, wrapped to name its inputs and output.
+    Nothing in the folder runs as code, and its config is checked against its weights before anything is
+    allocated (mpq.inputs.hf_folder)."""
     folder = Path(folder)
     model_args = dict(model_args or {})
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
@@ -49,30 +52,18 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
         raise MpqError(
             f"--model-arg {unknown[0]} does not apply to hf: models: use pooling=cls|mean|none or output=FIELD"
         )
-    if not (folder / "config.json").is_file():
-        raise MpqError(f"{folder} has no config.json: give a folder written by model.save_pretrained(folder)")
+    names = read_config(folder).get("architectures") or [None]
+    shapes = weight_shapes(folder)
     transformers = _transformers()
     try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise MpqError(
             f"cannot read {folder}/config.json ({type(exc).__name__}): save the model again with save_pretrained"
         ) from None
-    if not any(
-        (folder / name).is_file()
-        for name in (
-            "model.safetensors",
-            "pytorch_model.bin",
-            "model.safetensors.index.json",
-            "pytorch_model.bin.index.json",
-        )
-    ):
-        raise MpqError(
-            f"{folder} holds a config but no weights (model.safetensors): save them with model.save_pretrained({str(folder)!r})"
-        )
-    architecture = (getattr(config, "architectures", None) or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    model_class = model_class or transformers.AutoModel
+    model_class = _model_class(transformers, names[0], config, folder)
+    if shapes is not None:
+        check_fits(lambda: _from_config(model_class, config), folder, shapes)
     try:
         model, info = model_class.from_pretrained(
             folder,
@@ -96,7 +87,38 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
     return ModelAdapter(model.eval(), pooling=model_args.get("pooling"), field=model_args.get("output"), folder=folder)
 
 
+def _model_class(transformers, name: str | None, config, folder: Path):
+    """The transformers class config.json names (AutoModel when it names none transformers ships); MpqError
+    when that class is for another kind of model than the config's model_type."""
+    found = getattr(transformers, name, None) if name else None
+    if not (isinstance(found, type) and issubclass(found, transformers.PreTrainedModel)):
+        return transformers.AutoModel
+    expected = getattr(found, "config_class", None)
+    if isinstance(expected, type) and not isinstance(config, expected):
+        raise MpqError(
+            f"{folder}/config.json names {name}, a class for {getattr(expected, 'model_type', '?')} models, but its "
+            f"model_type is {getattr(config, 'model_type', '?')}: save the model again with save_pretrained"
+        )
+    return found
+
+
+def _from_config(model_class, config):
+    """The model `config` describes, with no weights read (check_fits builds it on the meta device)."""
+    if hasattr(model_class, "_from_config"):
+        return model_class._from_config(config, attn_implementation="eager")
+    return model_class.from_config(config, attn_implementation="eager", trust_remote_code=False)
+
+
 def load_tokenizer(folder: Path):
+    config = folder / "tokenizer_config.json"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        raise MpqError(
+            f"cannot read {config} as JSON: save the tokenizer again with tokenizer.save_pretrained"
+        ) from None
+    if isinstance(settings, dict):
+        refuse_custom_code(settings, config)
     transformers = _transformers()
     try:
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
