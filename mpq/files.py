@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -38,12 +39,31 @@ def default_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"))
+
+
+def check_replaceable(path: "str | Path") -> None:
+    """MpqError unless `path` is missing or a regular file (a link to one counts): the rename that ends an
+    atomic write would otherwise replace a device such as /dev/null, a FIFO or a socket with a plain file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MpqError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): choose another path") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise MpqError(f"{path} is {kind}, not a regular file, and mpq never replaces one: give the path of a file")
+
+
 @contextmanager
 def atomic_path(path: "str | Path") -> Iterator[Path]:
     """A unique temporary path next to `path`, ending in `path`'s suffix (so that writers which pick the
     format by the extension, such as matplotlib, pick the right one). When the block ends normally the
-    file gets `default_mode()` and is renamed onto `path`; when it raises the file is removed."""
+    file gets `default_mode()` and is renamed onto `path`; when it raises the file is removed. A `path`
+    that is neither missing nor a regular file is refused first (check_replaceable)."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
@@ -82,7 +102,8 @@ def check_writable_folder(folder: Path, what: str, how: str) -> None:
             pass
     except OSError as exc:
         raise MpqError(
-            f"cannot write {what} {folder}: {existing} does not take new files ({exc.strerror or type(exc).__name__}); {how}"
+            f"cannot write {what} {folder}: {existing} does not take new files "
+            f"({exc.strerror or type(exc).__name__}); {how}"
         ) from None
 
 

@@ -21,6 +21,7 @@ from mpq.cli.translate import (
     solver_settings,
 )
 from mpq.errors import MpqError
+from mpq.files import check_replaceable
 
 
 def _print_json(**content) -> None:
@@ -209,6 +210,7 @@ def run_profile(args) -> int:
             "--threads); run it with --device cpu"
         )
     args.device = "cpu"  # auto too: the CPU is what it times
+    check_replaceable(args.out)
     model, data = load_inputs(args)
     prepared = as_prepared(model, data)
     threads = torch.get_num_threads()
@@ -234,6 +236,7 @@ def run_export(args) -> int:
     import mpq
 
     plan = mpq.Plan.load(args.plan)
+    check_replaceable(args.out)
     model, data = load_inputs(args)
     cache_dir = False if args.no_cache else args.cache_dir
     result = mpq.export_plan(
