@@ -21,6 +21,7 @@ STAGES = {
     "progress": 0.2,
     "versions": 0.2,
     "device": 0.2,
+    "quiet": 0.2,  # the known import-time lines of torch and torchao, dropped (mpq.quiet)
     "cache": 0.5,
     "inputs": 1,
     "models": 1.5,  # the built-in model (mpq.models.efficientnet_lite0) and its data

@@ -14,6 +14,7 @@ from mpq.cli.commands import run_export, run_pareto, run_profile, run_search, ru
 from mpq.cli.parser import build_parser
 from mpq.cli.recipe import RECIPE_COMMANDS, expand_config, recipe_of
 from mpq.errors import MpqError
+from mpq.quiet import quiet_known_warnings
 
 
 def _join_ranks(args) -> None:
@@ -34,6 +35,8 @@ def _join_ranks(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        if not any(a.startswith("--verb") for a in argv):
+            quiet_known_warnings()  # torch's and torchao's import-time lines (mpq.quiet)
         parser = build_parser()
         args = parser.parse_args(expand_config(parser, argv))
         args.command_line = "mpq " + shlex.join(argv)  # for report.md's summary

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -96,7 +97,37 @@ def _run_cbc(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun:
     return SolverRun("cbc", status, gap, seconds)
 
 
+_BANNER_LOCK = threading.Lock()
+_banner_done = False
+
+
+def _swallow_highs_banner() -> None:
+    """HiGHS prints its copyright banner from C to the process's stdout once, when the first solver object is
+    made, before any option (output_flag) can turn it off: make that first one with stdout on /dev/null, so
+    `--json` prints one JSON object and nothing else."""
+    global _banner_done
+    with _BANNER_LOCK:
+        if _banner_done:
+            return
+        import highspy
+
+        try:
+            saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        except OSError:  # no stdout to protect
+            _banner_done = True
+            return
+        try:
+            os.dup2(null, 1)
+            highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+        _banner_done = True
+
+
 def _run_highs(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun:
+    _swallow_highs_banner()
     start = time.perf_counter()
     program.solve(pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s, threads=1))
     seconds = time.perf_counter() - start
