@@ -6,7 +6,11 @@ $MPQ_CACHE_DIR, else $XDG_CACHE_HOME/mpq, else ~/.cache/mpq.
 
 The folder is capped ($MPQ_CACHE_MAX_BYTES, default 2 GB, 0 = no cap): after each save, while mpq's entries
 there total more than the cap, the least recently used (oldest mtime; a load that hits touches its entry)
-is deleted, never the entry just written. Only files named like entries are counted or deleted.
+is deleted, never the entry just written. Only regular files named like entries are counted or deleted.
+
+An entry is `{"sha256": DIGEST, "value": VALUE}` with DIGEST the sha256 of VALUE's JSON text as written:
+an entry that is not a regular file (a folder, a link, a FIFO), is not that, or whose digest does not match
+(edited, truncated, or another shape of JSON written there) is a miss, as is JSON too deep to read.
 """
 
 from __future__ import annotations
@@ -15,16 +19,47 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpq.errors import MpqError
-from mpq.files import check_writable_folder, write_json_atomic
+from mpq.files import check_writable_folder, write_bytes_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry the sha256 of their value
 DEFAULT_MAX_BYTES = 2_000_000_000  # 2 GB
 MAX_BYTES_ENV = "MPQ_CACHE_MAX_BYTES"
 ENTRY_NAME = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-[0-9a-f]{32}\.json$")
+_HEAD, _TAIL = b'{"sha256": "', b"}"
+_VALUE_AT = len(_HEAD) + 64 + len(b'", "value": ')
+
+
+def entry_bytes(value) -> bytes:
+    """What an entry's file holds: the value's JSON text after its sha256 (see the module docstring)."""
+    text = json.dumps(value).encode()
+    return _HEAD + hashlib.sha256(text).hexdigest().encode() + b'", "value": ' + text + _TAIL
+
+
+def entry_value(data: bytes):
+    """The value of an entry's bytes; ValueError unless they are an entry whose digest matches."""
+    text = data[_VALUE_AT : -len(_TAIL)]
+    if not (data.startswith(_HEAD) and data.endswith(_TAIL) and data[_VALUE_AT - 12 : _VALUE_AT] == b'", "value": '):
+        raise ValueError("not an mpq cache entry")
+    if hashlib.sha256(text).hexdigest().encode() != data[len(_HEAD) : len(_HEAD) + 64]:
+        raise ValueError("the value does not match its digest")
+    return json.loads(text)
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file (not a link, FIFO or device); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def default_cache_dir() -> Path:
@@ -79,9 +114,9 @@ class Cache:
             return None
         path = self._path(kind, key)
         try:
-            value = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+            value = entry_value(_read_regular(path))
+        except (OSError, ValueError, RecursionError):
+            return None  # missing, unreadable or poisoned: computed again
         try:
             os.utime(path)  # used now: the last to be evicted
         except OSError:
@@ -91,7 +126,9 @@ class Cache:
     def save(self, kind: str, key: dict, value) -> None:
         if self.folder is not None:
             path = self._path(kind, key)
-            write_json_atomic(path, value)
+            if os.path.lexists(path) and not path.is_file():
+                return  # something else sits at the entry's name (a folder, a link loop): never replaced
+            write_bytes_atomic(path, entry_bytes(value))
             self.evict(keep=path)
 
     def delete(self, kind: str, key: dict) -> None:
@@ -114,15 +151,22 @@ class Cache:
             raise MpqError(
                 f"cache folder {self.folder} is a file; give a folder with --cache-dir or $MPQ_CACHE_DIR"
             ) from None
+        except OSError as exc:
+            raise MpqError(
+                f"cannot list the cache folder {self.folder} ({exc.strerror}): check its permissions, or give "
+                "another with --cache-dir or $MPQ_CACHE_DIR"
+            ) from None
         found = []
         for name in names:
             match = ENTRY_NAME.match(name)
             if match is None:
                 continue
             try:
-                st = os.stat(self.folder / name)
-            except FileNotFoundError:
+                st = os.lstat(self.folder / name)
+            except OSError:
                 continue  # deleted meanwhile by another run
+            if not stat.S_ISREG(st.st_mode):
+                continue  # a folder or link named like an entry is not mpq's to count or delete
             found.append(CacheFile(self.folder / name, match["kind"], st.st_size, st.st_mtime))
         return sorted(found, key=lambda f: (f.mtime, f.path.name))
 
@@ -143,6 +187,8 @@ class Cache:
                 f.path.unlink()
             except FileNotFoundError:
                 pass  # another run evicted it first
+            except OSError:
+                continue  # not this user's to delete: left, and still counted
             total -= f.size
             deleted.append(f)
         return deleted
@@ -155,6 +201,11 @@ class Cache:
                 f.path.unlink()
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise MpqError(
+                    f"cannot delete {f.path} ({exc.strerror}) after deleting {len(deleted)} entries: "
+                    "clear the cache as a user who may write its folder"
+                ) from None
             deleted.append(f)
         return deleted
 

@@ -44,7 +44,7 @@ def sensitivity_command(data: Path, cache: Path) -> list[str]:
 def saved_probes(cache: Path) -> int:
     for path in cache.glob("hessian-checkpoint-*.json"):
         try:
-            return json.loads(path.read_text())["probes"]
+            return json.loads(path.read_text())["value"]["probes"]  # an entry: {"sha256": ..., "value": ...}
         except (OSError, ValueError):
             pass  # being replaced this instant
     return 0
