@@ -174,7 +174,6 @@ def test_named_inputs_from_npz_and_jsonl_records(saved, tmp_path):
         ("no_weights", "no weights"),
         ("no_tokenizer", "no tokenizer"),
         ("too_long", "longer than the model's maximum of 64"),
-        ("no_seq_len", "--seq-len"),
         ("not_hf_text", "tokenized with the model's own tokenizer"),
         ("cuda", "cuda"),
     ],
@@ -193,7 +192,7 @@ def test_hf_faults_exit_2_with_one_line(saved, capsys, tmp_path, case, expected)
             (folder / name).write_bytes((folders["llama"] / name).read_bytes())
     model = f"{root / 'user.py'}:net" if case == "not_hf_text" else f"hf:{folder}"
     (root / "user.py").write_text("import torch\nnet = torch.nn.Linear(4, 2)\n")
-    seq = {"too_long": ["--seq-len", 65], "no_seq_len": []}.get(case, ["--seq-len", 16])
+    seq = {"too_long": ["--seq-len", 65]}.get(case, ["--seq-len", 16])
     device = ["--device", "cuda"] if case == "cuda" else []
     status, out, err = run_cli(
         capsys,

@@ -6,7 +6,8 @@ local_files_only=True (nothing is downloaded), no remote code, float32 weights, 
 Hessian needs second derivatives, which SDPA lacks on the CPU). `--model-arg` takes `pooling=cls|mean|none`
 and `output=FIELD` (mpq.inputs.adapter).
 
-Text (`--data corpus.txt | corpus.jsonl --seq-len N`):
+Text (`--data corpus.txt | corpus.jsonl [--seq-len N]`; N defaults to the model's context capped at 512
+tokens, as llama.cpp's perplexity tool does):
     .txt    the whole file tokenized once and cut into windows of N tokens (the last partial one dropped):
             input_ids [windows, N], the usual way to measure a causal LM's perplexity
     .jsonl  one sample per line, {"text": ...} and optionally an integer "label": input_ids and
@@ -27,6 +28,8 @@ from mpq.inputs.data import Dataset, named_inputs
 from mpq.inputs.hf_folder import check_fits, read_config, refuse_custom_code, weight_shapes
 
 PREFIX = "hf:"
+DEFAULT_SEQ_LEN = 512  # the longest default window: llama.cpp's perplexity tool's context
+MAX_LABEL = 2**31 - 1
 TEXT_SUFFIXES = (".txt", ".jsonl")
 MODEL_ARGS = ("pooling", "output")
 
@@ -76,12 +79,14 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
     except Exception as exc:
         first = first_line(exc)
         raise MpqError(
-            f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): save it again with save_pretrained"
+            f"cannot load the model in {folder} ({type(exc).__name__}: {first[:200]}): "
+            "save it again with save_pretrained"
         ) from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise MpqError(
-            f"{folder} lacks weights that {model_class.__name__} needs ({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), "
+            f"{folder} lacks weights that {model_class.__name__} needs "
+            f"({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), "
             "which transformers would initialize at random: save the whole model with save_pretrained"
         )
     return ModelAdapter(model.eval(), pooling=model_args.get("pooling"), field=model_args.get("output"), folder=folder)
@@ -124,7 +129,8 @@ def load_tokenizer(folder: Path):
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception:
         raise MpqError(
-            f"{folder} has no tokenizer, which text data needs: save one there with tokenizer.save_pretrained, or give token ids as .npz (input_ids, attention_mask)"
+            f"{folder} has no tokenizer, which text data needs: save one there with tokenizer.save_pretrained, "
+            "or give token ids as .npz (input_ids, attention_mask)"
         ) from None
 
 
@@ -143,21 +149,30 @@ def load_text(path: Path, model: nn.Module, seq_len: int | None) -> Dataset:
     folder = getattr(model, "folder", None)
     if folder is None:
         raise MpqError(
-            f"text data ({path.name}) is tokenized with the model's own tokenizer: give the model as --model hf:DIR, or token ids as .npz"
+            f"text data ({path.name}) is tokenized with the model's own tokenizer: give the model as "
+            "--model hf:DIR, or token ids as .npz"
         )
     if not path.is_file():
         raise MpqError(f"data file {path} does not exist; check the path")
-    if seq_len is None:
-        raise MpqError("text data needs --seq-len N: the number of tokens per sample")
     longest = max_positions(model)
+    if seq_len is None:
+        seq_len = min(longest or DEFAULT_SEQ_LEN, DEFAULT_SEQ_LEN)
     if longest is not None and seq_len > longest:
         raise MpqError(
-            f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: give --seq-len {longest} or less"
+            f"--seq-len {seq_len} is longer than the model's maximum of {longest} positions: "
+            f"give --seq-len {longest} or less"
         )
     tokenizer = load_tokenizer(folder)
     if path.suffix == ".txt":
         return _windows(path, tokenizer, seq_len)
-    return _records(path, tokenizer, seq_len)
+    return _records(path, tokenizer, seq_len, per_token=_per_token(model))
+
+
+def _per_token(model: nn.Module) -> bool:
+    """Whether the model's output is one prediction per token (a language model's logits), to which one
+    label per record does not apply."""
+    name = type(getattr(model, "inner", model)).__name__
+    return name.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification"))
 
 
 def _windows(path: Path, tokenizer, seq_len: int) -> Dataset:
@@ -165,32 +180,52 @@ def _windows(path: Path, tokenizer, seq_len: int) -> Dataset:
     count = len(ids) // seq_len
     if count == 0:
         raise MpqError(
-            f"{path} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}: give more text or a shorter --seq-len"
+            f"{path} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}: "
+            "give more text or a shorter --seq-len"
         )
     x = ids[: count * seq_len].reshape(count, seq_len)
     return named_inputs({"input_ids": x}, f"{path} ({count} windows of {seq_len} tokens)")
 
 
-def _records(path: Path, tokenizer, seq_len: int) -> Dataset:
+def _read_records(path: Path) -> tuple[list[str], list]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise MpqError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     texts, labels = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise MpqError(f'line {number} of {path} is not JSON: give one object per line, {{"text": ...}}') from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise MpqError(f'line {number} of {path} has no string "text": give one object per line, {{"text": ...}}')
+        label = record.get("label")
+        if label is not None and not (
+            isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= MAX_LABEL
+        ):
+            raise MpqError(
+                f'line {number} of {path} has the "label" {str(label)[:40]}: labels are class indices 0, 1, ...'
+            )
         texts.append(record["text"])
-        labels.append(record.get("label"))
+        labels.append(label)
     if not texts:
         raise MpqError(f'{path} holds no records: give one JSON object per line, {{"text": ...}}')
+    return texts, labels
+
+
+def _records(path: Path, tokenizer, seq_len: int, per_token: bool = False) -> Dataset:
+    texts, labels = _read_records(path)
     with_labels = [label is not None for label in labels]
     if any(with_labels) and not all(with_labels):
         raise MpqError(f'some lines of {path} have a "label" and some do not: label every line, or none')
-    if all(with_labels) and not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
-        raise MpqError(f"the labels in {path} must be integers (class indices)")
+    if any(with_labels) and per_token:
+        raise MpqError(
+            f'{path} labels each record, but the model predicts every token (a language model): drop the "label"s '
+            "(the loss then compares to the FP32 model's predictions), or give a sequence-classification model"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
