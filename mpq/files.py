@@ -56,6 +56,20 @@ def check_replaceable(path: "str | Path") -> None:
         raise MpqError(f"{path} is {kind}, not a regular file, and mpq never replaces one: give the path of a file")
 
 
+def check_readable_file(path: "str | Path", what: str) -> None:
+    """MpqError when `path` exists but is not a regular file: reading a FIFO or a device waits forever
+    or never ends (a missing path is left to the reader, which says so in its own words)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MpqError(f"cannot read {what} {path} ({exc.strerror or type(exc).__name__}): check the path") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise MpqError(f"{what} {path} is {kind}, not a regular file: give the path of a file")
+
+
 @contextmanager
 def atomic_path(path: "str | Path") -> Iterator[Path]:
     """A unique temporary path next to `path`, ending in `path`'s suffix (so that writers which pick the

@@ -23,6 +23,8 @@ from mpq.cli.translate import (
 from mpq.errors import MpqError
 from mpq.files import check_replaceable
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".eps", ".ps", ".webp")
+
 
 def _print_json(**content) -> None:
     """`--json`: the command's results as one JSON object on stdout (docs/cli.md, "--json")."""
@@ -145,7 +147,10 @@ def run_sensitivity(args) -> int:
 
     plot = None if args.no_plot else Path(args.plot)
     if plot is not None:
+        if plot.suffix.lower() not in PLOT_SUFFIXES:  # matplotlib picks the format by it
+            raise MpqError(f"--plot {plot}: give a file name ending in {', '.join(PLOT_SUFFIXES[:3])} (or --no-plot)")
         writable_folder(str(plot.parent))
+        check_replaceable(plot)
     model, data = load_inputs(args)
     sensitivity = mpq.analyze(model, data, activations=args.activations, **analyze_options(args))
     if not Ranks.current().is_main:

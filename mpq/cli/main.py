@@ -17,10 +17,22 @@ from mpq.errors import MpqError
 from mpq.quiet import quiet_known_warnings
 
 
+def _world_size() -> int:
+    """torchrun's WORLD_SIZE (1 when unset); MpqError for one that is not a count, or without RANK."""
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise MpqError(f"WORLD_SIZE={text!r} is not a number of processes: start mpq with torchrun, or unset it")
+    if int(text) > 1 and not os.environ.get("RANK", "").strip().isdigit():
+        raise MpqError(f"WORLD_SIZE={text} is set but RANK is not: start mpq with torchrun, or unset WORLD_SIZE")
+    return int(text)
+
+
 def _join_ranks(args) -> None:
     """Under torchrun (WORLD_SIZE > 1), `mpq sensitivity` joins the process group (nccl with --device cuda,
     each rank on cuda:LOCAL_RANK; gloo on the CPU); other commands refuse."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _world_size() > 1:
         if args.command != "sensitivity":
             raise MpqError(
                 f"only `mpq sensitivity` runs under torchrun: run it there, then `mpq {args.command}` in one "
@@ -66,10 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from mpq.sensitivity.distributed import leave
-
-            leave()
+        distributed = sys.modules.get("mpq.sensitivity.distributed")
+        if distributed is not None:
+            distributed.leave()  # nothing when no process group was joined
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
-from mpq.files import write_text_atomic
+from mpq.files import check_readable_file, write_text_atomic
 from mpq.inputs.graph import LayerInfo
 from mpq.quant.widths import parse_width
 
@@ -189,6 +189,7 @@ def _row(where: str, record: dict[str, str]) -> LatencyRow:
 
 def _data_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     """(line number, text) of the lines that are not comments, and the device named in a comment."""
+    check_readable_file(path, "latency table")  # a FIFO would hang the read
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:

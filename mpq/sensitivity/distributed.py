@@ -81,8 +81,8 @@ def join_from_environment(device: torch.device | None = None) -> Ranks:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
         # left to the interpreter's exit, gloo's threads can abort a rank that ends first ("terminate called
-        # without an active exception")
-        atexit.register(dist.destroy_process_group)
+        # without an active exception"); leave, not destroy_process_group, which raises when the CLI has left
+        atexit.register(leave)
     return Ranks.current()
 
 

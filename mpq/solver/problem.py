@@ -185,6 +185,11 @@ def _what_to_try(problem: Problem, budget: Budget, least: float) -> str:
             f"{format_cost(budget.kind, fixed, round_up=True)} of it stays in float (embeddings, norms, other parameters): "
             "raise the budget, or quantize the embeddings too (--quantize-embeddings)"
         )
+    if budget.kind == "bits_per_weight":  # the weight scales count too
+        return (
+            "raise the budget, allow narrower widths (--bits), or store fewer scales: a larger --group-size, "
+            "or none (one scale per output channel)"
+        )
     return "raise the budget or allow narrower widths"
 
 
