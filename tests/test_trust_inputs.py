@@ -64,3 +64,18 @@ def test_an_unmeetable_bits_per_weight_budget_names_group_size(tmp_path, capsys,
         capsys, "search", *model, "--budget", "2bpw", "--bits", "4,8", "--group-size", "32", "--out", tmp_path / "o"
     )
     one_line(status, err, 3, "a larger --group-size")
+
+
+def test_eval_data_of_another_shape_than_data_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, size in (("d", 16), ("e", 12)):  # the conv net pools globally: it runs on either size
+        np.savez(tmp_path / f"{name}.npz", x=rng.normal(size=(8, 3, size, size)).astype("float32"))
+    model = ["--model", f"{USER_MODELS}:small_convnet", "--data", tmp_path / "d.npz", "--no-cache"]
+    for command in (
+        ["search", "--budget", "1MB", "--out", tmp_path / "o"],
+        ["pareto", "--budget", "1MB", "--out", tmp_path / "p"],
+    ):
+        status, _, err = run_cli(capsys, *command, *model, "--eval-data", tmp_path / "e.npz", "--max-probes", "2")
+        one_line(status, err, 2, "has samples of shape [3, 12, 12], the data fitted on (--data) [3, 16, 16]")

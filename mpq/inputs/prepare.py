@@ -160,6 +160,17 @@ def check_eval_split(value) -> float:
     return float(value)
 
 
+def _check_same_shape(data: Dataset, held: Dataset) -> None:
+    """MpqError unless the measurement data's samples look like the calibration data's (shape, named inputs)."""
+    ours, theirs = (tuple(data.x.shape[1:]), data.input_names), (tuple(held.x.shape[1:]), held.input_names)
+    if ours != theirs:
+        raise MpqError(
+            f"the data measured on (--eval-data, eval_data) has samples of shape {list(theirs[0])}, the data fitted "
+            f"on (--data) {list(ours[0])}{' (named inputs differ)' if ours[1] != theirs[1] else ''}: give both in "
+            "one shape (the same --seq-len, image size, or named inputs)"
+        )
+
+
 def split_for_measurement(
     prepared: PreparedModel, data: Dataset, eval_data, eval_split: float = EVAL_SPLIT
 ) -> tuple[Dataset, Dataset | None]:
@@ -167,6 +178,8 @@ def split_for_measurement(
     seeded `eval_split` of `data` held out by group (mpq.inputs.split.held_out_split); None: measure in-sample."""
     data = data.to(prepared.device)
     if eval_data is not None:
-        return data, check_data_fits(prepared, as_dataset(eval_data)).to(prepared.device)
+        held = check_data_fits(prepared, as_dataset(eval_data))
+        _check_same_shape(data, held)
+        return data, held.to(prepared.device)
     split = held_out_split(data, check_eval_split(eval_split))
     return (data, None) if split is None else split
