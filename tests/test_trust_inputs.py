@@ -79,3 +79,18 @@ def test_eval_data_of_another_shape_than_data_is_refused(tmp_path, capsys):
     ):
         status, _, err = run_cli(capsys, *command, *model, "--eval-data", tmp_path / "e.npz", "--max-probes", "2")
         one_line(status, err, 2, "has samples of shape [3, 12, 12], the data fitted on (--data) [3, 16, 16]")
+
+
+def test_search_space_takes_numpy_widths_and_refuses_a_bare_number():
+    import numpy as np
+
+    from mpq.plan.settings import SearchSpace
+
+    space = SearchSpace(bits=(np.int64(4), 8), act_bits=np.int64(8), keep={"fc": np.int32(8)})
+    assert space.bits == (4, 8) and space.act_bits == (8,) and space.keep == {"fc": 8}
+    assert all(type(b) is int for b in (*space.bits, *space.act_bits, *space.keep.values()))
+    for bad in (4, np.int64(4), "48", None, 4.0):
+        with pytest.raises(MpqError, match="bits must be a tuple of widths"):
+            SearchSpace(bits=bad)
+    with pytest.raises(MpqError, match="act_bits must be widths"):
+        SearchSpace(act_bits="8")

@@ -13,6 +13,8 @@ refuses unknown keys (MpqError), so a plan's settings are data, never a back cha
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -36,7 +38,12 @@ def _whole(value, what: str, least: int) -> int:
 
 def act_widths(act_bits) -> tuple[int | None, ...]:
     """Candidate activation widths from an int, None (float inputs) or a sequence of them, sorted (None first)."""
-    items = [act_bits] if act_bits is None or isinstance(act_bits, int) else list(act_bits)
+    if act_bits is None or isinstance(act_bits, numbers.Integral):
+        items = [_int(act_bits)]
+    elif isinstance(act_bits, (str, bytes)) or not isinstance(act_bits, Iterable):
+        raise MpqError(f"act_bits must be widths such as (4, 8) or None, not {act_bits!r}")
+    else:
+        items = [_int(a) for a in act_bits]
     if not items:
         raise MpqError("give at least one activation width, e.g. act_bits=8, act_bits=(4, 8) or act_bits=None")
     if any(
@@ -49,10 +56,15 @@ def act_widths(act_bits) -> tuple[int | None, ...]:
     return tuple(sorted(set(items), key=lambda a: a or 0))
 
 
+def _int(value):
+    """A numpy (or other) integer as an int, so that np.int64(4) is the width 4; anything else unchanged."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def _weight_widths(bits) -> tuple[int, ...]:
-    items = [bits] if isinstance(bits, int) else list(bits) if not isinstance(bits, (str, bytes)) else None
-    if items is None:
-        raise MpqError(f"bits must be whole widths such as (4, 6, 8), not {bits!r}")
+    if isinstance(bits, (str, bytes, numbers.Number)) or not isinstance(bits, Iterable):
+        raise MpqError(f"bits must be a tuple of widths such as (4, 6, 8) or (4,), not {bits!r}")
+    items = [_int(b) for b in bits]
     if not items:
         raise MpqError("give at least one candidate weight width, e.g. bits=(4, 8)")
     return tuple(sorted({check_bits(b) for b in items}))
@@ -63,7 +75,7 @@ def _pins(keep) -> dict[str, int]:
         return {}
     if not isinstance(keep, dict) or not all(isinstance(k, str) for k in keep):
         raise MpqError(f'keep must map layer names to weight widths, e.g. {{"fc": 8}}, not {keep!r}')
-    return {name: check_bits(bits) for name, bits in keep.items()}
+    return {name: check_bits(_int(bits)) for name, bits in keep.items()}
 
 
 class _Record:
