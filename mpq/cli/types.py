@@ -57,9 +57,11 @@ def fraction(text: str) -> float:
 def act_bits_type(text: str) -> tuple[int | None, ...]:
     widths = []
     for item in (v.strip() for v in text.split(",") if v.strip()):
-        if item.lower() in ("none", "float", "off", "0"):
+        if item.lower() in ("none", "float", "off"):
             widths.append(None)
             continue
+        if item == "0":  # not a width: said once as float, it would hide a typo
+            raise argparse.ArgumentTypeError("0 is not an activation width: write 'none' to keep activations in float")
         try:
             widths.append(int(item))
         except ValueError:
