@@ -99,3 +99,8 @@ def test_search_space_takes_numpy_widths_and_refuses_a_bare_number():
 def test_act_bits_zero_is_refused_not_taken_as_float(tmp_path, capsys, model):
     status, _, err = run_cli(capsys, "search", *model, "--budget", "1KB", "--act-bits", "0", "--out", tmp_path / "o")
     one_line(status, err, 2, "write 'none' to keep activations in float")
+
+
+def test_an_empty_device_is_refused(tmp_path, capsys, model):
+    status, _, err = run_cli(capsys, "search", *model, "--budget", "1KB", "--device", "", "--out", tmp_path / "o")
+    one_line(status, err, 2, "--device is empty")

@@ -59,7 +59,10 @@ def compute_device(args):
     from mpq.device import resolve_device
     from mpq.sensitivity.distributed import local_device
 
-    text = getattr(args, "device", None) or "cpu"
+    text = getattr(args, "device", None)
+    if text is not None and not text.strip():
+        raise MpqError("--device is empty: give cpu, cuda, cuda:N or auto (or leave it out for cpu)")
+    text = text or "cpu"
     if not COMPUTE_DEVICE.match(text):
         if hasattr(args, "latency_device"):
             text = "cpu"  # mpq 0.1.0's --device NAME: a latency device, read by latency_arg
