@@ -230,6 +230,10 @@ def open_cache(cache_dir) -> Cache:
     """The cache in `cache_dir` (None: the default folder; False: none), checked writable before any work."""
     if cache_dir is False:
         return Cache(None)
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise MpqError(
+            f"cache_dir must be a folder (a str or Path), None for the default or False for none, not {cache_dir!r}"
+        )
     folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
     check_writable_folder(
         folder,

@@ -78,29 +78,34 @@ def atomic_path(path: "str | Path") -> Iterator[Path]:
     that is neither missing nor a regular file is refused first (check_replaceable)."""
     path = Path(path)
     check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a quota: one line, and no half file left
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> MpqError:
+    return MpqError(
+        f"cannot write {path} ({exc.strerror or type(exc).__name__}): free some space or choose another folder"
+    )
 
 
 def write_bytes_atomic(path: "str | Path", data: bytes) -> None:
     """Write `data` to `path` through a temporary file; MpqError (one line) when the folder cannot take it."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    except OSError as exc:
-        raise MpqError(
-            f"cannot write {path} ({exc.strerror or type(exc).__name__}): free some space or choose another folder"
-        ) from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def check_writable_folder(folder: Path, what: str, how: str) -> None:

@@ -50,3 +50,35 @@ def test_out_naming_a_fifo_is_refused_before_the_work(specials, tmp_path, capsys
     status, out, err = run_cli(capsys, command, *model, "--out", specials["a FIFO"])
     assert status == 2 and len(err.strip().splitlines()) == 1 and "is a FIFO, not a regular file" in err, err
     assert stat.S_ISFIFO(os.stat(specials["a FIFO"]).st_mode)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_file(tmp_path):
+    """RLIMIT_FSIZE makes a write past 1,000 bytes fail with EFBIG, as a full disk fails with ENOSPC."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "from mpq.errors import MpqError\n"
+        "from mpq.files import write_bytes_atomic\n"
+        "try:\n"
+        f"    write_bytes_atomic({str(tmp_path / 'big.bin')!r}, b'x' * 5000)\n"
+        "except MpqError as exc:\n"
+        "    print(exc)\n"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root}
+    )
+    assert run.returncode == 0 and run.stdout.startswith(f"cannot write {tmp_path / 'big.bin'} (File too large)"), run
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_dir_of_another_type_is_one_line():
+    from mpq.cache import open_cache
+
+    for bad in (3, True, 2.5):
+        with pytest.raises(MpqError, match="cache_dir must be a folder"):
+            open_cache(bad)
