@@ -10,10 +10,12 @@ depend on the device beyond float tolerance; cache keys never include it.
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from mpq.errors import MpqError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_WORDS = "cpu, cuda, cuda:N or auto"
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
@@ -21,6 +23,8 @@ DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
 
 def model_device(model) -> torch.device:
     """Where `model`'s parameters (else buffers) are; the CPU for a module without either."""
+    import torch  # here: the CLI's parser reads DEVICE_PATTERN without importing torch
+
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
@@ -31,6 +35,8 @@ def resolve_device(spec, model=None, label: str = "device") -> torch.device:
     "cuda", "cuda:N", "auto" (cuda when torch.cuda.is_available(), else cpu) or a torch.device.
     MpqError (one sentence, naming `label`, e.g. "--device" or "device=") for anything else or for a GPU
     that is not visible."""
+    import torch
+
     if spec is None:
         return model_device(model) if model is not None else torch.device("cpu")
     shown = f"{label} {spec}" if label.startswith("--") else f"{label}{spec!r}"

@@ -14,7 +14,7 @@ from mpq.cost.budget import parse_budget
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.inputs.graph import prepare_model
-from mpq.solver.build import build_problem
+from mpq.solver.build import Layers, build_problem
 from mpq.solver.problem import solve_problem, total_costs
 
 
@@ -85,9 +85,8 @@ def test_solver_with_graph_ties_equals_brute_force(block, block_data):
 
 
 def _problem(graph, budgets, omega, ties=True):
-    return build_problem(
-        graph.layers, graph.float_bytes, budgets, (2, 4, 8), (4, 8), omega, None, graph.act_tie_groups if ties else None
-    )
+    over = Layers(graph.layers, graph.float_bytes, graph.act_tie_groups if ties else ())
+    return build_problem(over, budgets, (2, 4, 8), (4, 8), omega)
 
 
 def test_api_solve_with_act_choices_and_pins(block, block_data):

@@ -21,6 +21,7 @@ from mpq.inputs.graph import prepare_model
 from mpq.plan import ChannelRun, LayerPlan, Plan, storage_chunks
 from mpq.quant.affine import fake_quantize_weight
 from mpq.quant.reference import fp32_reference
+from mpq.solver.build import Layers
 from mpq.solver.channels import build_channel_problem, channel_groups, channel_omega
 from mpq.solver.presolve import lagrangian_reduction, solve_presolved
 from mpq.solver.problem import Problem, solve_problem
@@ -71,7 +72,9 @@ def brute_force(sensitivity, group: int, budget_bytes: float, margin: float = 2.
 
 def size_range(sensitivity, group: int) -> tuple[float, float]:
     layers = [s.layer for s in sensitivity.layers.values()]
-    problem = build_channel_problem(layers, sensitivity.float_bytes, [], BITS, (8,), lambda g, b: 0.0, group).problem
+    problem = build_channel_problem(
+        Layers(layers, sensitivity.float_bytes), [], BITS, (8,), lambda g, b: 0.0, group
+    ).problem
     low = sum(min(c["size_bytes"] for c in problem.costs[u].values()) for u in problem.layers)
     high = sum(max(c["size_bytes"] for c in problem.costs[u].values()) for u in problem.layers)
     return problem.fixed_costs["size_bytes"] + low, problem.fixed_costs["size_bytes"] + high
@@ -110,8 +113,8 @@ def test_per_channel_optimum_is_at_most_the_layer_tied_optimum(tiny_setup):
     omega = channel_omega(sensitivity, 2.0)
     for fraction in (0.2, 0.5, 0.9):
         budget = parse_budget(f"{math.floor(low + fraction * (high - low))}B")
-        free = build_channel_problem(layers, sensitivity.float_bytes, [budget], BITS, (8,), omega, 1).problem
-        tied = build_channel_problem(layers, sensitivity.float_bytes, [budget], BITS, (8,), omega, 1).problem
+        free = build_channel_problem(Layers(layers, sensitivity.float_bytes), [budget], BITS, (8,), omega, 1).problem
+        tied = build_channel_problem(Layers(layers, sensitivity.float_bytes), [budget], BITS, (8,), omega, 1).problem
         tied.tie_groups = [[u for u in tied.layers if u.startswith(f"{layer.name}[")] for layer in layers]
         per_channel, _ = solve_presolved(free)
         assert per_channel.objective <= solve_problem(tied).objective + 1e-15

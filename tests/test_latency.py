@@ -17,7 +17,7 @@ from mpq.cost.layer_cost import Choice
 from mpq.cost.roofline import shipped_devices
 from mpq.errors import BudgetInfeasible, MpqError
 from mpq.inputs.graph import prepare_model
-from mpq.solver.build import build_problem
+from mpq.solver.build import Layers, build_problem
 from tests.helpers import USER_MODELS, run_cli
 from tests.user_models import small_convnet
 
@@ -112,11 +112,11 @@ def test_table_rows_match_exactly_and_a_missing_row_names_the_layer(tiny_model, 
     ):
         table.latency_s(conv2, Choice(4, 8))
     budgets = [parse_budget("1ms")]
-    problem = build_problem(graph.layers, 0, budgets, (4, 8), (8, None), lambda n, c: 0.0, latency=table)
+    problem = build_problem(Layers(graph.layers), budgets, (4, 8), (8, None), lambda n, c: 0.0, latency=table)
     assert problem.choices == {"conv1": [Choice(4, 8), Choice(8, 8)], "conv2": [Choice(8, 8)], "fc": [Choice(8, None)]}
     assert problem.costs["conv1"][Choice(4, 8)]["latency_s"] == 2e-5
     with pytest.raises(MpqError, match="no row for layer fc .* at any candidate width \\(W4A8, W8A8\\)"):
-        build_problem(graph.layers, 0, budgets, (4, 8), (8,), lambda n, c: 0.0, latency=table)
+        build_problem(Layers(graph.layers), budgets, (4, 8), (8,), lambda n, c: 0.0, latency=table)
     bad = tmp_path / "bad.csv"
     bad.write_text(path.read_text().replace(",3e-05,", ",-1,", 1))
     with pytest.raises(MpqError, match="bad.csv line 3: latency_s '-1'"):

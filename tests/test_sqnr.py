@@ -65,7 +65,7 @@ def test_report_md_carries_the_sqnr_table(tiny_model, tiny_data):
     x, y = tiny_data
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(4, 8), "fc": LayerPlan(8, 8)})
-    report = verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,))
+    report = verify_prepared(prepared, plan, Dataset(x=x, y=y))
     assert [r.name for r in report.layer_sqnr] == ["conv1", "conv2", "fc"]
     table = sqnr_table(report)
     assert table.count("\n") == 4 and f"| fc | 8 | 8 | {report.layer_sqnr[2].weight_sqnr_db:.1f} |" in table
@@ -76,7 +76,7 @@ def test_the_sqnr_table_is_read_back_from_the_cache_as_it_was_measured(tiny_mode
     x, y = tiny_data
     prepared = prepare_model(tiny_model, x[:2])
     plan = Plan(layers={"conv1": LayerPlan(4, 8), "conv2": LayerPlan(3, None), "fc": LayerPlan(8, 8)})
-    measured = verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr
+    measured = verify_prepared(prepared, plan, Dataset(x=x, y=y), cache=Cache(tmp_path)).layer_sqnr
     (entry,) = tmp_path.glob("layer-sqnr-*.json")
     assert measured[1].input_sqnr_db is None and all(math.isfinite(r.output_sqnr_db) for r in measured)
     rename = lambda old, new: entry.write_bytes(  # noqa: E731  (the entry's digest follows its value)
@@ -84,9 +84,9 @@ def test_the_sqnr_table_is_read_back_from_the_cache_as_it_was_measured(tiny_mode
     )
     rename('"conv1"', '"conv1 read from the cache"')
     assert (
-        verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr[0].name
+        verify_prepared(prepared, plan, Dataset(x=x, y=y), cache=Cache(tmp_path)).layer_sqnr[0].name
         == "conv1 read from the cache"
     )
     rename('"conv1 read from the cache"', '"conv1"')
-    again = verify_prepared(prepared, plan, Dataset(x=x, y=y), baseline_bits=(8,), cache=Cache(tmp_path)).layer_sqnr
+    again = verify_prepared(prepared, plan, Dataset(x=x, y=y), cache=Cache(tmp_path)).layer_sqnr
     assert again == measured

@@ -29,7 +29,8 @@ def folded(verb: str, cls, given, keywords: dict, param: str):
     if not mine:
         return given or cls()
     warnings.warn(
-        f"mpq.{verb}({', '.join(f'{k}=' for k in mine)}...) is deprecated: pass {param}=mpq.{cls.__name__}({', '.join(f'{k}=...' for k in mine)})",
+        f"mpq.{verb}({', '.join(f'{k}=' for k in mine)}...) is deprecated: pass "
+        f"{param}=mpq.{cls.__name__}({', '.join(f'{k}=...' for k in mine)})",
         DeprecationWarning,
         stacklevel=4,
     )

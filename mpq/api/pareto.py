@@ -20,55 +20,50 @@ from dataclasses import replace
 from typing import Sequence
 
 from mpq.api.options import search_configs
-from mpq.api.verbs import analyze, solve
+from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets, within_budgets
+from mpq.cost.costs import CostKind
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, prepared_on, split_for_measurement
+from mpq.inputs.prepare import Inputs, as_dataset, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.records import Predicted
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
-from mpq.quant.formats import WeightFormat
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.settings import ProbeSettings
-from mpq.solver.build import build_problem
+from mpq.solver.allocate import check_reachable, pins
+from mpq.solver.build import Layers
 from mpq.solver.omega import plan_omega
-from mpq.solver.pins import resolve_keep
-from mpq.solver.problem import check_feasible
 from mpq.solver.sweep import DEFAULT_VERIFY_POINTS, parse_sweep, verified_indices
 from mpq.verify.measure import fitted_and_held_out, measure_plan, uniform_plan
 from mpq.verify.pareto import ParetoPoint, ParetoResult, UniformPoint
 from mpq.verify.report import Measurement
 
+UNIFORM_ORDER = ("size_bytes", "bops", "bits_per_weight", "omega")  # pareto.json's uniform points
+
 
 def _reachable(
-    prepared: PreparedModel, budgets: list[Budget], fixed: list[Budget], bits, act_bits, pins, fmt: WeightFormat
-) -> list[str | None]:
-    """Per budget, None when each budget alone can be met, else the BudgetInfeasible message (no Hessian work)."""
-    graph = prepared.graph
+    layers: Layers, budgets: list[Budget], fixed: list[Budget], space: SearchSpace
+) -> tuple[SearchSpace, list[str | None]]:
+    """`space` with its pins resolved, and per budget None when each budget alone can be met, else the
+    BudgetInfeasible message (no Hessian work); BudgetInfeasible when none can. Told per layer, whatever the
+    granularity (per-channel sizes round per group, a few bytes apart)."""
+    pinned = replace(space, keep=pins(layers, space), keep_first=None, keep_last=None)
     reasons = []
     for budget in budgets:
         try:
-            problem = build_problem(
-                graph.layers,
-                graph.float_bytes,
-                [budget, *fixed],
-                bits,
-                act_bits,
-                lambda n, c: 0.0,
-                pins,
-                graph.act_tie_groups,
-                fmt=fmt,
-            )
-            check_feasible(problem)
+            check_reachable(layers, [budget, *fixed], replace(pinned, granularity="layer"))
             reasons.append(None)
         except BudgetInfeasible as exc:
             reasons.append(str(exc))
-    return reasons
+    if all(reasons):
+        raise BudgetInfeasible(f"no budget of the sweep can be met ({budgets[-1].text}: {reasons[-1]})")
+    return pinned, reasons
 
 
 def uniform_points(
@@ -87,17 +82,18 @@ def uniform_points(
             fmt=sensitivity.quantizer.format,
         )
         omega = plan_omega(sensitivity, plan, trace_margin, inputs=False)
-        predicted = {
-            "size_bytes": int(costs["size_bytes"]),
-            "bops": costs["bops"],
-            "bits_per_weight": costs["bits_per_weight"],
-            "omega": omega,
-        }
+        predicted = Predicted(
+            size_bytes=int(costs[CostKind.SIZE_BYTES]),
+            bops=costs[CostKind.BOPS],
+            bits_per_weight=costs[CostKind.BITS_PER_WEIGHT],
+            omega=omega,
+            order=UNIFORM_ORDER,
+        )
         points.append(UniformPoint(b, act_bits, predicted, group_size=group))
     return points
 
 
-def pareto(
+def pareto(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,
     budgets="2MB:6MB",
@@ -122,57 +118,31 @@ def pareto(
     """The least-Omega plan at every budget of a sweep, `verify_points` of them measured, and the uniform widths.
 
     `budgets`: "2MB:6MB" (30 evenly spaced), "2MB:6MB:STEPS", "2MB,3MB,4MB" or a list (one kind: sizes,
-    BOPs or bits per weight, e.g. "3bpw:6bpw"); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping sizes). `verify_points`:
-    how many feasible points to measure, evenly spread (ends included), "all", or 0 to measure nothing
-    (then the uniform widths are not measured either). The rest (`device` too) as in `mpq.search`.
+    BOPs or bits per weight, e.g. "3bpw:6bpw"); `also_budgets` hold at every point (e.g. "20GBOPs" while sweeping
+    sizes). `verify_points`: how many feasible points to measure, evenly spread (ends included), "all", or 0 to
+    measure nothing (then the uniform widths are not measured either). The rest (`device` too) as in `mpq.search`.
     Raises BudgetInfeasible when no point of the sweep can be met.
     """
     space, probes, solver = search_configs("pareto", space, probes, solver, legacy)
-    bits, acts, trace_margin = space.bits, space.act_bits, space.trace_margin
     start = time.perf_counter()
     data = as_dataset(data)
     sweep = parse_sweep(budgets)
     fixed = as_budgets(also_budgets) if (isinstance(also_budgets, (str, Budget)) or list(also_budgets)) else []
     verified_indices(len(sweep), verify_points)  # check it before the Hessian work
-    prepared, data = prepared_on(model, data, quantize_embeddings, device)
-    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
-    pins = resolve_keep([layer.name for layer in prepared.graph.layers], space.keep, space.keep_first, space.keep_last)
-    reasons = _reachable(prepared, sweep, fixed, bits, acts, pins, resolve_quantizer(quantizer).format)
-    if all(reasons):
-        raise BudgetInfeasible(f"no budget of the sweep can be met ({sweep[-1].text}: {reasons[-1]})")
+    inputs = with_held_out(prepare_inputs(model, data, quantize_embeddings, device), eval_data, eval_split)
+    quantizer = resolve_quantizer(quantizer)
+    pinned, reasons = _reachable(Layers.of_graph(inputs.prepared.graph, quantizer.format), sweep, fixed, space)
+    run = Run(open_cache(cache_dir), progress)
     t0 = time.perf_counter()
-    sensitivity = analyze(
-        prepared,
-        data,
-        probes=probes,
-        metric=metric,
-        quantizer=quantizer,
-        loss=loss,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    sensitivity = analyze_inputs(inputs, AnalyzeOptions(probes, quantizer, metric, loss), run)
     t1 = time.perf_counter()
-    points = [
-        _solve_point(sensitivity, b, fixed, reason, replace(space, keep=pins, keep_first=None, keep_last=None), solver)
-        for b, reason in zip(sweep, reasons)
-    ]
-    if not any(p.feasible for p in points):
-        raise BudgetInfeasible(
-            f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}"
-        )
+    points = _solve_sweep(sensitivity, sweep, fixed, reasons, pinned, solver)
     t2 = time.perf_counter()
-    note(
-        f"pareto: solved {len(points)} points in {t2 - t1:.1f} s ({sum(p.feasible for p in points)} feasible)", progress
-    )
-    widest_act = acts[-1]
-    uniform = uniform_points(prepared, sensitivity, bits, widest_act, trace_margin)
     feasible = [p for p in points if p.feasible]
+    note(f"pareto: solved {len(points)} points in {t2 - t1:.1f} s ({len(feasible)} feasible)", progress)
+    uniform = uniform_points(inputs.prepared, sensitivity, space.bits, space.act_bits[-1], space.trace_margin)
     chosen = [feasible[i] for i in verified_indices(len(feasible), verify_points)]
-    fp32 = (
-        _measure(prepared, data, chosen, uniform, eval_batch_size, cache_dir, progress, sensitivity.quantizer, held_out)
-        if chosen
-        else {}
-    )
+    fp32 = _measure(inputs, chosen, uniform, eval_batch_size, run, sensitivity.quantizer) if chosen else {}
     return ParetoResult(
         kind=sweep[0].kind,
         points=points,
@@ -180,25 +150,49 @@ def pareto(
         sensitivity=sensitivity,
         fixed_budgets=fixed,
         fp32=fp32,
-        settings={
-            "bits": list(bits),
-            "act_bits": acts[0] if len(acts) == 1 else list(acts),
-            "keep": pins,
-            "trace_margin": trace_margin,
-            "loss": sensitivity.loss,
-            "probes": sensitivity.settings.max_probes,
-            "seed": sensitivity.settings.seed,
-            "solver": solver.name,
-            "time_limit_s": solver.time_limit_s,
-            "verify_points": verify_points,
-        },
-        timings_s={
-            "sensitivity": t1 - t0,
-            "solve": t2 - t1,
-            "verify": time.perf_counter() - t2,
-            "total": time.perf_counter() - start,
-        },
+        settings=_settings(space, pinned.keep, sensitivity, solver, verify_points),
+        timings_s=_timings(start, t0, t1, t2),
     )
+
+
+def _timings(start: float, t0: float, t1: float, t2: float) -> dict[str, float]:
+    """Seconds of the sensitivity (from t0), the solves (from t1), the measurements (from t2) and in all."""
+    now = time.perf_counter()
+    return {"sensitivity": t1 - t0, "solve": t2 - t1, "verify": now - t2, "total": now - start}
+
+
+def _solve_sweep(
+    sensitivity: Sensitivity,
+    sweep: list[Budget],
+    fixed: list[Budget],
+    reasons: list[str | None],
+    space: SearchSpace,
+    solver: SolverSettings,
+) -> list[ParetoPoint]:
+    """Every point of the sweep solved (the unreachable ones marked); BudgetInfeasible when none is feasible."""
+    points = [_solve_point(sensitivity, b, fixed, reason, space, solver) for b, reason in zip(sweep, reasons)]
+    if not any(p.feasible for p in points):
+        raise BudgetInfeasible(
+            f"no budget of the sweep can be met together with the fixed budgets: {points[-1].infeasible_reason}"
+        )
+    return points
+
+
+def _settings(space: SearchSpace, pins: dict, sensitivity: Sensitivity, solver: SolverSettings, verify_points) -> dict:
+    """What pareto.json records of the sweep's settings."""
+    acts = space.act_bits
+    return {
+        "bits": list(space.bits),
+        "act_bits": acts[0] if len(acts) == 1 else list(acts),
+        "keep": pins,
+        "trace_margin": space.trace_margin,
+        "loss": sensitivity.loss,
+        "probes": sensitivity.settings.max_probes,
+        "seed": sensitivity.settings.seed,
+        "solver": solver.name,
+        "time_limit_s": solver.time_limit_s,
+        "verify_points": verify_points,
+    }
 
 
 def _solve_point(
@@ -213,44 +207,41 @@ def _solve_point(
         return ParetoPoint(budget, None, reason)
     start = time.perf_counter()
     try:
-        plan = solve(sensitivity, [budget, *fixed], space=space, solver=solver)
+        plan = solve_sensitivity(sensitivity, [budget, *fixed], space, solver)
     except BudgetInfeasible as exc:
         return ParetoPoint(budget, None, str(exc), solve_seconds=time.perf_counter() - start)
     return ParetoPoint(budget, plan, solve_seconds=time.perf_counter() - start)
 
 
 def _measure(
-    prepared,
-    data,
+    inputs: Inputs,
     chosen: list[ParetoPoint],
     uniform: list[UniformPoint],
     batch_size: int,
-    cache_dir,
-    progress: bool | None,
+    run: Run,
     quantizer: Quantizer,
-    eval_data=None,
 ) -> dict:
     """Measure the chosen points and the uniform widths (each distinct plan once, all with `quantizer` fitted on
-    `data`, measured on `eval_data` or else on `data`); the FP32 summary."""
-    cache = open_cache(cache_dir)
-    calibration, data, reference = fitted_and_held_out(prepared, data, eval_data, quantizer, batch_size, cache)
+    the fit data, measured on the held-out data or else on the fit data); the FP32 summary."""
+    prepared = inputs.prepared
+    args = (prepared, inputs.fit, inputs.held_out, quantizer, batch_size, run.cache)
+    fitted = fitted_and_held_out(*args)
     seen: dict[str, Measurement] = {}
 
     def measured(plan: Plan, name: str, shown) -> Measurement:
         key = repr(sorted((n, lp.weight_bits, lp.act_bits) for n, lp in plan.layers.items()))
         if key not in seen:
             shown.set_postfix_str(name)
-            seen[key] = measure_plan(prepared, plan, data, reference, name, batch_size, cache, calibration=calibration)
+            seen[key] = measure_plan(prepared, plan, fitted, name, batch_size, run.cache)
         shown.update(1)
         return replace(seen[key], name=name)
 
-    with bar(len(chosen) + len(uniform), "pareto: measuring", progress, unit="plan") as shown:
+    with bar(len(chosen) + len(uniform), "pareto: measuring", run.progress, unit="plan") as shown:
         for point in chosen:
             point.measured = measured(point.plan, f"mpq plan at {point.budget.text}", shown)
-            fits = within_budgets(
-                point.measured.costs, point.plan.budgets, latency_known=False
-            )  # a sweep has no latency model
+            # a sweep has no latency model
+            fits = within_budgets(point.measured.costs, point.plan.budgets, latency_known=False)
             point.measured = replace(point.measured, fits_budget=fits)
         for u in uniform:
             u.measured = measured(uniform_plan(prepared, u.weight_bits, u.act_bits, u.group_size), u.name, shown)
-    return {"size_bytes": reference.size_bytes, "top1": reference.top1}
+    return {"size_bytes": fitted.reference.size_bytes, "top1": fitted.reference.top1}

@@ -6,26 +6,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from mpq.quant.formats import WeightFormat
 from mpq.api.options import search_configs
-from mpq.api.verbs import analyze, solve, verify
+from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity, verify_inputs
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
+from mpq.cost.costs import CostKind
 from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import as_dataset, check_batch_size, prepared_on, split_for_measurement
+from mpq.inputs.prepare import Inputs, as_dataset, check_batch_size, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.settings import ProbeSettings
-from mpq.solver.build import build_problem, check_latency_budgets
-from mpq.solver.channels import build_channel_problem, check_channel_metric
+from mpq.solver.allocate import check_reachable
+from mpq.solver.build import Layers, check_latency_budgets
+from mpq.solver.channels import check_channel_metric
 from mpq.solver.milp import solver_note
-from mpq.solver.pins import resolve_keep
-from mpq.solver.problem import check_feasible
+from mpq.verify.measure import VerifyOptions, plan_act_bits
 from mpq.verify.proxy import check_proxy_request, proxy_check
 from mpq.verify.report import Report, process_peak_memory
 
@@ -42,17 +44,20 @@ def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets
     header (mpq.export.packed_file) until tensors and header together fit it: the file `mpq export` writes
     then fits the budget. plan.budgets stay the user's; settings.container_reserve_bytes says what was kept."""
     plan = solve_within(budgets)
-    sizes = [b for b in budgets if b.kind == "size_bytes"]
+    sizes = [b for b in budgets if b.kind == CostKind.SIZE_BYTES]
     if not sizes:
         return plan
     limit, reserve = min(b.limit for b in sizes), 0
     for _ in range(4):
-        over = plan.predicted["size_bytes"] + _container_bytes(prepared, data, plan) - limit
+        over = plan.predicted.size_bytes + _container_bytes(prepared, data, plan) - limit
         if over <= 0:
             break
         try:
             tighter = solve_within(
-                [replace(b, limit=b.limit - reserve - int(over)) if b.kind == "size_bytes" else b for b in budgets]
+                [
+                    replace(b, limit=b.limit - reserve - int(over)) if b.kind == CostKind.SIZE_BYTES else b
+                    for b in budgets
+                ]
             )
         except (
             BudgetInfeasible
@@ -76,7 +81,7 @@ def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
     )
 
 
-def search(
+def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,
     budget="4MB",
@@ -100,10 +105,10 @@ def search(
 ) -> SearchResult:
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
     `space`, `solver` and `latency` as in `solve` (the flat keywords of mpq 0.1.0 still work, with a
-    DeprecationWarning). `eval_data`: the data the plan is measured on (sensitivity and calibration use `data`); without it, a seeded
-    `eval_split` of `data` is held out for that (whole groups at a time: mpq.inputs.split.held_out_split; 0: in-sample).
-    `proxy_plans` > 0 also measures that many random plans at the same size budget
-    and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
+    DeprecationWarning). `eval_data`: the data the plan is measured on (sensitivity and calibration use `data`);
+    without it, a seeded `eval_split` of `data` is held out for that (whole groups at a time:
+    mpq.inputs.split.held_out_split; 0: in-sample). `proxy_plans` > 0 also measures that many random plans at the
+    same size budget and rank-correlates their Omega with their KL (mpq.verify.proxy; report.proxy).
 
     With several activation widths, the inputs' sensitivity is analyzed and chooses them, unless
     `space.act_sensitivity` is False (then they go by cost only, the widest the budgets allow).
@@ -120,97 +125,74 @@ def search(
     budgets = as_budgets(budget)
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
-    prepared, data = prepared_on(model, data, quantize_embeddings, device)
-    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
-    # fail before the Hessian work when no plan can meet a budget
-    graph = prepared.graph
-    pins = resolve_keep([layer.name for layer in graph.layers], space.keep, space.keep_first, space.keep_last)
+    inputs = with_held_out(prepare_inputs(model, data, quantize_embeddings, device), eval_data, eval_split)
     quantizer = resolve_quantizer(quantizer)
-    if space.granularity == "channel":
-        zero = lambda group, b: 0.0  # noqa: E731
-        problem = build_channel_problem(
-            graph.layers,
-            graph.float_bytes,
-            budgets,
-            space.bits,
-            space.act_bits,
-            zero,
-            space.channel_group,
-            pins,
-            graph.act_tie_groups,
-            quantizer.format,
-        ).problem
-    else:
-        problem = build_problem(
-            graph.layers,
-            graph.float_bytes,
-            budgets,
-            space.bits,
-            space.act_bits,
-            lambda n, c: 0.0,
-            pins,
-            graph.act_tie_groups,
-            latency,
-            quantizer.format,
-        )
-    check_feasible(problem)
-    if proxy_plans:
-        check_proxy_request(proxy_plans, budgets, space.granularity)
+    run = Run(open_cache(cache_dir), progress)
+    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run)
+    request.check_reachable(inputs, quantizer.format)  # before the Hessian work
     t0 = time.perf_counter()
-    activations = space.several_act_widths and space.act_sensitivity is not False
-    sensitivity = analyze(
-        prepared,
-        data,
-        probes=probes,
-        metric=metric,
-        quantizer=quantizer,
-        loss=loss,
-        activations=activations,
-        cache_dir=cache_dir,
-        progress=progress,
+    options = AnalyzeOptions(probes, quantizer, metric, loss, request.activations)
+    sensitivity = analyze_inputs(inputs, options, run)
+    return _solved_and_verified(inputs, sensitivity, request, [start, t0, time.perf_counter()])
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What mpq.search solves and verifies with, checked."""
+
+    budgets: list[Budget]
+    space: SearchSpace
+    solver: SolverSettings
+    latency: object
+    eval_batch_size: int
+    proxy_plans: int
+    run: Run
+
+    @property
+    def activations(self) -> bool:
+        """Whether the inputs' sensitivity is analyzed: with several activation widths to choose by it."""
+        return self.space.several_act_widths and self.space.act_sensitivity is not False
+
+    def check_reachable(self, inputs: Inputs, fmt: WeightFormat) -> None:
+        """BudgetInfeasible when no plan can meet a budget; MpqError for a proxy check it cannot run."""
+        check_reachable(Layers.of_graph(inputs.prepared.graph, fmt), self.budgets, self.space, self.latency)
+        if self.proxy_plans:
+            check_proxy_request(self.proxy_plans, self.budgets, self.space.granularity)
+
+
+def _solved_and_verified(inputs: Inputs, sensitivity: Sensitivity, request: _Request, times: list) -> SearchResult:
+    """The plan (room left for the packed file's header), its report, the proxy check when asked for; `times`:
+    at the start, after preparing and after analyzing."""
+    space, latency, batch_size, run = request.space, request.latency, request.eval_batch_size, request.run
+    solve_within = lambda b: solve_sensitivity(sensitivity, b, space, request.solver, latency)  # noqa: E731
+    plan = leave_room_for_the_container(inputs.prepared, inputs.fit, request.budgets, solve_within)
+    times.append(time.perf_counter())
+    report = verify_inputs(
+        inputs, plan, VerifyOptions(tuple(space.bits), plan_act_bits(plan), batch_size, latency), run
     )
-    t1 = time.perf_counter()
-    solve_within = lambda b: solve(sensitivity, b, space=space, solver=solver, latency=latency)  # noqa: E731
-    plan = leave_room_for_the_container(prepared, data, budgets, solve_within)
-    t2 = time.perf_counter()
-    report = verify(
-        prepared,
-        plan,
-        data,
-        batch_size=eval_batch_size,
-        cache_dir=cache_dir,
-        latency=latency,
-        progress=progress,
-        eval_data=held_out,
-        eval_split=0,
-    )
-    t3 = time.perf_counter()
-    if proxy_plans:
-        report.proxy = proxy_check(
-            prepared,
-            sensitivity,
-            plan,
-            data,
-            proxy_plans,
-            batch_size=eval_batch_size,
-            cache=open_cache(cache_dir),
-            progress=progress,
-            eval_data=held_out,
-        )
+    times.append(time.perf_counter())
+    if request.proxy_plans:
+        args = (inputs, sensitivity, plan, request.proxy_plans)
+        report.proxy = proxy_check(*args, batch_size=batch_size, cache=run.cache, progress=run.progress)
+    _finish(report, sensitivity, plan, times, request.proxy_plans > 0)
+    return SearchResult(sensitivity=sensitivity, plan=plan, report=report)
+
+
+def _finish(report: Report, sensitivity: Sensitivity, plan: Plan, times: list[float], proxy: bool) -> None:
+    """The report's timings and notes: `times` at the start and after preparing, analyzing, solving, verifying."""
+    start, t0, t1, t2, t3 = times
     report.peak_memory_bytes = process_peak_memory()  # after the sensitivity and the proxy check too
     report.timings_s = {
         "prepare": t0 - start,
         "sensitivity": t1 - t0,
         "solve": t2 - t1,
         "verify": t3 - t2,
-        **({"proxy_check": time.perf_counter() - t3} if proxy_plans else {}),
+        **({"proxy_check": time.perf_counter() - t3} if proxy else {}),
         "total": time.perf_counter() - start,
     }
     report.notes.append(f"sensitivity loss: {sensitivity.loss}" + (" (from cache)" if sensitivity.from_cache else ""))
-    report.notes.append(
-        f"sensitivity metric: {sensitivity.metric}" + (" (weights and inputs)" if sensitivity.has_activations else "")
-    )
+    acts = " (weights and inputs)" if sensitivity.has_activations else ""
+    report.notes.append(f"sensitivity metric: {sensitivity.metric}{acts}")
     if plan.settings.latency is not None and plan.settings.latency.note:
         report.notes.append(plan.settings.latency.note)
     report.notes.append(solver_note(plan.solver, t2 - t1))
-    return SearchResult(sensitivity=sensitivity, plan=plan, report=report)

@@ -16,43 +16,27 @@ mpq.MpqError with a message that says what to do; unreachable budgets raise mpq.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable
 
 from mpq.api.options import SOLVE_KEYWORDS, check_known, field_names, probe_settings, search_space, solver_settings
+from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity, verify_inputs
 from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
-from mpq.cost.latency import coverage_note, latency_model
-from mpq.cost.layer_cost import Choice, per_weight
+from mpq.cost.latency import latency_model
 from mpq.errors import MpqError
-from mpq.inputs.graph import LayerInfo
-from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on, split_for_measurement
+from mpq.inputs.prepare import check_batch_size, names_embeddings, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
-from mpq.plan import LayerPlan, Plan
-from mpq.plan.settings import ChannelSearch, LatencySource, PlanSettings, SearchSpace, SolverSettings
+from mpq.plan import Plan
+from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
-from mpq.sensitivity import Sensitivity, analyze_prepared
-from mpq.sensitivity.analysis import output_dims
-from mpq.sensitivity.losses import resolve_loss
-from mpq.sensitivity.registry import default_metric, metric_of
+from mpq.sensitivity import Sensitivity
+from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.settings import ProbeSettings
-from mpq.solver.build import build_problem, candidate_choices
-from mpq.solver.channels import (
-    build_channel_problem,
-    channel_omega,
-    check_channel_metric,
-    layer_plans,
-    plan_layer_costs,
-)
-from mpq.solver.omega import choice_omega
-from mpq.solver.pins import resolve_keep
-from mpq.solver.presolve import binary_variables, solve_presolved
-from mpq.solver.problem import solve_problem
-from mpq.verify.measure import check_quantizable, verify_prepared
+from mpq.verify.measure import VerifyOptions, check_quantizable, plan_act_bits
 from mpq.verify.report import Report
 
 
-def analyze(
+def analyze(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,
     *,
@@ -98,31 +82,9 @@ def analyze(
     settings = probe_settings("analyze", probes, legacy)
     if metric is not None:
         metric_of(metric)
-    data = as_dataset(data)
-    prepared, data = prepared_on(model, data, quantize_embeddings, device)
-    resolved = resolve_loss(loss, data.y is not None, prepared.outputs.embeddings)
-    if metric is None:
-        metric = default_metric(
-            resolved.name, loss is not None, output_dims(prepared, data), prepared.outputs.embeddings, activations
-        )
-    return analyze_prepared(
-        prepared,
-        data,
-        settings,
-        open_cache(cache_dir),
-        progress,
-        resolved,
-        metric,
-        activations,
-        resolve_quantizer(quantizer),
-    )
-
-
-def _act_widths_by_sensitivity(sensitivity: Sensitivity, space: SearchSpace) -> bool:
-    """Whether Omega includes the inputs' sensitivity: only with several activation widths to choose from."""
-    if space.act_sensitivity and not sensitivity.has_activations:
-        raise MpqError("act_sensitivity=True needs the inputs' sensitivity: analyze with activations=True")
-    return space.several_act_widths and sensitivity.has_activations and space.act_sensitivity is not False
+    inputs = prepare_inputs(model, data, quantize_embeddings, device)
+    options = AnalyzeOptions(settings, resolve_quantizer(quantizer), metric, loss, activations)
+    return analyze_inputs(inputs, options, Run(open_cache(cache_dir), progress))
 
 
 def solve(
@@ -154,99 +116,10 @@ def solve(
     check_known("solve", legacy, SOLVE_KEYWORDS)
     space = search_space("solve", space, legacy)
     solver = solver_settings("solve", solver, legacy)
-    check_channel_metric(space, sensitivity.metric)
-    by_sensitivity = space.granularity == "layer" and _act_widths_by_sensitivity(sensitivity, space)
-    budgets = as_budgets(budget)
-    layers = [s.layer for s in sensitivity.layers.values()]
-    pins = resolve_keep([layer.name for layer in layers], space.keep, space.keep_first, space.keep_last)
-    latency = latency_model(latency)
-    channels = latency_source = None
-    group = sensitivity.quantizer.group_size
-    if space.granularity == "channel":
-        if latency is not None:
-            raise MpqError(
-                "latency budgets and tables work with one width per layer only: drop --granularity channel or the latency model"
-            )
-        omega = channel_omega(sensitivity, space.trace_margin)
-        channel_problem = build_channel_problem(
-            layers,
-            sensitivity.float_bytes,
-            budgets,
-            space.bits,
-            space.act_bits,
-            omega,
-            space.channel_group,
-            pins,
-            sensitivity.act_tie_groups,
-            sensitivity.quantizer.format,
-        )
-        solution, reduction = solve_presolved(channel_problem.problem, solver.time_limit_s, solver.name)
-        layers = layer_plans(channel_problem, solution)
-        after = binary_variables(reduction.problem) if reduction else channel_problem.binary_variables
-        channels = ChannelSearch(channel_problem.binary_variables, channel_problem.dropped_choices, after)
-    else:
-        omega = lambda name, c: choice_omega(sensitivity.layers[name], c, space.trace_margin, by_sensitivity)  # noqa: E731
-        problem = build_problem(
-            layers,
-            sensitivity.float_bytes,
-            budgets,
-            space.bits,
-            space.act_bits,
-            omega,
-            pins,
-            sensitivity.act_tie_groups,
-            latency,
-            sensitivity.quantizer.format,
-        )
-        solution = solve_problem(problem, solver.time_limit_s, solver.name)
-        if latency is not None:
-            latency_source = _latency_source(
-                layers, candidate_choices(layers, space.bits, space.act_bits, pins), latency
-            )
-        layers = {n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()}
-    if group is not None:
-        layers = {n: replace(lp, granularity="group") for n, lp in layers.items()}
-    settings = PlanSettings(
-        space=space,
-        solver=solver,
-        probes=sensitivity.settings,
-        quantizer=sensitivity.quantizer,
-        metric=sensitivity.metric,
-        loss=sensitivity.loss,
-        keep=pins,
-        act_sensitivity=by_sensitivity,
-        act_tie_groups=sensitivity.act_tie_groups if space.several_act_widths else (),
-        latency=latency_source,
-        channels=channels,
-    )
-    infos = [s.layer for s in sensitivity.layers.values()]
-    weight_bits = sum(plan_layer_costs(x, layers[x.name], sensitivity.quantizer.format)["weight_bits"] for x in infos)
-    return Plan(
-        layers=layers,
-        model={
-            "fingerprint": sensitivity.model_fingerprint,
-            "layers": len(layers),
-            "params": sum(s.layer.params for s in sensitivity.layers.values()),
-        },
-        budgets=budgets,
-        predicted={
-            "size_bytes": int(solution.costs["size_bytes"]),
-            "bops": solution.costs["bops"],
-            "omega": solution.objective,
-            **({"bits_per_weight": per_weight(weight_bits, infos)} if infos else {}),
-            **({"latency_s": solution.costs["latency_s"]} if latency is not None else {}),
-        },
-        settings=settings,
-        solver=solution.solver_json(),
-    )
+    return solve_sensitivity(sensitivity, as_budgets(budget), space, solver, latency_model(latency))
 
 
-def _latency_source(layers: list[LayerInfo], choices: dict[str, list[Choice]], latency) -> LatencySource:
-    """What a plan records of its latency model: where it came from, the batch, and the choices it lacked."""
-    return LatencySource.from_json(latency.to_json() | {"note": coverage_note(layers, choices, latency)})
-
-
-def verify(
+def verify(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     plan: Plan,
     data,
@@ -280,37 +153,15 @@ def verify(
     """
     check_quantizable(plan)
     check_batch_size(batch_size)
-    data = as_dataset(data)
-    prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
-    act_bits = max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
+    inputs = prepare_inputs(model, data, names_embeddings(model, plan.layers), device)
     if baseline_bits is None:
-        baseline_bits = (
-            plan.settings.space.bits
-            if plan.settings is not None and plan.settings.source == "search"
-            else SearchSpace().bits
-        )
+        searched = plan.settings is not None and plan.settings.source == "search"
+        baseline_bits = plan.settings.space.bits if searched else SearchSpace().bits
     latency, latency_note = _verify_latency(plan, latency)
     chosen = None if quantizer is None else resolve_quantizer(quantizer)
-    data, held_out = split_for_measurement(prepared, data, eval_data, eval_split)
-    report = verify_prepared(
-        prepared,
-        plan,
-        data,
-        tuple(baseline_bits),
-        act_bits,
-        batch_size,
-        open_cache(cache_dir),
-        latency,
-        chosen,
-        progress,
-        held_out,
-    )
-    report.notes += [latency_note] if latency_note else []
-    if prepared.graph.uncalled:
-        report.notes.append(
-            f"left in float (never called as modules, e.g. nn.MultiheadAttention projections): {', '.join(prepared.graph.uncalled)}"
-        )
-    return report
+    inputs = with_held_out(inputs, eval_data, eval_split)
+    options = VerifyOptions(tuple(baseline_bits), plan_act_bits(plan), batch_size, latency, chosen)
+    return verify_inputs(inputs, plan, options, Run(open_cache(cache_dir), progress), latency_note)
 
 
 def _verify_latency(plan: Plan, latency) -> tuple:

@@ -4,8 +4,7 @@ stage runs inside a function: building the parser imports no torch."""
 
 from __future__ import annotations
 
-import re
-
+from mpq.device import DEVICE_PATTERN
 from mpq.errors import MpqError
 
 
@@ -49,7 +48,7 @@ def latency_arg(args):
     return latency_model(device or args.latency_table, args.latency_batch)
 
 
-COMPUTE_DEVICE = re.compile(r"^(cpu|auto|cuda(:[0-9]+)?)$")
+COMPUTE_DEVICE = DEVICE_PATTERN  # mpq.device reads it without importing torch
 
 
 def compute_device(args):

@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
+from mpq.cost.costs import CostKind
 from mpq.errors import MpqError
 
 SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -22,13 +24,13 @@ BOPS_UNITS = {"bops": 1, "kbops": 1e3, "mbops": 1e6, "gbops": 1e9, "tbops": 1e12
 LATENCY_UNITS = {"s": 1, "ms": 1e-3, "us": 1e-6}
 PER_WEIGHT_UNITS = {"bpw": 1}
 KIND_OF_UNIT = (
-    {u: "size_bytes" for u in SIZE_UNITS}
-    | {u: "bops" for u in BOPS_UNITS}
-    | {u: "latency_s" for u in LATENCY_UNITS}
-    | {u: "bits_per_weight" for u in PER_WEIGHT_UNITS}
+    {u: CostKind.SIZE_BYTES for u in SIZE_UNITS}
+    | {u: CostKind.BOPS for u in BOPS_UNITS}
+    | {u: CostKind.LATENCY_S for u in LATENCY_UNITS}
+    | {u: CostKind.BITS_PER_WEIGHT for u in PER_WEIGHT_UNITS}
 )
 SCALE_OF_UNIT = SIZE_UNITS | BOPS_UNITS | LATENCY_UNITS | PER_WEIGHT_UNITS
-KINDS = ("size_bytes", "bops", "latency_s", "bits_per_weight")
+KINDS = tuple(k.value for k in CostKind)
 # A plan's bits per weight adds up per-layer shares (bits / all weights) in floats, so a plan exactly at the limit
 # can read a few ulps over it; far below one byte's share of any model under 10^11 weights.
 PER_WEIGHT_SLACK = 1e-12
@@ -38,18 +40,22 @@ _BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z
 
 @dataclass(frozen=True)
 class Budget:
-    """An upper limit on one cost: `kind` is "size_bytes", "bops", "latency_s" or "bits_per_weight"."""
+    """An upper limit on one cost: `kind` a CostKind (or its string: size_bytes, bops, latency_s, bits_per_weight)."""
 
-    kind: str
+    kind: CostKind
     limit: float
     text: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", CostKind(self.kind))
+
     def to_json(self) -> dict:
-        return {"kind": self.kind, "limit": self.limit, "text": self.text}
+        return {"kind": self.kind.value, "limit": self.limit, "text": self.text}
 
     @classmethod
     def from_json(cls, data: dict) -> "Budget":
-        """A budget as plan.json stores it; ValueError for an unknown kind or a limit that is not a positive finite number."""
+        """A budget as plan.json stores it; ValueError for an unknown kind or a limit that is not a positive finite
+        number."""
         kind, limit = data["kind"], float(data["limit"])
         if kind not in KINDS:
             raise ValueError(f"budget kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -76,7 +82,7 @@ def parse_budget(text: "str | Budget") -> Budget:
     limit = number * SCALE_OF_UNIT[unit]
     if not math.isfinite(limit) or limit <= 0:
         raise MpqError(f"budget {text!r} must be a positive number of {match.group(2)}")
-    if KIND_OF_UNIT[unit] == "size_bytes":
+    if KIND_OF_UNIT[unit] == CostKind.SIZE_BYTES:
         limit = float(math.floor(limit))
     return Budget(kind=KIND_OF_UNIT[unit], limit=limit, text=str(text).strip())
 
@@ -110,13 +116,14 @@ def _scaled(value: float, prefixes: tuple[tuple[str, float], ...], round_up: boo
     return f"{text} {unit}"
 
 
-def format_cost(kind: str, value: float, round_up: bool = False) -> str:
-    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us), bits per weight. `round_up`: never below `value`."""
-    if kind == "size_bytes":
+def format_cost(kind: CostKind, value: float, round_up: bool = False) -> str:
+    """A cost in its natural unit: bytes, BOPs (K/M/G/T), seconds (s/ms/us), bits per weight.
+    `round_up`: never below `value`."""
+    if kind == CostKind.SIZE_BYTES:
         return format_bytes(value, round_up)
-    if kind == "bops":
+    if kind == CostKind.BOPS:
         return _scaled(value, BOPS_PREFIXES, round_up)
-    if kind == "bits_per_weight":
+    if kind == CostKind.BITS_PER_WEIGHT:
         return _scaled(value, PER_WEIGHT_PREFIXES, round_up)
     return _scaled(value, LATENCY_PREFIXES, round_up)
 
@@ -128,19 +135,21 @@ def as_budgets(budget) -> list[Budget]:
     )
     if not items or not all(isinstance(b, (str, Budget)) for b in items):
         raise MpqError(
-            f'budget must be a string with a unit such as "4MB", "20GBOPs", "2.5ms" or "4.25bpw" (or a list of them), not {budget!r}'
+            'budget must be a string with a unit such as "4MB", "20GBOPs", "2.5ms" or "4.25bpw" (or a list of them), '
+            f"not {budget!r}"
         )
     return [parse_budget(b) for b in items]
 
 
-def within_budgets(costs: dict[str, float], budgets: "list[Budget]", latency_known: bool) -> bool:
+def within_budgets(costs: "Mapping[CostKind, float]", budgets: "list[Budget]", latency_known: bool) -> bool:
     """Whether every budget holds: the one rule for plans, baselines and sweep points. A cost the plan
     lacks fails its budget (it cannot be shown to hold), except a latency budget when no latency model
     is given, which cannot be checked and is skipped."""
-    return all(not exceeds(b, costs.get(b.kind, math.inf)) for b in budgets if b.kind != "latency_s" or latency_known)
+    checked = [b for b in budgets if b.kind != CostKind.LATENCY_S or latency_known]
+    return all(not exceeds(b, costs.get(b.kind, math.inf)) for b in checked)
 
 
 def exceeds(budget: Budget, cost: float) -> bool:
     """Whether `cost` is over `budget` (bits per weight with PER_WEIGHT_SLACK, see there)."""
-    slack = PER_WEIGHT_SLACK * budget.limit if budget.kind == "bits_per_weight" else 0.0
+    slack = PER_WEIGHT_SLACK * budget.limit if budget.kind == CostKind.BITS_PER_WEIGHT else 0.0
     return cost > budget.limit + slack

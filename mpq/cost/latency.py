@@ -60,7 +60,8 @@ def covered_choices(layers: list[LayerInfo], choices: dict[str, list[Choice]], l
         if not covered[layer.name]:
             labels = ", ".join(c.label() for c in choices[layer.name])
             raise MpqError(
-                f"{latency.lacks(layer)} at any candidate width ({labels}): give widths it has (--bits, --act-bits), or measure this model with `mpq profile --out FILE.csv`"
+                f"{latency.lacks(layer)} at any candidate width ({labels}): give widths it has (--bits, --act-bits), "
+                "or measure this model with `mpq profile --out FILE.csv`"
             )
     return covered
 

@@ -222,7 +222,8 @@ class LatencyTable:
         key = layer_key(layer, self.batch)
         if (key, choice) not in self.latencies:
             raise MpqError(
-                f"latency table {self.path} has no row for layer {layer.name} ({key.describe()}) at {choice.label()}: measure this model with `mpq profile --out FILE.csv` or choose widths the table has"
+                f"latency table {self.path} has no row for layer {layer.name} ({key.describe()}) at {choice.label()}: "
+                "measure this model with `mpq profile --out FILE.csv` or choose widths the table has"
             )
         return self.latencies[key, choice]
 
@@ -257,7 +258,8 @@ def read_latency_table(path: "str | Path", batch: int | None = None) -> LatencyT
         row = _row(where, record)
         if (row.key, row.choice) in latencies:
             raise MpqError(
-                f"{where}: {row.key.describe()} at {row.choice.label()} repeats line {first_line[row.key, row.choice]}; give each once"
+                f"{where}: {row.key.describe()} at {row.choice.label()} repeats line "
+                f"{first_line[row.key, row.choice]}; give each once"
             )
         latencies[row.key, row.choice] = row.latency_s
         first_line[row.key, row.choice] = number
@@ -269,6 +271,7 @@ def read_latency_table(path: "str | Path", batch: int | None = None) -> LatencyT
     chosen = batches[0] if batch is None else batch
     if chosen not in batches:
         raise MpqError(
-            f"latency table {path} has no rows for batch {chosen} (it has {batches}): profile at that batch or choose one of those"
+            f"latency table {path} has no rows for batch {chosen} (it has {batches}): profile at that batch or choose "
+            "one of those"
         )
     return LatencyTable(str(path), device, chosen, latencies, hashlib.sha256(path.read_bytes()).hexdigest())

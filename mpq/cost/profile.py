@@ -288,7 +288,8 @@ class ProfileResult:
             names += " (Linear layers only)" if any(k.linear_only for k in kernels() if k.choice == choice) else ""
             label = "FP32" if choice.weight_bits == FLOAT_WIDTH else choice.label()
             lines.append(
-                f"| {label} | {names} | {len(covered)} of {len(self.layers)} | {f'{total * 1e3:.3f} ms' if covered else '-'} |"
+                f"| {label} | {names} | {len(covered)} of {len(self.layers)} | "
+                f"{f'{total * 1e3:.3f} ms' if covered else '-'} |"
             )
         lines += [
             "",

@@ -158,7 +158,10 @@ class Roofline:
         widths = ", ".join(
             f"W{k.weight_bits}A{k.act_bits if k.act_bits < FLOAT_BITS else 'f'}" for k in self.device.kernels
         )
-        return f"device {self.device.name} has no kernel for layer {layer.name}'s candidate widths (its kernels hold up to {widths})"
+        return (
+            f"device {self.device.name} has no kernel for layer {layer.name}'s candidate widths "
+            f"(its kernels hold up to {widths})"
+        )
 
     def to_json(self) -> dict:
         return {

@@ -7,7 +7,7 @@ with them by name); `named_inputs` builds that from a dict."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,19 @@ class Dataset:
         None  # per sample, what it was cut from (a photo's views): split by group, never within
     )
     held_out_seed: int | None = None  # set on the part mpq.inputs.split.held_out_split held out, with its seed
+    # (tensors and their in-place versions, digest): fingerprint() hashes the data once, again only when it changed
+    _digest: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or (self.y is not None and not isinstance(self.y, torch.Tensor)):
             raise MpqError(
-                f"data x (and y) must be tensors, not {type(self.x).__name__}: build mpq.Dataset(x=torch.tensor(...), y=...)"
+                f"data x (and y) must be tensors, not {type(self.x).__name__}: build mpq.Dataset(x=torch.tensor(...), "
+                "y=...)"
             )
         if self.x.dim() < 2:
             raise MpqError(
-                f"data x has shape {tuple(self.x.shape)}: it needs a sample dimension first and at least one feature dimension"
+                f"data x has shape {tuple(self.x.shape)}: it needs a sample dimension first and at least one feature "
+                "dimension"
             )
         if len(self.x) == 0:
             raise MpqError(
@@ -55,7 +59,8 @@ class Dataset:
                 raise MpqError(f"labels y must be integers (class indices), not {self.y.dtype}")
             if len(self.y) and int(self.y.min()) < 0:
                 raise MpqError(
-                    f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the model's own predictions"
+                    f"labels y hold {int(self.y.min())}: labels are class indices from 0 up; drop y to use the "
+                    "model's own predictions"
                 )
             self.y = self.y.long()
         self.input_names = tuple(self.input_names)
@@ -65,7 +70,8 @@ class Dataset:
             raise MpqError(f"data groups must be a tensor of one group id per sample ({len(self.x)})")
         if self.input_names and (self.x.dim() < 2 or self.x.shape[1] != len(self.input_names)):
             raise MpqError(
-                f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs {', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs"
+                f"data x of shape {tuple(self.x.shape)} does not hold the {len(self.input_names)} named inputs "
+                f"{', '.join(self.input_names)} along dimension 1: build it with mpq.inputs.data.named_inputs"
             )
 
     def __len__(self) -> int:
@@ -93,7 +99,7 @@ class Dataset:
         if self.x.device == device and (self.y is None or self.y.device == device):
             return self
         y = None if self.y is None else self.y.to(device)
-        return Dataset(
+        moved = Dataset(
             x=self.x.to(device),
             y=y,
             description=self.description,
@@ -101,16 +107,40 @@ class Dataset:
             groups=self.groups,
             held_out_seed=self.held_out_seed,
         )
+        return moved._moved_from(self)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        if self.input_names:
-            digest.update(",".join(self.input_names).encode())
-        for t in (self.x, self.y):
-            if t is not None:
-                digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
-                digest.update(t.detach().cpu().contiguous().numpy().tobytes())  # the same key on every device
-        return digest.hexdigest()
+        """data_fingerprint(self), computed once: kept while x and y are the same tensors, unchanged in place."""
+        state = self._state()
+        if self._digest is None or self._digest[0] != state:
+            self._digest = (state, data_fingerprint(self))
+        return self._digest[1]
+
+    def _state(self) -> tuple:
+        return tuple((id(t), t._version) for t in (self.x, self.y) if t is not None)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("x", "y", "input_names"):
+            object.__setattr__(self, "_digest", None)  # new tensors: hash again
+        object.__setattr__(self, name, value)
+
+    def _moved_from(self, source: "Dataset") -> "Dataset":
+        """Keep `source`'s digest (the same values elsewhere: the digest is the same on every device)."""
+        if source._digest is not None and source._digest[0] == source._state():
+            self._digest = (self._state(), source._digest[1])
+        return self
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """SHA-256 of the inputs' names, the tensors' shapes, dtypes and values (a full copy to the host)."""
+    digest = hashlib.sha256()
+    if data.input_names:
+        digest.update(",".join(data.input_names).encode())
+    for t in (data.x, data.y):
+        if t is not None:
+            digest.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())  # the same key on every device
+    return digest.hexdigest()
 
 
 LABEL_KEYS = ("y", "labels", "label")
@@ -135,7 +165,8 @@ def named_inputs(inputs, source, y: torch.Tensor | None = None) -> Dataset:
     shapes = {name: tuple(t.shape) for name, t in inputs.items()}
     if len(set(shapes.values())) > 1:
         raise MpqError(
-            f"the named inputs in {source} differ in shape ({', '.join(f'{n} {s}' for n, s in shapes.items())}): give inputs of one shape, e.g. padded to one length"
+            f"the named inputs in {source} differ in shape ({', '.join(f'{n} {s}' for n, s in shapes.items())}): give "
+            "inputs of one shape, e.g. padded to one length"
         )
     kinds = {t.is_floating_point() for t in inputs.values()}
     if len(kinds) > 1:
@@ -167,7 +198,8 @@ def _tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
     """A numeric array as a tensor; MpqError for strings, objects and other kinds torch cannot hold."""
     if array.dtype.kind not in "biuf":
         raise MpqError(
-            f"array {name} in {path} holds {array.dtype} values: save numbers (floats for inputs, integers for token ids and labels)"
+            f"array {name} in {path} holds {array.dtype} values: save numbers (floats for inputs, integers for token "
+            "ids and labels)"
         )
     return torch.from_numpy(np.ascontiguousarray(array))
 
@@ -230,7 +262,8 @@ def from_batches(batches, source: str) -> Dataset:
 
 
 def preprocess_imagenet(image, size: int = 224, resize: int = 256) -> torch.Tensor:
-    """EfficientNet-Lite's preprocessing: resize the short side to `resize` (bicubic), centre crop `size`, (x - 127) / 128, CHW."""
+    """EfficientNet-Lite's preprocessing: resize the short side to `resize` (bicubic), centre crop `size`, (x - 127) /
+    128, CHW."""
     return five_crops(image, size, resize, crops="centre")[0]
 
 

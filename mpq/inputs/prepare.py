@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -32,7 +33,8 @@ def as_dataset(data) -> Dataset:
             return named_inputs(data[0], "the data", y=data[1])
         return Dataset(x=data[0], y=data[1])
     raise MpqError(
-        f"data must be an mpq.Dataset, a tensor of inputs, a dict of named inputs, or an (x, y) tuple, not {type(data).__name__}"
+        "data must be an mpq.Dataset, a tensor of inputs, a dict of named inputs, or an (x, y) tuple, not "
+        f"{type(data).__name__}"
     )
 
 
@@ -54,7 +56,8 @@ def _check_output(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
             else f"a tensor of shape {tuple(output.shape)}"
         )
         raise MpqError(
-            f"the model returns {what}: return one tensor shaped [batch, outputs...] (logits or embeddings), or wrap it in mpq.ModelAdapter(model, field=NAME)"
+            f"the model returns {what}: return one tensor shaped [batch, outputs...] (logits or embeddings), or wrap "
+            "it in mpq.ModelAdapter(model, field=NAME)"
         )
     if output.is_floating_point() and not torch.isfinite(output).all():
         raise MpqError(
@@ -87,7 +90,8 @@ def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
     """`data` (e.g. held-out evaluation data) checked against an already prepared model as the first data was."""
     if data.input_names != prepared.input_names:
         raise MpqError(
-            f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with {', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs"
+            f"this data holds inputs {', '.join(data.input_names) or 'x'} but the model was prepared with "
+            f"{', '.join(prepared.input_names) or 'one tensor x'}: give the same inputs"
         )
     with _model_runs_on(data):
         output = _check_output(prepared.folded, data.x[:EXAMPLE_BATCH].to(prepared.device))
@@ -103,7 +107,8 @@ def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
     classes, top = output.shape[1], int(labels.max())
     if top >= classes:
         raise MpqError(
-            f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, or drop y to use the model's own predictions"
+            f"labels y reach {top} but the model has {classes} outputs: give class indices from 0 to {classes - 1}, "
+            "or drop y to use the model's own predictions"
         )
 
 
@@ -113,6 +118,11 @@ def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.de
     `data.to(prepared.device)`."""
     if isinstance(model, PreparedModel):
         return model
+    return _checked_and_prepared(model, data, embeddings, device)[0]
+
+
+def _checked_and_prepared(model, data: Dataset, embeddings: bool, device: torch.device | None) -> tuple:
+    """(the prepared model, how many dimensions its output has): the one run that checks the model's outputs."""
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if device is not None and model_device(model) != device:
@@ -129,17 +139,43 @@ def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.de
         raise MpqError(
             "the model has no Conv1d, Conv2d or Linear layer called as a module, so there is nothing to quantize"
         )
-    return prepared
+    return prepared, output.dim()
 
 
 def prepared_on(model, data: Dataset, embeddings: bool = False, device=None) -> tuple[PreparedModel, Dataset]:
     """as_prepared on the device a verb's `device=` names (mpq.device.resolve_device; None: where the model's
     parameters are), and the data moved there. An already prepared model stays where it is."""
-    if isinstance(model, PreparedModel):
-        return model, data.to(model.device)
+    inputs = prepare_inputs(model, data, embeddings, device)
+    return inputs.prepared, inputs.fit
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The user's model and data past the boundary, checked once, on one device: the stages take these. The
+    data's fingerprints are computed once (Dataset.fingerprint keeps its digest)."""
+
+    prepared: PreparedModel
+    fit: Dataset  # sensitivity and calibration fit on it
+    held_out: Dataset | None = None  # verification measures on it; None: on `fit` (in-sample)
+    output_dims: int | None = None  # of the model's output ([batch, classes]: 2) from the run that checked it
+
+
+def prepare_inputs(model, data, embeddings: bool = False, device=None) -> Inputs:
+    """The one preparation step: `data` as a Dataset, the model checked and prepared on the device `device=`
+    names (mpq.device.resolve_device; None: where the model's parameters are), the data moved there."""
+    data = as_dataset(data)
+    if isinstance(model, PreparedModel):  # checked when it was prepared
+        return Inputs(model, data.to(model.device))
     chosen = resolve_device(device, model if isinstance(model, nn.Module) else None, "device=")
-    prepared = as_prepared(model, data, embeddings, chosen)
-    return prepared, data.to(prepared.device)
+    prepared, dims = _checked_and_prepared(model, data, embeddings, chosen)
+    return Inputs(prepared, data.to(prepared.device), output_dims=dims)
+
+
+def with_held_out(inputs: Inputs, eval_data, eval_split: float = EVAL_SPLIT) -> Inputs:
+    """`inputs` with the data to measure on: `eval_data` (checked) when given, else a seeded `eval_split` of the
+    fit data held out by group (mpq.inputs.split.held_out_split; then the fit data is the rest), else none."""
+    fit, held_out = split_for_measurement(inputs.prepared, inputs.fit, eval_data, eval_split)
+    return replace(inputs, fit=fit, held_out=held_out)
 
 
 def names_embeddings(model, names) -> bool:

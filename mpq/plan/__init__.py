@@ -13,7 +13,8 @@
 
 "granularity" is that of the weight scales: "channel", one per output channel; or "group", with
 "group_size": g, one per group of g consecutive weights of an output channel (mpq.quant.affine), the
-group size of the plan's quantizer (settings.quantizer.group_size), the same for every layer. A plan searched with per-channel
+group size of the plan's quantizer (settings.quantizer.group_size), the same for every layer. A plan searched with
+per-channel
 widths (`--granularity channel`) adds to every layer entry
      "channel_bits": [{"channels": [start, stop], "weight_bits": b}, ...]   (runs of equal width)
      "channel_group": G
@@ -34,6 +35,7 @@ from mpq.errors import MpqError
 from mpq.files import write_json_atomic
 from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_json, storage_chunks
 from mpq.plan.legacy import settings_from_json
+from mpq.plan.records import PlanModel, Predicted, SolverRecord
 from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.formats import WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
@@ -42,6 +44,7 @@ from mpq.versions import versions
 __all__ = ["Plan", "LayerPlan", "ChannelRun", "PlanSettings", "SearchSpace", "SolverSettings", "storage_chunks"]
 
 SCHEMA = "mpq.plan/1"
+_RECORDS = {"model": PlanModel, "predicted": Predicted, "solver": SolverRecord}
 
 
 @dataclass
@@ -49,19 +52,26 @@ class Plan:
     """Per-module widths plus what they were chosen for (model fingerprint, budgets, predictions)."""
 
     layers: dict[str, LayerPlan]
-    model: dict = field(default_factory=dict)
+    model: PlanModel = field(default_factory=PlanModel)
     budgets: list[Budget] = field(default_factory=list)
-    predicted: dict = field(default_factory=dict)
+    predicted: Predicted = field(default_factory=Predicted)
     settings: PlanSettings | None = (
         None  # what it was searched with (None: a plan made by hand, e.g. a uniform baseline)
     )
-    solver: dict = field(default_factory=dict)  # mpq.solver.Solution.solver_json(): name, status, proven_optimal, gap
+    solver: SolverRecord = field(default_factory=SolverRecord)  # how the solve ended (mpq.solver.problem.Solution)
     versions: dict = field(
         default_factory=versions
     )  # of mpq, torch, numpy, pulp, highspy when it was made (mpq.versions)
     recipe: dict | None = (
         None  # the options of the `mpq search` run that made it (mpq.cli.recipe): --config plan.json repeats it
     )
+
+    def __setattr__(self, name: str, value) -> None:
+        """Records given as dicts (the JSON objects), here or later, become typed."""
+        record = _RECORDS.get(name)
+        if record is not None and not isinstance(value, record):
+            value = record.from_json(value)
+        object.__setattr__(self, name, value)
 
     @property
     def quantizer(self) -> Quantizer:
@@ -81,12 +91,12 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "schema": SCHEMA,
-            "model": self.model,
+            "model": self.model.to_json(),
             "budgets": [b.to_json() for b in self.budgets],
             "layers": {name: layer_to_json(lp, self.group_size) for name, lp in self.layers.items()},
-            "predicted": self.predicted,
+            "predicted": self.predicted.to_json(),
             "settings": self.settings.to_json() if self.settings is not None else {},
-            **({"solver": self.solver} if self.solver else {}),
+            **({"solver": self.solver.to_json()} if self.solver else {}),
             **({"versions": dict(self.versions)} if self.versions else {}),
             **({"recipe": dict(self.recipe)} if self.recipe is not None else {}),
         }
@@ -123,7 +133,8 @@ class Plan:
         stated = {entry.get("group_size") for entry in data["layers"].values()}
         if stated - {plan.group_size}:
             raise MpqError(
-                f"{source} is malformed (its layers' group_size {sorted(stated, key=str)} differs from its quantizer's, {plan.group_size}); make a new one with `mpq search`"
+                f"{source} is malformed (its layers' group_size {sorted(stated, key=str)} differs from its "
+                f"quantizer's, {plan.group_size}); make a new one with `mpq search`"
             )
         return plan
 
@@ -140,7 +151,8 @@ class Plan:
         plan = cls.from_json(data, source=str(path))
         if not isinstance(plan.model.get("fingerprint"), str) or not plan.model["fingerprint"]:
             raise MpqError(
-                f"{path} names no model fingerprint, so mpq cannot tell which model it was made for: make the plan with `mpq search` (or `mpq solve --table`)"
+                f"{path} names no model fingerprint, so mpq cannot tell which model it was made for: make the plan "
+                "with `mpq search` (or `mpq solve --table`)"
             )
         return plan
 

@@ -72,7 +72,8 @@ class LayerPlan:
 
 
 def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
-    """The layer's plan.json entry; with a group size (the plan's quantizer's), "granularity": "group" and "group_size"."""
+    """The layer's plan.json entry; with a group size (the plan's quantizer's), "granularity": "group" and
+    "group_size"."""
     entry = {
         "weight_bits": lp.weight_bits,
         "act_bits": lp.act_bits,
@@ -87,7 +88,8 @@ def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
 
 
 def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
-    """Runs that start at channel 0 and follow one another without gap or overlap, widths PLAN_MIN_BITS to PLAN_MAX_BITS."""
+    """Runs that start at channel 0 and follow one another without gap or overlap, widths PLAN_MIN_BITS to
+    PLAN_MAX_BITS."""
     if not isinstance(items, list) or not items:
         raise ValueError(
             f'layer {name}: channel_bits must be a non-empty list of {{"channels": [start, stop], "weight_bits": b}}'
@@ -106,13 +108,15 @@ def _runs_from_json(name: str, items) -> tuple[ChannelRun, ...]:
         start, stop = channels
         if start != expected:
             raise ValueError(
-                f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] starts at {start} instead of {expected}"
+                f"layer {name}: channel_bits must cover the channels in order, each once, but run [{start}, {stop}] "
+                f"starts at {start} instead of {expected}"
             )
         if stop <= start:
             raise ValueError(f"layer {name}: channel_bits run [{start}, {stop}] holds no channel")
         if not is_plan_width(item.get("weight_bits")):
             raise ValueError(
-                f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}"
+                f"layer {name}: channel_bits run [{start}, {stop}] has weight_bits {item.get('weight_bits')!r}, not a "
+                f"width from {PLAN_MIN_BITS} to {PLAN_MAX_BITS}"
             )
         runs.append(ChannelRun(start, stop, item["weight_bits"]))
         expected = stop
@@ -139,7 +143,8 @@ def layer_from_json(name: str, entry: dict) -> LayerPlan:
     runs = _runs_from_json(name, entry["channel_bits"])
     if max(r.weight_bits for r in runs) != weight_bits:
         raise ValueError(
-            f"layer {name}: weight_bits {weight_bits} is not the widest of its channel_bits ({max(r.weight_bits for r in runs)})"
+            f"layer {name}: weight_bits {weight_bits} is not the widest of its channel_bits "
+            f"({max(r.weight_bits for r in runs)})"
         )
     group = entry.get("channel_group")
     if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):

@@ -117,7 +117,8 @@ class SearchSpace(_Record):
         object.__setattr__(self, "keep", _pins(self.keep))
         if self.granularity not in WIDTH_GRANULARITIES:
             raise MpqError(
-                f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one width per layer) or channel"
+                f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one "
+                "width per layer) or channel"
             )
         group = self.channel_group
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
@@ -269,7 +270,8 @@ class PlanSettings:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise MpqError(
-                f"the plan's settings hold unknown keys ({', '.join(unknown)}): it was written by another mpq version; make a new plan with `mpq search`"
+                f"the plan's settings hold unknown keys ({', '.join(unknown)}): it was written by another mpq "
+                "version; make a new plan with `mpq search`"
             )
         readers = {
             "space": SearchSpace.from_json,

@@ -3,15 +3,17 @@ layer with its Omega and costs, and the budgets (solved by mpq.solver.problem)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.cost.budget import Budget
+from mpq.cost.costs import CostKind, Costs
 from mpq.cost.latency import covered_choices
 from mpq.cost.layer_cost import Choice, layer_costs
 from mpq.errors import MpqError
-from mpq.inputs.graph import LayerInfo
+from mpq.inputs.graph import LayerInfo, ModelGraph
 from mpq.plan.settings import act_widths
-from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.widths import check_bits
 from mpq.solver.problem import Problem
 
@@ -22,7 +24,7 @@ LATENCY_HOW = (
 
 def check_latency_budgets(budgets: list[Budget], latency, how: str = LATENCY_HOW) -> None:
     """MpqError when a latency budget comes without a latency model; `how` says how to give one."""
-    latency_budget = next((b for b in budgets if b.kind == "latency_s"), None)
+    latency_budget = next((b for b in budgets if b.kind == CostKind.LATENCY_S), None)
     if latency_budget is not None and latency is None:
         raise MpqError(f"budget {latency_budget.text} is a latency: {how}")
 
@@ -41,23 +43,35 @@ def candidate_choices(
     }
 
 
+@dataclass(frozen=True)
+class Layers:
+    """What an allocation is made over: the quantizable layers, the bytes left in float, the layers that read one
+    input (one activation width each), and the format the weights are stored in (mpq.quant.formats)."""
+
+    layers: list[LayerInfo]
+    float_bytes: int = 0
+    act_tie_groups: "list[list[str]] | tuple" = ()
+    fmt: WeightFormat = PER_CHANNEL_INT
+
+    @classmethod
+    def of_graph(cls, graph: ModelGraph, fmt: WeightFormat = PER_CHANNEL_INT) -> "Layers":
+        return cls(graph.layers, graph.float_bytes, graph.act_tie_groups, fmt)
+
+
 def build_problem(
-    layers: list[LayerInfo],
-    float_bytes: int,
+    over: Layers,
     budgets: list[Budget],
     bits: Iterable[int],
     act_bits: "int | None | Sequence[int | None]",
     omega: Callable[[str, Choice], float],
     keep: "dict[str, int] | None" = None,
-    act_tie_groups: "list[list[str]] | None" = None,
     latency=None,
-    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> Problem:
     """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
     an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.cost.latency),
     only the pairs it has a latency for, and latency_s costs. Sizes and bits per weight are the bytes of the weight
-    format `fmt` (mpq.quant.formats)."""
-    keep = keep or {}
+    format `over.fmt` (mpq.quant.formats)."""
+    layers, fmt, keep = over.layers, over.fmt, keep or {}
     check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
     choices = candidate_choices(layers, bits, acts, keep)
@@ -72,9 +86,11 @@ def build_problem(
             layer.name: {c: layer_costs(layer, c, latency, fmt, weights) for c in choices[layer.name]}
             for layer in layers
         },
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0}
-        | ({"latency_s": 0.0} if latency is not None else {}),
+        fixed_costs=Costs(
+            {CostKind.SIZE_BYTES: float(over.float_bytes), CostKind.BOPS: 0.0, CostKind.BITS_PER_WEIGHT: 0.0}
+        )
+        | ({CostKind.LATENCY_S: 0.0} if latency is not None else {}),
         budgets=budgets,
-        act_tie_groups=[list(g) for g in act_tie_groups or []] if len(acts) > 1 else [],
+        act_tie_groups=[list(g) for g in over.act_tie_groups] if len(acts) > 1 else [],
         keep=dict(keep),
     )

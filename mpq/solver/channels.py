@@ -29,7 +29,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.cost.budget import Budget
+from mpq.cost.costs import CostKind, Costs
 from mpq.cost.layer_cost import (
     ACT_QUANT_PARAM_BYTES,
     FLOAT_BITS,
@@ -43,11 +45,11 @@ from mpq.cost.layer_cost import (
 from mpq.errors import MpqError
 from mpq.inputs.graph import LayerInfo
 from mpq.plan import ChannelRun, LayerPlan
-from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.plan.settings import SearchSpace
 from mpq.quant.widths import check_bits
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import metric_of
+from mpq.solver.build import Layers
 from mpq.solver.presolve import binary_variables, drop_dominated
 from mpq.solver.problem import Problem, Solution
 
@@ -83,7 +85,8 @@ def check_channel_metric(space: SearchSpace, metric: str | None) -> None:
     """Per-channel widths need a per-channel Omega, which the measured metrics do not have."""
     if space.granularity == "channel" and metric is not None and not metric_of(metric).per_channel:
         raise MpqError(
-            f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or hessian, fisher, eigenvalue) with --granularity channel"
+            f"the {metric} metric measures whole layers, so it has no per-channel Ω: use --metric kl_quadratic (or "
+            "hessian, fisher, eigenvalue) with --granularity channel"
         )
 
 
@@ -115,20 +118,24 @@ def group_costs(
     """Size, BOPs and bits-per-weight share of one channel group (`weights`: of all layers); group 0 carries the
     layer's input quantizer bytes."""
     act = ACT_QUANT_PARAM_BYTES if choice.act_bits and group.start == 0 else 0
-    return {
-        "size_bytes": float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits, fmt) + act),
-        "bops": chunk_bops(layer, group.start, group.stop, choice.weight_bits, choice.act_bits),
-        "bits_per_weight": 8 * weight_bytes(layer, group.stop - group.start, choice.weight_bits, fmt) / weights,
-    }
+    codes = weight_bytes(layer, group.stop - group.start, choice.weight_bits, fmt)
+    return Costs(
+        {
+            CostKind.SIZE_BYTES: float(chunk_size_bytes(layer, group.start, group.stop, choice.weight_bits, fmt) + act),
+            CostKind.BOPS: chunk_bops(layer, group.start, group.stop, choice.weight_bits, choice.act_bits),
+            CostKind.BITS_PER_WEIGHT: 8 * codes / weights,
+        }
+    )
 
 
 def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, fmt: WeightFormat = PER_CHANNEL_INT) -> dict[str, float]:
-    """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per channel."""
+    """Size (as packed), BOPs and weight bits (packed codes and scales) of one layer of a plan, layer-wise or per
+    channel."""
     if not lp.channel_bits:
         bits = layer_weight_bits(layer, lp.choice, fmt)
         return {
-            "size_bytes": float(layer_size_bytes(layer, lp.choice, fmt)),
-            "bops": layer_bops(layer, lp.choice),
+            CostKind.SIZE_BYTES: float(layer_size_bytes(layer, lp.choice, fmt)),
+            CostKind.BOPS: layer_bops(layer, lp.choice),
             "weight_bits": bits,
         }
     chunks = lp.chunks(layer.out_channels)
@@ -136,29 +143,26 @@ def plan_layer_costs(layer: LayerInfo, lp: LayerPlan, fmt: WeightFormat = PER_CH
     bits = sum(8 * weight_bytes(layer, c.stop - c.start, c.weight_bits, fmt) for c in chunks)
     bops = sum(chunk_bops(layer, r.start, r.stop, r.weight_bits, lp.act_bits) for r in lp.runs(layer.out_channels))
     return {
-        "size_bytes": float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)),
-        "bops": bops,
+        CostKind.SIZE_BYTES: float(size + (ACT_QUANT_PARAM_BYTES if lp.act_bits else 0)),
+        CostKind.BOPS: bops,
         "weight_bits": bits,
     }
 
 
 def build_channel_problem(
-    layers: list[LayerInfo],
-    float_bytes: int,
+    over: Layers,
     budgets: list[Budget],
     bits: Iterable[int],
     acts: tuple[int | None, ...],
     omega: Callable[[ChannelGroup, int], float],
     group_size: int = 1,
     keep: "dict[str, int] | None" = None,
-    act_tie_groups: "list[list[str]] | None" = None,
-    fmt: WeightFormat = PER_CHANNEL_INT,
 ) -> ChannelProblem:
     """One unit per channel group with every (weight width, activation width) pair; a kept layer's groups
     take its kept width; the groups of one layer (and layers reading one input) share the activation width
     when there are several to choose from. `omega(group, bits)` is the group's Omega;
-    `fmt` the weights' format (mpq.quant.formats), whose bytes the sizes count."""
-    keep = keep or {}
+    `over.fmt` the weights' format (mpq.quant.formats), whose bytes the sizes count."""
+    layers, fmt, keep = over.layers, over.fmt, keep or {}
     widths = sorted({check_bits(b) for b in bits})
     groups: dict[str, ChannelGroup] = {}
     choices, omegas, costs, dropped = {}, {}, {}, 0
@@ -183,13 +187,15 @@ def build_channel_problem(
             for layer in layers
             if layer.out_channels > group_size and layer.kind != "embedding"
         ]
-        ties += [[first_unit[name] for name in group] for group in act_tie_groups or []]
+        ties += [[first_unit[name] for name in group] for group in over.act_tie_groups]
     problem = Problem(
         layers=list(groups),
         choices=choices,
         omega=omegas,
         costs=costs,
-        fixed_costs={"size_bytes": float(float_bytes), "bops": 0.0, "bits_per_weight": 0.0},
+        fixed_costs=Costs(
+            {CostKind.SIZE_BYTES: float(over.float_bytes), CostKind.BOPS: 0.0, CostKind.BITS_PER_WEIGHT: 0.0}
+        ),
         budgets=budgets,
         act_tie_groups=ties,
         keep={unit: keep[g.layer] for unit, g in groups.items() if g.layer in keep},

@@ -15,15 +15,17 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulp
 
 from mpq.errors import MpqError
+from mpq.plan.records import SolverStatus
+from mpq.plan.settings import DEFAULT_SOLVER, SOLVERS
 
-SOLVERS = ("cbc", "highs")
-DEFAULT_SOLVER = "highs"  # as exact as CBC and faster on the larger problems (reports/solver.md)
-OPTIMAL, FEASIBLE, INFEASIBLE, NOT_SOLVED = "optimal", "feasible", "infeasible", "not solved"
+OPTIMAL, FEASIBLE = SolverStatus.OPTIMAL, SolverStatus.FEASIBLE
+INFEASIBLE, NOT_SOLVED = SolverStatus.INFEASIBLE, SolverStatus.NOT_SOLVED
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class SolverRun:
     infeasible, or not solved (stopped with no plan)."""
 
     solver: str
-    status: str
+    status: SolverStatus
     gap: float | None
     seconds: float
 
@@ -140,7 +142,7 @@ def _run_highs(program: pulp.LpProblem, time_limit_s: float | None) -> SolverRun
     return SolverRun("highs", status, gap, seconds)
 
 
-def _status(program: pulp.LpProblem) -> str:
+def _status(program: pulp.LpProblem) -> SolverStatus:
     if program.status == pulp.LpStatusOptimal:
         return OPTIMAL if program.sol_status == pulp.LpSolutionOptimal else FEASIBLE
     if program.status == pulp.LpStatusInfeasible:
@@ -153,7 +155,7 @@ def run_solver(program: pulp.LpProblem, solver: str = DEFAULT_SOLVER, time_limit
     return (_run_highs if check_solver(solver) == "highs" else _run_cbc)(program, time_limit_s)
 
 
-def solver_note(solver: dict, seconds: float) -> str:
+def solver_note(solver: Mapping, seconds: float) -> str:
     """One line for report.md/report.json: which solver, whether it proved optimality, its gap and seconds."""
     proof = (
         "proven optimal"
@@ -161,4 +163,5 @@ def solver_note(solver: dict, seconds: float) -> str:
         else f"stopped by the time limit of {solver.get('time_limit_s')} s, not proven optimal"
     )
     gap = solver.get("gap")
-    return f"solver: {solver.get('name')}, {proof}, relative gap {'unknown' if gap is None else f'{gap:.3g}'}, {seconds:.2f} s"
+    gap_text = "unknown" if gap is None else f"{gap:.3g}"
+    return f"solver: {solver.get('name')}, {proof}, relative gap {gap_text}, {seconds:.2f} s"

@@ -29,7 +29,8 @@ def layer_plan_omega(s: LayerSensitivity, lp: LayerPlan, margin: float, inputs: 
 
 
 def searched_with(plan: Plan) -> tuple[float, bool]:
-    """(trace margin, whether the inputs' Omega counted) of the plan's search; (0, False) for a plan without settings."""
+    """(trace margin, whether the inputs' Omega counted) of the plan's search; (0, False) for a plan without
+    settings."""
     if plan.settings is None:
         return 0.0, False
     return plan.settings.space.trace_margin, plan.settings.act_sensitivity

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 import pulp
 
 from mpq.cost.budget import Budget, exceeds, format_cost
+from mpq.cost.costs import CostKind
 from mpq.cost.layer_cost import Choice
 from mpq.errors import BudgetInfeasible, MpqError
+from mpq.plan.records import SolverRecord, SolverStatus
 from mpq.solver.milp import DEFAULT_SOLVER, INFEASIBLE, OPTIMAL, SolverRun, check_solver, check_time_limit, run_solver
 
 ROW_SCALE = 1e6  # every budget row is rescaled so that its limit reads 1e6: keeps CBC's tolerances meaningful
@@ -55,22 +57,16 @@ class Solution:
     choices: dict[str, Choice]
     objective: float
     costs: dict[str, float]
-    status: str
+    status: SolverStatus
     seconds: float
     solver: str = DEFAULT_SOLVER
     proven_optimal: bool = True  # total Omega is proven least (False: a time limit stopped the solver)
     gap: float | None = 0.0  # relative gap of total Omega to the solver's lower bound (None: unknown)
     time_limit_s: float | None = None
 
-    def solver_json(self) -> dict:
+    def solver_json(self) -> SolverRecord:
         """What plan.json records about the solve (no wall time: a plan stays byte-identical for a seed)."""
-        return {
-            "name": self.solver,
-            "status": self.status,
-            "proven_optimal": self.proven_optimal,
-            "gap": self.gap,
-            "time_limit_s": self.time_limit_s,
-        }
+        return SolverRecord(self.solver, self.status, self.proven_optimal, self.gap, self.time_limit_s)
 
 
 def total_costs(problem: Problem, choices: dict[str, Choice]) -> dict[str, float]:
@@ -173,16 +169,18 @@ def check_feasible(problem: Problem) -> None:
         if exceeds(budget, least):
             raise BudgetInfeasible(
                 f"no plan meets the budget {budget.text} ({format_cost(budget.kind, budget.limit)}): the smallest "
-                f"that can be met is {format_cost(budget.kind, least, round_up=True)}; {_what_to_try(problem, budget, least)}"
+                f"that can be met is {format_cost(budget.kind, least, round_up=True)}; "
+                f"{_what_to_try(problem, budget, least)}"
             )
 
 
 def _what_to_try(problem: Problem, budget: Budget, least: float) -> str:
     """Narrower widths help only when the quantized layers, not what stays in float, are over the budget."""
     fixed = problem.fixed_costs.get(budget.kind, 0.0)
-    if budget.kind == "size_bytes" and fixed >= 0.5 * least:
+    if budget.kind == CostKind.SIZE_BYTES and fixed >= 0.5 * least:
         return (
-            f"{format_cost(budget.kind, fixed, round_up=True)} of it stays in float (embeddings, norms, other parameters): "
+            f"{format_cost(budget.kind, fixed, round_up=True)} of it stays in float (embeddings, norms, other "
+            "parameters): "
             "raise the budget, or quantize the embeddings too (--quantize-embeddings)"
         )
     if budget.kind == "bits_per_weight":  # the weight scales count too
@@ -287,8 +285,10 @@ def check_finite(problem: Problem) -> None:
             for what, value in bad.items():
                 if not math.isfinite(value):
                     raise MpqError(
-                        f"{what} of layer {name} at {choice.label()} is {value}: the sensitivity (or cost) is not a finite number; "
-                        "check that the loss is finite, give the probing time for at least two probes (--max-seconds), or rerun with --no-cache"
+                        f"{what} of layer {name} at {choice.label()} is {value}: the sensitivity (or cost) is not a "
+                        "finite number; "
+                        "check that the loss is finite, give the probing time for at least two probes "
+                        "(--max-seconds), or rerun with --no-cache"
                     )
 
 

@@ -9,9 +9,10 @@ from typing import Iterable
 import numpy as np
 
 from mpq.cost.budget import SCALE_OF_UNIT, Budget, as_budgets, parse_budget
+from mpq.cost.costs import CostKind
 from mpq.errors import MpqError
 
-SWEEP_KINDS = ("size_bytes", "bops", "bits_per_weight")
+SWEEP_KINDS = (CostKind.SIZE_BYTES, CostKind.BOPS, CostKind.BITS_PER_WEIGHT)
 
 
 DEFAULT_STEPS = 30
@@ -37,12 +38,14 @@ def _sweep_kind(budgets: list[Budget]) -> str:
     kinds = {b.kind for b in budgets}
     if len(kinds) > 1:
         raise MpqError(
-            f"the budgets of one sweep must be of one kind, not {' and '.join(sorted(kinds))}; give others with --also-budget"
+            f"the budgets of one sweep must be of one kind, not {' and '.join(sorted(kinds))}; give others with "
+            "--also-budget"
         )
     kind = kinds.pop()
     if kind not in SWEEP_KINDS:
         raise MpqError(
-            f"a sweep runs over sizes (e.g. 2MB:6MB), BOPs (e.g. 10GBOPs:40GBOPs) or bits per weight (e.g. 3bpw:6bpw), not {kind}"
+            "a sweep runs over sizes (e.g. 2MB:6MB), BOPs (e.g. 10GBOPs:40GBOPs) or bits per weight (e.g. "
+            f"3bpw:6bpw), not {kind}"
         )
     return kind
 

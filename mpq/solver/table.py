@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpq.cost.budget import Budget
+from mpq.cost.costs import CostKind
 from mpq.cost.layer_cost import Choice
 from mpq.errors import MpqError
 from mpq.plan import LayerPlan, Plan
+from mpq.plan.records import PlanModel, Predicted
 from mpq.plan.settings import PlanSettings, SolverSettings
 from mpq.quant.widths import parse_width
 from mpq.solver.problem import Problem, Solution
 
 COLUMNS = ("layer", "weight_bits", "act_bits", "omega", "size_bytes", "bops", "latency_s")
-COST_COLUMNS = ("size_bytes", "bops", "latency_s")
+COST_COLUMNS = (CostKind.SIZE_BYTES, CostKind.BOPS, CostKind.LATENCY_S)
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,16 @@ def problem_from_rows(path: "str | Path", rows: list[TableRow], budgets: list[Bu
         lines = line_of.setdefault(row.layer, {})
         if row.choice in lines:
             raise MpqError(
-                f"{where}: layer {row.layer} with {row.choice.label()} repeats line {lines[row.choice]}; give each choice once"
+                f"{where}: layer {row.layer} with {row.choice.label()} repeats line {lines[row.choice]}; give each "
+                "choice once"
             )
         lines[row.choice] = row.line
         if row.layer not in group_of:
             group_of[row.layer] = (row.group, row.line)
         elif group_of[row.layer][0] != row.group:
             raise MpqError(
-                f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line {group_of[row.layer][1]}; give all its rows one group"
+                f"{where}: layer {row.layer} is in group {row.group!r} here but {group_of[row.layer][0]!r} on line "
+                f"{group_of[row.layer][1]}; give all its rows one group"
             )
         omega.setdefault(row.layer, {})[row.choice] = row.omega
         costs.setdefault(row.layer, {})[row.choice] = row.costs
@@ -152,12 +156,13 @@ def plan_from_solution(path: "str | Path", problem: Problem, solution: Solution)
     """The plan.json of a solved table: its widths, the table as the model fingerprint, predicted costs."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     known = [k for k in COST_COLUMNS if all(k in problem.costs[n][c] for n, c in solution.choices.items())]
-    predicted: dict = {k: solution.costs[k] for k in known} | {"omega": solution.objective}
-    if "size_bytes" in predicted:
-        predicted["size_bytes"] = int(round(predicted["size_bytes"]))
+    costs = {k: solution.costs[k] for k in known}
+    if CostKind.SIZE_BYTES in costs:
+        costs[CostKind.SIZE_BYTES] = int(round(costs[CostKind.SIZE_BYTES]))
+    predicted = Predicted(**{k.value: v for k, v in costs.items()}, omega=solution.objective, order=(*known, "omega"))
     return Plan(
         layers={n: LayerPlan(weight_bits=c.weight_bits, act_bits=c.act_bits) for n, c in solution.choices.items()},
-        model={"table": str(path), "fingerprint": digest, "layers": len(problem.layers)},
+        model=PlanModel(fingerprint=digest, layers=len(problem.layers), table=str(path), order=("table",)),
         budgets=problem.budgets,
         predicted=predicted,
         settings=PlanSettings(

@@ -87,7 +87,8 @@ class PackedModel:
 
     @property
     def bits_per_weight(self) -> float | None:
-        """Bits of the quantized layers' codes and scales as stored, over their weight count (None: no layer quantized)."""
+        """Bits of the quantized layers' codes and scales as stored, over their weight count (None: no layer
+        quantized)."""
         stored = [self.tensors[f"{n}.{part}"] for n in self.layers for part in ("weight_codes", "weight_scale")]
         weights = sum(math.prod(meta["weight_shape"]) for meta in self.layers.values())
         return 8 * sum(t.numel() * t.element_size() for t in stored) / weights if weights else None
@@ -144,7 +145,8 @@ def pack_model(
 
 
 def dequantized_weight(packed: PackedModel, name: str) -> torch.Tensor:
-    """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do it)."""
+    """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do
+    it)."""
     meta = packed.layers[name]
     codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
     return QuantizedWeight(codes, packed.weight_scale(name), meta["weight_bits"], meta.get("group_size")).dequantize()

@@ -12,23 +12,24 @@ KL(FP32 || quantized) of the softmax outputs, averaged over views; and the plan'
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
 
+from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.cache import Cache, open_cache
 from mpq.cost.budget import Budget, within_budgets
+from mpq.cost.costs import CostKind
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
-from mpq.inputs.prepare import as_dataset, check_batch_size, names_embeddings, prepared_on, split_for_measurement
+from mpq.inputs.prepare import check_batch_size, names_embeddings, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
-from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, lm_perplexity, run_batches, task_top1
 from mpq.quant.widths import check_bits
@@ -41,6 +42,15 @@ EVALUATOR = "integer-accumulation/2"  # in measurement cache keys: a new evaluat
 SQNR_SAMPLES = 25  # inputs the per-layer SQNR table is measured on
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """A quantizer fitted on the fit data, and the data measurements are made on with its FP32 reference."""
+
+    calibration: Calibration
+    data: Dataset
+    reference: Fp32Reference
+
+
 def fitted_and_held_out(
     prepared: PreparedModel,
     data: Dataset,
@@ -48,14 +58,14 @@ def fitted_and_held_out(
     quantizer: Quantizer,
     batch_size: int,
     cache: Cache,
-) -> tuple[Calibration, Dataset, Fp32Reference]:
+) -> Fitted:
     """`quantizer` fitted on `data`, and what measurements compare against: `eval_data` and its FP32
     reference when given, else `data` itself (in-sample) and the reference the fit used."""
     reference = fp32_reference(prepared, data, batch_size, cache)
     calibration = calibrate(prepared, data, reference.input_ranges, quantizer, batch_size, cache)
     if eval_data is None:
-        return calibration, data, reference
-    return calibration, eval_data, fp32_reference(prepared, eval_data, batch_size, cache)
+        return Fitted(calibration, data, reference)
+    return Fitted(calibration, eval_data, fp32_reference(prepared, eval_data, batch_size, cache))
 
 
 def plan_calibration(
@@ -106,10 +116,10 @@ def packed_for(
     the exports are built from), so that an export reproduces the verified model."""
     check_batch_size(batch_size)
     check_quantizable(plan)
-    data = as_dataset(data)
-    prepared, data = prepared_on(model, data, names_embeddings(model, plan.layers), device)
-    check_plan_matches(prepared, plan)
-    data, _ = split_for_measurement(prepared, data, None, eval_split)
+    inputs = prepare_inputs(model, data, names_embeddings(model, plan.layers), device)
+    check_plan_matches(inputs.prepared, plan)
+    inputs = with_held_out(inputs, None, eval_split)
+    prepared, data = inputs.prepared, inputs.fit
     cache = open_cache(cache_dir)
     reference = fp32_reference(prepared, data, batch_size, cache)
     chosen = plan_quantizer(plan, None if quantizer is None else resolve_quantizer(quantizer))
@@ -126,23 +136,21 @@ def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, b
 def measure_plan(
     prepared: PreparedModel,
     plan: Plan,
-    data: Dataset,
-    reference: Fp32Reference,
+    fitted: Fitted,
     name: str,
     batch_size: int,
     cache: Cache,
     budgets: list[Budget] = (),
     latency=None,
-    calibration: Calibration | None = None,
 ) -> Measurement:
-    """Export the plan, rebuild the model from the exported tensors, and measure it (cached). Its latency
-    is predicted by `latency` (a model from mpq.cost.latency), when given and when it covers every layer's widths.
-    `calibration`: the quantizer fitted to the data (None: the plan's, fitted here)."""
-    calibration = calibration or plan_calibration(prepared, plan, data, reference, batch_size, cache)
+    """Export the plan, rebuild the model from the exported tensors, and measure it (cached) on `fitted.data`
+    against `fitted.reference`, quantized by `fitted.calibration`. Its latency is predicted by `latency` (a model
+    from mpq.cost.latency), when given and when it covers every layer's widths."""
+    calibration, data, reference = fitted.calibration, fitted.data, fitted.reference
     packed = pack_plan(prepared, plan, calibration)
     layers = prepared.graph.by_name
-    bops = sum(plan_layer_costs(layers[n], lp)["bops"] for n, lp in plan.layers.items())
-    latency_s = _predicted_latency(prepared, plan, latency).get("latency_s")
+    bops = sum(plan_layer_costs(layers[n], lp)[CostKind.BOPS] for n, lp in plan.layers.items())
+    latency_s = _predicted_latency(prepared, plan, latency).get(CostKind.LATENCY_S)
     key = measurement_key(prepared, plan, data, calibration)
     cached = cache.load("measurement", key)
     if cached is not None:
@@ -161,7 +169,8 @@ def measure_plan(
 
 
 def measurement_key(prepared: PreparedModel, plan: Plan, data: Dataset, calibration: Calibration) -> dict:
-    """What a measurement of `plan` on `data` depends on: the model, the data, the plan's widths, the evaluator and the fitted quantizer."""
+    """What a measurement of `plan` on `data` depends on: the model, the data, the plan's widths, the evaluator and the
+    fitted quantizer."""
     key = {
         "model": prepared.fingerprint,
         "data": data.fingerprint(),
@@ -219,7 +228,8 @@ def _measured(
 def uniform_plan(
     prepared: PreparedModel, weight_bits: int, act_bits: int | None, group_size: int | None = None
 ) -> Plan:
-    """Every layer at `weight_bits` (inputs at `act_bits`), its weight scales per group of `group_size` (None: per channel)."""
+    """Every layer at `weight_bits` (inputs at `act_bits`), its weight scales per group of `group_size` (None: per
+    channel)."""
     granularity = "channel" if group_size is None else "group"
     layers = {
         layer.name: LayerPlan(
@@ -240,7 +250,7 @@ def _predicted_latency(prepared: PreparedModel, plan: Plan, latency) -> dict[str
     layers = prepared.graph.layers
     if latency is None or not all(latency.covers(layer, plan.layers[layer.name].choice) for layer in layers):
         return {}
-    return {"latency_s": sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
+    return {CostKind.LATENCY_S: sum(latency.latency_s(layer, plan.layers[layer.name].choice) for layer in layers)}
 
 
 def _fits(
@@ -281,72 +291,67 @@ def check_plan_matches(prepared: PreparedModel, plan: Plan) -> None:
         channels = prepared.graph.by_name[name].out_channels
         if lp.channel_bits and lp.channel_bits[-1].stop != channels:
             raise MpqError(
-                f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the layer has {channels}: it was made for another model"
+                f"the plan's channel_bits of layer {name} cover {lp.channel_bits[-1].stop} output channels but the "
+                f"layer has {channels}: it was made for another model"
             )
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What verification measures besides the plan: uniform baselines at `baseline_bits` (W8 always) with inputs at
+    `act_bits`, in batches of `batch_size`, latencies predicted by `latency` (a model from mpq.cost.latency; None:
+    latency budgets are not checked), all quantized with `quantizer` (None: the plan's)."""
+
+    baseline_bits: tuple[int, ...] = (8,)
+    act_bits: int | None = 8
+    batch_size: int = 25
+    latency: object = None
+    quantizer: Quantizer | None = None
+
+
+def plan_act_bits(plan: Plan) -> int | None:
+    """The inputs' width of the uniform baselines: the plan's widest (8 for an empty plan, None for float inputs)."""
+    return max((lp.act_bits for lp in plan.layers.values() if lp.act_bits), default=None if plan.layers else 8)
 
 
 def verify_prepared(
     prepared: PreparedModel,
     plan: Plan,
     data: Dataset,
-    baseline_bits: tuple[int, ...] = (8,),
-    act_bits: int | None = 8,
-    batch_size: int = 25,
+    options: VerifyOptions = VerifyOptions(),
     cache: Cache = Cache(None),
-    latency=None,
-    quantizer: Quantizer | None = None,
     progress: bool | None = None,
     eval_data: Dataset | None = None,
 ) -> Report:
-    """Measure the plan, FP32, uniform W8 and every uniform width in `baseline_bits` that fits the plan's budgets
-    (latency budgets by `latency`, a model from mpq.latency; without one they are not checked), all quantized
-    with `quantizer` (None: the plan's; at the plan's group size, see plan_quantizer) fitted on `data`, and measured
+    """Measure the plan, FP32, uniform W8 and every uniform width in `options.baseline_bits` that fits the plan's
+    budgets (latency budgets by `options.latency`; without one they are not checked), all quantized with
+    `options.quantizer` (None: the plan's; at the plan's group size, see plan_quantizer) fitted on `data`, and measured
     on `eval_data` (None: on `data` itself). When the plan quantizes inputs, also uniform W8 with float inputs
-    (Report.weight_only: what quantizing the activations costs). `progress`: a bar over the models measured (mpq.progress)."""
+    (Report.weight_only: what quantizing the activations costs). `progress`: a bar over the models measured
+    (mpq.progress)."""
     check_plan_matches(prepared, plan)
     start = time.perf_counter()
     note = _measured_on(len(data), eval_data)
-    calibration, data, reference = fitted_and_held_out(
-        prepared, data, eval_data, plan_quantizer(plan, quantizer), batch_size, cache
-    )
-    group = calibration.group_size
-    uniforms = {
-        bits: uniform_plan(prepared, bits, act_bits, group) for bits in sorted(set(baseline_bits) | {8}, reverse=True)
-    }
-    uniforms = {
-        bits: u
-        for bits, u in uniforms.items()
-        if bits == 8 or _fits(prepared, u, plan.budgets, latency, calibration.quantizer.format)
-    }
-    weight_only = uniform_plan(prepared, 8, None, group) if act_bits else None
-
-    def measure(candidate: Plan, name: str) -> Measurement:
-        return measure_plan(
-            prepared, candidate, data, reference, name, batch_size, cache, plan.budgets, latency, calibration
-        )
-
-    with bar(1 + len(uniforms) + (weight_only is not None), "verify", progress, unit="model") as shown:
-        shown.set_postfix_str("mpq plan")
-        measured = measure(plan, "mpq plan")
-        shown.update(1)
-        baselines = []
-        for bits, uniform in uniforms.items():
-            label = uniform_name(bits, act_bits, group)
-            shown.set_postfix_str(label)
-            baselines.append(measure(uniform, label))
+    quantizer = plan_quantizer(plan, options.quantizer)
+    fitted = fitted_and_held_out(prepared, data, eval_data, quantizer, options.batch_size, cache)
+    calibration, data, reference = fitted.calibration, fitted.data, fitted.reference
+    candidates = _candidates(prepared, plan, options, calibration)
+    measured = []
+    with bar(len(candidates), "verify", progress, unit="model") as shown:
+        for candidate, name in candidates:
+            shown.set_postfix_str(name)
+            args = (prepared, candidate, fitted, name, options.batch_size, cache, plan.budgets, options.latency)
+            measured.append(measure_plan(*args))
             shown.update(1)
-        if weight_only is not None:
-            shown.set_postfix_str(uniform_name(8, None, group))
-            weight_only = measure(weight_only, uniform_name(8, None, group))
-            shown.update(1)
-    sqnr = plan_sqnr(prepared, plan, data, calibration, batch_size, cache)
+    weight_only = measured.pop() if options.act_bits else None
+    sqnr = plan_sqnr(prepared, plan, data, calibration, options.batch_size, cache)
     return Report(
-        plan=measured,
+        plan=measured[0],
         fp32=reference,
-        baselines=baselines,
+        baselines=measured[1:],
         timings_s={"verify": time.perf_counter() - start},
         layer_sqnr=sqnr,
-        latency_model=latency.to_json() if latency is not None else {},
+        latency_model=options.latency.to_json() if options.latency is not None else {},
         quantizer=calibration.quantizer,
         notes=[note],
         weight_only=weight_only,
@@ -354,10 +359,30 @@ def verify_prepared(
     )
 
 
+def _candidates(prepared: PreparedModel, plan: Plan, options: VerifyOptions, calibration: Calibration) -> list[tuple]:
+    """(plan, name) of what is measured, in order: the plan, the uniform widths that fit its budgets (W8 always),
+    and uniform W8 with float inputs when the baselines quantize inputs."""
+    act_bits, latency, group = options.act_bits, options.latency, calibration.group_size
+    candidates = [(plan, "mpq plan")]
+    for bits in sorted(set(options.baseline_bits) | {8}, reverse=True):
+        uniform = uniform_plan(prepared, bits, act_bits, group)
+        if bits == 8 or _fits(prepared, uniform, plan.budgets, latency, calibration.quantizer.format):
+            candidates.append((uniform, uniform_name(bits, act_bits, group)))
+    if act_bits:
+        candidates.append((uniform_plan(prepared, 8, None, group), uniform_name(8, None, group)))
+    return candidates
+
+
 def _measured_on(calibration: int, eval_data: Dataset | None) -> str:
     """Which data the numbers are measured on: held out, or the `calibration` samples themselves."""
     if eval_data is None:
-        return f"measured on the {calibration} calibration samples themselves (in-sample): give --eval-data (eval_data=) for held-out numbers"
+        return (
+            f"measured on the {calibration} calibration samples themselves (in-sample): "
+            "give --eval-data (eval_data=) for held-out numbers"
+        )
     if eval_data.held_out_seed is not None:
-        return f"calibrated on {calibration} samples, measured on {len(eval_data)} held-out samples: a seeded split of --data ({eval_data.description}); give --eval-data for your own"
+        return (
+            f"calibrated on {calibration} samples, measured on {len(eval_data)} held-out samples: "
+            f"a seeded split of --data ({eval_data.description}); give --eval-data for your own"
+        )
     return f"calibrated on {calibration} samples (--data), measured on {len(eval_data)} held-out samples (--eval-data)"

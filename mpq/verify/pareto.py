@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from mpq.cost.budget import Budget
 from mpq.plan import Plan
+from mpq.plan.records import Predicted
 from mpq.sensitivity import Sensitivity
 from mpq.verify.measure import uniform_name
 from mpq.verify.report import Measurement
@@ -33,7 +34,7 @@ class UniformPoint:
 
     weight_bits: int
     act_bits: int | None
-    predicted: dict
+    predicted: Predicted
     measured: Measurement | None = None
     group_size: int | None = None  # weights per scale group (None: a scale per output channel)
 
@@ -70,8 +71,8 @@ class ParetoResult:
                     "budget": p.budget.to_json(),
                     "feasible": p.feasible,
                     "infeasible_reason": p.infeasible_reason,
-                    "predicted": p.plan.predicted if p.plan else None,
-                    "solver": p.plan.solver if p.plan else None,
+                    "predicted": p.plan.predicted.to_json() if p.plan else None,
+                    "solver": p.plan.solver.to_json() if p.plan else None,
                     "solve_seconds": p.solve_seconds,
                     "measured": p.measured.to_json() if p.measured else None,
                     "plan": p.plan.to_json() if p.plan else None,
@@ -83,7 +84,7 @@ class ParetoResult:
                     "name": u.name,
                     "weight_bits": u.weight_bits,
                     "act_bits": u.act_bits,
-                    "predicted": u.predicted,
+                    "predicted": u.predicted.to_json(),
                     "measured": u.measured.to_json() if u.measured else None,
                 }
                 for u in self.uniform

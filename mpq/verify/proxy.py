@@ -13,9 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from mpq.cache import Cache
+from mpq.cost.costs import CostKind
 from mpq.cost.layer_cost import model_costs
 from mpq.errors import MpqError
 from mpq.inputs.graph import PreparedModel
+from mpq.inputs.prepare import Inputs
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.sensitivity import Sensitivity
@@ -30,13 +32,13 @@ def check_proxy_request(plans: int, budgets, granularity: str) -> None:
     """Before any work: a proxy check needs >= 2 random plans, a size budget and layer-wise widths."""
     if plans < 2:
         raise MpqError(f"the proxy check needs at least 2 random plans, not {plans}")
-    if granularity != "layer" or not any(b.kind == "size_bytes" for b in budgets):
+    if granularity != "layer" or not any(b.kind == CostKind.SIZE_BYTES for b in budgets):
         raise MpqError("the proxy check needs a size budget (e.g. --budget 4MB) and layer-wise widths")
 
 
 def size_limit(plan: Plan) -> float:
     """The plan's size budget; MpqError for a plan without one or with per-channel widths."""
-    sizes = [b.limit for b in plan.budgets if b.kind == "size_bytes"]
+    sizes = [b.limit for b in plan.budgets if b.kind == CostKind.SIZE_BYTES]
     if not sizes or any(lp.channel_bits for lp in plan.layers.values()):
         raise MpqError(
             "the proxy check needs a layer-wise plan with a size budget (e.g. --budget 4MB, --granularity layer)"
@@ -53,9 +55,8 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
     def size() -> float:
         choices = {n: LayerPlan(widths[n], plan.layers[n].act_bits).choice for n in names}
-        return model_costs(prepared.graph.layers, choices, prepared.graph.float_bytes, fmt=plan.weight_format)[
-            "size_bytes"
-        ]
+        graph = prepared.graph
+        return model_costs(graph.layers, choices, graph.float_bytes, fmt=plan.weight_format)[CostKind.SIZE_BYTES]
 
     while size() > limit:
         n = names[int(rng.integers(len(names)))]
@@ -74,19 +75,18 @@ def random_plan(prepared: PreparedModel, plan: Plan, bits: tuple[int, ...], rng:
 
 
 def proxy_check(
-    prepared: PreparedModel,
+    inputs: Inputs,
     sensitivity: Sensitivity,
     plan: Plan,
-    data,
     plans: int,
     seed: int = 0,
     batch_size: int = 25,
     cache: Cache = Cache(None),
     progress: bool | None = None,
-    eval_data=None,
 ) -> ProxyCheck:
-    """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer fitted on `data`, measured on
-    `eval_data`, else on `data`) and rank-correlate Omega with KL."""
+    """Measure the searched plan and `plans` random ones (mpq.verify, the plan's quantizer fitted on the fit data,
+    measured on the held-out data, else on the fit data) and rank-correlate Omega with KL."""
+    prepared = inputs.prepared
     check_proxy_request(
         plans, plan.budgets, "channel" if any(lp.channel_bits for lp in plan.layers.values()) else "layer"
     )
@@ -97,13 +97,11 @@ def proxy_check(
     )
     rng = np.random.default_rng(seed)
     candidates = [("mpq plan", plan)] + [("random", random_plan(prepared, plan, bits, rng)) for _ in range(plans)]
-    calibration, data, reference = fitted_and_held_out(
-        prepared, data, eval_data, plan_quantizer(plan), batch_size, cache
-    )
+    fitted = fitted_and_held_out(prepared, inputs.fit, inputs.held_out, plan_quantizer(plan), batch_size, cache)
     points = []
     with bar(len(candidates), "proxy check", progress, unit="plan") as shown:
         for kind, candidate in candidates:
-            m = measure_plan(prepared, candidate, data, reference, kind, batch_size, cache, calibration=calibration)
+            m = measure_plan(prepared, candidate, fitted, kind, batch_size, cache)
             points.append(
                 ProxyPoint(kind, m.size_bytes, plan_omega(sensitivity, candidate), m.kl_to_fp32, m.fp32_agreement)
             )

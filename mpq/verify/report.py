@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mpq.cost.costs import CostKind, Costs
 from mpq.inputs.adapter import Outputs
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.reference import Fp32Reference
@@ -30,12 +31,15 @@ class Measurement:
     bits_per_weight: float | None = None  # of the packed tensors: code and scale bits over the quantized weights
 
     @property
-    def costs(self) -> dict[str, float]:
-        """The measured size and BOPs, and the predicted latency when there is one (mpq.cost.budget.within_budgets)."""
-        costs = {"size_bytes": self.size_bytes, "bops": self.bops} | (
-            {"latency_s": self.latency_s} if self.latency_s is not None else {}
-        )
-        return costs | ({"bits_per_weight": self.bits_per_weight} if self.bits_per_weight is not None else {})
+    def costs(self) -> Costs:
+        """The measured size, BOPs and bits per weight, and the predicted latency when there is one
+        (mpq.cost.budget.within_budgets)."""
+        costs = Costs({CostKind.SIZE_BYTES: self.size_bytes, CostKind.BOPS: self.bops})
+        if self.latency_s is not None:
+            costs[CostKind.LATENCY_S] = self.latency_s
+        if self.bits_per_weight is not None:
+            costs[CostKind.BITS_PER_WEIGHT] = self.bits_per_weight
+        return costs
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -78,7 +82,8 @@ class Report:
     peak_memory_bytes: dict = field(default_factory=process_peak_memory)  # when it was measured (process_peak_memory)
 
     def distance(self, m: Measurement) -> float:
-        """How far a measured model is from FP32, by the measure its outputs call for: KL for logits, 1 - cosine for embeddings."""
+        """How far a measured model is from FP32, by the measure its outputs call for: KL for logits, 1 - cosine for
+        embeddings."""
         return 1.0 - (m.cosine_to_fp32 or 0.0) if self.outputs.embeddings else m.kl_to_fp32
 
     @property
@@ -161,6 +166,8 @@ class ProxyCheck:
 
     def summary(self) -> str:
         return (
-            f"Ω against measured KL over the plan and {len(self.points) - 1} random plans at the same size: Spearman ρ = "
-            f"{self.spearman:.2f}; {self.randoms_above} of {len(self.points) - 1} random plans have a larger KL than the plan"
+            f"Ω against measured KL over the plan and {len(self.points) - 1} random plans at the same size: Spearman "
+            "ρ = "
+            f"{self.spearman:.2f}; {self.randoms_above} of {len(self.points) - 1} random plans have a larger KL than "
+            "the plan"
         )

@@ -22,7 +22,6 @@ from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_mo
 from mpq.quant.affine import sqnr_db
 from mpq.verify.apply import PackedModel, dequantized_weight, fake_quant_model, input_quantizers
 
-
 SQNR_BATCH = 5  # samples per pass: every layer's FP32 output of a batch is held at once
 
 
@@ -41,7 +40,8 @@ class LayerSqnr:
 
     @classmethod
     def from_json(cls, row: dict) -> "LayerSqnr":
-        """The row to_json wrote; a null SQNR is an exact signal (infinite), except a float input's (no quantizer: None)."""
+        """The row to_json wrote; a null SQNR is an exact signal (infinite), except a float input's (no quantizer:
+        None)."""
         exact = lambda v: math.inf if v is None else float(v)  # noqa: E731
         return cls(
             row["name"],
