@@ -74,7 +74,10 @@ def _conv_padding(module: nn.Module, layer: LayerInfo) -> tuple[tuple[int, ...],
     if module.padding_mode != "zeros":
         raise ValueError(f"padding_mode {module.padding_mode!r}: the quantized convs pad with zeros only")
     dims = list(zip(layer.input_shape[1:], layer.output_shape[1:], module.kernel_size, module.stride, module.dilation))
-    size = lambda size_in, kernel, stride, dilation, pad: (size_in + pad - dilation * (kernel - 1) - 1) // stride + 1  # noqa: E731
+
+    def size(size_in: int, kernel: int, stride: int, dilation: int, pad: int) -> int:
+        return (size_in + pad - dilation * (kernel - 1) - 1) // stride + 1
+
     own = (0,) * len(dims) if module.padding == "valid" else module.padding
     if isinstance(own, tuple) and all(size(i, k, s, d, 2 * p) == o for (i, o, k, s, d), p in zip(dims, own)):
         return own, []

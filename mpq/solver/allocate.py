@@ -71,10 +71,12 @@ def allocation_problem(
             raise MpqError(CHANNEL_LATENCY)
         omega = (lambda group, b: 0.0) if sensitivity is None else channel_omega(sensitivity, space.trace_margin)
         return build_channel_problem(layers, budgets, space.bits, space.act_bits, omega, space.channel_group, pinned)
-    if sensitivity is None:
-        omega = lambda name, c: 0.0  # noqa: E731
-    else:
-        omega = lambda name, c: choice_omega(sensitivity.layers[name], c, space.trace_margin, by_sensitivity)  # noqa: E731
+
+    def omega(name: str, choice: Choice) -> float:
+        if sensitivity is None:
+            return 0.0
+        return choice_omega(sensitivity.layers[name], choice, space.trace_margin, by_sensitivity)
+
     return build_problem(layers, budgets, space.bits, space.act_bits, omega, pinned, latency)
 
 

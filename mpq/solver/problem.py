@@ -230,8 +230,8 @@ def build_program(problem: Problem) -> tuple[pulp.LpProblem, dict[tuple[str, Cho
         first = group[0]
         for other in group[1:]:
             for a in sorted({c.act_bits for n in (first, other) for c in problem.choices[n]}, key=lambda w: w or 0):
-                at_a = lambda name: pulp.lpSum(x[name, c] for c in problem.choices[name] if c.act_bits == a)  # noqa: E731
-                program += at_a(first) == at_a(other), f"act_tie_{index[first]}_{index[other]}_A{a or 'f'}"
+                at_a = [pulp.lpSum(x[n, c] for c in problem.choices[n] if c.act_bits == a) for n in (first, other)]
+                program += at_a[0] == at_a[1], f"act_tie_{index[first]}_{index[other]}_A{a or 'f'}"
     for name, bits in problem.keep.items():
         program += (
             pulp.lpSum(x[name, c] for c in problem.choices[name] if c.weight_bits == bits) == 1,
