@@ -20,10 +20,10 @@ from tests.helpers import USER_MODELS, mlp_data, run_cli
 BITS = (3, 6)
 
 
-
 def min_max_deltas(model, names, bits):
     """Each layer's min-max weight change at each width, no bias correction."""
     return {n: parameter_deltas(model.get_submodule(n), bits, None, None) for n in names}
+
 
 def exact_omegas(
     model: nn.Module, name: str, x: torch.Tensor, delta: dict[str, torch.Tensor]
@@ -124,7 +124,9 @@ def test_bias_correction_enters_through_the_bias_change():
     delta = parameter_deltas(model.conv, (3,), None, shift)[3]
     assert torch.allclose(delta["bias"], torch.full((4,), -0.05))  # corrected bias = bias − shift
     plain = kl_quadratic_omegas(model, x, min_max_deltas(model, ["conv"], (3,)), draws=400, seed=0)
-    shifted = kl_quadratic_omegas(model, x, {"conv": parameter_deltas(model.conv, (3,), None, shift)}, draws=400, seed=0)
+    shifted = kl_quadratic_omegas(
+        model, x, {"conv": parameter_deltas(model.conv, (3,), None, shift)}, draws=400, seed=0
+    )
     exact_plain, _ = exact_omegas(model, "conv", x, parameter_deltas(model.conv, (3,), None, None)[3])
     exact_shifted, _ = exact_omegas(model, "conv", x, delta)
     assert exact_plain != pytest.approx(exact_shifted, rel=0.05)

@@ -15,6 +15,7 @@ from mpq.plan.records import PlanModel, Predicted
 from mpq.plan.settings import PlanSettings, SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer
 from mpq.sensitivity import Sensitivity, analyze_prepared
+from mpq.sensitivity.analysis import AnalysisOptions
 from mpq.sensitivity.analysis import output_dims
 from mpq.sensitivity.losses import resolve_loss
 from mpq.sensitivity.registry import default_metric
@@ -54,8 +55,8 @@ def analyze_inputs(inputs: Inputs, options: AnalyzeOptions, run: Run) -> Sensiti
         embeddings = prepared.outputs.embeddings
         dims = inputs.output_dims or output_dims(prepared, data)
         metric = default_metric(loss.name, given, dims, embeddings, options.activations)
-    args = (prepared, data, options.probes, run.cache, run.progress, loss, metric, options.activations)
-    return analyze_prepared(*args, options.quantizer)
+    chosen = AnalysisOptions(metric, loss, options.probes, options.quantizer, options.activations)
+    return analyze_prepared(prepared, data, chosen, run.cache, run.progress)
 
 
 def solve_sensitivity(

@@ -9,6 +9,8 @@ With `activations=True`, each layer's input gets its sensitivity too (mpq.sensit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from mpq.cache import Cache
@@ -25,7 +27,7 @@ from mpq.sensitivity.registry import Metric, metric_of
 from mpq.sensitivity.result import LayerSensitivity, Sensitivity
 from mpq.sensitivity.settings import ProbeSettings
 
-__all__ = ["CACHE_KINDS", "REFERENCE_BATCH", "analyze_prepared", "output_dims"]
+__all__ = ["CACHE_KINDS", "REFERENCE_BATCH", "AnalysisOptions", "analyze_prepared", "output_dims"]
 
 
 def output_dims(prepared: PreparedModel, data: Dataset) -> int:
@@ -67,26 +69,36 @@ def analysis_context(
     return AnalysisContext(prepared, data, settings, cache, progress, loss, quantizer, key)
 
 
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What an analysis measures with: the metric (by name), the loss (None: the data's default), the probe
+    settings, the quantizer whose errors Omega is of, and whether the inputs are analyzed too."""
+
+    metric: str = "kl_anchored"
+    loss: Loss | None = None
+    settings: ProbeSettings = ProbeSettings()
+    quantizer: Quantizer = DEFAULT_QUANTIZER
+    activations: bool = False
+
+
 def analyze_prepared(
     prepared: PreparedModel,
     data: Dataset,
-    settings: ProbeSettings = ProbeSettings(),
+    options: AnalysisOptions = AnalysisOptions(),
     cache: Cache = Cache(None),
     progress: bool | None = None,
-    loss: Loss | None = None,
-    metric: str = "kl_anchored",
-    activations: bool = False,
-    quantizer: Quantizer = DEFAULT_QUANTIZER,
 ) -> Sensitivity:
-    """Per-layer sensitivities under `metric` (cached on disk) and the quantization errors of every quantizable
-    layer under `quantizer` (the one the plan is verified with); with `activations`, every layer's input too."""
-    name, chosen = metric, metric_of(metric)
+    """Per-layer sensitivities under the options' metric (cached on disk) and the quantization errors of every
+    quantizable layer under its quantizer (the one the plan is verified with); with `activations`, every layer's
+    input too."""
+    name, chosen = options.metric, metric_of(options.metric)
+    settings, quantizer, activations = options.settings, options.quantizer, options.activations
     if activations and not chosen.inputs:
         raise MpqError(
             f"the {name} metric covers weights only: choose activation widths by cost (--no-act-sensitivity) or "
             "use another --metric for the inputs' sensitivity"
         )
-    loss = _loss(chosen, prepared, data, loss)
+    loss = _loss(chosen, prepared, data, options.loss)
     ctx = analysis_context(prepared, data, settings, cache, progress, loss, chosen, quantizer)
     estimates = chosen.estimate(ctx)
     inputs = input_sensitivities(chosen, ctx) if activations else {}
