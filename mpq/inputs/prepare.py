@@ -14,6 +14,7 @@ from mpq.device import model_device, resolve_device
 from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import adapt
 from mpq.inputs.data import Dataset, named_inputs
+from mpq.inputs.onnx_model import is_onnx, load_onnx
 from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
 from mpq.inputs.split import EVAL_SPLIT, held_out_split
 
@@ -113,6 +114,8 @@ def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.de
     `data.to(prepared.device)`."""
     if isinstance(model, PreparedModel):
         return model
+    if is_onnx(model):
+        model = load_onnx(model)
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if device is not None and model_device(model) != device:
