@@ -18,7 +18,6 @@ ort = pytest.importorskip("onnxruntime")
 
 from helpers import run_cli  # noqa: E402
 
-import mpq  # noqa: E402
 from mpq.errors import MpqError  # noqa: E402
 from mpq.export.onnx_user import run_user_onnx  # noqa: E402
 from mpq.inputs.data import load_npz  # noqa: E402
