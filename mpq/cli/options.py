@@ -209,7 +209,7 @@ def add_model_data(p: argparse.ArgumentParser) -> None:
         "--model",
         help=(
             "package.module:attr or path/file.py:attr (an nn.Module or a function returning one), a torch.export "
-            ".pt2 file, or hf:DIR (a transformers save_pretrained folder, offline); default: built-in "
+            ".pt2 file, an .onnx file, or hf:DIR (a transformers save_pretrained folder, offline); default: built-in "
             "EfficientNet-Lite0"
         ),
     )

@@ -5,7 +5,8 @@ quantized as the plan says, with the plan's quantizer (plan.quantizer: weight cl
 ratios, activation ranges observed on the FP32 model over the data, bias-corrected biases).
 
     packed   mpq.export.packed_file  one file: bit-packed codes, scales, biases, float remainder
-    onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights
+    onnx     mpq.export.onnx_qdq     ONNX with QuantizeLinear/DequantizeLinear, INT4/INT8 weights; a model read
+             mpq.export.onnx_user    from an .onnx file: the user's own graph, the plan applied in QDQ form
     torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig
                                         (one config per layer)
 """
@@ -83,9 +84,7 @@ def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs
             format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes))
         )
     if format == "onnx":
-        from mpq.export.onnx_qdq import export_onnx
-
-        written = export_onnx(prepared.folded, packed, data.x[:1].cpu(), path)
+        written = _export_onnx(prepared, packed, data, path)
         storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
         note = f"weights: {storage}; activations UINT8 (narrower widths clipped)"
         return ExportResult(format, path, written.file_bytes, packed.size_bytes, (note,))
@@ -93,6 +92,20 @@ def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs
 
     written = save_torchao_config(prepared.folded, packed, path)
     return ExportResult(format, path, written.file_bytes, packed.size_bytes, written.notes)
+
+
+def _export_onnx(prepared, packed, data, path: Path):
+    """The user's own graph when the model came from an ONNX file (mpq.export.onnx_user), else torch's export."""
+    from mpq.inputs.onnx_model import onnx_source
+
+    source = onnx_source(prepared.original)
+    if source is not None:
+        from mpq.export.onnx_user import export_user_onnx
+
+        return export_user_onnx(source, prepared, packed, path)
+    from mpq.export.onnx_qdq import export_onnx
+
+    return export_onnx(prepared.folded, packed, data.x[:1].cpu(), path)
 
 
 def _over_budget(plan: Plan, file_bytes: int) -> tuple[str, ...]:

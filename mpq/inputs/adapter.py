@@ -146,6 +146,18 @@ class ModelAdapter(nn.Module):
         self.folder = folder  # the save_pretrained folder it was loaded from (its tokenizer reads text data)
         check_pooling(pooling)
 
+    def __deepcopy__(self, memo) -> "ModelAdapter":
+        """A copy sharing the copied model's tree: a GraphModule (ONNX, .pt2) copies into new module dicts, which
+        the default deep copy would leave apart from the adapter's."""
+        clone = ModelAdapter.__new__(ModelAdapter)
+        memo[id(self)] = clone
+        shared = ("inner", "_modules", "_parameters", "_buffers")
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in shared})
+        inner = copy.deepcopy(self.inner, memo)
+        clone.__dict__.update(inner=inner, _modules=inner._modules, _parameters=inner._parameters)
+        clone.__dict__["_buffers"] = inner._buffers
+        return clone
+
     @property
     def complete(self) -> bool:
         return self.input_names is not None and self.outputs is not None

@@ -15,6 +15,7 @@ from mpq.device import model_device, resolve_device
 from mpq.errors import MpqError, first_line
 from mpq.inputs.adapter import adapt
 from mpq.inputs.data import Dataset, named_inputs
+from mpq.inputs.onnx_model import is_onnx, load_onnx
 from mpq.inputs.graph import PreparedModel, module_calls_visible, prepare_model
 from mpq.inputs.split import EVAL_SPLIT, held_out_split
 
@@ -123,6 +124,8 @@ def as_prepared(model, data: Dataset, embeddings: bool = False, device: torch.de
 
 def _checked_and_prepared(model, data: Dataset, embeddings: bool, device: torch.device | None) -> tuple:
     """(the prepared model, how many dimensions its output has): the one run that checks the model's outputs."""
+    if is_onnx(model):
+        model = load_onnx(model)
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if device is not None and model_device(model) != device:

@@ -4,6 +4,7 @@ Models (`--model`):
     package.module:attr, path/file.py:attr   an nn.Module, or a callable returning one (called with
                                              the `--model-arg key=value` pairs as keyword arguments)
     file.pt2                                 a torch.export program (torch.export.save)
+    file.onnx                                an ONNX model, converted by onnx2torch (mpq.inputs.onnx_model)
     hf:DIR                                   a transformers model saved with save_pretrained (offline;
                                              mpq.inputs.huggingface), --model-arg pooling=/output=
     + `--weights file.pth`                   a state dict loaded (weights_only=True) into the model
@@ -155,6 +156,10 @@ def _from_file(path: Path) -> nn.Module:
         from mpq.inputs.exported import load_exported
 
         return load_exported(path)
+    if path.suffix == ".onnx":
+        from mpq.inputs.onnx_model import load_onnx
+
+        return load_onnx(path)
     _refuse_torchscript(path)
     raise AssertionError("unreachable")
 
@@ -215,7 +220,7 @@ def load_model_spec(spec: str, model_args: dict | None = None, weights: "str | P
             )
         return load_pretrained(spec[len(PREFIX) :], model_args)
     path = Path(spec)
-    if path.suffix == ".pt2" or (":" not in spec and path.suffix in TORCHSCRIPT_SUFFIXES):
+    if path.suffix in (".pt2", ".onnx") or (":" not in spec and path.suffix in TORCHSCRIPT_SUFFIXES):
         if model_args:
             raise MpqError(f"--model-arg applies to a Python factory, not to the file {spec}")
         model = _from_file(path)
