@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpq"
 # stage -> rank; a module may import only stages of lower rank, or its own stage.
 STAGES = {
     "errors": 0,  # shared by every stage: errors, then files, progress, versions and the cache
+    "params": 0.1,  # the config objects' and verbs' parameter constraints, checked in one place (mpq.params)
     "files": 0.2,
     "progress": 0.2,
     "versions": 0.2,

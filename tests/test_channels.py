@@ -299,7 +299,7 @@ def test_keep_pins_every_channel_of_a_layer(tiny_setup):
 
 def test_bad_granularity_options_are_user_errors(tiny_setup):
     _, _, sensitivity = tiny_setup
-    with pytest.raises(MpqError, match="granularity 'row' is not one of layer, channel"):
+    with pytest.raises(MpqError, match="granularity='row' must be one of layer, channel"):
         mpq.solve(sensitivity, "1MB", granularity="row")
     with pytest.raises(MpqError, match="must be a whole number of output channels"):
         mpq.solve(sensitivity, "1MB", granularity="channel", channel_group=0)
@@ -339,7 +339,7 @@ def test_cli_search_with_channel_granularity_writes_channel_bits(tmp_path, capsy
     assert all("channel_bits" in entry for entry in plan["layers"].values())
     assert report["measured"]["size_bytes"] == plan["predicted"]["size_bytes"] <= 290
     status, _, err = run_cli(capsys, *args[:-1], "0")
-    assert status == 2 and err.startswith("mpq: error: channel group 0 must be a whole number")
+    assert status == 2 and err.startswith("mpq: error: channel_group=0 must be a whole number")
 
 
 def test_per_channel_plans_use_the_chosen_solver(tiny_setup, channel_plan):

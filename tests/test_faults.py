@@ -90,7 +90,7 @@ CASES = {
         lambda f: [*search(f), "--seed", str(2**70)],
         "must be a whole number from 0 to 2\\*\\*63 - 1",
     ),
-    "trace margin nan": (lambda f: [*search(f), "--trace-margin", "nan"], "trace_margin must be a finite number"),
+    "trace margin nan": (lambda f: [*search(f), "--trace-margin", "nan"], "trace_margin=nan must be a finite number"),
     "out in /proc": (lambda f: [*search(f), "--out", "/proc/mpq-out"], "cannot create output folder /proc/mpq-out"),
     "cache in /proc": (
         lambda f: [*search(f), "--cache-dir", "/proc/mpq-cache"],

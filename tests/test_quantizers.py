@@ -202,7 +202,7 @@ def test_omega_uses_the_weight_quantizer_the_plan_is_verified_with(tiny_prepared
 
 def test_quantizer_names_are_checked():
     assert resolve_quantizer("minmax", bias_correction=True) == Quantizer("minmax", "minmax", True)
-    with pytest.raises(MpqError, match="unknown activation observer 'p99'"):
+    with pytest.raises(MpqError, match="act_observer='p99' must be one of minmax, percentile"):
         resolve_quantizer(act_observer="p99")
     with pytest.raises(MpqError, match="unknown quantizer preset"):
         resolve_quantizer("best")

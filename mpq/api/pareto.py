@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from mpq.api.options import search_configs
+from mpq.api.search import SWEEP_KEYWORDS
 from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets, within_budgets
@@ -30,6 +31,7 @@ from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import Inputs, as_dataset, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.keywords import checks_keywords
 from mpq.plan.records import Predicted
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.progress import bar, note
@@ -93,6 +95,7 @@ def uniform_points(
     return points
 
 
+@checks_keywords("verify_points", *SWEEP_KEYWORDS)
 def pareto(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,

@@ -18,11 +18,13 @@ from mpq.inputs.adapter import ModelAdapter
 from mpq.inputs.graph import module_calls_visible
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.keywords import checks_keywords
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.apply import fake_quant_model
 from mpq.verify.measure import packed_for
 
 
+@checks_keywords("batch_size", "cache_dir", "eval_split")
 def quantize_(
     model,
     plan: Plan,

@@ -16,9 +16,10 @@ from mpq.cost.latency import latency_model
 from mpq.errors import BudgetInfeasible
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
-from mpq.inputs.prepare import Inputs, as_dataset, check_batch_size, prepare_inputs, with_held_out
+from mpq.inputs.prepare import Inputs, as_dataset, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.keywords import checks_keywords
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
@@ -50,18 +51,12 @@ def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets
     limit, reserve = min(b.limit for b in sizes), 0
     for _ in range(4):
         over = plan.predicted.size_bytes + _container_bytes(prepared, data, plan) - limit
-        if over <= 0:
+        cut = reserve + int(over)
+        if over <= 0 or limit - cut <= 0:  # fits, or no size budget is left to solve for
             break
         try:
-            tighter = solve_within(
-                [
-                    replace(b, limit=b.limit - reserve - int(over)) if b.kind == CostKind.SIZE_BYTES else b
-                    for b in budgets
-                ]
-            )
-        except (
-            BudgetInfeasible
-        ):  # no plan leaves room for the header: keep this one (mpq export says by how much it is over)
+            tighter = solve_within([replace(b, limit=b.limit - cut) if b in sizes else b for b in budgets])
+        except BudgetInfeasible:  # no plan leaves room for the header: keep this one (mpq export says by how much)
             break
         plan, reserve = tighter, reserve + int(over)
     return replace(plan, budgets=list(budgets), settings=replace(plan.settings, container_reserve_bytes=reserve))
@@ -81,6 +76,10 @@ def _container_bytes(prepared: PreparedModel, data: Dataset, plan: Plan) -> int:
     )
 
 
+SWEEP_KEYWORDS = ("eval_batch_size", "eval_split", "quantize_embeddings", "cache_dir", "progress", "metric")
+
+
+@checks_keywords("proxy_plans", *SWEEP_KEYWORDS)
 def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,
@@ -118,7 +117,6 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     torch.device; None: where the model's parameters are. The model is not moved: a copy is.
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
-    check_batch_size(eval_batch_size, "eval_batch_size")
     start = time.perf_counter()
     check_channel_metric(space, metric)
     data = as_dataset(data)

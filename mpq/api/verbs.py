@@ -24,9 +24,10 @@ from mpq.cache import open_cache
 from mpq.cost.budget import as_budgets
 from mpq.cost.latency import latency_model
 from mpq.errors import MpqError
-from mpq.inputs.prepare import check_batch_size, names_embeddings, prepare_inputs, with_held_out
+from mpq.inputs.prepare import names_embeddings, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.keywords import checks_keywords
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.sensitivity import Sensitivity
@@ -36,6 +37,7 @@ from mpq.verify.measure import VerifyOptions, check_quantizable, plan_act_bits
 from mpq.verify.report import Report
 
 
+@checks_keywords("cache_dir", "progress", "activations", "quantize_embeddings", "metric")
 def analyze(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     data,
@@ -119,6 +121,7 @@ def solve(
     return solve_sensitivity(sensitivity, as_budgets(budget), space, solver, latency_model(latency))
 
 
+@checks_keywords("baseline_bits", "batch_size", "cache_dir", "progress", "eval_split")
 def verify(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     model,
     plan: Plan,
@@ -152,7 +155,6 @@ def verify(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     torch.device; None: where the model's parameters are. The model is not moved: a copy is.
     """
     check_quantizable(plan)
-    check_batch_size(batch_size)
     inputs = prepare_inputs(model, data, names_embeddings(model, plan.layers), device)
     if baseline_bits is None:
         searched = plan.settings is not None and plan.settings.source == "search"

@@ -18,6 +18,7 @@ from typing import Mapping
 
 from mpq.cost.costs import CostKind
 from mpq.errors import MpqError
+from mpq.params import Custom, Real, Text, check_fields
 
 SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 BOPS_UNITS = {"bops": 1, "kbops": 1e3, "mbops": 1e6, "gbops": 1e9, "tbops": 1e12}
@@ -38,6 +39,13 @@ PER_WEIGHT_SLACK = 1e-12
 _BUDGET = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 
 
+BUDGET_CONSTRAINTS = {
+    "kind": Custom(CostKind, f"a CostKind or one of {', '.join(KINDS)}"),
+    "limit": Real(0, closed="right", phrase="a positive finite number in the kind's unit (bytes, BOPs, s, bpw)"),
+    "text": Text("the budget as written, e.g. '4MB'"),
+}
+
+
 @dataclass(frozen=True)
 class Budget:
     """An upper limit on one cost: `kind` a CostKind (or its string: size_bytes, bops, latency_s, bits_per_weight)."""
@@ -47,7 +55,7 @@ class Budget:
     text: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", CostKind(self.kind))
+        check_fields(self, BUDGET_CONSTRAINTS)
 
     def to_json(self) -> dict:
         return {"kind": self.kind.value, "limit": self.limit, "text": self.text}

@@ -21,6 +21,7 @@ from mpq.errors import MpqError
 from mpq.inputs.prepare import as_dataset
 from mpq.inputs.split import EVAL_SPLIT
 from mpq.plan import Plan
+from mpq.plan.keywords import checks_keywords
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.measure import packed_for
 
@@ -47,6 +48,7 @@ class ExportResult:
         return "\n".join(lines + list(self.notes))
 
 
+@checks_keywords("path", "format", "batch_size", "cache_dir", "eval_split")
 def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs/exports.md)
     model,
     plan: Plan,

@@ -33,6 +33,7 @@ from pathlib import Path
 from mpq.cost.budget import Budget
 from mpq.errors import MpqError
 from mpq.files import write_json_atomic
+from mpq.params import Custom, Instance, check_fields
 from mpq.plan.layers import ChannelRun, LayerPlan, layer_from_json, layer_to_json, storage_chunks
 from mpq.plan.legacy import settings_from_json
 from mpq.plan.records import PlanModel, Predicted, SolverRecord
@@ -45,6 +46,29 @@ __all__ = ["Plan", "LayerPlan", "ChannelRun", "PlanSettings", "SearchSpace", "So
 
 SCHEMA = "mpq.plan/1"
 _RECORDS = {"model": PlanModel, "predicted": Predicted, "solver": SolverRecord}
+
+
+def _layers(layers) -> dict:
+    if not isinstance(layers, dict) or not all(
+        isinstance(k, str) and isinstance(v, LayerPlan) for k, v in layers.items()
+    ):
+        raise TypeError
+    return layers
+
+
+def _budgets(budgets) -> list:
+    if not isinstance(budgets, (list, tuple)) or not all(isinstance(b, Budget) for b in budgets):
+        raise TypeError
+    return list(budgets)
+
+
+PLAN_CONSTRAINTS = {
+    "layers": Custom(_layers, "a dict of layer names to mpq.LayerPlan"),
+    "budgets": Custom(_budgets, "a list of mpq.Budget"),
+    "settings": [None, Instance(PlanSettings)],
+    "versions": Instance(dict),
+    "recipe": [None, Instance(dict)],
+}
 
 
 @dataclass
@@ -65,6 +89,9 @@ class Plan:
     recipe: dict | None = (
         None  # the options of the `mpq search` run that made it (mpq.cli.recipe): --config plan.json repeats it
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self, PLAN_CONSTRAINTS)
 
     def __setattr__(self, name: str, value) -> None:
         """Records given as dicts (the JSON objects), here or later, become typed."""

@@ -12,13 +12,13 @@ refuses unknown keys (MpqError), so a plan's settings are data, never a back cha
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from mpq.errors import MpqError
+from mpq.params import Custom, Flag, Options, Real, Whole, check_fields
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.widths import MAX_BITS, MIN_BITS, check_bits
 from mpq.sensitivity.settings import ProbeSettings
@@ -61,7 +61,7 @@ def _int(value):
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
-def _weight_widths(bits) -> tuple[int, ...]:
+def weight_widths(bits) -> tuple[int, ...]:
     if isinstance(bits, (str, bytes, numbers.Number)) or not isinstance(bits, Iterable):
         raise MpqError(f"bits must be a tuple of widths such as (4, 6, 8) or (4,), not {bits!r}")
     items = [_int(b) for b in bits]
@@ -76,6 +76,27 @@ def _pins(keep) -> dict[str, int]:
     if not isinstance(keep, dict) or not all(isinstance(k, str) for k in keep):
         raise MpqError(f'keep must map layer names to weight widths, e.g. {{"fc": 8}}, not {keep!r}')
     return {name: check_bits(_int(bits)) for name, bits in keep.items()}
+
+
+def _width(value) -> int:
+    return check_bits(_int(value))
+
+
+SPACE_CONSTRAINTS = {
+    "bits": Custom(weight_widths, "a tuple of widths from 2 to 8, e.g. (4, 8)"),
+    "act_bits": Custom(act_widths, "widths such as (4, 8), or None for float inputs"),
+    "granularity": Options(WIDTH_GRANULARITIES),
+    "channel_group": Whole(1, phrase="a whole number of output channels, 1 or more (e.g. --channel-group 8)"),
+    "keep": Custom(_pins, 'a dict of layer names to widths, e.g. {"fc": 8}, or None'),
+    "keep_first": [None, Custom(_width, "a width from 2 to 8")],
+    "keep_last": [None, Custom(_width, "a width from 2 to 8")],
+    "trace_margin": Real(0, phrase="a finite number of standard errors, 0 or more (e.g. 2)"),
+    "act_sensitivity": [None, Flag()],
+}
+SOLVER_CONSTRAINTS = {
+    "name": Options(SOLVERS),
+    "time_limit_s": [None, Real(0, closed="right", phrase="a positive number of seconds")],
+}
 
 
 class _Record:
@@ -112,33 +133,11 @@ class SearchSpace(_Record):
     _what: ClassVar[str] = "search_space"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bits", _weight_widths(self.bits))
-        object.__setattr__(self, "act_bits", act_widths(self.act_bits))
-        object.__setattr__(self, "keep", _pins(self.keep))
-        if self.granularity not in WIDTH_GRANULARITIES:
-            raise MpqError(
-                f"granularity {self.granularity!r} is not one of {', '.join(WIDTH_GRANULARITIES)}: use layer (one "
-                "width per layer) or channel"
-            )
-        group = self.channel_group
-        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-            raise MpqError(
-                f"channel group {group!r} must be a whole number of output channels, 1 or more (e.g. --channel-group 8)"
-            )
-        if self.granularity == "layer" and group != 1:
+        check_fields(self, SPACE_CONSTRAINTS)
+        if self.granularity == "layer" and self.channel_group != 1:
             raise MpqError(
                 'a channel group applies to per-channel widths only: add --granularity channel (granularity="channel")'
             )
-        for name in ("keep_first", "keep_last"):
-            if getattr(self, name) is not None:
-                check_bits(getattr(self, name))
-        margin = self.trace_margin
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-            raise MpqError(
-                f"trace_margin must be a finite number of standard errors, 0 or more (e.g. 2), not {margin!r}"
-            )
-        if self.act_sensitivity not in (None, True, False):
-            raise MpqError(f"act_sensitivity must be None, True or False, not {self.act_sensitivity!r}")
 
     @property
     def several_act_widths(self) -> bool:
@@ -168,13 +167,7 @@ class SolverSettings(_Record):
     _what: ClassVar[str] = "solver"
 
     def __post_init__(self) -> None:
-        if self.name not in SOLVERS:
-            raise MpqError(f"unknown solver {self.name!r}: use one of {', '.join(SOLVERS)}")
-        limit = self.time_limit_s
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0
-        ):
-            raise MpqError(f"the solver's time limit must be a positive number of seconds, not {limit!r}")
+        check_fields(self, SOLVER_CONSTRAINTS)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ default model), and one per activation observer (with MSE weight clipping and bi
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 
 from mpq.errors import MpqError
-from mpq.quant.formats import DEFAULT_FORMAT, WeightFormat, weight_format
+from mpq.params import Custom, Flag, Options, check_fields
+from mpq.quant.formats import DEFAULT_FORMAT, FORMATS, WeightFormat, weight_format
 
 # the names of mpq.quant.observers' ACT_OBSERVERS and WEIGHT_CLIPS (tests/test_habits.py keeps them equal), here
 # so that a Quantizer and the `mpq` parser's choices need no torch
@@ -37,7 +39,7 @@ def check_group_size(group_size) -> int | None:
         return None
     if (
         isinstance(group_size, bool)
-        or not isinstance(group_size, int)
+        or not isinstance(group_size, numbers.Integral)
         or group_size < MIN_GROUP_SIZE
         or group_size & (group_size - 1)
     ):
@@ -46,6 +48,21 @@ def check_group_size(group_size) -> int | None:
             "(or none for one scale per output channel)"
         )
     return group_size
+
+
+def _known_format(name) -> str:
+    if not isinstance(name, str) or name not in FORMATS:
+        raise MpqError(f"unknown weight format {name!r}: choose one of {', '.join(sorted(FORMATS))}")
+    return name
+
+
+QUANTIZER_CONSTRAINTS = {
+    "act_observer": Options(ACT_OBSERVER_NAMES),
+    "weight_clip": Options(WEIGHT_CLIP_NAMES),
+    "bias_correction": Flag(),
+    "group_size": [None, Custom(check_group_size, f"a power of two of at least {MIN_GROUP_SIZE}, e.g. 32")],
+    "weight_format": Custom(_known_format, "a weight format's name"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,18 +77,8 @@ class Quantizer:
     weight_format: str = DEFAULT_FORMAT
 
     def __post_init__(self) -> None:
-        if self.act_observer not in ACT_OBSERVER_NAMES:
-            raise MpqError(
-                f"unknown activation observer {self.act_observer!r}: choose one of {', '.join(ACT_OBSERVER_NAMES)}"
-            )
-        if self.weight_clip not in WEIGHT_CLIP_NAMES:
-            raise MpqError(
-                f"unknown weight clipping {self.weight_clip!r}: choose one of {', '.join(WEIGHT_CLIP_NAMES)}"
-            )
-        if not isinstance(self.bias_correction, bool):
-            raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
-        check_group_size(self.group_size)
-        self.format  # noqa: B018  (an unknown format name is an MpqError here)
+        check_fields(self, QUANTIZER_CONSTRAINTS)
+        self.format  # noqa: B018  (a format that does not take this group size is an MpqError here)
 
     @property
     def format(self) -> WeightFormat:
