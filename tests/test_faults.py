@@ -62,10 +62,6 @@ CASES = {
     "empty dataset": (lambda f: [*search(f), "--data", f / "empty.npz"], "the data holds no samples"),
     "string array": (lambda f: [*search(f), "--data", f / "strings.npz"], "holds <U1 values: save numbers"),
     "corrupt image": (lambda f: ["sensitivity", "--data", f / "images", "--no-plot"], "cannot read image .*broken.jpg"),
-    "probing time for one probe": (
-        lambda f: [*search(f), "--metric", "hessian", "--max-seconds", "0.0001", "--no-cache"],
-        "a standard error needs two: raise --max-seconds",
-    ),
     "loss gives NaN": (lambda f: [*search(f), "--loss", f"{f}/losses.py:nan", "--no-cache"], "losses.py:nan is nan"),
     "loss raises": (
         lambda f: [*search(f), "--loss", f"{f}/losses.py:raises", "--no-cache"],

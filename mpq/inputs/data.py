@@ -50,6 +50,7 @@ class Dataset:
             )
         if self.x.is_floating_point() and not torch.isfinite(self.x).all():
             raise MpqError("data x contains NaN or Inf: clean or drop those samples first")
+        check_magnitude(self.x)
         if self.y is not None:
             if self.y.dim() != 1 or len(self.y) != len(self.x):
                 raise MpqError(
@@ -204,9 +205,24 @@ def _tensor(array: np.ndarray, name: str, path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def check_magnitude(x: torch.Tensor) -> None:
+    """Float inputs whose squares overflow float32 (or their own narrower float, e.g. 256 for float16), which
+    activation ranges, errors and curvature products square, are one MpqError; NaN and Inf are checked apart."""
+    if not x.is_floating_point() or not x.numel():
+        return
+    limit = min(torch.finfo(x.dtype).max, torch.finfo(torch.float32).max) ** 0.5
+    peak = float(torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0).max())
+    if peak > limit:
+        raise MpqError(
+            f"data x holds values up to {peak:.3g}, and their squares overflow {x.dtype if limit < 1e19 else 'float32'}"
+            f" (above {limit:.3g}): scale the data (e.g. normalize it) first"
+        )
+
+
 def _as_input(x: torch.Tensor, source) -> torch.Tensor:
     """Floats become float32; integers (token ids) stay int64, so embeddings receive them unchanged."""
     if x.is_floating_point():
+        check_magnitude(x)  # before float64 values beyond float32 become Inf
         return x.float()
     if x.dtype == torch.bool or x.is_complex():
         raise MpqError(f"inputs x in {source} are {x.dtype}: give floats, or integers for token ids")

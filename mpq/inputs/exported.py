@@ -146,8 +146,24 @@ def load_exported(path: Path) -> nn.Module:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
     try:
         program = torch.export.load(io.BytesIO(content))
-        return modules_from_calls(program.module())
+        module = modules_from_calls(program.module())
     except Exception as exc:
         raise MpqError(
             f"cannot load {path} as a torch.export program ({type(exc).__name__}): save it with torch.export.save"
         ) from None
+    _check_dynamic_batch(path, program)
+    return module
+
+
+def _check_dynamic_batch(path: Path, program) -> None:
+    """mpq runs the model on batches of many sizes (probes, calibration, the last batch): a program exported with
+    a fixed batch size fails on every other ("Guard failed"), so it is refused here, in one line."""
+    inputs = {s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"}
+    for node in program.graph.nodes:
+        shape = getattr(node.meta.get("val"), "shape", None) if node.op == "placeholder" else None
+        if node.name in inputs and shape is not None and len(shape) and isinstance(shape[0], int):
+            raise MpqError(
+                f"{path} was exported with a fixed batch of {shape[0]} (input {node.name}), and mpq runs it on "
+                "batches of other sizes: export it with a dynamic batch dimension, e.g. torch.export.export(model, "
+                "args, dynamic_shapes=({0: torch.export.Dim('batch')},))"
+            )

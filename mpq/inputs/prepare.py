@@ -103,8 +103,14 @@ def check_data_fits(prepared: PreparedModel, data: Dataset) -> Dataset:
 
 def check_labels(output: torch.Tensor, labels: torch.Tensor | None) -> None:
     """Labels are class indices of the model's outputs: 0 .. outputs - 1 along dimension 1."""
-    if labels is None or output.dim() != 2:
+    if labels is None:
         return
+    if output.dim() != 2:
+        raise MpqError(
+            f"the model's outputs are shaped {list(output.shape)} per batch (a prediction per position) but labels y "
+            "hold one class per sample: give a model whose outputs are [batch, classes], or drop y to compare with "
+            "the model's own predictions"
+        )
     classes, top = output.shape[1], int(labels.max())
     if top >= classes:
         raise MpqError(

@@ -3,6 +3,8 @@ an unfinished Hutchinson estimate is checkpointed after every probe and resumed 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from torch import nn
 
@@ -65,20 +67,32 @@ def layer_traces(traces: HessianTraces, details: dict[str, list], capped: np.nda
 def curvature_estimates(metric, ctx: AnalysisContext) -> Estimates:
     """Every layer's trace-like T_l under `metric` (a CurvatureMetric), cached."""
     traces, details, from_cache = cached_traces(ctx, "weights", ctx.key, metric, ctx.model, ctx.names)
-    _check_two_probes(traces, ctx.settings)
+    traces = _one_probe_fallback(traces, ctx.settings)
     layers = layer_traces(traces, details, _capped(traces, ctx.settings))
     return Estimates(layers, traces.seconds, traces.stop_reason, from_cache, traces.resumed_from, list(traces.notes))
 
 
-def _check_two_probes(traces: HessianTraces, settings: ProbeSettings) -> None:
-    """A standard error needs two probes: when the time cap stopped some layer before, say what to raise (an exact
-    estimate, e.g. gauss_newton over every class, needs no probes)."""
-    fewest = min(traces.probes_of(i) for i in range(len(traces.layer_names)))
-    if fewest < 2 and traces.stop_reason == "max_seconds":
+def _one_probe_fallback(traces: HessianTraces, settings: ProbeSettings) -> HessianTraces:
+    """A standard error needs two probes: where the time cap stopped a layer at one, its standard error is unknown,
+    reported as 0 (no trace margin for it) with a note that says what to raise; none at all is an MpqError (an
+    exact estimate, e.g. gauss_newton over every class, needs no probes)."""
+    single = [i for i in range(len(traces.layer_names)) if traces.probes_of(i) < 2]
+    if not single or traces.stop_reason != "max_seconds":
+        return traces
+    if any(traces.probes_of(i) == 0 for i in single):
         raise MpqError(
-            f"the probing stopped after {settings.max_seconds:g} s with {fewest} probe(s) of some layer, and a "
-            "standard error needs two: raise --max-seconds (max_seconds=), or lower --batch-size"
+            f"the probing stopped after {settings.max_seconds:g} s before a probe of some layer: raise --max-seconds "
+            "(max_seconds=), or lower --batch-size"
         )
+    stderr = np.where([traces.probes_of(i) < 2 for i in range(len(traces.layer_names))], 0.0, traces.stderr)
+    channels = [np.zeros_like(s) if i in single else s for i, s in enumerate(traces.channel_stderr)]
+    names = ", ".join(traces.layer_names[i] for i in single[:3]) + (", ..." if len(single) > 3 else "")
+    note = (
+        f"warning: the probing stopped after {settings.max_seconds:g} s with one probe of {len(single)} layer(s) "
+        f"({names}), and a standard error needs two: theirs is reported as 0 (no trace margin); raise --max-seconds "
+        "(max_seconds=) or lower --batch-size for one"
+    )
+    return replace(traces, stderr=stderr, channel_stderr=channels, notes=[*traces.notes, note])
 
 
 def _capped(traces: HessianTraces, settings: ProbeSettings) -> np.ndarray:
