@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 
-from mpq.quant.widths import ALL_BITS
 from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
 from mpq.sensitivity.context import REFERENCE_BATCH, AnalysisContext
 from mpq.sensitivity.estimates import Estimates, LayerEstimate
