@@ -212,7 +212,7 @@ def gguf_model(model: nn.Module, plan: Plan, packed=None, reference: "str | Path
     arch = architecture(model)
     vocab = transformers_model(model).config.vocab_size
     tokenizer = (
-        reference_metadata(reference) if reference else tokenizer_metadata(getattr(model, "folder", None), vocab)
+        reference_metadata(reference, vocab) if reference else tokenizer_metadata(getattr(model, "folder", None), vocab)
     )
     metadata = {"general.name": type(transformers_model(model)).__name__} | hparams(model) | tokenizer
     return GGUFModel(arch, plan_tensors(model, plan, packed), metadata)

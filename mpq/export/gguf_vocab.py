@@ -17,8 +17,8 @@ from mpq.errors import MpqError
 TOKENIZER_PREFIX = "tokenizer."
 
 
-def reference_metadata(path: "str | Path") -> dict[str, GGUFValue]:
-    """Every tokenizer.* key of the GGUF file at `path`, with its GGUF type."""
+def reference_metadata(path: "str | Path", vocab_size: int) -> dict[str, GGUFValue]:
+    """Every tokenizer.* key of the GGUF file at `path`, with its GGUF type; its tokens must be `vocab_size`."""
     path = Path(path)
     if not path.is_file():
         raise MpqError(f"--gguf-metadata {path} is not a file: give a .gguf file of the same model (its tokenizer)")
@@ -33,8 +33,10 @@ def reference_metadata(path: "str | Path") -> dict[str, GGUFValue]:
         vtype = field.types[0]
         sub_type = field.types[1] if vtype == GGUFValueType.ARRAY else None
         out[name] = GGUFValue(field.contents(), vtype, sub_type)
-    if not out:
-        raise MpqError(f"{path} holds no tokenizer.* metadata: give the GGUF file the model came from")
+    tokens = out.get("tokenizer.ggml.tokens")
+    if tokens is None or len(tokens.value) != vocab_size:
+        count = "no" if tokens is None else f"{len(tokens.value):,}"
+        raise MpqError(f"{path} holds {count} tokens and the model {vocab_size:,}: give a GGUF file of the same model")
     return out
 
 
