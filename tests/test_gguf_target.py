@@ -136,6 +136,8 @@ def test_a_bits_per_weight_budget_through_the_api(saved, kind, tmp_path):
     exported = mpq.export_plan(model, plan, data, tmp_path / "m.gguf", format="gguf", cache_dir=False)
     assert exported.file_bytes == exported.counted_bytes == plan.predicted["size_bytes"]
     assert result.report.plan.size_bytes == plan.predicted["size_bytes"]
+    verified = mpq.verify(model, plan, data, cache_dir=False, progress=False)  # `mpq verify` counts the file too
+    assert verified.plan.size_bytes == plan.predicted["size_bytes"]
     _check_file(model, plan, data, tmp_path / "m.gguf", kind)
     assert mpq.Plan.from_json(plan.to_json()).layers == plan.layers  # "format" round-trips
 

@@ -48,7 +48,7 @@ def target_search(target: str, quantizer: Quantizer, space: SearchSpace) -> tupl
     bits = widths if space.bits == SearchSpace().bits else space.bits
     missing = [b for b in bits if b not in widths]
     if missing:
-        types = ", ".join(f"{b} ({t.name})" for b, t in weight_format(name).types.items())
+        types = ", ".join(f"{b} ({t})" for b, t in weight_format(name).types.items())
         raise MpqError(f"the {name} target has no {missing[0]}-bit type: choose --bits from {types}")
     return replace(quantizer, weight_format=name), replace(space, bits=tuple(bits), act_bits=(None,))
 

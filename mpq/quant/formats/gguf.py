@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mpq.errors import MpqError
 from mpq.quant.formats.base import WeightFormat
-from mpq.quant.gguf import GGMLType, dequantize, llama_cpp_type, quantize, tensor_nbytes
+
+if TYPE_CHECKING:
+    from mpq.quant.gguf import GGMLType
 
 GGUF_ALIGNMENT = 32  # GGUF's default general.alignment: every tensor's data starts at a multiple of it
 
@@ -47,6 +49,8 @@ class GGUFTensorData:
     def dequantize(self):
         import torch
 
+        from mpq.quant.gguf import dequantize
+
         values = dequantize(self.data, self.ggml_type, matrix_shape(self.shape))
         return torch.from_numpy(values).reshape(self.shape).to(self.device)
 
@@ -56,14 +60,8 @@ class GGUFTypes(WeightFormat):
     """K-quant GGUF types by width (the module docstring)."""
 
     name = "gguf"
-    types: ClassVar[dict[int, GGMLType]] = {
-        2: GGMLType.Q2_K,
-        3: GGMLType.Q3_K,
-        4: GGMLType.Q4_K,
-        5: GGMLType.Q5_K,
-        6: GGMLType.Q6_K,
-        8: GGMLType.Q8_0,
-    }
+    # by name: mpq.quant.gguf (numpy) is imported when a tensor is quantized, not when the `mpq` parser names formats
+    types: ClassVar[dict[int, str]] = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
     widths = tuple(types)
     clipped = False
     own_tensors = True  # mpq.verify.apply stores `packed_tensors` and reads back `unpacked_weight`
@@ -77,8 +75,10 @@ class GGUFTypes(WeightFormat):
         if bits not in self.types:
             raise MpqError(
                 f"the {self.name} weight format has no {bits}-bit type: choose widths from "
-                f"{', '.join(f'{b} ({t.name})' for b, t in self.types.items())}"
+                f"{', '.join(f'{b} ({t})' for b, t in self.types.items())}"
             )
+        from mpq.quant.gguf import llama_cpp_type
+
         return llama_cpp_type(self.types[bits], row)
 
     def quantize(self, weight, bits, clip_ratio=None) -> GGUFTensorData:
@@ -88,10 +88,14 @@ class GGUFTypes(WeightFormat):
         (b,) = widths
         matrix = weight.detach().reshape(weight.shape[0], -1)
         ggml_type = self.ggml_type(b, matrix.shape[1])
+        from mpq.quant.gguf import quantize
+
         data = quantize(matrix, ggml_type)
         return GGUFTensorData(data, ggml_type, tuple(weight.shape), b, weight.device)
 
     def weight_bytes(self, per_channel: int, channels: int, bits: int) -> int:
+        from mpq.quant.gguf import tensor_nbytes
+
         return padded(tensor_nbytes(self.ggml_type(bits, per_channel), (channels, per_channel)))
 
     def packed_tensors(self, q: GGUFTensorData) -> dict:
@@ -108,6 +112,8 @@ class GGUFTypes(WeightFormat):
         """The float32 weight of `shape` that packed_tensors' bytes stand for."""
         import torch
 
+        from mpq.quant.gguf import dequantize, tensor_nbytes
+
         rows = matrix_shape(shape)
         ggml_type = self.ggml_type(bits, rows[1])
         data = tensors["weight_codes"].numpy()[: tensor_nbytes(ggml_type, rows)]
@@ -117,7 +123,7 @@ class GGUFTypes(WeightFormat):
         return {"weight_format": self.name}
 
     def describe(self) -> str:
-        types = ", ".join(f"{b}: {t.name}" for b, t in self.types.items())
+        types = ", ".join(f"{b}: {t}" for b, t in self.types.items())
         return f"{self.name} weights (GGUF types by width, {types})"
 
 
@@ -126,5 +132,5 @@ class GGUFLegacyTypes(GGUFTypes):
     """The 32-weight-block GGUF types by width."""
 
     name = "gguf-legacy"
-    types: ClassVar[dict[int, GGMLType]] = {4: GGMLType.Q4_0, 5: GGMLType.Q5_0, 8: GGMLType.Q8_0}
+    types: ClassVar[dict[int, str]] = {4: "Q4_0", 5: "Q5_0", 8: "Q8_0"}
     widths = tuple(types)
