@@ -142,6 +142,21 @@ def test_a_bits_per_weight_budget_through_the_api(saved, kind, tmp_path):
     assert mpq.Plan.from_json(plan.to_json()).layers == plan.layers  # "format" round-trips
 
 
+def _smollm2_like(tmp_path):
+    """A GGUF file whose tokenizer has another vocabulary size than the tiny models'."""
+    from gguf.gguf_writer import GGUFValue
+
+    from mpq.export.gguf_file import GGUFTensor, write_gguf
+    from mpq.quant.gguf import GGMLType
+
+    path = tmp_path / "other.gguf"
+    tokens = GGUFValue(["a", "b"], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+    write_gguf(
+        path, "llama", [GGUFTensor("x", GGMLType.F32, (8,), np.zeros(32, np.uint8))], {"tokenizer.ggml.tokens": tokens}
+    )
+    return path
+
+
 def test_what_the_gguf_target_refuses(saved, tmp_path):
     root, folders = saved
     model = load_model_spec(f"hf:{folders['gpt2']}")
@@ -152,6 +167,12 @@ def test_what_the_gguf_target_refuses(saved, tmp_path):
         mpq.search(model, data, "4.5bpw", target="gguf", space=mpq.SearchSpace(bits=(4, 7)))
     with pytest.raises(mpq.MpqError, match="unknown target"):
         mpq.search(model, data, "4.5bpw", target="onnx")
+    with pytest.raises(mpq.MpqError, match="tokens and the model"):  # before the sensitivity work
+        mpq.search(model, data, "4.5bpw", target="gguf", gguf_metadata=_smollm2_like(tmp_path))
+    from tests.user_models import group_net
+
+    with pytest.raises(mpq.MpqError, match="writes LLaMA-family and GPT-2 causal LMs"):
+        mpq.search(group_net(), torch.randn(8, 3, 8, 8), "4.5bpw", target="gguf", cache_dir=False)
     settings = mpq.PlanSettings(quantizer=mpq.Quantizer(weight_format="gguf"))
     plan = mpq.Plan(layers={"lm_head": mpq.LayerPlan(8, None)}, settings=settings)
     with pytest.raises(mpq.MpqError, match="export it with --format gguf"):

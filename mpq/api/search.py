@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from mpq.quant.formats import WeightFormat
 from mpq.api.options import search_configs
-from mpq.api.target import gguf_overhead, gguf_plan, target_search
+from mpq.api.target import check_gguf_model, gguf_overhead, gguf_plan, target_search
 from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity, verify_inputs
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
@@ -167,6 +167,8 @@ class _Request:
 
     def check_reachable(self, inputs: Inputs, fmt: WeightFormat) -> None:
         """BudgetInfeasible when no plan can meet a budget; MpqError for a proxy check it cannot run."""
+        if self.target == "gguf":
+            check_gguf_model(inputs.prepared, self.gguf_metadata)
         check_reachable(Layers.of_graph(inputs.prepared.graph, fmt), self.budgets, self.space, self.latency)
         if self.proxy_plans:
             check_proxy_request(self.proxy_plans, self.budgets, self.space.granularity)

@@ -53,6 +53,13 @@ def target_search(target: str, quantizer: Quantizer, space: SearchSpace) -> tupl
     return replace(quantizer, weight_format=name), replace(space, bits=tuple(bits), act_bits=(None,))
 
 
+def check_gguf_model(prepared: PreparedModel, metadata: "str | None") -> None:
+    """MpqError before the sensitivity work when the model has no GGUF file (architecture, tokenizer)."""
+    from mpq.export.gguf_model import file_metadata
+
+    file_metadata(prepared.folded, metadata)
+
+
 def gguf_overhead(prepared: PreparedModel, plan: Plan, metadata: "str | None") -> int:
     """The GGUF file's bytes less the plan's predicted bytes: the same for every plan of this model."""
     from mpq.export.gguf_file import predict_gguf_size

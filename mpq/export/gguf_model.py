@@ -206,13 +206,19 @@ def hparams(model: nn.Module) -> dict:
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
-def gguf_model(model: nn.Module, plan: Plan, packed=None, reference: "str | Path | None" = None) -> GGUFModel:
-    """The plan's GGUF file (tensors with data when `packed` is given); tokenizer metadata from `reference`
-    (a GGUF file) when given, else built from the model folder's tokenizer."""
-    arch = architecture(model)
-    vocab = transformers_model(model).config.vocab_size
-    tokenizer = (
-        reference_metadata(reference, vocab) if reference else tokenizer_metadata(getattr(model, "folder", None), vocab)
+def file_metadata(model: nn.Module, reference: "str | Path | None" = None) -> dict:
+    """The file's metadata: name, hparams, and the tokenizer's from `reference` (a GGUF file) when given, else
+    built from the model folder's tokenizer. MpqError for a model the GGUF export does not write."""
+    architecture(model)
+    config = transformers_model(model).config
+    folder = getattr(model, "folder", None)
+    vocab = (
+        reference_metadata(reference, config.vocab_size) if reference else tokenizer_metadata(folder, config.vocab_size)
     )
-    metadata = {"general.name": type(transformers_model(model)).__name__} | hparams(model) | tokenizer
-    return GGUFModel(arch, plan_tensors(model, plan, packed), metadata)
+    return {"general.name": type(transformers_model(model)).__name__} | hparams(model) | vocab
+
+
+def gguf_model(model: nn.Module, plan: Plan, packed=None, reference: "str | Path | None" = None) -> GGUFModel:
+    """The plan's GGUF file (tensors with data when `packed` is given); metadata as file_metadata."""
+    metadata = file_metadata(model, reference)
+    return GGUFModel(architecture(model), plan_tensors(model, plan, packed), metadata)
