@@ -249,10 +249,7 @@ def _profile_command(sub) -> None:
     add_json(profile, "the latency table's rows")
 
 
-GGUF_METADATA_HELP = (
-    "a GGUF file of the same model whose tokenizer metadata (tokenizer.*) the GGUF file copies (default: built "
-    "from the hf: folder's tokenizer)"
-)
+GGUF_METADATA_HELP = "a GGUF file of the same model whose tokenizer metadata (tokenizer.*) the GGUF file copies"
 
 
 def _target_options(search) -> None:
@@ -266,7 +263,11 @@ def _target_options(search) -> None:
             "is the .gguf file's, written by `mpq export --format gguf`)"
         ),
     )
-    group(search, BUDGET).add_argument("--gguf-metadata", help=GGUF_METADATA_HELP + "; recorded in the plan")
+    group(search, BUDGET).add_argument(
+        "--gguf-metadata",
+        metavar="FILE.gguf",
+        help=GGUF_METADATA_HELP + " (recorded in the plan; default: built from the hf: folder's tokenizer)",
+    )
 
 
 def _export_command(sub) -> None:
@@ -281,7 +282,11 @@ def _export_command(sub) -> None:
             "a plan searched with --target gguf); default packed"
         ),
     )
-    group(export, OUTPUT).add_argument("--gguf-metadata", help=GGUF_METADATA_HELP + " (default: the plan's)")
+    group(export, OUTPUT).add_argument(
+        "--gguf-metadata",
+        metavar="FILE.gguf",
+        help=GGUF_METADATA_HELP + " (default: the plan's, else built from the hf: folder's tokenizer)",
+    )
     group(export, OUTPUT).add_argument("--out", required=True, help="the file to write")
     add_model_data(export)
     group(export, MODEL).add_argument(
