@@ -58,7 +58,7 @@ def _train(model, batches, steps: int, loss_of, lr: float = 3e-3) -> float:
     return float(loss)
 
 
-def causal_lm(kind: str, tokenizer, windows: torch.Tensor, steps: int = 150):
+def causal_lm(kind: str, tokenizer, windows: torch.Tensor, steps: int = 150, intermediate_size: int = 128):
     """A 2-layer GPT-2 (Conv1D layers, tied LM head) or LLaMA (RMSNorm, SiLU gates, rotary) causal LM."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -74,7 +74,7 @@ def causal_lm(kind: str, tokenizer, windows: torch.Tensor, steps: int = 150):
         config = LlamaConfig(
             vocab_size=VOCAB,
             hidden_size=64,
-            intermediate_size=128,
+            intermediate_size=intermediate_size,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from mpq.quant.formats import WeightFormat
 from mpq.api.options import search_configs
+from mpq.api.target import check_gguf_model, gguf_overhead, gguf_plan, target_search
 from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity, verify_inputs
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
@@ -40,17 +41,21 @@ class SearchResult:
     report: Report
 
 
-def leave_room_for_the_container(prepared: PreparedModel, data: Dataset, budgets: list[Budget], solve_within) -> Plan:
+def leave_room_for_the_container(
+    prepared: PreparedModel, data: Dataset, budgets: list[Budget], solve_within, container=None
+) -> Plan:
     """The plan `solve_within(budgets)` gives, solved again with the size budget lowered by the packed file's
-    header (mpq.export.packed_file) until tensors and header together fit it: the file `mpq export` writes
-    then fits the budget. plan.budgets stay the user's; settings.container_reserve_bytes says what was kept."""
+    header (mpq.export.packed_file; `container(plan)`: another file's bytes beside the plan's predicted ones)
+    until tensors and header together fit it: the file `mpq export` writes then fits the budget. plan.budgets
+    stay the user's; settings.container_reserve_bytes says what was kept."""
+    container = container or (lambda p: _container_bytes(prepared, data, p))
     plan = solve_within(budgets)
     sizes = [b for b in budgets if b.kind == CostKind.SIZE_BYTES]
     if not sizes:
         return plan
     limit, reserve = min(b.limit for b in sizes), 0
     for _ in range(4):
-        over = plan.predicted.size_bytes + _container_bytes(prepared, data, plan) - limit
+        over = plan.predicted.size_bytes + container(plan) - limit
         cut = reserve + int(over)
         if over <= 0 or limit - cut <= 0:  # fits, or no size budget is left to solve for
             break
@@ -100,6 +105,8 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     cache_dir=None,
     progress: bool | None = None,
     device=None,
+    target: str = "packed",
+    gguf_metadata=None,
     **legacy,
 ) -> SearchResult:
     """analyze, solve and verify in one call: `probes`, `metric`, `quantizer`, `loss` as in `analyze`;
@@ -115,8 +122,11 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     `device`: where every stage runs: "cpu", "cuda", "cuda:N", "auto" (cuda when a GPU is visible) or a
     torch.device; None: where the model's parameters are. The model is not moved: a copy is.
+    `target`: the file the budget counts (mpq.api.target): "packed" (mpq's own) or "gguf" (llama.cpp's; its
+    tokenizer metadata from the GGUF file `gguf_metadata` when given, else from the model folder's tokenizer).
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
+    quantizer, space = target_search(target, resolve_quantizer(quantizer), space)
     start = time.perf_counter()
     check_channel_metric(space, metric)
     data = as_dataset(data)
@@ -124,9 +134,9 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     latency = latency_model(latency)
     check_latency_budgets(budgets, latency)
     inputs = with_held_out(prepare_inputs(model, data, quantize_embeddings, device), eval_data, eval_split)
-    quantizer = resolve_quantizer(quantizer)
     run = Run(open_cache(cache_dir), progress)
-    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run)
+    metadata = str(gguf_metadata) if target == "gguf" and gguf_metadata is not None else None
+    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run, target, metadata)
     request.check_reachable(inputs, quantizer.format)  # before the Hessian work
     t0 = time.perf_counter()
     options = AnalyzeOptions(probes, quantizer, metric, loss, request.activations)
@@ -145,6 +155,8 @@ class _Request:
     eval_batch_size: int
     proxy_plans: int
     run: Run
+    target: str = "packed"  # mpq.api.target
+    gguf_metadata: str | None = None
 
     @property
     def activations(self) -> bool:
@@ -153,6 +165,8 @@ class _Request:
 
     def check_reachable(self, inputs: Inputs, fmt: WeightFormat) -> None:
         """BudgetInfeasible when no plan can meet a budget; MpqError for a proxy check it cannot run."""
+        if self.target == "gguf":
+            check_gguf_model(inputs.prepared, self.gguf_metadata)
         check_reachable(Layers.of_graph(inputs.prepared.graph, fmt), self.budgets, self.space, self.latency)
         if self.proxy_plans:
             check_proxy_request(self.proxy_plans, self.budgets, self.space.granularity)
@@ -163,7 +177,11 @@ def _solved_and_verified(inputs: Inputs, sensitivity: Sensitivity, request: _Req
     at the start, after preparing and after analyzing."""
     space, latency, batch_size, run = request.space, request.latency, request.eval_batch_size, request.run
     solve_within = lambda b: solve_sensitivity(sensitivity, b, space, request.solver, latency)  # noqa: E731
-    plan = leave_room_for_the_container(inputs.prepared, inputs.fit, request.budgets, solve_within)
+    gguf = request.target == "gguf"
+    container = (lambda p: gguf_overhead(inputs.prepared, p, request.gguf_metadata)) if gguf else None  # noqa: E731
+    plan = leave_room_for_the_container(inputs.prepared, inputs.fit, request.budgets, solve_within, container)
+    if gguf:
+        plan = gguf_plan(inputs.prepared, plan, container(plan), request.gguf_metadata)
     times.append(time.perf_counter())
     report = verify_inputs(
         inputs, plan, VerifyOptions(tuple(space.bits), plan_act_bits(plan), batch_size, latency), run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mpq.api.target import with_file_sizes
 from mpq.cache import Cache
 from mpq.cost.budget import Budget
 from mpq.cost.costs import CostKind, Costs
@@ -111,6 +112,8 @@ def verify_inputs(
     """The plan measured (mpq.verify.measure): fitted on the fit data, measured on the held-out data."""
     report = verify_prepared(inputs.prepared, plan, inputs.fit, options, run.cache, run.progress, inputs.held_out)
     report.notes += [latency_note] if latency_note else []
+    if plan.weight_format.own_tensors and plan.settings is not None:  # a --target gguf plan: the files' sizes
+        report = with_file_sizes(report, plan.settings.container_reserve_bytes, plan, options.latency)
     if inputs.prepared.graph.uncalled:
         uncalled = ", ".join(inputs.prepared.graph.uncalled)
         report.notes.append(

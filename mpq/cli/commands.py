@@ -55,6 +55,8 @@ def run_search(args) -> int:
         eval_batch_size=args.eval_batch_size,
         eval_data=eval_data_arg(args, model),
         eval_split=args.eval_split,
+        target=args.target,
+        gguf_metadata=args.gguf_metadata,
         **analyze_options(args),
     )
     result.plan.recipe = getattr(args, "recipe", None)  # `mpq search --config plan.json` repeats this run
@@ -254,6 +256,7 @@ def run_export(args) -> int:
         cache_dir=cache_dir,
         quantizer=quantizer_arg(args, True),
         eval_split=args.eval_split,
+        gguf_metadata=args.gguf_metadata,
     )
     if args.json:
         written = {

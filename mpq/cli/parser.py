@@ -96,6 +96,7 @@ def _search_command(sub) -> None:
         ),
     )
     add_search_options(search)
+    _target_options(search)
     group(search, BUDGET).add_argument(
         "--no-act-sensitivity",
         dest="act_sensitivity",
@@ -248,14 +249,43 @@ def _profile_command(sub) -> None:
     add_json(profile, "the latency table's rows")
 
 
+GGUF_METADATA_HELP = "a GGUF file of the same model whose tokenizer metadata (tokenizer.*) the GGUF file copies"
+
+
+def _target_options(search) -> None:
+    group(search, BUDGET).add_argument(
+        "--target",
+        choices=("packed", "gguf"),
+        default="packed",
+        help=(
+            "the file the plan is made for and the budget counts: packed (mpq's own, default) or gguf (llama.cpp: "
+            "candidates are GGUF types, 2: Q2_K 3: Q3_K 4: Q4_K 5: Q5_K 6: Q6_K 8: Q8_0, weight-only; the size "
+            "is the .gguf file's, written by `mpq export --format gguf`)"
+        ),
+    )
+    group(search, BUDGET).add_argument(
+        "--gguf-metadata",
+        metavar="FILE.gguf",
+        help=GGUF_METADATA_HELP + " (recorded in the plan; default: built from the hf: folder's tokenizer)",
+    )
+
+
 def _export_command(sub) -> None:
     export = _command(sub, "export", "write a plan applied to its model: packed weights, ONNX QDQ or a torchao config")
     export.add_argument("plan", help="plan.json written by `mpq search`")
     group(export, OUTPUT).add_argument(
         "--format",
-        choices=("packed", "onnx", "torchao"),
+        choices=("packed", "onnx", "torchao", "gguf"),
         default="packed",
-        help="packed (one file of bit-packed weights), onnx (QDQ) or torchao (FqnToConfig JSON); default packed",
+        help=(
+            "packed (one file of bit-packed weights), onnx (QDQ), torchao (FqnToConfig JSON) or gguf (llama.cpp, "
+            "a plan searched with --target gguf); default packed"
+        ),
+    )
+    group(export, OUTPUT).add_argument(
+        "--gguf-metadata",
+        metavar="FILE.gguf",
+        help=GGUF_METADATA_HELP + " (default: the plan's, else built from the hf: folder's tokenizer)",
     )
     group(export, OUTPUT).add_argument("--out", required=True, help="the file to write")
     add_model_data(export)

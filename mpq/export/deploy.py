@@ -9,6 +9,7 @@ ratios, activation ranges observed on the FP32 model over the data, bias-correct
              mpq.export.onnx_user    from an .onnx file: the user's own graph, the plan applied in QDQ form
     torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig
                                         (one config per layer)
+    gguf     mpq.export.gguf_model   a GGUF file llama.cpp loads (a plan searched with --target gguf)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mpq.plan.keywords import checks_keywords
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.measure import packed_for
 
-FORMATS = ("packed", "onnx", "torchao")
+FORMATS = ("packed", "onnx", "torchao", "gguf")
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,15 @@ def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs
     quantizer: "str | Quantizer | None" = None,
     device=None,
     eval_split: float = EVAL_SPLIT,
+    gguf_metadata: "str | Path | None" = None,
 ) -> ExportResult:
     """Write `plan` applied to `model` to `path` in `format` (one of FORMATS); `data` calibrates the
     quantizer (the plan's, or `quantizer` when given, as in mpq.verify) on `device` (as in mpq.verify; None:
     where the model's parameters are), on the part of `data` verification fits on: all of it less the seeded
     `eval_split` that mpq.verify and mpq.search hold out (0: all of it). The file is written from the CPU
-    whatever the device."""
-    if format not in FORMATS:
-        raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    whatever the device. `gguf_metadata`: a GGUF file whose tokenizer metadata the gguf format copies (None:
+    the plan's, else built from the model folder's tokenizer)."""
+    _check_format(plan, format)
     if format == "onnx" and plan.group_size is not None:
         raise MpqError(
             "the ONNX export stores one weight scale per output channel, and this plan has one per group of "
@@ -85,6 +87,8 @@ def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs
         return ExportResult(
             format, path, stored.file_bytes, packed.size_bytes, (note, *_over_budget(plan, stored.file_bytes))
         )
+    if format == "gguf":
+        return _export_gguf(prepared, plan, packed, path, gguf_metadata)
     if format == "onnx":
         written = _export_onnx(prepared, packed, data, path)
         storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
@@ -108,6 +112,36 @@ def _export_onnx(prepared, packed, data, path: Path):
     from mpq.export.onnx_qdq import export_onnx
 
     return export_onnx(prepared.folded, packed, data.x[:1].cpu(), path)
+
+
+def _check_format(plan: Plan, format: str) -> None:
+    if format not in FORMATS:
+        raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    gguf = plan.weight_format.own_tensors
+    if gguf and format not in ("gguf", "packed"):
+        raise MpqError(
+            f"this plan's weights are GGUF blocks (--target gguf): export it with --format gguf, not {format}"
+        )
+    if format == "gguf" and not gguf:
+        raise MpqError("--format gguf writes plans searched for GGUF: search with --target gguf, then export")
+
+
+def _export_gguf(prepared, plan: Plan, packed, path: Path, gguf_metadata) -> ExportResult:
+    """The GGUF file: every quantized layer in its planned type, the rest F32 (mpq.export.gguf_model)."""
+    from mpq.export.gguf_file import write_gguf
+    from mpq.export.gguf_model import gguf_model
+    from mpq.files import atomic_path
+
+    reference = gguf_metadata or plan.settings.gguf_metadata
+    written = gguf_model(prepared.folded, plan, packed, reference)
+    with atomic_path(path) as temporary:
+        layout = write_gguf(temporary, written.arch, written.tensors, written.metadata)
+    types = {}
+    for t in written.tensors:
+        types[t.ggml_type.name] = types.get(t.ggml_type.name, 0) + 1
+    note = "tensors: " + ", ".join(f"{n} {name}" for name, n in sorted(types.items()))
+    counted = int(plan.predicted.size_bytes)
+    return ExportResult("gguf", path, layout.file_size, counted, (note, *_over_budget(plan, layout.file_size)))
 
 
 def _over_budget(plan: Plan, file_bytes: int) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ class LayerPlan:
     granularity: str = "channel"
     channel_bits: tuple[ChannelRun, ...] | None = None
     channel_group: int | None = None
+    format: str | None = None  # the storage type of a format with named types (GGUF: "Q4_K"), as the file holds it
 
     @property
     def choice(self) -> Choice:
@@ -81,6 +82,8 @@ def layer_to_json(lp: LayerPlan, group_size: int | None = None) -> dict:
     }
     if group_size:
         entry["group_size"] = group_size
+    if lp.format is not None:
+        entry["format"] = lp.format
     if lp.channel_bits:
         entry["channel_bits"] = [{"channels": [r.start, r.stop], "weight_bits": r.weight_bits} for r in lp.channel_bits]
         entry["channel_group"] = lp.channel_group
@@ -138,8 +141,11 @@ def layer_from_json(name: str, entry: dict) -> LayerPlan:
         raise ValueError(f"layer {name}: granularity {granularity!r} is not one of {GRANULARITIES}")
     if (granularity == "group") != ("group_size" in entry):
         raise ValueError(f'layer {name}: granularity "group" and "group_size" come together')
+    stored = entry.get("format")
+    if stored is not None and not isinstance(stored, str):
+        raise ValueError(f'layer {name}: format {stored!r} is not a type name such as "Q4_K"')
     if "channel_bits" not in entry:
-        return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity)
+        return LayerPlan(weight_bits=weight_bits, act_bits=act_bits, granularity=granularity, format=stored)
     runs = _runs_from_json(name, entry["channel_bits"])
     if max(r.weight_bits for r in runs) != weight_bits:
         raise ValueError(

@@ -217,6 +217,7 @@ class PlanSettings:
     latency: LatencySource | None = None
     channels: ChannelSearch | None = None
     container_reserve_bytes: int = 0
+    gguf_metadata: str | None = None  # the GGUF file whose tokenizer metadata a --target gguf plan's file copies
 
     def __post_init__(self) -> None:
         if self.source not in ("search", "table"):
@@ -251,6 +252,8 @@ class PlanSettings:
                 out[_JSON_NAMES.get(f.name, f.name)] = None if value is None else value.to_json()
             elif isinstance(value, tuple):
                 out[f.name] = [list(g) for g in value]
+            elif f.name == "gguf_metadata" and value is None:
+                continue  # written only for GGUF plans: other plans' JSON is as before
             else:
                 out[f.name] = value
         return out

@@ -102,7 +102,7 @@ def analyze_prepared(
     ctx = analysis_context(prepared, data, settings, cache, progress, loss, chosen, quantizer)
     estimates = chosen.estimate(ctx)
     inputs = input_sensitivities(chosen, ctx) if activations else {}
-    errors = channel_error_table(ctx.model, ctx.names, clip_ratios=ctx.clip_ratios, fmt=quantizer.format)
+    errors = channel_error_table(ctx.model, ctx.names, quantizer.format.widths, ctx.clip_ratios, quantizer.format)
     layers = {
         layer.name: LayerSensitivity.of(layer, name, estimate, errors[layer.name], inputs.get(layer.name))
         for layer, estimate in zip(prepared.graph.layers, estimates.layers)

@@ -35,14 +35,15 @@ def measured_estimates(metric, ctx: AnalysisContext) -> Estimates:
     """Every layer's Ω measured at every width (the quantizer's weights and corrected bias when the metric uses
     the quantizer, plain weights otherwise)."""
     started = time.perf_counter()
-    deltas = (lambda name: ctx.deltas(name, ALL_BITS)) if metric.uses_quantizer else None
+    widths = ctx.quantizer.format.widths if metric.uses_quantizer else ALL_BITS
+    deltas = (lambda name: ctx.deltas(name, widths)) if metric.uses_quantizer else None
 
     def measure() -> list[dict[int, OutputError]]:
-        errors = weight_output_errors(ctx.model, ctx.names, ctx.data.x, ALL_BITS, REFERENCE_BATCH, ctx.progress, deltas)
+        errors = weight_output_errors(ctx.model, ctx.names, ctx.data.x, widths, REFERENCE_BATCH, ctx.progress, deltas)
         return [errors[n] for n in ctx.names]
 
     quantizer_key = {"quantizer": ctx.quantizer.to_json()} if metric.uses_quantizer else {}
-    measured = cached_output_errors(ctx, {**ctx.key, **quantizer_key, "bits": list(ALL_BITS)}, measure)
+    measured = cached_output_errors(ctx, {**ctx.key, **quantizer_key, "bits": list(widths)}, measure)
     layers = [measured_estimate(m, metric.field, metric.name) for m in measured]
     return Estimates(layers, time.perf_counter() - started, "measured")
 

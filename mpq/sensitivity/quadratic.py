@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 
-from mpq.quant.widths import ALL_BITS
 from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
 from mpq.sensitivity.context import REFERENCE_BATCH, AnalysisContext
 from mpq.sensitivity.estimates import Estimates, LayerEstimate
@@ -25,12 +24,12 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
         "metric": "kl_quadratic",
         "quantizer": ctx.quantizer.to_json(),
         "draws": DRAWS,
-        "bits": list(ALL_BITS),
+        "bits": list(ctx.quantizer.format.widths),
     }
     cached = ctx.cache.load("kl-quadratic", full_key)
     from_cache = cached is not None
     if cached is None:
-        deltas = {n: ctx.deltas(n, ALL_BITS) for n in ctx.names}
+        deltas = {n: ctx.deltas(n, ctx.quantizer.format.widths) for n in ctx.names}
         s = ctx.settings
         result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, s.batch_size, DRAWS, s.seed, ctx.progress)
         cached = {

@@ -89,7 +89,8 @@ class PackedModel:
     def bits_per_weight(self) -> float | None:
         """Bits of the quantized layers' codes and scales as stored, over their weight count (None: no layer
         quantized)."""
-        stored = [self.tensors[f"{n}.{part}"] for n in self.layers for part in ("weight_codes", "weight_scale")]
+        parts = ("weight_codes", "weight_scale")
+        stored = [self.tensors[f"{n}.{p}"] for n in self.layers for p in parts if f"{n}.{p}" in self.tensors]
         weights = sum(math.prod(meta["weight_shape"]) for meta in self.layers.values())
         return 8 * sum(t.numel() * t.element_size() for t in stored) / weights if weights else None
 
@@ -117,8 +118,7 @@ def pack_model(
         module = modules[name]
         out_channels = module.weight.shape[0]
         q = fmt.quantize(module.weight, lp.channel_widths(out_channels), clip_ratios.get(name))
-        tensors[f"{name}.weight_codes"] = pack_chunks(q.codes, lp.chunks(out_channels))
-        tensors[f"{name}.weight_scale"] = fmt.stored_scale(q.scale.detach().cpu()).clone()
+        tensors |= {f"{name}.{part}": t for part, t in _weight_tensors(fmt, q, lp, out_channels).items()}
         if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = (
                 (biases[name] if name in biases else module.bias.detach().to(torch.float32)).cpu().clone()
@@ -144,10 +144,24 @@ def pack_model(
     return PackedModel(tensors=tensors, layers=layers)
 
 
+def _weight_tensors(fmt: WeightFormat, q, lp, out_channels: int) -> dict[str, torch.Tensor]:
+    """The stored weight tensors by suffix: the codes packed chunk by chunk and the scales, or the format's own."""
+    if fmt.own_tensors:
+        return fmt.packed_tensors(q)
+    return {
+        "weight_codes": pack_chunks(q.codes, lp.chunks(out_channels)),
+        "weight_scale": fmt.stored_scale(q.scale.detach().cpu()).clone(),
+    }
+
+
 def dequantized_weight(packed: PackedModel, name: str) -> torch.Tensor:
     """Layer `name`'s weight as the packed codes and scales give it back (dequantized on the CPU, as the exports do
     it)."""
     meta = packed.layers[name]
+    fmt = packed.weight_format(name)
+    if fmt.own_tensors:
+        own = {k.removeprefix(f"{name}."): t for k, t in packed.tensors.items() if k.startswith(f"{name}.weight_")}
+        return fmt.unpacked_weight(own, meta["weight_shape"], meta["weight_bits"])
     codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta)
     return QuantizedWeight(codes, packed.weight_scale(name), meta["weight_bits"], meta.get("group_size")).dequantize()
 

@@ -29,6 +29,9 @@ class WeightFormat:
     name: ClassVar[str]
     widths: ClassVar[tuple[int, ...]] = ALL_BITS
     clipped: ClassVar[bool] = True  # its scales span a clip ratio (mpq.quant.observers) of each group's largest |w|
+    # False: mpq.verify.apply packs quantize()'s codes and scales; True: the format's packed_tensors(q) are stored
+    # and its unpacked_weight(tensors, shape, bits) reads them back (a format with its own block layout)
+    own_tensors: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
