@@ -10,16 +10,22 @@ plan.json's settings ("quantizer") and read back by `mpq verify` and `mpq export
     group_size       None | a power of two >= 8           weight scales per output channel (None) or per
                                                           group of that many consecutive weights of a
                                                           channel (mpq.quant.affine; `--group-size`)
+    rounding         nearest | adaround                   how weights round to their codes (mpq.quant.adaround)
+    equalize         True | False                         cross-layer equalization before calibration
+                                                          (mpq.quant.equalize)
 
 Presets (`--quantizer NAME`): "minmax" (the plain min-max quantizer), "default" (the measured best,
 see reports/quantizers.md: percentile activation ranges, MSE weight clipping, bias correction; the
 rule: least geometric-mean KL(FP32 || q) over uniform W8/W6/W5/W4 (A8) and the 4 MB plan on the
-default model), and one per activation observer (with MSE weight clipping and bias correction).
+default model), one per activation observer (with MSE weight clipping and bias correction), and the default
+with AdaRound ("adaround"), with cross-layer equalization ("equalize") or with both ("adaround-equalize"; measured
+in reports/rounding.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 
 from mpq.errors import MpqError
 from mpq.quant.formats import DEFAULT_FORMAT, WeightFormat, weight_format
@@ -28,6 +34,7 @@ from mpq.quant.formats import DEFAULT_FORMAT, WeightFormat, weight_format
 # so that a Quantizer and the `mpq` parser's choices need no torch
 ACT_OBSERVER_NAMES = ("minmax", "percentile", "mse", "aciq")
 WEIGHT_CLIP_NAMES = ("minmax", "mse")
+ROUNDING_NAMES = ("nearest", "adaround")
 MIN_GROUP_SIZE = 8  # below it the float32 scales alone cost 4 bits per weight or more
 
 
@@ -58,6 +65,8 @@ class Quantizer:
     bias_correction: bool = True
     group_size: int | None = None
     weight_format: str = DEFAULT_FORMAT
+    rounding: str = "nearest"
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.act_observer not in ACT_OBSERVER_NAMES:
@@ -71,6 +80,12 @@ class Quantizer:
         if not isinstance(self.bias_correction, bool):
             raise MpqError(f"bias_correction must be true or false, not {self.bias_correction!r}")
         check_group_size(self.group_size)
+        if self.rounding not in ROUNDING_NAMES:
+            raise MpqError(f"unknown rounding {self.rounding!r}: choose one of {', '.join(ROUNDING_NAMES)}")
+        if self.rounding == "adaround" and self.weight_format != DEFAULT_FORMAT:
+            raise MpqError(f"adaround rounding needs the {DEFAULT_FORMAT} weight format: give --rounding nearest")
+        if not isinstance(self.equalize, bool):
+            raise MpqError(f"equalize must be true or false, not {self.equalize!r}")
         self.format  # noqa: B018  (an unknown format name is an MpqError here)
 
     @property
@@ -86,13 +101,20 @@ class Quantizer:
             "bias_correction": self.bias_correction,
         }
         fields |= {"group_size": self.group_size} if self.group_size is not None else {}
-        return fields | ({"weight_format": self.weight_format} if self.weight_format != DEFAULT_FORMAT else {})
+        fields |= {"weight_format": self.weight_format} if self.weight_format != DEFAULT_FORMAT else {}
+        fields |= {"rounding": self.rounding} if self.rounding != "nearest" else {}
+        return fields | ({"equalize": True} if self.equalize else {})
+
+    def sensitivity_json(self) -> dict:
+        """What the sensitivity depends on: its Ω is measured with round-to-nearest on the unequalized model, so
+        rounding and equalization are not part of its cache keys."""
+        return replace(self, rounding="nearest", equalize=False).to_json()
 
     @classmethod
     def from_json(cls, data: dict) -> "Quantizer":
         if not isinstance(data, dict):
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
-        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size", "weight_format"})
+        unknown = sorted(set(data) - {f.name for f in dataclass_fields(cls)})
         if unknown:
             raise MpqError(
                 f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with "
@@ -103,6 +125,8 @@ class Quantizer:
     def describe(self) -> str:
         groups = f", weight scales per group of {self.group_size}" if self.group_size is not None else ""
         groups += f", weight format {self.weight_format}" if self.weight_format != DEFAULT_FORMAT else ""
+        groups += f", rounding {self.rounding}" if self.rounding != "nearest" else ""
+        groups += ", cross-layer equalization" if self.equalize else ""
         return (
             f"activation ranges {self.act_observer}, weight clipping {self.weight_clip}, "
             f"bias correction {'on' if self.bias_correction else 'off'}{groups}"
@@ -116,6 +140,9 @@ PRESETS = {
     "percentile": Quantizer("percentile", "mse", True),
     "mse": Quantizer("mse", "mse", True),
     "aciq": Quantizer("aciq", "mse", True),
+    "adaround": replace(DEFAULT_QUANTIZER, rounding="adaround"),
+    "equalize": replace(DEFAULT_QUANTIZER, equalize=True),
+    "adaround-equalize": replace(DEFAULT_QUANTIZER, rounding="adaround", equalize=True),
 }
 
 
@@ -127,6 +154,8 @@ def resolve_quantizer(
     bias_correction: bool | None = None,
     group_size: int | None = None,
     weight_format: str | None = None,
+    rounding: str | None = None,
+    equalize: bool | None = None,
 ) -> Quantizer:
     """A preset name or Quantizer (None: the default), with any of its fields overridden (None: kept)."""
     if isinstance(quantizer, str):
@@ -146,5 +175,7 @@ def resolve_quantizer(
         "bias_correction": bias_correction,
         "group_size": group_size,
         "weight_format": weight_format,
+        "rounding": rounding,
+        "equalize": equalize,
     }
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})
