@@ -86,7 +86,8 @@ def write_report(results: dict, seconds: dict, args, held_views: int, path: Path
     lines = [
         "# Rounding and cross-layer equalization on the default model",
         "",
-        f"`python reports/rounding.py{' --quick' if args.quick else ''} --threads {args.threads}` on {platform.machine()}, "
+        f"`python reports/rounding.py{' --quick' if args.quick else ''} --threads {args.threads}` "
+        f"on {platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} torch thread(s), on a shared 2-core machine (other jobs running: "
         "the seconds are indicative only). EfficientNet-Lite0; sensitivity, calibration and AdaRound on 150 views "
         f"(15 photos), every KL measured on the {held_views} views of the other photos; 8-bit activations; the plans "
@@ -98,8 +99,9 @@ def write_report(results: dict, seconds: dict, args, held_views: int, path: Path
         "|---|---:|" + "---:|" * len(VARIANTS),
     ]
     for config in configs:
+        ratio = lambda m: m.kl_to_fp32 / max(base[config].kl_to_fp32, 1e-12)  # noqa: E731
         cells = [
-            f"{m.kl_to_fp32:.4f} / {100 * m.fp32_agreement:.1f}% ({m.kl_to_fp32 / max(base[config].kl_to_fp32, 1e-12):.2f}x)"
+            f"{m.kl_to_fp32:.4f} / {100 * m.fp32_agreement:.1f}% ({ratio(m):.2f}x)"
             for m in (results[v][config] for v in VARIANTS)
         ]
         lines.append(f"| {config} | {base[config].size_bytes:,} | " + " | ".join(cells) + " |")

@@ -140,8 +140,8 @@ def pair_scales(first: nn.Module, second: nn.Module, activation: str, top: torch
     scales = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-300)), torch.ones_like(r1))
     if activation == "relu6":
         top = top.to(scales)
-        scales = torch.where(top >= RELU6_TOP, torch.ones_like(scales), scales)
         scales = torch.where(top > 0, torch.maximum(scales, top / RELU6_TOP), scales)  # stays below 6 after
+        scales = torch.where(top >= RELU6_TOP, torch.ones_like(scales), scales)
     return scales
 
 
