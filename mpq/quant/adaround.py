@@ -32,6 +32,7 @@ from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.quant.affine import QuantizedWeight
 from mpq.quant.bias_correction import output_shift
 from mpq.quant.formats import WeightFormat
+from mpq.quant.hooks import pass_inputs
 
 ITERATIONS = 200
 RANK = 64  # eigen-directions of H kept exactly (see OutputError)
@@ -104,11 +105,9 @@ def _patch_layer(module: nn.Module) -> nn.Module:
 
 def input_moments(model: nn.Module, names: list[str], data: Dataset, batch_size: int) -> dict[str, InputMoments]:
     """Each named layer's input moments over the data, in one FP32 pass."""
-    from mpq.quant.calibration import _pass_inputs
-
     modules = quantizable_modules(model)
     moments = {n: InputMoments(modules[n]) for n in names}
-    _pass_inputs(model, {n: m.add for n, m in moments.items()}, data, batch_size)
+    pass_inputs(model, {n: m.add for n, m in moments.items()}, data, batch_size)
     return moments
 
 

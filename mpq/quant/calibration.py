@@ -20,7 +20,6 @@ export use the same.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch import nn
 
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
-from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
+from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.quant.affine import (
     ActQuantParams,
     QuantizedWeight,
@@ -37,40 +36,13 @@ from mpq.quant.affine import (
     grouped,
 )
 from mpq.quant.adaround import LearnedRounding
+from mpq.quant.hooks import pass_inputs
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
 from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
 from mpq.quant.equalize import equalized
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-
-
-@contextmanager
-def input_hooks(model: nn.Module, per_layer: dict[str, object]):
-    """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
-    modules = quantizable_modules(model, embeddings=True)
-    handles = []
-    for name, fn in per_layer.items():
-        handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _pass_inputs(model: nn.Module, per_layer: dict[str, object], data: Dataset, batch_size: int) -> None:
-    """One FP32 pass over the data, each named layer's input given to its callback (which returns nothing)."""
-
-    def passing(fn):
-        def hook(x):
-            fn(x)
-            return x
-
-        return hook
-
-    with torch.no_grad(), module_calls_visible(), input_hooks(model, {n: passing(fn) for n, fn in per_layer.items()}):
-        for x, _ in data.batches(batch_size):
-            model(x)
+from mpq.quant.reference import fp32_reference
 
 
 def weight_clip_ratios(
@@ -121,7 +93,7 @@ def input_histograms(
 
         return add
 
-    _pass_inputs(prepared.folded, {n: adding(n) for n in names}, data, batch_size)
+    pass_inputs(prepared.folded, {n: adding(n) for n in names}, data, batch_size)
     cache.save("input-histograms", key, {n: h.to_json() for n, h in hists.items()})
     return hists
 
@@ -153,7 +125,7 @@ def bias_shifts(
     cached = cache.load("bias-shift", key)
     if cached is None:
         patches = {n: MeanInputPatch(modules[n]) for n in names}
-        _pass_inputs(prepared.folded, {n: p.add for n, p in patches.items()}, data, batch_size)
+        pass_inputs(prepared.folded, {n: p.add for n, p in patches.items()}, data, batch_size)
         cached = {}
         for n in names:
             weight = modules[n].weight
@@ -247,8 +219,6 @@ def calibrate(
     (mpq.verify.measure.fp32_reference)."""
     unequalized = prepared
     if quantizer.equalize:
-        from mpq.quant.reference import fp32_reference  # it imports this module
-
         prepared = equalized(prepared, data, batch_size, cache)
         input_ranges = fp32_reference(prepared, data, batch_size, cache).input_ranges
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)

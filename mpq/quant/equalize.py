@@ -205,5 +205,5 @@ def _check_unchanged(before: nn.Module, after: nn.Module, x: torch.Tensor) -> No
     if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
         raise MpqError(
             "cross-layer equalization changed the model's outputs (an in-place operation between two layers?): "
-            "quantize without it (--no-equalize)"
+            "quantize without it (--equalize off)"
         )
