@@ -2,7 +2,7 @@
 AdaRound and both, each on the same plans and uniform baselines, measured on views neither the sensitivity nor the
 calibration saw.
 
-Run:  python reports/rounding.py [--quick] [--cache-dir DIR] [--threads 1]
+Run:  python reports/rounding.py [--quick] [--cache-dir DIR] [--sensitivity-cache DIR] [--threads 1]
 Writes reports/rounding.md (--quick: reports/rounding-quick.md, W4A8 and the 2.7 MB plan on fewer views).
 
 Data: the built-in 200 views (20 photos x 10 views), split by photo as `mpq search` splits them (mpq.inputs.split,
@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="a cache to reuse (default: a fresh one, so times are measured)"
     )
+    parser.add_argument(
+        "--sensitivity-cache", default=None, help="where the sensitivity is cached (default: --cache-dir's cache)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,7 +134,7 @@ def main() -> None:
     if args.quick:
         held = held.subset(torch.arange(20), f"{held.description}, first 20")
     prepared = prepare_model(model, fit.x[:2])
-    configs = configurations(prepared, fit, cache_dir, args.quick)
+    configs = configurations(prepared, fit, Path(args.sensitivity_cache or cache_dir), args.quick)
     results, seconds = measure_variants(prepared, fit, held, configs, Cache(cache_dir))
     write_report(results, seconds, args, len(held), HERE / ("rounding-quick.md" if args.quick else "rounding.md"))
 
