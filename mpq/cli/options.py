@@ -135,14 +135,14 @@ def add_latency_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> None:
-    from mpq.quant.quantizer import ACT_OBSERVER_NAMES, PRESETS, WEIGHT_CLIP_NAMES
+    from mpq.quant.quantizer import ACT_OBSERVER_NAMES, PRESETS, ROUNDING_NAMES, WEIGHT_CLIP_NAMES
 
     base = "the plan's quantizer" if default_is_plan else "the default preset"
     p = group(p, QUANTIZER)
     p.add_argument(
         "--quantizer",
         choices=tuple(PRESETS),
-        help=f"quantizer preset (default: {base}); the three options below override its parts",
+        help=f"quantizer preset (default: {base}); the options below override its parts",
     )
     p.add_argument(
         "--act-observer",
@@ -159,6 +159,17 @@ def add_quantizer_options(p: argparse.ArgumentParser, default_is_plan: bool) -> 
         type=on_off,
         metavar="on|off",
         help="correct each layer's bias for the mean output shift its weight quantization causes",
+    )
+    p.add_argument(
+        "--rounding",
+        choices=ROUNDING_NAMES,
+        help="weights round to the nearest code, or up or down as AdaRound learns per layer on the data",
+    )
+    p.add_argument(
+        "--equalize",
+        type=on_off,
+        metavar="on|off",
+        help="cross-layer equalization of consecutive layers' channel ranges before calibration",
     )
     if not default_is_plan:  # a plan's group size is part of how it is stored: verify and export keep it
         p.add_argument(

@@ -88,6 +88,8 @@ def quantizer_arg(args, default_is_plan: bool):
         "act_observer": args.act_observer,
         "weight_clip": args.weight_clip,
         "bias_correction": args.bias_correction,
+        "rounding": args.rounding,
+        "equalize": args.equalize,
         "group_size": getattr(args, "group_size", None),
     }
     if default_is_plan and args.quantizer is None and all(v is None for v in parts.values()):

@@ -8,13 +8,18 @@
     bias shifts          per layer with a bias, per width: E[Q(W) x - W x] (mpq.quant.bias_correction);
                          one pass over the data, only with bias correction; cached
 
+    equalization         with `equalize`, all of the above is fitted to an equalized copy of the folded model
+                         (mpq.quant.equalize; `Calibration.model`), whose FP32 input ranges are measured again
+    learned rounding     with rounding "adaround", each (layer, width)'s codes and bias shift, learned on first use
+                         (mpq.quant.adaround); cached
+
 `Calibration.act_params` / `weight` / `bias` give a layer's quantizers at given widths; pack_plan
-(mpq.verify) builds the exported tensors from them, so the evaluator and every export use the same.
+(mpq.verify) builds the exported tensors from them and from `Calibration.model`, so the evaluator and every
+export use the same.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,46 +28,21 @@ from torch import nn
 
 from mpq.cache import Cache
 from mpq.inputs.data import Dataset
-from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
+from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.quant.affine import (
     ActQuantParams,
     QuantizedWeight,
     affine_params,
     grouped,
 )
+from mpq.quant.adaround import LearnedRounding
+from mpq.quant.hooks import pass_inputs
 from mpq.quant.bias_correction import MeanInputPatch, corrected_bias, output_shift
 from mpq.quant.observers import ACT_OBSERVERS, HISTOGRAM_BINS, WEIGHT_CLIPS, InputHistogram
+from mpq.quant.equalize import equalized
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
-
-
-@contextmanager
-def input_hooks(model: nn.Module, per_layer: dict[str, object]):
-    """Forward pre-hooks on the named layers; each hook object is called with the layer's input."""
-    modules = quantizable_modules(model, embeddings=True)
-    handles = []
-    for name, fn in per_layer.items():
-        handles.append(modules[name].register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _pass_inputs(model: nn.Module, per_layer: dict[str, object], data: Dataset, batch_size: int) -> None:
-    """One FP32 pass over the data, each named layer's input given to its callback (which returns nothing)."""
-
-    def passing(fn):
-        def hook(x):
-            fn(x)
-            return x
-
-        return hook
-
-    with torch.no_grad(), module_calls_visible(), input_hooks(model, {n: passing(fn) for n, fn in per_layer.items()}):
-        for x, _ in data.batches(batch_size):
-            model(x)
+from mpq.quant.reference import fp32_reference
 
 
 def weight_clip_ratios(
@@ -113,7 +93,7 @@ def input_histograms(
 
         return add
 
-    _pass_inputs(prepared.folded, {n: adding(n) for n in names}, data, batch_size)
+    pass_inputs(prepared.folded, {n: adding(n) for n in names}, data, batch_size)
     cache.save("input-histograms", key, {n: h.to_json() for n, h in hists.items()})
     return hists
 
@@ -145,7 +125,7 @@ def bias_shifts(
     cached = cache.load("bias-shift", key)
     if cached is None:
         patches = {n: MeanInputPatch(modules[n]) for n in names}
-        _pass_inputs(prepared.folded, {n: p.add for n, p in patches.items()}, data, batch_size)
+        pass_inputs(prepared.folded, {n: p.add for n, p in patches.items()}, data, batch_size)
         cached = {}
         for n in names:
             weight = modules[n].weight
@@ -169,6 +149,8 @@ class Calibration:
     histograms: dict[str, InputHistogram] = field(default_factory=dict)
     shifts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     data_fingerprint: str = ""  # of the calibration data
+    rounding: LearnedRounding | None = None  # AdaRound's codes, with rounding "adaround"
+    equalized: PreparedModel | None = None  # the equalized model it was fitted to, with `equalize`
     _ranges: dict = field(default_factory=dict, repr=False)  # (layer, bits) -> clip range, computed once
 
     def act_range(self, name: str, bits: int) -> tuple[float, float]:
@@ -189,16 +171,31 @@ class Calibration:
         """Per output channel c, the clip ratio(s) of channel c at width widths[c]."""
         return _per_channel_pick(self.clip_ratios[name], widths)
 
+    def model(self, prepared: PreparedModel) -> PreparedModel:
+        """The model it was fitted to: `prepared`, or its equalized copy (what is packed, exported and measured)."""
+        return self.equalized if self.equalized is not None else prepared
+
+    def _learned(self, name: str, widths: list[int]) -> list[int]:
+        return [b for b in sorted(set(widths)) if self.rounding is not None and self.rounding.learns(name, b)]
+
     def weight(self, name: str, weight: torch.Tensor, widths: list[int]) -> QuantizedWeight:
-        """The layer's weight quantized with output channel c at width widths[c]."""
-        return self.quantizer.format.quantize(weight, widths, self.clip_ratio(name, widths))
+        """The layer's weight quantized with output channel c at width widths[c] (with AdaRound, the learned codes of
+        the model's layer `name`: channel c's depend on its own weights only, so mixed widths pick per channel)."""
+        q = self.quantizer.format.quantize(weight, widths, self.clip_ratio(name, widths))
+        at = torch.tensor(widths, device=q.codes.device)
+        for b in self._learned(name, widths):
+            q.codes[at == b] = self.rounding.codes(name, b, self.clip_ratios[name][b]).to(q.codes.device)[at == b]
+        return q
 
     def bias(self, name: str, bias: torch.Tensor, widths: list[int]) -> torch.Tensor:
         """The exported bias: corrected for the weight quantization's mean output shift when bias correction is on
         (channel c's shift depends on its own weights only, so mixed widths take each channel's shift at its width)."""
-        if name in self.shifts:
-            return corrected_bias(bias, _per_channel_pick(self.shifts[name], widths))
-        return bias.detach().to(torch.float32).clone()
+        if name not in self.shifts:
+            return bias.detach().to(torch.float32).clone()
+        shift, at = _per_channel_pick(self.shifts[name], widths), torch.tensor(widths)
+        for b in self._learned(name, widths):
+            shift[at == b] = self.rounding.shift(name, b, self.clip_ratios[name][b]).to(shift)[at == b]
+        return corrected_bias(bias, shift)
 
 
 def _per_channel_pick(per_width: dict[int, torch.Tensor], widths: list[int]) -> torch.Tensor:
@@ -220,6 +217,10 @@ def calibrate(
 ) -> Calibration:
     """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges
     (mpq.verify.measure.fp32_reference)."""
+    unequalized = prepared
+    if quantizer.equalize:
+        prepared = equalized(prepared, data, batch_size, cache)
+        input_ranges = fp32_reference(prepared, data, batch_size, cache).input_ranges
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)
     histograms = (
         {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
@@ -236,4 +237,15 @@ def calibrate(
         histograms=histograms,
         shifts=shifts,
         data_fingerprint=data.fingerprint(),
+        rounding=_learned_rounding(prepared, data, quantizer, batch_size, cache),
+        equalized=prepared if prepared is not unequalized else None,
     )
+
+
+def _learned_rounding(
+    prepared: PreparedModel, data: Dataset, quantizer: Quantizer, batch_size: int, cache: Cache
+) -> LearnedRounding | None:
+    if quantizer.rounding != "adaround":
+        return None
+    key = {"clip": quantizer.weight_clip, "clipper": repr(WEIGHT_CLIPS[quantizer.weight_clip])}
+    return LearnedRounding(prepared, data, batch_size, cache, quantizer.format, key)

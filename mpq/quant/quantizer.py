@@ -10,17 +10,23 @@ plan.json's settings ("quantizer") and read back by `mpq verify` and `mpq export
     group_size       None | a power of two >= 8           weight scales per output channel (None) or per
                                                           group of that many consecutive weights of a
                                                           channel (mpq.quant.affine; `--group-size`)
+    rounding         nearest | adaround                   how weights round to their codes (mpq.quant.adaround)
+    equalize         True | False                         cross-layer equalization before calibration
+                                                          (mpq.quant.equalize)
 
 Presets (`--quantizer NAME`): "minmax" (the plain min-max quantizer), "default" (the measured best,
 see reports/quantizers.md: percentile activation ranges, MSE weight clipping, bias correction; the
 rule: least geometric-mean KL(FP32 || q) over uniform W8/W6/W5/W4 (A8) and the 4 MB plan on the
-default model), and one per activation observer (with MSE weight clipping and bias correction).
+default model), one per activation observer (with MSE weight clipping and bias correction), and the default
+with AdaRound ("adaround"), with cross-layer equalization ("equalize") or with both ("adaround-equalize"; measured
+in reports/rounding.md).
 """
 
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 
 from mpq.errors import MpqError
 from mpq.params import Custom, Flag, Options, check_fields
@@ -30,6 +36,7 @@ from mpq.quant.formats import DEFAULT_FORMAT, FORMATS, WeightFormat, weight_form
 # so that a Quantizer and the `mpq` parser's choices need no torch
 ACT_OBSERVER_NAMES = ("minmax", "percentile", "mse", "aciq")
 WEIGHT_CLIP_NAMES = ("minmax", "mse")
+ROUNDING_NAMES = ("nearest", "adaround")
 MIN_GROUP_SIZE = 8  # below it the float32 scales alone cost 4 bits per weight or more
 
 
@@ -62,6 +69,8 @@ QUANTIZER_CONSTRAINTS = {
     "bias_correction": Flag(),
     "group_size": [None, Custom(check_group_size, f"a power of two of at least {MIN_GROUP_SIZE}, e.g. 32")],
     "weight_format": Custom(_known_format, "a weight format's name"),
+    "rounding": Options(ROUNDING_NAMES),
+    "equalize": Flag(),
 }
 
 
@@ -75,9 +84,13 @@ class Quantizer:
     bias_correction: bool = True
     group_size: int | None = None
     weight_format: str = DEFAULT_FORMAT
+    rounding: str = "nearest"
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, QUANTIZER_CONSTRAINTS)
+        if self.rounding == "adaround" and self.weight_format != DEFAULT_FORMAT:
+            raise MpqError(f"adaround rounding needs the {DEFAULT_FORMAT} weight format: give --rounding nearest")
         self.format  # noqa: B018  (a format that does not take this group size is an MpqError here)
 
     @property
@@ -93,13 +106,20 @@ class Quantizer:
             "bias_correction": self.bias_correction,
         }
         fields |= {"group_size": self.group_size} if self.group_size is not None else {}
-        return fields | ({"weight_format": self.weight_format} if self.weight_format != DEFAULT_FORMAT else {})
+        fields |= {"weight_format": self.weight_format} if self.weight_format != DEFAULT_FORMAT else {}
+        fields |= {"rounding": self.rounding} if self.rounding != "nearest" else {}
+        return fields | ({"equalize": True} if self.equalize else {})
+
+    def sensitivity_json(self) -> dict:
+        """What the sensitivity depends on: its Ω is measured with round-to-nearest on the unequalized model, so
+        rounding and equalization are not part of its cache keys."""
+        return replace(self, rounding="nearest", equalize=False).to_json()
 
     @classmethod
     def from_json(cls, data: dict) -> "Quantizer":
         if not isinstance(data, dict):
             raise MpqError(f"the plan's quantizer setting {data!r} is not an object; make a new plan with `mpq search`")
-        unknown = sorted(set(data) - {"act_observer", "weight_clip", "bias_correction", "group_size", "weight_format"})
+        unknown = sorted(set(data) - {f.name for f in dataclass_fields(cls)})
         if unknown:
             raise MpqError(
                 f"the plan's quantizer setting holds unknown keys ({', '.join(unknown)}); make a new plan with "
@@ -110,6 +130,8 @@ class Quantizer:
     def describe(self) -> str:
         groups = f", weight scales per group of {self.group_size}" if self.group_size is not None else ""
         groups += f", weight format {self.weight_format}" if self.weight_format != DEFAULT_FORMAT else ""
+        groups += f", rounding {self.rounding}" if self.rounding != "nearest" else ""
+        groups += ", cross-layer equalization" if self.equalize else ""
         return (
             f"activation ranges {self.act_observer}, weight clipping {self.weight_clip}, "
             f"bias correction {'on' if self.bias_correction else 'off'}{groups}"
@@ -123,6 +145,9 @@ PRESETS = {
     "percentile": Quantizer("percentile", "mse", True),
     "mse": Quantizer("mse", "mse", True),
     "aciq": Quantizer("aciq", "mse", True),
+    "adaround": replace(DEFAULT_QUANTIZER, rounding="adaround"),
+    "equalize": replace(DEFAULT_QUANTIZER, equalize=True),
+    "adaround-equalize": replace(DEFAULT_QUANTIZER, rounding="adaround", equalize=True),
 }
 
 
@@ -134,6 +159,8 @@ def resolve_quantizer(
     bias_correction: bool | None = None,
     group_size: int | None = None,
     weight_format: str | None = None,
+    rounding: str | None = None,
+    equalize: bool | None = None,
 ) -> Quantizer:
     """A preset name or Quantizer (None: the default), with any of its fields overridden (None: kept)."""
     if isinstance(quantizer, str):
@@ -153,5 +180,7 @@ def resolve_quantizer(
         "bias_correction": bias_correction,
         "group_size": group_size,
         "weight_format": weight_format,
+        "rounding": rounding,
+        "equalize": equalize,
     }
     return replace(quantizer, **{k: v for k, v in overrides.items() if v is not None})

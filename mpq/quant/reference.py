@@ -12,7 +12,7 @@ from mpq.cache import Cache
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, float_tensors, module_calls_visible
 from mpq.quant.affine import MinMaxObserver
-from mpq.quant.calibration import input_hooks
+from mpq.quant.hooks import input_hooks
 
 
 @dataclass

@@ -42,7 +42,7 @@ def measured_estimates(metric, ctx: AnalysisContext) -> Estimates:
         errors = weight_output_errors(ctx.model, ctx.names, ctx.data.x, widths, REFERENCE_BATCH, ctx.progress, deltas)
         return [errors[n] for n in ctx.names]
 
-    quantizer_key = {"quantizer": ctx.quantizer.to_json()} if metric.uses_quantizer else {}
+    quantizer_key = {"quantizer": ctx.quantizer.sensitivity_json()} if metric.uses_quantizer else {}
     measured = cached_output_errors(ctx, {**ctx.key, **quantizer_key, "bits": list(widths)}, measure)
     layers = [measured_estimate(m, metric.field, metric.name) for m in measured]
     return Estimates(layers, time.perf_counter() - started, "measured")

@@ -22,7 +22,7 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
         **ctx.key,
         "settings": settings_key,
         "metric": "kl_quadratic",
-        "quantizer": ctx.quantizer.to_json(),
+        "quantizer": ctx.quantizer.sensitivity_json(),
         "draws": DRAWS,
         "bits": list(ctx.quantizer.format.widths),
     }
@@ -56,7 +56,7 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
 def cached_anchor_kls(ctx: AnalysisContext, samples: int) -> dict[str, float]:
     """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples, cached."""
     anchor_key = {k: v for k, v in ctx.key.items() if k not in ("metric", "settings")} | {
-        "quantizer": ctx.quantizer.to_json(),
+        "quantizer": ctx.quantizer.sensitivity_json(),
         "bits": ANCHOR_BITS,
         "samples": samples,
     }

@@ -82,14 +82,17 @@ def plan_calibration(
 
 
 def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:
-    """The plan's exported tensors, quantized by the calibrated quantizer (what is measured and exported)."""
-    modules = quantizable_modules(prepared.folded, embeddings=True)
+    """The plan's exported tensors, quantized by the calibrated quantizer (what is measured and exported): the
+    layers of the model it was fitted to (equalized or not), with its codes (learned rounding or not)."""
+    folded = calibration.model(prepared).folded
+    modules = quantizable_modules(folded, embeddings=True)
     layers = plan.layers.items()
     act = {n: calibration.act_params(n, lp.act_bits) for n, lp in layers if lp.act_bits}
     widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
     ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
     biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
-    return pack_model(prepared.folded, plan, act, ratios, biases, calibration.quantizer.format)
+    weights = {n: calibration.weight(n, modules[n].weight, widths[n]) for n in plan.layers}
+    return pack_model(folded, plan, act, ratios, biases, calibration.quantizer.format, weights)
 
 
 def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
@@ -191,7 +194,8 @@ def plan_sqnr(
     cached = cache.load("layer-sqnr", key)
     if cached is not None:
         return [LayerSqnr.from_json(row) for row in cached]
-    rows = layer_sqnr(prepared, pack_plan(prepared, plan, calibration), data.x[:SQNR_SAMPLES], batch_size)
+    packed = pack_plan(prepared, plan, calibration)
+    rows = layer_sqnr(calibration.model(prepared), packed, data.x[:SQNR_SAMPLES], batch_size)
     cache.save("layer-sqnr", key, [row.to_json() for row in rows])
     return rows
 
