@@ -12,7 +12,7 @@ from mpq.quant.widths import ALL_BITS
 from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
 from mpq.sensitivity.context import REFERENCE_BATCH, AnalysisContext
 from mpq.sensitivity.estimates import Estimates, LayerEstimate
-from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, LayerDeltas, kl_quadratic_omegas
 from mpq.sensitivity.output_error import weight_output_errors
 
 
@@ -30,7 +30,7 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
     cached = ctx.cache.load("kl-quadratic", full_key)
     from_cache = cached is not None
     if cached is None:
-        deltas = {n: ctx.deltas(n, ALL_BITS) for n in ctx.names}
+        deltas = LayerDeltas(list(ctx.names), ALL_BITS, lambda n: ctx.deltas(n, ALL_BITS))
         s = ctx.settings
         result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, s.batch_size, DRAWS, s.seed, ctx.progress)
         cached = {
