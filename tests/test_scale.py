@@ -137,3 +137,12 @@ def test_two_ranks_under_torchrun_give_the_default_metrics_omega_of_one_process(
         for b, value in layer.omega_table.items():
             # float32 logits of other batch compositions: a relative 1e-6 in the anchors' KL
             assert result["layers"][name]["omega"][str(b)] == pytest.approx(value, rel=1e-5)
+
+
+def test_report_gives_the_peak_memory_of_each_phase(tmp_path):
+    data = load_data_spec(str(mlp_data(tmp_path / "d.npz", n=40)))
+    model = load_model_spec(f"{USER_MODELS}:mlp")
+    report = mpq.search(model, data, budget="1KB", cache_dir=False, progress=False).report
+    peaks = report.to_json()["peak_memory_bytes"]
+    assert set(peaks["phases"]) == {"prepare", "sensitivity", "solve", "verify"}
+    assert all(0 < phase["ram"] <= peaks["ram"] for phase in peaks["phases"].values())

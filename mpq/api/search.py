@@ -18,6 +18,7 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import Inputs, as_dataset, check_batch_size, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
+from mpq.memory import PhasePeaks
 from mpq.plan import Plan
 from mpq.plan.settings import SearchSpace, SolverSettings
 from mpq.quant.quantizer import Quantizer, resolve_quantizer
@@ -119,7 +120,7 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
     check_batch_size(eval_batch_size, "eval_batch_size")
-    start = time.perf_counter()
+    start, peaks = time.perf_counter(), PhasePeaks()
     check_channel_metric(space, metric)
     data = as_dataset(data)
     budgets = as_budgets(budget)
@@ -128,11 +129,13 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     inputs = with_held_out(prepare_inputs(model, data, quantize_embeddings, device), eval_data, eval_split)
     quantizer = resolve_quantizer(quantizer)
     run = Run(open_cache(cache_dir), progress)
-    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run)
+    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run, peaks)
     request.check_reachable(inputs, quantizer.format)  # before the Hessian work
     t0 = time.perf_counter()
+    peaks.close("prepare")
     options = AnalyzeOptions(probes, quantizer, metric, loss, request.activations)
     sensitivity = analyze_inputs(inputs, options, run)
+    peaks.close("sensitivity")
     return _solved_and_verified(inputs, sensitivity, request, [start, t0, time.perf_counter()])
 
 
@@ -147,6 +150,7 @@ class _Request:
     eval_batch_size: int
     proxy_plans: int
     run: Run
+    peaks: PhasePeaks  # each phase's peak memory (mpq.memory)
 
     @property
     def activations(self) -> bool:
@@ -167,14 +171,19 @@ def _solved_and_verified(inputs: Inputs, sensitivity: Sensitivity, request: _Req
     solve_within = lambda b: solve_sensitivity(sensitivity, b, space, request.solver, latency)  # noqa: E731
     plan = leave_room_for_the_container(inputs.prepared, inputs.fit, request.budgets, solve_within)
     times.append(time.perf_counter())
+    request.peaks.close("solve")
     report = verify_inputs(
         inputs, plan, VerifyOptions(tuple(space.bits), plan_act_bits(plan), batch_size, latency), run
     )
     times.append(time.perf_counter())
+    request.peaks.close("verify")
     if request.proxy_plans:
         args = (inputs, sensitivity, plan, request.proxy_plans)
         report.proxy = proxy_check(*args, batch_size=batch_size, cache=run.cache, progress=run.progress)
+        request.peaks.close("proxy_check")
     _finish(report, sensitivity, plan, times, request.proxy_plans > 0)
+    # the whole run's peaks (after the sensitivity and the proxy check too), and each phase's own
+    report.peak_memory_bytes = {**report.peak_memory_bytes, **request.peaks.to_json()}
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)
 
 
