@@ -146,3 +146,25 @@ def test_report_gives_the_peak_memory_of_each_phase(tmp_path):
     peaks = report.to_json()["peak_memory_bytes"]
     assert set(peaks["phases"]) == {"prepare", "sensitivity", "solve", "verify"}
     assert all(0 < phase["ram"] <= peaks["ram"] for phase in peaks["phases"].values())
+
+
+def test_the_mse_form_is_the_mean_squared_output_change_of_a_linear_network():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5)).eval(), torch.randn(16, 6)
+    table = {n: parameter_deltas(model.get_submodule(n), (3,), None, None) for n in ("0", "1")}
+    found = kl_quadratic_omegas(model, x, table, batch_size=8, draws=600, seed=1, form="mse")
+    for name, deltas in table.items():
+        changed = {f"{name}.{k}": getattr(model.get_submodule(name), k) + v for k, v in deltas[3].items()}
+        with torch.no_grad():
+            exact = (torch.func.functional_call(model, changed, (x,)) - model(x)).pow(2).mean()
+        assert found.omega[name][3] == pytest.approx(float(exact), rel=0.1)
+
+
+def test_a_non_softmax_loss_defaults_to_mse_anchored_not_to_per_layer_probing():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5)).eval(), torch.randn(40, 6)
+    s = mpq.analyze(model, x, loss="mse", cache_dir=False, progress=False)
+    assert s.metric == "mse_anchored"
+    for layer in s.layers.values():  # a linear network: the measured MSE is the quadratic term itself
+        assert 0.5 < layer.details["anchor_ratio"] < 2.0
+        assert layer.omega_table[4] > layer.omega_table[8] > 0

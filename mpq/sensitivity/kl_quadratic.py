@@ -82,10 +82,14 @@ def parameter_deltas(
     return deltas
 
 
+def _rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """±1 in the shape, dtype and device of `like`, drawn on the CPU from `generator`."""
+    return drawn_on(torch.randint(0, 2, like.shape, generator=generator), like.device).to(like.dtype).mul_(2).sub_(1)
+
+
 def rademacher_cotangent(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """u = Aᵀz for z ~ Rademacher, A = diag(√p) − √p pᵀ along dimension 1 (the classes): E[u uᵀ] = diag(p) − p pᵀ."""
-    z = drawn_on(torch.randint(0, 2, p.shape, generator=generator), p.device).to(p.dtype).mul_(2).sub_(1)
-    root_z = p.sqrt() * z
+    root_z = p.sqrt() * _rademacher(p, generator)
     return root_z - p * root_z.sum(1, keepdim=True)
 
 
@@ -215,7 +219,7 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
     """One batch's contributions: every draw's gradients at the layer outputs first (the weights' are not asked
     for), then each layer's products at each width, with the layer's changes made for this batch only."""
     logits, inputs, outputs = _capture(model, modules, x)
-    p = torch.softmax(logits.detach().double(), 1)
+    p = logits.detach().double()
     names = deltas.names
     grads_per_draw = [
         torch.autograd.grad(
@@ -249,10 +253,13 @@ def kl_quadratic_omegas(
     draws: int = DRAWS,
     seed: int = 0,
     progress: bool | None = None,
+    form: str = "kl",
 ) -> KlQuadratic:
     """Ω_l(b) over the samples x of every layer and width of `deltas` (a LayerDeltas, or {layer:
-    parameter_deltas(...)}; see the module docstring). Under torchrun each rank takes every size-th batch; every
-    rank draws every batch's cotangents from the one seeded generator, so the ranks sum to one process's numbers."""
+    parameter_deltas(...)}; see the module docstring). `form` "mse": M = 2I/n (n output elements per sample), so
+    that Ω is the linearized mean squared change of the outputs (embeddings), not of their softmax's KL. Under
+    torchrun each rank takes every size-th batch; every rank draws every batch's cotangents from the one seeded
+    generator, so the ranks sum to one process's numbers."""
     started = time.perf_counter()
     model.eval()
     deltas = deltas if isinstance(deltas, LayerDeltas) else LayerDeltas.of_table(deltas)
@@ -264,7 +271,11 @@ def kl_quadratic_omegas(
         per_sample = model(x[:1]).numel()
     chunks = _chunks(len(x), batch_size, per_sample)
 
-    def cotangents(p):
+    def cotangents(outputs):
+        if form == "mse":  # M = (2 / elements) I: ½E[s²] = the mean squared output change, per sample
+            scale = (2.0 / outputs[0].numel()) ** 0.5
+            return [_rademacher(outputs, generator).mul_(scale) for _ in range(draws)]
+        p = torch.softmax(outputs, 1)
         return [rademacher_cotangent(p, generator) for _ in range(draws)]
 
     with bar(len(x), "kl_quadratic", progress, unit="sample") as shown:

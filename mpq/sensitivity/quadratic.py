@@ -17,8 +17,9 @@ from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, LayerDeltas, kl_qua
 from mpq.sensitivity.output_error import weight_output_errors
 
 
-def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
-    """The kl_quadratic estimate for the quantizer's weights, cached; and whether it came from the cache."""
+def cached_kl_quadratic(ctx: AnalysisContext, form: str = "kl") -> tuple[KlQuadratic, bool]:
+    """The kl_quadratic estimate for the quantizer's weights (`form` "mse": of the outputs' mean squared change,
+    mpq.sensitivity.kl_quadratic), cached; and whether it came from the cache."""
     settings_key = {k: v for k, v in ctx.key["settings"].items() if k != "anchor_samples"}
     full_key = {
         **ctx.key,
@@ -27,14 +28,15 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
         "quantizer": ctx.quantizer.to_json(),
         "draws": DRAWS,
         "bits": list(ALL_BITS),
-    }
+    } | ({"form": form} if form != "kl" else {})
     ranks = Ranks.current()
     cached = ranks.broadcast(ctx.cache.load("kl-quadratic", full_key) if ranks.is_main else None)
     from_cache = cached is not None
     if cached is None:
         deltas = LayerDeltas(list(ctx.names), ALL_BITS, lambda n: ctx.deltas(n, ALL_BITS))
         s = ctx.settings
-        result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, s.batch_size, DRAWS, s.seed, ctx.progress)
+        args = (s.batch_size, DRAWS, s.seed, ctx.progress, form)
+        result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, *args)
         cached = {
             "omega": result.omega,
             "stderr": result.stderr,
@@ -57,9 +59,12 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
     return quadratic, from_cache
 
 
-def cached_anchor_kls(ctx: AnalysisContext, samples: int, names: list[str] | None = None) -> dict[str, float]:
-    """Each of `names`' (default: every layer's) measured one-layer KL at ANCHOR_BITS on `samples` anchor samples,
-    cached. Under torchrun each rank measures every size-th anchor sample and the sums are added up."""
+def cached_anchor_kls(
+    ctx: AnalysisContext, samples: int, names: list[str] | None = None, field: str = "kl"
+) -> dict[str, float]:
+    """Each of `names`' (default: every layer's) measured one-layer KL (`field` "mse": mean squared output change)
+    at ANCHOR_BITS on `samples` anchor samples, cached. Under torchrun each rank measures every size-th anchor
+    sample and the sums are added up."""
     names = list(ctx.names) if names is None else names
     anchor_key = {k: v for k, v in ctx.key.items() if k not in ("metric", "settings")} | {
         "quantizer": ctx.quantizer.to_json(),
@@ -68,6 +73,8 @@ def cached_anchor_kls(ctx: AnalysisContext, samples: int, names: list[str] | Non
     }
     if names != list(ctx.names):
         anchor_key["anchored"] = names
+    if field != "kl":
+        anchor_key["field"] = field
     ranks = Ranks.current()
     cached = ranks.broadcast(ctx.cache.load("kl-anchor", anchor_key) if ranks.is_main else None)
     if cached is None:
@@ -76,9 +83,10 @@ def cached_anchor_kls(ctx: AnalysisContext, samples: int, names: list[str] | Non
         deltas = lambda name: ctx.deltas(name, (ANCHOR_BITS,))  # noqa: E731
         args = (x, (ANCHOR_BITS,), REFERENCE_BATCH, ctx.progress, deltas)
         errors = weight_output_errors(ctx.model, names, *args) if len(x) else {}
-        cached = {n: errors[n][ANCHOR_BITS].kl for n in names} if ranks.size == 1 else {}
+        value = lambda n: getattr(errors[n][ANCHOR_BITS], field)  # noqa: E731
+        cached = {n: value(n) for n in names} if ranks.size == 1 else {}
         if ranks.size > 1:  # each rank's mean KL times its samples, added up, over all the samples
-            mine = [errors[n][ANCHOR_BITS].kl * len(x) if errors else 0.0 for n in names]
+            mine = [value(n) * len(x) if errors else 0.0 for n in names]
             cached = dict(zip(names, (ranks.sum_arrays([np.asarray(mine)])[0] / len(chosen)).tolist()))
         if ranks.is_main:
             ctx.cache.save("kl-anchor", anchor_key, cached)
@@ -102,13 +110,15 @@ def quadratic_estimates(ctx: AnalysisContext) -> Estimates:
     return Estimates(layers, quadratic.seconds, "measured", from_cache)
 
 
-def anchored_estimates(ctx: AnalysisContext) -> Estimates:
-    """kl_anchored: kl_quadratic's estimate scaled per layer by r_l = KL_l(ANCHOR_BITS) / Ω_l(ANCHOR_BITS)."""
-    unscaled, from_cache = cached_kl_quadratic(ctx)
+def anchored_estimates(ctx: AnalysisContext, form: str = "kl") -> Estimates:
+    """kl_anchored: kl_quadratic's estimate scaled per layer by r_l = KL_l(ANCHOR_BITS) / Ω_l(ANCHOR_BITS);
+    mse_anchored (`form` "mse"): the same with the mean squared output change in place of the KL."""
+    unscaled, from_cache = cached_kl_quadratic(ctx, form)
     started = time.perf_counter()
-    # a causal LM's layers repeat per block: a few per role are measured, the rest interpolated (anchor.py)
-    subset = ctx.prepared.outputs.causal_lm
-    kls = cached_anchor_kls(ctx, ctx.settings.anchor_samples, anchored_layers(ctx.names) if subset else None)
+    # a language model's layers repeat per block: a few per role are measured, the rest interpolated (anchor.py)
+    subset = ctx.prepared.outputs.causal_lm or ctx.prepared.outputs.embeddings
+    names = anchored_layers(ctx.names) if subset else None
+    kls = cached_anchor_kls(ctx, ctx.settings.anchor_samples, names, "mse" if form == "mse" else "kl")
     ratios = {n: anchor_ratio(kl, unscaled.omega[n][ANCHOR_BITS]) for n, kl in kls.items()}
     ratios = spread_ratios(ctx.names, ratios) if subset else ratios
     quadratic = unscaled.scaled(ratios)
