@@ -1,7 +1,8 @@
 """On-disk cache of expensive results, keyed by everything they depend on.
 
-Entries are JSON files named `KIND-HASH.json`, HASH the first 32 hex digits of the sha256 of their key; a
-key holds the model and data fingerprints and every setting, so a stale entry is never read. Default folder:
+Entries are JSON files named `KIND-HASH.json` (large arrays: numpy's binary `KIND-HASH.npy`, whose sha256 a JSON
+entry keeps), HASH the first 32 hex digits of the sha256 of their key; a key holds the model and data fingerprints
+and every setting, so a stale entry is never read. Default folder:
 $MPQ_CACHE_DIR, else $XDG_CACHE_HOME/mpq, else ~/.cache/mpq.
 
 The folder is capped ($MPQ_CACHE_MAX_BYTES, default 2 GB, 0 = no cap): after each save, while mpq's entries
@@ -29,7 +30,7 @@ from mpq.files import check_writable_folder, write_bytes_atomic
 CACHE_VERSION = 2  # 2: entries carry the sha256 of their value
 DEFAULT_MAX_BYTES = 2_000_000_000  # 2 GB
 MAX_BYTES_ENV = "MPQ_CACHE_MAX_BYTES"
-ENTRY_NAME = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-[0-9a-f]{32}\.json$")
+ENTRY_NAME = re.compile(r"^(?P<kind>[a-z0-9][a-z0-9_.-]*)-[0-9a-f]{32}\.(json|npy)$")
 _HEAD, _TAIL = b'{"sha256": "', b"}"
 _VALUE_AT = len(_HEAD) + 64 + len(b'", "value": ')
 
@@ -105,9 +106,50 @@ class Cache:
             max_bytes = max_bytes_from_environment()
         self.max_bytes = max_bytes or 0
 
-    def _path(self, kind: str, key: dict) -> Path:
+    def _path(self, kind: str, key: dict, suffix: str = ".json") -> Path:
         blob = json.dumps({"version": CACHE_VERSION, "kind": kind, **key}, sort_keys=True).encode()
-        return self.folder / f"{kind}-{hashlib.sha256(blob).hexdigest()[:32]}.json"
+        return self.folder / f"{kind}-{hashlib.sha256(blob).hexdigest()[:32]}{suffix}"
+
+    def load_array(self, kind: str, key: dict, sha256: str):
+        """The numpy array save_array wrote, if its bytes have the digest `sha256` (kept in a JSON entry, which
+        carries its own), read without pickle; else None."""
+        if self.folder is None:
+            return None
+        import io
+
+        import numpy as np
+
+        path = self._path(kind, key, ".npy")
+        try:
+            data = _read_regular(path)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                return None  # another array, or a poisoned one: computed again
+            value = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return value
+
+    def save_array(self, kind: str, key: dict, array) -> str:
+        """A numpy array as a binary .npy entry, written atomically (a float takes its 4 or 8 bytes, not JSON's
+        ~24); the sha256 of its bytes, which load_array asks for ("" when nothing is stored)."""
+        if self.folder is None:
+            return ""
+        import io
+
+        import numpy as np
+
+        path = self._path(kind, key, ".npy")
+        if os.path.lexists(path) and not path.is_file():
+            return ""
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        write_bytes_atomic(path, buffer.getvalue())
+        self.evict(keep=path)
+        return hashlib.sha256(buffer.getvalue()).hexdigest()
 
     def load(self, kind: str, key: dict):
         if self.folder is None:

@@ -1,153 +1,180 @@
-"""Benchmark: how sensitivity, solve and verify grow with the model, on GPT-2-shaped causal LMs from 1M to
-GPT-2-small's 124M parameters (built from configs with random weights: the cost does not depend on the values).
+"""Benchmark: `mpq search` end to end on causal LMs from GPT-2-small to a 1.1B LLaMA shape, on this CPU.
 
-Each size runs in its own process, so its peak resident memory (ru_maxrss) is its own. Every run uses the same
-data shape (8 sequences of 64 tokens), the same probe count (`--probes`, fixed: every layer gets exactly that
-many, so the time is per probe and not per convergence) and one byte budget at 6 bits per weight.
+Shapes built from their published configs with random weights (seeded; the cost does not depend on the values),
+saved with save_pretrained, then searched as a user would:
 
-Run:  python reports/bench_scale.py [--probes 4] [--metrics default,hessian] [--sizes tiny,small,medium,gpt2]
-(`default`: the metric mpq.analyze picks when none is named, for these models kl_anchored.)
-Writes reports/scale.md. Every number is measured in this one run, on this machine; time no benchmark while
-other work runs on it.
+    mpq search --model hf:DIR --data calib.npz --eval-data eval.npz --budget 4.5bpw --out OUT --cache-dir FRESH
+
+(`calib.npz`: SAMPLES windows of SEQ random token ids; held-out windows in `eval.npz`). Per shape: the time of each
+phase and its peak resident memory (report.json's timings_s and peak_memory_bytes["phases"]), the whole process's
+peak RSS (/usr/bin/time), and one forward+backward pass over the same calibration tokens (next-token
+cross-entropy, batches of the search's --batch-size, the model loaded as mpq loads it) timed in its own process:
+the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
+
+Run:  python reports/bench_scale.py [--shapes gpt2,smollm2-135m,smollm2-360m,tinyllama-1.1b] [--samples 8]
+Writes the section between the markers of reports/scale.md. Time no benchmark while other work runs on the
+machine, or say that it did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SIZES = {  # name: (n_embd, n_layer, n_head, vocab)
-    "tiny": (128, 2, 4, 8192),
-    "small": (256, 4, 4, 8192),
-    "medium": (512, 6, 8, 16384),
-    "gpt2": (768, 12, 12, 50257),
-}
-SAMPLES, SEQ = 8, 64
+SHAPES = {  # name: (architecture, config)
+    "gpt2": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=100000.0, max_position_embeddings=8192)),
+    "smollm2-360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                                   num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=100000.0, max_position_embeddings=8192)),
+    "tinyllama-1.1b": ("llama", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                     num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                                     tie_word_embeddings=False, max_position_embeddings=2048)),
+}  # fmt: skip
+SEQ, HELD_OUT, BATCH, BUDGET = 128, 4, 8, "4.5bpw"
+BEGIN, END = "<!-- bench_scale: begin -->", "<!-- bench_scale: end -->"
 
 
-def one(name: str, probes: int, metric: str) -> dict:
+def build(name: str, folder: Path, samples: int) -> dict:
+    """The shape's model saved in `folder` (float32 safetensors) and its calibration and held-out token ids."""
+    import numpy as np
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import transformers
 
-    import mpq
-    from mpq.inputs.prepare import as_prepared
-
-    d, layers, heads, vocab = SIZES[name]
+    kind, config = SHAPES[name]
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=d, n_layer=layers, n_head=heads, vocab_size=vocab, n_positions=SEQ, bos_token_id=0, eos_token_id=0
-        )
-    ).eval()
-    data = {"input_ids": torch.randint(0, vocab, (SAMPLES, SEQ), generator=torch.Generator().manual_seed(1))}
+    if kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    model.save_pretrained(folder)
+    ids = torch.randint(0, config["vocab_size"], (samples + HELD_OUT, SEQ), generator=torch.Generator().manual_seed(1))
+    np.savez(folder / "calib.npz", input_ids=ids[:samples].numpy())
+    np.savez(folder / "eval.npz", input_ids=ids[samples:].numpy())
     params = sum(p.numel() for p in model.parameters())
-    start = time.perf_counter()
-    prepared = as_prepared(model, mpq.inputs.prepare.as_dataset(data))
-    prepare_s = time.perf_counter() - start
-    quantized = sum(layer.params for layer in prepared.graph.layers)
-    settings = mpq.ProbeSettings(max_probes=probes, min_probes=probes, batch_size=SAMPLES, max_seconds=100_000)
-    start = time.perf_counter()
-    sensitivity = mpq.analyze(
-        prepared, data, probes=settings, metric=None if metric == "default" else metric, cache_dir=False, progress=False
-    )
-    sensitivity_s = time.perf_counter() - start
-    budget = f"{int(prepared.graph.float_bytes + quantized * 6 / 8 + 8 * quantized / 100)}B"
-    start = time.perf_counter()
-    plan = mpq.solve(sensitivity, budget)
-    solve_s = time.perf_counter() - start
-    start = time.perf_counter()
-    report = mpq.verify(prepared, plan, data, cache_dir=False, progress=False)
-    verify_s = time.perf_counter() - start
-    return {
-        "name": name,
-        "metric": sensitivity.metric,
-        "params": params,
-        "quantized_params": quantized,
-        "layers": len(prepared.graph.layers),
-        "prepare_s": prepare_s,
-        "sensitivity_s": sensitivity_s,
-        "solve_s": solve_s,
-        "verify_s": verify_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "perplexity_fp32": report.fp32.perplexity,
-        "perplexity_plan": report.plan.perplexity,
-    }
+    return {"params": params, "float32_bytes": 4 * params}
 
 
-def table(rows: list[dict], probes: int, metric: str) -> str:
-    base = rows[0]
+def forward_backward(folder: Path) -> float:
+    """Seconds of one forward+backward pass (next-token cross-entropy) over the calibration windows."""
+    import numpy as np
+    import torch
+
+    from mpq.inputs.huggingface import load_pretrained
+
+    model = load_pretrained(folder).inner
+    ids = torch.from_numpy(np.load(folder / "calib.npz")["input_ids"])
+    start = time.perf_counter()
+    for batch in ids.split(BATCH):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+    return time.perf_counter() - start
+
+
+def search(folder: Path, out: Path) -> dict:
+    """`mpq search` in its own process: report.json's timings and peaks, and the process's peak RSS."""
+    cache = Path(tempfile.mkdtemp(prefix="mpq-bench-cache-"))
+    command = ["/usr/bin/time", "-f", "maxrss_kb=%M", sys.executable, "-m", "mpq.cli.main", "search"]
+    command += ["--model", f"hf:{folder}", "--data", str(folder / "calib.npz"), "--eval-data", str(folder / "eval.npz")]
+    command += ["--budget", BUDGET, "--out", str(out), "--cache-dir", str(cache), "--quiet"]
+    start = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"mpq search failed:\n{run.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    rss = int(re.findall(r"maxrss_kb=(\d+)", run.stderr)[-1]) * 1024
+    layers = len(json.loads((out / "plan.json").read_text())["layers"])
+    peaks, kl = report["peak_memory_bytes"], report["plan"]["kl_to_fp32"]
+    return {"wall_s": wall, "timings_s": report["timings_s"], "peaks": peaks, "rss": rss, "kl": kl, "layers": layers}
+
+
+def one(name: str, samples: int, work: Path) -> dict:
+    folder = work / name
+    step = lambda what: json.loads(subprocess.run(  # noqa: E731
+        [sys.executable, __file__, "--step", what, "--shapes", name, "--samples", str(samples), "--work", str(work)],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])  # fmt: skip
+    row = {"name": name, "samples": samples, **step("build")}
+    row["fwd_bwd_s"] = step("fwdbwd")["seconds"]
+    row |= search(folder, work / f"{name}-out")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
     lines = [
-        f"Metric `{metric}`" + (f" (mpq's default here: `{base['metric']}`)" if metric == "default" else "") + ":",
-        "",
-        "| model | parameters | quantized layers | sensitivity | per M params | solve | verify | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | parameters | layers | fp32 weights | prepare | sensitivity | solve | verify | search | "
+        "1 fwd+bwd | search / fwd+bwd | peak RSS | RSS / weights | sensitivity per M params |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        per_m = r["sensitivity_s"] / (r["params"] / 1e6)
+        t = r["timings_s"]
         lines.append(
-            f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['layers']} | {r['sensitivity_s']:.1f} s | {per_m:.2f} s | {r['solve_s']:.2f} s | "
-            f"{r['verify_s']:.1f} s | {r['peak_rss_mb']:,.0f} MB |"
+            f"| {r['name']} | {r['params'] / 1e6:.0f}M | {r['layers']} | {gb(r['float32_bytes'])} "
+            f"| {t['prepare']:.0f} s "
+            f"| {t['sensitivity']:.0f} s | {t['solve']:.1f} s | {t['verify']:.0f} s | {r['wall_s']:.0f} s "
+            f"| {r['fwd_bwd_s']:.1f} s | {r['wall_s'] / r['fwd_bwd_s']:.1f}× | {gb(r['rss'])} "
+            f"| {r['rss'] / r['float32_bytes']:.2f}× | {t['sensitivity'] / (r['params'] / 1e6):.3f} s |"
         )
-    last = rows[-1]
-    growth = (last["sensitivity_s"] / base["sensitivity_s"]) / (last["params"] / base["params"])
-    lines += [
-        "",
-        f"Sensitivity time grew {last['sensitivity_s'] / base['sensitivity_s']:.1f}× for {last['params'] / base['params']:.0f}× the parameters "
-        f"(ratio {growth:.2f}; 1 is linear). {SAMPLES} sequences of {SEQ} tokens"
-        + (f", {probes} probes per layer." if base["metric"] == "hessian" else "."),
-    ]
+    lines += ["", 'Peak resident memory per phase (report.json\'s peak_memory_bytes["phases"]):', ""]
+    lines += ["| shape | prepare | sensitivity | solve | verify |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        phases = r["peaks"]["phases"]
+        lines.append(f"| {r['name']} | " + " | ".join(gb(phases[p]["ram"]) for p in ("prepare", "sensitivity",
+                     "solve", "verify")) + " |")  # fmt: skip
     return "\n".join(lines)
+
+
+def write(rows: list[dict], args) -> str:
+    text = "\n".join([
+        BEGIN,
+        f"`python reports/bench_scale.py --shapes {args.shapes} --samples {args.samples}` on "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}; "
+        f"`mpq search ... --budget {BUDGET}` on {args.samples} windows of {SEQ} tokens (held out: {HELD_OUT}).",
+        "",
+        table(rows),
+        END,
+    ])  # fmt: skip
+    path = HERE / "scale.md"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        text = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
+    path.write_text(text if BEGIN in old else text + "\n\n" + old)
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--probes", type=int, default=4)
-    parser.add_argument(
-        "--metrics", default="default,hessian", help="metrics to time, each over every size; default: the one mpq picks"
-    )
-    parser.add_argument("--metric", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--work", default=None, help="folder for the saved models (default: a temporary one)")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.probes, args.metric)))
+    work = Path(args.work or tempfile.mkdtemp(prefix="mpq-bench-"))
+    if args.step:
+        folder = work / args.shapes
+        if args.step == "build":
+            print(json.dumps(build(args.shapes, folder, args.samples)))
+        else:
+            print(json.dumps({"seconds": forward_backward(folder)}))
         return
-    tables = []
-    for metric in args.metrics.split(","):
-        rows = []
-        for name in args.sizes.split(","):
-            result = subprocess.run(
-                [sys.executable, __file__, "--one", name, "--probes", str(args.probes), "--metric", metric],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                print(result.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"size {name} failed")
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-        tables += [table(rows, args.probes, metric), ""]
-    text = "\n".join(
-        [
-            "# Scale: sensitivity, solve and verify against parameter count (CPU)",
-            "",
-            f"`python reports/bench_scale.py --probes {args.probes} --metrics {args.metrics} --sizes {args.sizes}` on {platform.processor() or platform.machine()}, "
-            f"{__import__('os').cpu_count()} cores, torch {__import__('torch').__version__}.",
-            "",
-            "GPT-2-shaped causal LMs built from configs (random weights), through mpq.analyze, mpq.solve and mpq.verify in one process each.",
-            "",
-            *tables,
-        ]
-    )
-    (HERE / "scale.md").write_text(text)
-    print(text)
+    rows = []
+    for name in args.shapes.split(","):
+        rows.append(one(name, args.samples, work))
+        print(json.dumps(rows[-1]), flush=True)
+        subprocess.run(["rm", "-rf", str(work / name)], check=False)  # the saved weights: GBs
+    print(write(rows, args))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ STAGES = {
     "progress": 0.2,
     "versions": 0.2,
     "device": 0.2,
+    "memory": 0.2,  # peak memory per phase (mpq.memory)
     "quiet": 0.2,  # the known import-time lines of torch and torchao, dropped (mpq.quiet)
     "cache": 0.5,
     "inputs": 1,

@@ -91,7 +91,7 @@ def test_the_metric_in_the_api_and_its_losses(relu_net):
         mpq.analyze(net, (x, y), metric="gauss_newton", loss="mse", cache_dir=False, progress=False)
 
 
-def test_the_default_metric_is_the_first_of_kl_anchored_gauss_newton_hessian_that_applies(relu_net):
+def test_the_default_metric_is_the_first_of_kl_anchored_mse_anchored_gauss_newton_hessian_that_applies(relu_net):
     net, x, y = relu_net
     quick = {"cache_dir": False, "progress": False, "probes": ProbeSettings(max_probes=4, min_probes=2)}
     assert mpq.analyze(net, (x, y), **quick).metric == "kl_anchored"
@@ -99,7 +99,7 @@ def test_the_default_metric_is_the_first_of_kl_anchored_gauss_newton_hessian_tha
         mpq.analyze(net, (x, y), activations=True, **quick).metric == "gauss_newton"
     )  # kl_anchored has no inputs' sensitivity
     assert mpq.analyze(net, (x, y), loss="labels", **quick).metric == "gauss_newton"  # a named loss other than kl
-    assert mpq.analyze(net, (x, y), loss="mse", **quick).metric == "hessian"  # not a softmax's loss
+    assert mpq.analyze(net, (x, y), loss="mse", **quick).metric == "mse_anchored"  # not a softmax's loss
     torch.manual_seed(0)
     per_position = nn.Sequential(
         nn.Conv1d(3, 4, 3), nn.ReLU(), nn.Conv1d(4, 5, 1)

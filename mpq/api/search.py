@@ -19,6 +19,7 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel
 from mpq.inputs.prepare import Inputs, as_dataset, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
+from mpq.memory import PhasePeaks
 from mpq.plan import Plan
 from mpq.plan.keywords import checks_keywords
 from mpq.plan.settings import SearchSpace, SolverSettings
@@ -127,7 +128,7 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
     quantizer, space = target_search(target, resolve_quantizer(quantizer), space)
-    start = time.perf_counter()
+    start, peaks = time.perf_counter(), PhasePeaks()
     check_channel_metric(space, metric)
     data = as_dataset(data)
     budgets = as_budgets(budget)
@@ -136,11 +137,13 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     inputs = with_held_out(prepare_inputs(model, data, quantize_embeddings, device), eval_data, eval_split)
     run = Run(open_cache(cache_dir), progress)
     metadata = str(gguf_metadata) if target == "gguf" and gguf_metadata is not None else None
-    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run, target, metadata)
+    request = _Request(budgets, space, solver, latency, eval_batch_size, proxy_plans, run, peaks, target, metadata)
     request.check_reachable(inputs, quantizer.format)  # before the Hessian work
     t0 = time.perf_counter()
+    peaks.close("prepare")
     options = AnalyzeOptions(probes, quantizer, metric, loss, request.activations)
     sensitivity = analyze_inputs(inputs, options, run)
+    peaks.close("sensitivity")
     return _solved_and_verified(inputs, sensitivity, request, [start, t0, time.perf_counter()])
 
 
@@ -155,6 +158,7 @@ class _Request:
     eval_batch_size: int
     proxy_plans: int
     run: Run
+    peaks: PhasePeaks  # each phase's peak memory (mpq.memory)
     target: str = "packed"  # mpq.api.target
     gguf_metadata: str | None = None
 
@@ -183,14 +187,19 @@ def _solved_and_verified(inputs: Inputs, sensitivity: Sensitivity, request: _Req
     if gguf:
         plan = gguf_plan(inputs.prepared, plan, container(plan), request.gguf_metadata)
     times.append(time.perf_counter())
+    request.peaks.close("solve")
     report = verify_inputs(
         inputs, plan, VerifyOptions(tuple(space.bits), plan_act_bits(plan), batch_size, latency), run
     )
     times.append(time.perf_counter())
+    request.peaks.close("verify")
     if request.proxy_plans:
         args = (inputs, sensitivity, plan, request.proxy_plans)
         report.proxy = proxy_check(*args, batch_size=batch_size, cache=run.cache, progress=run.progress)
+        request.peaks.close("proxy_check")
     _finish(report, sensitivity, plan, times, request.proxy_plans > 0)
+    # the whole run's peaks (after the sensitivity and the proxy check too), and each phase's own
+    report.peak_memory_bytes = {**report.peak_memory_bytes, **request.peaks.to_json()}
     return SearchResult(sensitivity=sensitivity, plan=plan, report=report)
 
 

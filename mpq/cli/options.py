@@ -359,15 +359,16 @@ def _add_metric(p) -> None:
         choices=tuple(METRICS),
         default=None,
         help=(
-            f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_anchored for "
-            "weights with logits and no other --loss, gauss_newton when the inputs' widths are searched too, "
-            "hessian for embeddings or a non-softmax loss): gauss_newton (Tr(H) as the Gauss-Newton trace, every "
-            "layer at once, plus the residual where the network is curved after a layer), hessian (Tr(H) by "
-            "per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, exact), eigenvalue (top "
-            "eigenvalue of each layer's Hessian block), output_mse (measured output MSE with only that layer "
-            "quantized), output_kl (measured KL to FP32 with only that layer quantized by the plan's quantizer), "
-            "kl_quadratic (second-order KL to FP32 in the layer's actual quantization error), kl_anchored "
-            "(kl_quadratic scaled per layer to its measured one-layer KL at 4 bits)"
+            f"sensitivity metric (default: the first of {', '.join(DEFAULT_METRICS)} that applies: kl_anchored for"
+            " weights with logits and no other --loss, mse_anchored for embeddings or --loss mse, gauss_newton "
+            "when the inputs' widths are searched too, hessian for other losses): gauss_newton (Tr(H) as the "
+            "Gauss-Newton trace, every layer at once, plus the residual where the network is curved after a "
+            "layer), hessian (Tr(H) by per-layer Hutchinson probing, HAWQ-V2), fisher (empirical Fisher trace, "
+            "exact), eigenvalue (top eigenvalue of each layer's Hessian block), output_mse (measured output MSE "
+            "with only that layer quantized), output_kl (measured KL to FP32 with only that layer quantized by "
+            "the plan's quantizer), kl_quadratic (second-order KL to FP32 in the layer's actual quantization "
+            "error), kl_anchored (kl_quadratic scaled per layer to its measured one-layer KL at 4 bits), "
+            "mse_anchored (the same for the outputs' mean squared change)"
         ),
     )
     p.add_argument(

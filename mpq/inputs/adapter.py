@@ -134,6 +134,7 @@ class ModelAdapter(nn.Module):
         pooling: str | None = None,
         field: str | None = None,
         folder=None,
+        owned: bool = False,
     ) -> None:
         super().__init__()
         object.__setattr__(self, "inner", model)  # not a child: the adapter shares its tree instead
@@ -144,6 +145,7 @@ class ModelAdapter(nn.Module):
         self.outputs = outputs
         self.pooling, self.field = pooling, field
         self.folder = folder  # the save_pretrained folder it was loaded from (its tokenizer reads text data)
+        self.owned = owned  # loaded by mpq itself (hf:): prepared in place, not copied (one copy of the weights)
         check_pooling(pooling)
 
     def __deepcopy__(self, memo) -> "ModelAdapter":
@@ -253,14 +255,14 @@ def _needs_eager_attention(model: nn.Module) -> bool:
     return implementation not in (None, "eager") and hasattr(model, "set_attn_implementation")
 
 
-def for_mpq(model: nn.Module) -> nn.Module:
+def for_mpq(model: nn.Module, in_place: bool = False) -> nn.Module:
     """A transformers model as mpq measures it: eager attention (SDPA has no double backward on CPU, which the
     Hessian needs; the function is the same) and Conv1D layers as the nn.Linear they compute. A copy when
-    anything changes: the user's model is left as it was."""
+    anything changes (the user's model is left as it was), unless `in_place` (a model mpq loaded itself)."""
     convs = conv1d_modules(model)
     if not convs and not _needs_eager_attention(model):
         return model
-    model = copy.deepcopy(model)
+    model = model if in_place else copy.deepcopy(model)
     if _needs_eager_attention(model):
         model.set_attn_implementation("eager")
     for name in convs:
@@ -273,6 +275,7 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
     """`model` itself when it takes one tensor and returns one, else a complete ModelAdapter (module docstring)."""
     input_names = tuple(input_names)
     pooling = field = folder = None
+    owned = False
     if isinstance(model, ModelAdapter):
         if model.input_names is not None and model.input_names != input_names:
             raise MpqError(
@@ -281,15 +284,16 @@ def adapt(model: nn.Module, example: torch.Tensor, input_names: tuple[str, ...])
             )
         if model.complete:
             return model
-        pooling, field, folder, model = model.pooling, model.field, model.folder, model.inner
+        pooling, field, folder, owned, model = model.pooling, model.field, model.folder, model.owned, model.inner
     wrapped = pooling is not None or field is not None or folder is not None
     if is_transformers_model(model):
-        model = for_mpq(model)
+        model = for_mpq(model, in_place=owned)
     with _evaluating(model):
         output, _ = _call(model, example, input_names)
     if isinstance(output, torch.Tensor) and not input_names and not wrapped and not is_transformers_model(model):
         return model
-    return ModelAdapter(model, input_names, choose_outputs(model, output, pooling, field), pooling, field, folder)
+    outputs = choose_outputs(model, output, pooling, field)
+    return ModelAdapter(model, input_names, outputs, pooling, field, folder, owned)
 
 
 def restore(model: nn.Module, input_names: tuple[str, ...], outputs: Outputs | None) -> nn.Module:

@@ -150,9 +150,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     """A copy of `model` in eval mode with each BatchNorm that directly follows a conv/linear folded in.
 
     A BatchNorm is folded when its input is exactly the output of a quantizable layer and nothing
-    else consumes that output; it is then replaced by nn.Identity. The user's model is untouched.
+    else consumes that output; it is then replaced by nn.Identity. The user's model is untouched; a model mpq
+    loaded itself (`owned`, hf:) is folded in place, so that its weights are held once.
     """
-    folded = copy.deepcopy(model).eval()
+    folded = model.eval() if getattr(model, "owned", False) else copy.deepcopy(model).eval()
     calls = _record_calls(folded, example)
     producers = {out_id: (name, mod) for name, mod, _, out_id, _, _ in calls if isinstance(mod, QUANTIZABLE_TYPES)}
     consumers: dict[int, int] = {}

@@ -47,7 +47,8 @@ def _transformers():
 def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> ModelAdapter:
     """The model in `folder` (see the module docstring), in eval mode, wrapped to name its inputs and output.
     Nothing in the folder runs as code, and its config is checked against its weights before anything is
-    allocated (mpq.inputs.hf_folder)."""
+    allocated (mpq.inputs.hf_folder). The model is mpq's own (`owned`): it is prepared in place (GPT-2's Conv1D
+    layers made nn.Linear, no copy of the weights), so load it again for any other use."""
     folder = Path(folder)
     model_args = dict(model_args or {})
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
@@ -89,7 +90,8 @@ def load_pretrained(folder: "str | Path", model_args: dict | None = None) -> Mod
             f"({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), "
             "which transformers would initialize at random: save the whole model with save_pretrained"
         )
-    return ModelAdapter(model.eval(), pooling=model_args.get("pooling"), field=model_args.get("output"), folder=folder)
+    pooling, field = model_args.get("pooling"), model_args.get("output")
+    return ModelAdapter(model.eval(), pooling=pooling, field=field, folder=folder, owned=True)
 
 
 def _model_class(transformers, name: str | None, config, folder: Path):

@@ -135,7 +135,7 @@ def _checked_and_prepared(model, data: Dataset, embeddings: bool, device: torch.
     if not isinstance(model, nn.Module):
         raise MpqError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if device is not None and model_device(model) != device:
-        model = copy.deepcopy(model).to(device)
+        model = (model if getattr(model, "owned", False) else copy.deepcopy(model)).to(device)
     _check_finite_weights(model)
     example = data.x[:EXAMPLE_BATCH].to(model_device(model))
     with _model_runs_on(data):

@@ -43,13 +43,19 @@ from mpq.quant.equalize import equalized
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.quantizer import DEFAULT_QUANTIZER, Quantizer
 from mpq.quant.reference import fp32_reference
+from mpq.progress import bar
 
 
 def weight_clip_ratios(
-    prepared: PreparedModel, clip: str, cache: Cache = Cache(None), fmt: WeightFormat = PER_CHANNEL_INT
+    prepared: PreparedModel,
+    clip: str,
+    cache: Cache = Cache(None),
+    fmt: WeightFormat = PER_CHANNEL_INT,
+    progress: bool | None = None,
 ) -> dict[str, dict[int, torch.Tensor]]:
     """{layer: {bits: clip ratio per scale}} for every width 2-8: [out_channels], or [out_channels, groups] with
-    a group size, each group's ratio chosen on its own weights (min-max: all ones, not cached)."""
+    a group size, each group's ratio chosen on its own weights (min-max: all ones, not cached); the search shown
+    as a bar per layer."""
     names = [layer.name for layer in prepared.graph.layers]
     modules = quantizable_modules(prepared.folded, embeddings=True)
     clipper = WEIGHT_CLIPS[clip if fmt.clipped else "minmax"]
@@ -65,7 +71,11 @@ def weight_clip_ratios(
     key = {"model": prepared.fingerprint, "layers": names, "clip": clip, "clipper": repr(clipper)} | fmt.cache_fields()
     cached = cache.load("weight-clip", key)
     if cached is None:
-        cached = {n: {str(b): ratios(n, b).tolist() for b in fmt.widths} for n in names}
+        cached = {}
+        with bar(len(names), f"{clip} weight clipping", progress, unit="layer") as shown:
+            for n in names:
+                cached[n] = {str(b): ratios(n, b).tolist() for b in fmt.widths}
+                shown.update(1)
         cache.save("weight-clip", key, cached)
     return {
         n: {int(b): torch.tensor(r, dtype=torch.float32) for b, r in per_bits.items()} for n, per_bits in cached.items()
@@ -122,6 +132,8 @@ def bias_shifts(
         "clipper": repr(WEIGHT_CLIPS[clip]),
     }
     key |= fmt.cache_fields()
+    if not names:  # no layer has a bias: nothing to correct, and no pass over the data
+        return {}
     cached = cache.load("bias-shift", key)
     if cached is None:
         patches = {n: MeanInputPatch(modules[n]) for n in names}

@@ -251,9 +251,8 @@ class MseWeightClip:
         chunk = max(1, CHUNK_ELEMENTS // w.numel())  # candidates evaluated at once, memory bounded
         for k in range(0, grid.shape[1], chunk):
             s = scale[:, k : k + chunk, None]  # [channels, candidates, 1]
-            errors.append(
-                (torch.clamp(torch.round(w[:, None, :] / s), -qmax - 1, qmax) * s - w[:, None, :]).pow(2).sum(dim=2)
-            )
+            err = (w[:, None, :] / s).round_().clamp_(-qmax - 1, qmax).mul_(s).sub_(w[:, None, :])  # one buffer
+            errors.append(err.pow_(2).sum(dim=2))
         best = torch.cat(errors, dim=1).argmin(dim=1)
         return grid.gather(1, best[:, None]).squeeze(1)
 

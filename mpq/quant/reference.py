@@ -76,8 +76,13 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     size = sum(t.numel() * t.element_size() for t in float_tensors(prepared.folded, []).values())
     key = {"model": prepared.fingerprint, "data": data.fingerprint(), "layers": names}
     cached = cache.load("fp32", key)
-    if cached is not None:
-        logits = torch.tensor(cached["logits"], device=prepared.device)
+    stored = (
+        None
+        if not cached or "logits_sha256" not in cached
+        else cache.load_array("fp32-logits", key, cached["logits_sha256"])
+    )
+    if stored is not None:
+        logits = torch.from_numpy(stored).to(prepared.device)
         ranges = {n: tuple(r) for n, r in cached["ranges"].items()}
         return Fp32Reference(
             logits=logits,
@@ -98,7 +103,8 @@ def fp32_reference(prepared: PreparedModel, data: Dataset, batch_size: int, cach
     with input_hooks(prepared.folded, {n: observing(o) for n, o in observers.items()}):
         logits = run_batches(prepared.folded, data, batch_size)
     ranges = {n: (o.lo, o.hi) for n, o in observers.items()}
-    cache.save("fp32", key, {"logits": logits.tolist(), "ranges": ranges})
+    digest = cache.save_array("fp32-logits", key, logits.cpu().numpy())  # binary: samples × classes (× positions)
+    cache.save("fp32", key, {"ranges": ranges, "logits_sha256": digest})
     return Fp32Reference(
         logits=logits,
         input_ranges=ranges,

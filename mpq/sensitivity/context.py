@@ -47,7 +47,7 @@ class AnalysisContext:
     @functools.cached_property
     def clip_ratios(self) -> dict[str, dict[int, torch.Tensor]]:
         q = self.quantizer
-        return weight_clip_ratios(self.prepared, q.weight_clip, self.cache, q.format)
+        return weight_clip_ratios(self.prepared, q.weight_clip, self.cache, q.format, self.progress)
 
     @functools.cached_property
     def shifts(self) -> dict:

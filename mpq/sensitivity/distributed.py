@@ -43,6 +43,17 @@ class Ranks:
         dist.all_gather(everyone, mine)
         return [t.cpu().numpy() for t in everyone]
 
+    def sum_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Each float64 array summed over the ranks (element-wise), on every rank."""
+        if self.size == 1:
+            return [np.asarray(a, dtype=np.float64) for a in arrays]
+        sizes = [np.size(a) for a in arrays]
+        flat = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays])
+        total = torch.from_numpy(flat).to(_collective_device())
+        dist.all_reduce(total)
+        parts = np.split(total.cpu().numpy(), np.cumsum(sizes)[:-1])
+        return [part.reshape(np.shape(a)) for part, a in zip(parts, arrays)]
+
     def broadcast(self, value):
         """Rank 0's value (any picklable object) on every rank."""
         if self.size == 1:

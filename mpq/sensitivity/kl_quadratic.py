@@ -22,7 +22,8 @@ standard error is that of the mean of ½ s² over samples and draws.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +35,10 @@ from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.bias_correction import corrected_bias
+from mpq.sensitivity.distributed import Ranks
 
+MAX_LOGIT_ELEMENTS = 1 << 23  # logits per batch at most (a causal LM's samples × vocabulary × positions)
+KEEP_DELTA_BYTES = 1 << 29  # layers' parameter changes kept between batches up to this size, remade beyond it
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 
 
@@ -78,10 +82,14 @@ def parameter_deltas(
     return deltas
 
 
+def _rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """±1 in the shape, dtype and device of `like`, drawn on the CPU from `generator`."""
+    return drawn_on(torch.randint(0, 2, like.shape, generator=generator), like.device).to(like.dtype).mul_(2).sub_(1)
+
+
 def rademacher_cotangent(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """u = Aᵀz for z ~ Rademacher, A = diag(√p) − √p pᵀ along dimension 1 (the classes): E[u uᵀ] = diag(p) − p pᵀ."""
-    z = drawn_on(torch.randint(0, 2, p.shape, generator=generator), p.device).to(p.dtype).mul_(2).sub_(1)
-    root_z = p.sqrt() * z
+    root_z = p.sqrt() * _rademacher(p, generator)
     return root_z - p * root_z.sum(1, keepdim=True)
 
 
@@ -107,6 +115,19 @@ def channel_products(module: nn.Module, x: torch.Tensor, g: torch.Tensor, dy: to
     return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(-1)
 
 
+def sequence_products(x: torch.Tensor, g: torch.Tensor, changes: dict[int, dict[str, torch.Tensor]]) -> dict:
+    """{b: channel_products at width b} of a linear layer over positions ([batch, positions, in]) without forming
+    ΔY: Σ_t g[t,c]·(ΔW[c]·x[t]) = ΔW[c]·G[c], G = Σ_t g[t]ᵀx[t] per sample: one matmul shared by every width."""
+    g3, x3 = g.reshape(len(g), -1, g.shape[-1]), x.reshape(len(x), -1, x.shape[-1]).to(g.dtype)
+    out = {b: [] for b in changes}
+    for i in range(len(g3)):  # one sample's [out, in] at a time: the memory of one weight, not of the batch's
+        outer, g_sum = g3[i].T @ x3[i], g3[i].sum(0)
+        for b, delta in changes.items():
+            per_channel = (outer * delta["weight"]).sum(1)
+            out[b].append(per_channel + g_sum * delta["bias"] if "bias" in delta else per_channel)
+    return {b: torch.stack(rows) for b, rows in out.items()}
+
+
 def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
     """Forward x with every named layer's input and output kept; returns (logits, inputs, outputs)."""
     inputs, outputs, handles = {}, {}, []
@@ -126,61 +147,151 @@ def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
     return logits, inputs, outputs
 
 
+@dataclass
+class LayerDeltas:
+    """Each layer's parameter change per width, made when asked (`of(name)`: {b: {param: change}}), so that
+    the whole model's changes at every width are never held at once; kept while they total at most `keep_bytes`."""
+
+    names: list[str]
+    bits: tuple[int, ...]
+    of: Callable[[str], dict[int, dict[str, torch.Tensor]]]
+    keep_bytes: int = KEEP_DELTA_BYTES
+    _kept: dict = field(default_factory=dict, repr=False)
+    _kept_bytes: int = 0
+
+    @classmethod
+    def of_table(cls, table: dict[str, dict[int, dict[str, torch.Tensor]]]) -> "LayerDeltas":
+        bits = tuple(next(iter(table.values()))) if table else ()
+        return cls(list(table), bits, table.__getitem__)
+
+    def __call__(self, name: str) -> dict[int, dict[str, torch.Tensor]]:
+        if name in self._kept:
+            return self._kept[name]
+        made = self.of(name)
+        size = sum(t.numel() * t.element_size() for per in made.values() for t in per.values())
+        if self._kept_bytes + size <= self.keep_bytes:
+            self._kept[name], self._kept_bytes = made, self._kept_bytes + size
+        return made
+
+
+class _Sums:
+    """Running sums of ½s² (and its square, and per channel) per layer and width, added up over ranks."""
+
+    def __init__(self, names: list[str], bits: tuple[int, ...]) -> None:
+        self.names, self.bits = names, bits
+        self.sq = {n: {b: 0.0 for b in bits} for n in names}
+        self.fourth = {n: {b: 0.0 for b in bits} for n in names}
+        self.channel = {n: {b: 0.0 for b in bits} for n in names}
+
+    def add(self, name: str, b: int, per_channel: torch.Tensor) -> None:
+        half_sq = 0.5 * per_channel.sum(1) ** 2
+        self.sq[name][b] += float(half_sq.sum())
+        self.fourth[name][b] += float((half_sq**2).sum())
+        self.channel[name][b] = self.channel[name][b] + (0.5 * per_channel**2).sum(0).cpu().numpy()
+
+    def result(self, ranks: Ranks, samples: int, draws: int, seconds: float) -> KlQuadratic:
+        keys = [(n, b) for n in self.names for b in self.bits]
+        flat = [np.asarray([self.sq[n][b], self.fourth[n][b]]) for n, b in keys]
+        flat += [np.asarray(self.channel[n][b], dtype=np.float64) for n, b in keys]
+        summed = ranks.sum_arrays(flat)
+        count = samples * draws
+        omega = {n: {} for n in self.names}
+        stderr = {n: {} for n in self.names}
+        channel = {n: {} for n in self.names}
+        for i, (n, b) in enumerate(keys):
+            total, total_sq = summed[i]
+            omega[n][b] = float(total) / count
+            stderr[n][b] = _stderr_of_mean(float(total), float(total_sq), count)
+            channel[n][b] = summed[len(keys) + i] / count
+        return KlQuadratic(omega, stderr, channel, samples, draws, seconds)
+
+
+def _chunks(total: int, batch_size: int, logit_elements: int) -> list[tuple[int, int]]:
+    """(start, stop) of every batch; a batch whose logits would pass MAX_LOGIT_ELEMENTS is cut into smaller ones
+    (a language model's samples × vocabulary × positions), so that memory does not grow with the vocabulary."""
+    step = batch_size
+    if batch_size * logit_elements > MAX_LOGIT_ELEMENTS:
+        step = max(1, MAX_LOGIT_ELEMENTS // logit_elements)
+    return [(start, min(start + step, total)) for start in range(0, total, step)]
+
+
+def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums) -> None:
+    """One batch's contributions: every draw's gradients at the layer outputs first (the weights' are not asked
+    for), then each layer's products at each width, with the layer's changes made for this batch only."""
+    logits, inputs, outputs = _capture(model, modules, x)
+    p = logits.detach().double()
+    names = deltas.names
+    grads_per_draw = [
+        torch.autograd.grad(
+            logits, [outputs[n] for n in names], u.to(logits.dtype), retain_graph=True, allow_unused=True
+        )
+        for u in draw_cotangents(p)
+    ]
+    del logits, p
+    with torch.no_grad():
+        for i, n in enumerate(names):
+            module, layer_x = modules[n], inputs.pop(n)
+            if all(grads[i] is None for grads in grads_per_draw):  # the layer does not reach the output: Ω is 0
+                continue
+            changes = deltas(n)
+            if isinstance(module, nn.Linear) and layer_x.dim() > 2:
+                for grads in grads_per_draw:
+                    for b, per_channel in sequence_products(layer_x, grads[i], changes).items():
+                        sums.add(n, b, per_channel.double())
+                continue
+            for b in deltas.bits:
+                change = output_change(module, layer_x, changes[b])
+                for grads in grads_per_draw:
+                    sums.add(n, b, channel_products(module, layer_x, grads[i], change).double())
+
+
 def kl_quadratic_omegas(
     model: nn.Module,
     x: torch.Tensor,
-    deltas: dict[str, dict[int, dict[str, torch.Tensor]]],
+    deltas: "dict[str, dict[int, dict[str, torch.Tensor]]] | LayerDeltas",
     batch_size: int = 16,
     draws: int = DRAWS,
     seed: int = 0,
     progress: bool | None = None,
+    form: str = "kl",
 ) -> KlQuadratic:
-    """Ω_l(b) over the samples x of every layer and width of `deltas` ({layer: parameter_deltas(...)}; see the
-    module docstring)."""
+    """Ω_l(b) over the samples x of every layer and width of `deltas` (a LayerDeltas, or {layer:
+    parameter_deltas(...)}; see the module docstring). `form` "mse": M = 2I/n (n output elements per sample), so
+    that Ω is the linearized mean squared change of the outputs (embeddings), not of their softmax's KL. Under
+    torchrun each rank takes every size-th batch; every rank draws every batch's cotangents from the one seeded
+    generator, so the ranks sum to one process's numbers."""
     started = time.perf_counter()
     model.eval()
-    layer_names = list(deltas)
-    bits = tuple(next(iter(deltas.values()))) if deltas else ()
-    modules = {n: model.get_submodule(n) for n in layer_names}
+    deltas = deltas if isinstance(deltas, LayerDeltas) else LayerDeltas.of_table(deltas)
+    modules = {n: model.get_submodule(n) for n in deltas.names}
     generator = torch.Generator().manual_seed(seed)
-    sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
-    sum_fourth = {n: {b: 0.0 for b in bits} for n in layer_names}
-    channel_sum_sq = {n: {b: 0.0 for b in bits} for n in layer_names}
+    ranks = Ranks.current()
+    sums = _Sums(deltas.names, deltas.bits)
+    with torch.no_grad(), module_calls_visible():
+        per_sample = model(x[:1]).numel()
+    chunks = _chunks(len(x), batch_size, per_sample)
+
+    def cotangents(outputs):
+        if form == "mse":  # M = (2 / elements) I: ½E[s²] = the mean squared output change, per sample
+            scale = (2.0 / outputs[0].numel()) ** 0.5
+            return [_rademacher(outputs, generator).mul_(scale) for _ in range(draws)]
+        p = torch.softmax(outputs, 1)
+        return [rademacher_cotangent(p, generator) for _ in range(draws)]
+
     with bar(len(x), "kl_quadratic", progress, unit="sample") as shown:
-        for start in range(0, len(x), batch_size):
-            logits, inputs, outputs = _capture(model, modules, x[start : start + batch_size])
-            p = torch.softmax(logits.detach().double(), 1)
-            # every draw's gradients at the layer outputs first (the weights' are not asked for), then each layer's
-            # output change once per width: only one ΔY is alive at a time, not every layer's at every width
-            grads_per_draw = [
-                torch.autograd.grad(
-                    logits,
-                    [outputs[n] for n in layer_names],
-                    rademacher_cotangent(p, generator).to(logits.dtype),
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                for _ in range(draws)
-            ]
-            with torch.no_grad():
-                for i, n in enumerate(layer_names):
-                    for b in bits:
-                        change = output_change(modules[n], inputs[n], deltas[n][b])
-                        for grads in grads_per_draw:
-                            if grads[i] is None:  # the layer does not reach the output: its Ω is 0
-                                continue
-                            per_channel = channel_products(modules[n], inputs[n], grads[i], change).double()
-                            half_sq = 0.5 * per_channel.sum(1) ** 2
-                            sum_sq[n][b] += float(half_sq.sum())
-                            sum_fourth[n][b] += float((half_sq**2).sum())
-                            channel_sum_sq[n][b] = channel_sum_sq[n][b] + (0.5 * per_channel**2).sum(0).cpu().numpy()
-            del logits, outputs, grads_per_draw
-            shown.update(min(batch_size, len(x) - start))
-    count = len(x) * draws
-    omega = {n: {b: sum_sq[n][b] / count for b in bits} for n in layer_names}
-    stderr = {n: {b: _stderr_of_mean(sum_sq[n][b], sum_fourth[n][b], count) for b in bits} for n in layer_names}
-    channel = {n: {b: np.asarray(channel_sum_sq[n][b], dtype=np.float64) / count for b in bits} for n in layer_names}
-    return KlQuadratic(omega, stderr, channel, len(x), draws, time.perf_counter() - started)
+        for i, (start, stop) in enumerate(chunks):
+            if i % ranks.size != ranks.rank:
+                for _ in range(draws):  # the draws of another rank's batch: the generator moves on as theirs does
+                    torch.randint(0, 2, ((stop - start) * per_sample,), generator=generator)
+                continue
+            _batch(model, modules, x[start:stop].to(_device(model)), deltas, cotangents, sums)
+            shown.update((stop - start) * ranks.size)
+    return sums.result(ranks, len(x), draws, time.perf_counter() - started)
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _stderr_of_mean(total: float, total_sq: float, count: int) -> float:

@@ -8,30 +8,35 @@ import time
 
 import numpy as np
 
-from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio
+from mpq.sensitivity.anchor import ANCHOR_BITS, anchor_indices, anchor_ratio, anchored_layers, spread_ratios
+from mpq.sensitivity.distributed import Ranks
 from mpq.sensitivity.context import REFERENCE_BATCH, AnalysisContext
 from mpq.sensitivity.estimates import Estimates, LayerEstimate
-from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, kl_quadratic_omegas
+from mpq.sensitivity.kl_quadratic import DRAWS, KlQuadratic, LayerDeltas, kl_quadratic_omegas
 from mpq.sensitivity.output_error import weight_output_errors
 
 
-def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
-    """The kl_quadratic estimate for the quantizer's weights, cached; and whether it came from the cache."""
+def cached_kl_quadratic(ctx: AnalysisContext, form: str = "kl") -> tuple[KlQuadratic, bool]:
+    """The kl_quadratic estimate for the quantizer's weights (`form` "mse": of the outputs' mean squared change,
+    mpq.sensitivity.kl_quadratic), cached; and whether it came from the cache."""
     settings_key = {k: v for k, v in ctx.key["settings"].items() if k != "anchor_samples"}
+    widths = ctx.quantizer.format.widths
     full_key = {
         **ctx.key,
         "settings": settings_key,
         "metric": "kl_quadratic",
         "quantizer": ctx.quantizer.sensitivity_json(),
         "draws": DRAWS,
-        "bits": list(ctx.quantizer.format.widths),
-    }
-    cached = ctx.cache.load("kl-quadratic", full_key)
+        "bits": list(widths),
+    } | ({"form": form} if form != "kl" else {})
+    ranks = Ranks.current()
+    cached = ranks.broadcast(ctx.cache.load("kl-quadratic", full_key) if ranks.is_main else None)
     from_cache = cached is not None
     if cached is None:
-        deltas = {n: ctx.deltas(n, ctx.quantizer.format.widths) for n in ctx.names}
+        deltas = LayerDeltas(list(ctx.names), widths, lambda n: ctx.deltas(n, widths))
         s = ctx.settings
-        result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, s.batch_size, DRAWS, s.seed, ctx.progress)
+        args = (s.batch_size, DRAWS, s.seed, ctx.progress, form)
+        result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, *args)
         cached = {
             "omega": result.omega,
             "stderr": result.stderr,
@@ -40,7 +45,8 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
             "seconds": result.seconds,
             "channel_omega": {n: {b: c.tolist() for b, c in t.items()} for n, t in result.channel_omega.items()},
         }
-        ctx.cache.save("kl-quadratic", full_key, cached)
+        if ranks.is_main:
+            ctx.cache.save("kl-quadratic", full_key, cached)
     per_width = lambda table, cast: {n: {int(b): cast(v) for b, v in t.items()} for n, t in table.items()}  # noqa: E731
     quadratic = KlQuadratic(
         omega=per_width(cached["omega"], float),
@@ -53,21 +59,37 @@ def cached_kl_quadratic(ctx: AnalysisContext) -> tuple[KlQuadratic, bool]:
     return quadratic, from_cache
 
 
-def cached_anchor_kls(ctx: AnalysisContext, samples: int) -> dict[str, float]:
-    """Every layer's measured one-layer KL at ANCHOR_BITS on `samples` anchor samples, cached."""
+def cached_anchor_kls(
+    ctx: AnalysisContext, samples: int, names: list[str] | None = None, field: str = "kl"
+) -> dict[str, float]:
+    """Each of `names`' (default: every layer's) measured one-layer KL (`field` "mse": mean squared output change)
+    at ANCHOR_BITS on `samples` anchor samples, cached. Under torchrun each rank measures every size-th anchor
+    sample and the sums are added up."""
+    names = list(ctx.names) if names is None else names
     anchor_key = {k: v for k, v in ctx.key.items() if k not in ("metric", "settings")} | {
         "quantizer": ctx.quantizer.sensitivity_json(),
         "bits": ANCHOR_BITS,
         "samples": samples,
     }
-    cached = ctx.cache.load("kl-anchor", anchor_key)
+    if names != list(ctx.names):
+        anchor_key["anchored"] = names
+    if field != "kl":
+        anchor_key["field"] = field
+    ranks = Ranks.current()
+    cached = ranks.broadcast(ctx.cache.load("kl-anchor", anchor_key) if ranks.is_main else None)
     if cached is None:
-        x = ctx.data.x[anchor_indices(len(ctx.data), samples).to(ctx.data.x.device)]
+        chosen = anchor_indices(len(ctx.data), samples)
+        x = ctx.data.x[chosen[ranks.rank :: ranks.size].to(ctx.data.x.device)]
         deltas = lambda name: ctx.deltas(name, (ANCHOR_BITS,))  # noqa: E731
         args = (x, (ANCHOR_BITS,), REFERENCE_BATCH, ctx.progress, deltas)
-        errors = weight_output_errors(ctx.model, ctx.names, *args)
-        cached = {n: errors[n][ANCHOR_BITS].kl for n in ctx.names}
-        ctx.cache.save("kl-anchor", anchor_key, cached)
+        errors = weight_output_errors(ctx.model, names, *args) if len(x) else {}
+        value = lambda n: getattr(errors[n][ANCHOR_BITS], field)  # noqa: E731
+        cached = {n: value(n) for n in names} if ranks.size == 1 else {}
+        if ranks.size > 1:  # each rank's mean KL times its samples, added up, over all the samples
+            mine = [value(n) * len(x) if errors else 0.0 for n in names]
+            cached = dict(zip(names, (ranks.sum_arrays([np.asarray(mine)])[0] / len(chosen)).tolist()))
+        if ranks.is_main:
+            ctx.cache.save("kl-anchor", anchor_key, cached)
     return {n: float(v) for n, v in cached.items()}
 
 
@@ -88,17 +110,22 @@ def quadratic_estimates(ctx: AnalysisContext) -> Estimates:
     return Estimates(layers, quadratic.seconds, "measured", from_cache)
 
 
-def anchored_estimates(ctx: AnalysisContext) -> Estimates:
-    """kl_anchored: kl_quadratic's estimate scaled per layer by r_l = KL_l(ANCHOR_BITS) / Ω_l(ANCHOR_BITS)."""
-    unscaled, from_cache = cached_kl_quadratic(ctx)
+def anchored_estimates(ctx: AnalysisContext, form: str = "kl") -> Estimates:
+    """kl_anchored: kl_quadratic's estimate scaled per layer by r_l = KL_l(ANCHOR_BITS) / Ω_l(ANCHOR_BITS);
+    mse_anchored (`form` "mse"): the same with the mean squared output change in place of the KL."""
+    unscaled, from_cache = cached_kl_quadratic(ctx, form)
     started = time.perf_counter()
-    kls = cached_anchor_kls(ctx, ctx.settings.anchor_samples)
+    # a language model's layers repeat per block: a few per role are measured, the rest interpolated (anchor.py)
+    subset = ctx.prepared.outputs.causal_lm or ctx.prepared.outputs.embeddings
+    names = anchored_layers(ctx.names) if subset else None
+    kls = cached_anchor_kls(ctx, ctx.settings.anchor_samples, names, "mse" if form == "mse" else "kl")
     ratios = {n: anchor_ratio(kl, unscaled.omega[n][ANCHOR_BITS]) for n, kl in kls.items()}
+    ratios = spread_ratios(ctx.names, ratios) if subset else ratios
     quadratic = unscaled.scaled(ratios)
     quadratic.seconds += time.perf_counter() - started
     layers = []
     for name in ctx.names:
         layer = _layer_estimate(name, quadratic, unscaled)
-        layer.details |= {"anchor_kl": kls[name], "anchor_ratio": ratios[name]}
+        layer.details |= {"anchor_ratio": ratios[name]} | ({"anchor_kl": kls[name]} if name in kls else {})
         layers.append(layer)
     return Estimates(layers, quadratic.seconds, "measured", from_cache)

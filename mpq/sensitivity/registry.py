@@ -34,7 +34,9 @@ CHART_BITS = 4  # the width whose Omega the measured and quadratic metrics' tabl
 # applies to the model, loss and search (Metric.suits_default); the one place to change it. The order is that of
 # reports/objective.md: kl_anchored's plans come as close to a measured greedy search as kl_quadratic's, at 1/14
 # of its time (62 s against 888 s), and its Ω ranks random plans as their measured KL does (kl_quadratic's does not).
-DEFAULT_METRICS = ("kl_anchored", "gauss_newton", "hessian")
+# mse_anchored: the same for outputs that are no softmax's logits (embeddings, --loss mse), instead of per-layer
+# Hutchinson probing (issue 23).
+DEFAULT_METRICS = ("kl_anchored", "mse_anchored", "gauss_newton", "hessian")
 
 
 class Metric:
@@ -307,6 +309,24 @@ class KLAnchored(KLQuadratic):
         return measured[CHART_BITS], details["kl_quadratic_stderr"][str(CHART_BITS)] * details.get("anchor_ratio", 1.0)
 
 
+class MSEAnchored(KLAnchored):
+    """kl_anchored for outputs that are not a softmax's logits (embeddings, --loss mse): Omega_l(b) the linearized
+    mean squared change of the outputs, 1/n E[delta^T delta] (the quadratic estimator with M = 2I/n), scaled per layer
+    to the measured one-layer mean squared change at ANCHOR_BITS (mpq.sensitivity.anchor). Weights only."""
+
+    name, label, fixed_loss = "mse_anchored", f"anchored output MSE at W{CHART_BITS}", "mse"
+    estimator = "sampled quadratic form of the output MSE, scaled to a measured one-layer MSE"
+
+    def estimate(self, ctx):
+        from mpq.sensitivity.quadratic import anchored_estimates
+
+        return anchored_estimates(ctx, form="mse")
+
+    def suits_default(self, loss_name, loss_named, output_dims, embeddings, activations):
+        """Embeddings, or --loss mse: outputs whose distance is their squared change; weights only."""
+        return (embeddings or loss_name == "mse") and (not loss_named or loss_name == "mse") and not activations
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
@@ -318,6 +338,7 @@ METRICS: dict[str, Metric] = {
         OutputKL(),
         KLQuadratic(),
         KLAnchored(),
+        MSEAnchored(),
     )
 }
 

@@ -1,0 +1,170 @@
+"""Issue 23: memory bounded by the model and cost linear in it for the default metric. Layer changes made when
+needed give the numbers of a table of them; a language model's batches are cut by their logits' size; the FP32
+reference logits are cached as binary .npy; no bias-shift pass without biases; kl_anchored measures a few layers
+per role of a causal LM and interpolates the rest; two torchrun ranks give one process's Omega."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mpq
+from mpq.cache import Cache
+from mpq.inputs.data import Dataset
+from mpq.inputs.prepare import as_dataset, as_prepared
+from mpq.inputs.specs import load_data_spec, load_model_spec
+from mpq.quant.calibration import bias_shifts, weight_clip_ratios
+from mpq.quant.reference import fp32_reference
+from mpq.sensitivity.anchor import anchored_layers, role_and_depth, spread_ratios
+from mpq.sensitivity.kl_quadratic import LayerDeltas, _chunks, kl_quadratic_omegas, parameter_deltas
+from tests.helpers import USER_MODELS, mlp_data
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+class TokenLM(nn.Module):
+    """embedding -> linear -> tanh -> linear to the vocabulary, logits as [batch, vocab, positions]."""
+
+    def __init__(self, vocab: int = 11, dim: int = 6, bias: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Linear(dim, dim, bias=bias)
+        self.head = nn.Linear(dim, vocab, bias=bias)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.hidden(self.embed(ids)))).transpose(1, 2)
+
+
+def test_layer_changes_made_when_asked_give_the_numbers_of_a_table_of_them():
+    torch.manual_seed(0)
+    model, x = TokenLM().eval(), torch.randint(0, 11, (10, 5))
+    names, bits = ["hidden", "head"], (3, 6)
+    table = {n: parameter_deltas(model.get_submodule(n), bits, None, None) for n in names}
+    made = []
+
+    def of(name):
+        made.append(name)
+        return table[name]
+
+    whole = kl_quadratic_omegas(model, x, table, batch_size=4, draws=3, seed=2)
+    lazily = kl_quadratic_omegas(model, x, LayerDeltas(names, bits, of, keep_bytes=0), batch_size=4, draws=3, seed=2)
+    assert made == names * 3  # kept nothing: made again for each of the 3 batches, one layer at a time
+    for n in names:
+        for b in bits:
+            assert lazily.omega[n][b] == pytest.approx(whole.omega[n][b], rel=1e-12)
+            np.testing.assert_allclose(lazily.channel_omega[n][b], whole.channel_omega[n][b], rtol=1e-12)
+
+
+def test_a_batch_whose_logits_pass_the_limit_is_cut():
+    assert _chunks(10, 4, 1000) == [(0, 4), (4, 8), (8, 10)]  # small logits: the batches asked for
+    assert _chunks(5, 4, 50_000 * 128) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # a vocabulary × positions
+
+
+def test_reference_logits_are_cached_as_binary_npy_and_read_back_the_same(tmp_path):
+    torch.manual_seed(0)
+    data = as_dataset(torch.randint(0, 11, (6, 5)))
+    prepared = as_prepared(TokenLM().eval(), data)
+    cache = Cache(tmp_path)
+    first = fp32_reference(prepared, data, 4, cache)
+    arrays = list(tmp_path.glob("fp32-logits-*.npy"))
+    assert len(arrays) == 1 and arrays[0].stat().st_size < first.logits.numel() * 4 + 200
+    (entry,) = tmp_path.glob("fp32-*.json")
+    assert "logits" not in json.loads(entry.read_text())
+    again = fp32_reference(prepared, data, 4, cache)
+    assert torch.equal(again.logits, first.logits) and again.input_ranges == first.input_ranges
+    assert {f.kind for f in cache.files()} == {"fp32", "fp32-logits"}  # the cap counts the binary entry
+
+
+def test_no_bias_shift_pass_when_no_layer_has_a_bias():
+    model = TokenLM(bias=False).eval()
+    prepared = as_prepared(model, as_dataset(torch.randint(0, 11, (2, 5))))
+    ratios = weight_clip_ratios(prepared, "mse")
+    unusable = Dataset(x=torch.zeros(3, 2, 2, 2), y=None, description="images the model cannot read")
+    assert bias_shifts(prepared, unusable, ratios, "mse", 4) == {}  # a pass over these would raise
+
+
+def test_a_few_layers_per_role_are_anchored_and_the_rest_interpolated_in_depth():
+    names = [f"model.layers.{i}.mlp.{k}" for i in range(10) for k in ("up_proj", "down_proj")] + ["lm_head"]
+    assert role_and_depth("model.layers.12.self_attn.q_proj") == ("model.layers.#.self_attn.q_proj", 12)
+    chosen = anchored_layers(names)
+    assert chosen == [f"model.layers.{i}.mlp.{k}" for i in (0, 4, 9) for k in ("up_proj", "down_proj")] + ["lm_head"]
+    measured = {n: 1.0 for n in chosen} | {"model.layers.4.mlp.up_proj": 4.0, "model.layers.9.mlp.up_proj": 16.0}
+    ratios = spread_ratios(names, measured)
+    assert ratios["model.layers.2.mlp.up_proj"] == pytest.approx(2.0)  # halfway from 1 to 4, in log
+    assert ratios["model.layers.7.mlp.up_proj"] == pytest.approx(4.0 * 4.0 ** (3 / 5))
+    assert ratios["model.layers.5.mlp.down_proj"] == pytest.approx(1.0) and ratios["lm_head"] == 1.0
+
+
+def test_kl_anchored_on_a_causal_lm_measures_three_layers_per_role():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    data = {"input_ids": torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))}
+    s = mpq.analyze(LlamaForCausalLM(config).eval(), data, metric="kl_anchored", cache_dir=False, progress=False)
+    anchored = [n for n, layer in s.layers.items() if "anchor_kl" in layer.details]
+    assert len(s.layers) == 36 and len(anchored) == 7 * 3 + 1  # 7 roles in 3 of the 5 blocks, and the head
+    assert all(layer.details["anchor_ratio"] > 0 for layer in s.layers.values())
+
+
+def test_two_ranks_under_torchrun_give_the_default_metrics_omega_of_one_process(tmp_path):
+    data = mlp_data(tmp_path / "d.npz", n=40)
+    args = ["--model", f"{USER_MODELS}:mlp", "--data", str(data), "--batch-size", "6", "--anchor-samples", "16"]
+    command = [TORCHRUN, "--nproc-per-node", "2", "-m", "mpq.cli.main", "sensitivity", *args, "--json", "--quiet"]
+    command += ["--cache-dir", str(tmp_path / "cache")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)  # one JSON document: only rank 0 printed
+    one = mpq.analyze(
+        load_model_spec(f"{USER_MODELS}:mlp"),
+        load_data_spec(str(data)),
+        probes=mpq.ProbeSettings(batch_size=6, anchor_samples=16),
+        cache_dir=False,
+        progress=False,
+    )
+    assert result["metric"] == one.metric == "kl_anchored"
+    for name, layer in one.layers.items():
+        for b, value in layer.omega_table.items():
+            # float32 logits of other batch compositions: a relative 1e-6 in the anchors' KL
+            assert result["layers"][name]["omega"][str(b)] == pytest.approx(value, rel=1e-5)
+
+
+def test_report_gives_the_peak_memory_of_each_phase(tmp_path):
+    data = load_data_spec(str(mlp_data(tmp_path / "d.npz", n=40)))
+    model = load_model_spec(f"{USER_MODELS}:mlp")
+    report = mpq.search(model, data, budget="1KB", cache_dir=False, progress=False).report
+    peaks = report.to_json()["peak_memory_bytes"]
+    assert set(peaks["phases"]) == {"prepare", "sensitivity", "solve", "verify"}
+    assert all(0 < phase["ram"] <= peaks["ram"] for phase in peaks["phases"].values())
+
+
+def test_the_mse_form_is_the_mean_squared_output_change_of_a_linear_network():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5)).eval(), torch.randn(16, 6)
+    table = {n: parameter_deltas(model.get_submodule(n), (3,), None, None) for n in ("0", "1")}
+    found = kl_quadratic_omegas(model, x, table, batch_size=8, draws=600, seed=1, form="mse")
+    for name, deltas in table.items():
+        changed = {f"{name}.{k}": getattr(model.get_submodule(name), k) + v for k, v in deltas[3].items()}
+        with torch.no_grad():
+            exact = (torch.func.functional_call(model, changed, (x,)) - model(x)).pow(2).mean()
+        assert found.omega[name][3] == pytest.approx(float(exact), rel=0.1)
+
+
+def test_a_non_softmax_loss_defaults_to_mse_anchored_not_to_per_layer_probing():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5)).eval(), torch.randn(40, 6)
+    s = mpq.analyze(model, x, loss="mse", cache_dir=False, progress=False)
+    assert s.metric == "mse_anchored"
+    for layer in s.layers.values():  # a linear network: the measured MSE is the quadratic term itself
+        assert 0.5 < layer.details["anchor_ratio"] < 2.0
+        assert layer.omega_table[4] > layer.omega_table[8] > 0
