@@ -46,6 +46,7 @@ ALLOWED = {
     **{("ProbeSettings", n): {"huge"} for n in ("min_probes", "max_probes", "batch_size", "chunk_size")},
     ("ProbeSettings", "anchor_samples"): {"huge"},
     ("Quantizer", "bias_correction"): {"bool"},
+    ("Quantizer", "equalize"): {"bool"},
     ("Quantizer", "group_size"): {"None", "huge"},  # 2**70 is a power of two: one group per channel
     ("Budget", "limit"): {"huge", "fraction"},
     ("Budget", "text"): {"string number"},
