@@ -162,9 +162,9 @@ def test_plan_json_round_trips_the_new_fields_and_old_plans_still_load(tmp_path)
 
 
 def test_bad_rounding_settings_are_one_sentence_errors():
-    with pytest.raises(mpq.MpqError, match="choose one of nearest, adaround"):
+    with pytest.raises(mpq.MpqError, match="nearest, adaround"):
         Quantizer(rounding="stochastic")
-    with pytest.raises(mpq.MpqError, match="equalize must be true or false"):
+    with pytest.raises(mpq.MpqError, match="(?i)equalize.*true or false"):
         Quantizer(equalize="yes")
 
 
