@@ -66,7 +66,7 @@ def batch_kl(logits: torch.Tensor, fp32: torch.Tensor, positions: bool) -> torch
     log_q = F.log_softmax(logits.double(), dim=1)
     log_p = F.log_softmax(fp32.double(), dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
-    return kl if positions else kl.flatten(1).sum(dim=1)
+    return kl if positions else kl.reshape(len(kl), -1).sum(dim=1)
 
 
 def compare(model, data: Dataset, fp32_logits: torch.Tensor, batch_size: int, prepared) -> Comparison:
