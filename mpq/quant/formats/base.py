@@ -32,6 +32,7 @@ class WeightFormat:
     # False: mpq.verify.apply packs quantize()'s codes and scales; True: the format's packed_tensors(q) are stored
     # and its unpacked_weight(tensors, shape, bits) reads them back (a format with its own block layout)
     own_tensors: ClassVar[bool] = False
+    one_scheme_per_input: ClassVar[bool] = False  # True: layers that read one input take one width (mpq.solver.build)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
