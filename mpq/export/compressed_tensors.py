@@ -145,15 +145,15 @@ def checkpoint_tensors(model: nn.Module, plan: Plan, packed) -> dict[str, torch.
     return tensors
 
 
-def check_exportable(model: nn.Module, plan: Plan) -> None:
-    """MpqError unless every planned layer is a Linear layer compressed-tensors quantizes, with rows its groups fit."""
-    fmt = plan.weight_format
-    for name in plan.layers:
+def check_layers(model: nn.Module, names: list[str], fmt) -> None:
+    """MpqError unless every named layer is a Linear layer compressed-tensors quantizes, with rows `fmt`'s groups
+    fit."""
+    for name in names:
         module = model.get_submodule(name)
         if type(module) is not nn.Linear:
             raise MpqError(
-                f"compressed-tensors quantizes nn.Linear layers, and {name} is a {type(module).__name__}: export "
-                "this plan with --format packed"
+                f"compressed-tensors quantizes nn.Linear layers, and {name} is a {type(module).__name__}: search this "
+                "model with --target packed (or gguf)"
             )
         fmt.check_rows(name, module.weight[0].numel())
 
@@ -193,11 +193,11 @@ def export_compressed_tensors(model: nn.Module, plan: Plan, packed, out: Path) -
     """The folder `out` (module docstring); the safetensors file's bytes and the files written."""
     from mpq.files import write_json_atomic
 
-    check_exportable(model, plan)
+    check_layers(model, list(plan.layers), plan.weight_format)
     inner = transformers_model(model)
     out = Path(out)
     size = write_safetensors(out / WEIGHTS_FILE, checkpoint_tensors(model, plan, packed))
-    config = inner.config.to_dict() | {"quantization_config": quantization_config(model, plan)}
+    config = inner.config.to_dict() | {"quantization_config": quantization_config(model, plan), "dtype": "float32"}
     config.setdefault("architectures", [type(inner).__name__])
     config["architectures"] = config["architectures"] or [type(inner).__name__]
     write_json_atomic(out / "config.json", config)

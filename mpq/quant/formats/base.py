@@ -32,7 +32,6 @@ class WeightFormat:
     # False: mpq.verify.apply packs quantize()'s codes and scales; True: the format's packed_tensors(q) are stored
     # and its unpacked_weight(tensors, shape, bits) reads them back (a format with its own block layout)
     own_tensors: ClassVar[bool] = False
-    one_scheme_per_input: ClassVar[bool] = False  # True: layers that read one input take one width (mpq.solver.build)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -72,6 +71,10 @@ class WeightFormat:
         """||Q_b(W_c) - W_c||^2 for every output channel c."""
         diff = self.fake_quantize(weight, bits, clip_ratio) - weight.detach()
         return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
+
+    def fused_groups(self, layer_names: list[str]) -> list[list[str]]:
+        """Layers the runtime fuses into one, which must take one width (mpq.solver.build ties them): none here."""
+        return []
 
     def cache_fields(self) -> dict:
         """What a cache key holds of the format: nothing for per-channel `int` (keys as before formats existed)."""

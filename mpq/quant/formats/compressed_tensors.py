@@ -15,6 +15,7 @@ of g). The file holds, per layer, as compressed-tensors' PackedQuantizationCompr
 so a layer's bytes are 4·out·ceil(in·b/32) + 2·out·groups (+16 for weight_shape, the same at every width: the
 container's). s = r·max|w| / (2^(b-1) - 1) rounded to the scale type, q = clamp(round(w / s), -2^(b-1),
 2^(b-1) - 1); transformers' loader dequantizes q · s in the model's float type, as dequantize() does.
+vLLM loads q/k/v_proj as one layer and gate/up_proj as one: fused_groups gives them one width.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mpq.errors import MpqError
 from mpq.quant.formats.base import WeightFormat
 
 WORD_BITS = 32
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # vLLM's packed_modules_mapping
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,22 @@ class CompressedTensorsInt(WeightFormat):
     name = "compressed-tensors"
     widths = (2, 3, 4, 5, 6, 7, 8)
     own_tensors = True  # mpq.verify.apply stores `packed_tensors` and reads back `unpacked_weight`
-    one_scheme_per_input = True  # vLLM fuses the layers that read one input (q/k/v, gate/up): one scheme for all
     scale_dtype: ClassVar[str] = "bfloat16"
 
     def scheme(self, bits: int) -> str:
         """The scheme's name as plan.json's layers record it: "int4-g128-sym", "int8-channel-sym"."""
         return f"int{bits}-{'channel' if self.group_size is None else f'g{self.group_size}'}-sym"
+
+    def fused_groups(self, layer_names: list[str]) -> list[list[str]]:
+        """The layers vLLM loads as one (its packed_modules_mapping: q/k/v_proj as qkv_proj, gate/up_proj as
+        gate_up_proj), present in `layer_names`: one scheme each, or vLLM refuses the checkpoint."""
+        groups: dict[tuple[str, int], list[str]] = {}
+        for name in layer_names:
+            parent, _, leaf = name.rpartition(".")
+            for i, fused in enumerate(FUSED):
+                if leaf in fused:
+                    groups.setdefault((parent, i), []).append(name)
+        return [g for g in groups.values() if len(g) > 1]
 
     def check_rows(self, name: str, per_channel: int) -> None:
         """MpqError unless a layer of rows of `per_channel` weights can take this format's groups."""
