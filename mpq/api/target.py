@@ -84,7 +84,7 @@ def check_target_model(target: str, prepared: PreparedModel, metadata: "str | No
     elif target == "compressed-tensors":
         from mpq.export.compressed_tensors import check_layers
 
-        check_layers(prepared.folded, [layer.name for layer in prepared.graph.layers], fmt)
+        check_layers(prepared.original, [layer.name for layer in prepared.graph.layers], fmt)  # before Conv1D -> Linear
 
 
 def target_overhead(target: str, prepared: PreparedModel, metadata: "str | None"):

@@ -148,11 +148,13 @@ def checkpoint_tensors(model: nn.Module, plan: Plan, packed) -> dict[str, torch.
 def check_layers(model: nn.Module, names: list[str], fmt) -> None:
     """MpqError unless every named layer is a Linear layer compressed-tensors quantizes, with rows `fmt`'s groups
     fit."""
+    conv1d = getattr(transformers_model(model), "mpq_conv1d_layers", ())  # transformers' Conv1D, seen as Linear
     for name in names:
         module = model.get_submodule(name)
-        if type(module) is not nn.Linear:
+        if type(module) is not nn.Linear or name.removeprefix("inner.") in conv1d:
             raise MpqError(
-                f"compressed-tensors quantizes nn.Linear layers, and {name} is a {type(module).__name__}: search this "
+                f"compressed-tensors quantizes nn.Linear layers, and {name} is not one (a {type(module).__name__} or "
+                "transformers' Conv1D): search this "
                 "model with --target packed (or gguf)"
             )
         fmt.check_rows(name, module.weight[0].numel())

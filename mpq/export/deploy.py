@@ -134,8 +134,9 @@ def _check_format(plan: Plan, format: str) -> None:
 
 def _export_compressed_tensors(prepared, plan: Plan, packed, path: Path) -> ExportResult:
     """The save_pretrained folder `path` (mpq.export.compressed_tensors); its model.safetensors is the file."""
-    from mpq.export.compressed_tensors import WEIGHTS_FILE, export_compressed_tensors
+    from mpq.export.compressed_tensors import WEIGHTS_FILE, check_layers, export_compressed_tensors
 
+    check_layers(prepared.original, list(plan.layers), plan.weight_format)  # the user's layers, not folded copies
     size, written = export_compressed_tensors(prepared.folded, plan, packed, path)
     note = f"wrote {', '.join(written)}; the plan's size is {WEIGHTS_FILE}'s"
     return ExportResult("compressed-tensors", path / WEIGHTS_FILE, size, int(plan.predicted.size_bytes), (note,))
