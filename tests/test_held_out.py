@@ -40,7 +40,9 @@ def test_plan_is_calibrated_on_data_and_measured_on_eval_data(halves):
     logits = packed_logits(prepared, pack_plan(prepared, plan, fitted), evl, 25)
     fp32 = fp32_reference(prepared, evl, 25, mpq.cache.Cache(None)).logits
     expected_kl = float(
-        F.kl_div(F.log_softmax(logits, 1), F.log_softmax(fp32, 1), log_target=True, reduction="batchmean")
+        F.kl_div(
+            F.log_softmax(logits.double(), 1), F.log_softmax(fp32.double(), 1), log_target=True, reduction="batchmean"
+        )
     )
     assert report.plan.kl_to_fp32 == pytest.approx(expected_kl, rel=1e-6)
     assert report.fp32.top1 == pytest.approx(float((fp32.argmax(1) == held_out[1]).float().mean()))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from mpq.quant.formats import WeightFormat
 from mpq.api.options import search_configs
-from mpq.api.target import check_gguf_model, gguf_overhead, gguf_plan, target_search
+from mpq.api.target import check_target_model, target_overhead, target_plan, target_search
 from mpq.api.stages import AnalyzeOptions, Run, analyze_inputs, solve_sensitivity, verify_inputs
 from mpq.cache import open_cache
 from mpq.cost.budget import Budget, as_budgets
@@ -123,8 +123,9 @@ def search(  # noqa: PLR0913 - the public API's keywords (DESIGN.md)
     Fails before the Hessian work, with BudgetInfeasible, when a budget cannot be met at all.
     `device`: where every stage runs: "cpu", "cuda", "cuda:N", "auto" (cuda when a GPU is visible) or a
     torch.device; None: where the model's parameters are. The model is not moved: a copy is.
-    `target`: the file the budget counts (mpq.api.target): "packed" (mpq's own) or "gguf" (llama.cpp's; its
-    tokenizer metadata from the GGUF file `gguf_metadata` when given, else from the model folder's tokenizer).
+    `target`: the file the budget counts (mpq.api.target): "packed" (mpq's own), "gguf" (llama.cpp's; its
+    tokenizer metadata from the GGUF file `gguf_metadata` when given, else from the model folder's tokenizer) or
+    "compressed-tensors" (a save_pretrained folder for transformers and vLLM).
     """
     space, probes, solver = search_configs("search", space, probes, solver, legacy)
     quantizer, space = target_search(target, resolve_quantizer(quantizer), space)
@@ -169,8 +170,7 @@ class _Request:
 
     def check_reachable(self, inputs: Inputs, fmt: WeightFormat) -> None:
         """BudgetInfeasible when no plan can meet a budget; MpqError for a proxy check it cannot run."""
-        if self.target == "gguf":
-            check_gguf_model(inputs.prepared, self.gguf_metadata)
+        check_target_model(self.target, inputs.prepared, self.gguf_metadata, fmt)
         check_reachable(Layers.of_graph(inputs.prepared.graph, fmt), self.budgets, self.space, self.latency)
         if self.proxy_plans:
             check_proxy_request(self.proxy_plans, self.budgets, self.space.granularity)
@@ -181,11 +181,9 @@ def _solved_and_verified(inputs: Inputs, sensitivity: Sensitivity, request: _Req
     at the start, after preparing and after analyzing."""
     space, latency, batch_size, run = request.space, request.latency, request.eval_batch_size, request.run
     solve_within = lambda b: solve_sensitivity(sensitivity, b, space, request.solver, latency)  # noqa: E731
-    gguf = request.target == "gguf"
-    container = (lambda p: gguf_overhead(inputs.prepared, p, request.gguf_metadata)) if gguf else None  # noqa: E731
+    container = target_overhead(request.target, inputs.prepared, request.gguf_metadata)
     plan = leave_room_for_the_container(inputs.prepared, inputs.fit, request.budgets, solve_within, container)
-    if gguf:
-        plan = gguf_plan(inputs.prepared, plan, container(plan), request.gguf_metadata)
+    plan = target_plan(request.target, inputs.prepared, plan, container, request.gguf_metadata)
     times.append(time.perf_counter())
     request.peaks.close("solve")
     report = verify_inputs(

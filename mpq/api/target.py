@@ -4,11 +4,18 @@
     gguf    a GGUF file llama.cpp loads (mpq.export.gguf_model): the candidates are GGUF types
             (mpq.quant.formats.gguf; the quantizer's format "gguf" unless it names "gguf-legacy"), weight-only,
             one type per layer; plan.predicted.size_bytes is the file's exact size
+    compressed-tensors  a save_pretrained folder transformers and vLLM load (mpq.export.compressed_tensors): the
+            candidates are its symmetric int schemes (mpq.quant.formats.compressed_tensors; bfloat16 scales, or
+            float16 with the quantizer's format "compressed-tensors-fp16"), a scale per output channel or per
+            group of --group-size, weight-only, one scheme per layer and one for the layers that read one input
+            (q/k/v, gate/up); plan.predicted.size_bytes is its model.safetensors file's exact size
 
 A GGUF file's bytes beside the quantized weights (header, metadata with the tokenizer, tensor infos, float
 tensors, alignment) do not depend on the types chosen (a tensor info holds its type in 4 bytes, and the
 weights' padding is counted in the format's bytes), so they are one constant per model: the size budget is
-lowered by it before solving, and every measured size (the plan's and the baselines') adds it.
+lowered by it before solving, and every measured size (the plan's and the baselines') adds it. A
+compressed-tensors file's header holds each tensor's shape and offsets, whose digits change with the widths by a
+few bytes: its overhead is computed for the plan solved (and the baselines' sizes take the plan's).
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from mpq.quant.formats import weight_format
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.report import Report
 
-TARGETS = ("packed", "gguf")
+TARGETS = ("packed", "gguf", "compressed-tensors")
 GGUF_FORMATS = ("gguf", "gguf-legacy")
+CT_FORMATS = ("compressed-tensors", "compressed-tensors-fp16")
 
 
 def check_target(target: str) -> str:
@@ -39,6 +47,8 @@ def target_search(target: str, quantizer: Quantizer, space: SearchSpace) -> tupl
     space's widths when given: each must be one of the format's), float inputs, one type per layer."""
     if check_target(target) == "packed":
         return quantizer, space
+    if target == "compressed-tensors":
+        return _ct_search(quantizer, space)
     if quantizer.group_size is not None:
         raise MpqError("GGUF blocks hold their own scales: leave out --group-size with --target gguf")
     name = quantizer.weight_format if quantizer.weight_format in GGUF_FORMATS else "gguf"
@@ -51,6 +61,60 @@ def target_search(target: str, quantizer: Quantizer, space: SearchSpace) -> tupl
         types = ", ".join(f"{b} ({t})" for b, t in weight_format(name).types.items())
         raise MpqError(f"the {name} target has no {missing[0]}-bit type: choose --bits from {types}")
     return replace(quantizer, weight_format=name), replace(space, bits=tuple(bits), act_bits=(None,))
+
+
+def _ct_search(quantizer: Quantizer, space: SearchSpace) -> tuple[Quantizer, SearchSpace]:
+    name = quantizer.weight_format if quantizer.weight_format in CT_FORMATS else "compressed-tensors"
+    widths = weight_format(name).widths
+    if space.granularity != "layer":
+        raise MpqError(
+            "compressed-tensors gives a layer one scheme: leave out --granularity channel with "
+            "--target compressed-tensors"
+        )
+    missing = [b for b in space.bits if b not in widths]
+    if missing:
+        raise MpqError(f"compressed-tensors has no {missing[0]}-bit int scheme: choose --bits from 2 to 8")
+    return replace(quantizer, weight_format=name), replace(space, act_bits=(None,))
+
+
+def check_target_model(target: str, prepared: PreparedModel, metadata: "str | None", fmt) -> None:
+    """MpqError before the sensitivity work when the model cannot be written as the target's file."""
+    if target == "gguf":
+        check_gguf_model(prepared, metadata)
+    elif target == "compressed-tensors":
+        from mpq.export.compressed_tensors import check_layers
+
+        check_layers(prepared.original, [layer.name for layer in prepared.graph.layers], fmt)  # before Conv1D -> Linear
+
+
+def target_overhead(target: str, prepared: PreparedModel, metadata: "str | None"):
+    """plan -> the target file's bytes less plan.predicted.size_bytes (None for the packed target)."""
+    if target == "gguf":
+        return lambda plan: gguf_overhead(prepared, plan, metadata)
+    if target == "compressed-tensors":
+        from mpq.export.compressed_tensors import checkpoint_specs, file_size
+
+        return lambda plan: file_size(checkpoint_specs(prepared.folded, plan)) - int(plan.predicted.size_bytes)
+    return None
+
+
+def target_plan(target: str, prepared: PreparedModel, plan: Plan, overhead, metadata: "str | None") -> Plan:
+    """The plan as the target's file holds it (gguf_plan, ct_plan); the packed target's as it is."""
+    if target == "gguf":
+        return gguf_plan(prepared, plan, overhead(plan), metadata)
+    if target == "compressed-tensors":
+        return ct_plan(plan, overhead(plan))
+    return plan
+
+
+def ct_plan(plan: Plan, overhead: int) -> Plan:
+    """The plan as its compressed-tensors folder holds it: each layer's scheme ("format": "int4-g128-sym"), the
+    model.safetensors file's size as its predicted size."""
+    fmt = plan.weight_format
+    layers = {name: replace(lp, format=fmt.scheme(lp.weight_bits)) for name, lp in plan.layers.items()}
+    predicted = replace(plan.predicted, size_bytes=int(plan.predicted.size_bytes) + overhead)
+    settings = replace(plan.settings, container_reserve_bytes=overhead)
+    return replace(plan, layers=layers, predicted=predicted, settings=settings)
 
 
 def check_gguf_model(prepared: PreparedModel, metadata: "str | None") -> None:
@@ -88,6 +152,12 @@ def with_file_sizes(report: Report, overhead: int, plan: Plan, latency) -> Repor
     for m in measured:
         m.size_bytes += overhead
         m.fits_budget = within_budgets(m.costs, plan.budgets, latency is not None)
+    if plan.weight_format.name in CT_FORMATS:
+        report.notes.append(
+            f"sizes are the compressed-tensors folders' model.safetensors files': tensors plus {overhead:,} bytes "
+            "of header, weight shapes and float tensors (the plan's; a baseline's header may differ by a few bytes)"
+        )
+        return report
     report.notes.append(
         f"sizes are the GGUF files' (llama.cpp's bytes): tensors plus {overhead:,} bytes of header, metadata, "
         "float tensors and alignment"

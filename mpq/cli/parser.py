@@ -255,12 +255,14 @@ GGUF_METADATA_HELP = "a GGUF file of the same model whose tokenizer metadata (to
 def _target_options(search) -> None:
     group(search, BUDGET).add_argument(
         "--target",
-        choices=("packed", "gguf"),
+        choices=("packed", "gguf", "compressed-tensors"),
         default="packed",
         help=(
-            "the file the plan is made for and the budget counts: packed (mpq's own, default) or gguf (llama.cpp: "
+            "the file the plan is made for and the budget counts: packed (mpq's own, default), gguf (llama.cpp: "
             "candidates are GGUF types, 2: Q2_K 3: Q3_K 4: Q4_K 5: Q5_K 6: Q6_K 8: Q8_0, weight-only; the size "
-            "is the .gguf file's, written by `mpq export --format gguf`)"
+            "is the .gguf file's, written by `mpq export --format gguf`) or compressed-tensors (transformers, "
+            "vLLM: symmetric int 2-8 bits, bf16 scales per channel or per --group-size, weight-only, q/k/v and "
+            "gate/up one scheme; the size is model.safetensors', written by `mpq export --format compressed-tensors`)"
         ),
     )
     group(search, BUDGET).add_argument(
@@ -275,11 +277,12 @@ def _export_command(sub) -> None:
     export.add_argument("plan", help="plan.json written by `mpq search`")
     group(export, OUTPUT).add_argument(
         "--format",
-        choices=("packed", "onnx", "torchao", "gguf"),
+        choices=("packed", "onnx", "torchao", "gguf", "compressed-tensors"),
         default="packed",
         help=(
-            "packed (one file of bit-packed weights), onnx (QDQ), torchao (FqnToConfig JSON) or gguf (llama.cpp, "
-            "a plan searched with --target gguf); default packed"
+            "packed (one file of bit-packed weights), onnx (QDQ), torchao (FqnToConfig JSON), gguf (llama.cpp, "
+            "a plan searched with --target gguf) or compressed-tensors (a save_pretrained folder --out DIR, a plan "
+            "searched with --target compressed-tensors); default packed"
         ),
     )
     group(export, OUTPUT).add_argument(
@@ -287,7 +290,9 @@ def _export_command(sub) -> None:
         metavar="FILE.gguf",
         help=GGUF_METADATA_HELP + " (default: the plan's, else built from the hf: folder's tokenizer)",
     )
-    group(export, OUTPUT).add_argument("--out", required=True, help="the file to write")
+    group(export, OUTPUT).add_argument(
+        "--out", required=True, help="the file to write (compressed-tensors: the folder)"
+    )
     add_model_data(export)
     group(export, MODEL).add_argument(
         "--batch-size", type=positive, default=25, help="samples per calibration batch (default 25)"

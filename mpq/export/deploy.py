@@ -10,6 +10,8 @@ ratios, activation ranges observed on the FP32 model over the data, bias-correct
     torchao  mpq.export.torchao_config  the packed tensors as JSON, read into a torchao FqnToConfig
                                         (one config per layer)
     gguf     mpq.export.gguf_model   a GGUF file llama.cpp loads (a plan searched with --target gguf)
+    compressed-tensors  mpq.export.compressed_tensors  a save_pretrained folder transformers and vLLM load
+             (a plan searched with --target compressed-tensors)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mpq.plan.keywords import checks_keywords
 from mpq.quant.quantizer import Quantizer
 from mpq.verify.measure import packed_for
 
-FORMATS = ("packed", "onnx", "torchao", "gguf")
+FORMATS = ("packed", "onnx", "torchao", "gguf", "compressed-tensors")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def export_plan(  # noqa: PLR0913  (the public keywords of mpq.export_plan, docs
         )
     if format == "gguf":
         return _export_gguf(prepared, plan, packed, path, gguf_metadata)
+    if format == "compressed-tensors":
+        return _export_compressed_tensors(prepared, plan, packed, path)
     if format == "onnx":
         written = _export_onnx(prepared, packed, data, path)
         storage = ", ".join(f"{n} layers as {t}" for t, n in written.layers_by_storage.items())
@@ -117,13 +121,25 @@ def _export_onnx(prepared, packed, data, path: Path):
 def _check_format(plan: Plan, format: str) -> None:
     if format not in FORMATS:
         raise MpqError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
-    gguf = plan.weight_format.own_tensors
-    if gguf and format not in ("gguf", "packed"):
+    own = plan.weight_format.own_tensors
+    target = "compressed-tensors" if plan.weight_format.name.startswith("compressed-tensors") else "gguf"
+    if own and format not in (target, "packed"):
         raise MpqError(
-            f"this plan's weights are GGUF blocks (--target gguf): export it with --format gguf, not {format}"
+            f"this plan's weights are in {target}'s layout (--target {target}): export it with --format {target}, "
+            f"not {format}"
         )
-    if format == "gguf" and not gguf:
-        raise MpqError("--format gguf writes plans searched for GGUF: search with --target gguf, then export")
+    if format in ("gguf", "compressed-tensors") and not (own and target == format):
+        raise MpqError(f"--format {format} writes plans searched for it: search with --target {format}, then export")
+
+
+def _export_compressed_tensors(prepared, plan: Plan, packed, path: Path) -> ExportResult:
+    """The save_pretrained folder `path` (mpq.export.compressed_tensors); its model.safetensors is the file."""
+    from mpq.export.compressed_tensors import WEIGHTS_FILE, check_layers, export_compressed_tensors
+
+    check_layers(prepared.original, list(plan.layers), plan.weight_format)  # the user's layers, not folded copies
+    size, written = export_compressed_tensors(prepared.folded, plan, packed, path)
+    note = f"wrote {', '.join(written)}; the plan's size is {WEIGHTS_FILE}'s"
+    return ExportResult("compressed-tensors", path / WEIGHTS_FILE, size, int(plan.predicted.size_bytes), (note,))
 
 
 def _export_gguf(prepared, plan: Plan, packed, path: Path, gguf_metadata) -> ExportResult:

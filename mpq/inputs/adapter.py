@@ -268,6 +268,7 @@ def for_mpq(model: nn.Module, in_place: bool = False) -> nn.Module:
     for name in convs:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, as_linear(model.get_submodule(name)))
+    model.mpq_conv1d_layers = tuple(convs)  # what the model's own files hold as Conv1D (mpq.export.compressed_tensors)
     return model
 
 

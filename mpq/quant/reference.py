@@ -49,15 +49,21 @@ def task_top1(
 
 
 def perplexity(logits: torch.Tensor, data: Dataset) -> float:
-    """exp of the mean next-token cross-entropy: position t's logits (classes along dimension 1, as
-    mpq.inputs.adapter gives them) against token t + 1, over the positions the attention mask keeps."""
-    names = data.input_names or ("input_ids",)
-    ids = data.x[:, names.index("input_ids")] if data.input_names else data.x
+    """exp of the mean next-token cross-entropy (next_token_nll) over the data."""
+    nll = next_token_nll(logits, data.x, data.input_names)
+    return float(torch.exp(nll.sum() / max(len(nll), 1)))
+
+
+def next_token_nll(logits: torch.Tensor, x: torch.Tensor, input_names: tuple[str, ...] | None) -> torch.Tensor:
+    """The next-token cross-entropy of every predicted token of inputs `x` (float64): position t's logits (classes
+    along dimension 1, as mpq.inputs.adapter gives them) against token t + 1, at the positions the attention mask
+    keeps."""
+    names = input_names or ("input_ids",)
+    ids = x[:, names.index("input_ids")] if input_names else x
     nll = torch.nn.functional.cross_entropy(logits[:, :, :-1].double(), ids[:, 1:], reduction="none")
     if "attention_mask" in names:
-        keep = data.x[:, names.index("attention_mask")][:, 1:].to(nll.dtype)
-        return float(torch.exp((nll * keep).sum() / keep.sum().clamp_min(1)))
-    return float(torch.exp(nll.mean()))
+        return nll[x[:, names.index("attention_mask")][:, 1:].bool()]
+    return nll.flatten()
 
 
 def lm_perplexity(prepared: PreparedModel, logits: torch.Tensor, data: Dataset) -> float | None:

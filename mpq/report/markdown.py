@@ -14,6 +14,7 @@ from mpq.report.summary import summary
 from mpq.report.tables import comparison_table, latency_line, layer_table, sqnr_table
 from mpq.sensitivity import Sensitivity
 from mpq.sensitivity.registry import metric_of
+from mpq.verify.measure import NEAR_BUDGET
 from mpq.verify.report import Report
 
 
@@ -77,6 +78,8 @@ def _search_section(sensitivity: Sensitivity, plan: Plan, report: Report) -> lis
             "baselines and the exports)."
         ),
         "",
+        f"Weight format: {report.quantizer.format.describe()}; measured size {report.plan.size_bytes:,} bytes.",
+        "",
         f"Predicted size {format_bytes(plan.predicted['size_bytes'])}, measured from the exported tensors "
         f"{format_bytes(report.plan.size_bytes)}; {report.plan.bops / 1e9:.2f} GBOPs; total Ω "
         f"{plan.predicted['omega']:.4g}"
@@ -97,8 +100,8 @@ def _comparison_section(sensitivity: Sensitivity, report: Report) -> list[str]:
         "",
         comparison_table(report),
         "",
-        f"Evaluated on {report.plan.n_eval} inputs. Baselines: uniform W8 and every candidate uniform width "
-        "that fits the budget, "
+        f"Evaluated on {report.plan.n_eval} inputs{_tokens(report)}. Baselines: uniform W8 and every candidate "
+        f"uniform width that fits the budget or misses it by at most {NEAR_BUDGET:.0%} (fits budget: no), "
         "with the same activation settings.",
         "",
         (
@@ -110,6 +113,16 @@ def _comparison_section(sensitivity: Sensitivity, report: Report) -> list[str]:
         "![layers](layers.png)",
         "",
     ]
+
+
+def _tokens(report: Report) -> str:
+    """How per-token statistics were counted (language models), or nothing."""
+    if report.plan.n_tokens is None:
+        return ""
+    return (
+        f" ({report.plan.n_tokens:,} tokens; KL(FP32‖q) per token, its mean and 99th and 99.9th percentiles, and "
+        "the share of tokens whose most likely next token is FP32's, as llama.cpp's --kl-divergence reports them)"
+    )
 
 
 def _plot_sections(report: Report, plots: tuple[str, ...]) -> list[str]:

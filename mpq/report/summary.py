@@ -3,11 +3,14 @@ uniform plan that fits the same budget, and what to try next."""
 
 from __future__ import annotations
 
-from mpq.cost.budget import format_bytes
+from dataclasses import replace
+
+from mpq.cost.budget import format_bytes, within_budgets
 from mpq.plan import Plan
 from mpq.report.text import pct
 from mpq.sensitivity.registry import metric_of
 from mpq.sensitivity.result import Sensitivity
+from mpq.verify.measure import NEAR_BUDGET
 from mpq.verify.report import Measurement, Report
 
 ACT_CAP = 0.5  # uniform W8 (same activations) with at least this share of the plan's KL: activations cap the result
@@ -26,10 +29,31 @@ def _measured(report: Report, m: Measurement) -> str:
     ppl = f", perplexity {m.perplexity:.4g}" if m.perplexity is not None else ""
     if report.outputs.embeddings:
         return f"{format_bytes(m.size_bytes)}, cosine to FP32 {m.cosine_to_fp32:.5f}{top1}"
+    if m.n_tokens is not None:
+        return (
+            f"{format_bytes(m.size_bytes)}, KL(FP32‖q) per token mean {m.kl_to_fp32:.4g}, p99 {m.kl_to_fp32_p99:.4g}, "
+            f"p99.9 {m.kl_to_fp32_p999:.4g}, same top token {pct(m.fp32_agreement)}{top1}{ppl}"
+        )
     return (
         f"{format_bytes(m.size_bytes)}, KL(FP32‖q) {m.kl_to_fp32:.4g}, agreement with FP32 "
         f"{pct(m.fp32_agreement)}{top1}{ppl}"
     )
+
+
+def _near_budget(report: Report, plan: Plan) -> list[str]:
+    """A line per uniform baseline that misses the budgets by at most NEAR_BUDGET, with whether the plan beats it."""
+    near = [replace(b, limit=b.limit * (1 + NEAR_BUDGET)) for b in plan.budgets]
+    over = [m for m in report.baselines if not m.fits_budget and near and within_budgets(m.costs, near, False)]
+    ours = report.distance(report.plan)
+    return [
+        f"- Slightly over the budget (up to {NEAR_BUDGET:.0%}, does not fit): {m.name}, {_measured(report, m)}; "
+        + (
+            "the plan is closer to FP32"
+            if ours < report.distance(m)
+            else "it is as close to FP32 as the plan or closer"
+        )
+        for m in over
+    ]
 
 
 def _verdict(report: Report, uniform: Measurement | None) -> str:
@@ -145,6 +169,7 @@ def summary(sensitivity: Sensitivity, plan: Plan, report: Report, command: str |
         f"- Best uniform plan that fits: {uniform.name}, {_measured(report, uniform)}"
         if uniform
         else "- Best uniform plan that fits: none fits the budget",
+        *_near_budget(report, plan),
         f"- Result: {_verdict(report, uniform)}",
         "",
         "What to try next:",

@@ -82,23 +82,39 @@ def weight_bits_text(lp: LayerPlan) -> str:
     return str(lp.weight_bits) if low == lp.weight_bits else f"{low}-{lp.weight_bits} ({lp.mean_weight_bits():.2f})"
 
 
+def _distance_columns(report: Report) -> tuple[list[str], list[str]]:
+    """The columns of how far a model is from FP32, and FP32's own cells: for per-token logits (language models)
+    KL per token as llama.cpp reports it (mean, 99th and 99.9th percentile) and the same top token share; for other
+    logits agreement and KL; none for embeddings."""
+    if report.outputs.embeddings:
+        return [], []
+    if report.plan.n_tokens is not None:
+        return ["same top token", "KL mean", "KL p99", "KL p99.9"], ["100.0%", "0", "0", "0"]
+    return ["agreement with FP32", "KL(FP32‖q)"], ["100.0%", "0"]
+
+
+def _distance_cells(report: Report, m: Measurement) -> list[str]:
+    if report.outputs.embeddings:
+        return []
+    if report.plan.n_tokens is not None:
+        kls = (m.kl_to_fp32, m.kl_to_fp32_p99, m.kl_to_fp32_p999)
+        return [pct(m.fp32_agreement), *("-" if v is None else f"{v:.4f}" for v in kls)]
+    return [pct(m.fp32_agreement), f"{m.kl_to_fp32:.4f}"]
+
+
 def comparison_table(report: Report) -> str:
-    """Markdown table of the plan, FP32 and the baselines: agreement and KL for logits (not for embeddings, where
-    they mean nothing), cosine, a causal LM's perplexity, and with a latency model the predicted latencies."""
+    """Markdown table of the plan, FP32 and the baselines: agreement and KL for logits (per token for language
+    models: mpq.verify.tokens), not for embeddings (where they mean nothing), cosine, a causal LM's perplexity, and
+    with a latency model the predicted latencies."""
     logits = not report.outputs.embeddings
     ppl = report.fp32.perplexity is not None
     latency = bool(report.latency_model)
-    columns = (
-        ["model", "size", "fits budget", "top-1" if logits else "top-1 (nearest FP32 class centroid)"]
-        + (["agreement with FP32", "KL(FP32‖q)"] if logits else [])
-        + ["cosine to FP32"]
-    )
+    distance, fp32_distance = _distance_columns(report)
+    columns = ["model", "size", "fits budget", "top-1" if logits else "top-1 (nearest FP32 class centroid)"]
+    columns += distance + ["cosine to FP32"]
     columns += (["perplexity"] if ppl else []) + ["bits per weight"] + (["predicted latency"] if latency else [])
-    fp32 = (
-        ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)]
-        + (["100.0%", "0"] if logits else [])
-        + ["1"]
-    )
+    fp32 = ["FP32 (BatchNorm folded)", format_bytes(report.fp32.size_bytes), "-", pct(report.fp32.top1)]
+    fp32 += fp32_distance + ["1"]
     fp32 += ([f"{report.fp32.perplexity:.3f}"] if ppl else []) + ["32"] + (["-"] if latency else [])
     lines = [
         "| " + " | ".join(columns) + " |",
@@ -110,7 +126,7 @@ def comparison_table(report: Report) -> str:
         rows.append(replace(report.weight_only, name=f"{report.weight_only.name} (float activations, for reference)"))
     for m in rows:
         cells = [m.name, format_bytes(m.size_bytes), "yes" if m.fits_budget else "no", pct(m.top1)]
-        cells += [pct(m.fp32_agreement), f"{m.kl_to_fp32:.4f}"] if logits else []
+        cells += _distance_cells(report, m)
         cells += ["-" if m.cosine_to_fp32 is None else f"{m.cosine_to_fp32:.5f}"]
         cells += ["-" if m.perplexity is None else f"{m.perplexity:.3f}"] if ppl else []
         cells += ["-" if m.bits_per_weight is None else f"{m.bits_per_weight:.4f}"]

@@ -70,7 +70,7 @@ def build_problem(
     """Every (weight width, activation width) pair for every layer; a kept layer gets its kept width;
     an embedding (quantized on request) has no activation quantizer. With a latency model (mpq.cost.latency),
     only the pairs it has a latency for, and latency_s costs. Sizes and bits per weight are the bytes of the weight
-    format `over.fmt` (mpq.quant.formats)."""
+    format `over.fmt` (mpq.quant.formats); the layers its runtime fuses take one width (fmt.fused_groups)."""
     layers, fmt, keep = over.layers, over.fmt, keep or {}
     check_latency_budgets(budgets, latency)
     acts = act_widths(act_bits)
@@ -92,5 +92,6 @@ def build_problem(
         | ({CostKind.LATENCY_S: 0.0} if latency is not None else {}),
         budgets=budgets,
         act_tie_groups=[list(g) for g in over.act_tie_groups] if len(acts) > 1 else [],
+        tie_groups=fmt.fused_groups([layer.name for layer in layers]),
         keep=dict(keep),
     )

@@ -29,6 +29,9 @@ class Measurement:
     latency_s: float | None = None  # predicted by the plan's latency model (mpq.cost.latency), not measured
     perplexity: float | None = None  # a causal LM's next-token perplexity on the evaluation data
     bits_per_weight: float | None = None  # of the packed tensors: code and scale bits over the quantized weights
+    kl_to_fp32_p99: float | None = None  # percentiles of KL(FP32 ‖ q) over the tokens (samples) kl_to_fp32 averages
+    kl_to_fp32_p999: float | None = None
+    n_tokens: int | None = None  # tokens compared, for per-token logits (fp32_agreement: share of them, same top)
 
     @property
     def costs(self) -> Costs:
@@ -41,8 +44,24 @@ class Measurement:
             costs[CostKind.BITS_PER_WEIGHT] = self.bits_per_weight
         return costs
 
+    @property
+    def same_top_pct(self) -> float | None:
+        """Per-token logits: the percentage of tokens whose top prediction is FP32's (llama.cpp's "same top")."""
+        return None if self.n_tokens is None else 100.0 * self.fp32_agreement
+
+    def token_metrics(self) -> dict:
+        """What LLM users read (llama.cpp's --kl-divergence): KL per token, mean and percentiles, same top %."""
+        if self.n_tokens is None:
+            return {}
+        return {
+            "kl_to_fp32_p99": self.kl_to_fp32_p99,
+            "kl_to_fp32_p999": self.kl_to_fp32_p999,
+            "same_top_pct": self.same_top_pct,
+            "n_tokens": self.n_tokens,
+        }
+
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return dict(self.__dict__) | self.token_metrics()
 
 
 def process_peak_memory() -> dict[str, int]:
@@ -111,6 +130,7 @@ class Report:
                     "kl_to_fp32": self.plan.kl_to_fp32,
                     "cosine_to_fp32": self.plan.cosine_to_fp32,
                     "n_eval": self.plan.n_eval,
+                    **self.plan.token_metrics(),
                     **({"perplexity": self.plan.perplexity} if self.plan.perplexity is not None else {}),
                 },
                 "fp32": {"size_bytes": self.fp32.size_bytes, "top1": self.fp32.top1}

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from mpq.quant.formats.base import DEFAULT_FORMAT, FORMATS, QuantizedTensor, WeightFormat, weight_format
 from mpq.quant.formats.gguf import GGUFLegacyTypes, GGUFTypes
+from mpq.quant.formats.compressed_tensors import CompressedTensorsInt, CompressedTensorsIntFp16
 from mpq.quant.formats.symmetric_int import SymmetricInt
 
 PER_CHANNEL_INT = SymmetricInt()  # the format of a plan without a group size
 
 __all__ = ["DEFAULT_FORMAT", "FORMATS", "PER_CHANNEL_INT", "QuantizedTensor", "SymmetricInt", "WeightFormat"]
-__all__ += ["GGUFLegacyTypes", "GGUFTypes", "weight_format"]
+__all__ += ["CompressedTensorsInt", "CompressedTensorsIntFp16", "GGUFLegacyTypes", "GGUFTypes", "weight_format"]

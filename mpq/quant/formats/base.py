@@ -72,6 +72,10 @@ class WeightFormat:
         diff = self.fake_quantize(weight, bits, clip_ratio) - weight.detach()
         return diff.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
 
+    def fused_groups(self, layer_names: list[str]) -> list[list[str]]:
+        """Layers the runtime fuses into one, which must take one width (mpq.solver.build ties them): none here."""
+        return []
+
     def cache_fields(self) -> dict:
         """What a cache key holds of the format: nothing for per-channel `int` (keys as before formats existed)."""
         fields = {"group_size": self.group_size} if self.group_size else {}
