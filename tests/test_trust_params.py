@@ -53,7 +53,7 @@ ALLOWED = {
     ("Plan", "budgets"): {"empty list"},
     ("Plan", "settings"): {"None"},
     ("Plan", "recipe"): {"None"},
-    ("keywords", "baseline_bits"): {"None"},
+    ("keywords", "baseline_bits"): {"None", "empty list"},  # no baselines beyond uniform W8
     ("keywords", "cache_dir"): {"None", "string number"},
     ("keywords", "path"): {"string number"},
     ("keywords", "progress"): {"None", "bool"},

@@ -11,8 +11,15 @@ from mpq.params import Custom, FilePath, Flag, Is, Real, Text, Whole, take
 from mpq.plan.settings import weight_widths
 
 _CACHE = [None, Is(False), FilePath()]
+
+
+def _baseline_widths(bits) -> tuple[int, ...]:
+    """Extra uniform baselines: widths from 2 to 8, or none at all (uniform W8 is always measured)."""
+    return () if isinstance(bits, (tuple, list)) and not bits else weight_widths(bits)
+
+
 KEYWORD_CONSTRAINTS = {
-    "baseline_bits": [None, Custom(weight_widths, "a tuple of widths from 2 to 8, e.g. (4, 8)")],
+    "baseline_bits": [None, Custom(_baseline_widths, "a tuple of widths from 2 to 8, e.g. (4, 8), or ()")],
     "batch_size": Whole(1, phrase="a whole number of samples, 1 or more"),
     "eval_batch_size": Whole(1, phrase="a whole number of samples, 1 or more"),
     "eval_split": Real(0, 1, closed="left", phrase="a fraction from 0 (measure in-sample) up to, not including, 1"),
