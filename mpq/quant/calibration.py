@@ -194,8 +194,11 @@ class Calibration:
         """The layer's weight quantized with output channel c at width widths[c] (with AdaRound, the learned codes of
         the model's layer `name`: channel c's depend on its own weights only, so mixed widths pick per channel)."""
         q = self.quantizer.format.quantize(weight, widths, self.clip_ratio(name, widths))
+        learned = self._learned(name, widths)
+        if not learned:  # formats with their own block layout (GGUF) have no integer codes to replace
+            return q
         at = torch.tensor(widths, device=q.codes.device)
-        for b in self._learned(name, widths):
+        for b in learned:
             q.codes[at == b] = self.rounding.codes(name, b, self.clip_ratios[name][b]).to(q.codes.device)[at == b]
         return q
 
