@@ -3,11 +3,10 @@
 The plan is first exported to packed tensors (mpq.verify.apply); the evaluated model is rebuilt from those tensors,
 and the measured size is the byte count of those same tensors. The quantizer (the plan's, mpq.quant.quantizer) is
 fitted on the FP32 model over the data (mpq.quant.calibration): activation ranges from each layer's observed inputs,
-weight clip ratios, and bias correction when it is on.
-Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32, and
-KL(FP32 || quantized) of the softmax outputs, averaged over views (over tokens for per-token logits, with its
-99th and 99.9th percentiles: mpq.verify.tokens); and the plan's per-layer SQNR
-(mpq.verify.sqnr) on the first SQNR_SAMPLES inputs.
+weight clip ratios, and bias correction when it is on. Metrics over the evaluation views: top-1 (with labels), top-1
+agreement with FP32, and KL(FP32 || quantized) of the softmax outputs, averaged over views (over tokens for per-token
+logits, with its 99th and 99.9th percentiles: mpq.verify.tokens); and the plan's per-layer SQNR (mpq.verify.sqnr) on
+the first SQNR_SAMPLES inputs.
 """
 
 from __future__ import annotations
