@@ -99,7 +99,7 @@ def search(folder: Path, out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     rss = int(re.findall(r"maxrss_kb=(\d+)", run.stderr)[-1]) * 1024
     layers = len(json.loads((out / "plan.json").read_text())["layers"])
-    peaks, kl = report["peak_memory_bytes"], report["plan"]["kl_to_fp32"]
+    peaks, kl = report["peak_memory_bytes"], (report.get("plan") or report["metrics"])["kl_to_fp32"]
     return {"wall_s": wall, "timings_s": report["timings_s"], "peaks": peaks, "rss": rss, "kl": kl, "layers": layers}
 
 
