@@ -12,6 +12,7 @@ cross-entropy, batches of the search's --batch-size, the model loaded as mpq loa
 the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
 
 Run:  python reports/bench_scale.py [--shapes gpt2,smollm2-135m,smollm2-360m,tinyllama-1.1b] [--samples 8]
+(`--shapes llama-smoke`: a 4-block LLaMA of 4M parameters, to try the script.)
 Writes the section between the markers of reports/scale.md. Time no benchmark while other work runs on the
 machine, or say that it did.
 """
@@ -31,6 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SHAPES = {  # name: (architecture, config)
+    "llama-smoke": ("llama", dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=2048, max_position_embeddings=256)),
     "gpt2": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
     "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
@@ -96,7 +99,7 @@ def search(folder: Path, out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     rss = int(re.findall(r"maxrss_kb=(\d+)", run.stderr)[-1]) * 1024
     layers = len(json.loads((out / "plan.json").read_text())["layers"])
-    peaks, kl = report["peak_memory_bytes"], report["plan"]["kl_to_fp32"]
+    peaks, kl = report["peak_memory_bytes"], (report.get("plan") or report["metrics"])["kl_to_fp32"]
     return {"wall_s": wall, "timings_s": report["timings_s"], "peaks": peaks, "rss": rss, "kl": kl, "layers": layers}
 
 
@@ -156,7 +159,7 @@ def write(rows: list[dict], args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default=",".join(s for s in SHAPES if s != "llama-smoke"))
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--work", default=None, help="folder for the saved models (default: a temporary one)")
     parser.add_argument("--step", help=argparse.SUPPRESS)

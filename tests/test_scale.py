@@ -168,3 +168,20 @@ def test_a_non_softmax_loss_defaults_to_mse_anchored_not_to_per_layer_probing():
     for layer in s.layers.values():  # a linear network: the measured MSE is the quadratic term itself
         assert 0.5 < layer.details["anchor_ratio"] < 2.0
         assert layer.omega_table[4] > layer.omega_table[8] > 0
+
+
+def test_an_hf_model_mpq_loaded_is_prepared_in_place_and_searched(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mpq.inputs.huggingface import load_pretrained
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=16)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    data = {"input_ids": torch.randint(0, 64, (12, 8), generator=torch.Generator().manual_seed(1))}
+    loaded = load_pretrained(tmp_path / "gpt2")
+    prepared = as_prepared(loaded, as_dataset(data))
+    assert prepared.folded.inner is loaded.inner  # one copy of the weights: GPT-2's Conv1D made nn.Linear in place
+    assert isinstance(loaded.inner.transformer.h[0].attn.c_attn, nn.Linear)
+    result = mpq.search(loaded, data, "6bpw", cache_dir=False, progress=False)
+    assert result.sensitivity.metric == "kl_anchored" and result.report.plan.fits_budget
