@@ -123,7 +123,7 @@ def test_channel_traces_of_a_linear_network_match_exact_blocks(mlp_xy, probing):
 
 def test_default_tolerance_leaves_every_standard_error_under_ten_percent(mlp_xy):
     sens = mpq.analyze(
-        mlp(), mlp_xy, loss="mse", max_probes=1000, cache_dir=False, progress=False
+        mlp(), mlp_xy, loss="mse", metric="hessian", max_probes=1000, cache_dir=False, progress=False
     )  # tol 0.05, batches of 8
     assert sens.stop_reason == "tolerance"
     for s in sens.layers.values():
