@@ -42,31 +42,33 @@ def default_mode() -> int:
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"))
 
 
-def check_replaceable(path: "str | Path") -> None:
-    """MpqError unless `path` is missing or a regular file (a link to one counts): the rename that ends an
-    atomic write would otherwise replace a device such as /dev/null, a FIFO or a socket with a plain file."""
+def _special_kind(path: "str | Path", cannot: str, then: str) -> str | None:
+    """What `path` is when it exists and is not a regular file (a link to one counts), else None; an error reading it
+    is one MpqError: `cannot` (the cause): `then`."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
-        raise MpqError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): choose another path") from None
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+        raise MpqError(f"{cannot} ({exc.strerror or type(exc).__name__}): {then}") from None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def check_replaceable(path: "str | Path") -> None:
+    """MpqError unless `path` is missing or a regular file: the rename that ends an atomic write would otherwise
+    replace a device such as /dev/null, a FIFO or a socket with a plain file."""
+    kind = _special_kind(path, f"cannot write {path}", "choose another path")
+    if kind:
         raise MpqError(f"{path} is {kind}, not a regular file, and mpq never replaces one: give the path of a file")
 
 
 def check_readable_file(path: "str | Path", what: str) -> None:
     """MpqError when `path` exists but is not a regular file: reading a FIFO or a device waits forever
     or never ends (a missing path is left to the reader, which says so in its own words)."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise MpqError(f"cannot read {what} {path} ({exc.strerror or type(exc).__name__}): check the path") from None
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    kind = _special_kind(path, f"cannot read {what} {path}", "check the path")
+    if kind:
         raise MpqError(f"{what} {path} is {kind}, not a regular file: give the path of a file")
 
 
