@@ -81,7 +81,8 @@ def main() -> None:
     print(f"budgets: {', '.join(b.text for b in plan.budgets)}")
     for name, layer in plan.layers.items():
         print(
-            f"  {name:>4}: W{layer.weight_bits}A{layer.act_bits}  (Tr(H) = {sensitivity.layers[name].hessian_trace:.3g})"
+            f"  {name:>4}: W{layer.weight_bits}A{layer.act_bits}  "
+            f"(Omega = {sensitivity.layers[name].omega(layer.weight_bits):.3g})"
         )
     print(
         f"plan: {format_bytes(report.plan.size_bytes)}, {report.plan.bops / 1e9:.3f} GBOPs, "

@@ -98,7 +98,7 @@ def main() -> None:
     print(f"sensitivity loss: {result.sensitivity.loss}; {len(result.plan.layers)} Linear layers quantized")
     for name, layer in result.plan.layers.items():
         s = result.sensitivity.layers[name]
-        print(f"  {name:<18} W{layer.weight_bits}  Tr(H) = {s.hessian_trace:.3g} ± {s.hessian_trace_stderr:.2g}")
+        print(f"  {name:<18} W{layer.weight_bits}  Omega = {s.omega(layer.weight_bits):.3g}")
     report = result.report
     print(
         f"plan: {report.plan.size_bytes:,} B, {report.plan.bops / 1e6:.1f} MBOPs, cosine similarity to FP32 embeddings {report.plan.cosine_to_fp32:.5f}"

@@ -59,7 +59,7 @@ def test_custom_loss_from_spec_equals_the_same_function_and_mse_scaled():
     """output_norm_loss = 0.5 * out * mse, so its Hessian traces are out/2 = 2 times those of mse."""
     model = mlp()
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
-    options = dict(max_probes=4, min_probes=2, cache_dir=False, progress=False)
+    options = dict(max_probes=4, min_probes=2, cache_dir=False, progress=False, metric="hessian")
     by_spec = mpq.analyze(model, x, loss=f"{USER_MODELS}:output_norm_loss", **options)
     by_function = mpq.analyze(model, x, loss=output_norm_loss, **options)
     mse = mpq.analyze(model, x, loss="mse", **options)
