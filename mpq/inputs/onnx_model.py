@@ -174,7 +174,7 @@ def _as_initializers(proto):
 
 def _declared_inputs(proto) -> dict[str, tuple]:
     """{graph input name: its dims, each an int (fixed) or a str (a named or unnamed dynamic axis)}; initializers
-    listed as inputs (older exporters) are not inputs."""
+    listed as inputs (older exporters) are not inputs. A dim_value of -1 or 0 (paddle2onnx writes -1) is dynamic."""
     inits = {t.name for t in proto.graph.initializer}
     declared = {}
     for value in proto.graph.input:
@@ -184,7 +184,7 @@ def _declared_inputs(proto) -> dict[str, tuple]:
         declared[value.name] = (
             None
             if dims is None
-            else tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+            else tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in dims)
         )
     return declared
 
