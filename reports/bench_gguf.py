@@ -92,9 +92,14 @@ def prepare(work: Path, tools: Path, args) -> None:
         import torch
         import transformers
 
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(
             source.parent, gguf_file=source.name, dtype=torch.float32
         )
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # transformers will not save a model it marks GGUF-loaded
+            del config.quantization_config
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         model.save_pretrained(work / "hf")
         tokenizer.save_pretrained(work / "hf")

@@ -58,8 +58,23 @@ class AnalysisContext:
         args = (self.clip_ratios, q.weight_clip, REFERENCE_BATCH, self.cache, q.format)
         return bias_shifts(self.prepared, self.data, *args)
 
+    @functools.cached_property
+    def _quantized(self) -> dict:
+        """{(layer, bits): its weight quantized in the format's compact form}, for a `slow` format only."""
+        return {}
+
     def deltas(self, name: str, bits: tuple[int, ...]) -> dict[int, dict[str, torch.Tensor]]:
         """The quantizer's change of layer `name`'s weight and bias at each width (mpq.sensitivity.kl_quadratic)."""
         module = self.model.get_submodule(name)
-        ratios = self.clip_ratios.get(name)
-        return parameter_deltas(module, bits, ratios, self.shifts.get(name), self.quantizer.format)
+        ratios, fmt = self.clip_ratios.get(name), self.quantizer.format
+        kept = None
+        if fmt.slow:
+
+            def kept(b: int) -> torch.Tensor:
+                if (name, b) not in self._quantized:
+                    weight = module.weight.detach()
+                    ratio = None if ratios is None else ratios[b]
+                    self._quantized[name, b] = fmt.quantize(weight, [b] * weight.shape[0], ratio)
+                return self._quantized[name, b].dequantize().to(module.weight.dtype)
+
+        return parameter_deltas(module, bits, ratios, self.shifts.get(name), fmt, kept)

@@ -67,13 +67,16 @@ def parameter_deltas(
     clip_ratios: dict[int, torch.Tensor] | None,
     shifts: dict[int, torch.Tensor] | None,
     fmt: WeightFormat = PER_CHANNEL_INT,
+    quantized: Callable[[int], torch.Tensor] | None = None,
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """{b: {"weight": Q_b(W) − W, "bias": corrected bias − bias}} (no bias entry for a layer without one)."""
+    """{b: {"weight": Q_b(W) − W, "bias": corrected bias − bias}} (no bias entry for a layer without one);
+    `quantized(b)`, when given, is Q_b(W) (kept by the caller) instead of the format's fake_quantize."""
     weight = module.weight.detach()
     deltas = {}
     for b in bits:
         ratio = None if clip_ratios is None else clip_ratios[b]
-        delta = {"weight": fmt.fake_quantize(weight, b, ratio).reshape(weight.shape) - weight}
+        q = quantized(b) if quantized is not None else fmt.fake_quantize(weight, b, ratio)
+        delta = {"weight": q.reshape(weight.shape) - weight}
         bias = getattr(module, "bias", None)
         if bias is not None and not isinstance(module, nn.Embedding):
             new_bias = corrected_bias(bias.detach(), shifts[b]) if shifts and b in shifts else bias.detach()

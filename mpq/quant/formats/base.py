@@ -32,6 +32,9 @@ class WeightFormat:
     # False: mpq.verify.apply packs quantize()'s codes and scales; True: the format's packed_tensors(q) are stored
     # and its unpacked_weight(tensors, shape, bits) reads them back (a format with its own block layout)
     own_tensors: ClassVar[bool] = False
+    # True: quantize() is slow next to dequantize() (GGUF's K-quant scale searches in numpy), so the sensitivity
+    # keeps each layer's quantized tensor per width, in the format's compact form, instead of quantizing again
+    slow: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -65,6 +65,7 @@ class GGUFTypes(WeightFormat):
     widths = tuple(types)
     clipped = False
     own_tensors = True  # mpq.verify.apply stores `packed_tensors` and reads back `unpacked_weight`
+    slow = True
 
     def __post_init__(self) -> None:
         if self.group_size is not None:
