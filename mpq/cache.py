@@ -147,9 +147,16 @@ class Cache:
             return ""
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
+        if self._too_large(len(buffer.getvalue())):
+            return ""
         write_bytes_atomic(path, buffer.getvalue())
         self.evict(keep=path)
         return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+    def _too_large(self, size: int) -> bool:
+        """An entry over half the cap is not written: it would evict the other entries (a sensitivity that took
+        minutes) to make room for itself, e.g. a language model's FP32 logits over its calibration text."""
+        return bool(self.max_bytes) and size > self.max_bytes // 2
 
     def load(self, kind: str, key: dict):
         if self.folder is None:
@@ -170,7 +177,10 @@ class Cache:
             path = self._path(kind, key)
             if os.path.lexists(path) and not path.is_file():
                 return  # something else sits at the entry's name (a folder, a link loop): never replaced
-            write_bytes_atomic(path, entry_bytes(value))
+            data = entry_bytes(value)
+            if self._too_large(len(data)):
+                return
+            write_bytes_atomic(path, data)
             self.evict(keep=path)
 
     def delete(self, kind: str, key: dict) -> None:

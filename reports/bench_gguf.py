@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 MPQ = Path(sys.executable).parent / "mpq"  # the console script beside this Python
-STOCK = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S", "Q2_K")
+STOCK = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 SOURCE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KLD_FIELDS = {
     "ppl": r"Mean PPL\(Q\)\s*:\s*([\d.]+)",
@@ -141,6 +141,7 @@ def mpq_file(work: Path, kind: str, budget: int, args) -> tuple[Path, float, dic
         seconds = time.perf_counter() - start
     if not path.exists():
         model = ["--model", f"hf:{work / 'hf'}", "--data", work / "calib.txt", "--seq-len", args.seq_len]
+        model += ["--cache-dir", work / "cache"]
         run([MPQ, "export", out / "plan.json", "--format", "gguf", "--out", path, *model])
     return path, seconds, json.loads((out / "report.json").read_text())
 
@@ -238,10 +239,10 @@ def main() -> None:
     parser.add_argument("--llama-cpp", required=True, type=Path, help="folder of llama-quantize and llama-perplexity")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mpq-gguf"))
     parser.add_argument("--ctx", type=int, default=512)
-    parser.add_argument("--chunks", type=int, default=40)
+    parser.add_argument("--chunks", type=int, default=24)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--calib-chars", type=int, default=60_000)
-    parser.add_argument("--mpq-eval-chars", type=int, default=20_000)
+    parser.add_argument("--calib-chars", type=int, default=30_000)
+    parser.add_argument("--mpq-eval-chars", type=int, default=10_000)
     parser.add_argument("--cold", default="Q4_K_M", help="the stock kind whose size the cold (timed) search takes")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -59,11 +59,25 @@ def test_a_load_hit_makes_an_entry_recent(tmp_path):
 
 
 def test_the_entry_just_written_is_never_evicted(tmp_path):
-    fill(Cache(tmp_path, max_bytes=0), 2)
-    cache = Cache(tmp_path, max_bytes=10)  # smaller than any entry
-    cache.save("measurement", {"k": 1}, {"top1": 0.75})
-    assert names(cache) == [cache._path("measurement", {"k": 1}).name]
-    assert cache.load("measurement", {"k": 1}) == {"top1": 0.75}
+    paths = fill(Cache(tmp_path, max_bytes=0), 2)
+    size = paths[0].stat().st_size
+    cache = Cache(tmp_path, max_bytes=2 * size)
+    cache.save("measurement", {"k": 1}, {"top1": 0.75, "pad": "x" * (size // 2)})
+    written = cache._path("measurement", {"k": 1})
+    assert size // 2 < written.stat().st_size <= size and written.exists() and not paths[0].exists()
+    assert cache.load("measurement", {"k": 1})["top1"] == 0.75
+
+
+def test_an_entry_over_half_the_cap_is_not_written_and_evicts_nothing(tmp_path):
+    """A language model's FP32 logits over its calibration text would otherwise push out the sensitivity."""
+    paths = fill(Cache(tmp_path, max_bytes=0), 3)
+    cache = Cache(tmp_path, max_bytes=4 * paths[0].stat().st_size)
+    cache.save("measurement", {"k": 1}, {"logits": [0.25] * 1000})
+    assert cache.load("measurement", {"k": 1}) is None and all(p.exists() for p in paths)
+    import numpy as np
+
+    assert cache.save_array("fp32-logits", {"k": 2}, np.zeros(10_000, np.float32)) == ""
+    assert all(p.exists() for p in paths) and len(cache.files()) == 3
 
 
 def test_the_cap_comes_from_the_environment(tmp_path, monkeypatch):
