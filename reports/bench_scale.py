@@ -7,9 +7,9 @@ saved with save_pretrained, then searched as a user would:
 
 (`calib.npz`: SAMPLES windows of SEQ random token ids; held-out windows in `eval.npz`). Per shape: the time of each
 phase and its peak resident memory (report.json's timings_s and peak_memory_bytes["phases"]), the whole process's
-peak RSS (the largest of report.json's phase peaks and /usr/bin/time's), and one forward+backward pass over the same calibration tokens (next-token
-cross-entropy, batches of the search's --batch-size, the model loaded as mpq loads it) timed in its own process:
-the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
+peak RSS (the largest of report.json's phase peaks and /usr/bin/time's), and one forward+backward pass over the same
+calibration tokens (next-token cross-entropy, batches of the search's --batch-size, the model loaded as mpq loads
+it) timed in its own process: the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
 
 Run:  python reports/bench_scale.py [--shapes gpt2,smollm2-135m,smollm2-360m,tinyllama-1.1b] [--samples 8]
 (`--shapes llama-smoke`: a 4-block LLaMA of 4M parameters, to try the script.)
