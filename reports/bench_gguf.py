@@ -67,10 +67,10 @@ class Row:
         return 8 * self.size / self.weights
 
 
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
+def run(command: list, allowed: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
     print("+", " ".join(map(str, command)), flush=True)
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
-    if result.returncode:
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if result.returncode not in allowed:
         sys.exit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
 
@@ -137,7 +137,8 @@ def mpq_file(work: Path, kind: str, budget: int, args) -> tuple[Path, float, dic
     seconds = 0.0
     if not (out / "report.json").exists():
         start = time.perf_counter()
-        run(command)
+        if run(command, allowed=(0, 3)).returncode == 3:  # exit 3: no plan of the candidates fits this size
+            return None, 0.0, {}
         seconds = time.perf_counter() - start
     if not path.exists():
         model = ["--model", f"hf:{work / 'hf'}", "--data", work / "calib.txt", "--seq-len", args.seq_len]
@@ -147,6 +148,9 @@ def mpq_file(work: Path, kind: str, budget: int, args) -> tuple[Path, float, dic
 
 
 def kld(tools: Path, work: Path, model: Path, args) -> dict:
+    saved = model.with_suffix(f".c{args.ctx}x{args.chunks}.json")
+    if saved.exists():
+        return json.loads(saved.read_text())
     base = work / f"ref-c{args.ctx}.kld"
     common = ["-f", work / "held.txt", "-c", args.ctx, "--chunks", args.chunks, "-t", str(os.cpu_count())]
     common += ["--kl-divergence-base", base]
@@ -160,6 +164,7 @@ def kld(tools: Path, work: Path, model: Path, args) -> dict:
         if match is None:
             sys.exit(f"llama-perplexity printed no {field}:\n{text[-3000:]}")
         values[field] = float(match.group(1))
+    saved.write_text(json.dumps(values))
     return values
 
 
@@ -180,8 +185,9 @@ def measure(work: Path, tools: Path, args) -> tuple[list[tuple[Row, Row]], float
         ours, _, _ = mpq_file(work, kind, path.stat().st_size, args)
         rows = []
         for name, file in ((f"stock {kind}", path), (f"mpq at {kind}'s size", ours)):
-            rows.append(Row(name, file.stat().st_size, weights=weights, **kld(tools, work, file, args)))
-        pairs.append((rows[0], rows[1]))
+            if file is not None:
+                rows.append(Row(name, file.stat().st_size, weights=weights, **kld(tools, work, file, args)))
+        pairs.append((rows[0], rows[1] if len(rows) == 2 else None))
     return pairs, cold, cold_report
 
 
@@ -196,18 +202,21 @@ def table(pairs: list[tuple[Row, Row]]) -> str:
         "| file | bytes | bpw | PPL | mean KLD | 99% KLD | 99.9% KLD | same top % | stock of ≥ size with lower KLD |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for pair in pairs:
-        for row in pair:
+    for stock_row, ours in pairs:
+        for row in [r for r in (stock_row, ours) if r is not None]:
             better = ", ".join(s.name.removeprefix("stock ") for s in beaten_by(row, stock) if s is not row)
             lines.append(
                 f"| {row.name} | {row.size:,} | {row.bpw:.3f} | {row.ppl:.3f} | {row.kld:.5f} | {row.kld99:.4f} "
                 f"| {row.kld999:.4f} | {row.same_top:.2f} | {better or 'none'} |"
             )
+        if ours is None:
+            kind = stock_row.name.removeprefix("stock ")
+            lines.append(f"| mpq at {kind}'s size | no plan fits (`mpq search` exit 3) | | | | | | | |")
     return "\n".join(lines)
 
 
 def write(pairs, cold: float, report: dict, args) -> str:
-    wins = sum(1 for s, m in pairs if m.kld < s.kld)
+    wins = sum(1 for s, m in pairs if m is not None and m.kld < s.kld)
     timings = report.get("timings_s", {})
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
     peak = report.get("peak_memory_bytes", {}).get("ram", 0) / 1e9
