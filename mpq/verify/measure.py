@@ -78,8 +78,11 @@ def plan_calibration(
     cache: Cache = Cache(None),
     quantizer: Quantizer | None = None,
 ) -> Calibration:
-    """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.quant.calibration)."""
-    return calibrate(prepared, data, reference.input_ranges, quantizer or plan.quantizer, batch_size, cache)
+    """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.quant.calibration); no input
+    histograms for a weight-only plan."""
+    activations = any(lp.act_bits for lp in plan.layers.values())
+    q = quantizer or plan.quantizer
+    return calibrate(prepared, data, reference.input_ranges, q, batch_size, cache, activations)
 
 
 def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:
