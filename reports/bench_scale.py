@@ -7,9 +7,9 @@ saved with save_pretrained, then searched as a user would:
 
 (`calib.npz`: SAMPLES windows of SEQ random token ids; held-out windows in `eval.npz`). Per shape: the time of each
 phase and its peak resident memory (report.json's timings_s and peak_memory_bytes["phases"]), the whole process's
-peak RSS (/usr/bin/time), and one forward+backward pass over the same calibration tokens (next-token
-cross-entropy, batches of the search's --batch-size, the model loaded as mpq loads it) timed in its own process:
-the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
+peak RSS (the largest of report.json's phase peaks and /usr/bin/time's), and one forward+backward pass over the same
+calibration tokens (next-token cross-entropy, batches of the search's --batch-size, the model loaded as mpq loads
+it) timed in its own process: the search's time over that is the "× fwd+bwd" column. Each run is its own process, one at a time.
 
 Run:  python reports/bench_scale.py [--shapes gpt2,smollm2-135m,smollm2-360m,tinyllama-1.1b] [--samples 8]
 (`--shapes llama-smoke`: a 4-block LLaMA of 4M parameters, to try the script.)
@@ -97,7 +97,9 @@ def search(folder: Path, out: Path) -> dict:
     if run.returncode != 0:
         raise SystemExit(f"mpq search failed:\n{run.stderr[-3000:]}")
     report = json.loads((out / "report.json").read_text())
-    rss = int(re.findall(r"maxrss_kb=(\d+)", run.stderr)[-1]) * 1024
+    # mpq resets the kernel's high-water mark at each phase (mpq.memory), so /usr/bin/time sees only the last
+    # phase's peak: the run's peak is report.json's, the largest of its phases' (never below time's)
+    rss = max(int(re.findall(r"maxrss_kb=(\d+)", run.stderr)[-1]) * 1024, report["peak_memory_bytes"]["ram"])
     layers = len(json.loads((out / "plan.json").read_text())["layers"])
     peaks, kl = report["peak_memory_bytes"], (report.get("plan") or report["metrics"])["kl_to_fp32"]
     return {"wall_s": wall, "timings_s": report["timings_s"], "peaks": peaks, "rss": rss, "kl": kl, "layers": layers}

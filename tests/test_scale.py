@@ -185,3 +185,31 @@ def test_an_hf_model_mpq_loaded_is_prepared_in_place_and_searched(tmp_path):
     assert isinstance(loaded.inner.transformer.h[0].attn.c_attn, nn.Linear)
     result = mpq.search(loaded, data, "6bpw", cache_dir=False, progress=False)
     assert result.sensitivity.metric == "kl_anchored" and result.report.plan.fits_budget
+
+
+def test_a_slow_formats_quantized_tensors_are_kept_and_give_the_formats_own_changes():
+    """GGUF's K-quant searches run once per layer and width, not once per batch: the context keeps each quantized
+    tensor (compact block bytes) and its changes are those the format's fake_quantize gives."""
+    from mpq.quant.formats import weight_format
+    from mpq.quant.quantizer import Quantizer
+    from mpq.sensitivity.analysis import analysis_context
+    from mpq.sensitivity.losses import resolve_loss
+    from mpq.sensitivity.registry import metric_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 32, bias=False), nn.ReLU(), nn.Linear(32, 4, bias=False)).eval()
+    data = as_dataset(torch.randn(8, 256))
+    prepared = as_prepared(model, data)
+    quantizer = Quantizer(weight_format="gguf", weight_clip="minmax", bias_correction=False)
+    args = (prepared, data, mpq.ProbeSettings(), Cache(None), False, resolve_loss("fp32", False))
+    context = analysis_context(*args, metric_of("kl_anchored"), quantizer)
+    first = context.deltas("0", (2, 4))
+    assert set(context._quantized) == {("0", 2), ("0", 4)}
+    kept = {key: q.data.nbytes for key, q in context._quantized.items()}
+    assert kept == {("0", 2): 32 * 84, ("0", 4): 32 * 144}  # Q2_K and Q4_K blocks of one 256-weight row each
+    again = context.deltas("0", (2, 4))
+    fmt = weight_format("gguf")
+    for b in (2, 4):
+        assert torch.equal(first[b]["weight"], again[b]["weight"])
+        expected = fmt.fake_quantize(model[0].weight, b) - model[0].weight
+        assert torch.equal(first[b]["weight"], expected)
