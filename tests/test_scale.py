@@ -213,3 +213,26 @@ def test_a_slow_formats_quantized_tensors_are_kept_and_give_the_formats_own_chan
         assert torch.equal(first[b]["weight"], again[b]["weight"])
         expected = fmt.fake_quantize(model[0].weight, b) - model[0].weight
         assert torch.equal(first[b]["weight"], expected)
+
+
+def test_verification_takes_a_language_models_logits_a_few_samples_at_a_time(monkeypatch):
+    """Float64 copies of a whole batch of an LLM's logits took GBs: the next-token NLL and the comparison with FP32
+    run on batches of at most MAX_LOGIT_ELEMENTS logits, with the same numbers."""
+    import mpq.quant.reference as reference
+    from mpq.verify.tokens import compare
+
+    torch.manual_seed(0)
+    model, ids = TokenLM(vocab=50).eval(), torch.randint(0, 50, (6, 9))
+    data = as_dataset(ids)
+    prepared = as_prepared(model, data)
+    with torch.no_grad():
+        fp32 = prepared.folded(ids).float()
+        noisy = fp32 + 0.1 * torch.randn_like(fp32)
+    whole_nll = reference.next_token_nll(noisy, ids, None)
+    whole = compare(lambda x: prepared.folded(x) * 1.5, data, fp32, 25, prepared)
+    monkeypatch.setattr(reference, "MAX_LOGIT_ELEMENTS", 50 * 9)  # one sample's logits per batch
+    assert reference.logit_batch(25, 50 * 9) == 1 and reference.logit_batch(25, 10) == 25
+    assert torch.equal(reference.next_token_nll(noisy, ids, None), whole_nll)
+    one_by_one = compare(lambda x: prepared.folded(x) * 1.5, data, fp32, 25, prepared)
+    assert len(whole.kl) == 6 * 9 and whole.kl.min() > 0 and torch.allclose(one_by_one.kl, whole.kl, rtol=1e-5, atol=1e-9)
+    assert torch.equal(one_by_one.same_top, whole.same_top)

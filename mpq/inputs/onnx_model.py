@@ -182,9 +182,7 @@ def _declared_inputs(proto) -> dict[str, tuple]:
             continue
         dims = value.type.tensor_type.shape.dim if value.type.tensor_type.HasField("shape") else None
         declared[value.name] = (
-            None
-            if dims is None
-            else tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in dims)
+            None if dims is None else tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in dims)
         )
     return declared
 

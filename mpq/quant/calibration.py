@@ -229,17 +229,18 @@ def calibrate(
     quantizer: Quantizer = DEFAULT_QUANTIZER,
     batch_size: int = 25,
     cache: Cache = Cache(None),
+    activations: bool = True,
 ) -> Calibration:
     """Fit `quantizer` to the model and data; `input_ranges` are the FP32 min-max input ranges
-    (mpq.verify.measure.fp32_reference)."""
+    (mpq.verify.measure.fp32_reference). `activations` False: no layer's input is quantized (a weight-only
+    plan), so no input histograms are collected (a pass over the data saved)."""
     unequalized = prepared
     if quantizer.equalize:
         prepared = equalized(prepared, data, batch_size, cache)
         input_ranges = fp32_reference(prepared, data, batch_size, cache).input_ranges
     ratios = weight_clip_ratios(prepared, quantizer.weight_clip, cache, quantizer.format)
-    histograms = (
-        {} if quantizer.act_observer == "minmax" else input_histograms(prepared, data, input_ranges, batch_size, cache)
-    )
+    observed = activations and quantizer.act_observer != "minmax"
+    histograms = input_histograms(prepared, data, input_ranges, batch_size, cache) if observed else {}
     shifts = (
         bias_shifts(prepared, data, ratios, quantizer.weight_clip, batch_size, cache, quantizer.format)
         if quantizer.bias_correction

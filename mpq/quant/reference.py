@@ -15,6 +15,15 @@ from mpq.quant.affine import MinMaxObserver
 from mpq.quant.hooks import input_hooks
 
 
+MAX_LOGIT_ELEMENTS = 1 << 23  # logits per batch at most (a causal LM's samples × vocabulary × positions)
+
+
+def logit_batch(batch_size: int, per_sample: int) -> int:
+    """The batch size at most `batch_size` whose logits stay within MAX_LOGIT_ELEMENTS (at least 1 sample), so
+    that memory does not grow with a language model's vocabulary × positions."""
+    return max(1, min(batch_size, MAX_LOGIT_ELEMENTS // max(per_sample, 1)))
+
+
 @dataclass
 class Fp32Reference:
     logits: torch.Tensor
@@ -60,7 +69,15 @@ def next_token_nll(logits: torch.Tensor, x: torch.Tensor, input_names: tuple[str
     keeps."""
     names = input_names or ("input_ids",)
     ids = x[:, names.index("input_ids")] if input_names else x
-    nll = torch.nn.functional.cross_entropy(logits[:, :, :-1].double(), ids[:, 1:], reduction="none")
+    step = logit_batch(len(logits), logits[0].numel())  # float64 copies of a few samples' logits at a time
+    nll = torch.cat(
+        [
+            torch.nn.functional.cross_entropy(
+                logits[i : i + step, :, :-1].double(), ids[i : i + step, 1:], reduction="none"
+            )
+            for i in range(0, len(logits), step)
+        ]
+    )
     if "attention_mask" in names:
         return nll[x[:, names.index("attention_mask")][:, 1:].bool()]
     return nll.flatten()

@@ -35,9 +35,9 @@ from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.bias_correction import corrected_bias
+from mpq.quant.reference import logit_batch
 from mpq.sensitivity.distributed import Ranks
 
-MAX_LOGIT_ELEMENTS = 1 << 23  # logits per batch at most (a causal LM's samples × vocabulary × positions)
 KEEP_DELTA_BYTES = 1 << 29  # layers' parameter changes kept between batches up to this size, remade beyond it
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 
@@ -210,11 +210,8 @@ class _Sums:
 
 
 def _chunks(total: int, batch_size: int, logit_elements: int) -> list[tuple[int, int]]:
-    """(start, stop) of every batch; a batch whose logits would pass MAX_LOGIT_ELEMENTS is cut into smaller ones
-    (a language model's samples × vocabulary × positions), so that memory does not grow with the vocabulary."""
-    step = batch_size
-    if batch_size * logit_elements > MAX_LOGIT_ELEMENTS:
-        step = max(1, MAX_LOGIT_ELEMENTS // logit_elements)
+    """(start, stop) of every batch, cut smaller where its logits would pass mpq.quant.reference.MAX_LOGIT_ELEMENTS."""
+    step = logit_batch(batch_size, logit_elements)
     return [(start, min(start + step, total)) for start in range(0, total, step)]
 
 

@@ -4,9 +4,8 @@ The plan is first exported to packed tensors (mpq.verify.apply); the evaluated m
 and the measured size is the byte count of those same tensors. The quantizer (the plan's, mpq.quant.quantizer) is
 fitted on the FP32 model over the data (mpq.quant.calibration): activation ranges from each layer's observed inputs,
 weight clip ratios, and bias correction when it is on. Metrics over the evaluation views: top-1 (with labels), top-1
-agreement with FP32, and KL(FP32 || quantized) of the softmax outputs, averaged over views (over tokens for per-token
-logits, with its 99th and 99.9th percentiles: mpq.verify.tokens); and the plan's per-layer SQNR (mpq.verify.sqnr) on
-the first SQNR_SAMPLES inputs.
+agreement with FP32, KL(FP32 || quantized) of the softmax outputs averaged over views (over tokens for per-token
+logits, with percentiles: mpq.verify.tokens); the plan's per-layer SQNR (mpq.verify.sqnr) on SQNR_SAMPLES inputs.
 """
 
 from __future__ import annotations
@@ -78,8 +77,9 @@ def plan_calibration(
     cache: Cache = Cache(None),
     quantizer: Quantizer | None = None,
 ) -> Calibration:
-    """The plan's quantizer (or `quantizer`) fitted to the model and data (mpq.quant.calibration)."""
-    return calibrate(prepared, data, reference.input_ranges, quantizer or plan.quantizer, batch_size, cache)
+    """The plan's quantizer (or `quantizer`) fitted to the data (mpq.quant.calibration); weight-only: no histograms."""
+    activations, q = any(lp.act_bits for lp in plan.layers.values()), quantizer or plan.quantizer
+    return calibrate(prepared, data, reference.input_ranges, q, batch_size, cache, activations)
 
 
 def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> PackedModel:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from mpq.inputs.adapter import Outputs
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import module_calls_visible
-from mpq.quant.reference import next_token_nll, task_top1
+from mpq.quant.reference import logit_batch, next_token_nll, task_top1
 
 PERCENTILES = (99.0, 99.9)  # of the per-token KL, as llama.cpp reports them
 
@@ -77,7 +77,7 @@ def compare(model, data: Dataset, fp32_logits: torch.Tensor, batch_size: int, pr
     positions = per_token(outputs, fp32_logits)
     start = 0
     with torch.inference_mode(), module_calls_visible():
-        for x, _ in data.batches(batch_size):
+        for x, _ in data.batches(logit_batch(batch_size, fp32_logits[0].numel())):
             out = model(x).float()
             ref = fp32_logits[start : start + len(out)]
             start += len(out)
