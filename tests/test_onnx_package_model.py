@@ -89,7 +89,7 @@ def test_a_paddle_exported_classifier_goes_through_search_verify_and_export(line
     prepared, packed = packed_for(str(MODEL), plan, data, 25, False, None)
     evaluator = packed_logits(prepared, packed, data, 25)
     runtime = run_user_onnx(exported, data.x)
-    assert (runtime.argmax(1) == evaluator.argmax(1)).float().mean().item() >= 0.97
+    assert (runtime.argmax(1) == evaluator.argmax(1)).float().mean().item() >= 0.995  # integer kernels round apart
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(exported), plain, providers=["CPUExecutionProvider"])
