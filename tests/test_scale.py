@@ -234,5 +234,7 @@ def test_verification_takes_a_language_models_logits_a_few_samples_at_a_time(mon
     assert reference.logit_batch(25, 50 * 9) == 1 and reference.logit_batch(25, 10) == 25
     assert torch.equal(reference.next_token_nll(noisy, ids, None), whole_nll)
     one_by_one = compare(lambda x: prepared.folded(x) * 1.5, data, fp32, 25, prepared)
-    assert len(whole.kl) == 6 * 9 and whole.kl.min() > 0 and torch.allclose(one_by_one.kl, whole.kl, rtol=1e-5, atol=1e-9)
+    assert (
+        len(whole.kl) == 6 * 9 and whole.kl.min() > 0 and torch.allclose(one_by_one.kl, whole.kl, rtol=1e-5, atol=1e-9)
+    )
     assert torch.equal(one_by_one.same_top, whole.same_top)
