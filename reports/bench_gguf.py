@@ -169,7 +169,7 @@ def kld(tools: Path, work: Path, model: Path, args) -> dict:
 
 
 def weight_count(path: Path) -> int:
-    """Weights in the model's 2-D tensors (llama.cpp's bits per weight count every tensor's elements)."""
+    """Elements of every tensor in the file, as llama.cpp counts them for bits per weight."""
     from gguf import GGUFReader
 
     return sum(int(t.n_elements) for t in GGUFReader(path).tensors)

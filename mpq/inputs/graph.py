@@ -101,12 +101,19 @@ def _macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
     return int(math.prod(output_shape) * per_output)
 
 
-def _record_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, list[int], int, tuple, tuple]]:
-    """Run one forward pass; return (name, module, input ids, output id, input shape, output shape) per call."""
-    calls = []
-    hooks = []
+def _leaf_or_layer(name: str, module: nn.Module) -> bool:
+    return not list(module.children()) or isinstance(module, QUANTIZABLE_TYPES)
+
+
+def record_calls(
+    model: nn.Module, example: torch.Tensor, hooked=_leaf_or_layer
+) -> list[tuple[str, nn.Module, list[int], int, tuple, tuple]]:
+    """Run one forward pass; return (name, module, input ids, output id, input shape, output shape) per call of a
+    module for which `hooked(name, module)` holds (default: leaves and quantizable layers)."""
+    calls, hooks = [], []
+    keepalive: list[torch.Tensor] = []  # inputs and outputs alive to the end, so that no id is reused
     for name, module in model.named_modules():
-        if name == "" or (list(module.children()) and not isinstance(module, QUANTIZABLE_TYPES)):
+        if name == "" or not hooked(name, module):
             continue
 
         def hook(mod, inputs, output, name=name):
@@ -116,10 +123,9 @@ def _record_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn
             calls.append(
                 (name, mod, [id(t) for t in tensors], id(output), tuple(tensors[0].shape[1:]), tuple(output.shape[1:]))
             )
-            output_keepalive.append(output)
+            keepalive.extend([output, *tensors])
 
         hooks.append(module.register_forward_hook(hook))
-    output_keepalive: list[torch.Tensor] = []  # keeps ids unique while the pass runs
     try:
         with torch.no_grad(), module_calls_visible():
             model(example)
@@ -154,7 +160,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     loaded itself (`owned`, hf:) is folded in place, so that its weights are held once.
     """
     folded = model.eval() if getattr(model, "owned", False) else copy.deepcopy(model).eval()
-    calls = _record_calls(folded, example)
+    calls = record_calls(folded, example)
     producers = {out_id: (name, mod) for name, mod, _, out_id, _, _ in calls if isinstance(mod, QUANTIZABLE_TYPES)}
     consumers: dict[int, int] = {}
     for _, _, in_ids, _, _, _ in calls:
@@ -206,7 +212,7 @@ def analyze_graph(
 ) -> ModelGraph:
     """Measure the quantizable layers of an (already folded) model with one forward pass."""
     modules = quantizable_modules(model, embeddings)
-    calls = _record_calls(model, example)
+    calls = record_calls(model, example)
     seen: dict[str, LayerInfo] = {}
     for name, mod, _, _, in_shape, out_shape in calls:
         if name in modules and name not in seen:

@@ -32,7 +32,7 @@ from torch import nn
 from mpq.cache import Cache
 from mpq.errors import MpqError
 from mpq.inputs.data import Dataset
-from mpq.inputs.graph import QUANTIZABLE_TYPES, PreparedModel, module_calls_visible
+from mpq.inputs.graph import QUANTIZABLE_TYPES, PreparedModel, module_calls_visible, record_calls
 
 ELEMENTWISE = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 SWEEPS = 4
@@ -53,26 +53,9 @@ def _calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module
     (e.g. a conv's own padding module) left out."""
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)]
     inside = {child for name, m in layers for child, _ in m.named_modules(prefix=name)} - {n for n, _ in layers}
-    calls, keep, hooks = [], [], []
-    for name, module in model.named_modules():
-        # nn.Identity (a folded BatchNorm) returns its input itself: not a reader
-        if name == "" or name in inside or isinstance(module, nn.Identity):
-            continue
-
-        def hook(mod, inputs, output, name=name):
-            ids = [id(t) for t in inputs if isinstance(t, torch.Tensor)]
-            if isinstance(output, torch.Tensor):
-                calls.append((name, mod, ids, id(output)))
-                keep.extend([output, *inputs])  # alive to the end, so that no id is reused
-
-        hooks.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), module_calls_visible():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls
+    # nn.Identity (a folded BatchNorm) returns its input itself: not a reader
+    hooked = lambda name, module: name not in inside and not isinstance(module, nn.Identity)  # noqa: E731
+    return [call[:4] for call in record_calls(model, example, hooked)]
 
 
 def _second_fits(module: nn.Module, channels: int) -> bool:

@@ -4,7 +4,7 @@ the weights (clip ratios; bias shifts when first asked for), the settings, the c
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,8 @@ class AnalysisContext:
     loss: Loss
     quantizer: Quantizer
     key: dict  # model, data, loss, settings, layers (and the metric's own fields): every cache entry's base
+    # {(layer, bits): its weight quantized in the format's compact form}, kept for a `slow` format only
+    _quantized: dict = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -57,11 +59,6 @@ class AnalysisContext:
             return {}
         args = (self.clip_ratios, q.weight_clip, REFERENCE_BATCH, self.cache, q.format)
         return bias_shifts(self.prepared, self.data, *args)
-
-    @functools.cached_property
-    def _quantized(self) -> dict:
-        """{(layer, bits): its weight quantized in the format's compact form}, for a `slow` format only."""
-        return {}
 
     def deltas(self, name: str, bits: tuple[int, ...]) -> dict[int, dict[str, torch.Tensor]]:
         """The quantizer's change of layer `name`'s weight and bias at each width (mpq.sensitivity.kl_quadratic)."""
