@@ -32,7 +32,7 @@ from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
-from mpq.verify.apply import PackedModel, fake_quant_model, pack_model
+from mpq.verify.apply import PackedModel, pack_model, packed_in_place
 from mpq.verify.report import Measurement, Report
 from mpq.verify.sqnr import LayerSqnr, layer_sqnr
 from mpq.verify.tokens import PERCENTILES, compare
@@ -133,8 +133,10 @@ def packed_for(
 
 
 def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
-    """The evaluator's logits: the model rebuilt from the packed tensors, fake-quantized inputs."""
-    return run_batches(fake_quant_model(prepared.folded, packed), data, batch_size)
+    """The evaluator's logits: the model computing with the packed tensors (mpq.verify.apply.InPlace), fake-quantized
+    inputs."""
+    with packed_in_place(prepared.folded, packed) as quantized:
+        return run_batches(quantized, data, batch_size)
 
 
 def measure_plan(
@@ -212,7 +214,8 @@ def _measured(
 ) -> Measurement:
     """The model rebuilt from `packed`, run on `data` batch by batch and compared with the FP32 `reference`
     (mpq.verify.tokens: per token for per-token logits)."""
-    compared = compare(fake_quant_model(prepared.folded, packed), data, reference.logits, batch_size, prepared)
+    with packed_in_place(prepared.folded, packed) as quantized:
+        compared = compare(quantized, data, reference.logits, batch_size, prepared)
     return Measurement(
         name=name,
         size_bytes=packed.size_bytes,

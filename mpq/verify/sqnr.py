@@ -20,7 +20,7 @@ from torch import nn
 
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.quant.affine import sqnr_db
-from mpq.verify.apply import PackedModel, dequantized_weight, fake_quant_model, input_quantizers
+from mpq.verify.apply import InPlace, PackedModel, dequantized_weight, input_quantizers
 
 SQNR_BATCH = 5  # samples per pass: every layer's FP32 output of a batch is held at once
 
@@ -89,10 +89,10 @@ def _weight_sqnr_db(w: torch.Tensor, w_q: torch.Tensor) -> float:
 def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, batch_size: int = 25) -> list[LayerSqnr]:
     """SQNR of every quantized layer's weights, input quantizer and output, over the inputs `x`
     (in batches of at most SQNR_BATCH: every layer's FP32 output of a batch is held at once)."""
-    quantized = fake_quant_model(prepared.folded, packed)
+    model, in_place = prepared.folded, InPlace(prepared.folded, packed)
     act_params = input_quantizers(packed)
     names = list(packed.layers)
-    modules = quantizable_modules(quantized, embeddings=True)
+    modules = quantizable_modules(model, embeddings=True)
     inputs, outputs = _Energies(), _Energies()
 
     def input_noise(name: str):
@@ -101,18 +101,22 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
 
         return hook
 
-    # prepended, so it sees the layer's input before the layer's own quantizer
-    handles = [modules[n].register_forward_pre_hook(input_noise(n), prepend=True) for n in names if n in act_params]
     batch_size = min(batch_size, SQNR_BATCH)
-    try:
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
-            reference = _capture_outputs(prepared.folded, names, batch)
-            for n, out in _capture_outputs(quantized, names, batch).items():
-                outputs.add(n, reference[n], out)
-    finally:
-        for h in handles:
-            h.remove()
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        reference = _capture_outputs(model, names, batch)
+        with in_place.active():
+            # prepended, so it sees the layer's input before the layer's own quantizer
+            hooks = [
+                modules[n].register_forward_pre_hook(input_noise(n), prepend=True) for n in names if n in act_params
+            ]
+            try:
+                quantized = _capture_outputs(model, names, batch)
+            finally:
+                for h in hooks:
+                    h.remove()
+        for n, out in quantized.items():
+            outputs.add(n, reference[n], out)
     return [
         LayerSqnr(
             name=n,
