@@ -24,6 +24,14 @@ def logit_batch(batch_size: int, per_sample: int) -> int:
     return max(1, min(batch_size, MAX_LOGIT_ELEMENTS // max(per_sample, 1)))
 
 
+def batch_kl(logits: torch.Tensor, fp32: torch.Tensor, positions: bool) -> torch.Tensor:
+    """KL(FP32 ‖ q) of each sample's (`positions`: each position's) softmax over dimension 1, in float64."""
+    log_q = torch.log_softmax(logits.double(), dim=1)
+    log_p = torch.log_softmax(fp32.double(), dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return kl if positions else kl.reshape(len(kl), -1).sum(dim=1)
+
+
 @dataclass
 class Fp32Reference:
     logits: torch.Tensor

@@ -25,6 +25,7 @@ from torch.func import functional_call
 from mpq.inputs.graph import module_calls_visible
 from mpq.progress import bar
 from mpq.quant.affine import ActQuantParams, fake_quantize_weight, sqnr_db
+from mpq.quant.reference import batch_kl, logit_batch
 from mpq.sensitivity.losses import fp32_outputs
 
 
@@ -39,14 +40,14 @@ def _output_error(
     run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int
 ) -> OutputError:
     signal = noise = kl = 0.0
+    step = logit_batch(batch_size, reference[0].numel())  # a few samples' float64 logits at a time
     with torch.inference_mode(), module_calls_visible():
-        for start in range(0, len(x), batch_size):
-            f = reference[start : start + batch_size].double()
-            f_q = run(x[start : start + batch_size]).double()
-            signal += float(f.pow(2).sum())
-            noise += float((f_q - f).pow(2).sum())
-            log_p, log_q = torch.log_softmax(f, 1), torch.log_softmax(f_q, 1)
-            kl += float((log_p.exp() * (log_p - log_q)).sum())
+        for start in range(0, len(x), step):
+            f = reference[start : start + step]
+            f_q = run(x[start : start + step])
+            signal += float(f.double().pow(2).sum())
+            noise += float((f_q.double() - f.double()).pow(2).sum())
+            kl += float(batch_kl(f_q, f, positions=False).sum())
     return OutputError(mse=noise / reference.numel(), sqnr_db=sqnr_db(signal, noise), kl=kl / len(x))
 
 

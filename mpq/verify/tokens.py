@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from mpq.inputs.adapter import Outputs
 from mpq.inputs.data import Dataset
 from mpq.inputs.graph import module_calls_visible
-from mpq.quant.reference import logit_batch, next_token_nll, task_top1
+from mpq.quant.reference import batch_kl, logit_batch, next_token_nll, task_top1
 
 PERCENTILES = (99.0, 99.9)  # of the per-token KL, as llama.cpp reports them
 
@@ -59,14 +59,6 @@ def token_mask(x: torch.Tensor, input_names: tuple[str, ...] | None) -> torch.Te
     if not input_names or "attention_mask" not in input_names:
         return None
     return x[:, input_names.index("attention_mask")].bool()
-
-
-def batch_kl(logits: torch.Tensor, fp32: torch.Tensor, positions: bool) -> torch.Tensor:
-    """KL(FP32 ‖ q) of each sample's (`positions`: each position's) softmax over dimension 1, in float64."""
-    log_q = F.log_softmax(logits.double(), dim=1)
-    log_p = F.log_softmax(fp32.double(), dim=1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
-    return kl if positions else kl.reshape(len(kl), -1).sum(dim=1)
 
 
 def compare(model, data: Dataset, fp32_logits: torch.Tensor, batch_size: int, prepared) -> Comparison:
