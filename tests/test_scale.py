@@ -238,3 +238,34 @@ def test_verification_takes_a_language_models_logits_a_few_samples_at_a_time(mon
         len(whole.kl) == 6 * 9 and whole.kl.min() > 0 and torch.allclose(one_by_one.kl, whole.kl, rtol=1e-5, atol=1e-9)
     )
     assert torch.equal(one_by_one.same_top, whole.same_top)
+
+
+def test_blocks_before_a_layer_are_replayed_not_computed_and_give_the_same_errors():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mpq.sensitivity.output_error import weight_output_errors
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64, max_position_embeddings=16,
+    )  # fmt: skip
+    ids = torch.randint(0, 64, (6, 8), generator=torch.Generator().manual_seed(1))
+    data = as_dataset({"input_ids": ids})
+    model, x = as_prepared(LlamaForCausalLM(config).eval(), data).folded, data.x
+    names = ["model.layers.0.mlp.down_proj", "model.layers.2.self_attn.v_proj", "model.layers.3.mlp.up_proj", "lm_head"]
+    calls = {i: 0 for i in range(4)}
+    for i, block in enumerate(model.get_submodule("model.layers")):
+        block.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+    whole = weight_output_errors(model, names, x, (3,), batch_size=4)
+    before = dict(calls)
+    replayed = weight_output_errors(model, names, x, (3,), batch_size=4, replay_blocks=True)
+    for name in names:
+        assert replayed[name][3].kl == pytest.approx(whole[name][3].kl, rel=1e-6) and whole[name][3].kl > 0
+    # whole: 2 batches per layer and the reference; replayed: block 0 runs for the reference, layers.0, lm_head (in
+    # no block) and the recordings for blocks 2 and 3 (passes stopped at blocks 1 and 2), not for layers.2 or layers.3
+    assert before[0] == 2 * (len(names) + 1)
+    assert calls[0] - before[0] == 2 + 2 + 2 + 2 * 2
+    assert model.get_submodule("model.layers.0") is not None and all(
+        type(b).__name__ == "LlamaDecoderLayer" for b in model.get_submodule("model.layers")
+    )

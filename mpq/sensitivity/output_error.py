@@ -15,6 +15,7 @@ Cost: (layers + inputs) × widths forward passes over the data.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ from mpq.progress import bar
 from mpq.quant.affine import ActQuantParams, fake_quantize_weight, sqnr_db
 from mpq.quant.reference import batch_kl, logit_batch
 from mpq.sensitivity.losses import fp32_outputs
+from mpq.sensitivity.replay import BlockReplay
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def _output_error(
     run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, reference: torch.Tensor, batch_size: int
 ) -> OutputError:
     signal = noise = kl = 0.0
-    step = logit_batch(batch_size, reference[0].numel())  # a few samples' float64 logits at a time
+    step = _step(batch_size, reference)
     with torch.inference_mode(), module_calls_visible():
         for start in range(0, len(x), step):
             f = reference[start : start + step]
@@ -51,6 +53,11 @@ def _output_error(
     return OutputError(mse=noise / reference.numel(), sqnr_db=sqnr_db(signal, noise), kl=kl / len(x))
 
 
+def _step(batch_size: int, reference: torch.Tensor) -> int:
+    """Samples per measured batch: a few samples' float64 logits at a time (logit_batch)."""
+    return logit_batch(batch_size, reference[0].numel())
+
+
 def weight_output_errors(
     model: nn.Module,
     layer_names: list[str],
@@ -59,27 +66,34 @@ def weight_output_errors(
     batch_size: int = 25,
     progress: bool | None = None,
     deltas=None,
+    replay_blocks: bool = False,
 ) -> dict[str, dict[int, OutputError]]:
     """{layer: {bits: output error with only that layer's weights quantized}}; `deltas(layer)` gives
-    {bits: {param: change}} (mpq.sensitivity.kl_quadratic.parameter_deltas), else min-max weights."""
+    {bits: {param: change}} (mpq.sensitivity.kl_quadratic.parameter_deltas), else min-max weights. `replay_blocks`:
+    the FP32 blocks before a layer's block are not computed again (mpq.sensitivity.replay)."""
     model.eval()
     reference = fp32_outputs(model, x, batch_size)
+    replay = BlockReplay(model, x, _step(batch_size, reference), reference) if replay_blocks else None
     errors: dict[str, dict[int, OutputError]] = {}
     with bar(len(layer_names), "one-layer output errors", progress, unit="layer") as shown:
         for name in layer_names:
-            module = model.get_submodule(name)
-            weight = module.weight.detach()
-            changes = deltas(name) if deltas is not None else None
-            errors[name] = {}
-            for b in bits:
-                if changes is None:
-                    replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
-                else:
-                    replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
-                errors[name][b] = _output_error(
-                    lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size
-                )
+            with replay(name) if replay is not None else nullcontext():
+                errors[name] = _layer_errors(model, name, x, reference, bits, batch_size, deltas)
             shown.update(1)
+    return errors
+
+
+def _layer_errors(model, name, x, reference, bits, batch_size, deltas) -> dict[int, OutputError]:
+    module = model.get_submodule(name)
+    weight = module.weight.detach()
+    changes = deltas(name) if deltas is not None else None
+    errors = {}
+    for b in bits:
+        if changes is None:
+            replaced = {f"{name}.weight": fake_quantize_weight(weight, b)}
+        else:
+            replaced = {f"{name}.{k}": getattr(module, k).detach() + v for k, v in changes[b].items()}
+        errors[b] = _output_error(lambda xb: functional_call(model, replaced, (xb,)), x, reference, batch_size)
     return errors
 
 

@@ -81,7 +81,7 @@ def cached_anchor_kls(
         chosen = anchor_indices(len(ctx.data), samples)
         x = ctx.data.x[chosen[ranks.rank :: ranks.size].to(ctx.data.x.device)]
         deltas = lambda name: ctx.deltas(name, (ANCHOR_BITS,))  # noqa: E731
-        args = (x, (ANCHOR_BITS,), REFERENCE_BATCH, ctx.progress, deltas)
+        args = (x, (ANCHOR_BITS,), REFERENCE_BATCH, ctx.progress, deltas, True)
         errors = weight_output_errors(ctx.model, names, *args) if len(x) else {}
         value = lambda n: getattr(errors[n][ANCHOR_BITS], field)  # noqa: E731
         cached = {n: value(n) for n in names} if ranks.size == 1 else {}
