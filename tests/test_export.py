@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,9 @@ def test_bit_packing_round_trips_and_takes_ceil_n_b_over_8_bytes(bits):
     assert packed.dtype == torch.uint8
     assert packed.numel() == math.ceil(1001 * bits / 8)
     assert torch.equal(unpack_bits(packed, bits, 1001), codes)
+    unsigned = (codes.numpy().astype(np.int16) + 2 ** (bits - 1)).astype(np.uint8)  # the layout, bit by bit
+    stream = ((unsigned[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(-1)
+    assert np.array_equal(packed.numpy(), np.packbits(stream, bitorder="little"))
 
 
 def mixed_plan(prepared) -> Plan:

@@ -30,17 +30,30 @@ from mpq.quant.formats import DEFAULT_FORMAT, PER_CHANNEL_INT, WeightFormat, wei
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first."""
-    unsigned = (codes.reshape(-1).to(torch.int64) + 2 ** (bits - 1)).cpu().numpy().astype(np.uint8)
-    bit_planes = (unsigned[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
-    return torch.from_numpy(np.packbits(bit_planes.reshape(-1), bitorder="little"))
+    """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first: every 8 codes fill b bytes,
+    code k of a group at bits b*k .. b*k+b-1 of the group's little-endian 64-bit word."""
+    count = codes.numel()
+    unsigned = (codes.reshape(-1).to(torch.int16) + 2 ** (bits - 1)).cpu().numpy().astype(np.uint64)
+    groups = np.zeros((-(-count // 8), 8), dtype=np.uint64)
+    groups.reshape(-1)[:count] = unsigned
+    words = np.zeros(len(groups), dtype=np.uint64)
+    for k in range(8):
+        words |= groups[:, k] << np.uint64(bits * k)
+    stream = words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits].reshape(-1)
+    return torch.from_numpy(stream[: -(-count * bits // 8)].copy())
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """Inverse of pack_bits: the first `count` codes as int8."""
-    bit_planes = np.unpackbits(packed.cpu().numpy(), count=count * bits, bitorder="little").reshape(count, bits)
-    unsigned = bit_planes.astype(np.int16) @ (1 << np.arange(bits, dtype=np.int16))
-    return torch.from_numpy((unsigned - 2 ** (bits - 1)).astype(np.int8))
+    groups = -(-count // 8)
+    data = np.zeros(groups * bits, dtype=np.uint8)
+    given = packed.cpu().numpy()[: groups * bits]
+    data[: len(given)] = given
+    stream = np.zeros((groups, 8), dtype=np.uint8)
+    stream[:, :bits] = data.reshape(groups, bits)
+    words, mask = stream.view("<u8").reshape(-1), np.uint64((1 << bits) - 1)
+    unsigned = np.stack([(words >> np.uint64(bits * k)) & mask for k in range(8)], axis=1).reshape(-1)[:count]
+    return torch.from_numpy((unsigned.astype(np.int16) - 2 ** (bits - 1)).astype(np.int8))
 
 
 def layer_chunks(meta: dict) -> list[ChannelRun]:
