@@ -118,17 +118,23 @@ def channel_products(module: nn.Module, x: torch.Tensor, g: torch.Tensor, dy: to
     return prod.reshape(prod.shape[0], prod.shape[1], -1).sum(-1)
 
 
-def sequence_products(x: torch.Tensor, g: torch.Tensor, changes: dict[int, dict[str, torch.Tensor]]) -> dict:
-    """{b: channel_products at width b} of a linear layer over positions ([batch, positions, in]) without forming
-    ΔY: Σ_t g[t,c]·(ΔW[c]·x[t]) = ΔW[c]·G[c], G = Σ_t g[t]ᵀx[t] per sample: one matmul shared by every width."""
-    g3, x3 = g.reshape(len(g), -1, g.shape[-1]), x.reshape(len(x), -1, x.shape[-1]).to(g.dtype)
-    out = {b: [] for b in changes}
-    for i in range(len(g3)):  # one sample's [out, in] at a time: the memory of one weight, not of the batch's
-        outer, g_sum = g3[i].T @ x3[i], g3[i].sum(0)
-        for b, delta in changes.items():
-            per_channel = (outer * delta["weight"]).sum(1)
-            out[b].append(per_channel + g_sum * delta["bias"] if "bias" in delta else per_channel)
-    return {b: torch.stack(rows) for b, rows in out.items()}
+def sequence_products(x: torch.Tensor, grads: list[torch.Tensor], changes: dict[int, dict[str, torch.Tensor]]) -> list:
+    """Per draw (gradient g in `grads`), {b: channel_products at width b} of a linear layer over positions ([batch,
+    positions, in]) without forming ΔY: Σ_t g[t,c]·(ΔW[c]·x[t]) = ΔW[c]·G[c], G = Σ_t g[t]ᵀx[t] per sample: one
+    matmul per sample shared by every width, then every width's ΔW[c]·G[c] in one batched product."""
+    bits = list(changes)
+    stacked = torch.stack([changes[b]["weight"] for b in bits], 1)  # [out, widths, in]
+    bias = torch.stack([changes[b]["bias"] for b in bits], 1) if "bias" in changes[bits[0]] else None
+    x3 = x.reshape(len(x), -1, x.shape[-1])
+    per_draw = []
+    for g in grads:
+        g3, rows = g.reshape(len(g), -1, g.shape[-1]), []
+        for i in range(len(g3)):  # one sample's [out, in] at a time: the memory of one weight, not of the batch's
+            per_channel = torch.bmm(stacked, (g3[i].T @ x3[i].to(g.dtype)).unsqueeze(2)).squeeze(2)
+            rows.append(per_channel + g3[i].sum(0)[:, None] * bias if bias is not None else per_channel)
+        products = torch.stack(rows)  # [batch, out, widths]
+        per_draw.append({b: products[:, :, k] for k, b in enumerate(bits)})
+    return per_draw
 
 
 def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
@@ -235,8 +241,8 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
                 continue
             changes = deltas(n)
             if isinstance(module, nn.Linear) and layer_x.dim() > 2:
-                for grads in grads_per_draw:
-                    for b, per_channel in sequence_products(layer_x, grads[i], changes).items():
+                for products in sequence_products(layer_x, [grads[i] for grads in grads_per_draw], changes):
+                    for b, per_channel in products.items():
                         sums.add(n, b, per_channel.double())
                 continue
             for b in deltas.bits:
