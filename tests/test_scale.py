@@ -49,9 +49,9 @@ def test_layer_changes_made_when_asked_give_the_numbers_of_a_table_of_them():
     table = {n: parameter_deltas(model.get_submodule(n), bits, None, None) for n in names}
     made = []
 
-    def of(name):
+    def of(name, widths):
         made.append(name)
-        return table[name]
+        return {b: table[name][b] for b in widths}
 
     whole = kl_quadratic_omegas(model, x, table, batch_size=4, draws=3, seed=2)
     lazily = kl_quadratic_omegas(model, x, LayerDeltas(names, bits, of, keep_bytes=0), batch_size=4, draws=3, seed=2)
@@ -269,3 +269,27 @@ def test_blocks_before_a_layer_are_replayed_not_computed_and_give_the_same_error
     assert model.get_submodule("model.layers.0") is not None and all(
         type(b).__name__ == "LlamaDecoderLayer" for b in model.get_submodule("model.layers")
     )
+
+
+def test_a_layer_taken_one_width_at_a_time_gives_the_omega_of_all_widths_at_once(monkeypatch):
+    import mpq.sensitivity.kl_quadratic as kl
+
+    torch.manual_seed(0)
+    model, x = TokenLM(bias=False).eval(), torch.randint(0, 11, (10, 5))
+    names, bits = ["hidden", "head"], (3, 6)
+    table = {n: parameter_deltas(model.get_submodule(n), bits, None, None) for n in names}
+    made = []
+
+    def of(name, widths):
+        made.append(widths)
+        return {b: table[name][b] for b in widths}
+
+    together = kl_quadratic_omegas(model, x, LayerDeltas(names, bits, of, keep_bytes=0), batch_size=4, seed=2)
+    assert set(made) == {bits}
+    monkeypatch.setattr(kl, "WIDTH_AT_A_TIME_BYTES", 0)
+    made.clear()
+    apart = kl_quadratic_omegas(model, x, LayerDeltas(names, bits, of, keep_bytes=0), batch_size=4, seed=2)
+    assert set(made) == {(3,), (6,)}
+    for n in names:
+        for b in bits:
+            assert apart.omega[n][b] == pytest.approx(together.omega[n][b], rel=1e-5) and together.omega[n][b] > 0

@@ -70,6 +70,16 @@ def quantize_weight_channels(
 ) -> QuantizedWeight:
     """As quantize_weight, but output channel c takes its own width bits[c] (its codes fit in bits[c] bits);
     `bits` of the result is the widest."""
+    out = weight.shape[0]
+    scale, qmax, levels = _levels(weight, bits, clip_ratio, group_size)
+    scale = scale.reshape(out) if group_size is None else scale
+    return QuantizedWeight(
+        codes=levels.to(torch.int8).reshape(weight.shape), scale=scale, bits=max(bits), group_size=group_size
+    )
+
+
+def _levels(weight: torch.Tensor, bits: "list[int]", clip_ratio, group_size: int | None) -> tuple:
+    """(float32 scales [out, groups], qmax [out, 1], the codes as float32 [out, n]: clamp(round(W / s)))."""
     out, per_channel = weight.shape[0], weight[0].numel()
     groups = groups_per_channel(per_channel, group_size)
     absmax = grouped(weight, group_size).abs().amax(dim=1).reshape(out, groups)
@@ -79,18 +89,17 @@ def quantize_weight_channels(
     scale = (absmax / qmax).to(torch.float32)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     rows = weight.detach().reshape(out, per_channel)
-    codes = torch.clamp(torch.round(rows / _spread(safe, per_channel, group_size)), -qmax - 1, qmax)
-    scale = scale.reshape(out) if group_size is None else scale
-    return QuantizedWeight(
-        codes=codes.to(torch.int8).reshape(weight.shape), scale=scale, bits=max(bits), group_size=group_size
-    )
+    levels = torch.div(rows, _spread(safe, per_channel, group_size)).round_().clamp_(-qmax - 1, qmax)
+    return scale, qmax, levels
 
 
 def fake_quantize_weight(
     weight: torch.Tensor, bits: int, clip_ratio: torch.Tensor | None = None, group_size: int | None = None
 ) -> torch.Tensor:
-    """Q_b(W) as a float tensor."""
-    return quantize_weight(weight, bits, clip_ratio, group_size).dequantize().to(weight.dtype)
+    """Q_b(W) as a float tensor: quantize_weight(...).dequantize() in one buffer (the same numbers: the codes are
+    small integers, exact in float32, times the same float32 scales), without int8 codes between."""
+    scale, _, levels = _levels(weight, [bits] * weight.shape[0], clip_ratio, group_size)
+    return levels.mul_(_spread(scale, levels.shape[1], group_size)).reshape(weight.shape).to(weight.dtype)
 
 
 def channel_quant_error(

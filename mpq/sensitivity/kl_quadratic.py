@@ -38,7 +38,10 @@ from mpq.quant.bias_correction import corrected_bias
 from mpq.quant.reference import logit_batch
 from mpq.sensitivity.distributed import Ranks
 
-KEEP_DELTA_BYTES = 1 << 29  # layers' parameter changes kept between batches up to this size, remade beyond it
+KEEP_DELTA_BYTES = 1 << 28  # layers' parameter changes kept between batches up to this size, remade beyond it
+# a layer whose changes at every width pass this size takes them one width at a time (an LM head: 7 × 262 MB at
+# 32,000 × 2048), its products through ΔY = x ΔWᵀ, so that no more than one width's change is held
+WIDTH_AT_A_TIME_BYTES = 1 << 28
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 
 
@@ -76,7 +79,7 @@ def parameter_deltas(
     for b in bits:
         ratio = None if clip_ratios is None else clip_ratios[b]
         q = quantized(b) if quantized is not None else fmt.fake_quantize(weight, b, ratio)
-        delta = {"weight": q.reshape(weight.shape) - weight}
+        delta = {"weight": q.reshape(weight.shape).sub_(weight)}  # q is a new tensor: its buffer becomes Δ
         bias = getattr(module, "bias", None)
         if bias is not None and not isinstance(module, nn.Embedding):
             new_bias = corrected_bias(bias.detach(), shifts[b]) if shifts and b in shifts else bias.detach()
@@ -158,12 +161,13 @@ def _capture(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor):
 
 @dataclass
 class LayerDeltas:
-    """Each layer's parameter change per width, made when asked (`of(name)`: {b: {param: change}}), so that
-    the whole model's changes at every width are never held at once; kept while they total at most `keep_bytes`."""
+    """Each layer's parameter change per width, made when asked (`of(name, bits)`: {b: {param: change}} for the
+    widths `bits`), so that the whole model's changes at every width are never held at once; a layer's changes at
+    every width kept while they total at most `keep_bytes`."""
 
     names: list[str]
     bits: tuple[int, ...]
-    of: Callable[[str], dict[int, dict[str, torch.Tensor]]]
+    of: Callable[[str, tuple[int, ...]], dict[int, dict[str, torch.Tensor]]]
     keep_bytes: int = KEEP_DELTA_BYTES
     _kept: dict = field(default_factory=dict, repr=False)
     _kept_bytes: int = 0
@@ -171,16 +175,23 @@ class LayerDeltas:
     @classmethod
     def of_table(cls, table: dict[str, dict[int, dict[str, torch.Tensor]]]) -> "LayerDeltas":
         bits = tuple(next(iter(table.values()))) if table else ()
-        return cls(list(table), bits, table.__getitem__)
+        return cls(list(table), bits, lambda name, widths: {b: table[name][b] for b in widths})
 
-    def __call__(self, name: str) -> dict[int, dict[str, torch.Tensor]]:
+    def __call__(self, name: str, bits: tuple[int, ...] | None = None) -> dict[int, dict[str, torch.Tensor]]:
+        bits = self.bits if bits is None else bits
         if name in self._kept:
-            return self._kept[name]
-        made = self.of(name)
+            return {b: self._kept[name][b] for b in bits}
+        made = self.of(name, bits)
         size = sum(t.numel() * t.element_size() for per in made.values() for t in per.values())
-        if self._kept_bytes + size <= self.keep_bytes:
+        if bits == self.bits and self._kept_bytes + size <= self.keep_bytes:
             self._kept[name], self._kept_bytes = made, self._kept_bytes + size
         return made
+
+    def groups(self, module: nn.Module) -> list[tuple[int, ...]]:
+        """The widths taken together for `module`: all of them, or one at a time when their changes would pass
+        WIDTH_AT_A_TIME_BYTES."""
+        every = module.weight.numel() * module.weight.element_size() * len(self.bits)
+        return [self.bits] if every <= WIDTH_AT_A_TIME_BYTES else [(b,) for b in self.bits]
 
 
 class _Sums:
@@ -239,16 +250,18 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
             module, layer_x = modules[n], inputs.pop(n)
             if all(grads[i] is None for grads in grads_per_draw):  # the layer does not reach the output: Ω is 0
                 continue
-            changes = deltas(n)
-            if isinstance(module, nn.Linear) and layer_x.dim() > 2:
-                for products in sequence_products(layer_x, [grads[i] for grads in grads_per_draw], changes):
-                    for b, per_channel in products.items():
-                        sums.add(n, b, per_channel.double())
-                continue
-            for b in deltas.bits:
-                change = output_change(module, layer_x, changes[b])
-                for grads in grads_per_draw:
-                    sums.add(n, b, channel_products(module, layer_x, grads[i], change).double())
+            groups = deltas.groups(module)
+            for widths in groups:
+                changes = deltas(n, widths)
+                if isinstance(module, nn.Linear) and layer_x.dim() > 2 and len(groups) == 1:
+                    for products in sequence_products(layer_x, [grads[i] for grads in grads_per_draw], changes):
+                        for b, per_channel in products.items():
+                            sums.add(n, b, per_channel.double())
+                    continue
+                for b in widths:
+                    change = output_change(module, layer_x, changes[b])
+                    for grads in grads_per_draw:
+                        sums.add(n, b, channel_products(module, layer_x, grads[i], change).double())
 
 
 def kl_quadratic_omegas(

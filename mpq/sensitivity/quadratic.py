@@ -33,7 +33,7 @@ def cached_kl_quadratic(ctx: AnalysisContext, form: str = "kl") -> tuple[KlQuadr
     cached = ranks.broadcast(ctx.cache.load("kl-quadratic", full_key) if ranks.is_main else None)
     from_cache = cached is not None
     if cached is None:
-        deltas = LayerDeltas(list(ctx.names), widths, lambda n: ctx.deltas(n, widths))
+        deltas = LayerDeltas(list(ctx.names), widths, ctx.deltas)
         s = ctx.settings
         args = (s.batch_size, DRAWS, s.seed, ctx.progress, form)
         result = kl_quadratic_omegas(ctx.model, ctx.data.x, deltas, *args)

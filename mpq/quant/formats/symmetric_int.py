@@ -25,6 +25,11 @@ class SymmetricInt(WeightFormat):
 
         return quantize_weight_channels(weight, bits, clip_ratio, self.group_size)
 
+    def fake_quantize(self, weight, bits: int, clip_ratio=None):
+        from mpq.quant.affine import fake_quantize_weight
+
+        return fake_quantize_weight(weight, bits, clip_ratio, self.group_size)
+
     def weight_bytes(self, per_channel: int, channels: int, bits: int) -> int:
         codes = math.ceil(per_channel * channels * bits / 8)
         return codes + SCALE_BYTES * channels * self.scales_per_channel(per_channel)
