@@ -8,6 +8,9 @@ peak allocation is reset per phase the same way (torch.cuda.reset_peak_memory_st
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import resource
 import sys
 from pathlib import Path
@@ -35,6 +38,24 @@ def _reset_high_water() -> bool:
     return True
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hands the C allocator's free pages back to the system (glibc: malloc_trim). Tensors of a few MB (a batch's
+    activations) are freed into the allocator's heap, not to the system, so without it resident memory keeps the
+    high-water mark of every earlier batch and phase; called between batches, layers and phases."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _max_rss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return int(rss if sys.platform == "darwin" else rss * 1024)
@@ -60,6 +81,7 @@ class PhasePeaks:
 
     def close(self, name: str) -> None:
         """The phase since the last close (or since the start) is `name`: its peaks recorded, the next one begun."""
+        release_free_memory()
         ram = (_high_water_bytes() if self._reset else None) or _max_rss_bytes()
         peaks = {"ram": ram}
         if _cuda_used():

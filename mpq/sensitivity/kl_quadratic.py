@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from mpq.device import drawn_on
 from mpq.inputs.graph import module_calls_visible
+from mpq.memory import release_free_memory
 from mpq.progress import bar
 from mpq.quant.formats import PER_CHANNEL_INT, WeightFormat
 from mpq.quant.bias_correction import corrected_bias
@@ -304,6 +305,7 @@ def kl_quadratic_omegas(
                     torch.randint(0, 2, ((stop - start) * per_sample,), generator=generator)
                 continue
             _batch(model, modules, x[start:stop].to(_device(model)), deltas, cotangents, sums)
+            release_free_memory()
             shown.update((stop - start) * ranks.size)
     return sums.result(ranks, len(x), draws, time.perf_counter() - started)
 

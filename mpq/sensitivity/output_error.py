@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mpq.inputs.graph import module_calls_visible
+from mpq.memory import release_free_memory
 from mpq.progress import bar
 from mpq.quant.affine import ActQuantParams, fake_quantize_weight, sqnr_db
 from mpq.quant.reference import batch_kl, logit_batch
@@ -79,6 +80,7 @@ def weight_output_errors(
         for name in layer_names:
             with replay(name) if replay is not None else nullcontext():
                 errors[name] = _layer_errors(model, name, x, reference, bits, batch_size, deltas)
+            release_free_memory()
             shown.update(1)
     return errors
 

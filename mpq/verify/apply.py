@@ -252,7 +252,8 @@ FLOAT32_EXACT_INTEGERS = 2**24
 def exact_accumulator(params: ActQuantParams, codes: torch.Tensor) -> torch.dtype:
     """float32 when no partial sum of (q_x - z) * q_w can reach 2^24 in magnitude, else float64."""
     largest_input = max(params.zero_point, 2**params.bits - 1 - params.zero_point)
-    largest_row = int(codes.reshape(codes.shape[0], -1).to(torch.int64).abs().sum(dim=1).max())
+    # int32 holds every row's sum: |code| ≤ 128 over fewer than 2^24 inputs
+    largest_row = int(codes.reshape(codes.shape[0], -1).to(torch.int32).abs_().sum(dim=1).max())
     return torch.float32 if largest_input * largest_row < FLOAT32_EXACT_INTEGERS else torch.float64
 
 

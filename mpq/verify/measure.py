@@ -25,6 +25,7 @@ from mpq.inputs.data import Dataset
 from mpq.inputs.graph import PreparedModel, quantizable_modules
 from mpq.inputs.prepare import check_batch_size, names_embeddings, prepare_inputs, with_held_out
 from mpq.inputs.split import EVAL_SPLIT
+from mpq.memory import release_free_memory
 from mpq.plan import LayerPlan, Plan
 from mpq.progress import bar
 from mpq.quant.calibration import Calibration, calibrate
@@ -350,6 +351,7 @@ def verify_prepared(
             shown.set_postfix_str(name)
             args = (prepared, candidate, fitted, name, options.batch_size, cache, plan.budgets, options.latency)
             measured.append(measure_plan(*args))
+            release_free_memory()
             shown.update(1)
     weight_only = measured.pop() if options.act_bits else None
     sqnr = plan_sqnr(prepared, plan, data, calibration, options.batch_size, cache)
