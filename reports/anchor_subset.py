@@ -2,7 +2,7 @@
 layer anchored (the metric before issue 23), on GPT-2 and LLaMA shapes built from configs (random weights, seeded):
 the plans' held-out KL to FP32 at the same budgets, and the sensitivity time.
 
-Run:  python reports/anchor_subset.py [--layers 8] [--budgets 4.5bpw,5bpw,6bpw]
+Run:  python reports/anchor_subset.py [--layers 8] [--budgets 4.5bpw,5bpw,6bpw] [--kinds gpt2,llama]
 Prints a markdown table (copied into reports/scale.md).
 """
 
@@ -66,11 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--budgets", default="4.5bpw,5bpw,6bpw")
+    parser.add_argument("--kinds", default="gpt2,llama")
     args = parser.parse_args()
     budgets = args.budgets.split(",")
     print("| shape | budget | held-out KL, every layer anchored | held-out KL, 3 per role | ratio |")
     print("|---|---|---:|---:|---:|")
-    for kind in ("gpt2", "llama"):
+    for kind in args.kinds.split(","):
         full = run(kind, args.layers, budgets, every_layer=True)
         subset = run(kind, args.layers, budgets, every_layer=False)
         for budget in budgets:

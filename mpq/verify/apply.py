@@ -29,30 +29,37 @@ from mpq.quant.affine import ActQuantParams, QuantizedWeight
 from mpq.quant.formats import DEFAULT_FORMAT, PER_CHANNEL_INT, WeightFormat, weight_format
 
 
+def _words(bits: int) -> tuple[int, np.dtype, int]:
+    """(codes per word, the word's type, bytes of each word in the stream): a byte of 8/b codes where b divides 8,
+    else a little-endian 64-bit word of 8 codes, of which b bytes are kept."""
+    return (8 // bits, np.dtype(np.uint8), 1) if 8 % bits == 0 else (8, np.dtype("<u8"), bits)
+
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first: every 8 codes fill b bytes,
-    code k of a group at bits b*k .. b*k+b-1 of the group's little-endian 64-bit word."""
-    count = codes.numel()
-    unsigned = (codes.reshape(-1).to(torch.int16) + 2 ** (bits - 1)).cpu().numpy().astype(np.uint64)
-    groups = np.zeros((-(-count // 8), 8), dtype=np.uint64)
+    """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first: code i at bits b*i ..
+    b*i+b-1 of the stream (built a word of codes at a time, _words)."""
+    count, (per, word, kept) = codes.numel(), _words(bits)
+    unsigned = (codes.reshape(-1).to(torch.int16) + 2 ** (bits - 1)).cpu().numpy().astype(word)
+    groups = np.zeros((-(-count // per), per), dtype=word)
     groups.reshape(-1)[:count] = unsigned
-    words = np.zeros(len(groups), dtype=np.uint64)
-    for k in range(8):
-        words |= groups[:, k] << np.uint64(bits * k)
-    stream = words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits].reshape(-1)
+    words = np.zeros(len(groups), dtype=word)
+    for k in range(per):
+        words |= groups[:, k] << word.type(bits * k)
+    stream = words.view(np.uint8).reshape(-1, word.itemsize)[:, :kept].reshape(-1)
     return torch.from_numpy(stream[: -(-count * bits // 8)].copy())
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """Inverse of pack_bits: the first `count` codes as int8."""
-    groups = -(-count // 8)
-    data = np.zeros(groups * bits, dtype=np.uint8)
-    given = packed.cpu().numpy()[: groups * bits]
+    per, word, kept = _words(bits)
+    groups = -(-count // per)
+    data = np.zeros(groups * kept, dtype=np.uint8)
+    given = packed.cpu().numpy()[: groups * kept]
     data[: len(given)] = given
-    stream = np.zeros((groups, 8), dtype=np.uint8)
-    stream[:, :bits] = data.reshape(groups, bits)
-    words, mask = stream.view("<u8").reshape(-1), np.uint64((1 << bits) - 1)
-    unsigned = np.stack([(words >> np.uint64(bits * k)) & mask for k in range(8)], axis=1).reshape(-1)[:count]
+    stream = np.zeros((groups, word.itemsize), dtype=np.uint8)
+    stream[:, :kept] = data.reshape(groups, kept)
+    words, mask = stream.view(word).reshape(-1), word.type((1 << bits) - 1)
+    unsigned = np.stack([(words >> word.type(bits * k)) & mask for k in range(per)], axis=1).reshape(-1)[:count]
     return torch.from_numpy((unsigned.astype(np.int16) - 2 ** (bits - 1)).astype(np.int8))
 
 
