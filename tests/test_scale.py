@@ -293,3 +293,19 @@ def test_a_layer_taken_one_width_at_a_time_gives_the_omega_of_all_widths_at_once
     for n in names:
         for b in bits:
             assert apart.omega[n][b] == pytest.approx(together.omega[n][b], rel=1e-5) and together.omega[n][b] > 0
+
+
+def test_a_batch_whose_captured_activations_pass_the_limit_is_cut(monkeypatch):
+    import mpq.sensitivity.kl_quadratic as kl
+
+    torch.manual_seed(0)
+    model, x = TokenLM().eval(), torch.randint(0, 11, (10, 5))
+    table = {n: parameter_deltas(model.get_submodule(n), (4,), None, None) for n in ("hidden", "head")}
+    sizes = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    kl_quadratic_omegas(model, x, table, batch_size=4, draws=1)
+    assert sizes == [1, 4, 4, 2]  # one sample measured first
+    sizes.clear()
+    monkeypatch.setattr(kl, "CAPTURE_BYTES", 500)  # under one sample's 580 bytes (4 × 145 floats): one at a time
+    kl_quadratic_omegas(model, x, table, batch_size=4, draws=1)
+    assert sizes == [1] * 11

@@ -42,7 +42,10 @@ from mpq.sensitivity.distributed import Ranks
 KEEP_DELTA_BYTES = 1 << 28  # layers' parameter changes kept between batches up to this size, remade beyond it
 # a layer whose changes at every width pass this size takes them one width at a time (an LM head: 7 × 262 MB at
 # 32,000 × 2048), its products through ΔY = x ΔWᵀ, so that no more than one width's change is held
-WIDTH_AT_A_TIME_BYTES = 1 << 28
+WIDTH_AT_A_TIME_BYTES = 1 << 29
+# the layers' inputs and outputs a batch holds for its backward passes (autograd keeps about as much again): a
+# 1.1B LLaMA's 128-token sample holds about 350 MB, so it goes one sample at a time
+CAPTURE_BYTES = 1 << 29
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 
 
@@ -287,9 +290,8 @@ def kl_quadratic_omegas(
     generator = torch.Generator().manual_seed(seed)
     ranks = Ranks.current()
     sums = _Sums(deltas.names, deltas.bits)
-    with torch.no_grad(), module_calls_visible():
-        per_sample = model(x[:1]).numel()
-    chunks = _chunks(len(x), batch_size, per_sample)
+    per_sample, held = _one_sample(model, modules, x[:1].to(_device(model)))
+    chunks = _chunks(len(x), max(1, min(batch_size, CAPTURE_BYTES // max(held, 1))), per_sample)
 
     def cotangents(outputs):
         if form == "mse":  # M = (2 / elements) I: ½E[s²] = the mean squared output change, per sample
@@ -308,6 +310,14 @@ def kl_quadratic_omegas(
             release_free_memory()
             shown.update((stop - start) * ranks.size)
     return sums.result(ranks, len(x), draws, time.perf_counter() - started)
+
+
+def _one_sample(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor) -> tuple[int, int]:
+    """(the logits' elements, the bytes of the layers' inputs and outputs) of one sample's batch."""
+    with torch.no_grad():
+        logits, inputs, outputs = _capture(model, modules, x)
+    tensors = {t.data_ptr(): t for t in (*inputs.values(), *outputs.values()) if isinstance(t, torch.Tensor)}
+    return logits.numel(), sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -347,7 +347,12 @@ class InPlace:
         self.model, self.modules = model, quantizable_modules(model, embeddings=True)
         act_params = input_quantizers(packed)
         self.swaps = [(self.modules[n], self._swap(packed, n, act_params.get(n))) for n in packed.layers]
+        self._by_name = {n: swap for n, (_, swap) in zip(packed.layers, self.swaps)}
         self.swaps += self._tied()
+
+    def weight(self, name: str) -> torch.Tensor:
+        """Layer `name`'s dequantized weight, as its calls see it."""
+        return self._by_name[name].weight()
 
     def _tied(self) -> list[tuple[nn.Module, "_Swap"]]:
         """A swap for every other module holding a quantized layer's weight (a tied LM head): the copy's shared

@@ -20,9 +20,10 @@ from torch import nn
 
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.quant.affine import sqnr_db
-from mpq.verify.apply import InPlace, PackedModel, dequantized_weight, input_quantizers
+from mpq.verify.apply import InPlace, PackedModel, input_quantizers
 
-SQNR_BATCH = 5  # samples per pass: every layer's FP32 output of a batch is held at once
+SQNR_BATCH = 5  # samples per pass at most: every layer's FP32 output of a batch is held at once
+CAPTURE_BYTES = 1 << 28  # the FP32 and quantized outputs of every layer held for a batch at most (one sample at least)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,18 @@ def _capture_outputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, torc
 
 
 def _weight_sqnr_db(w: torch.Tensor, w_q: torch.Tensor) -> float:
-    w, w_q = w.detach().double().cpu(), w_q.double()
-    return sqnr_db(float(w.square().sum()), float((w - w_q).square().sum()))
+    w, w_q = w.detach().float(), w_q.to(w.device, torch.float32)  # float64 sums, no float64 copies of the weight
+    return sqnr_db(float(w.square().sum(dtype=torch.float64)), float((w - w_q).square_().sum(dtype=torch.float64)))
+
+
+def _per_sample_bytes(outputs: dict[str, torch.Tensor], samples: int) -> int:
+    return sum(t.numel() * t.element_size() for t in outputs.values()) // max(samples, 1)
 
 
 def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, batch_size: int = 25) -> list[LayerSqnr]:
     """SQNR of every quantized layer's weights, input quantizer and output, over the inputs `x`
-    (in batches of at most SQNR_BATCH: every layer's FP32 output of a batch is held at once)."""
+    (in batches of at most SQNR_BATCH: every layer's FP32 and quantized outputs of a batch are held at once, so after
+    a first batch of one sample, as many as keep them within CAPTURE_BYTES)."""
     model, in_place = prepared.folded, InPlace(prepared.folded, packed)
     act_params = input_quantizers(packed)
     names = list(packed.layers)
@@ -101,10 +107,12 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
 
         return hook
 
-    batch_size = min(batch_size, SQNR_BATCH)
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
+    start, step = 0, 1
+    while start < len(x):
+        batch = x[start : start + step]
         reference = _capture_outputs(model, names, batch)
+        held = max(2 * _per_sample_bytes(reference, len(batch)), 1)
+        start, step = start + len(batch), max(1, min(batch_size, SQNR_BATCH, CAPTURE_BYTES // held))
         with in_place.active():
             # prepended, so it sees the layer's input before the layer's own quantizer
             hooks = [
@@ -122,7 +130,7 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
             name=n,
             weight_bits=meta["weight_bits"],
             act_bits=meta["act_bits"],
-            weight_sqnr_db=_weight_sqnr_db(prepared.folded.get_submodule(n).weight, dequantized_weight(packed, n)),
+            weight_sqnr_db=_weight_sqnr_db(prepared.folded.get_submodule(n).weight, in_place.weight(n)),
             input_sqnr_db=inputs.db(n) if meta["act_bits"] else None,
             output_sqnr_db=outputs.db(n),
         )
