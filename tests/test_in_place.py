@@ -8,7 +8,8 @@ from torch import nn
 from mpq.plan import LayerPlan, Plan
 from mpq.quant.affine import ActQuantParams
 from mpq.quant.formats import weight_format
-from mpq.verify.apply import InPlace, fake_quant_model, pack_model, packed_in_place
+from mpq.verify.apply import fake_quant_model, pack_model
+from mpq.verify.in_place import InPlace, packed_in_place
 
 
 class TiedLm(nn.Module):

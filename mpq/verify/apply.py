@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -301,107 +299,3 @@ def fake_quant_model(model: nn.Module, packed: PackedModel) -> nn.Module:
         module.register_forward_pre_hook(layer.centred_codes)
         module.register_forward_hook(layer.rescale)
     return rebuilt
-
-
-@dataclass
-class _Swap:
-    """One layer of an InPlace model: at each call its parameters are swapped for the packed values (the dequantized
-    `weight()` made then; an IntegerLayer's `codes()` and no bias) and its input and output treated as
-    fake_quant_model's copy treats them; swapped back after the call (and by InPlace on leaving, should a call
-    fail)."""
-
-    weight: Callable[[], torch.Tensor]
-    bias: torch.Tensor | None
-    integer: IntegerLayer | None = None
-    codes: Callable[[], torch.Tensor] | None = None
-    fake_input: FakeQuantInput | None = None
-    saved: dict = field(default_factory=dict)
-
-    def enter(self, module: nn.Module, args: tuple) -> tuple | None:
-        self.saved = {k: module._parameters[k] for k in ("weight", "bias") if k in module._parameters}
-        own_bias = module._parameters.get("bias")
-        if self.integer is not None:
-            module._parameters["weight"], module._parameters["bias"] = self.codes(), None
-            return self.integer.centred_codes(module, args)
-        module._parameters["weight"] = self.weight().to(self.saved["weight"].dtype)
-        if own_bias is not None and self.bias is not None:
-            module._parameters["bias"] = self.bias.to(own_bias.dtype)
-        return self.fake_input(module, args) if self.fake_input is not None else None
-
-    def leave(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        self.restore(module)
-        return self.integer.rescale(module, args, output) if self.integer is not None else None
-
-    def restore(self, module: nn.Module) -> None:
-        module._parameters.update(self.saved)
-        self.saved = {}
-
-
-class InPlace:
-    """`model` computing as fake_quant_model's copy of it computes, without a copy: the evaluator of a model as large as
-    memory. Each quantized layer keeps its codes unpacked (int8: one byte a weight) or, in a format with its own
-    tensors, the packed ones; while `active()`, each call of the layer swaps in the weight they give (dequantized then,
-    one layer at a time) and swaps the model's own back after it."""
-
-    def __init__(self, model: nn.Module, packed: PackedModel) -> None:
-        self.model, self.modules = model, quantizable_modules(model, embeddings=True)
-        act_params = input_quantizers(packed)
-        self.swaps = [(self.modules[n], self._swap(packed, n, act_params.get(n))) for n in packed.layers]
-        self._by_name = {n: swap for n, (_, swap) in zip(packed.layers, self.swaps)}
-        self.swaps += self._tied()
-
-    def weight(self, name: str) -> torch.Tensor:
-        """Layer `name`'s dequantized weight, as its calls see it."""
-        return self._by_name[name].weight()
-
-    def _tied(self) -> list[tuple[nn.Module, "_Swap"]]:
-        """A swap for every other module holding a quantized layer's weight (a tied LM head): the copy's shared
-        parameter holds the dequantized weight for both."""
-        swapped = {id(module.weight): swap for module, swap in self.swaps}
-        done = {id(module) for module, _ in self.swaps}
-        return [
-            (module, _Swap(swapped[id(p)].weight, None))
-            for module in self.model.modules()
-            if id(module) not in done
-            for key, p in module._parameters.items()
-            if key == "weight" and p is not None and id(p) in swapped
-        ]
-
-    def _swap(self, packed: PackedModel, name: str, params: ActQuantParams | None) -> _Swap:
-        meta, device = packed.layers[name], self.modules[name].weight.device
-        bias = packed.tensors.get(f"{name}.bias")
-        bias = None if bias is None else bias.to(device)
-        if packed.weight_format(name).own_tensors:
-            return _Swap(lambda: dequantized_weight(packed, name).to(device), bias, fake_input=_fake_input(params))
-        codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta).to(device)
-        scale = packed.weight_scale(name).to(device)
-        weight = lambda: QuantizedWeight(codes, scale, meta["weight_bits"], meta.get("group_size")).dequantize()  # noqa: E731
-        if params is not None and meta.get("group_size") is None:
-            acc = exact_accumulator(params, codes)
-            layer = IntegerLayer(params, combined_scale(params, scale).to(device), bias, acc)
-            return _Swap(weight, None, integer=layer, codes=lambda: codes.to(acc))
-        return _Swap(weight, bias, fake_input=_fake_input(params))
-
-    @contextmanager
-    def active(self) -> Iterator[nn.Module]:
-        handles = []
-        try:
-            for module, swap in self.swaps:
-                handles += [module.register_forward_pre_hook(swap.enter), module.register_forward_hook(swap.leave)]
-            yield self.model
-        finally:
-            for h in handles:
-                h.remove()
-            for module, swap in self.swaps:
-                swap.restore(module)
-
-
-def _fake_input(params: ActQuantParams | None) -> FakeQuantInput | None:
-    return None if params is None else FakeQuantInput(params)
-
-
-@contextmanager
-def packed_in_place(model: nn.Module, packed: PackedModel) -> Iterator[nn.Module]:
-    """`with packed_in_place(model, packed) as quantized:` the model as the evaluator measures it (InPlace)."""
-    with InPlace(model, packed).active() as quantized:
-        yield quantized

@@ -1,11 +1,11 @@
 """Verification: apply a plan with fake quantization and measure it against FP32 and uniform baselines.
 
-The plan is first exported to packed tensors (mpq.verify.apply); the evaluated model is rebuilt from those tensors,
-and the measured size is the byte count of those same tensors. The quantizer (the plan's, mpq.quant.quantizer) is
-fitted on the FP32 model over the data (mpq.quant.calibration): activation ranges from each layer's observed inputs,
-weight clip ratios, and bias correction when it is on. Metrics over the evaluation views: top-1 (with labels), top-1
-agreement with FP32, KL(FP32 || quantized) of the softmax outputs averaged over views (over tokens for per-token
-logits, with percentiles: mpq.verify.tokens); the plan's per-layer SQNR (mpq.verify.sqnr) on SQNR_SAMPLES inputs.
+The plan is first exported to packed tensors (mpq.verify.apply), the model computes with them (mpq.verify.in_place),
+the measured size is their byte count. The quantizer (the plan's, mpq.quant.quantizer) is fitted on the FP32 model
+over the data (mpq.quant.calibration): activation ranges from each layer's observed inputs, weight clip ratios, and
+bias correction when it is on. Metrics over the evaluation views: top-1 (with labels), top-1 agreement with FP32,
+KL(FP32 || quantized) of the softmax outputs averaged over views (over tokens for per-token logits, with
+percentiles: mpq.verify.tokens); the plan's per-layer SQNR (mpq.verify.sqnr) on SQNR_SAMPLES inputs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from mpq.quant.quantizer import Quantizer, resolve_quantizer
 from mpq.quant.reference import Fp32Reference, fp32_reference, run_batches
 from mpq.quant.widths import check_bits
 from mpq.solver.channels import plan_layer_costs
-from mpq.verify.apply import PackedModel, pack_model, packed_in_place
+from mpq.verify.apply import PackedModel, pack_model
+from mpq.verify.in_place import packed_in_place
 from mpq.verify.report import Measurement, Report
 from mpq.verify.sqnr import LayerSqnr, layer_sqnr
 from mpq.verify.tokens import PERCENTILES, compare
@@ -101,8 +102,8 @@ def plan_quantizer(plan: Plan, quantizer: Quantizer | None = None) -> Quantizer:
     """What a plan is verified and exported with: `quantizer` (None: the plan's own) at the plan's group size. The
     group size is part of how the plan is stored (its sizes and bits per weight count those scales), so another
     quantizer changes how ranges and scales are chosen, never the layout."""
-    chosen, own = quantizer or plan.quantizer, plan.quantizer
-    return replace(chosen, group_size=own.group_size, weight_format=own.weight_format)
+    own = plan.quantizer
+    return replace(quantizer or own, group_size=own.group_size, weight_format=own.weight_format)
 
 
 def packed_for(
@@ -134,8 +135,7 @@ def packed_for(
 
 
 def packed_logits(prepared: PreparedModel, packed: PackedModel, data: Dataset, batch_size: int) -> torch.Tensor:
-    """The evaluator's logits: the model computing with the packed tensors (mpq.verify.apply.InPlace), fake-quantized
-    inputs."""
+    """The evaluator's logits: the model computing with the packed tensors in place, fake-quantized inputs."""
     with packed_in_place(prepared.folded, packed) as quantized:
         return run_batches(quantized, data, batch_size)
 
@@ -150,9 +150,8 @@ def measure_plan(
     budgets: list[Budget] = (),
     latency=None,
 ) -> Measurement:
-    """Export the plan, rebuild the model from the exported tensors, and measure it (cached) on `fitted.data`
-    against `fitted.reference`, quantized by `fitted.calibration`. Its latency is predicted by `latency` (a model
-    from mpq.cost.latency), when given and when it covers every layer's widths."""
+    """Export the plan, compute with the exported tensors, and measure it (cached) on `fitted.data` against
+    `fitted.reference`, quantized by `fitted.calibration`; its latency predicted by `latency` (mpq.cost.latency)."""
     calibration, data, reference = fitted.calibration, fitted.data, fitted.reference
     packed = pack_plan(prepared, plan, calibration)
     layers = prepared.graph.by_name
@@ -351,7 +350,7 @@ def verify_prepared(
             shown.set_postfix_str(name)
             args = (prepared, candidate, fitted, name, options.batch_size, cache, plan.budgets, options.latency)
             measured.append(measure_plan(*args))
-            release_free_memory()
+            release_free_memory()  # the candidate's codes and activations
             shown.update(1)
     weight_only = measured.pop() if options.act_bits else None
     sqnr = plan_sqnr(prepared, plan, data, calibration, options.batch_size, cache)
@@ -373,12 +372,8 @@ def _candidates(prepared: PreparedModel, plan: Plan, options: VerifyOptions, cal
     """(plan, name) of what is measured, in order: the plan, the uniform widths that fit its budgets (W8 always) or
     miss them by at most NEAR_BUDGET (measured and marked as not fitting: a plan that loses to a slightly larger
     uniform one shows it), and uniform W8 with float inputs when the baselines quantize inputs."""
-    act_bits, latency, group, fmt = (
-        options.act_bits,
-        options.latency,
-        calibration.group_size,
-        calibration.quantizer.format,
-    )
+    act_bits, latency = options.act_bits, options.latency
+    group, fmt = calibration.group_size, calibration.quantizer.format
     near = [replace(b, limit=b.limit * (1 + NEAR_BUDGET)) for b in plan.budgets]
     candidates = [(plan, "mpq plan")]
     for bits in sorted(set(options.baseline_bits) | {8}, reverse=True):

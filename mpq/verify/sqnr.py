@@ -20,7 +20,8 @@ from torch import nn
 
 from mpq.inputs.graph import PreparedModel, module_calls_visible, quantizable_modules
 from mpq.quant.affine import sqnr_db
-from mpq.verify.apply import InPlace, PackedModel, input_quantizers
+from mpq.verify.apply import PackedModel, input_quantizers
+from mpq.verify.in_place import InPlace
 
 SQNR_BATCH = 5  # samples per pass at most: every layer's FP32 output of a batch is held at once
 CAPTURE_BYTES = 1 << 28  # the FP32 and quantized outputs of every layer held for a batch at most (one sample at least)
