@@ -32,7 +32,7 @@ from scipy import optimize, stats
 
 HISTOGRAM_BINS = 2048
 # weight-clip search: rows × candidates evaluated at once, about this many weight copies (4 MB): a buffer the caches
-# hold, where one candidate over a whole 2048×5632 weight (46 MB) made every pass go to memory (about 2.5× slower)
+# hold, where one candidate over a whole 2048×5632 weight (46 MB) made every pass go to memory
 CHUNK_ELEMENTS = 2**20
 
 
