@@ -28,6 +28,17 @@ def test_bit_packing_round_trips_and_takes_ceil_n_b_over_8_bytes(bits):
     assert np.array_equal(packed.numpy(), np.packbits(stream, bitorder="little"))
 
 
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_packing_a_chunk_at_a_time_gives_the_same_bytes(bits, monkeypatch):
+    import mpq.verify.apply as apply
+
+    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (5003,), generator=torch.Generator().manual_seed(bits))
+    whole = pack_bits(codes.to(torch.int8), bits)
+    monkeypatch.setattr(apply, "PACK_CHUNK", 64)
+    assert torch.equal(pack_bits(codes.to(torch.int8), bits), whole)
+    assert torch.equal(unpack_bits(whole, bits, 5003), codes.to(torch.int8))
+
+
 def mixed_plan(prepared) -> Plan:
     widths = {"conv1": LayerPlan(3, 8), "conv2": LayerPlan(5, None), "fc": LayerPlan(8, 6)}
     assert set(widths) == {layer.name for layer in prepared.graph.layers}

@@ -33,9 +33,19 @@ def _words(bits: int) -> tuple[int, np.dtype, int]:
     return (8 // bits, np.dtype(np.uint8), 1) if 8 % bits == 0 else (8, np.dtype("<u8"), bits)
 
 
+PACK_CHUNK = 1 << 22  # codes packed or unpacked at a time (a multiple of 8: every chunk ends on a byte)
+
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Signed codes in [-2^(b-1), 2^(b-1)-1] -> uint8 bytes, b bits per code, LSB first: code i at bits b*i ..
-    b*i+b-1 of the stream (built a word of codes at a time, _words)."""
+    b*i+b-1 of the stream (built a word of codes at a time, _words; PACK_CHUNK codes at a time)."""
+    flat = codes.reshape(-1)
+    if len(flat) > PACK_CHUNK:
+        return torch.cat([_pack(flat[i : i + PACK_CHUNK], bits) for i in range(0, len(flat), PACK_CHUNK)])
+    return _pack(flat, bits)
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     count, (per, word, kept) = codes.numel(), _words(bits)
     unsigned = (codes.reshape(-1).to(torch.int16) + 2 ** (bits - 1)).cpu().numpy().astype(word)
     groups = np.zeros((-(-count // per), per), dtype=word)
@@ -48,7 +58,12 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of pack_bits: the first `count` codes as int8."""
+    """Inverse of pack_bits: the first `count` codes as int8 (PACK_CHUNK at a time)."""
+    if count > PACK_CHUNK:
+        step = PACK_CHUNK * bits // 8
+        parts = [unpack_bits(packed[i * step : (i + 1) * step], bits, min(PACK_CHUNK, count - i * PACK_CHUNK))
+                 for i in range(-(-count // PACK_CHUNK))]  # fmt: skip
+        return torch.cat(parts)
     per, word, kept = _words(bits)
     groups = -(-count // per)
     data = np.zeros(groups * kept, dtype=np.uint8)
