@@ -43,9 +43,9 @@ KEEP_DELTA_BYTES = 1 << 28  # layers' parameter changes kept between batches up 
 # a layer whose changes at every width pass this size takes them one width at a time (an LM head: 7 × 262 MB at
 # 32,000 × 2048), its products through ΔY = x ΔWᵀ, so that no more than one width's change is held
 WIDTH_AT_A_TIME_BYTES = 1 << 29
-# the layers' inputs and outputs a batch holds for its backward passes (autograd keeps about as much again): a
-# 1.1B LLaMA's 128-token sample holds about 350 MB, so it goes one sample at a time
-CAPTURE_BYTES = 1 << 29
+# the layers' inputs and outputs a batch holds for its backward passes (autograd's graph keeps about as much again,
+# until the gradients are taken): the batch is cut to stay within it
+CAPTURE_BYTES = 1 << 30
 DRAWS = 2  # Rademacher draws per sample: the probe part of the relative standard error is about 1/sqrt(draws * samples)
 
 
@@ -248,7 +248,7 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
         )
         for u in draw_cotangents(p)
     ]
-    del logits, p
+    del logits, p, outputs  # the outputs hold autograd's graph: freed before the products, which need only grads
     with torch.no_grad():
         for i, n in enumerate(names):
             module, layer_x = modules[n], inputs.pop(n)
