@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -137,13 +138,14 @@ def pack_model(
     clip_ratios: dict[str, torch.Tensor] | None = None,
     biases: dict[str, torch.Tensor] | None = None,
     fmt: WeightFormat = PER_CHANNEL_INT,
-    weights: dict[str, QuantizedWeight] | None = None,
+    weights: Callable[[str], QuantizedWeight] | None = None,
 ) -> PackedModel:
     """Quantize `model`'s layers as `plan` says; `act_params` holds calibrated input quantizers,
     `clip_ratios` each layer's weight clip ratio per scale at its channels' widths (absent: min-max),
     `biases` the biases to export in place of the model's (bias correction), `fmt` the weights' format
-    (mpq.quant.formats: its codes and scales are what is packed), `weights` layers already quantized
-    (mpq.quant.calibration.Calibration.weight: learned rounding), packed as they are."""
+    (mpq.quant.formats: its codes and scales are what is packed), `weights(name)` a layer quantized by the caller
+    (mpq.quant.calibration.Calibration.weight: learned rounding), asked for as it is packed (one layer's codes at a
+    time, not the model's)."""
     clip_ratios, biases = clip_ratios or {}, biases or {}
     modules = quantizable_modules(model, embeddings=True)
     missing = sorted(set(plan.layers) - set(modules))
@@ -154,9 +156,8 @@ def pack_model(
     for name, lp in plan.layers.items():
         module = modules[name]
         out_channels = module.weight.shape[0]
-        q = (weights or {}).get(name) or fmt.quantize(
-            module.weight, lp.channel_widths(out_channels), clip_ratios.get(name)
-        )
+        widths = lp.channel_widths(out_channels)
+        q = weights(name) if weights is not None else fmt.quantize(module.weight, widths, clip_ratios.get(name))
         tensors |= {f"{name}.{part}": t for part, t in _weight_tensors(fmt, q, lp, out_channels).items()}
         if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = (

@@ -94,7 +94,7 @@ def pack_plan(prepared: PreparedModel, plan: Plan, calibration: Calibration) -> 
     widths = {n: lp.channel_widths(modules[n].weight.shape[0]) for n, lp in layers}
     ratios = {n: calibration.clip_ratio(n, widths[n]) for n in plan.layers}
     biases = {n: calibration.bias(n, modules[n].bias, widths[n]) for n in plan.layers if n in calibration.shifts}
-    weights = {n: calibration.weight(n, modules[n].weight, widths[n]) for n in plan.layers}
+    weights = lambda n: calibration.weight(n, modules[n].weight, widths[n])  # noqa: E731
     return pack_model(folded, plan, act, ratios, biases, calibration.quantizer.format, weights)
 
 
