@@ -102,16 +102,21 @@ def test_a_few_layers_per_role_are_anchored_and_the_rest_interpolated_in_depth()
     assert ratios["model.layers.5.mlp.down_proj"] == pytest.approx(1.0) and ratios["lm_head"] == 1.0
 
 
-def test_kl_anchored_on_a_causal_lm_measures_three_layers_per_role():
+def tiny_llama(blocks: int):
+    """A seeded LLaMA of `blocks` blocks, 32 wide, vocabulary 64 (random weights)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=2, num_key_value_heads=1,
+        hidden_size=32, intermediate_size=64, num_hidden_layers=blocks, num_attention_heads=2, num_key_value_heads=1,
         vocab_size=64, max_position_embeddings=16,
     )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def test_kl_anchored_on_a_causal_lm_measures_three_layers_per_role():
     data = {"input_ids": torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))}
-    s = mpq.analyze(LlamaForCausalLM(config).eval(), data, metric="kl_anchored", cache_dir=False, progress=False)
+    s = mpq.analyze(tiny_llama(5), data, metric="kl_anchored", cache_dir=False, progress=False)
     anchored = [n for n, layer in s.layers.items() if "anchor_kl" in layer.details]
     assert len(s.layers) == 36 and len(anchored) == 7 * 3 + 1  # 7 roles in 3 of the 5 blocks, and the head
     assert all(layer.details["anchor_ratio"] > 0 for layer in s.layers.values())
@@ -241,18 +246,11 @@ def test_verification_takes_a_language_models_logits_a_few_samples_at_a_time(mon
 
 
 def test_blocks_before_a_layer_are_replayed_not_computed_and_give_the_same_errors():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from mpq.sensitivity.output_error import weight_output_errors
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-        vocab_size=64, max_position_embeddings=16,
-    )  # fmt: skip
     ids = torch.randint(0, 64, (6, 8), generator=torch.Generator().manual_seed(1))
     data = as_dataset({"input_ids": ids})
-    model, x = as_prepared(LlamaForCausalLM(config).eval(), data).folded, data.x
+    model, x = as_prepared(tiny_llama(4), data).folded, data.x
     names = ["model.layers.0.mlp.down_proj", "model.layers.2.self_attn.v_proj", "model.layers.3.mlp.up_proj", "lm_head"]
     calls = {i: 0 for i in range(4)}
     for i, block in enumerate(model.get_submodule("model.layers")):
