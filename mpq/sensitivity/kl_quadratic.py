@@ -243,12 +243,15 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
     p = logits.detach().double()
     names = deltas.names
     grads_per_draw = [
-        torch.autograd.grad(
-            logits, [outputs[n] for n in names], u.to(logits.dtype), retain_graph=True, allow_unused=True
+        list(
+            torch.autograd.grad(
+                logits, [outputs[n] for n in names], u.to(logits.dtype), retain_graph=True, allow_unused=True
+            )
         )
         for u in draw_cotangents(p)
     ]
     del logits, p, outputs  # the outputs hold autograd's graph: freed before the products, which need only grads
+    release_free_memory()  # the graph's activations, freed to the allocator's heap: back to the system before the Δs
     with torch.no_grad():
         for i, n in enumerate(names):
             module, layer_x = modules[n], inputs.pop(n)
@@ -266,6 +269,9 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
                     change = output_change(module, layer_x, changes[b])
                     for grads in grads_per_draw:
                         sums.add(n, b, channel_products(module, layer_x, grads[i], change).double())
+            for grads in grads_per_draw:  # this layer's gradients: freed as the layers are done
+                grads[i] = None
+            release_free_memory()  # its input, gradients and Δs: small tensors, returned from the allocator's heap
 
 
 def kl_quadratic_omegas(

@@ -33,6 +33,7 @@ def cached_kl_quadratic(ctx: AnalysisContext, form: str = "kl") -> tuple[KlQuadr
     cached = ranks.broadcast(ctx.cache.load("kl-quadratic", full_key) if ranks.is_main else None)
     from_cache = cached is not None
     if cached is None:
+        ctx.clip_ratios, ctx.shifts  # fitted (or read) now, before any batch's activations are held
         deltas = LayerDeltas(list(ctx.names), widths, ctx.deltas)
         s = ctx.settings
         args = (s.batch_size, DRAWS, s.seed, ctx.progress, form)

@@ -273,8 +273,10 @@ FLOAT32_EXACT_INTEGERS = 2**24
 def exact_accumulator(params: ActQuantParams, codes: torch.Tensor) -> torch.dtype:
     """float32 when no partial sum of (q_x - z) * q_w can reach 2^24 in magnitude, else float64."""
     largest_input = max(params.zero_point, 2**params.bits - 1 - params.zero_point)
-    # int32 holds every row's sum: |code| ≤ 128 over fewer than 2^24 inputs
-    largest_row = int(codes.reshape(codes.shape[0], -1).to(torch.int32).abs_().sum(dim=1).max())
+    # int32 holds every row's sum: |code| ≤ 128 over fewer than 2^24 inputs; a few rows at a time, not an int32 copy
+    rows = codes.reshape(codes.shape[0], -1)
+    step = max(1, PACK_CHUNK // max(rows.shape[1], 1))
+    largest_row = max(int(chunk.to(torch.int32).abs_().sum(dim=1).max()) for chunk in rows.split(step))
     return torch.float32 if largest_input * largest_row < FLOAT32_EXACT_INTEGERS else torch.float64
 
 

@@ -1,13 +1,14 @@
 """The evaluator without a copy of the model: a plan's packed tensors applied in place, one layer at a call.
 
 fake_quant_model (mpq.verify.apply) builds a second model that holds the dequantized weights: twice the memory of a
-model as large as the machine's. InPlace computes the same numbers on the model itself: each quantized layer keeps
-its codes unpacked (int8, one byte a weight; a format with its own tensors keeps them packed), and while `active()`
-each call of the layer swaps in the weight they give, dequantized then, and swaps the model's own back after it.
+model as large as the machine's. InPlace computes the same numbers on the model itself: the plan's packed codes
+(its bytes: 4.5 bits a weight at 4.5 bpw) stay packed, and while `active()` each call of a quantized layer unpacks
+and dequantizes its weight, swaps it in, and swaps the model's own back after the call.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -65,9 +66,8 @@ class _Swap:
 
 class InPlace:
     """`model` computing as fake_quant_model's copy of it computes, without a copy: the evaluator of a model as large as
-    memory. Each quantized layer keeps its codes unpacked (int8: one byte a weight) or, in a format with its own
-    tensors, the packed ones; while `active()`, each call of the layer swaps in the weight they give (dequantized then,
-    one layer at a time) and swaps the model's own back after it."""
+    memory. The packed codes stay packed; while `active()`, each call of a quantized layer swaps in the weight they
+    give (unpacked and dequantized then, one layer at a time) and swaps the model's own back after it."""
 
     def __init__(self, model: nn.Module, packed: PackedModel) -> None:
         self.model, self.modules = model, quantizable_modules(model, embeddings=True)
@@ -99,13 +99,13 @@ class InPlace:
         bias = None if bias is None else bias.to(device)
         if packed.weight_format(name).own_tensors:
             return _Swap(lambda: dequantized_weight(packed, name).to(device), bias, fake_input=_fake_input(params))
-        codes = unpack_codes(packed.tensors[f"{name}.weight_codes"], meta).to(device)
-        scale = packed.weight_scale(name).to(device)
-        weight = QuantizedWeight(codes, scale, meta["weight_bits"], meta.get("group_size")).dequantize
+        codes = functools.partial(_unpacked_codes, packed, name, device)
+        scale, group = packed.weight_scale(name).to(device), meta.get("group_size")
+        weight = lambda: QuantizedWeight(codes(), scale, meta["weight_bits"], group).dequantize()  # noqa: E731
         if params is not None and meta.get("group_size") is None:
-            acc = exact_accumulator(params, codes)
+            acc = exact_accumulator(params, codes())
             layer = IntegerLayer(params, combined_scale(params, scale).to(device), bias, acc)
-            return _Swap(weight, None, integer=layer, codes=lambda: codes.to(acc))
+            return _Swap(weight, None, integer=layer, codes=lambda: codes().to(acc))
         return _Swap(weight, bias, fake_input=_fake_input(params))
 
     @contextmanager
@@ -120,6 +120,11 @@ class InPlace:
                 h.remove()
             for module, swap in self.swaps:
                 swap.restore(module)
+
+
+def _unpacked_codes(packed: PackedModel, name: str, device: torch.device) -> torch.Tensor:
+    """Layer `name`'s int8 codes, unpacked from the plan's bytes (at each call: only the packed bytes are kept)."""
+    return unpack_codes(packed.tensors[f"{name}.weight_codes"], packed.layers[name]).to(device)
 
 
 def _fake_input(params: ActQuantParams | None) -> FakeQuantInput | None:

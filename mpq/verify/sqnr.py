@@ -24,6 +24,7 @@ from mpq.verify.apply import PackedModel, input_quantizers
 from mpq.verify.in_place import InPlace
 
 SQNR_BATCH = 5  # samples per pass at most: every layer's FP32 output of a batch is held at once
+WEIGHT_CHUNK_ELEMENTS = 1 << 22  # a weight's SQNR is summed over this many elements at a time
 CAPTURE_BYTES = 1 << 28  # the FP32 and quantized outputs of every layer held for a batch at most (one sample at least)
 
 
@@ -84,8 +85,11 @@ def _capture_outputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, torc
 
 
 def _weight_sqnr_db(w: torch.Tensor, w_q: torch.Tensor) -> float:
-    w, w_q = w.detach().float(), w_q.to(w.device, torch.float32)  # float64 sums, no float64 copies of the weight
-    return sqnr_db(float(w.square().sum(dtype=torch.float64)), float((w - w_q).square_().sum(dtype=torch.float64)))
+    """SQNR of W against Q(W), summed a few rows at a time: no temporaries the size of an LM head's weight."""
+    energies, rows = _Energies(), max(1, WEIGHT_CHUNK_ELEMENTS // max(w[0].numel(), 1))
+    for chunk, chunk_q in zip(w.detach().split(rows), w_q.split(rows)):
+        energies.add("weight", chunk, chunk_q.to(chunk.device))
+    return energies.db("weight")
 
 
 def _per_sample_bytes(outputs: dict[str, torch.Tensor], samples: int) -> int:
@@ -126,6 +130,7 @@ def layer_sqnr(prepared: PreparedModel, packed: PackedModel, x: torch.Tensor, ba
                     h.remove()
         for n, out in quantized.items():
             outputs.add(n, reference[n], out)
+        del reference, quantized  # a batch's outputs: freed before the next batch and the weights' SQNR
     return [
         LayerSqnr(
             name=n,
