@@ -30,6 +30,11 @@ devices, in this one process): `mlp` (tests/user_models.py:mlp, CLI and API), `c
 GPT-2-style model of tests/hf_models.py, trained briefly; skipped without transformers) and
 `efficientnet` (the default model and its 200 views, 8 probes; skipped without its packages, or when
 less than --budget-s is left). About 6 minutes on the H200, most of it the CPU side of efficientnet.
+
+`llama` (issue 23; not in the default cases, a run of its own: `--cases llama`): Llama-3-8B's shape with
+random weights, built on the GPU in float32 (32 GB; mpq computes in float32), through mpq.search there
+alone with `mpq search --budget 4.5bpw`'s settings: its time, peak GPU memory and plan KL. Not run on a
+GPU yet; its logic runs on the CPU with `--devices cpu,cpu --cases llama --llama-shape tiny`.
 """
 
 from __future__ import annotations
@@ -204,6 +209,48 @@ def gpt2_case(work: Path):
     return model, mpq.Dataset(x=data.x[:48], input_names=data.input_names)
 
 
+LLAMA_SHAPES = {
+    # Llama-3-8B's shape (8.0B parameters: 32 GB in float32, the dtype mpq computes in)
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=2, vocab_size=1024),  # the same code, for a dry run on the CPU
+}  # fmt: skip
+
+
+def llama_case(device: str, shape: str, windows: int = 8, held_out: int = 4, seq: int = 128) -> dict:
+    """A LLaMA shape with random weights, built on `device` (no host copy), through mpq.search there alone as
+    `mpq search --model hf:DIR --budget 4.5bpw` runs (8 windows of 128 random tokens, 4 held out): its time, peak
+    GPU memory and plan. The small cases above compare the CPU's plan with the GPU's; at 8B the CPU takes hours."""
+    import transformers
+
+    config = transformers.LlamaConfig(**LLAMA_SHAPES[shape], tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    params = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (windows + held_out, seq), generator=g)
+    data, eval_data = (mpq.Dataset(x=part, input_names=("input_ids",)) for part in ids.split([windows, held_out]))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = mpq.search(
+        mpq.ModelAdapter(model, owned=True), data, "4.5bpw", eval_data=eval_data, device=device, cache_dir=False
+    )
+    seconds = time.perf_counter() - start
+    report = result.report
+    return {
+        "case": f"llama-{shape} shape ({params / 1e9:.2f}B parameters, {device} only)",
+        "layers": len(result.plan.layers),
+        "kl": (math.nan, report.plan.kl_to_fp32),
+        "seconds": (math.nan, seconds),
+        "gpu_mib": _peak_gpu_mib(report),
+        "ok": bool(report.plan.fits_budget),
+        "phases_s": report.timings_s,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cpu,cuda", help="the two devices compared (default cpu,cuda)")
@@ -214,6 +261,7 @@ def main() -> int:
         default=330.0,
         help="skip a case when less than its expected time is left of this (default 330)",
     )
+    parser.add_argument("--llama-shape", choices=sorted(LLAMA_SHAPES), default="8b", help="the llama case's shape")
     parser.add_argument("--out", default=str(ROOT / "reports" / "gpu_check.md"))
     args = parser.parse_args()
     devices = args.devices.split(",")
@@ -286,6 +334,8 @@ def main() -> int:
                 )
         except ImportError as exc:
             notes.append(f"efficientnet skipped: {exc}")
+    if "llama" in cases:
+        attempt("llama", lambda: llama_case(devices[-1], args.llama_shape))
     write_report(Path(args.out), rows, notes, devices, time.perf_counter() - started)
     return 0 if rows and all(r.get("ok") for r in rows) else 1
 
