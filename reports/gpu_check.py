@@ -224,6 +224,8 @@ def llama_case(device: str, shape: str, windows: int = 8, held_out: int = 4, seq
     GPU memory and plan. The small cases above compare the CPU's plan with the GPU's; at 8B the CPU takes hours."""
     import transformers
 
+    from mpq.inputs.data import named_inputs
+
     config = transformers.LlamaConfig(**LLAMA_SHAPES[shape], tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device(device):
@@ -231,7 +233,7 @@ def llama_case(device: str, shape: str, windows: int = 8, held_out: int = 4, seq
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (windows + held_out, seq), generator=g)
-    data, eval_data = (mpq.Dataset(x=part, input_names=("input_ids",)) for part in ids.split([windows, held_out]))
+    data, eval_data = (named_inputs({"input_ids": part}, "random tokens") for part in ids.split([windows, held_out]))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -241,7 +243,7 @@ def llama_case(device: str, shape: str, windows: int = 8, held_out: int = 4, seq
     seconds = time.perf_counter() - start
     report = result.report
     return {
-        "case": f"llama-{shape} shape ({params / 1e9:.2f}B parameters, {device} only)",
+        "case": f"llama-{shape} shape ({params / 1e6:,.0f}M parameters, {device} only)",
         "layers": len(result.plan.layers),
         "kl": (math.nan, report.plan.kl_to_fp32),
         "seconds": (math.nan, seconds),
@@ -373,7 +375,7 @@ def write_report(path: Path, rows: list[dict], notes: list[str], devices: list[s
         s = r.get("seconds", (None, None))
         kl, agree = r.get("kl"), r.get("agreement")
         lines.append(
-            f"| {r['case']} | {r.get('layers', '')} | {'yes' if r.get('same_widths') else 'NO'} | {fmt(r.get('trace_rel'))} | "
+            f"| {r['case']} | {r.get('layers', '')} | {'–' if r.get('same_widths') is None else 'yes' if r['same_widths'] else 'NO'} | {fmt(r.get('trace_rel'))} | "
             f"{'' if kl is None else fmt(kl[0]) + ' / ' + fmt(kl[1])} | {'' if agree is None else fmt(agree[0]) + ' / ' + fmt(agree[1])} | "
             f"{s[0]:.1f} | {s[1]:.1f} | {s[0] / max(s[1], 1e-9):.1f}× | {r.get('gpu_mib', '–')} | {'yes' if r.get('ok') else 'NO'} |"
         )
