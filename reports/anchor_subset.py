@@ -3,13 +3,17 @@ layer anchored (the metric before issue 23), on GPT-2 and LLaMA shapes built fro
 the plans' held-out KL to FP32 at the same budgets, and the sensitivity time.
 
 Run:  python reports/anchor_subset.py [--layers 8] [--budgets 4.5bpw,5bpw,6bpw] [--kinds gpt2,llama]
+      python reports/anchor_subset.py --shapes gpt2,smollm2-135m   (reports/bench_scale.py's full-size shapes and
+                                                                   data: 8 windows of 128 tokens, 4 held out)
 Prints a markdown table (copied into reports/scale.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,10 +43,31 @@ def build(kind: str, layers: int) -> torch.nn.Module:
     return LlamaForCausalLM(config).eval()
 
 
-def run(kind: str, layers: int, budgets: list[str], every_layer: bool) -> dict:
-    ids = torch.randint(0, VOCAB, (SAMPLES + HELD_OUT, SEQ), generator=torch.Generator().manual_seed(1))
-    data, held_out = {"input_ids": ids[:SAMPLES]}, {"input_ids": ids[SAMPLES:]}
-    model = build(kind, layers)
+def bench_shape(name: str) -> tuple[torch.nn.Module, torch.Tensor, int]:
+    """reports/bench_scale.py's shape `name` (random weights, its seed) and its token ids (8 windows, then held out)."""
+    import transformers
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_scale import HELD_OUT as BENCH_HELD_OUT, SEQ as BENCH_SEQ, SHAPES
+
+    kind, config = SHAPES[name]
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    shape = (8 + BENCH_HELD_OUT, BENCH_SEQ)
+    return model.eval(), torch.randint(0, config["vocab_size"], shape, generator=torch.Generator().manual_seed(1)), 8
+
+
+def run(case: str, layers: int, budgets: list[str], every_layer: bool) -> dict:
+    """`case`: "gpt2"/"llama" (`layers` blocks, 128 wide) or "shape:NAME" (bench_scale's full-size shape)."""
+    if case.startswith("shape:"):
+        model, ids, fit = bench_shape(case.removeprefix("shape:"))
+    else:
+        ids = torch.randint(0, VOCAB, (SAMPLES + HELD_OUT, SEQ), generator=torch.Generator().manual_seed(1))
+        model, fit = build(case, layers), SAMPLES
+    data, held_out = {"input_ids": ids[:fit]}, {"input_ids": ids[fit:]}
     prepared = as_prepared(model, as_dataset(data))
     chosen = quadratic.anchored_layers
     if every_layer:
@@ -67,18 +92,21 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--budgets", default="4.5bpw,5bpw,6bpw")
     parser.add_argument("--kinds", default="gpt2,llama")
+    parser.add_argument("--shapes", default=None, help="bench_scale.py's shapes at full size instead of --kinds")
     args = parser.parse_args()
     budgets = args.budgets.split(",")
+    cases = [f"shape:{name}" for name in args.shapes.split(",")] if args.shapes else args.kinds.split(",")
     print("| shape | budget | held-out KL, every layer anchored | held-out KL, 3 per role | ratio |")
     print("|---|---|---:|---:|---:|")
-    for kind in args.kinds.split(","):
-        full = run(kind, args.layers, budgets, every_layer=True)
-        subset = run(kind, args.layers, budgets, every_layer=False)
+    for case in cases:
+        label = case.removeprefix("shape:") if case.startswith("shape:") else f"{case} {args.layers} blocks"
+        full = run(case, args.layers, budgets, every_layer=True)
+        subset = run(case, args.layers, budgets, every_layer=False)
         for budget in budgets:
             a, b = full["kls"][budget], subset["kls"][budget]
-            print(f"| {kind} {args.layers} blocks | {budget} | {a:.4g} | {b:.4g} | {b / a:.3f} |")
+            print(f"| {label} | {budget} | {a:.4g} | {b:.4g} | {b / a:.3f} |")
         print(
-            f"| {kind} sensitivity | | {full['seconds']:.1f} s ({full['anchored']} of {full['layers']} anchored) "
+            f"| {label} sensitivity | | {full['seconds']:.1f} s ({full['anchored']} of {full['layers']} anchored) "
             f"| {subset['seconds']:.1f} s ({subset['anchored']} anchored) | |",
             flush=True,
         )
