@@ -271,7 +271,6 @@ def _batch(model, modules, x, deltas: LayerDeltas, draw_cotangents, sums: _Sums)
                         sums.add(n, b, channel_products(module, layer_x, grads[i], change).double())
             for grads in grads_per_draw:  # this layer's gradients: freed as the layers are done
                 grads[i] = None
-            release_free_memory()  # its input, gradients and Δs: small tensors, returned from the allocator's heap
 
 
 def kl_quadratic_omegas(
