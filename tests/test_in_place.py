@@ -1,6 +1,8 @@
 """The evaluator without a copy (mpq.verify.apply.InPlace) computes exactly what fake_quant_model's copy computes, and
 leaves the model as it found it, even when a call fails."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -34,8 +36,12 @@ def _packed(model, group_size):
     return pack_model(model, plan, act, fmt=weight_format("int", group_size))
 
 
+@pytest.mark.parametrize("keep_codes_bytes", [1 << 28, 0], ids=["codes-kept", "unpacked-per-call"])
 @pytest.mark.parametrize("group_size", [None, 16])
-def test_in_place_equals_the_copy_and_restores_the_model(group_size):
+def test_in_place_equals_the_copy_and_restores_the_model(group_size, keep_codes_bytes, monkeypatch):
+    monkeypatch.setattr(
+        importlib.import_module("mpq.verify.in_place"), "KEEP_CODES_BYTES", keep_codes_bytes
+    )  # a large plan's path on a small model
     torch.manual_seed(0)
     model = TiedLm().eval()
     ids = torch.randint(0, 50, (3, 7))
@@ -47,6 +53,7 @@ def test_in_place_equals_the_copy_and_restores_the_model(group_size):
         with packed_in_place(model, packed) as quantized:
             got = quantized(ids)
     assert torch.equal(got, expected)
+    assert InPlace(model, packed).keep_codes == (keep_codes_bytes > 0)
     assert not torch.allclose(got, fp32, atol=1e-3)  # the quantization is really there
     for k, p in model.named_parameters():
         assert p is before[k][0] and torch.equal(p, before[k][1]), k

@@ -3,12 +3,14 @@
 fake_quant_model (mpq.verify.apply) builds a second model that holds the dequantized weights: twice the memory of a
 model as large as the machine's. InPlace computes the same numbers on the model itself: the plan's packed codes
 (its bytes: 4.5 bits a weight at 4.5 bpw) stay packed, and while `active()` each call of a quantized layer unpacks
-and dequantizes its weight, swaps it in, and swaps the model's own back after the call.
+and dequantizes its weight, swaps it in, and swaps the model's own back after the call. A plan whose int8 codes take
+at most KEEP_CODES_BYTES keeps them unpacked instead (unpacking at every call costs a small model's batches time).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -28,6 +30,8 @@ from mpq.verify.apply import (
     input_quantizers,
     unpack_codes,
 )
+
+KEEP_CODES_BYTES = 1 << 28  # a plan's int8 codes kept unpacked up to this size; beyond, each layer's unpacked per call
 
 
 @dataclass
@@ -71,6 +75,8 @@ class InPlace:
 
     def __init__(self, model: nn.Module, packed: PackedModel) -> None:
         self.model, self.modules = model, quantizable_modules(model, embeddings=True)
+        codes = [m["weight_shape"] for n, m in packed.layers.items() if not packed.weight_format(n).own_tensors]
+        self.keep_codes = sum(math.prod(shape) for shape in codes) <= KEEP_CODES_BYTES
         act_params = input_quantizers(packed)
         self.swaps = [(self.modules[n], self._swap(packed, n, act_params.get(n))) for n in packed.layers]
         self._by_name = {n: swap for n, (_, swap) in zip(packed.layers, self.swaps)}
@@ -100,6 +106,8 @@ class InPlace:
         if packed.weight_format(name).own_tensors:
             return _Swap(lambda: dequantized_weight(packed, name).to(device), bias, fake_input=_fake_input(params))
         codes = functools.partial(_unpacked_codes, packed, name, device)
+        if self.keep_codes:  # a small plan: unpacked once, not at every call
+            codes = functools.partial(lambda kept: kept, codes())
         scale, group = packed.weight_scale(name).to(device), meta.get("group_size")
         weight = lambda: QuantizedWeight(codes(), scale, meta["weight_bits"], group).dequantize()  # noqa: E731
         if params is not None and meta.get("group_size") is None:
