@@ -70,8 +70,9 @@ class _Swap:
 
 class InPlace:
     """`model` computing as fake_quant_model's copy of it computes, without a copy: the evaluator of a model as large as
-    memory. The packed codes stay packed; while `active()`, each call of a quantized layer swaps in the weight they
-    give (unpacked and dequantized then, one layer at a time) and swaps the model's own back after it."""
+    memory. The packed codes stay packed (a plan's int8 codes up to KEEP_CODES_BYTES are unpacked once); while
+    `active()`, each call of a quantized layer swaps in the weight they give (unpacked and dequantized then, one layer
+    at a time) and swaps the model's own back after it."""
 
     def __init__(self, model: nn.Module, packed: PackedModel) -> None:
         self.model, self.modules = model, quantizable_modules(model, embeddings=True)
