@@ -44,20 +44,11 @@ def build(kind: str, layers: int) -> torch.nn.Module:
 
 
 def bench_shape(name: str) -> tuple[torch.nn.Module, torch.Tensor, int]:
-    """reports/bench_scale.py's shape `name` (random weights, its seed) and its token ids (8 windows, then held out)."""
-    import transformers
-
+    """reports/bench_scale.py's shape `name` and its token ids: 8 windows to fit on, then the held-out ones."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_scale import HELD_OUT as BENCH_HELD_OUT, SEQ as BENCH_SEQ, SHAPES
+    from bench_scale import shape_model, token_ids
 
-    kind, config = SHAPES[name]
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config))
-    else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
-    shape = (8 + BENCH_HELD_OUT, BENCH_SEQ)
-    return model.eval(), torch.randint(0, config["vocab_size"], shape, generator=torch.Generator().manual_seed(1)), 8
+    return shape_model(name), token_ids(name, 8), 8
 
 
 def run(case: str, layers: int, budgets: list[str], every_layer: bool) -> dict:

@@ -49,20 +49,33 @@ SEQ, HELD_OUT, BATCH, BUDGET = 128, 4, 8, "4.5bpw"
 BEGIN, END = "<!-- bench_scale: begin -->", "<!-- bench_scale: end -->"
 
 
-def build(name: str, folder: Path, samples: int) -> dict:
-    """The shape's model saved in `folder` (float32 safetensors) and its calibration and held-out token ids."""
-    import numpy as np
+def shape_model(name: str):
+    """The shape's model with random weights (seed 0), in eval mode."""
     import torch
     import transformers
 
     kind, config = SHAPES[name]
     torch.manual_seed(0)
     if kind == "gpt2":
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config))
-    else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+
+
+def token_ids(name: str, samples: int):
+    """`samples` calibration windows of SEQ random token ids (seed 1), then HELD_OUT held-out ones."""
+    import torch
+
+    vocab = SHAPES[name][1]["vocab_size"]
+    return torch.randint(0, vocab, (samples + HELD_OUT, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+def build(name: str, folder: Path, samples: int) -> dict:
+    """The shape's model saved in `folder` (float32 safetensors) and its calibration and held-out token ids."""
+    import numpy as np
+
+    model = shape_model(name)
     model.save_pretrained(folder)
-    ids = torch.randint(0, config["vocab_size"], (samples + HELD_OUT, SEQ), generator=torch.Generator().manual_seed(1))
+    ids = token_ids(name, samples)
     np.savez(folder / "calib.npz", input_ids=ids[:samples].numpy())
     np.savez(folder / "eval.npz", input_ids=ids[samples:].numpy())
     params = sum(p.numel() for p in model.parameters())

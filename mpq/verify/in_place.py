@@ -108,7 +108,8 @@ class InPlace:
             return _Swap(lambda: dequantized_weight(packed, name).to(device), bias, fake_input=_fake_input(params))
         codes = functools.partial(_unpacked_codes, packed, name, device)
         if self.keep_codes:  # a small plan: unpacked once, not at every call
-            codes = functools.partial(lambda kept: kept, codes())
+            kept = codes()
+            codes = lambda: kept  # noqa: E731
         scale, group = packed.weight_scale(name).to(device), meta.get("group_size")
         weight = lambda: QuantizedWeight(codes(), scale, meta["weight_bits"], group).dequantize()  # noqa: E731
         if params is not None and meta.get("group_size") is None:
